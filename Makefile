@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data
 
-.PHONY: install test demo bench clean
+.PHONY: install test data demo bench clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+data: $(VENV)/.installed
+	$(PY) -m monolith_ray.data.movielens fetch --dest $(DATA)
 
 demo: $(VENV)/.installed
 	$(PY) -m monolith_ray.cli demo

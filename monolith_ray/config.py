@@ -1,0 +1,367 @@
+"""Typed configuration loaded from YAML, with errors that name the offending key.
+
+Each section is a frozen dataclass. :func:`from_dict` builds one from the nested dicts and
+lists that ``yaml.safe_load`` returns, and is strict: an unknown key, a value of the wrong
+type or a missing required key raises :class:`ConfigError` naming the full key path, e.g.
+``slots[2].optimizer.learnin_rate: unknown key (allowed: ...)``.
+
+Value rules (ranges, uniqueness) live in each dataclass's ``__post_init__``, which raises
+``ConfigError`` keyed by the field's name *relative to that dataclass*; ``from_dict`` prefixes
+the path of the mapping it was building, so a rule never needs to know where its dataclass sits
+in the file, and a dataclass built directly in code reports the bare field name. A new section
+(model, train, kafka, serve) is one more dataclass and one more field of :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import operator
+import os
+import re
+import reprlib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from monolith_ray.features import MAX_SLOT_ID
+
+__all__ = [
+    "AdmissionConfig",
+    "Combiner",
+    "Config",
+    "ConfigError",
+    "InitializerConfig",
+    "InitializerKind",
+    "OptimizerConfig",
+    "OptimizerKind",
+    "SlotConfig",
+    "from_dict",
+    "load_config",
+]
+
+T = TypeVar("T")
+
+OptimizerKind = Literal["sgd", "adagrad", "ftrl", "adam"]
+InitializerKind = Literal["zeros", "uniform", "normal"]
+Combiner = Literal["sum", "mean"]
+
+_SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_DIM = 4096
+_MAX_OCCURRENCE_THRESHOLD = 255
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+class ConfigError(ValueError):
+    """A config value that is unknown, mistyped, missing or out of range.
+
+    ``key`` is the dotted key path (``slots[2].optimizer.learning_rate``; empty for the whole
+    document) and ``reason`` what is wrong with it; ``str(err)`` is ``"key: reason"``.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        return type(self), (self.key, self.reason)
+
+    def under(self, path: str) -> ConfigError:
+        """The same error with its key placed under ``path``, the enclosing mapping's path."""
+        return ConfigError(_join(path, self.key), self.reason)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and value types against its fields.
+
+    Supported field types: ``int``, ``float`` (ints accepted), ``bool`` (ints refused), ``str``,
+    ``Literal[...]``, ``Optional[X]``, nested dataclasses, ``tuple[X, ...]`` (from a list) and
+    ``dict[str, X]``. ``path`` is where ``data`` sits in the document and prefixes every error.
+    Fields with no default are required; fields with ``init=False`` are not keys.
+    """
+    if not isinstance(data, Mapping):
+        raise _type_error(cls, data, path)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(_join(path, str(key)), _unknown_key_reason(str(key), fields))
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, field in fields.items():
+        key = _join(path, name)
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "missing required key")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise err.under(path) from None
+
+
+def load_config(source: str | os.PathLike[str]) -> Config:
+    """The :class:`Config` in a YAML file or YAML text.
+
+    A path-like, or a str with no line break, is a file path; a str with a line break is the
+    YAML text itself.
+    """
+    if isinstance(source, os.PathLike) or "\n" not in source:
+        text = Path(source).read_text(encoding="utf-8")
+    else:
+        text = source
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"invalid YAML: {err}") from None
+    return Config.from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Row-wise optimizer of one slot's embeddings.
+
+    Fields each kind uses: ``sgd``: learning_rate; ``adagrad``: learning_rate,
+    initial_accumulator, eps; ``ftrl``: learning_rate (alpha), initial_accumulator, l1, l2,
+    beta; ``adam``: learning_rate, beta1, beta2, eps. Fields a kind does not use are allowed
+    and ignored (so switching kind is a one-word edit), but are still range-checked.
+    """
+
+    kind: OptimizerKind = "adagrad"
+    learning_rate: float = 0.05
+    initial_accumulator: float = 0.1
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.999
+    l1: float = 0.0
+    l2: float = 0.0
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self, "learning_rate", gt=0)
+        _require(self, "initial_accumulator", ge=0)
+        _require(self, "eps", gt=0)
+        _require(self, "beta1", ge=0, lt=1)
+        _require(self, "beta2", ge=0, lt=1)
+        _require(self, "l1", ge=0)
+        _require(self, "l2", ge=0)
+        _require(self, "beta", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitializerConfig:
+    """Initial value of a newly admitted embedding row.
+
+    ``uniform`` draws from U(-scale, scale), ``normal`` from N(0, scale**2) (scale is the
+    standard deviation), ``zeros`` ignores scale and seed.
+    """
+
+    kind: InitializerKind = "uniform"
+    scale: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self, "scale", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotConfig:
+    """One feature slot: its embedding table's shape, training and life-cycle settings.
+
+    - ``slot_id``: the slot's number in the high bits of its feature ids (see ``features``).
+    - ``occurrence_threshold``: an id is admitted once seen this many times; 0 or 1 admit it
+      at first sight.
+    - ``admit_probability``: each occurrence of a not-yet-admitted id admits it with this
+      probability (1.0 = always).
+    - ``expire_s``: rows not updated for this many seconds are evicted; 0 = never.
+    - ``combiner``: how a multi-valued slot pools its values' embeddings.
+    - ``max_values``: most values per example in this slot (1 = single-valued).
+    """
+
+    name: str
+    slot_id: int
+    dim: int
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    initializer: InitializerConfig = dataclasses.field(default_factory=InitializerConfig)
+    occurrence_threshold: int = 0
+    admit_probability: float = 1.0
+    expire_s: float = 0.0
+    combiner: Combiner = "sum"
+    max_values: int = 1
+
+    def __post_init__(self) -> None:
+        if not _SLOT_NAME.fullmatch(self.name):
+            raise ConfigError(
+                "name", f"must match {_SLOT_NAME.pattern} (letters, digits, _), got {self.name!r}"
+            )
+        _require(self, "slot_id", ge=0, le=MAX_SLOT_ID)
+        _require(self, "dim", ge=1, le=_MAX_DIM)
+        _require(self, "occurrence_threshold", ge=0, le=_MAX_OCCURRENCE_THRESHOLD)
+        _require(self, "admit_probability", gt=0, le=1)
+        _require(self, "expire_s", ge=0)
+        _require(self, "max_values", ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionConfig:
+    """Count-min sketch that counts occurrences of not-yet-admitted ids, shared by all slots.
+
+    ``sketch_width`` counters per row (a power of two, so a row index is a bit mask) times
+    ``sketch_depth`` rows; wider means fewer over-counts from colliding ids.
+    """
+
+    sketch_width: int = 1 << 20
+    sketch_depth: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self, "sketch_width", ge=64)
+        if self.sketch_width & (self.sketch_width - 1):
+            raise ConfigError("sketch_width", f"must be a power of two, got {self.sketch_width}")
+        _require(self, "sketch_depth", ge=1, le=8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole job's configuration: one section per field."""
+
+    slots: tuple[SlotConfig, ...]
+    admission: AdmissionConfig = dataclasses.field(default_factory=AdmissionConfig)
+
+    def __post_init__(self) -> None:
+        if not self.slots:
+            raise ConfigError("slots", "must list at least one slot")
+        for attr in ("name", "slot_id"):
+            first_index: dict[Any, int] = {}
+            for i, slot in enumerate(self.slots):
+                value = getattr(slot, attr)
+                j = first_index.setdefault(value, i)
+                if j != i:
+                    raise ConfigError(
+                        f"slots[{i}].{attr}", f"duplicate {value!r}, already used by slots[{j}]"
+                    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """The config in ``data`` (as parsed from YAML); see :func:`from_dict`."""
+        return from_dict(cls, data)
+
+    def slot(self, name: str) -> SlotConfig:
+        """The slot called ``name``; KeyError listing the slot names if there is none."""
+        for slot in self.slots:
+            if slot.name == name:
+                return slot
+        raise KeyError(f"no slot named {name!r}; slots: {', '.join(s.name for s in self.slots)}")
+
+
+_SCALARS: dict[type, tuple[type, ...]] = {
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+}
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked against field type ``tp`` (and converted: dict -> dataclass, list ->
+    tuple, int -> float); ConfigError at ``key`` if it does not fit."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise _type_error(tp, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        try:
+            return _convert(_optional_of(tp), value, key)
+        except ConfigError as err:
+            if err.key != key:
+                raise
+            raise _type_error(tp, value, key) from None
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(tp, value, key)
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict and args[0] is str:
+        if not isinstance(value, Mapping):
+            raise _type_error(tp, value, key)
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(_join(key, str(k)), f"keys must be str, got {type(k).__name__}")
+        return {k: _convert(args[1], v, _join(key, k)) for k, v in value.items()}
+    if tp in _SCALARS:
+        if isinstance(value, _SCALARS[tp]) and (tp is bool or not isinstance(value, bool)):
+            return float(value) if tp is float else value
+        raise _type_error(tp, value, key)
+    raise TypeError(f"unsupported config field type {tp!r} at {key!r}")
+
+
+def _optional_of(tp: Any) -> Any:
+    """X for ``Optional[X]``; TypeError for other unions, which the loader does not support."""
+    rest = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(rest) != 1:
+        raise TypeError(f"unsupported config field type {tp!r}: only Optional[X] unions")
+    return rest[0]
+
+
+def _describe(tp: Any) -> str:
+    """Human name of a field type, for error messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return f"{_describe(_optional_of(tp))} or null"
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return f"a mapping of str to {_describe(args[1])}"
+    return tp.__name__
+
+
+def _type_error(tp: Any, value: Any, key: str) -> ConfigError:
+    reason = f"expected {_describe(tp)}, got {reprlib.repr(value)} ({type(value).__name__})"
+    if tp is float and isinstance(value, str) and _is_float_text(value):
+        reason += "; YAML reads exponents without a dot as text: write e.g. 1.0e-8, not 1e-8"
+    return ConfigError(key, reason)
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unknown_key_reason(key: str, fields: Mapping[str, Any]) -> str:
+    reason = f"unknown key (allowed: {', '.join(fields)})"
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    return reason + (f"; did you mean {close[0]!r}?" if close else "")
+
+
+def _join(path: str, key: str) -> str:
+    """Key path of ``key`` inside ``path``: ``a.b``, or ``a[0]`` when key is an index."""
+    if not path or not key:
+        return path or key
+    return path + key if key.startswith("[") else f"{path}.{key}"
+
+
+def _require(obj: Any, name: str, *, gt: float | None = None, ge: float | None = None,
+             lt: float | None = None, le: float | None = None) -> None:
+    """ConfigError at field ``name`` of ``obj`` unless its value is within the given bounds.
+
+    Every bound is a comparison that NaN fails, so NaN is rejected wherever a bound is set.
+    """
+    value = getattr(obj, name)
+    given = [(op, b) for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
+    if not all(_COMPARE[op](value, b) for op, b in given):
+        rule = " and ".join(f"{op} {b}" for op, b in given)
+        raise ConfigError(name, f"must be {rule}, got {value!r}")

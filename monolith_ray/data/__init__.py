@@ -1,0 +1,1 @@
+"""Training data: datasets turned into example tables (see :mod:`monolith_ray.schemas`)."""

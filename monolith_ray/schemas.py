@@ -1,0 +1,99 @@
+"""The example record: the one Arrow schema for training rows in Parquet and Ray Data.
+
+An example is one impression with its outcome. Columns, in order:
+
+==============  ===============  ==========================================================
+column          type             meaning
+==============  ===============  ==========================================================
+``time``        int64, no nulls  event time, unix seconds (windows and splits use this)
+``label``       float32, no      1.0 = click / positive, 0.0 = negative
+                nulls
+``weight``      float32, no      sample weight; 1.0 unless a sampler reweights the row
+                nulls
+``<slot>``      int64            one column per single-valued slot, named after the slot
+``<slot>``      list<int64>      one column per multi-valued slot (``max_values > 1``)
+==============  ===============  ==========================================================
+
+Slot columns hold *raw value ids*, not fids: integers as they are, strings hashed with
+:func:`monolith_ray.features.hash_str` (see :func:`value_ids`). The trainer turns them into
+fids with :func:`monolith_ray.features.make_fids` and the slot's id, so a slot can be
+renumbered without rewriting data. Columns not in the schema are allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Protocol, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from monolith_ray.features import hash_str
+
+TIME, LABEL, WEIGHT = "time", "label", "weight"
+_DECIMAL = re.compile(r"-?[0-9]{1,18}")
+_BASE_FIELDS = (
+    pa.field(TIME, pa.int64(), nullable=False),
+    pa.field(LABEL, pa.float32(), nullable=False),
+    pa.field(WEIGHT, pa.float32(), nullable=False),
+)
+
+
+class SchemaError(ValueError):
+    """A table does not match the example schema; the message names the column."""
+
+
+class _Slot(Protocol):
+    name: str
+    max_values: int
+
+
+SlotSpec = Union[tuple[str, bool], _Slot]
+
+
+def example_schema(slots: Sequence[SlotSpec]) -> pa.Schema:
+    """Arrow schema of examples with the given slots, each ``(name, multi_valued)`` or an
+    object with ``.name`` and ``.max_values`` (a ``SlotConfig``)."""
+    fields = list(_BASE_FIELDS)
+    for slot in slots:
+        name, multi = slot if isinstance(slot, tuple) else (slot.name, slot.max_values > 1)
+        if name in (f.name for f in fields):
+            raise SchemaError(f"column {name!r}: slot name repeats or clashes with a base column")
+        fields.append(pa.field(name, pa.list_(pa.int64()) if multi else pa.int64()))
+    return pa.schema(fields)
+
+
+def validate_examples(table: pa.Table, schema: pa.Schema) -> None:
+    """Raise :class:`SchemaError` unless ``table`` has every column of ``schema`` with its
+    type and no nulls where the schema forbids them. Extra columns are ignored."""
+    for field in schema:
+        if field.name not in table.column_names:
+            raise SchemaError(f"column {field.name!r}: missing (expected {field.type})")
+        column = table.column(field.name)
+        if column.type != field.type:
+            raise SchemaError(f"column {field.name!r}: expected {field.type}, got {column.type}")
+        if not field.nullable and column.null_count:
+            raise SchemaError(f"column {field.name!r}: {column.null_count} nulls, none allowed")
+
+
+def value_ids(values: Iterable[str | int]) -> np.ndarray:
+    """Raw value ids of feature values -> int64 (n,).
+
+    Integers, and strings that spell a decimal integer, are kept as that integer, so ``25``
+    from JSON and ``"25"`` from a text file are the same value; other strings are hashed with
+    :func:`hash_str`. Hashes are 48-bit, so they seldom meet the small integers of real data.
+    """
+    values = list(values)
+    out = np.empty(len(values), dtype=np.int64)
+    text_at = []
+    for i, v in enumerate(values):
+        if isinstance(v, str):
+            if _DECIMAL.fullmatch(v):
+                out[i] = int(v)
+            else:
+                text_at.append(i)
+        else:
+            out[i] = int(v)
+    if text_at:
+        out[text_at] = hash_str([values[i] for i in text_at])
+    return out

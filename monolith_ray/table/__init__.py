@@ -1,0 +1,1 @@
+"""The embedding store: cuckoo map, tables, admission, expiry, optimizers. NumPy + Numba only."""
