@@ -1,11 +1,12 @@
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data
 
-.PHONY: install test data demo bench clean
+.PHONY: install test data bench clean
 
-install: $(VENV)/.installed
+# Everything a fresh machine needs: the venv with the project and its dev extras, and the data.
+install: $(VENV)/.installed data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +17,9 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# MovieLens-100K, taken from the recbole wheel on PyPI (not imported), as Parquet splits.
 data: $(VENV)/.installed
 	$(PY) -m monolith_ray.data.movielens fetch --dest $(DATA)
-
-demo: $(VENV)/.installed
-	$(PY) -m monolith_ray.cli demo
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.table
