@@ -424,7 +424,10 @@ class CuckooMap:
 
 
 def _buckets_for(n_keys: int, max_load: float) -> int:
-    return max(1, int(np.ceil(n_keys / (max_load * SLOTS))))
+    """Fewest buckets whose key limit, int(max_load * capacity) as find_or_insert computes it,
+    is at least n_keys: the ceil alone can land a rounding error short (0.7 * 90 < 63)."""
+    n = max(1, int(np.ceil(n_keys / (max_load * SLOTS))))
+    return n if int(max_load * (n * SLOTS)) >= n_keys else n + 1
 
 
 def _as_keys(keys: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """EmbeddingTable: one feature slot's collisionless, growing, expiring embedding store.
 
 Rows live in dense float32 matrices indexed by the cuckoo map's rows: weights (R, dim) and the
-optimizer's state matrices, plus per row its id, last update time (seconds), occurrence count
-and the table version of its last change (for parameter sync). Every call takes a whole batch.
+optimizer's state matrices, plus per row its id (``EMPTY``, -2**63, for a free row: every
+other int64 is a valid id), last update time (seconds), occurrence count and the table version
+of its last change (for parameter sync). Every call takes a whole batch.
 
 Policies worth knowing:
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from typing import BinaryIO, NamedTuple
 
 import numba as nb
@@ -34,7 +36,7 @@ import numpy as np
 
 from monolith_ray.config import AdmissionConfig, SlotConfig, from_dict
 from monolith_ray.table.admission import AdmissionFilter
-from monolith_ray.table.cuckoo import CuckooMap
+from monolith_ray.table.cuckoo import EMPTY, CuckooMap
 from monolith_ray.table.initializers import fill_rows
 from monolith_ray.table.optimizers import make_optimizer
 
@@ -85,7 +87,7 @@ class EmbeddingTable:
         spec = self._optimizer.state_spec(self.dim)
         rows = {
             "weights": np.zeros((n, self.dim), dtype=np.float32),
-            "ids": np.full(n, -1, dtype=np.int64),
+            "ids": np.full(n, EMPTY, dtype=np.int64),
             "updated_at": np.zeros(n, dtype=np.float64),
             "count": np.zeros(n, dtype=np.uint32),
             "version": np.zeros(n, dtype=np.int64),
@@ -114,8 +116,10 @@ class EmbeddingTable:
     def lookup_train(self, ids: np.ndarray, now: float) -> np.ndarray:
         """Rows for training: ids (n,) int64 -> float32 (n, dim); inserts ids admitted now.
 
-        Each occurrence counts towards admission; new rows are initialized from the slot's
-        initializer (a function of the id alone) and stamped with ``now`` (seconds).
+        Each occurrence counts towards admission; an id admitted by one of its occurrences
+        reads its row at all of them in this batch, as ``apply_gradients`` will apply all their
+        gradients to it. New rows are initialized from the slot's initializer (a function of
+        the id alone) and stamped with ``now`` (seconds).
         """
         ids = _check_ids(ids)
         rows = self._map.find(ids).astype(np.int64)
@@ -123,10 +127,10 @@ class EmbeddingTable:
         if missing.size:
             cand = ids[missing]
             admit = self._filter.observe(cand)
-            self.counters["filtered"] += int(missing.size - np.count_nonzero(admit))
             if admit.any():
-                new_rows = self._insert(cand[admit], now)
-                rows[missing[admit]] = new_rows
+                self._insert(cand[admit], now)
+                rows[missing] = self._map.find(cand)
+            self.counters["filtered"] += int(np.count_nonzero(rows[missing] < 0))
         known = rows[rows >= 0]
         np.add.at(self._rows["count"], known, 1)
         out = np.empty((ids.shape[0], self.dim), dtype=np.float32)
@@ -204,7 +208,7 @@ class EmbeddingTable:
             return np.empty(0, dtype=np.int64)
         bound = self._map.row_bound
         ids = self._rows["ids"][:bound]
-        stale = (ids >= 0) & (self._rows["updated_at"][:bound] < now - self.slot.expire_s)
+        stale = (ids != EMPTY) & (self._rows["updated_at"][:bound] < now - self.slot.expire_s)
         return self.evict(ids[stale])
 
     def evict(self, ids: np.ndarray) -> np.ndarray:
@@ -214,7 +218,7 @@ class EmbeddingTable:
         gone = ids[freed >= 0]
         if gone.size:
             self.version += 1
-            self._rows["ids"][freed[freed >= 0]] = -1
+            self._rows["ids"][freed[freed >= 0]] = EMPTY
             self._evicted_ids.append(gone)
             self._evicted_versions.append(np.full(gone.size, self.version, dtype=np.int64))
             self.counters["evicted"] += int(gone.size)
@@ -226,7 +230,7 @@ class EmbeddingTable:
         """Rows changed and ids evicted after ``version`` (the parameter-sync delta)."""
         bound = self._map.row_bound
         ids = self._rows["ids"][:bound]
-        changed = np.flatnonzero((ids >= 0) & (self._rows["version"][:bound] > version))
+        changed = np.flatnonzero((ids != EMPTY) & (self._rows["version"][:bound] > version))
         live_ids = ids[changed]
         if self._evicted_ids:
             ev = np.concatenate(self._evicted_ids)
@@ -239,10 +243,10 @@ class EmbeddingTable:
 
     def forget_evictions(self, upto_version: int) -> None:
         """Drop eviction records at or before ``upto_version`` (every reader has them)."""
-        keep = [(i, v) for i, v in zip(self._evicted_ids, self._evicted_versions)
-                if v[0] > upto_version]
-        self._evicted_ids = [i for i, _ in keep]
-        self._evicted_versions = [v for _, v in keep]
+        ids, versions = _concat(self._evicted_ids), _concat(self._evicted_versions)
+        newer = versions > upto_version
+        self._evicted_ids = [ids[newer]] if newer.any() else []
+        self._evicted_versions = [versions[newer]] if newer.any() else []
 
     # ------------------------------------------------------------------ stats, snapshot
 
@@ -270,8 +274,20 @@ class EmbeddingTable:
 
     @classmethod
     def restore(cls, file: str | BinaryIO) -> "EmbeddingTable":
-        """Read a table written by ``snapshot``; the result is bit-exact and writable."""
-        with np.load(file, allow_pickle=False) as z:
+        """Read a table written by ``snapshot``; the result is bit-exact and writable.
+
+        Anything else (not an ``.npz`` archive holding ``meta``) raises ValueError.
+        """
+        not_snapshot = "not a table snapshot: expected an .npz archive holding 'meta'"
+        try:
+            loaded = np.load(file, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile):
+            raise ValueError(not_snapshot) from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(not_snapshot)
+        with loaded as z:
+            if "meta" not in z.files:
+                raise ValueError(not_snapshot)
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays["meta"].tobytes().decode())
         if meta.get("format") != FORMAT:
@@ -304,4 +320,7 @@ def _check_ids(ids: np.ndarray) -> np.ndarray:
         raise ValueError(f"ids must be a 1-D int64 array, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"ids must be int64, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if (a == EMPTY).any():
+        raise ValueError("ids must not hold -2**63, the cuckoo map's reserved empty marker")
+    return a

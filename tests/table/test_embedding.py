@@ -1,0 +1,462 @@
+"""EmbeddingTable: a model-based stateful test, growth, expiry, sync deltas, snapshots, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from monolith_ray.config import (AdmissionConfig, ConfigError, InitializerConfig,
+                                 OptimizerConfig, SlotConfig)
+from monolith_ray.table.embedding import EmbeddingTable
+from monolith_ray.table.initializers import init_rows
+
+DIM = 4
+LR = 0.1
+INIT = InitializerConfig(kind="uniform", scale=0.5, seed=7)
+OPTIMIZERS = {
+    "sgd": OptimizerConfig(kind="sgd", learning_rate=LR),
+    "adagrad": OptimizerConfig(kind="adagrad", learning_rate=0.1, initial_accumulator=0.1),
+    "ftrl": OptimizerConfig(kind="ftrl", learning_rate=0.05, initial_accumulator=0.1, l1=0.01,
+                            l2=0.1),
+    "adam": OptimizerConfig(kind="adam", learning_rate=0.01),
+}
+
+
+def make_slot(optimizer: str = "sgd", **kw) -> SlotConfig:
+    return SlotConfig(name="s", slot_id=3, dim=DIM, optimizer=OPTIMIZERS[optimizer],
+                      initializer=INIT, **kw)
+
+
+def initial(ids) -> np.ndarray:
+    """The rows the slot's initializer gives ``ids``: float32 (n, DIM)."""
+    return init_rows(np.asarray(ids, dtype=np.int64), DIM, INIT)
+
+
+def grads_for(ids, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(len(ids), DIM)).astype(np.float32)
+
+
+def table_state(table: EmbeddingTable) -> dict[str, np.ndarray]:
+    """Every array a snapshot holds (rows, map, sketch, evictions, meta with version/counters)."""
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+# ---------------------------------------------------------------- model-based stateful test
+
+EXPIRE_S = 10.0
+POOL = [0, 1, 2, 3, 5, 8, 13, -1, -7, 2**63 - 1, -(2**63) + 1, 2**48 + 9, 3 << 48, 10**15]
+POOL_IDS = np.array(POOL + [404, -404], dtype=np.int64)  # the last two are never inserted
+ID_LISTS = st.lists(st.sampled_from(POOL), max_size=10)
+
+
+class TableMachine(RuleBasedStateMachine):
+    """EmbeddingTable (SGD, admit all, expiry) against {id: (weights row, last update time)}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = EmbeddingTable(make_slot(expire_s=EXPIRE_S), capacity=4)
+        self.model: dict[int, tuple[np.ndarray, float]] = {}
+        self.now = 0.0
+
+    @rule(ids=ID_LISTS)
+    def lookup_train(self, ids):
+        out = self.table.lookup_train(np.array(ids, dtype=np.int64), self.now)
+        for i in ids:
+            if i not in self.model:
+                self.model[i] = (initial([i])[0], self.now)
+        expected = np.array([self.model[i][0] for i in ids], dtype=np.float32).reshape(-1, DIM)
+        np.testing.assert_array_equal(out, expected)
+
+    @rule(data=st.data())
+    def apply_gradients(self, data):
+        ids = data.draw(ID_LISTS)
+        grads = data.draw(arrays(np.float32, (len(ids), DIM),
+                                 elements=st.floats(-4, 4, width=32)))
+        updated = self.table.apply_gradients(np.array(ids, dtype=np.int64), grads, self.now)
+        summed: dict[int, np.ndarray] = {}
+        for i, g in zip(ids, grads):
+            if i in self.model:
+                summed[i] = summed.get(i, np.zeros(DIM, dtype=np.float32)) + g
+        for i, g in summed.items():
+            w = self.model[i][0].astype(np.float64) - LR * g.astype(np.float64)
+            self.model[i] = (w.astype(np.float32), self.now)
+        assert updated == len(summed)
+
+    @rule(dt=st.sampled_from([0.0, 1.0, 4.0, 9.5, 10.0]))
+    def advance_clock(self, dt):
+        self.now += dt
+
+    @rule()
+    def evict_expired(self):
+        gone = self.table.evict_expired(self.now)
+        stale = {i for i, (_, t) in self.model.items() if t < self.now - EXPIRE_S}
+        assert sorted(gone.tolist()) == sorted(stale)
+        for i in stale:
+            del self.model[i]
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def evict(self, data):
+        ids = data.draw(st.lists(st.sampled_from(POOL), max_size=6))
+        gone = self.table.evict(np.array(ids, dtype=np.int64))
+        present = set(ids) & self.model.keys()
+        assert sorted(gone.tolist()) == sorted(present)
+        for i in present:
+            del self.model[i]
+
+    @invariant()
+    def serving_matches_model(self):
+        expected = np.array([self.model[i][0] if i in self.model else np.zeros(DIM)
+                             for i in POOL_IDS.tolist()], dtype=np.float32)
+        np.testing.assert_allclose(self.table.lookup_serve(POOL_IDS), expected,
+                                   rtol=1e-6, atol=1e-7)
+        assert len(self.table) == len(self.model)
+        delta = self.table.export_since(0)
+        assert sorted(delta.ids.tolist()) == sorted(self.model)
+        np.testing.assert_array_equal(delta.weights, self.table.lookup_serve(delta.ids))
+
+
+TableMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+TestTableMachine = TableMachine.TestCase
+
+
+# ---------------------------------------------------------------- growth
+
+def test_grows_far_beyond_initial_capacity():
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.unique(rng.integers(-(2**62), 2**62, size=100_000)))
+    table = EmbeddingTable(make_slot(), capacity=4)
+    trained = np.concatenate([table.lookup_train(chunk, now=0.0)
+                              for chunk in np.split(ids, [3, 1000, 40_000, 41_000])])
+    assert len(table) == ids.size
+    np.testing.assert_array_equal(trained, initial(ids))
+    np.testing.assert_array_equal(table.lookup_serve(ids), trained)
+    np.testing.assert_array_equal(table.lookup_serve(ids[::-1]), trained[::-1])
+
+
+# ---------------------------------------------------------------- expiry
+
+def test_evict_expired_removes_only_rows_older_than_expire_s():
+    table = EmbeddingTable(make_slot(expire_s=10.0))
+    table.lookup_train(np.array([1, 2, 3]), now=0.0)
+    table.apply_gradients(np.array([2]), grads_for([2], 0), now=5.0)
+    table.lookup_train(np.array([4]), now=7.0)
+    assert sorted(table.evict_expired(now=12.0).tolist()) == [1, 3]
+    assert table.contains(np.array([1, 2, 3, 4])).tolist() == [False, True, False, True]
+    np.testing.assert_array_equal(table.lookup_serve(np.array([1, 3])), np.zeros((2, DIM)))
+    assert table.evict_expired(now=15.0).size == 0  # updated exactly expire_s ago: kept
+    assert table.evict_expired(now=15.5).tolist() == [2]
+    assert table.evict_expired(now=17.5).tolist() == [4]
+    assert len(table) == 0 and table.counters["evicted"] == 4
+
+
+def test_no_expiry_when_expire_s_is_zero():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(5), now=0.0)
+    assert table.evict_expired(now=1e12).size == 0
+    assert len(table) == 5
+
+
+def test_evicted_rows_are_reused_with_fresh_weights_and_state():
+    table = EmbeddingTable(make_slot("adagrad", expire_s=10.0), capacity=16)
+    table.lookup_train(np.arange(50), now=0.0)
+    table.apply_gradients(np.arange(50), grads_for(range(50), 1), now=1.0)
+    table.apply_gradients(np.arange(30), grads_for(range(30), 2), now=20.0)
+    bound = table._map.row_bound
+    assert sorted(table.evict_expired(now=25.0).tolist()) == list(range(30, 50))
+    new = np.arange(100, 120)
+    np.testing.assert_array_equal(table.lookup_train(new, now=25.0), initial(new))
+    assert table.stats()["rows"] == 50
+    assert table._map.row_bound == bound
+    rows = table._map.find(new)
+    assert np.all(table._rows["state/accum"][rows] == np.float32(0.1))
+    assert np.all(table._rows["updated_at"][rows] == 25.0)
+    np.testing.assert_array_equal(table._rows["ids"][rows], new)
+
+
+def test_export_since_reports_evictions_not_reinserted():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(10), now=0.0)
+    v0 = table.version
+    assert sorted(table.evict(np.array([1, 2, 77])).tolist()) == [1, 2]
+    table.lookup_train(np.array([2]), now=1.0)
+    delta = table.export_since(v0)
+    assert delta.evicted.tolist() == [1]
+    assert delta.ids.tolist() == [2]
+    np.testing.assert_array_equal(delta.weights, initial([2]))
+    assert table.export_since(table.version).evicted.size == 0
+
+
+def test_forget_evictions_drops_only_records_up_to_version():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(10), now=0.0)
+    table.evict(np.array([3]))
+    v1 = table.version
+    table.evict(np.array([4]))
+    table.forget_evictions(v1)
+    assert table.export_since(0).evicted.tolist() == [4]
+    table.forget_evictions(table.version)
+    assert table.export_since(0).evicted.size == 0
+
+
+# ---------------------------------------------------------------- sync deltas
+
+def test_export_since_returns_exactly_the_rows_changed_after_version():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(20), now=0.0)
+    v0 = table.version
+    table.lookup_train(np.arange(20), now=1.0)  # reads only: no change
+    table.lookup_serve(np.arange(30))
+    assert table.version == v0
+    table.apply_gradients(np.array([3, 5, 5, 7, 99]), grads_for(range(5), 3), now=2.0)
+    v1 = table.version
+    table.lookup_train(np.array([3, 20, 21]), now=3.0)
+    delta = table.export_since(v0)
+    assert sorted(delta.ids.tolist()) == [3, 5, 7, 20, 21]
+    np.testing.assert_array_equal(delta.weights, table.lookup_serve(delta.ids))
+    assert delta.version == table.version and delta.evicted.size == 0
+    assert sorted(table.export_since(v1).ids.tolist()) == [20, 21]
+    assert table.export_since(table.version).ids.size == 0
+    unchanged = np.setdiff1d(np.arange(20), [3, 5, 7])
+    np.testing.assert_array_equal(table.lookup_serve(unchanged), initial(unchanged))
+
+
+# ---------------------------------------------------------------- snapshot / restore
+
+def build_busy_table(optimizer: str) -> EmbeddingTable:
+    """A table that has admitted, trained, expired, evicted and reused rows."""
+    table = EmbeddingTable(make_slot(optimizer, occurrence_threshold=2, expire_s=100.0),
+                           AdmissionConfig(sketch_width=1024, sketch_depth=2), capacity=8)
+    first = np.arange(300)
+    table.lookup_train(np.concatenate([first, first]), now=0.0)
+    touched = np.concatenate([first[::3], first[::6]])
+    table.apply_gradients(touched, grads_for(touched, 4), now=10.0)
+    table.lookup_train(np.repeat(np.arange(300, 400), 2), now=50.0)
+    table.evict_expired(now=105.0)
+    table.evict(np.array([0, 3]))
+    table.lookup_train(np.repeat(np.arange(1000, 1050), 2), now=106.0)
+    table.lookup_train(np.arange(2000, 2010), now=106.0)  # seen once: not admitted
+    return table
+
+
+def keep_training(table: EmbeddingTable) -> None:
+    ids = np.concatenate([np.arange(300, 420), np.arange(1000, 1050), np.arange(2000, 2010)])
+    table.lookup_train(ids, now=120.0)
+    table.apply_gradients(ids, grads_for(ids, 5), now=121.0)
+    table.evict_expired(now=151.0)
+    table.lookup_train(np.repeat(np.arange(3000, 3040), 2), now=152.0)
+
+
+ALL_IDS = np.arange(-5, 3100)
+
+
+def assert_tables_identical(a: EmbeddingTable, b: EmbeddingTable) -> None:
+    np.testing.assert_array_equal(a.lookup_serve(ALL_IDS), b.lookup_serve(ALL_IDS))
+    bound = a._map.row_bound
+    assert b._map.row_bound == bound
+    assert a._rows.keys() == b._rows.keys()
+    for k in a._rows:
+        assert a._rows[k][:bound].tobytes() == b._rows[k][:bound].tobytes(), k
+    assert a._filter.sketch.tobytes() == b._filter.sketch.tobytes()
+    assert (a.version, a.counters, len(a)) == (b.version, b.counters, len(b))
+    for v in (0, a.version // 2):
+        da, db = a.export_since(v), b.export_since(v)
+        for x, y in zip(da, db):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "ftrl", "adam"])
+@pytest.mark.parametrize("target", ["path", "bytesio"])
+def test_snapshot_restore_is_bit_exact_and_keeps_working(optimizer, target, tmp_path):
+    table = build_busy_table(optimizer)
+    assert table.counters["evicted"] > 0 and table.counters["filtered"] > 0
+    if target == "path":
+        file = tmp_path / "table.npz"
+        table.snapshot(str(file))
+        restored = EmbeddingTable.restore(str(file))
+    else:
+        file = io.BytesIO()
+        table.snapshot(file)
+        file.seek(0)
+        restored = EmbeddingTable.restore(file)
+    assert_tables_identical(table, restored)
+    keep_training(table)
+    keep_training(restored)
+    assert_tables_identical(table, restored)
+
+
+def test_restore_keeps_eviction_versions_for_forget_evictions():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(4), now=0.0)
+    table.evict(np.array([0]))
+    v1 = table.version
+    table.evict(np.array([1]))
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    buf.seek(0)
+    restored = EmbeddingTable.restore(buf)
+    restored.forget_evictions(v1)
+    assert restored.export_since(0).evicted.tolist() == [1]
+
+
+def _write_junk(path):
+    path.write_bytes(b"definitely not a snapshot\n" * 20)
+
+
+def _write_empty(path):
+    path.write_bytes(b"")
+
+
+def _write_npy(path):
+    with open(path, "wb") as f:
+        np.save(f, np.arange(10))
+
+
+def _write_npz_without_meta(path):
+    with open(path, "wb") as f:
+        np.savez(f, weights=np.zeros((3, 3)))
+
+
+def _write_other_format(path):
+    meta = np.frombuffer(json.dumps({"format": "something/else"}).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, meta=meta)
+
+
+@pytest.mark.parametrize("write", [_write_junk, _write_empty, _write_npy,
+                                   _write_npz_without_meta, _write_other_format])
+def test_restore_rejects_a_file_that_is_not_a_snapshot(write, tmp_path):
+    path = tmp_path / "bogus"
+    write(path)
+    with pytest.raises(ValueError, match="not a table snapshot"):
+        EmbeddingTable.restore(str(path))
+    with pytest.raises(ValueError, match="not a table snapshot"):
+        EmbeddingTable.restore(io.BytesIO(path.read_bytes()))
+
+
+# ---------------------------------------------------------------- bad input
+
+def trained_table() -> EmbeddingTable:
+    table = EmbeddingTable(make_slot("adagrad"))
+    table.lookup_train(np.arange(10), now=0.0)
+    table.apply_gradients(np.arange(10), grads_for(range(10), 6), now=1.0)
+    return table
+
+
+def _with(value, at=(0, 0)):
+    g = grads_for(range(3), 7)
+    g[at] = value
+    return g
+
+
+IDS3 = np.array([1, 2, 3])
+BAD_CALLS = {
+    "2-D ids lookup_train": (lambda t: t.lookup_train(IDS3.reshape(3, 1), 2.0), ValueError),
+    "2-D ids lookup_serve": (lambda t: t.lookup_serve(IDS3.reshape(1, 3)), ValueError),
+    "2-D ids apply_gradients": (lambda t: t.apply_gradients(
+        IDS3.reshape(3, 1), grads_for(range(3), 0), 2.0), ValueError),
+    "2-D ids evict": (lambda t: t.evict(IDS3.reshape(3, 1)), ValueError),
+    "float ids lookup_train": (lambda t: t.lookup_train(np.array([1.0, 2.0]), 2.0), TypeError),
+    "float ids lookup_serve": (lambda t: t.lookup_serve(np.array([1.0])), TypeError),
+    "float ids apply_gradients": (lambda t: t.apply_gradients(
+        IDS3.astype(np.float64), grads_for(range(3), 0), 2.0), TypeError),
+    "float ids evict": (lambda t: t.evict(np.array([1.5])), TypeError),
+    "reserved id -2**63": (lambda t: t.lookup_train(
+        np.array([11, 12, -(2**63)], dtype=np.int64), 2.0), ValueError),
+    "grads too wide": (lambda t: t.apply_gradients(
+        IDS3, np.zeros((3, DIM + 1), np.float32), 2.0), ValueError),
+    "grads too few rows": (lambda t: t.apply_gradients(
+        IDS3, np.zeros((2, DIM), np.float32), 2.0), ValueError),
+    "grads 1-D": (lambda t: t.apply_gradients(IDS3, np.zeros(3 * DIM, np.float32), 2.0),
+                  ValueError),
+    "grads int": (lambda t: t.apply_gradients(IDS3, np.ones((3, DIM), np.int32), 2.0), TypeError),
+    "grads NaN": (lambda t: t.apply_gradients(IDS3, _with(np.nan), 2.0), ValueError),
+    "grads +Inf": (lambda t: t.apply_gradients(IDS3, _with(np.inf, (2, 3)), 2.0), ValueError),
+    "grads -Inf": (lambda t: t.apply_gradients(IDS3, _with(-np.inf, (1, 1)), 2.0), ValueError),
+    "NaN grad of an unknown id": (lambda t: t.apply_gradients(
+        np.array([1, 2, 555]), _with(np.nan, (2, 0)), 2.0), ValueError),
+    "float64 grads overflowing float32": (lambda t: t.apply_gradients(
+        IDS3, np.full((3, DIM), 1e300), 2.0), ValueError),
+}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_bad_input_raises_and_leaves_table_unchanged(name):
+    call, error = BAD_CALLS[name]
+    table = trained_table()
+    before = table_state(table)
+    with pytest.raises(error):
+        call(table)
+    assert_same_state(before, table_state(table))
+    np.testing.assert_array_equal(table.lookup_serve(np.arange(15)),
+                                  trained_table().lookup_serve(np.arange(15)))
+
+
+def test_non_finite_grads_error_says_nothing_was_applied():
+    with pytest.raises(ValueError, match="nothing was applied"):
+        trained_table().apply_gradients(IDS3, _with(np.nan), 2.0)
+
+
+@pytest.mark.parametrize("dim", [0, -1, -64])
+def test_non_positive_dim_is_a_config_error(dim):
+    with pytest.raises(ConfigError) as err:
+        SlotConfig(name="s", slot_id=1, dim=dim)
+    assert err.value.key == "dim"
+
+
+# ---------------------------------------------------------------- read-only input (Ray object store)
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+
+def test_read_only_ids_and_grads_work_and_are_not_kept():
+    ids = np.array([5, 6, 7, 5, 8], dtype=np.int64)
+    grads = grads_for(ids, 8)
+    a, b = (EmbeddingTable(make_slot("adam", expire_s=5.0)) for _ in range(2))
+    for table, wrap in ((a, read_only), (b, np.array)):
+        table.lookup_train(wrap(ids), now=0.0)
+        assert table.apply_gradients(wrap(ids), wrap(grads), now=1.0) == 4
+        table.lookup_serve(wrap(ids))
+        table.contains(wrap(ids))
+        table.evict(wrap(np.array([6])))
+        table.lookup_train(wrap(np.array([9, 10])), now=2.0)
+        table.evict_expired(now=6.5)
+    assert_same_state(table_state(a), table_state(b))
+    assert sorted(a.export_since(0).evicted.tolist()) == [5, 6, 7, 8]
+
+
+def test_table_copies_the_ids_it_keeps():
+    table = EmbeddingTable(make_slot())
+    ids = np.array([1, 2, 3], dtype=np.int64)
+    table.lookup_train(ids, now=0.0)
+    gone = np.array([2, 3], dtype=np.int64)
+    table.evict(gone)
+    ids[:] = 42
+    gone[:] = 43
+    assert table.contains(np.array([1, 42])).tolist() == [True, False]
+    assert table.export_since(0).ids.tolist() == [1]
+    assert sorted(table.export_since(0).evicted.tolist()) == [2, 3]
