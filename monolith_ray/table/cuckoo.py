@@ -402,9 +402,9 @@ class CuckooMap:
             target = int(np.ceil(target * self.growth))
 
     def state(self) -> dict[str, np.ndarray]:
-        """Arrays that restore this map exactly with ``from_state``."""
-        return {"buckets": self._keys, "counters": self._counters,
-                "free": self._free[: self._counters[2]], "rng": self._rng,
+        """Copies of the arrays that restore this map exactly with ``from_state``."""
+        return {"buckets": self._keys.copy(), "counters": self._counters.copy(),
+                "free": self._free[: self._counters[2]].copy(), "rng": self._rng.copy(),
                 "params": np.array([self.max_load, self.growth])}
 
     @classmethod
@@ -437,5 +437,7 @@ def _as_keys(keys: np.ndarray) -> np.ndarray:
     if a.dtype != np.int64:
         if a.size and not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"keys must be int64, got dtype {a.dtype}")
+        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+            raise ValueError("uint64 keys above 2**63 - 1 do not fit int64 keys")
         a = a.astype(np.int64)
     return np.ascontiguousarray(a)
