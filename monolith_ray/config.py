@@ -37,9 +37,11 @@ __all__ = [
     "ConfigError",
     "InitializerConfig",
     "InitializerKind",
+    "ModelConfig",
     "OptimizerConfig",
     "OptimizerKind",
     "SlotConfig",
+    "TrainConfig",
     "from_dict",
     "load_config",
 ]
@@ -230,6 +232,8 @@ class Config:
 
     slots: tuple[SlotConfig, ...]
     admission: AdmissionConfig = dataclasses.field(default_factory=AdmissionConfig)
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig())
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig())
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -365,3 +369,47 @@ def _require(obj: Any, name: str, *, gt: float | None = None, ge: float | None =
     if not all(_COMPARE[op](value, b) for op, b in given):
         rule = " and ".join(f"{op} {b}" for op, b in given)
         raise ConfigError(name, f"must be {rule}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The dense part of the model (DeepFM): widths of the MLP's hidden layers. The sparse
+    part is the slots; every slot must share one ``dim``, as DeepFM's FM term pairs them."""
+
+    hidden: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        for i, width in enumerate(self.hidden):
+            if width < 1:
+                raise ConfigError(f"hidden[{i}]", f"must be >= 1, got {width}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a trainer steps.
+
+    - ``batch_size``: examples per step (a shorter last batch is padded with weight-0 rows).
+    - ``dense_optimizer``: optimizer of the dense parameters (``sgd``, ``adagrad`` or
+      ``adam``; ``ftrl`` is for embedding rows only).
+    - ``n_shards``: parameter-server shards the embedding rows are spread over.
+    - ``epochs``: passes over a finite (Parquet) source; a stream ignores it.
+    - ``seed``: seed of the dense parameters' initialization.
+    - ``stats_every``: steps between table-size reports (each costs a call per shard).
+    """
+
+    batch_size: int = 2048
+    dense_optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=lambda: OptimizerConfig(kind="adam", learning_rate=1.0e-3))
+    n_shards: int = 2
+    epochs: int = 1
+    seed: int = 0
+    stats_every: int = 100
+
+    def __post_init__(self) -> None:
+        _require(self, "batch_size", ge=1)
+        _require(self, "n_shards", ge=1)
+        _require(self, "epochs", ge=1)
+        _require(self, "stats_every", ge=1)
+        if self.dense_optimizer.kind == "ftrl":
+            raise ConfigError("dense_optimizer.kind", "ftrl is for embedding rows only; use "
+                              "sgd, adagrad or adam")

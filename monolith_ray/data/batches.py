@@ -1,0 +1,123 @@
+"""Example tables (``monolith_ray.schemas``) turned into the arrays a training step takes.
+
+A :class:`Batch` holds, per slot, the batch's unique fids and an index matrix into them, the
+shape ``monolith_ray.model.pool`` pools and the parameter-server client pulls: rows are
+fetched once per unique fid, and the model's row gradients come back one per unique fid.
+Raw value ids become fids with ``make_fids(slot.slot_id, value)`` here, at batching time, so
+stored data never depends on slot numbering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from monolith_ray.config import SlotConfig
+from monolith_ray.features import make_fids
+from monolith_ray.schemas import LABEL, TIME, WEIGHT, SchemaError, example_schema, validate_examples
+
+
+@dataclass(frozen=True)
+class Batch:
+    """B examples as arrays.
+
+    - ``fids[slot]``: int64 (U_s,), the slot's distinct fids in the batch, sorted.
+    - ``idx[slot]``: int32 (B, L_s), row of ``fids[slot]`` for each value of each example,
+      -1 where there is none; L_s is 1 for a single-valued slot, else its ``max_values``.
+    - ``labels``, ``weights``: float32 (B,); ``time``: int64 (B,), event time in seconds.
+    """
+
+    fids: dict[str, np.ndarray]
+    idx: dict[str, np.ndarray]
+    labels: np.ndarray
+    weights: np.ndarray
+    time: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def now(self) -> float:
+        """The batch's latest event time (seconds): the clock its table updates are stamped with."""
+        return float(self.time.max()) if len(self) else 0.0
+
+    def padded(self, size: int) -> Batch:
+        """This batch with examples appended up to ``size``: no values, label 0, weight 0, so
+        they change neither loss nor gradients (a fixed B spares the jitted step a recompile)."""
+        extra = size - len(self)
+        if extra < 0:
+            raise ValueError(f"cannot pad a batch of {len(self)} examples down to {size}")
+        if extra == 0:
+            return self
+        return Batch(
+            fids=self.fids,
+            idx={n: np.pad(a, ((0, extra), (0, 0)), constant_values=-1)
+                 for n, a in self.idx.items()},
+            labels=np.pad(self.labels, (0, extra)),
+            weights=np.pad(self.weights, (0, extra)),
+            time=np.pad(self.time, (0, extra), mode="edge" if len(self) else "constant"),
+        )
+
+
+def make_batch(examples: pa.Table | pa.RecordBatch, slots: Sequence[SlotConfig]) -> Batch:
+    """The :class:`Batch` of all rows of ``examples`` for ``slots``.
+
+    Raises :class:`~monolith_ray.schemas.SchemaError` naming the column if a column is
+    missing, mistyped, null where it may not be, or holds more values than ``max_values``.
+    A null slot value (or list) means the example has no value in that slot.
+    """
+    table = pa.Table.from_batches([examples]) if isinstance(examples, pa.RecordBatch) else examples
+    validate_examples(table, example_schema(slots))
+    n = table.num_rows
+    fids, idx = {}, {}
+    for slot in slots:
+        values, rows, pos = _slot_values(table.column(slot.name).combine_chunks(), slot)
+        unique, inverse = np.unique(make_fids(slot.slot_id, values), return_inverse=True)
+        matrix = np.full((n, slot.max_values), -1, dtype=np.int32)
+        matrix[rows, pos] = inverse.ravel()
+        fids[slot.name], idx[slot.name] = unique, matrix
+    return Batch(
+        fids=fids,
+        idx=idx,
+        labels=_numpy(table.column(LABEL), np.float32),
+        weights=_numpy(table.column(WEIGHT), np.float32),
+        time=_numpy(table.column(TIME), np.int64),
+    )
+
+
+def iter_batches(examples: pa.Table, slots: Sequence[SlotConfig],
+                 batch_size: int) -> Iterator[Batch]:
+    """Consecutive batches of ``batch_size`` rows (the last may be shorter), in table order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, examples.num_rows, batch_size):
+        yield make_batch(examples.slice(start, batch_size), slots)
+
+
+def _slot_values(column: pa.Array, slot: SlotConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A slot column -> (raw values int64 (k,), their example rows (k,), their positions in
+    the example's list (k,)), nulls left out."""
+    if slot.max_values == 1:
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        values = column.fill_null(0).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid)
+        return values[rows], rows, np.zeros(rows.size, dtype=np.int64)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    if lengths.size and lengths.max() > slot.max_values:
+        raise SchemaError(f"column {slot.name!r}: an example has {int(lengths.max())} values, "
+                          f"more than the slot's max_values {slot.max_values}")
+    flat = pc.list_flatten(column)
+    rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(rows.size) - starts[rows]
+    valid = flat.is_valid().to_numpy(zero_copy_only=False)
+    values = flat.fill_null(0).to_numpy(zero_copy_only=False)
+    return values[valid], rows[valid], pos[valid]
+
+
+def _numpy(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
+    return column.to_numpy().astype(dtype, copy=False)

@@ -1,0 +1,181 @@
+"""TrainLoop: one trainer's steps over batches, with embedding rows on parameter servers.
+
+A step pulls the batch's unique rows (one call per shard, all slots), pads each slot's rows
+to a bucketed count (``model.bucket_size``, kept at its high-water mark so the step compiles
+a handful of times per run), runs the jitted DeepFM step (which updates the dense parameters
+with optax), and pushes each slot's row gradients ``[:U_s]`` back.
+
+Shorter batches are padded to ``batch_size`` with weight-0 examples, so B never changes.
+
+Overlap: ``train`` and ``evaluate`` issue batch k+1's pull before computing step k and wait
+for it only when step k+1 starts, so with Ray actors the parameter servers' lookups run while
+this process computes. Pushes are asynchronous too, waited for before the next push. A pull
+issued before step k's push reads rows without that push: a row used in two consecutive
+steps is one step stale, the usual asynchronous-PS trade (the same on plain objects, since
+calls run in the order issued). ``train_batch`` is the unpipelined single step.
+
+Clock: table rows are stamped with the batch's latest event time (``Batch.now``), never the
+wall clock, so expiry replays the same at any speed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from monolith_ray.config import ModelConfig, OptimizerConfig, SlotConfig, TrainConfig
+from monolith_ray.data.batches import Batch
+from monolith_ray.model import (
+    DeepFMConfig,
+    StreamingAUC,
+    StreamingLogLoss,
+    bucket_size,
+    init,
+    make_predict,
+    make_train_step,
+    pad_rows,
+)
+from monolith_ray.ps.client import Pending, ShardClient
+
+
+def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """The optax optimizer of the dense parameters for ``cfg`` (sgd, adagrad or adam)."""
+    if cfg.kind == "adam":
+        return optax.adam(cfg.learning_rate, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
+    if cfg.kind == "adagrad":
+        return optax.adagrad(cfg.learning_rate, initial_accumulator_value=cfg.initial_accumulator,
+                             eps=cfg.eps)
+    if cfg.kind == "sgd":
+        return optax.sgd(cfg.learning_rate)
+    raise ValueError(f"dense optimizer {cfg.kind!r} is not supported; use sgd, adagrad or adam")
+
+
+class TrainLoop:
+    """DeepFM dense parameters and their optimizer, trained against ``client``'s shards.
+
+    All ``slots`` must share one ``dim`` D; their table rows are D + 1 wide (see
+    ``monolith_ray.ps.shard``).
+    """
+
+    def __init__(self, slots: Sequence[SlotConfig], client: ShardClient,
+                 model: ModelConfig = ModelConfig(), train: TrainConfig = TrainConfig()) -> None:
+        dims = {s.dim for s in slots}
+        if len(dims) != 1:
+            raise ValueError("DeepFM needs one dim for all slots, got "
+                             + ", ".join(f"{s.name}={s.dim}" for s in slots))
+        self.slots = tuple(slots)
+        self.names = tuple(s.name for s in slots)
+        self.client = client
+        self.train_cfg = train
+        self.model_cfg = DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden)
+        combiners = tuple(s.combiner for s in slots)
+        optimizer = dense_optimizer(train.dense_optimizer)
+        self.params = init(jax.random.key(train.seed), self.model_cfg)
+        self.opt_state = optimizer.init(self.params)
+        self._step = make_train_step(self.model_cfg, combiners, optimizer)
+        self._predict = make_predict(self.model_cfg, combiners)
+        self.steps = 0
+        self.table_rows: dict[str, int] = {}
+        self._push: Pending | None = None
+        self._padded_rows = dict.fromkeys(self.names, 0)
+
+    def train_batch(self, batch: Batch) -> dict:
+        """One step without overlap: pull, compute, push -> metrics (see ``train``)."""
+        start = time.perf_counter()
+        metrics = self._train_step(batch, self.client.pull(batch.fids, batch.now), start)
+        self._finish_push()
+        return metrics
+
+    def train(self, batches: Iterable[Batch]) -> Iterator[dict]:
+        """Train on ``batches`` in order, overlapping each pull with the previous step; yield
+        per step ``{"step", "loss", "examples", "seconds", "examples_per_s", "table_rows"}``.
+
+        ``loss`` is the batch's weighted mean log loss before its update; ``seconds`` the
+        step's wall time from resuming to its push being issued; ``table_rows`` per slot the
+        rows held over all shards, refreshed every ``stats_every`` steps.
+        """
+        start = time.perf_counter()
+        pulled = self._prefetched(batches, lambda b: self.client.pull_async(b.fids, b.now))
+        try:
+            for batch, rows in pulled:
+                yield self._train_step(batch, rows, start)
+                start = time.perf_counter()
+        finally:
+            self._finish_push()
+
+    def predict(self, batch: Batch, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """Click probabilities float32 (B,) of ``batch`` given its rows per slot (U_s, D+1)."""
+        padded = self._pad(batch)
+        slot_rows, slot_idx = self._slot_arrays(padded, rows)
+        return np.asarray(self._predict(self.params, slot_rows, slot_idx, None))[:len(batch)]
+
+    def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
+        """AUC and log loss (example-weighted) of ``batches`` with serving lookups, which never
+        insert: ids the tables lack read zeros -> ``{"auc", "logloss", "examples"}``."""
+        auc, logloss, n = StreamingAUC(), StreamingLogLoss(), 0
+        for batch, rows in self._prefetched(batches, lambda b: self.client.lookup_async(b.fids)):
+            probs = self.predict(batch, rows)
+            auc.update(probs, batch.labels, batch.weights)
+            logloss.update(probs, batch.labels, batch.weights)
+            n += len(batch)
+        return {"auc": auc.result(), "logloss": logloss.result(), "examples": n}
+
+    # ------------------------------------------------------------------ internals
+
+    def _train_step(self, batch: Batch, rows: dict[str, np.ndarray], start: float) -> dict:
+        padded = self._pad(batch)
+        slot_rows, slot_idx = self._slot_arrays(padded, rows)
+        self.params, self.opt_state, row_grads, loss, _ = self._step(
+            self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights, None)
+        grads = {n: np.asarray(g)[:batch.fids[n].size] for n, g in zip(self.names, row_grads)}
+        self._finish_push()
+        self._push = self.client.push_async(batch.fids, grads, batch.now)
+        if self.steps % self.train_cfg.stats_every == 0:
+            self.table_rows = {n: s["rows"] for n, s in self.client.stats().items()}
+        self.steps += 1
+        seconds = time.perf_counter() - start
+        return {"step": self.steps, "loss": float(loss), "examples": len(batch),
+                "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
+                "table_rows": dict(self.table_rows)}
+
+    def _finish_push(self) -> None:
+        if self._push is not None:
+            pending, self._push = self._push, None
+            self.client.wait(pending)
+
+    def _pad(self, batch: Batch) -> Batch:
+        size = self.train_cfg.batch_size
+        return batch.padded(size) if len(batch) < size else batch
+
+    def _slot_arrays(self, batch: Batch, rows: dict[str, np.ndarray]
+                     ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Rows padded per slot to a high-water mark of ``bucket_size``: a slot's padded count
+        only grows, so the jitted step compiles once per growth of some slot (a handful of
+        times) rather than once per combination of the slots' buckets."""
+        slot_idx = tuple(batch.idx[n] for n in self.names)
+        slot_rows = []
+        for n, idx in zip(self.names, slot_idx):
+            size = max(bucket_size(rows[n].shape[0], cap=idx.size), self._padded_rows[n])
+            self._padded_rows[n] = size
+            slot_rows.append(pad_rows(rows[n], size))
+        return tuple(slot_rows), slot_idx
+
+    def _prefetched(self, batches: Iterable[Batch], issue: Callable[[Batch], Pending]
+                    ) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+        """(batch, its rows) in order, each batch's lookup issued before the previous batch is
+        handed out for computing."""
+        it = iter(batches)
+        batch = next(it, None)
+        if batch is None:
+            return
+        pending = issue(batch)
+        for following in it:
+            rows = self.client.wait(pending)
+            pending = issue(following)
+            yield batch, rows
+            batch = following
+        yield batch, self.client.wait(pending)

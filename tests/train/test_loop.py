@@ -1,0 +1,100 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from monolith_ray.config import (AdmissionConfig, ConfigError, InitializerConfig, ModelConfig,
+                                 OptimizerConfig, SlotConfig, TrainConfig, load_config)
+from monolith_ray.data.batches import iter_batches
+from monolith_ray.ps import ShardClient, ShardServer
+from monolith_ray.train import TrainLoop
+
+ADMISSION = AdmissionConfig(sketch_width=1024, sketch_depth=2)
+SLOTS = tuple(
+    SlotConfig(name=name, slot_id=i + 1, dim=4, max_values=m, combiner="mean",
+               optimizer=OptimizerConfig(kind="adagrad", learning_rate=0.3),
+               initializer=InitializerConfig(kind="normal", scale=0.1))
+    for i, (name, m) in enumerate([("user", 1), ("item", 1), ("tags", 2)]))
+BATCH = 64
+
+
+def synthetic(n=1024, seed=0):
+    """Clicks when a user's taste (user % 2) matches an item's kind (item % 2)."""
+    rng = np.random.default_rng(seed)
+    user, item = rng.integers(0, 30, n), rng.integers(0, 40, n)
+    tags = [[int(i % 2), int(i % 5) + 10] for i in item]
+    return pa.table({
+        "time": pa.array(np.arange(n), pa.int64()),
+        "label": pa.array((user % 2 == item % 2).astype(np.float32)),
+        "weight": pa.array(np.ones(n, np.float32)),
+        "user": pa.array(user), "item": pa.array(item),
+        "tags": pa.array(tags, pa.list_(pa.int64())),
+    })
+
+
+def make_loop(slots=SLOTS):
+    client = ShardClient([ShardServer(slots, ADMISSION) for _ in range(2)], [s.name for s in slots])
+    train = TrainConfig(batch_size=BATCH, stats_every=4,
+                        dense_optimizer=OptimizerConfig(kind="adam", learning_rate=1e-2))
+    return TrainLoop(slots, client, ModelConfig(hidden=(8,)), train)
+
+
+def test_training_reduces_loss_and_learns_the_pattern():
+    loop = make_loop()
+    data = list(iter_batches(synthetic(), SLOTS, BATCH))
+    first = loop.evaluate(data)
+    losses = [m["loss"] for _ in range(3) for m in loop.train(data)]
+    last = loop.evaluate(data)
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
+    assert last["logloss"] < 0.5 * first["logloss"] and last["auc"] > 0.95
+    assert loop.steps == 3 * len(data)
+
+
+def test_step_metrics_and_table_growth():
+    loop = make_loop()
+    data = list(iter_batches(synthetic(n=200), SLOTS, BATCH))  # last batch is short (8)
+    metrics = list(loop.train(data))
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["examples"] for m in metrics] == [64, 64, 64, 8]
+    assert all(np.isfinite(m["loss"]) and m["examples_per_s"] > 0 for m in metrics)
+    seen = {s.name: np.unique(np.concatenate([b.fids[s.name] for b in data])).size for s in SLOTS}
+    assert loop.client.stats()["user"]["rows"] == seen["user"]
+    # Refreshed at step 1, when batch 2's pull had already been issued (the overlap).
+    first_two = np.union1d(data[0].fids["item"], data[1].fids["item"]).size
+    assert metrics[0]["table_rows"]["item"] == first_two
+    assert metrics[1]["table_rows"] == metrics[0]["table_rows"]
+    one = loop.train_batch(data[0])
+    assert one["step"] == 5 and one["table_rows"] == seen  # refreshed at step 5
+
+
+def test_evaluate_does_not_insert_unseen_ids():
+    loop = make_loop()
+    train = list(iter_batches(synthetic(n=128, seed=0), SLOTS, BATCH))
+    for _ in loop.train(train):
+        pass
+    rows = loop.client.stats()["user"]["rows"]
+    fresh = synthetic(n=64, seed=1)
+    fresh = fresh.set_column(3, "user", pa.array(np.arange(1000, 1064)))
+    result = loop.evaluate(iter_batches(fresh, SLOTS, BATCH))
+    assert result["examples"] == 64 and np.isfinite(result["logloss"])
+    assert loop.client.stats()["user"]["rows"] == rows
+
+
+def test_slots_must_share_one_dim():
+    slots = (SLOTS[0], SlotConfig(name="item", slot_id=2, dim=8))
+    with pytest.raises(ValueError, match="user=4, item=8"):
+        make_loop(slots)
+
+
+def test_model_and_train_sections_load_from_yaml():
+    cfg = load_config("slots:\n  - {name: user, slot_id: 1, dim: 4}\n"
+                      "model: {hidden: [16, 8]}\n"
+                      "train: {batch_size: 256,\n"
+                      "        dense_optimizer: {kind: adagrad, learning_rate: 0.1}}\n")
+    assert cfg.model == ModelConfig(hidden=(16, 8))
+    assert cfg.train.batch_size == 256 and cfg.train.dense_optimizer.kind == "adagrad"
+    assert load_config("slots:\n  - {name: user, slot_id: 1, dim: 4}\n").train == TrainConfig()
+    with pytest.raises(ConfigError, match=r"^train\.dense_optimizer\.kind: ftrl"):
+        load_config("slots:\n  - {name: u, slot_id: 1, dim: 4}\n"
+                    "train: {dense_optimizer: {kind: ftrl}}\n")
+    with pytest.raises(ConfigError, match=r"^model\.hidden\[1\]"):
+        load_config("slots:\n  - {name: u, slot_id: 1, dim: 4}\nmodel: {hidden: [4, 0]}\n")
