@@ -35,6 +35,7 @@ __all__ = [
     "Combiner",
     "Config",
     "ConfigError",
+    "DataConfig",
     "InitializerConfig",
     "InitializerKind",
     "ModelConfig",
@@ -234,6 +235,7 @@ class Config:
     admission: AdmissionConfig = dataclasses.field(default_factory=AdmissionConfig)
     model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig())
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig())
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig())
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -395,6 +397,14 @@ class TrainConfig:
     - ``epochs``: passes over a finite (Parquet) source; a stream ignores it.
     - ``seed``: seed of the dense parameters' initialization.
     - ``stats_every``: steps between table-size reports (each costs a call per shard).
+    - ``n_trainers``: trainer actors, each fed its own split of the data. With a dense
+      parameter server, ``dense_pull_every`` is how many of its own steps a trainer goes
+      between parameter pulls (the staleness bound, see ``monolith_ray.ps.dense``).
+    - ``trainer_cpus``, ``shard_cpus``, ``read_cpus``: Ray CPUs reserved per trainer, per
+      shard (and dense server) actor, and per Ray Data read task; reads need less than a whole
+      CPU so that they run beside the actors on a small node. Ray Data also lists files with a
+      task of one whole CPU: leave one CPU unreserved, or a read never starts.
+    - ``call_timeout_s``: a parameter-server call not answered by then fails the step.
     """
 
     batch_size: int = 2048
@@ -404,8 +414,20 @@ class TrainConfig:
     epochs: int = 1
     seed: int = 0
     stats_every: int = 100
+    n_trainers: int = 1
+    dense_pull_every: int = 1
+    trainer_cpus: float = 0.25
+    shard_cpus: float = 0.1
+    read_cpus: float = 0.25
+    call_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
+        _require(self, "n_trainers", ge=1)
+        _require(self, "dense_pull_every", ge=1)
+        _require(self, "trainer_cpus", ge=0)
+        _require(self, "shard_cpus", ge=0)
+        _require(self, "read_cpus", gt=0)
+        _require(self, "call_timeout_s", gt=0)
         _require(self, "batch_size", ge=1)
         _require(self, "n_shards", ge=1)
         _require(self, "epochs", ge=1)
@@ -413,3 +435,20 @@ class TrainConfig:
         if self.dense_optimizer.kind == "ftrl":
             raise ConfigError("dense_optimizer.kind", "ftrl is for embedding rows only; use "
                               "sgd, adagrad or adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where a batch job reads and writes: Parquet splits of examples (local paths or any
+    ``pyarrow.fs`` URI, e.g. ``s3://bucket/prefix/train.parquet``) and the output folder for
+    metrics and snapshots. An empty ``valid`` or ``test`` skips that evaluation."""
+
+    train: str = "data/ml-100k/parquet/train.parquet"
+    valid: str = "data/ml-100k/parquet/valid.parquet"
+    test: str = "data/ml-100k/parquet/test.parquet"
+    output_dir: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        for name in ("train", "output_dir"):
+            if not getattr(self, name):
+                raise ConfigError(name, "must not be empty")

@@ -8,6 +8,7 @@ from monolith_ray.model.deepfm import (
     fm_interaction as fm_interaction,
     init as init,
     loss_fn as loss_fn,
+    make_grad_step as make_grad_step,
     make_predict as make_predict,
     make_train_step as make_train_step,
 )

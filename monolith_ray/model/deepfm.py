@@ -143,6 +143,25 @@ TrainStep = Callable[
 ]
 
 
+def make_grad_step(
+    cfg: DeepFMConfig, combiners: tuple[Combiner, ...]
+) -> Callable[..., tuple[Params, tuple[jax.Array, ...], jax.Array, jax.Array]]:
+    """Jitted `(params, slot_rows, slot_idx, labels, weights, dense)
+    → (param_grads, row_grads, loss, logits)`: gradients only, for a trainer whose dense
+    parameters live on a dense parameter server that applies them."""
+    combiners = tuple(combiners)
+    grad_fn = jax.value_and_grad(_loss_and_logits, argnums=(0, 1), has_aux=True)
+
+    @jax.jit
+    def grad_step(params, slot_rows, slot_idx, labels, weights, dense):
+        (loss, logits), (param_grads, row_grads) = grad_fn(
+            params, tuple(slot_rows), tuple(slot_idx), combiners, labels, weights, dense, cfg
+        )
+        return param_grads, tuple(row_grads), loss, logits
+
+    return grad_step
+
+
 def make_train_step(
     cfg: DeepFMConfig,
     combiners: tuple[Combiner, ...],
@@ -155,17 +174,15 @@ def make_train_step(
     gradient of the loss w.r.t. `slot_rows[s]`, for the trainer to push to the parameter
     servers. Pad `slot_rows` with `pad_slots` to bound recompilation.
     """
-    combiners = tuple(combiners)
-    grad_fn = jax.value_and_grad(_loss_and_logits, argnums=(0, 1), has_aux=True)
+    grad_step = make_grad_step(cfg, combiners)
 
     @jax.jit
     def step(params, opt_state, slot_rows, slot_idx, labels, weights, dense):
-        (loss, logits), (param_grads, row_grads) = grad_fn(
-            params, tuple(slot_rows), tuple(slot_idx), combiners, labels, weights, dense, cfg
-        )
+        param_grads, row_grads, loss, logits = grad_step(
+            params, slot_rows, slot_idx, labels, weights, dense)
         updates, opt_state = dense_optimizer.update(param_grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, tuple(row_grads), loss, logits
+        return params, opt_state, row_grads, loss, logits
 
     return step
 

@@ -46,25 +46,53 @@ class DirectCalls:
         return list(handles)
 
 
+class ShardUnavailableError(RuntimeError):
+    """A parameter server is dead or did not answer in time; the step did not happen."""
+
+
 class RayCalls:
     """Calls Ray actor handles: ``submit`` is ``shard.method.remote(...)``, ``gather`` one
-    ``ray.get`` over all the object refs."""
+    ``ray.get`` over all the object refs, bounded by ``timeout_s``. A dead actor or a timeout
+    raises :class:`ShardUnavailableError` naming the call's position (the shard index for a
+    client's calls) instead of hanging."""
+
+    def __init__(self, timeout_s: float | None = 60.0) -> None:
+        self.timeout_s = timeout_s
 
     def submit(self, shard: Any, method: str, *args: Any) -> Any:
         return getattr(shard, method).remote(*args)
 
     def gather(self, handles: list[Any]) -> list[Any]:
         import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
 
-        return ray.get(list(handles))
+        try:
+            return ray.get(list(handles), timeout=self.timeout_s)
+        except GetTimeoutError as err:
+            ready, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0)
+            late = [i for i, h in enumerate(handles) if h not in ready]
+            raise ShardUnavailableError(
+                f"parameter server(s) {late} of {len(handles)} did not answer within "
+                f"{self.timeout_s} s") from err
+        except RayActorError as err:
+            dead = []
+            for i, h in enumerate(handles):
+                try:
+                    ray.get(h, timeout=0)
+                except (RayActorError, GetTimeoutError):
+                    dead.append(i)
+            raise ShardUnavailableError(
+                f"parameter server(s) {dead} of {len(handles)} are dead or unreachable "
+                f"({type(err).__name__}); restart them from the latest snapshot") from err
 
 
-def calls_for(shards: Sequence[Any]) -> Calls:
-    """:class:`RayCalls` if every shard is an actor handle (its methods have ``.remote``),
+def calls_for(shards: Sequence[Any], method: str = "pull", timeout_s: float | None = 60.0
+              ) -> Calls:
+    """:class:`RayCalls` if every shard is an actor handle (its ``method`` has ``.remote``),
     :class:`DirectCalls` if none is; mixing the two is an error."""
-    remote = [hasattr(getattr(s, "pull", None), "remote") for s in shards]
+    remote = [hasattr(getattr(s, method, None), "remote") for s in shards]
     if all(remote):
-        return RayCalls()
+        return RayCalls(timeout_s)
     if not any(remote):
         return DirectCalls()
     raise TypeError("shards mix Ray actor handles and plain objects")

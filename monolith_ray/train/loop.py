@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,11 +36,12 @@ from monolith_ray.model import (
     StreamingLogLoss,
     bucket_size,
     init,
+    make_grad_step,
     make_predict,
     make_train_step,
     pad_rows,
 )
-from monolith_ray.ps.client import Pending, ShardClient
+from monolith_ray.ps.client import Pending, ShardClient, calls_for
 
 
 def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
@@ -54,6 +56,15 @@ def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     raise ValueError(f"dense optimizer {cfg.kind!r} is not supported; use sgd, adagrad or adam")
 
 
+def deepfm_config(slots: Sequence[SlotConfig], model: ModelConfig) -> DeepFMConfig:
+    """The DeepFM shape for ``slots``: one field per slot, the slots' shared dim."""
+    dims = {s.dim for s in slots}
+    if len(dims) != 1:
+        raise ValueError("DeepFM needs one dim for all slots, got "
+                         + ", ".join(f"{s.name}={s.dim}" for s in slots))
+    return DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden)
+
+
 class TrainLoop:
     """DeepFM dense parameters and their optimizer, trained against ``client``'s shards.
 
@@ -62,22 +73,23 @@ class TrainLoop:
     """
 
     def __init__(self, slots: Sequence[SlotConfig], client: ShardClient,
-                 model: ModelConfig = ModelConfig(), train: TrainConfig = TrainConfig()) -> None:
-        dims = {s.dim for s in slots}
-        if len(dims) != 1:
-            raise ValueError("DeepFM needs one dim for all slots, got "
-                             + ", ".join(f"{s.name}={s.dim}" for s in slots))
+                 model: ModelConfig = ModelConfig(), train: TrainConfig = TrainConfig(),
+                 dense_server: Any = None) -> None:
         self.slots = tuple(slots)
         self.names = tuple(s.name for s in slots)
         self.client = client
         self.train_cfg = train
-        self.model_cfg = DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden)
+        self.model_cfg = deepfm_config(slots, model)
         combiners = tuple(s.combiner for s in slots)
         optimizer = dense_optimizer(train.dense_optimizer)
         self.params = init(jax.random.key(train.seed), self.model_cfg)
         self.opt_state = optimizer.init(self.params)
         self._step = make_train_step(self.model_cfg, combiners, optimizer)
+        self._grad_step = make_grad_step(self.model_cfg, combiners)
         self._predict = make_predict(self.model_cfg, combiners)
+        self.dense = None if dense_server is None else _DenseLink(dense_server)
+        if self.dense is not None:
+            self.params, self.dense_version = self.dense.pull()
         self.steps = 0
         self.table_rows: dict[str, int] = {}
         self._push: Pending | None = None
@@ -129,8 +141,16 @@ class TrainLoop:
     def _train_step(self, batch: Batch, rows: dict[str, np.ndarray], start: float) -> dict:
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
-        self.params, self.opt_state, row_grads, loss, _ = self._step(
-            self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights, None)
+        if self.dense is None:
+            self.params, self.opt_state, row_grads, loss, _ = self._step(
+                self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights,
+                None)
+        else:
+            param_grads, row_grads, loss, _ = self._grad_step(
+                self.params, slot_rows, slot_idx, padded.labels, padded.weights, None)
+            fresh = self.dense.step(param_grads, self.steps % self.train_cfg.dense_pull_every == 0)
+            if fresh is not None:
+                self.params, self.dense_version = fresh
         grads = {n: np.asarray(g)[:batch.fids[n].size] for n, g in zip(self.names, row_grads)}
         self._finish_push()
         self._push = self.client.push_async(batch.fids, grads, batch.now)
@@ -146,6 +166,10 @@ class TrainLoop:
         if self._push is not None:
             pending, self._push = self._push, None
             self.client.wait(pending)
+        if self.dense is not None:
+            fresh = self.dense.drain()
+            if fresh is not None:
+                self.params, self.dense_version = fresh
 
     def _pad(self, batch: Batch) -> Batch:
         size = self.train_cfg.batch_size
@@ -179,3 +203,45 @@ class TrainLoop:
             yield batch, rows
             batch = following
         yield batch, self.client.wait(pending)
+
+
+class _DenseLink:
+    """A trainer's asynchronous link to the dense parameter server.
+
+    Each step pushes its gradients without waiting; every ``dense_pull_every`` steps it issues
+    a pull behind that push (a caller's calls reach an actor in order, so the pull sees the
+    push) and collects it at the next step, overlapping the round trip with the step.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.calls = calls_for([server], method="pull")
+        self._push: Any = None
+        self._pull: Any = None
+
+    def pull(self) -> tuple[Any, int]:
+        return self.calls.gather([self.calls.submit(self.server, "pull")])[0]
+
+    def step(self, grads: Any, pull: bool) -> tuple[Any, int] | None:
+        """Push ``grads``; return the parameters of the pull issued last step, if any."""
+        fresh = None
+        if self._pull is not None:
+            fresh = self.calls.gather([self._pull])[0]
+            self._pull = None
+        if self._push is not None:
+            self.calls.gather([self._push])
+        self._push = self.calls.submit(self.server, "push", jax.tree.map(np.asarray, grads))
+        if pull:
+            self._pull = self.calls.submit(self.server, "pull")
+        return fresh
+
+    def drain(self) -> tuple[Any, int] | None:
+        """Wait for calls in flight and return the newest parameters, if a pull was one."""
+        if self._push is not None:
+            self.calls.gather([self._push])
+            self._push = None
+        if self._pull is None:
+            return None
+        fresh = self.calls.gather([self._pull])[0]
+        self._pull = None
+        return fresh

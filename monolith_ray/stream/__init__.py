@@ -1,0 +1,19 @@
+"""The streaming engine's Kafka plumbing: connection settings, an embedded broker, topic
+creation, exact end offsets, offset-range reads and the JSON wire format.
+
+``kafka`` is Ray-free (it runs in any process: a driver, an actor, a test); the Ray actors
+that join and consume streams build on it.
+"""
+
+from monolith_ray.stream.kafka import (
+    EmbeddedBroker as EmbeddedBroker,
+    KafkaConfig as KafkaConfig,
+    KafkaTopics as KafkaTopics,
+    Record as Record,
+    dumps as dumps,
+    end_offsets as end_offsets,
+    ensure_topics as ensure_topics,
+    kafka_session as kafka_session,
+    loads as loads,
+    read_range as read_range,
+)

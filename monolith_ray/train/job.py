@@ -1,0 +1,144 @@
+"""Distributed batch training on Ray: shard actors, a dense server, N trainer actors.
+
+``run_batch_training(cfg)`` is what ``jobs/train_batch.py`` and ``monolith-ray train`` run:
+
+1. ``n_shards`` ``EmbeddingShard`` actors (``ShardServer``) and one ``DenseParameterServer``
+   actor (``DenseServer``, holding the DeepFM dense parameters and their optax state).
+2. ``n_trainers`` ``TrainerActor``\\ s, each fed its own split of
+   ``ray.data.read_parquet(cfg.data.train).streaming_split(n, equal=True)``; every trainer
+   pulls rows from and pushes sparse gradients to all shards, and pushes dense gradients to
+   the dense server (asynchronous, staleness bounded by ``train.dense_pull_every``).
+3. Trainer 0 evaluates the final parameters on ``valid`` and ``test`` (serving lookups that
+   never insert); the job writes ``metrics.json`` and a snapshot (``snapshot/shard-K/`` per
+   shard plus ``snapshot/dense.npz``) under ``cfg.data.output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from monolith_ray.config import Config
+from monolith_ray.data.batches import Batch, make_batch
+from monolith_ray.model import init
+from monolith_ray.ps.client import ShardClient, calls_for
+from monolith_ray.ps.dense import DenseServer
+from monolith_ray.ps.shard import ShardServer
+from monolith_ray.train.loop import TrainLoop, deepfm_config, dense_optimizer
+
+
+def dense_server_args(cfg: Config) -> tuple[Any, Any]:
+    """``DenseServer`` arguments: fresh DeepFM parameters (seed ``train.seed``) and the
+    dense optax optimizer."""
+    params = init(jax.random.key(cfg.train.seed), deepfm_config(cfg.slots, cfg.model))
+    return params, dense_optimizer(cfg.train.dense_optimizer)
+
+
+class Trainer:
+    """One trainer: a ``TrainLoop`` over the given shard and dense-server actors."""
+
+    def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any) -> None:
+        self.cfg = cfg
+        calls = calls_for(shards, timeout_s=cfg.train.call_timeout_s)
+        client = ShardClient(shards, [s.name for s in cfg.slots], calls=calls)
+        self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train, dense_server=dense)
+
+    def fit(self, split: Any, epochs: int) -> dict[str, Any]:
+        """Train ``epochs`` passes over ``split`` (a Ray ``DataIterator``) -> a summary:
+        steps, examples, seconds, examples_per_s (over the whole fit) and the last loss."""
+        start, examples, loss = time.perf_counter(), 0, float("nan")
+        for _ in range(epochs):
+            for m in self.loop.train(self._batches(split)):
+                examples += m["examples"]
+                loss = m["loss"]
+        seconds = time.perf_counter() - start
+        return {"steps": self.loop.steps, "examples": examples, "seconds": seconds,
+                "examples_per_s": examples / max(seconds, 1e-9), "loss": loss,
+                "dense_version": getattr(self.loop, "dense_version", None)}
+
+    def evaluate(self, dataset: Any) -> dict[str, float]:
+        """AUC and log loss on a Ray ``Dataset`` with the newest dense parameters."""
+        if self.loop.dense is not None:
+            self.loop.params, self.loop.dense_version = self.loop.dense.pull()
+        return self.loop.evaluate(self._batches(dataset))
+
+    def _batches(self, source: Any) -> Iterator[Batch]:
+        for table in source.iter_batches(batch_size=self.cfg.train.batch_size,
+                                         batch_format="pyarrow", prefetch_batches=2):
+            yield make_batch(table, self.cfg.slots)
+
+
+def start_servers(cfg: Config) -> tuple[list[Any], Any]:
+    """Start the shard actors and the dense-server actor -> (shard handles, dense handle)."""
+    import ray
+
+    shard_actor = ray.remote(ShardServer).options(num_cpus=cfg.train.shard_cpus)
+    shards = [shard_actor.remote(cfg.slots, cfg.admission) for _ in range(cfg.train.n_shards)]
+    dense = ray.remote(DenseServer).options(num_cpus=cfg.train.shard_cpus).remote(
+        *dense_server_args(cfg))
+    return shards, dense
+
+
+def read_examples(cfg: Config, path: str) -> Any:
+    """A Ray ``Dataset`` of the Parquet examples at ``path`` (local or ``pyarrow.fs`` URI)."""
+    import ray
+
+    return ray.data.read_parquet(path, ray_remote_args={"num_cpus": cfg.train.read_cpus})
+
+
+def run_batch_training(cfg: Config) -> dict[str, Any]:
+    """Train on ``cfg.data.train`` with Ray actors, evaluate, write metrics and a snapshot ->
+    the metrics dict (also written to ``<output_dir>/metrics.json``)."""
+    import ray
+
+    started = time.perf_counter()
+    shards, dense = start_servers(cfg)
+    trainer_actor = ray.remote(Trainer).options(num_cpus=cfg.train.trainer_cpus)
+    trainers = [trainer_actor.remote(cfg, shards, dense) for _ in range(cfg.train.n_trainers)]
+    try:
+        splits = read_examples(cfg, cfg.data.train).streaming_split(
+            cfg.train.n_trainers, equal=True)
+        fits = ray.get([t.fit.remote(s, cfg.train.epochs) for t, s in zip(trainers, splits)])
+        metrics: dict[str, Any] = {
+            "trainers": fits,
+            "examples": sum(f["examples"] for f in fits),
+            "examples_per_s": sum(f["examples_per_s"] for f in fits),
+        }
+        for name in ("valid", "test"):
+            path = getattr(cfg.data, name)
+            if path:
+                metrics[name] = ray.get(
+                    trainers[0].evaluate.remote(read_examples(cfg, path)))
+        stats = ray.get([s.stats.remote() for s in shards])
+        metrics["table_rows"] = {slot.name: sum(s[slot.name]["rows"] for s in stats)
+                                 for slot in cfg.slots}
+        out = Path(cfg.data.output_dir)
+        save_snapshot(out / "snapshot", shards, dense)
+    finally:
+        for actor in [*trainers, *shards, dense]:
+            ray.kill(actor)
+    metrics["seconds"] = time.perf_counter() - started
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def save_snapshot(directory: Path, shards: Sequence[Any], dense: Any) -> None:
+    """Every shard's tables (``shard-K/``) and the dense parameters and optimizer state
+    (``dense.npz``, arrays named by their pytree path; no pickle)."""
+    import ray
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ray.get([s.snapshot.remote(str(directory / f"shard-{k}")) for k, s in enumerate(shards)])
+    params, opt_state, version = ray.get(dense.state.remote())
+    arrays = {f"params{jax.tree_util.keystr(k)}": np.asarray(v)
+              for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
+                   for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
+    np.savez(directory / "dense.npz", version=np.int64(version), **arrays)
+
