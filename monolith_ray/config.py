@@ -22,7 +22,7 @@ import re
 import reprlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -107,11 +107,17 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise err.under(path) from None
 
 
-def load_config(source: str | os.PathLike[str]) -> Config:
-    """The :class:`Config` in a YAML file or YAML text.
+DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "movielens.yaml"
+
+
+def load_config(source: str | os.PathLike[str] = DEFAULT_CONFIG,
+                overrides: Sequence[str] = ()) -> Config:
+    """The :class:`Config` in a YAML file or YAML text, with ``key.path=value`` overrides.
 
     A path-like, or a str with no line break, is a file path; a str with a line break is the
-    YAML text itself.
+    YAML text itself. The default is the embedded MovieLens-100K config. Each override's
+    value is parsed as YAML (``train.epochs=1``; ``data.test=`` is the empty string); its key must exist in the
+    file or be a known field, like any other key.
     """
     if isinstance(source, os.PathLike) or "\n" not in source:
         text = Path(source).read_text(encoding="utf-8")
@@ -121,7 +127,30 @@ def load_config(source: str | os.PathLike[str]) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError("", f"invalid YAML: {err}") from None
+    for item in overrides:
+        data = _override(data, item)
     return Config.from_dict(data)
+
+
+def _override(data: Any, item: str) -> dict[str, Any]:
+    """``data`` with one ``a.b.c=value`` override applied (mappings only, not list items)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(item, "an override must look like key.path=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(key, f"invalid YAML value {text!r}: {err}") from None
+    root = dict(data or {})
+    node = root
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part, {})
+        if not isinstance(child, Mapping):
+            raise ConfigError(".".join(parts[: i + 1]), "is not a section; cannot override inside it")
+        node[part] = node = dict(child)
+    node[parts[-1]] = value
+    return root
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,7 +89,7 @@ def read_examples(cfg: Config, path: str) -> Any:
     """A Ray ``Dataset`` of the Parquet examples at ``path`` (local or ``pyarrow.fs`` URI)."""
     import ray
 
-    return ray.data.read_parquet(path, ray_remote_args={"num_cpus": cfg.train.read_cpus})
+    return ray.data.read_parquet(path, num_cpus=cfg.train.read_cpus)
 
 
 def run_batch_training(cfg: Config) -> dict[str, Any]:

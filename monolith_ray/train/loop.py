@@ -152,7 +152,7 @@ class TrainLoop:
             if fresh is not None:
                 self.params, self.dense_version = fresh
         grads = {n: np.asarray(g)[:batch.fids[n].size] for n, g in zip(self.names, row_grads)}
-        self._finish_push()
+        self._wait_push()
         self._push = self.client.push_async(batch.fids, grads, batch.now)
         if self.steps % self.train_cfg.stats_every == 0:
             self.table_rows = {n: s["rows"] for n, s in self.client.stats().items()}
@@ -162,10 +162,17 @@ class TrainLoop:
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
 
-    def _finish_push(self) -> None:
+    def _wait_push(self) -> None:
+        """Wait for the sparse push in flight, if any."""
         if self._push is not None:
             pending, self._push = self._push, None
             self.client.wait(pending)
+
+    def _finish_push(self) -> None:
+        """Wait for every push in flight and take the dense parameters of a pull in flight:
+        the end of ``train`` or ``train_batch``. Steps wait only for the sparse push, so the
+        dense server's round trip overlaps the next step."""
+        self._wait_push()
         if self.dense is not None:
             fresh = self.dense.drain()
             if fresh is not None:

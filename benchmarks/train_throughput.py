@@ -1,0 +1,217 @@
+"""Training throughput on Ray actors against the same training in one process.
+
+DeepFM (every slot dim 16, MLP 256-128, Adam 1e-3 on the dense part), batch 2048, on the
+MovieLens-100K train split (``data/ml-100k/parquet/train.parquet``, 80k examples, 40 steps an
+epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in one run:
+
+- ``ray``: what ``run_batch_training`` starts (``start_servers``: 2 ``ShardServer`` actors and
+  the ``DenseServer`` actor) and one ``Trainer`` actor, whose ``TrainLoop`` pulls rows from and
+  pushes gradients to the shard actors and pushes dense gradients to (and pulls parameters
+  from, every ``train.dense_pull_every`` steps) the dense server.
+- ``inprocess``: the same model and tables called directly: 2 plain ``ShardServer`` objects,
+  a ``ShardClient`` with ``DirectCalls`` and a ``TrainLoop`` that updates its own dense
+  parameters (no dense server), all in this process.
+
+Ray is started once with ``ray.init(num_cpus=2, object_store_memory=300 MB)``; the in-process
+side runs in the driver while the actors idle, and vice versa.
+
+Data loading is not measured: both sides train on the same ``Batch`` list, built once from
+one Arrow table (``iter_batches``) before any timing; the Ray trainer gets it through the
+object store before its first epoch. The extra figure ``examples_per_s_ray_streaming`` is the
+Ray trainer fed as the batch job feeds it instead (``Trainer.fit`` on
+``read_parquet(...).streaming_split(1)``, batches made in the trainer), so it does include
+reading and batching.
+
+Warm-up: each side first trains ``WARMUP_EPOCHS`` epochs untimed, which compiles the jitted
+steps for every padded row count the batches reach (the counts only grow) and the Numba table
+code. Then ``REPEATS`` epochs per side are timed, interleaved (ray, inprocess, inprocess,
+ray, ...) so that background load on the 2 shared cores hits both alike; a figure is
+examples / median epoch seconds. Epochs keep training the same tables and parameters.
+
+Step breakdown (``*_ms_per_step``, over the timed epochs): per call kind, the time the
+trainer spent issuing calls (``submit``: on Ray that serializes the arguments; in process it
+is the whole shard call) and waiting for them (``wait``: Ray's round trip and
+deserialization not hidden behind the step), and ``compute``: everything else (routing,
+padding, the jitted step, gradient slicing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+
+from monolith_ray.config import Config, load_config
+from monolith_ray.data.batches import Batch, iter_batches
+from monolith_ray.ps.client import Calls
+from monolith_ray.ps.shard import ShardServer
+from monolith_ray.train.job import Trainer, read_examples, start_servers
+
+DATA = Path("data/ml-100k/parquet/train.parquet")
+SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/movielens.yaml"
+BATCH_SIZE = 2048
+HIDDEN = (256, 128)
+WARMUP_EPOCHS = 1
+REPEATS = 5
+STREAMING_REPEATS = 3
+OBJECT_STORE_BYTES = 300 * 1024**2
+
+
+@dataclasses.dataclass
+class _Tagged:
+    """A call in flight and the name of the method it calls."""
+
+    method: str
+    handle: Any
+
+
+class TimedCalls:
+    """``Calls`` that forward to ``inner`` and add up, per method, the seconds spent in
+    ``submit`` and in ``gather``."""
+
+    def __init__(self, inner: Calls) -> None:
+        self.inner = inner
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def submit(self, shard: Any, method: str, *args: Any) -> _Tagged:
+        start = time.perf_counter()
+        handle = self.inner.submit(shard, method, *args)
+        self.seconds[f"{method}_submit"] += time.perf_counter() - start
+        return _Tagged(method, handle)
+
+    def gather(self, handles: list[_Tagged]) -> list[Any]:
+        start = time.perf_counter()
+        results = self.inner.gather([h.handle for h in handles])
+        if handles:
+            self.seconds[f"{handles[0].method}_wait"] += time.perf_counter() - start
+        return results
+
+
+class ThroughputTrainer(Trainer):
+    """A ``Trainer`` that also trains on a list of prepared batches, one timed epoch a call,
+    with its shard (and dense-server) calls timed. With ``dense=None`` and plain
+    ``ShardServer`` objects it is the in-process trainer."""
+
+    def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any) -> None:
+        super().__init__(cfg, shards, dense)
+        self.timers = [TimedCalls(self.loop.client.calls)]
+        self.loop.client.calls = self.timers[0]
+        if self.loop.dense is not None:
+            self.timers.append(TimedCalls(self.loop.dense.calls))
+            self.loop.dense.calls = self.timers[1]
+        self.batches: list[Batch] = []
+
+    def load(self, batches: list[Batch]) -> int:
+        """Keep ``batches`` for ``epoch`` -> how many."""
+        self.batches = batches
+        return len(batches)
+
+    def epoch(self) -> dict[str, Any]:
+        """One pass over the loaded batches -> examples, steps, wall seconds and per call kind
+        the seconds spent submitting and waiting."""
+        before = self._call_seconds()
+        start, examples, steps = time.perf_counter(), 0, 0
+        for m in self.loop.train(self.batches):
+            examples += m["examples"]
+            steps += 1
+        seconds = time.perf_counter() - start
+        calls = {k: v - before.get(k, 0.0) for k, v in self._call_seconds().items()}
+        return {"examples": examples, "steps": steps, "seconds": seconds, "calls": calls}
+
+    def _call_seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for prefix, timer in zip(("", "dense_"), self.timers):
+            out.update({prefix + k: v for k, v in timer.seconds.items()})
+        return out
+
+
+def bench_config() -> Config:
+    """The MovieLens config with the benchmark's batch size and MLP."""
+    cfg = load_config(SLOTS_YAML, overrides=[f"train.batch_size={BATCH_SIZE}",
+                                             f"model.hidden={list(HIDDEN)}"])
+    if any(s.dim != 16 for s in cfg.slots):
+        raise ValueError(f"{SLOTS_YAML} no longer has dim 16 everywhere")
+    return cfg
+
+
+def breakdown(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Milliseconds per step of each call kind and of the rest (``compute``), over ``runs``."""
+    steps = sum(r["steps"] for r in runs)
+    total = defaultdict(float)
+    for r in runs:
+        for k, v in r["calls"].items():
+            total[k] += v
+    calls = sum(total.values())
+    out = {f"{k}_ms_per_step": round(1e3 * v / steps, 3) for k, v in sorted(total.items())}
+    out["compute_ms_per_step"] = round(1e3 * (sum(r["seconds"] for r in runs) - calls) / steps, 3)
+    return out
+
+
+def streaming_throughput(cfg: Config, trainer: Any) -> float:
+    """Median examples/s of ``trainer.fit`` over single epochs of a ``streaming_split`` of
+    the train split (the first epoch, which starts the pipeline, untimed)."""
+    split = read_examples(cfg, str(DATA)).streaming_split(1, equal=True)[0]
+    ray.get(trainer.fit.remote(split, 1))
+    return statistics.median(ray.get(trainer.fit.remote(split, 1))["examples_per_s"]
+                             for _ in range(STREAMING_REPEATS))
+
+
+def main() -> None:
+    started = time.perf_counter()
+    cfg = bench_config()
+    batches = list(iter_batches(pq.read_table(DATA), cfg.slots, BATCH_SIZE))
+    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        shards, dense = start_servers(cfg)
+        actor = ray.remote(ThroughputTrainer).options(num_cpus=cfg.train.trainer_cpus)
+        remote = actor.remote(cfg, shards, dense)
+        ray.get(remote.load.remote(ray.put(batches)))
+        local = ThroughputTrainer(cfg, [ShardServer(cfg.slots, cfg.admission)
+                                        for _ in range(cfg.train.n_shards)], None)
+        local.load(batches)
+        sides = {"ray": lambda: ray.get(remote.epoch.remote()), "inprocess": local.epoch}
+        for _ in range(WARMUP_EPOCHS):
+            for run in sides.values():
+                run()
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        names = list(sides)
+        for r in range(REPEATS):
+            for name in names if r % 2 == 0 else names[::-1]:
+                runs[name].append(sides[name]())
+        streaming = streaming_throughput(cfg, remote)
+    finally:
+        ray.shutdown()
+
+    per_s = {name: statistics.median(r["examples"] / r["seconds"] for r in rs)
+             for name, rs in runs.items()}
+    figures: dict[str, Any] = {
+        "examples_per_s_ray": round(per_s["ray"]),
+        "examples_per_s_inprocess": round(per_s["inprocess"]),
+        "ratio": round(per_s["ray"] / per_s["inprocess"], 3),
+        "examples_per_s_ray_streaming": round(streaming),
+        "batch_size": BATCH_SIZE,
+        "steps_per_epoch": runs["ray"][0]["steps"],
+        "repeats": REPEATS,
+        "dense_pull_every": cfg.train.dense_pull_every,
+    }
+    for name, rs in runs.items():
+        figures.update({f"{name}_{k}": v for k, v in breakdown(rs).items()})
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    for name, rs in runs.items():
+        print(f"{name:>9}: " + "  ".join(f"{r['examples'] / r['seconds']:.0f}" for r in rs)
+              + " examples/s per epoch", file=sys.stderr)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

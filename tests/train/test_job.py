@@ -1,0 +1,70 @@
+"""The Ray training job: shard and dense-server actors, trainer actors on streaming_split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monolith_ray.cli import main
+from monolith_ray.config import load_config
+from monolith_ray.features import make_fids
+from monolith_ray.ps.client import RayCalls, ShardClient, ShardUnavailableError
+from monolith_ray.train.job import run_batch_training, start_servers
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "ml-100k" / "parquet"
+
+
+@pytest.fixture(scope="module")
+def movielens() -> Path:
+    if not (DATA / "train.parquet").exists():
+        pytest.fail(f"{DATA} is missing: run `make data` (part of `make install`)")
+    return DATA
+
+
+def job_config(data: Path, out: Path, n_trainers: int):
+    return load_config(overrides=[
+        f"data.train={data / 'train.parquet'}", f"data.valid=", f"data.test={data / 'test.parquet'}",
+        f"data.output_dir={out}", "train.epochs=1", "train.batch_size=512",
+        f"train.n_trainers={n_trainers}"])
+
+
+def test_two_trainers_reach_the_auc_of_one(ray_session, movielens, tmp_path):
+    results = {}
+    for n in (1, 2):
+        cfg = job_config(movielens, tmp_path / f"t{n}", n)
+        results[n] = run_batch_training(cfg)
+        written = json.loads((tmp_path / f"t{n}" / "metrics.json").read_text())
+        assert written["test"]["auc"] == pytest.approx(results[n]["test"]["auc"])
+        assert (tmp_path / f"t{n}" / "snapshot" / "dense.npz").exists()
+        assert len(list((tmp_path / f"t{n}" / "snapshot").glob("shard-*"))) == cfg.train.n_shards
+    one, two = results[1], results[2]
+    assert one["examples"] == two["examples"] == 80_000
+    assert [t["examples"] for t in two["trainers"]] == [40_000, 40_000]
+    assert one["test"]["auc"] > 0.62, one["test"]
+    assert abs(one["test"]["auc"] - two["test"]["auc"]) < 0.01, (one["test"], two["test"])
+    assert one["table_rows"] == two["table_rows"]
+
+
+def test_a_dead_shard_raises_a_clear_error_instead_of_hanging(ray_session):
+    import ray
+
+    cfg = load_config(overrides=["train.n_shards=2"])
+    shards, dense = start_servers(cfg)
+    client = ShardClient(shards, [s.name for s in cfg.slots], calls=RayCalls(timeout_s=20))
+    fids = {"user_id": make_fids(1, np.arange(200))}
+    assert client.pull(fids, now=0.0)["user_id"].shape == (200, 17)
+    ray.kill(shards[1], no_restart=True)
+    with pytest.raises(ShardUnavailableError, match=r"\[1\] of 2 are dead"):
+        client.pull(fids, now=1.0)
+    ray.kill(shards[0])
+    ray.kill(dense)
+
+
+def test_bad_config_fails_before_starting_anything(capsys):
+    assert main(["train", "--set", "train.epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.epoch: unknown key" in err and "did you mean 'epochs'" in err
