@@ -5,10 +5,9 @@ creation, exact end offsets, offset-range reads and the JSON wire format.
 that join and consume streams build on it.
 """
 
+from monolith_ray.config import KafkaConfig as KafkaConfig, KafkaTopics as KafkaTopics
 from monolith_ray.stream.kafka import (
     EmbeddedBroker as EmbeddedBroker,
-    KafkaConfig as KafkaConfig,
-    KafkaTopics as KafkaTopics,
     Record as Record,
     dumps as dumps,
     end_offsets as end_offsets,
