@@ -33,16 +33,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.common import compilation_cache
 from monolith_ray.config import (
     AdmissionConfig,
     InitializerConfig,
@@ -169,11 +168,7 @@ def describe(setting: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    # Runs differ only in what XLA never sees (embedding optimizer, data), so a compilation
-    # cache for this run's lifetime spares each run recompiling the same steps.
-    with tempfile.TemporaryDirectory(prefix="jax-cache-") as cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    with compilation_cache():
         figures = experiment()
     print(json.dumps(figures))
     sys.stdout.flush()
