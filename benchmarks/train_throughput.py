@@ -7,7 +7,9 @@ epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in o
 - ``ray``: what ``run_batch_training`` starts (``start_servers``: 2 ``ShardServer`` actors and
   the ``DenseServer`` actor) and one ``Trainer`` actor, whose ``TrainLoop`` pulls rows from and
   pushes gradients to the shard actors and pushes dense gradients to (and pulls parameters
-  from, every ``train.dense_pull_every`` steps) the dense server.
+  from, every ``train.dense_pull_every`` steps) the dense server. ``DENSE_PULL_EVERY`` is 4
+  (``--dense-pull-every`` sets it): a pull moves the whole dense model, a few hundred kB
+  through the object store, and with one trainer it bounds the dense staleness to 4 steps.
 - ``inprocess``: the same model and tables called directly: 2 plain ``ShardServer`` objects,
   a ``ShardClient`` with ``DirectCalls`` and a ``TrainLoop`` that updates its own dense
   parameters (no dense server), all in this process.
@@ -26,19 +28,27 @@ Warm-up: each side first trains ``WARMUP_EPOCHS`` epochs untimed, which compiles
 steps for every padded row count the batches reach (the counts only grow) and the Numba table
 code. Then ``REPEATS`` epochs per side are timed, interleaved (ray, inprocess, inprocess,
 ray, ...) so that background load on the 2 shared cores hits both alike; a figure is
-examples / median epoch seconds. Epochs keep training the same tables and parameters.
+examples / median epoch seconds, ``ratio`` the Ray figure over the in-process one and
+``ratio_paired`` the median over rounds of the same ratio for the two epochs of one round.
+Epochs keep training the same tables and parameters. ``load_avg_1m`` is the machine's load
+before and after: other work on the 2 cores slows both sides, and not alike (under heavy load
+the Ray side, spread over more processes, gets a larger share of the CPU).
 
-Step breakdown (``*_ms_per_step``, over the timed epochs): per call kind, the time the
-trainer spent issuing calls (``submit``: on Ray that serializes the arguments; in process it
-is the whole shard call) and waiting for them (``wait``: Ray's round trip and
-deserialization not hidden behind the step), and ``compute``: everything else (routing,
-padding, the jitted step, gradient slicing).
+Step breakdown (``*_ms_per_step``, over the timed epochs): per call kind (``pull``,
+``push_pull``, ``push``, ``stats``; ``dense_push``, ``dense_pull``), the time spent issuing
+calls (``submit``: on Ray, serializing the arguments and handing them over; in process, the
+whole shard call) and waiting for them (``wait``: what the step waited, round trip and
+deserialization). ``compute`` is the rest of the step (routing, padding, the jitted step,
+gradient slicing). Dense calls are issued by the dense link's own thread, so their
+``submit`` is not part of the step; their ``wait`` is.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -61,7 +71,8 @@ SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/moviel
 BATCH_SIZE = 2048
 HIDDEN = (256, 128)
 WARMUP_EPOCHS = 1
-REPEATS = 5
+REPEATS = 10
+DENSE_PULL_EVERY = 4
 STREAMING_REPEATS = 3
 OBJECT_STORE_BYTES = 300 * 1024**2
 
@@ -134,23 +145,27 @@ class ThroughputTrainer(Trainer):
         return out
 
 
-def bench_config() -> Config:
-    """The MovieLens config with the benchmark's batch size and MLP."""
+def bench_config(dense_pull_every: int) -> Config:
+    """The MovieLens config with the benchmark's batch size, MLP and dense pull interval."""
     cfg = load_config(SLOTS_YAML, overrides=[f"train.batch_size={BATCH_SIZE}",
-                                             f"model.hidden={list(HIDDEN)}"])
+                                             f"model.hidden={list(HIDDEN)}",
+                                             f"train.dense_pull_every={dense_pull_every}"])
     if any(s.dim != 16 for s in cfg.slots):
         raise ValueError(f"{SLOTS_YAML} no longer has dim 16 everywhere")
     return cfg
 
 
 def breakdown(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Milliseconds per step of each call kind and of the rest (``compute``), over ``runs``."""
+    """Milliseconds per step of each call kind and of the rest of the step (``compute``),
+    over ``runs``; dense submits happen off the step (see the module docstring)."""
     steps = sum(r["steps"] for r in runs)
-    total = defaultdict(float)
+    total: dict[str, float] = defaultdict(float)
     for r in runs:
         for k, v in r["calls"].items():
             total[k] += v
-    calls = sum(total.values())
+    in_step = [v for k, v in total.items()
+               if not (k.startswith("dense_") and k.endswith("_submit"))]
+    calls = sum(in_step)
     out = {f"{k}_ms_per_step": round(1e3 * v / steps, 3) for k, v in sorted(total.items())}
     out["compute_ms_per_step"] = round(1e3 * (sum(r["seconds"] for r in runs) - calls) / steps, 3)
     return out
@@ -165,10 +180,10 @@ def streaming_throughput(cfg: Config, trainer: Any) -> float:
                              for _ in range(STREAMING_REPEATS))
 
 
-def main() -> None:
-    started = time.perf_counter()
-    cfg = bench_config()
-    batches = list(iter_batches(pq.read_table(DATA), cfg.slots, BATCH_SIZE))
+def timed_epochs(cfg: Config, batches: list[Batch]
+                 ) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """Start Ray, warm both sides up, time ``REPEATS`` interleaved epochs of each -> (per side
+    its epochs' ``ThroughputTrainer.epoch`` results, the streaming figure)."""
     ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     try:
@@ -188,16 +203,29 @@ def main() -> None:
         for r in range(REPEATS):
             for name in names if r % 2 == 0 else names[::-1]:
                 runs[name].append(sides[name]())
-        streaming = streaming_throughput(cfg, remote)
+        return runs, streaming_throughput(cfg, remote)
     finally:
         ray.shutdown()
 
-    per_s = {name: statistics.median(r["examples"] / r["seconds"] for r in rs)
-             for name, rs in runs.items()}
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dense-pull-every", type=int, default=DENSE_PULL_EVERY,
+                        help="steps between the Ray trainer's dense parameter pulls")
+    args = parser.parse_args(argv)
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    cfg = bench_config(args.dense_pull_every)
+    batches = list(iter_batches(pq.read_table(DATA), cfg.slots, BATCH_SIZE))
+    runs, streaming = timed_epochs(cfg, batches)
+
+    per_epoch = {name: [r["examples"] / r["seconds"] for r in rs] for name, rs in runs.items()}
+    per_s = {name: statistics.median(xs) for name, xs in per_epoch.items()}
     figures: dict[str, Any] = {
         "examples_per_s_ray": round(per_s["ray"]),
         "examples_per_s_inprocess": round(per_s["inprocess"]),
         "ratio": round(per_s["ray"] / per_s["inprocess"], 3),
+        "ratio_paired": round(statistics.median(
+            r / i for r, i in zip(per_epoch["ray"], per_epoch["inprocess"])), 3),
         "examples_per_s_ray_streaming": round(streaming),
         "batch_size": BATCH_SIZE,
         "steps_per_epoch": runs["ray"][0]["steps"],
@@ -206,10 +234,11 @@ def main() -> None:
     }
     for name, rs in runs.items():
         figures.update({f"{name}_{k}": v for k, v in breakdown(rs).items()})
+    figures["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     figures["seconds"] = round(time.perf_counter() - started, 1)
-    for name, rs in runs.items():
-        print(f"{name:>9}: " + "  ".join(f"{r['examples'] / r['seconds']:.0f}" for r in rs)
-              + " examples/s per epoch", file=sys.stderr)
+    for name, xs in per_epoch.items():
+        print(f"{name:>9}: " + "  ".join(f"{x:.0f}" for x in xs) + " examples/s per epoch",
+              file=sys.stderr)
     print(json.dumps(figures))
 
 

@@ -28,9 +28,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train", help="train DeepFM from Parquet on Ray actors, evaluate, write metrics and a "
                       "snapshot", description=_doc_of(run_train))
     _config_args(train)
-    train.add_argument("--address", default=None,
-                       help="Ray address (default: the job's cluster, RAY_ADDRESS, or a local Ray)")
+    _address_arg(train)
     train.set_defaults(run=run_train)
+
+    online = sub.add_parser(
+        "train-online", help="train on the Kafka examples topic, snapshotting parameters and "
+                             "offsets together", description=_doc_of(run_train_online))
+    _config_args(online)
+    online.add_argument("--start", default=None,
+                        help="earliest, dump:PATH or snapshot:PATH (default: online.start)")
+    _address_arg(online)
+    online.set_defaults(run=run_train_online)
+
+    join = sub.add_parser("join", help="join the features and actions topics into examples",
+                          description=_doc_of(run_join))
+    _config_args(join)
+    _address_arg(join)
+    join.add_argument("--joiners", type=int, default=None, help="joiner actors "
+                                                                "(default: joiner.n_joiners)")
+    join.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    join.add_argument("--idle-seconds", type=float, default=None,
+                      help="stop once no record has come for this long")
+    join.add_argument("--drain", action="store_true",
+                      help="at the end, emit every waiting impression as a negative")
+    join.add_argument("--replay", metavar="DIR", default=None,
+                      help="first publish MovieLens-100K from DIR (holding ml-100k.inter etc.)")
+    join.add_argument("--fraction", type=float, nargs=2, default=(0.0, 1.0),
+                      metavar=("LO", "HI"), help="replay only this slice of the ratings")
+    join.add_argument("--speedup", type=float, default=None,
+                      help="replay at this many event seconds per wall second "
+                           "(default: as fast as possible)")
+    join.set_defaults(run=run_join)
 
     data = sub.add_parser("data", help="fetch MovieLens-100K and write its Parquet splits",
                           description=_doc_of(run_data))
@@ -61,6 +89,56 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_online(args: argparse.Namespace) -> int:
+    """Train on the ``examples`` topic with the batch job's trainers, from ``--start``:
+    ``earliest``, ``dump:PATH`` (train on a Parquet dump of the topic, then continue on Kafka
+    from the offsets where the dump ended) or ``snapshot:PATH`` (resume parameters and
+    offsets); snapshot both together every ``online.snapshot_every_s``; print the metrics."""
+    import ray
+
+    from monolith_ray.train.online import run_online_training
+
+    start = [f"online.start={args.start}"] if args.start else []
+    cfg = load_config(args.config, [*args.set, *start])
+    ray.init(address=args.address, ignore_reinit_error=True)
+    metrics = run_online_training(cfg)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "phases"}, default=float))
+    return 0
+
+
+def run_join(args: argparse.Namespace) -> int:
+    """Run ``joiner.n_joiners`` joiner actors turning the ``features`` and ``actions`` topics
+    into ``examples``; print their counters. With no ``kafka.bootstrap_servers`` the embedded
+    broker runs for the command's duration, useful with ``--replay``. Without
+    ``--max-seconds`` or ``--idle-seconds`` the joiners run until stopped."""
+    import dataclasses
+    import threading
+
+    import ray
+
+    from monolith_ray.stream import kafka_session
+    from monolith_ray.stream.joiner import run_joiners
+    from monolith_ray.stream.producers import replay_movielens
+
+    cfg = load_config(args.config, args.set)
+    ray.init(address=args.address, ignore_reinit_error=True)
+    with kafka_session(cfg.kafka) as bootstrap:
+        cfg = dataclasses.replace(
+            cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap_servers=bootstrap))
+        replay: dict[str, float] = {}
+        publisher = None
+        if args.replay:
+            publisher = threading.Thread(target=lambda: replay.update(replay_movielens(
+                cfg.kafka, args.replay, speedup=args.speedup, fraction=tuple(args.fraction))))
+            publisher.start()
+        counters = run_joiners(cfg, args.joiners, max_seconds=args.max_seconds,
+                               stop_when_idle_s=args.idle_seconds, drain=args.drain)
+        if publisher is not None:
+            publisher.join()
+    print(json.dumps({"replay": replay, "joiners": counters}))
+    return 0
+
+
 def run_data(args: argparse.Namespace) -> int:
     """Download the MovieLens-100K files (from the recbole wheel) and write the splits."""
     from monolith_ray.data import movielens
@@ -74,6 +152,11 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="YAML config (default: the embedded MovieLens-100K config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=1 (repeatable)")
+
+
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="Ray address (default: the job's cluster, RAY_ADDRESS, or a local Ray)")
 
 
 def _doc_of(fn: object) -> str:

@@ -38,10 +38,12 @@ __all__ = [
     "DataConfig",
     "InitializerConfig",
     "InitializerKind",
+    "JoinerConfig",
     "KafkaConfig",
     "KafkaTopics",
     "ModelConfig",
     "OptimizerConfig",
+    "OnlineConfig",
     "OptimizerKind",
     "SlotConfig",
     "TrainConfig",
@@ -268,6 +270,8 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig())
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig())
     kafka: KafkaConfig = dataclasses.field(default_factory=lambda: KafkaConfig())
+    joiner: JoinerConfig = dataclasses.field(default_factory=lambda: JoinerConfig())
+    online: OnlineConfig = dataclasses.field(default_factory=lambda: OnlineConfig())
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -625,3 +629,118 @@ class KafkaConfig:
             if value is not None:
                 kwargs[name] = value
         return kwargs
+
+
+JoinerStart = Literal["earliest", "latest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinerConfig:
+    """The online joiner (``monolith_ray.stream.joiner``): features + actions -> examples.
+
+    Spans marked *event time* are seconds of the messages' own clock, so a replay at any speed
+    joins the same way; the others are wall-clock schedules.
+
+    - ``window_s`` (event time): how long after its impression a positive action still counts;
+      an impression with none by then is a negative example.
+    - ``allowed_lateness_s`` (event time): how far behind the newest event time a message may
+      arrive and still be joined; the watermark is the event-time clock minus this.
+    - ``spill_after_s`` (event time): features waiting longer than this move from memory to
+      the on-disk store (and are still joined from there).
+    - ``max_in_memory``: most waiting features kept in memory; beyond it the oldest move to
+      the on-disk store whatever their age (a backlog may be read ahead on one topic).
+    - ``idle_partition_s`` (wall clock): a partition read to its end with no record for this
+      long stops holding back the event-time clock (until its next record).
+    - ``negative_rate``: probability of keeping a negative example (by a stable hash of its
+      request id); kept negatives carry weight ``1 / negative_rate``.
+    - ``n_joiners``: joiner actors; joiner k reads the partitions p with p % n_joiners == k.
+    - ``group_id``: Kafka consumer group the joiners commit their offsets to.
+    - ``commit_interval_s`` (wall clock): time between offset commits; 0 = after every poll.
+      It bounds the examples a restarted joiner emits twice.
+    - ``start``: where a partition with no committed offset is read from.
+    - ``max_poll_records``: most records handled per poll.
+    - ``spill_dir``: folder of the on-disk store; empty = a fresh temp folder.
+    - ``cpus``: Ray CPUs reserved per joiner actor.
+    """
+
+    window_s: int = 600
+    allowed_lateness_s: int = 30
+    spill_after_s: int = 120
+    max_in_memory: int = 200_000
+    idle_partition_s: float = 5.0
+    negative_rate: float = 1.0
+    n_joiners: int = 1
+    group_id: str = "monolith_ray-joiner"
+    commit_interval_s: float = 5.0
+    start: JoinerStart = "earliest"
+    max_poll_records: int = 5000
+    spill_dir: str = ""
+    cpus: float = 0.25
+
+    def __post_init__(self) -> None:
+        _require(self, "window_s", ge=0)
+        _require(self, "allowed_lateness_s", ge=0)
+        _require(self, "spill_after_s", ge=0)
+        _require(self, "max_in_memory", ge=0)
+        _require(self, "idle_partition_s", ge=0)
+        _require(self, "negative_rate", gt=0, le=1)
+        _require(self, "n_joiners", ge=1)
+        _require(self, "commit_interval_s", ge=0)
+        _require(self, "max_poll_records", ge=1)
+        _require(self, "cpus", ge=0)
+        if not self.group_id:
+            raise ConfigError("group_id", "must not be empty")
+
+
+_ONLINE_START = re.compile(r"earliest|(dump|snapshot):.+")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Online training from the ``examples`` topic (``monolith_ray.train.online``) and the
+    Ray Data source that reads it (``monolith_ray.data.kafka_source``).
+
+    - ``start``: where training starts: ``earliest`` (each partition's first offset),
+      ``dump:<path>`` (train on a Parquet dump of the topic first, then continue on Kafka from
+      the offsets it ends at) or ``snapshot:<path>`` (restore parameters and offsets).
+    - ``stop``: ``never`` runs until stopped; ``end`` stops at the partitions' ends as of the
+      start (a bounded replay).
+    - ``idle_timeout_s`` (wall clock): also stop once no record has arrived for this long;
+      0 = never.
+    - ``snapshot_every_s`` (wall clock): time between snapshots of parameters and offsets.
+    - ``commit_every_steps``: a trainer waits for its pushes and marks the offsets they trained
+      as committed every this many steps; a restore retrains at most this many steps per
+      trainer.
+    - ``read_tasks``: Ray Data read tasks, each reading its share of the partitions; every
+      one runs for the whole stream, so all must fit in the cluster at once.
+    - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
+      long a poll waits for them.
+    - ``block_bytes``: Ray Data block size of the stream; a block leaves its read task once
+      this many bytes are read (or the read ends), so it bounds latency at low rates.
+    - ``buffer_bytes``: object-store bytes the stream may hold ahead of the trainers; beyond
+      it the read tasks pause (backpressure).
+    """
+
+    start: str = "earliest"
+    stop: Literal["never", "end"] = "never"
+    idle_timeout_s: float = 0.0
+    snapshot_every_s: float = 300.0
+    commit_every_steps: int = 20
+    read_tasks: int = 1
+    poll_records: int = 2000
+    poll_timeout_ms: int = 200
+    block_bytes: int = 256 * 1024
+    buffer_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not _ONLINE_START.fullmatch(self.start):
+            raise ConfigError("start", f"must be earliest, dump:<path> or snapshot:<path>, "
+                                       f"got {self.start!r}")
+        _require(self, "idle_timeout_s", ge=0)
+        _require(self, "snapshot_every_s", gt=0)
+        _require(self, "commit_every_steps", ge=1)
+        _require(self, "read_tasks", ge=1)
+        _require(self, "poll_records", ge=1)
+        _require(self, "poll_timeout_ms", ge=1)
+        _require(self, "block_bytes", ge=1024)
+        _require(self, "buffer_bytes", ge=1024)

@@ -18,6 +18,9 @@ Every topic carries UTF-8 JSON objects (never pickle). Times are event times in 
 
     {"request_id": "r-1", "time": 1700000000, "slots": {...}, "label": 1.0, "weight": 1.0}
 
+(the joiner's are the impression's ``features`` message with label and weight added, so its
+other fields ride along; :func:`parse_example` ignores them).
+
 ``dead_letter`` (anything that failed validation)::
 
     {"topic": "actions", "partition": 0, "offset": 17, "reason": "time: expected int",
@@ -53,9 +56,12 @@ def decode(raw: bytes) -> Any:
         raise MessageError(f"not UTF-8 JSON: {err}") from None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
     """A message -> compact UTF-8 JSON bytes (NaN and Infinity refused)."""
-    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(message).encode("utf-8")
 
 
 def parse_feature(value: Any) -> dict[str, Any]:
@@ -133,8 +139,21 @@ def _slots(msg: Mapping[str, Any]) -> dict[str, SlotValue]:
     if not isinstance(slots, dict) or not slots:
         raise MessageError(f"slots: expected a non-empty object, got {slots!r}")
     for name, value in slots.items():
-        ok = value is None or _is_scalar(value) or (
-            isinstance(value, list) and all(_is_scalar(v) for v in value))
+        # Exact types first: they are all JSON gives, and the check is per value per message.
+        kind = type(value)
+        if kind is str:
+            ok = value != ""
+        elif kind is int or value is None:
+            ok = True
+        elif kind is list:
+            ok = True
+            for v in value:
+                if not (type(v) is int or (type(v) is str and v != "") or _is_scalar(v)):
+                    ok = False
+                    break
+        else:
+            ok = _is_scalar(value) or (isinstance(value, list)
+                                       and all(_is_scalar(v) for v in value))
         if not ok:
             raise MessageError(f"slots.{name}: expected an int, a string, a list of them or "
                                f"null, got {value!r}")

@@ -1,9 +1,11 @@
-"""Shared fixtures: one local Ray per test session (starting Ray costs seconds)."""
+"""Shared fixtures: one local Ray and one embedded Kafka broker per test session (starting
+either costs seconds), and a helper that produces raw messages."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -18,3 +20,34 @@ def ray_session() -> Iterator[None]:
              log_to_driver=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The address of one embedded Kafka broker shared by the session's tests (each test
+    makes its own topics)."""
+    from monolith_ray.stream import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def produce() -> Callable[..., list[tuple[int, int]]]:
+    """``produce(kafka_cfg, topic, payloads, partitions)``: send raw payloads (bytes, or None
+    for a tombstone), payload i keyed ``i`` to partition ``partitions[i]``, in order -> their
+    (partition, offset)."""
+    from kafka import KafkaProducer
+
+    def send(kafka: Any, topic: str, payloads: Sequence[bytes | None],
+             partitions: Sequence[int]) -> list[tuple[int, int]]:
+        producer = KafkaProducer(**kafka.client_kwargs(), linger_ms=5)
+        try:
+            futures = [producer.send(topic, key=b"%d" % i, value=v, partition=p)
+                       for i, (v, p) in enumerate(zip(payloads, partitions))]
+            producer.flush()
+            return [(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in futures]
+        finally:
+            producer.close()
+
+    return send

@@ -79,8 +79,10 @@ class RayCalls:
             for i, h in enumerate(handles):
                 try:
                     ray.get(h, timeout=0)
-                except (RayActorError, GetTimeoutError):
+                except RayActorError:
                     dead.append(i)
+                except GetTimeoutError:
+                    pass  # still running: alive
             raise ShardUnavailableError(
                 f"parameter server(s) {dead} of {len(handles)} are dead or unreachable "
                 f"({type(err).__name__}); restart them from the latest snapshot") from err
@@ -149,17 +151,23 @@ class ShardClient:
                    now: float) -> Pending:
         """Issue a push of per slot gradients float32 (n, D+1) of fids (n,); duplicate ids'
         gradients are summed first. ``wait`` gives the number of rows updated."""
-        if fids.keys() != grads.keys():
-            raise ValueError(
-                f"fids and grads name different slots: {sorted(fids)} vs {sorted(grads)}")
-        routes = self._route(fids)
-        summed = {name: _sum_by(routes.inverse[name], routes.unique[name].size, grads[name], name)
-                  for name in fids}
-        handles = [
-            self.calls.submit(shard, "push", ids, {n: summed[n][pos[n]] for n in ids}, now)
-            for shard, ids, pos in zip(self.shards, routes.ids, routes.positions)
-        ]
+        handles = [self.calls.submit(shard, "push", ids, shard_grads, now)
+                   for shard, (ids, shard_grads) in zip(self.shards, self._push_args(fids, grads))]
         return Pending(handles, sum)
+
+    def push_pull_async(self, fids: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+                        now: float, pull_fids: Mapping[str, np.ndarray], pull_now: float
+                        ) -> Pending:
+        """``push_async(fids, grads, now)`` then ``pull_async(pull_fids, pull_now)`` in one call
+        per shard (``ShardServer.push_pull``), so the pull reads the rows after the push;
+        ``wait`` gives the pulled rows as for ``pull_async``."""
+        routes = self._route(pull_fids)
+        handles = [
+            self.calls.submit(shard, "push_pull", ids, shard_grads, now, pull_ids, pull_now)
+            for shard, (ids, shard_grads), pull_ids
+            in zip(self.shards, self._push_args(fids, grads), routes.ids)
+        ]
+        return Pending(handles, lambda results: _assemble(routes, results))
 
     def wait(self, pending: Pending) -> Any:
         """Block until every call of ``pending`` is done -> its combined result."""
@@ -213,6 +221,18 @@ class ShardClient:
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         return self.calls.gather([self.calls.submit(s, method, *args) for s in self.shards])
+
+    def _push_args(self, fids: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]
+                   ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Per shard the unique ids it owns and their gradients, duplicates summed."""
+        if fids.keys() != grads.keys():
+            raise ValueError(
+                f"fids and grads name different slots: {sorted(fids)} vs {sorted(grads)}")
+        routes = self._route(fids)
+        summed = {name: _sum_by(routes.inverse[name], routes.unique[name].size, grads[name], name)
+                  for name in fids}
+        return [(ids, {n: summed[n][pos[n]] for n in ids})
+                for ids, pos in zip(routes.ids, routes.positions)]
 
     def _route(self, fids: Mapping[str, np.ndarray]) -> _Routes:
         n = self.n_shards

@@ -53,6 +53,14 @@ class ShardServer:
         return sum(self._table(name).apply_gradients(_writable(a), _writable(grads[name]), now)
                    for name, a in ids.items())
 
+    def push_pull(self, ids: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+                  now: float, pull_ids: Mapping[str, np.ndarray], pull_now: float
+                  ) -> dict[str, np.ndarray]:
+        """``push(ids, grads, now)`` then ``pull(pull_ids, pull_now)`` -> the pulled rows: one
+        call where a pipelined trainer would make two (each remote call has a fixed cost)."""
+        self.push(ids, grads, now)
+        return self.pull(pull_ids, pull_now)
+
     def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Serving lookup: per slot ids (n,) -> rows (n, D+1); unknown ids read zeros, nothing
         is inserted or counted."""

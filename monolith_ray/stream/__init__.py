@@ -13,6 +13,7 @@ from monolith_ray.stream.kafka import (
     end_offsets as end_offsets,
     ensure_topics as ensure_topics,
     kafka_session as kafka_session,
+    librdkafka_config as librdkafka_config,
     loads as loads,
     read_range as read_range,
 )

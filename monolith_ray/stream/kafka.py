@@ -8,6 +8,8 @@
   offsets (manual ``assign`` + ``seek``, no consumer group), the primitives a replay or a
   consistent restore needs.
 - :func:`dumps` / :func:`loads` — the wire format of every topic: UTF-8 JSON, never pickle.
+- :func:`librdkafka_config` — the same settings for confluent-kafka (librdkafka) clients, which
+  the online joiner uses for throughput (kafka-python decodes and encodes records in Python).
 
 Tansu's quirk, measured against tansu 0.6.0: ListOffsets("latest") answers *the base offset of
 the partition's last record batch + 1*, not the offset after its last record, so it
@@ -50,6 +52,7 @@ __all__ = [
     "end_offsets",
     "ensure_topics",
     "kafka_session",
+    "librdkafka_config",
     "loads",
     "read_range",
 ]
@@ -353,6 +356,31 @@ def _reached(consumer: KafkaConsumer, tp: TopicPartition, stop: int | None) -> b
     if stop is not None and position >= stop:
         return True
     return highwater is not None and position >= highwater
+
+
+_RDKAFKA_NAMES = {
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+}
+
+
+def librdkafka_config(cfg: KafkaConfig) -> dict[str, str]:
+    """``cfg``'s brokers, client id and security settings under librdkafka's names, for a
+    confluent-kafka ``Consumer`` or ``Producer`` (add the client's own settings to it).
+
+    librdkafka's default partitioner is not kafka-python's: a librdkafka producer of the
+    ``features`` or ``actions`` topics must set ``partitioner=murmur2_random`` so that it
+    places keys as kafka-python (and the Java client) do."""
+    kwargs = cfg.client_kwargs()
+    conf = {"bootstrap.servers": kwargs.pop("bootstrap_servers"),
+            "client.id": kwargs.pop("client_id"),
+            "security.protocol": kwargs.pop("security_protocol").lower()}
+    conf.update({_RDKAFKA_NAMES[name]: value for name, value in kwargs.items()})
+    return conf
 
 
 def dumps(obj: Any) -> bytes:

@@ -11,15 +11,19 @@
 3. Trainer 0 evaluates the final parameters on ``valid`` and ``test`` (serving lookups that
    never insert); the job writes ``metrics.json`` and a snapshot (``snapshot/shard-K/`` per
    shard plus ``snapshot/dense.npz``) under ``cfg.data.output_dir``.
+
+The snapshot format (:func:`save_snapshot`, :func:`restore_snapshot`) is shared with online
+training, whose snapshots also hold the Kafka offsets trained up to (``offsets.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
@@ -31,6 +35,8 @@ from monolith_ray.ps.client import ShardClient, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.train.loop import TrainLoop, deepfm_config, dense_optimizer
+
+OFFSETS_FILE = "offsets.json"
 
 
 def dense_server_args(cfg: Config) -> tuple[Any, Any]:
@@ -128,9 +134,14 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
     return metrics
 
 
-def save_snapshot(directory: Path, shards: Sequence[Any], dense: Any) -> None:
-    """Every shard's tables (``shard-K/``) and the dense parameters and optimizer state
-    (``dense.npz``, arrays named by their pytree path; no pickle)."""
+def save_snapshot(directory: Path, shards: Sequence[Any], dense: Any,
+                  offsets: Mapping[str, Any] | None = None) -> None:
+    """Every shard's tables (``shard-K/``), the dense parameters and optimizer state
+    (``dense.npz``, arrays named by their pytree path; no pickle) and, if given, the Kafka
+    ``offsets`` those parameters have trained up to (``offsets.json``, see
+    ``monolith_ray.train.online``). Each file appears whole (written aside, then renamed), and
+    ``offsets.json`` is written last: a crash midway leaves parameters newer than the offsets
+    beside them, never offsets ahead of the parameters."""
     import ray
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -140,5 +151,50 @@ def save_snapshot(directory: Path, shards: Sequence[Any], dense: Any) -> None:
               for k, v in jax.tree_util.tree_leaves_with_path(params)}
     arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
                    for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
-    np.savez(directory / "dense.npz", version=np.int64(version), **arrays)
+    with _replacing(directory / "dense.npz") as f:
+        np.savez(f, version=np.int64(version), **arrays)
+    if offsets is not None:
+        with _replacing(directory / OFFSETS_FILE) as f:
+            f.write(json.dumps(offsets, indent=2).encode("utf-8"))
 
+
+def restore_snapshot(directory: Path, shards: Sequence[Any], dense: Any) -> dict[str, Any] | None:
+    """Load a :func:`save_snapshot` into freshly started shard and dense-server actors (the
+    same slots and model) -> the snapshot's ``offsets.json``, or None if it has none."""
+    import ray
+
+    directory = Path(directory)
+    if not (directory / "dense.npz").is_file():
+        raise FileNotFoundError(f"{directory} holds no snapshot (no dense.npz)")
+    params, opt_state, _ = ray.get(dense.state.remote())
+    with np.load(directory / "dense.npz") as saved:
+        loaded = [_filled(params, saved, "params"), _filled(opt_state, saved, "opt"),
+                  int(saved["version"])]
+    ray.get([s.restore.remote(str(directory / f"shard-{k}")) for k, s in enumerate(shards)]
+            + [dense.load_state.remote(*loaded)])
+    path = directory / OFFSETS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content to; it replaces ``path`` when the block ends."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as f:
+        yield f
+    part.replace(path)
+
+
+def _filled(tree: Any, saved: Any, prefix: str) -> Any:
+    """``tree`` with each leaf replaced by the saved array of the same pytree path."""
+    def leaf(path: Any, value: Any) -> np.ndarray:
+        name = f"{prefix}{jax.tree_util.keystr(path)}"
+        if name not in saved:
+            raise ValueError(f"snapshot has no {name}: saved for another model?")
+        array = saved[name]
+        if array.shape != np.shape(value):
+            raise ValueError(f"snapshot {name} has shape {array.shape}, the model needs "
+                             f"{np.shape(value)}")
+        return array
+
+    return jax.tree_util.tree_map_with_path(leaf, tree)

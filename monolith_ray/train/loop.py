@@ -3,16 +3,22 @@
 A step pulls the batch's unique rows (one call per shard, all slots), pads each slot's rows
 to a bucketed count (``model.bucket_size``, kept at its high-water mark so the step compiles
 a handful of times per run), runs the jitted DeepFM step (which updates the dense parameters
-with optax), and pushes each slot's row gradients ``[:U_s]`` back.
+with optax, or with a dense server, pushes their gradients to it), and pushes each slot's row
+gradients ``[:U_s]`` back.
 
 Shorter batches are padded to ``batch_size`` with weight-0 examples, so B never changes.
 
-Overlap: ``train`` and ``evaluate`` issue batch k+1's pull before computing step k and wait
-for it only when step k+1 starts, so with Ray actors the parameter servers' lookups run while
-this process computes. Pushes are asynchronous too, waited for before the next push. A pull
-issued before step k's push reads rows without that push: a row used in two consecutive
-steps is one step stale, the usual asynchronous-PS trade (the same on plain objects, since
-calls run in the order issued). ``train_batch`` is the unpipelined single step.
+Overlap: ``train`` and ``evaluate`` issue batch k+1's pull during step k and wait for it only
+when step k+1 starts, so with Ray actors the parameter servers' lookups run while this process
+computes. ``train`` issues it just after dispatching step k's jitted computation, which runs
+on XLA's threads, so the pull's routing and submission overlap that computation too, and
+step k-1's row gradients travel in the same call (``ShardClient.push_pull_async``): one call
+per shard per step, since every remote call has a fixed cost well above a step's table work.
+The shards see the same sequence as with separate calls (pull k+1 after push k-1, before push
+k): a row used in two consecutive steps is one step stale, the usual asynchronous-PS trade
+(the same on plain objects, since calls run in the order issued). The last step's gradients
+are pushed when ``train`` ends or ``flush`` is called. ``train_batch`` is the unpipelined
+single step.
 
 Clock: table rows are stamped with the batch's latest event time (``Batch.now``), never the
 wall clock, so expiry replays the same at any speed.
@@ -92,7 +98,7 @@ class TrainLoop:
             self.params, self.dense_version = self.dense.pull()
         self.steps = 0
         self.table_rows: dict[str, int] = {}
-        self._push: Pending | None = None
+        self._held: tuple[dict[str, np.ndarray], dict[str, np.ndarray], float] | None = None
         self._padded_rows = dict.fromkeys(self.names, 0)
 
     def train_batch(self, batch: Batch) -> dict:
@@ -107,14 +113,15 @@ class TrainLoop:
         per step ``{"step", "loss", "examples", "seconds", "examples_per_s", "table_rows"}``.
 
         ``loss`` is the batch's weighted mean log loss before its update; ``seconds`` the
-        step's wall time from resuming to its push being issued; ``table_rows`` per slot the
-        rows held over all shards, refreshed every ``stats_every`` steps.
+        step's wall time from resuming to its gradients being ready (their push leaves with
+        the next pull); ``table_rows`` per slot the rows held over all shards, refreshed every
+        ``stats_every`` steps.
         """
         start = time.perf_counter()
-        pulled = self._prefetched(batches, lambda b: self.client.pull_async(b.fids, b.now))
+        pulled = self._prefetched(batches, self._pull_with_held_push)
         try:
-            for batch, rows in pulled:
-                yield self._train_step(batch, rows, start)
+            for batch, rows, prefetch in pulled:
+                yield self._train_step(batch, rows, start, prefetch)
                 start = time.perf_counter()
         finally:
             self._finish_push()
@@ -129,31 +136,45 @@ class TrainLoop:
         """AUC and log loss (example-weighted) of ``batches`` with serving lookups, which never
         insert: ids the tables lack read zeros -> ``{"auc", "logloss", "examples"}``."""
         auc, logloss, n = StreamingAUC(), StreamingLogLoss(), 0
-        for batch, rows in self._prefetched(batches, lambda b: self.client.lookup_async(b.fids)):
+        for batch, rows, prefetch in self._prefetched(
+                batches, lambda b: self.client.lookup_async(b.fids)):
+            prefetch()
             probs = self.predict(batch, rows)
             auc.update(probs, batch.labels, batch.weights)
             logloss.update(probs, batch.labels, batch.weights)
             n += len(batch)
         return {"auc": auc.result(), "logloss": logloss.result(), "examples": n}
 
+    def flush(self) -> None:
+        """Wait for every push in flight, sparse and dense: once it returns, every step taken
+        so far is in the parameter servers. ``train`` does this when it ends; an online
+        trainer also calls it between steps (with ``train`` suspended at a yield) before it
+        counts those steps' Kafka offsets as committed."""
+        self._finish_push()
+
     # ------------------------------------------------------------------ internals
 
-    def _train_step(self, batch: Batch, rows: dict[str, np.ndarray], start: float) -> dict:
+    def _train_step(self, batch: Batch, rows: dict[str, np.ndarray], start: float,
+                    prefetch: Callable[[], None] = lambda: None) -> dict:
+        """One step on ``batch`` and its ``rows``; ``prefetch`` (the next batch's pull) is
+        called once the jitted computation is dispatched, before anything waits for it."""
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
         if self.dense is None:
             self.params, self.opt_state, row_grads, loss, _ = self._step(
                 self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights,
                 None)
+            prefetch()
         else:
             param_grads, row_grads, loss, _ = self._grad_step(
                 self.params, slot_rows, slot_idx, padded.labels, padded.weights, None)
+            prefetch()
             fresh = self.dense.step(param_grads, self.steps % self.train_cfg.dense_pull_every == 0)
             if fresh is not None:
                 self.params, self.dense_version = fresh
         grads = {n: np.asarray(g)[:batch.fids[n].size] for n, g in zip(self.names, row_grads)}
-        self._wait_push()
-        self._push = self.client.push_async(batch.fids, grads, batch.now)
+        self._push_held()  # the last step's gradients, if no pull took them (no batch followed)
+        self._held = (batch.fids, grads, batch.now)
         if self.steps % self.train_cfg.stats_every == 0:
             self.table_rows = {n: s["rows"] for n, s in self.client.stats().items()}
         self.steps += 1
@@ -162,17 +183,24 @@ class TrainLoop:
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
 
-    def _wait_push(self) -> None:
-        """Wait for the sparse push in flight, if any."""
-        if self._push is not None:
-            pending, self._push = self._push, None
-            self.client.wait(pending)
+    def _pull_with_held_push(self, batch: Batch) -> Pending:
+        """Issue ``batch``'s pull, carrying the gradients of the last step if not yet pushed."""
+        if self._held is None:
+            return self.client.pull_async(batch.fids, batch.now)
+        (fids, grads, now), self._held = self._held, None
+        return self.client.push_pull_async(fids, grads, now, batch.fids, batch.now)
+
+    def _push_held(self) -> None:
+        """Push the held gradients, if any, and wait for it."""
+        if self._held is not None:
+            (fids, grads, now), self._held = self._held, None
+            self.client.push(fids, grads, now)
 
     def _finish_push(self) -> None:
-        """Wait for every push in flight and take the dense parameters of a pull in flight:
-        the end of ``train`` or ``train_batch``. Steps wait only for the sparse push, so the
-        dense server's round trip overlaps the next step."""
-        self._wait_push()
+        """Push the held gradients and take the dense parameters of a pull in flight: the end
+        of ``train``, ``train_batch`` or a ``flush``. Steps never wait for the dense server,
+        so its round trip overlaps the next step."""
+        self._push_held()
         if self.dense is not None:
             fresh = self.dense.drain()
             if fresh is not None:
@@ -196,20 +224,24 @@ class TrainLoop:
         return tuple(slot_rows), slot_idx
 
     def _prefetched(self, batches: Iterable[Batch], issue: Callable[[Batch], Pending]
-                    ) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
-        """(batch, its rows) in order, each batch's lookup issued before the previous batch is
-        handed out for computing."""
+                    ) -> Iterator[tuple[Batch, dict[str, np.ndarray], Callable[[], None]]]:
+        """(batch, its rows, prefetch) in order. ``prefetch()`` issues the following batch's
+        lookup: the consumer calls it while computing on the batch (it is issued at the latest
+        when the consumer asks for the next batch), and it is waited for only then."""
         it = iter(batches)
         batch = next(it, None)
-        if batch is None:
-            return
-        pending = issue(batch)
-        for following in it:
+        pending = None if batch is None else issue(batch)
+        while batch is not None:
             rows = self.client.wait(pending)
-            pending = issue(following)
-            yield batch, rows
-            batch = following
-        yield batch, self.client.wait(pending)
+            following, ahead = next(it, None), []
+
+            def prefetch() -> None:
+                if following is not None and not ahead:
+                    ahead.append(issue(following))
+
+            yield batch, rows, prefetch
+            prefetch()
+            batch, pending = following, (ahead or [None])[0]
 
 
 class _DenseLink:

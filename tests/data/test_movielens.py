@@ -198,4 +198,4 @@ def test_default_slot_config_matches_the_dataset():
     assert [s.slot_id for s in cfg.slots] == list(range(1, 9))
     assert cfg.slot("genres").max_values == movielens.MAX_GENRES
     assert cfg.slot("genres").combiner == "mean"
-    assert np.all([s.dim == 16 and s.optimizer.kind == "adagrad" for s in cfg.slots])
+    assert np.all([s.dim == 16 and s.optimizer.kind == "adam" for s in cfg.slots])

@@ -123,6 +123,24 @@ def test_a_pull_issued_before_a_push_reads_the_rows_before_it():
     np.testing.assert_allclose(client.pull(fids, now=2.0)["user"], first["user"] - LR, rtol=1e-6)
 
 
+def test_push_pull_is_a_push_then_a_pull_in_one_call_per_shard():
+    log = []
+    client = ShardClient([Recorder(ShardServer(SLOTS, ADMISSION), log) for _ in range(2)], NAMES)
+    separate, _ = make_client(2)
+    fids, following = batch_fids(0), batch_fids(1)
+    grads = {n: np.full((f.size, 4), 0.5, np.float32) for n, f in fids.items()}
+    for c in (client, separate):
+        c.pull(fids, now=0.0)
+    del log[:]
+    rows = client.wait(client.push_pull_async(fids, grads, 1.0, following, 2.0))
+    assert [m for _, m, _ in log] == ["push_pull"] * 2
+    separate.push(fids, grads, now=1.0)
+    expected = separate.pull(following, now=2.0)
+    for name in NAMES:
+        np.testing.assert_array_equal(rows[name], expected[name])
+        np.testing.assert_array_equal(client.lookup(fids)[name], separate.lookup(fids)[name])
+
+
 def test_calls_are_all_issued_before_any_is_waited_for():
     events = []
 

@@ -225,3 +225,17 @@ def test_json_round_trip_and_refusals() -> None:
         dumps({"w": float("nan")})
     with pytest.raises(ValueError):
         loads(b"\x80\x04K\x01.")
+
+
+def test_librdkafka_config_renames_the_settings() -> None:
+    from monolith_ray.stream import librdkafka_config
+
+    cfg = KafkaConfig(bootstrap_servers="k1:9093,k2:9093", security_protocol="SASL_SSL",
+                      sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="svc",
+                      sasl_plain_password="secret", ssl_cafile="/etc/ca.pem", client_id="me")
+    assert librdkafka_config(cfg) == {
+        "bootstrap.servers": "k1:9093,k2:9093", "client.id": "me",
+        "security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc", "sasl.password": "secret", "ssl.ca.location": "/etc/ca.pem"}
+    assert librdkafka_config(KafkaConfig(bootstrap_servers="k:1")) == {
+        "bootstrap.servers": "k:1", "client.id": "monolith_ray", "security.protocol": "plaintext"}

@@ -66,6 +66,30 @@ def test_step_metrics_and_table_growth():
     assert one["step"] == 5 and one["table_rows"] == seen  # refreshed at step 5
 
 
+def test_each_step_makes_one_call_per_shard_carrying_the_last_push():
+    calls = []
+
+    class Logged:
+        def __init__(self, shard):
+            self.shard = shard
+
+        def __getattr__(self, method):
+            calls.append((id(self), method))
+            return getattr(self.shard, method)
+
+    shards = [Logged(ShardServer(SLOTS, ADMISSION)) for _ in range(2)]
+    loop = TrainLoop(SLOTS, ShardClient(shards, [s.name for s in SLOTS]), ModelConfig(hidden=(8,)),
+                     TrainConfig(batch_size=BATCH))
+    del calls[:]  # the client's probe of the shards' kind
+    for _ in loop.train(list(iter_batches(synthetic(n=5 * BATCH), SLOTS, BATCH))):
+        pass
+    for shard in shards:
+        # Batch k's pull (issued in step k-1) carries step k-2's gradients; the last two
+        # steps' gradients are pushed alone.
+        assert [m for s, m in calls if s == id(shard) and m != "stats"] == [
+            "pull", "pull", *["push_pull"] * 3, "push", "push"]
+
+
 def test_evaluate_does_not_insert_unseen_ids():
     loop = make_loop()
     train = list(iter_batches(synthetic(n=128, seed=0), SLOTS, BATCH))

@@ -1,0 +1,409 @@
+"""An unbounded source of examples from a Kafka topic: a Ray Data dataset, or in-process.
+
+Ray's ``read_kafka`` reads a bounded offset range once; online training needs a source that
+keeps reading. :class:`KafkaExampleReader` is the reader itself, a plain iterator usable in
+any process: it assigns the partitions of a :class:`StreamSpec` to a consumer (no consumer
+group, nothing committed), seeks each to its start offset and polls micro-batches, each
+turned into an Arrow table of :func:`source_schema` — the example columns
+(``monolith_ray.schemas``) plus ``_partition``, ``_offset`` and ``_from_offset``
+(``monolith_ray.data.offsets``), so whoever trains on a row knows exactly which offsets it
+consumed. Every message is validated with ``messages.parse_example`` and the slot shapes of
+the config; a bad one is counted, remembered among the last errors, and skipped: the source
+never stops on one.
+
+:func:`read_kafka_examples` makes the same reader a Ray Data ``Dataset``: a custom
+``Datasource`` whose read tasks are generators, each looping over its share of the partitions
+for as long as the stream runs, so ``streaming_split(n)`` feeds n trainers. What Ray Data 2.60
+needs for that, measured:
+
+- Output blocks are reshaped to ``target_max_block_size`` (128 MiB by default) *before* they
+  leave a read task; a task that never ends would never hand one out. The dataset's own
+  context sets it to ``block_bytes``, so a block leaves once that much is read (blocks are cut
+  to about that size, so a slow stream waits for a block to fill; a bounded read flushes at
+  its end).
+- Ray Data splits each read task's blocks further when it has fewer tasks than its default
+  parallelism (into blocks of a row or two here); the read asks for as many blocks as tasks.
+- Backpressure: a generator task pauses once two of its blocks wait unconsumed, and the
+  executor stops taking blocks once the dataset holds ``buffer_bytes`` in the object store,
+  so a slow trainer pauses the polls instead of growing memory.
+
+Stop conditions (for bounded reads; none = unbounded): stop offsets per partition or
+``"end"`` (each partition's end as of the read's first fetch), a number of examples, or an
+idle timeout. Offsets are fetched from where they are asked (``auto_offset_reset="none"``), so
+a start that retention deleted raises rather than silently reading elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import ray
+from kafka import KafkaConsumer, TopicPartition
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+
+from monolith_ray.config import KafkaConfig, SlotConfig
+from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
+from monolith_ray.messages import MessageError, decode, parse_example
+from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, value_ids
+
+logger = logging.getLogger(__name__)
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_KEPT_ERRORS = 10
+_LOGGED_ERRORS = 5
+_PARTITION_FETCH_BYTES = 1 << 20
+_FETCH_BYTES = 8 << 20
+
+Stops = Mapping[int, int] | Literal["end"] | None
+
+
+def source_schema(slots: Sequence[SlotConfig]) -> pa.Schema:
+    """The example schema of ``slots`` plus the source columns ``_partition`` (int32),
+    ``_offset`` and ``_from_offset`` (int64)."""
+    schema = example_schema(slots)
+    for field in SOURCE_FIELDS:
+        schema = schema.append(field)
+    return schema
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """What to read: ``topic`` at ``kafka``, each partition of ``starts`` from its offset.
+
+    - ``stops``: per partition the offset to stop before, ``"end"`` (each partition's end as
+      of the read's first fetch from it), or None (never stop on offsets).
+    - ``max_records``: stop after this many examples (per reader, i.e. per read task).
+    - ``idle_timeout_s``: stop once no record has arrived for this long (wall clock).
+    - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
+      long a poll waits for them.
+    """
+
+    kafka: KafkaConfig
+    topic: str
+    slots: tuple[SlotConfig, ...]
+    starts: Mapping[int, int]
+    stops: Stops = None
+    max_records: int | None = None
+    idle_timeout_s: float | None = None
+    poll_records: int = 2000
+    poll_timeout_ms: int = 200
+
+    def __post_init__(self) -> None:
+        if not self.starts:
+            raise ValueError("starts: name at least one partition")
+        if isinstance(self.stops, Mapping) and set(self.stops) != set(self.starts):
+            raise ValueError(f"stops name partitions {sorted(self.stops)}, starts name "
+                             f"{sorted(self.starts)}")
+        if self.poll_records < 1 or self.poll_timeout_ms < 1:
+            raise ValueError("poll_records and poll_timeout_ms must be >= 1")
+
+    def for_partitions(self, partitions: Sequence[int]) -> StreamSpec:
+        """This spec restricted to ``partitions``."""
+        stops = self.stops
+        if isinstance(stops, Mapping):
+            stops = {p: stops[p] for p in partitions}
+        return dataclasses.replace(self, starts={p: self.starts[p] for p in partitions},
+                                   stops=stops)
+
+
+def earliest_offsets(kafka: KafkaConfig, topic: str) -> dict[int, int]:
+    """Partition -> its first offset still held by the brokers, for every partition of
+    ``topic`` (ValueError if the topic is unknown)."""
+    consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"unknown topic {topic!r}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return {tp.partition: int(offset) for tp, offset in consumer.beginning_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+class KafkaExampleReader:
+    """Iterate micro-batches of examples (``pa.Table`` of :func:`source_schema`) from
+    ``spec``; each pass opens its own consumer and closes it when the pass ends.
+
+    While and after iterating: ``positions`` (partition -> offset after the last record
+    read), ``records`` (examples yielded), ``malformed`` (messages skipped) and ``errors``
+    (the last few ``(partition, offset, reason)``). ``report``, if given, is called with
+    :meth:`stats` after every poll that read records and when the pass ends.
+    """
+
+    def __init__(self, spec: StreamSpec, report: Callable[[dict[str, Any]], None] | None = None
+                 ) -> None:
+        self.spec = spec
+        self.report = report
+        self.schema = source_schema(spec.slots)
+        self.positions = {int(p): int(o) for p, o in spec.starts.items()}
+        self.records = 0
+        self.malformed = 0
+        self.errors: deque[tuple[int, int, str]] = deque(maxlen=_KEPT_ERRORS)
+
+    def stats(self) -> dict[str, Any]:
+        """``{"records", "malformed", "positions", "errors"}`` as plain JSON-able values."""
+        return {"records": self.records, "malformed": self.malformed,
+                "positions": dict(self.positions), "errors": [list(e) for e in self.errors]}
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        spec = self.spec
+        consumer = KafkaConsumer(
+            **spec.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
+            auto_offset_reset="none", fetch_max_wait_ms=spec.poll_timeout_ms,
+            max_partition_fetch_bytes=_PARTITION_FETCH_BYTES, fetch_max_bytes=_FETCH_BYTES)
+        try:
+            tps = self._assign(consumer)
+            yield from self._poll_loop(consumer, tps)
+        finally:
+            consumer.close()
+        if self.report is not None:
+            self.report(self.stats())
+
+    def _assign(self, consumer: KafkaConsumer) -> dict[int, TopicPartition]:
+        known = consumer.partitions_for_topic(self.spec.topic) or set()
+        missing = sorted(set(self.positions) - known)
+        if missing:
+            raise ValueError(f"topic {self.spec.topic!r} has no partitions {missing} "
+                             f"(it has {sorted(known)})")
+        tps = {p: TopicPartition(self.spec.topic, p) for p in self.positions}
+        consumer.assign(list(tps.values()))
+        for p, tp in tps.items():
+            consumer.seek(tp, self.positions[p])
+        return tps
+
+    def _poll_loop(self, consumer: KafkaConsumer, tps: dict[int, TopicPartition]
+                   ) -> Iterator[pa.Table]:
+        spec = self.spec
+        if spec.stops == "end":
+            stops: dict[int, int | None] = dict.fromkeys(tps)
+        elif spec.stops is None:
+            stops = {}
+        else:
+            stops = {int(p): int(o) for p, o in spec.stops.items()}
+        # Per partition, the offset after the last record that became a row: a row accounts
+        # for every offset from there to its own (the skipped ones in between included).
+        uncovered = dict(self.positions)
+        heard = time.monotonic()
+        while True:
+            active = [p for p in tps if not _reached(self.positions[p], stops, p)]
+            if not active:
+                return
+            budget = spec.poll_records
+            if spec.max_records is not None:
+                budget = min(budget, spec.max_records - self.records)
+                if budget <= 0:
+                    return
+            if spec.idle_timeout_s is not None and time.monotonic() - heard > spec.idle_timeout_s:
+                return
+            consumer.pause(*(tp for p, tp in tps.items() if p not in active))
+            polled = consumer.poll(timeout_ms=spec.poll_timeout_ms, max_records=budget)
+            rows = _Rows(spec.slots)
+            for tp, records in polled.items():
+                p, stop = tp.partition, stops.get(tp.partition)
+                for record in records:
+                    if stop is not None and record.offset >= stop:
+                        break
+                    self._take(rows, p, record, uncovered)
+            if stops and None in stops.values():
+                for p, tp in tps.items():
+                    if stops[p] is None:
+                        stops[p] = consumer.highwater(tp)
+            if polled:
+                heard = time.monotonic()
+                if self.report is not None:
+                    self.report(self.stats())
+            if len(rows):
+                self.records += len(rows)
+                yield rows.table(self.schema)
+
+    def _take(self, rows: _Rows, partition: int, record: Any, uncovered: dict[int, int]) -> None:
+        """Validate ``record`` into ``rows``, or count and remember why it is malformed."""
+        self.positions[partition] = record.offset + 1
+        try:
+            if record.value is None:
+                raise MessageError("no value (a tombstone)")
+            example = parse_example(decode(record.value))
+            rows.add(example, partition, record.offset, uncovered[partition])
+        except MessageError as err:
+            self.malformed += 1
+            self.errors.append((partition, record.offset, str(err)))
+            if self.malformed <= _LOGGED_ERRORS:
+                logger.warning("skipping malformed example at %s[%d]@%d: %s",
+                               self.spec.topic, partition, record.offset, err)
+            return
+        uncovered[partition] = record.offset + 1
+
+
+def _reached(position: int, stops: dict[int, int | None], partition: int) -> bool:
+    stop = stops.get(partition)
+    return stop is not None and position >= stop
+
+
+class _Rows:
+    """Validated examples of one micro-batch, gathered per column and built into a table with
+    one ``value_ids`` call per slot."""
+
+    def __init__(self, slots: Sequence[SlotConfig]) -> None:
+        self.slots = tuple(slots)
+        self.base: list[tuple[int, float, float, int, int, int]] = []
+        self.values: list[list[Any]] = [[] for _ in self.slots]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def add(self, example: Mapping[str, Any], partition: int, offset: int,
+            from_offset: int) -> None:
+        """Append ``example`` (as ``parse_example`` returns it); MessageError, and nothing
+        appended, if a slot value does not fit its slot."""
+        given = example["slots"]
+        values = [_slot_value(given.get(s.name), s) for s in self.slots]
+        for column, value in zip(self.values, values):
+            column.append(value)
+        self.base.append((example["time"], example["label"], example["weight"], partition,
+                          offset, from_offset))
+
+    def table(self, schema: pa.Schema) -> pa.Table:
+        time_, label, weight, partition, offset, from_offset = (
+            np.asarray(c) for c in zip(*self.base))
+        columns = {TIME: pa.array(time_.astype(np.int64)),
+                   LABEL: pa.array(label.astype(np.float32)),
+                   WEIGHT: pa.array(weight.astype(np.float32))}
+        for slot, values in zip(self.slots, self.values):
+            columns[slot.name] = (_list_column(values) if slot.max_values > 1
+                                  else _scalar_column(values))
+        columns[PARTITION] = pa.array(partition.astype(np.int32))
+        columns[OFFSET] = pa.array(offset.astype(np.int64))
+        columns[FROM_OFFSET] = pa.array(from_offset.astype(np.int64))
+        return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _slot_value(value: Any, slot: SlotConfig) -> Any:
+    """A message's slot value checked against the slot: a scalar (or None) for a
+    single-valued slot, a list (or None) of at most ``max_values`` for a multi-valued one."""
+    if value is None:
+        return None
+    if slot.max_values == 1:
+        if isinstance(value, list):
+            raise MessageError(f"slots.{slot.name}: single-valued, got a list")
+        _check_int(value, slot)
+        return value
+    values = value if isinstance(value, list) else [value]
+    if len(values) > slot.max_values:
+        raise MessageError(f"slots.{slot.name}: {len(values)} values, more than max_values "
+                           f"{slot.max_values}")
+    for v in values:
+        _check_int(v, slot)
+    return values
+
+
+def _check_int(value: Any, slot: SlotConfig) -> None:
+    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+        raise MessageError(f"slots.{slot.name}: {value} does not fit in int64")
+
+
+def _scalar_column(values: list[Any]) -> pa.Array:
+    null = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+    ids = np.zeros(len(values), dtype=np.int64)
+    ids[~null] = value_ids([v for v in values if v is not None])
+    return pa.array(ids, mask=null)
+
+
+def _list_column(values: list[Any]) -> pa.Array:
+    null = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+    lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int32,
+                          count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = value_ids([x for v in values if v is not None for x in v])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.int64()),
+                                    mask=pa.array(null))
+
+
+class SourceMonitor:
+    """What the read tasks of one stream report: a Ray actor (``ray.remote(SourceMonitor)``)
+    that each task tells its :meth:`KafkaExampleReader.stats` after every poll, so the
+    malformed count and the read positions of a running dataset can be asked for."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, dict[str, Any]] = {}
+
+    def report(self, task: int, stats: dict[str, Any]) -> None:
+        self._tasks[task] = stats
+
+    def totals(self) -> dict[str, Any]:
+        """Examples read and messages skipped over all tasks, every partition's read position,
+        and the tasks' last errors."""
+        tasks = self._tasks.values()
+        return {"records": sum(t["records"] for t in tasks),
+                "malformed": sum(t["malformed"] for t in tasks),
+                "positions": {p: o for t in tasks for p, o in t["positions"].items()},
+                "errors": [e for t in tasks for e in t["errors"]]}
+
+
+class KafkaExamplesDatasource(Datasource):
+    """The Ray Data datasource of :func:`read_kafka_examples`: one read task per group of
+    partitions (every ``read_tasks``-th one), whatever parallelism Ray asks for, as each task
+    runs for the whole stream."""
+
+    def __init__(self, spec: StreamSpec, read_tasks: int = 1, monitor: Any = None) -> None:
+        super().__init__()
+        partitions = sorted(spec.starts)
+        n = min(read_tasks, len(partitions))
+        self.spec = spec
+        self.groups = [partitions[k::n] for k in range(n)]
+        self.monitor = monitor
+
+    def get_name(self) -> str:
+        return "KafkaExamples"
+
+    def estimate_inmemory_data_size(self) -> None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        schema = source_schema(self.spec.slots)
+        unknown = BlockMetadata(num_rows=None, size_bytes=None, input_files=None,
+                                exec_stats=None)
+        return [ReadTask(functools.partial(_read, self.spec.for_partitions(group), k,
+                                           self.monitor),
+                         unknown, schema=schema, per_task_row_limit=per_task_row_limit)
+                for k, group in enumerate(self.groups)]
+
+
+def _read(spec: StreamSpec, task: int, monitor: Any) -> Iterator[pa.Table]:
+    """One read task: its partitions' micro-batches for as long as its stream runs."""
+    report = None if monitor is None else functools.partial(_report, monitor, task)
+    yield from KafkaExampleReader(spec, report)
+
+
+def _report(monitor: Any, task: int, stats: dict[str, Any]) -> None:
+    monitor.report.remote(task, stats)
+
+
+def read_kafka_examples(spec: StreamSpec, *, read_tasks: int = 1, block_bytes: int = 256 << 10,
+                        buffer_bytes: int = 64 << 20, num_cpus: float = 0.25,
+                        monitor: Any = None) -> Any:
+    """A Ray Data ``Dataset`` of the examples of ``spec``: ``read_tasks`` generator tasks
+    (each reading every ``read_tasks``-th partition, ``num_cpus`` each, all running at once),
+    blocks of about ``block_bytes``, at most about ``buffer_bytes`` held in the object store
+    ahead of its consumers. ``monitor``: a :class:`SourceMonitor` actor the tasks report to.
+    Unbounded unless ``spec`` has a stop condition; use ``streaming_split(n, equal=False)``
+    (``equal=True`` may drop rows) to feed n consumers."""
+    source = KafkaExamplesDatasource(spec, read_tasks, monitor)
+    n = len(source.groups)
+    dataset = ray.data.read_datasource(source, num_cpus=num_cpus, concurrency=n,
+                                       override_num_blocks=n)
+    context = dataset.context
+    context.target_max_block_size = block_bytes
+    limits = context.execution_options.resource_limits
+    context.execution_options.resource_limits = limits.copy(object_store_memory=buffer_bytes)
+    return dataset

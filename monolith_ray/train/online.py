@@ -1,0 +1,259 @@
+"""Online training: the batch job's trainers fed by the Kafka stream, offsets in the snapshot.
+
+``run_online_training(cfg, start)`` is what ``jobs/train_online.py`` runs. The same shard and
+dense-server actors and the same ``Trainer``/``TrainLoop`` as the batch job
+(``monolith_ray.train.job``) train on ``read_kafka_examples(...).streaming_split(n)``; only the
+source differs, so a run can switch from one to the other (Monolith's batch -> online switch).
+``start`` (default ``cfg.online.start``):
+
+- ``earliest``: fresh parameters, each partition of ``kafka.topics.examples`` from its first
+  offset.
+- ``dump:<path>``: fresh parameters, trained first on the Parquet dump at ``path``
+  (``monolith_ray.data.dump``, ``train.epochs`` passes), then on Kafka from the offsets the
+  dump ends at, in the same run.
+- ``snapshot:<path>``: parameters and offsets restored from a snapshot this module wrote.
+
+Snapshots go to ``<data.output_dir>/snapshot`` every ``online.snapshot_every_s``, at the end of
+a bounded run, and whenever :meth:`OnlineTraining.snapshot` is called. Each is the batch job's
+snapshot plus ``offsets.json`` (``{"topic": ..., "offsets": {"<partition>": <offset>}}``,
+where reading resumes), written after the parameters.
+
+Why a restore never skips an example (offsets never run ahead of the parameters):
+
+1. A trainer counts a batch's offsets (``monolith_ray.data.offsets``) as committed only once
+   its pushes have landed: every ``online.commit_every_steps`` steps it waits for the pushes
+   in flight (``TrainLoop.flush``) and commits the offsets of the steps before.
+2. A snapshot first collects the offsets every trainer has committed, then writes the
+   parameters (which by then hold at least those steps), then the offsets: for each partition
+   the end of the run of trained offsets from its start, so a block still in flight at another
+   trainer is never jumped over.
+
+What came after the snapshot is trained again after a restore: at least once, never skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from monolith_ray.config import Config
+from monolith_ray.data.batches import Batch, make_batch
+from monolith_ray.data.dump import read_dump_offsets
+from monolith_ray.data.kafka_source import (
+    SourceMonitor,
+    StreamSpec,
+    earliest_offsets,
+    read_kafka_examples,
+)
+from monolith_ray.data.offsets import OffsetCoverage
+from monolith_ray.train.job import Trainer, restore_snapshot, save_snapshot, start_servers
+
+
+class StreamTrainer(Trainer):
+    """A ``Trainer`` that also accounts for the Kafka offsets of what it trains. Its actor
+    runs two calls at once (``max_concurrency=2``): ``consume`` trains while
+    ``drain_committed`` hands the committed offsets to a snapshot."""
+
+    def __init__(self, cfg: Config, shards: Any, dense: Any) -> None:
+        super().__init__(cfg, shards, dense)
+        self._lock = threading.Lock()
+        self._committed = OffsetCoverage()
+        self._stepped = OffsetCoverage()
+        self._queued: collections.deque[OffsetCoverage] = collections.deque()
+
+    def consume(self, source: Any, epochs: int = 1) -> dict[str, Any]:
+        """Train ``epochs`` passes over ``source`` (a Ray ``DataIterator`` of rows with the
+        source columns: a Kafka stream or a dump), committing offsets as the module docstring
+        says -> ``{"steps", "examples", "seconds", "examples_per_s", "loss"}`` of this call
+        (all committed when it returns)."""
+        every = self.cfg.online.commit_every_steps
+        start, steps, examples, loss = time.perf_counter(), 0, 0, float("nan")
+        self._queued.clear()
+        for _ in range(epochs):
+            for m in self.loop.train(self._tracked(source)):
+                self._stepped.update(self._queued.popleft())
+                steps, examples, loss = steps + 1, examples + m["examples"], m["loss"]
+                if steps % every == 0:
+                    self.loop.flush()
+                    self._commit()
+            self._commit()
+        seconds = time.perf_counter() - start
+        return {"steps": steps, "examples": examples, "seconds": seconds,
+                "examples_per_s": examples / max(seconds, 1e-9), "loss": loss}
+
+    def drain_committed(self) -> dict[int, list[tuple[int, int]]]:
+        """The offset ranges committed since the last call (and forget them)."""
+        with self._lock:
+            committed, self._committed = self._committed, OffsetCoverage()
+        return committed.ranges()
+
+    def _commit(self) -> None:
+        """Every step so far has landed: its offsets become committed."""
+        with self._lock:
+            self._committed.update(self._stepped)
+        self._stepped = OffsetCoverage()
+
+    def _tracked(self, source: Any) -> Iterator[Batch]:
+        """Batches of ``source``, each one's offsets queued for the step that trains it (the
+        loop reads ahead, so a batch handed out is not yet a batch stepped on)."""
+        for table in source.iter_batches(batch_size=self.cfg.train.batch_size,
+                                         batch_format="pyarrow", prefetch_batches=2):
+            self._queued.append(OffsetCoverage.of_table(table))
+            yield make_batch(table, self.cfg.slots)
+
+
+class OnlineTraining:
+    """One online training run on Ray: servers, ``train.n_trainers`` stream trainers, the
+    sources, snapshots. ``run()`` trains (blocking); ``snapshot()`` may be called from
+    another thread meanwhile; ``close()`` kills the actors."""
+
+    def __init__(self, cfg: Config, start: str | None = None) -> None:
+        if start is not None:  # checked as the config checks online.start
+            cfg = dataclasses.replace(cfg, online=dataclasses.replace(cfg.online, start=start))
+        kind, _, where = cfg.online.start.partition(":")
+        self.cfg = cfg
+        self.topic = cfg.kafka.topics.examples
+        self.snapshot_dir = Path(cfg.data.output_dir) / "snapshot"
+        self.shards, self.dense = start_servers(cfg)
+        self.trainers: list[Any] = []
+        self.monitor: Any = None
+        self.dump: dict[str, Any] | None = None
+        self.coverage = OffsetCoverage()
+        self._lock = threading.Lock()
+        try:
+            self.starts = self._starting_offsets(kind, where)
+            # Trainers start after a restore: each takes the dense parameters as it starts.
+            actor = ray.remote(StreamTrainer).options(num_cpus=cfg.train.trainer_cpus,
+                                                      max_concurrency=2)
+            self.trainers = [actor.remote(cfg, self.shards, self.dense)
+                             for _ in range(cfg.train.n_trainers)]
+            self.monitor = ray.remote(SourceMonitor).options(num_cpus=0).remote()
+        except BaseException:
+            self.close()
+            raise
+
+    def offsets(self) -> dict[int, int]:
+        """Per partition where reading resumes: the end of the committed offsets from its
+        start (as of the last collection from the trainers)."""
+        return self.coverage.resume(self.starts)
+
+    def run(self) -> dict[str, Any]:
+        """Train (on the dump, then) on the stream until its stop condition; snapshot at the
+        end -> metrics: per phase the trainers' summaries, the source's counts, the final
+        offsets."""
+        started = time.perf_counter()
+        phases = {}
+        if self.dump is not None:
+            dataset = ray.data.read_parquet(self.dump["path"], file_extensions=["parquet"],
+                                            num_cpus=self.cfg.train.read_cpus)
+            phases["dump"] = self._phase(dataset, self.cfg.train.epochs)
+            with self._lock:
+                # The whole dump is trained: its offsets count even where it holds no row.
+                for partition, end in self.dump["end"].items():
+                    self.coverage.add(partition, self.dump["start"][partition], end)
+        stream_starts = self.offsets()
+        phases["stream"] = self._phase(self._stream(stream_starts), 1)
+        phases["stream"]["start_offsets"] = stream_starts
+        offsets = self.snapshot()
+        return {"phases": phases,
+                "examples": sum(p["examples"] for p in phases.values()),
+                "offsets": offsets, "source": ray.get(self.monitor.totals.remote()),
+                "snapshot": str(self.snapshot_dir),
+                "seconds": time.perf_counter() - started}
+
+    def snapshot(self) -> dict[int, int]:
+        """Collect the trainers' committed offsets, then write the parameters and those
+        offsets to ``snapshot_dir`` -> the offsets written."""
+        with self._lock:
+            for ranges in ray.get([t.drain_committed.remote() for t in self.trainers]):
+                self.coverage.update(OffsetCoverage(ranges))
+            offsets = self.offsets()
+            save_snapshot(self.snapshot_dir, self.shards, self.dense,
+                          {"topic": self.topic,
+                           "offsets": {str(p): o for p, o in sorted(offsets.items())}})
+        return offsets
+
+    def close(self) -> None:
+        """Kill the run's actors (the stream's read tasks end with their dataset)."""
+        for handle in [*self.trainers, *self.shards, self.dense, self.monitor]:
+            if handle is not None:
+                ray.kill(handle)
+
+    def _starting_offsets(self, kind: str, where: str) -> dict[int, int]:
+        """Per partition the offset training starts from; a snapshot's parameters are
+        restored, a dump's offsets noted, on the way."""
+        if kind == "earliest":
+            return earliest_offsets(self.cfg.kafka, self.topic)
+        if kind == "dump":
+            self.dump = {"path": where, **read_dump_offsets(where)}
+            topic, starts = self.dump["topic"], self.dump["start"]
+        else:
+            saved = restore_snapshot(Path(where), self.shards, self.dense)
+            if saved is None:
+                raise FileNotFoundError(f"snapshot {where} has no offsets.json: a batch "
+                                        f"snapshot cannot say where the stream resumes")
+            topic, starts = saved["topic"], saved["offsets"]
+        if topic != self.topic:
+            raise ValueError(f"{kind} {where} is of topic {topic!r}, not {self.topic!r}")
+        return {int(p): int(o) for p, o in starts.items()}
+
+    def _stream(self, starts: Mapping[int, int]) -> Any:
+        online = self.cfg.online
+        spec = StreamSpec(
+            self.cfg.kafka, self.topic, self.cfg.slots, starts,
+            stops="end" if online.stop == "end" else None,
+            idle_timeout_s=online.idle_timeout_s or None,
+            poll_records=online.poll_records, poll_timeout_ms=online.poll_timeout_ms)
+        return read_kafka_examples(spec, read_tasks=online.read_tasks,
+                                   block_bytes=online.block_bytes,
+                                   buffer_bytes=online.buffer_bytes,
+                                   num_cpus=self.cfg.train.read_cpus, monitor=self.monitor)
+
+    def _phase(self, dataset: Any, epochs: int) -> dict[str, Any]:
+        """All trainers consume their split of ``dataset``; snapshots on schedule meanwhile.
+        A trainer's failure (a dead actor) raises here."""
+        splits = dataset.streaming_split(len(self.trainers), equal=False)
+        refs = [t.consume.remote(s, epochs) for t, s in zip(self.trainers, splits)]
+        every = self.cfg.online.snapshot_every_s
+        due = time.monotonic() + every
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1,
+                                         timeout=max(due - time.monotonic(), 0.0))
+                ray.get(done)
+                if time.monotonic() >= due:
+                    self.snapshot()
+                    due = time.monotonic() + every
+        except BaseException:
+            # The error's traceback keeps this frame: drop the splits' handles from it, so
+            # the split coordinator and its endless read tasks end with the trainers.
+            del dataset, splits
+            raise
+        fits = ray.get(refs)
+        return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
+                "examples_per_s": sum(f["examples_per_s"] for f in fits)}
+
+
+def run_online_training(cfg: Config, start: str | None = None) -> dict[str, Any]:
+    """Run :class:`OnlineTraining` from ``start`` (default ``cfg.online.start``) to its stop
+    condition, write ``<data.output_dir>/metrics.json`` -> the metrics. With
+    ``online.stop: never`` and no idle timeout it runs until the job is stopped; the last
+    snapshot is then at most ``online.snapshot_every_s`` old."""
+    run = OnlineTraining(cfg, start)
+    try:
+        metrics = run.run()
+    finally:
+        run.close()
+    out = Path(cfg.data.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics

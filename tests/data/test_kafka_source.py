@@ -1,0 +1,166 @@
+"""The Kafka examples source on the embedded broker: exact offset ranges, source columns,
+malformed messages skipped and counted, a Ray Data dataset split between two consumers,
+unbounded reading, and bounded buffering under a slow consumer."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pytest
+import ray
+
+from monolith_ray.config import KafkaConfig, SlotConfig
+from monolith_ray.data.batches import make_batch
+from monolith_ray.data.kafka_source import (
+    KafkaExampleReader,
+    SourceMonitor,
+    StreamSpec,
+    earliest_offsets,
+    read_kafka_examples,
+    source_schema,
+)
+from monolith_ray.data.offsets import OffsetCoverage
+from monolith_ray.messages import encode
+from monolith_ray.schemas import value_ids
+from monolith_ray.stream import ensure_topics
+
+SLOTS = (SlotConfig("user_id", 1, 4), SlotConfig("item_id", 2, 4),
+         SlotConfig("genres", 3, 4, max_values=3))
+T0 = 1_700_000_000
+
+
+def example(i: int) -> bytes:
+    return encode({"request_id": f"r{i}", "time": T0 + i, "label": float(i % 3 == 0),
+                   "slots": {"user_id": i, "item_id": f"item{i % 7}",
+                             "genres": [f"g{i % 4}", "drama"][: 1 + i % 2]}})
+
+
+MALFORMED = {
+    "not json": b"{oops",
+    "tombstone": None,
+    "label": encode({"request_id": "x", "time": T0, "label": 2.0, "slots": {"user_id": 1}}),
+    "list in a single-valued slot": encode(
+        {"request_id": "x", "time": T0, "label": 1.0, "slots": {"user_id": [1, 2]}}),
+    "too many values": encode(
+        {"request_id": "x", "time": T0, "label": 1.0, "slots": {"genres": [1, 2, 3, 4]}}),
+    "int64 overflow": encode(
+        {"request_id": "x", "time": T0, "label": 1.0, "slots": {"item_id": 1 << 70}}),
+}
+
+
+@pytest.fixture(scope="module")
+def kafka(kafka_bootstrap: str) -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=kafka_bootstrap, partitions=2)
+
+
+@pytest.fixture(scope="module")
+def topic(kafka: KafkaConfig, produce) -> dict:
+    """Topic ``source`` with 300 examples over 2 partitions and the malformed kinds spread
+    among them -> {"valid": {(partition, offset): i}, "bad": {(partition, offset)}}."""
+    ensure_topics(kafka, ["source"])
+    payloads, bad_at = [example(i) for i in range(300)], {}
+    for k, raw in enumerate(MALFORMED.values()):
+        bad_at[37 * k + 5] = raw
+    for position in sorted(bad_at):
+        payloads.insert(position, bad_at[position])
+    placed = produce(kafka, "source", payloads, [i % 2 for i in range(len(payloads))])
+    valid, bad, i = {}, set(), 0
+    for position, where in enumerate(placed):
+        if position in bad_at:
+            bad.add(where)
+        else:
+            valid[where] = i
+            i += 1
+    return {"valid": valid, "bad": bad}
+
+
+def rows_of(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables) if tables else source_schema(SLOTS).empty_table()
+
+
+def test_reader_delivers_exactly_the_range_and_skips_malformed(kafka, topic) -> None:
+    starts, stops = {0: 4, 1: 0}, {0: 120, 1: 77}
+    reader = KafkaExampleReader(StreamSpec(kafka, "source", SLOTS, starts, stops=stops,
+                                           poll_records=50))
+    table = rows_of(list(reader))
+    assert table.schema == source_schema(SLOTS)
+    got = list(zip(table["_partition"].to_pylist(), table["_offset"].to_pylist()))
+    want = sorted(w for w in topic["valid"] if starts[w[0]] <= w[1] < stops[w[0]])
+    assert sorted(got) == want and len(set(got)) == len(got)
+    # Row values are the message's, in its offset's row.
+    ids = [topic["valid"][w] for w in got]
+    assert table["user_id"].to_pylist() == ids
+    assert table["item_id"].to_pylist() == value_ids([f"item{i % 7}" for i in ids]).tolist()
+    assert table["time"].to_pylist() == [T0 + i for i in ids]
+    bad = [w for w in topic["bad"] if starts[w[0]] <= w[1] < stops[w[0]]]
+    assert reader.malformed == len(bad) >= 3
+    assert {(p, o) for p, o, _ in reader.errors} == set(bad)
+    assert reader.records == len(want) and reader.positions == stops
+    # Rows account for their range, skipped messages included, except a skipped tail, which
+    # no row follows (offset 76 of partition 1 is malformed): a resume reads it again.
+    assert (1, 76) in topic["bad"]
+    assert OffsetCoverage.of_table(table).resume(starts) == {0: 120, 1: 76}
+    assert len(make_batch(table, SLOTS)) == len(want)
+
+
+def test_every_kind_of_malformed_message_is_skipped_with_its_reason(kafka, topic) -> None:
+    reader = KafkaExampleReader(StreamSpec(kafka, "source", SLOTS,
+                                           earliest_offsets(kafka, "source"), stops="end"))
+    table = rows_of(list(reader))
+    assert table.num_rows == len(topic["valid"]) == 300
+    assert reader.malformed == len(MALFORMED)
+    reasons = " | ".join(reason for _, _, reason in reader.errors)
+    for needle in ("not UTF-8 JSON", "tombstone", "label", "single-valued",
+                   "more than max_values", "int64"):
+        assert needle in reasons
+
+
+def test_dataset_feeds_two_consumers_with_streaming_split(ray_session, kafka, topic) -> None:
+    @ray.remote(num_cpus=0.1)
+    def offsets_of(split) -> list[tuple[int, int]]:
+        out = []
+        for t in split.iter_batches(batch_size=32, batch_format="pyarrow"):
+            out += zip(t["_partition"].to_pylist(), t["_offset"].to_pylist())
+        return out
+
+    monitor = ray.remote(SourceMonitor).options(num_cpus=0).remote()
+    spec = StreamSpec(kafka, "source", SLOTS, {0: 0, 1: 0}, stops="end", poll_records=40)
+    dataset = read_kafka_examples(spec, read_tasks=2, block_bytes=4096, monitor=monitor)
+    halves = ray.get([offsets_of.remote(s) for s in dataset.streaming_split(2, equal=False)])
+    assert all(halves)
+    assert sorted(halves[0] + halves[1]) == sorted(topic["valid"])
+    totals = ray.get(monitor.totals.remote())
+    assert totals["records"] == 300 and totals["malformed"] == len(MALFORMED)
+
+
+def test_unbounded_dataset_keeps_reading_new_messages(ray_session, kafka, produce) -> None:
+    ensure_topics(kafka, ["growing"])
+    placed = produce(kafka, "growing", [example(i) for i in range(50)], [0] * 50)
+    spec = StreamSpec(kafka, "growing", SLOTS, {0: 0, 1: 0}, idle_timeout_s=2.0)
+    seen: list[tuple[int, int]] = []
+    # Blocks of ~1 KiB leave the read task as they fill; the last partial one when it ends.
+    for table in read_kafka_examples(spec, block_bytes=1024).iter_batches(
+            batch_size=None, batch_format="pyarrow"):
+        if not seen:
+            placed += produce(kafka, "growing", [example(i) for i in range(50, 80)], [0, 1] * 15)
+        seen += zip(table["_partition"].to_pylist(), table["_offset"].to_pylist())
+    assert sorted(seen) == sorted(placed) and len(seen) == 80
+
+
+def test_slow_consumer_holds_the_reader_back(ray_session, kafka, produce) -> None:
+    ensure_topics(kafka, ["backlog"])
+    n = 20_000
+    produce(kafka, "backlog", [example(i) for i in range(n)], [i % 2 for i in range(n)])
+    monitor = ray.remote(SourceMonitor).options(num_cpus=0).remote()
+    spec = StreamSpec(kafka, "backlog", SLOTS, {0: 0, 1: 0}, stops="end", poll_records=100)
+    dataset = read_kafka_examples(spec, block_bytes=16 << 10, buffer_bytes=64 << 10,
+                                  monitor=monitor)
+    consumed, ahead = 0, []  # examples the reader has read but the consumer not yet seen
+    for table in dataset.iter_batches(batch_size=200, batch_format="pyarrow",
+                                      prefetch_batches=0):
+        consumed += table.num_rows
+        time.sleep(0.01)
+        ahead.append(ray.get(monitor.totals.remote())["records"] - consumed)
+    # 64 KiB is ~1000 rows; with a 64 MiB buffer the reader runs > 5000 rows ahead here.
+    assert consumed == n and max(ahead) < 3000
