@@ -1,0 +1,238 @@
+"""Streaming path throughput on MovieLens-100K: raw Kafka reads, the joiner, the Ray Data Kafka
+source and online training, all in one process against the embedded broker.
+
+Setup: the embedded Tansu broker (``kafka_session`` with an empty ``bootstrap_servers``) with
+the default config's topics (``load_config()``, 2 partitions each), and Ray started once with
+``ray.init(num_cpus=2, object_store_memory=300 MB)``. Every MovieLens-100K rating
+(``data/ml-100k``, ``FRACTION`` of them in time order; 1.0 = all 100,000) is published with
+``replay_movielens`` at full speed: one ``features`` message per rating and one ``actions``
+click per rating >= 4. Each stage then reads what the previous one wrote, from the earliest
+offsets to the end:
+
+- ``raw_consume_per_s``: a plain kafka-python ``KafkaConsumer`` (no group, manual ``assign``,
+  ``seek`` to the earliest offsets) polls every features and actions message until each
+  partition reaches its end (``end_offsets``); messages / wall seconds (``raw_seconds``). It
+  only counts the records, decoding nothing: the cost of getting the bytes out of Kafka.
+- ``joiner_examples_per_s``: one in-process ``StreamJoiner`` (index 0 of 1, a fresh consumer
+  group, ``start: earliest``, ``negative_rate: 1``, otherwise the default ``JoinerConfig``)
+  is polled until it has read every features and actions message, then drained (every
+  impression still waiting becomes a negative), its producer flushed and its offsets
+  committed; examples written / wall seconds from its construction to that commit
+  (``joiner_seconds``). ``joiner_vs_raw`` = ``raw_seconds / joiner_seconds`` on the same
+  input messages: the joiner's speed as a fraction of reading its input with a plain
+  consumer (1.0 = joining, writing and committing cost nothing beyond the read).
+- ``source_examples_per_s``: ``read_kafka_examples`` over the examples topic from the earliest
+  offsets with ``stops="end"`` and the default ``online`` settings (read tasks, block and
+  buffer bytes, ``train.read_cpus``), iterated to its end in the driver
+  (``iter_batches(batch_format="pyarrow")``); rows / wall seconds including the dataset's start.
+- ``train_online_examples_per_s``: ``run_online_training`` with the default config and
+  ``online.start=earliest``, ``online.stop=end`` over the same examples topic; the summed
+  ``examples_per_s`` of its trainers in the stream phase (each trainer's examples over its
+  own ``consume`` seconds). ``train_online_wall_examples_per_s`` is examples over the whole
+  run's wall seconds (actor start, JIT compilation and the final snapshot included).
+
+Targets: ``joiner_vs_raw >= 0.5`` and ``source_examples_per_s >= 2 *
+train_online_examples_per_s`` (the source is not what limits online training). The cores are
+shared with whatever else runs, so single runs are noisy; no repeats, to keep the run short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from kafka import KafkaConsumer, TopicPartition
+
+from monolith_ray.config import Config, load_config
+from monolith_ray.data.kafka_source import StreamSpec, earliest_offsets, read_kafka_examples
+from monolith_ray.stream.joiner import StreamJoiner
+from monolith_ray.stream.kafka import end_offsets, kafka_session
+from monolith_ray.stream.producers import replay_movielens
+from monolith_ray.train.online import run_online_training
+
+DATA = Path("data/ml-100k")
+FRACTION = 1.0
+OBJECT_STORE_BYTES = 300 * 1024 * 1024
+JOINER_GROUP = "bench-stream-joiner"
+TIMEOUT_S = 300.0
+
+
+def config(bootstrap: str, output_dir: str) -> Config:
+    """The default config on ``bootstrap``, writing under ``output_dir``, a bounded replay."""
+    return load_config(overrides=[f"kafka.bootstrap_servers={bootstrap}",
+                                  f"data.output_dir={output_dir}",
+                                  "online.start=earliest", "online.stop=end"])
+
+
+def topic_range(cfg: Config, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition of ``topic``, its earliest offset and its end."""
+    return earliest_offsets(cfg.kafka, topic), end_offsets(cfg.kafka, topic)
+
+
+def raw_consume(cfg: Config, topics: list[str]) -> tuple[int, float]:
+    """Read every message of ``topics`` with a plain kafka-python consumer -> (messages,
+    wall seconds)."""
+    starts, stops = {}, {}
+    for topic in topics:
+        first, end = topic_range(cfg, topic)
+        for p in first:
+            tp = TopicPartition(topic, p)
+            starts[tp], stops[tp] = first[p], end[p]
+    t0 = time.perf_counter()
+    consumer = KafkaConsumer(**cfg.kafka.client_kwargs(), group_id=None,
+                             enable_auto_commit=False, auto_offset_reset="none",
+                             fetch_max_wait_ms=20)
+    try:
+        consumer.assign(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        n = 0
+        pending = {tp for tp in starts if starts[tp] < stops[tp]}
+        deadline = time.monotonic() + TIMEOUT_S
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw read of {sorted(map(str, pending))} did not finish")
+            for tp, records in consumer.poll(timeout_ms=100, max_records=10_000).items():
+                stop = stops[tp]
+                n += sum(1 for r in records if r.offset < stop)
+            pending = {tp for tp in pending if consumer.position(tp) < stops[tp]}
+            consumer.pause(*(tp for tp in starts if tp not in pending))
+    finally:
+        consumer.close()
+    return n, time.perf_counter() - t0
+
+
+def join(cfg: Config, n_input: int) -> tuple[dict[str, int], float]:
+    """One in-process joiner over every features and actions message, drained at the end ->
+    (its counters, wall seconds)."""
+    jcfg = dataclasses.replace(cfg.joiner, negative_rate=1.0, group_id=JOINER_GROUP,
+                               start="earliest")
+    t0 = time.perf_counter()
+    joiner = StreamJoiner(cfg.kafka, jcfg, 0, 1)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            c = joiner.counters()
+            if c["features"] + c["actions"] + c["dead_letters"] >= n_input:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"joiner read {c} of {n_input} messages")
+            joiner.poll()
+        joiner.stop()
+        counters = joiner.run(drain=True)  # stopped: no poll, just drain, send, commit
+        seconds = time.perf_counter() - t0
+    finally:
+        joiner.close()
+    return counters, seconds
+
+
+def source_read(cfg: Config) -> tuple[int, float]:
+    """Iterate the Ray Data Kafka source over the examples topic to its end -> (rows, wall
+    seconds)."""
+    topic = cfg.kafka.topics.examples
+    t0 = time.perf_counter()
+    spec = StreamSpec(cfg.kafka, topic, cfg.slots, earliest_offsets(cfg.kafka, topic),
+                      stops="end", poll_records=cfg.online.poll_records,
+                      poll_timeout_ms=cfg.online.poll_timeout_ms)
+    dataset = read_kafka_examples(spec, read_tasks=cfg.online.read_tasks,
+                                  block_bytes=cfg.online.block_bytes,
+                                  buffer_bytes=cfg.online.buffer_bytes,
+                                  num_cpus=cfg.train.read_cpus)
+    rows = sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow",
+                                                        batch_size=None))
+    return rows, time.perf_counter() - t0
+
+
+def report(figures: dict[str, Any]) -> None:
+    """Human-readable table on stderr."""
+    err = sys.stderr
+    rows = [("publish", figures["published_messages"], figures["publish_seconds"], None),
+            ("raw consume", figures["raw_messages"], figures["raw_seconds"],
+             figures["raw_consume_per_s"]),
+            ("joiner", figures["joiner_examples"], figures["joiner_seconds"],
+             figures["joiner_examples_per_s"]),
+            ("kafka source", figures["source_examples"], figures["source_seconds"],
+             figures["source_examples_per_s"]),
+            ("online training", figures["train_online_examples"],
+             figures["train_online_seconds"], figures["train_online_examples_per_s"])]
+    print(f"{'stage':<16} {'count':>9} {'seconds':>9} {'per s':>10}", file=err)
+    for name, count, seconds, rate in rows:
+        print(f"{name:<16} {count:>9} {seconds:>9.2f} "
+              f"{'' if rate is None else f'{rate:>10.0f}'}", file=err)
+    print(f"joiner_vs_raw {figures['joiner_vs_raw']:.3f} (target >= 0.5); "
+          f"source / train {figures['source_vs_train']:.2f} (target >= 2)", file=err)
+
+
+def main() -> None:
+    base = load_config()
+    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-stream-") as out, \
+                kafka_session(base.kafka) as bootstrap:
+            cfg = config(bootstrap, out)
+            topics = cfg.kafka.topics
+            published = replay_movielens(cfg.kafka, DATA, fraction=(0.0, FRACTION))
+            n_input = int(published["features"] + published["actions"])
+            print(f"published {published}", file=sys.stderr)
+
+            raw_n, raw_s = raw_consume(cfg, [topics.features, topics.actions])
+            if raw_n != n_input:
+                raise RuntimeError(f"raw read {raw_n} messages, published {n_input}")
+
+            counters, joiner_s = join(cfg, n_input)
+            examples = counters["positives"] + counters["negatives"]
+            first, end = topic_range(cfg, topics.examples)
+            in_topic = sum(end[p] - first[p] for p in end)
+            if in_topic != examples:
+                raise RuntimeError(f"examples topic holds {in_topic}, joiner wrote {examples}")
+
+            source_n, source_s = source_read(cfg)
+
+            t0 = time.perf_counter()
+            metrics = run_online_training(cfg)
+            train_wall = time.perf_counter() - t0
+            stream = metrics["phases"]["stream"]
+            train_n = int(stream["examples"])
+            train_s = max(f["seconds"] for f in stream["trainers"])
+    finally:
+        ray.shutdown()
+
+    figures = {
+        "raw_consume_per_s": raw_n / raw_s,
+        "joiner_examples_per_s": examples / joiner_s,
+        "joiner_vs_raw": raw_s / joiner_s,
+        "source_examples_per_s": source_n / source_s,
+        "train_online_examples_per_s": float(stream["examples_per_s"]),
+        "train_online_wall_examples_per_s": train_n / train_wall,
+        "source_vs_train": (source_n / source_s) / float(stream["examples_per_s"]),
+        "fraction": FRACTION,
+        "published_features": int(published["features"]),
+        "published_actions": int(published["actions"]),
+        "published_messages": n_input,
+        "publish_seconds": published["seconds"],
+        "raw_messages": raw_n,
+        "raw_seconds": raw_s,
+        "joiner_examples": examples,
+        "joiner_positives": counters["positives"],
+        "joiner_negatives": counters["negatives"],
+        "joiner_dead_letters": counters["dead_letters"],
+        "joiner_seconds": joiner_s,
+        "source_examples": source_n,
+        "source_seconds": source_s,
+        "train_online_examples": train_n,
+        "train_online_seconds": train_s,
+        "train_online_wall_seconds": train_wall,
+    }
+    report(figures)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
