@@ -39,8 +39,7 @@ Step breakdown (``*_ms_per_step``, over the timed epochs): per call kind (``pull
 calls (``submit``: on Ray, serializing the arguments and handing them over; in process, the
 whole shard call) and waiting for them (``wait``: what the step waited, round trip and
 deserialization). ``compute`` is the rest of the step (routing, padding, the jitted step,
-gradient slicing). Dense calls are issued by the dense link's own thread, so their
-``submit`` is not part of the step; their ``wait`` is.
+gradient slicing); calls issued while the jitted step runs on XLA's threads overlap it.
 """
 
 from __future__ import annotations
@@ -157,15 +156,13 @@ def bench_config(dense_pull_every: int) -> Config:
 
 def breakdown(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Milliseconds per step of each call kind and of the rest of the step (``compute``),
-    over ``runs``; dense submits happen off the step (see the module docstring)."""
+    over ``runs``."""
     steps = sum(r["steps"] for r in runs)
     total: dict[str, float] = defaultdict(float)
     for r in runs:
         for k, v in r["calls"].items():
             total[k] += v
-    in_step = [v for k, v in total.items()
-               if not (k.startswith("dense_") and k.endswith("_submit"))]
-    calls = sum(in_step)
+    calls = sum(total.values())
     out = {f"{k}_ms_per_step": round(1e3 * v / steps, 3) for k, v in sorted(total.items())}
     out["compute_ms_per_step"] = round(1e3 * (sum(r["seconds"] for r in runs) - calls) / steps, 3)
     return out
