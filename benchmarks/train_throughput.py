@@ -4,12 +4,13 @@ DeepFM (every slot dim 16, MLP 256-128, Adam 1e-3 on the dense part), batch 2048
 MovieLens-100K train split (``data/ml-100k/parquet/train.parquet``, 80k examples, 40 steps an
 epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in one run:
 
-- ``ray``: what ``run_batch_training`` starts (``start_servers``: 2 ``ShardServer`` actors and
-  the ``DenseServer`` actor) and one ``Trainer`` actor, whose ``TrainLoop`` pulls rows from and
-  pushes gradients to the shard actors and pushes dense gradients to (and pulls parameters
-  from, every ``train.dense_pull_every`` steps) the dense server. ``DENSE_PULL_EVERY`` is 4
-  (``--dense-pull-every`` sets it): a pull moves the whole dense model, a few hundred kB
-  through the object store, and with one trainer it bounds the dense staleness to 4 steps.
+- ``ray``: what ``run_batch_training`` starts with one trainer (``start_servers``: 2
+  ``ShardServer`` actors and the ``DenseServer`` actor) and one ``Trainer`` actor, whose
+  ``TrainLoop`` pulls rows from and pushes gradients to the shard actors. As the job's only
+  trainer it owns the dense parameters (``LOCAL_DENSE``) and publishes them to the dense
+  server after a fit; with ``LOCAL_DENSE = False`` it pushes dense gradients every step and
+  pulls parameters every ``train.dense_pull_every`` steps (``DENSE_PULL_EVERY`` = 4), as
+  trainers do when there are several.
 - ``inprocess``: the same model and tables called directly: 2 plain ``ShardServer`` objects,
   a ``ShardClient`` with ``DirectCalls`` and a ``TrainLoop`` that updates its own dense
   parameters (no dense server), all in this process.
@@ -111,8 +112,9 @@ class ThroughputTrainer(Trainer):
     with its shard (and dense-server) calls timed. With ``dense=None`` and plain
     ``ShardServer`` objects it is the in-process trainer."""
 
-    def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any) -> None:
-        super().__init__(cfg, shards, dense)
+    def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any,
+                 local_dense: bool = False) -> None:
+        super().__init__(cfg, shards, dense, local_dense)
         self.timers = [TimedCalls(self.loop.client.calls)]
         self.loop.client.calls = self.timers[0]
         if self.loop.dense is not None:
@@ -142,6 +144,11 @@ class ThroughputTrainer(Trainer):
         for prefix, timer in zip(("", "dense_"), self.timers):
             out.update({prefix + k: v for k, v in timer.seconds.items()})
         return out
+
+
+# As run_batch_training does with one trainer: it owns the dense parameters (no dense round
+# trip) and publishes them to the dense server at the end of a fit.
+LOCAL_DENSE = True
 
 
 def bench_config(dense_pull_every: int) -> Config:
@@ -186,7 +193,7 @@ def timed_epochs(cfg: Config, batches: list[Batch]
     try:
         shards, dense = start_servers(cfg)
         actor = ray.remote(ThroughputTrainer).options(num_cpus=cfg.train.trainer_cpus)
-        remote = actor.remote(cfg, shards, dense)
+        remote = actor.remote(cfg, shards, dense, LOCAL_DENSE)
         ray.get(remote.load.remote(ray.put(batches)))
         local = ThroughputTrainer(cfg, [ShardServer(cfg.slots, cfg.admission)
                                         for _ in range(cfg.train.n_shards)], None)

@@ -47,13 +47,24 @@ def dense_server_args(cfg: Config) -> tuple[Any, Any]:
 
 
 class Trainer:
-    """One trainer: a ``TrainLoop`` over the given shard and dense-server actors."""
+    """One trainer: a ``TrainLoop`` over the given shard and dense-server actors.
 
-    def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any) -> None:
+    With ``local_dense`` the trainer is the dense parameters' only writer: it updates them in
+    its own jitted step (no dense round trip, no staleness) and publishes parameters and
+    optimizer state to the dense server at the end of each ``fit``, where snapshots and
+    serving read them. The batch job uses it when it runs a single trainer.
+    """
+
+    def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any,
+                 local_dense: bool = False) -> None:
         self.cfg = cfg
         calls = calls_for(shards, timeout_s=cfg.train.call_timeout_s)
         client = ShardClient(shards, [s.name for s in cfg.slots], calls=calls)
-        self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train, dense_server=dense)
+        self._publish_to = dense if local_dense else None
+        self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train,
+                              dense_server=None if local_dense else dense)
+        if local_dense:
+            self.loop.params, self.loop.dense_version = _call(dense, "pull")
 
     def fit(self, split: Any, epochs: int) -> dict[str, Any]:
         """Train ``epochs`` passes over ``split`` (a Ray ``DataIterator``) -> a summary:
@@ -63,6 +74,10 @@ class Trainer:
             for m in self.loop.train(self._batches(split)):
                 examples += m["examples"]
                 loss = m["loss"]
+        if self._publish_to is not None:
+            self.loop.dense_version = self.loop.steps
+            _call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
+                  jax.tree.map(np.asarray, self.loop.opt_state), self.loop.steps)
         seconds = time.perf_counter() - start
         return {"steps": self.loop.steps, "examples": examples, "seconds": seconds,
                 "examples_per_s": examples / max(seconds, 1e-9), "loss": loss,
@@ -78,6 +93,12 @@ class Trainer:
         for table in source.iter_batches(batch_size=self.cfg.train.batch_size,
                                          batch_format="pyarrow", prefetch_batches=2):
             yield make_batch(table, self.cfg.slots)
+
+
+def _call(actor: Any, method: str, *args: Any) -> Any:
+    """Call ``method`` on an actor handle (or a plain object) and wait for the result."""
+    calls = calls_for([actor], method=method)
+    return calls.gather([calls.submit(actor, method, *args)])[0]
 
 
 def start_servers(cfg: Config) -> tuple[list[Any], Any]:
@@ -106,7 +127,9 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
     started = time.perf_counter()
     shards, dense = start_servers(cfg)
     trainer_actor = ray.remote(Trainer).options(num_cpus=cfg.train.trainer_cpus)
-    trainers = [trainer_actor.remote(cfg, shards, dense) for _ in range(cfg.train.n_trainers)]
+    local_dense = cfg.train.n_trainers == 1
+    trainers = [trainer_actor.remote(cfg, shards, dense, local_dense)
+                for _ in range(cfg.train.n_trainers)]
     try:
         splits = read_examples(cfg, cfg.data.train).streaming_split(
             cfg.train.n_trainers, equal=True)
