@@ -34,6 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from monolith_ray.files import replacing
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, value_ids
 
 RECBOLE = "recbole==1.2.1"
@@ -72,9 +73,8 @@ def fetch(dest: Path) -> Path:
                     data = zf.read(_IN_WHEEL + f.name)
                 except KeyError:
                     raise RuntimeError(f"{wheel.name} has no {_IN_WHEEL + f.name}") from None
-                part = f.with_name(f.name + ".part")
-                part.write_bytes(data)
-                part.replace(f)
+                with replacing(f) as out:
+                    out.write(data)
     return folder
 
 

@@ -100,6 +100,12 @@ def calls_for(shards: Sequence[Any], method: str = "pull", timeout_s: float | No
     raise TypeError("shards mix Ray actor handles and plain objects")
 
 
+def call(target: Any, method: str, *args: Any) -> Any:
+    """Call ``method`` on one actor handle or plain object and wait for its result."""
+    calls = calls_for([target], method=method)
+    return calls.gather([calls.submit(target, method, *args)])[0]
+
+
 @dataclass
 class Pending:
     """Calls in flight: one handle per shard, and how to combine their results."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from monolith_ray.config import AdmissionConfig, SlotConfig
+from monolith_ray.files import replacing
 from monolith_ray.table import EmbeddingTable, TableDelta
 
 
@@ -87,10 +88,8 @@ class ShardServer:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         for name, table in self.tables.items():
-            part = folder / f"{name}.npz.part"
-            with open(part, "wb") as f:
+            with replacing(folder / f"{name}.npz") as f:
                 table.snapshot(f)
-            part.replace(folder / f"{name}.npz")
 
     def restore(self, directory: str | os.PathLike[str]) -> None:
         """Replace every slot's table by its snapshot in ``directory``; all or nothing."""

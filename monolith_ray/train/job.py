@@ -18,12 +18,11 @@ training, whose snapshots also hold the Kafka offsets trained up to (``offsets.j
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import jax
 import numpy as np
@@ -31,7 +30,8 @@ import numpy as np
 from monolith_ray.config import Config
 from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.model import init
-from monolith_ray.ps.client import ShardClient, calls_for
+from monolith_ray.files import replacing
+from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.train.loop import TrainLoop, deepfm_config, dense_optimizer
@@ -64,7 +64,7 @@ class Trainer:
         self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train,
                               dense_server=None if local_dense else dense)
         if local_dense:
-            self.loop.params, self.loop.dense_version = _call(dense, "pull")
+            self.loop.params, self.loop.dense_version = call(dense, "pull")
 
     def fit(self, split: Any, epochs: int) -> dict[str, Any]:
         """Train ``epochs`` passes over ``split`` (a Ray ``DataIterator``) -> a summary:
@@ -76,7 +76,7 @@ class Trainer:
                 loss = m["loss"]
         if self._publish_to is not None:
             self.loop.dense_version = self.loop.steps
-            _call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
+            call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
                   jax.tree.map(np.asarray, self.loop.opt_state), self.loop.steps)
         seconds = time.perf_counter() - start
         return {"steps": self.loop.steps, "examples": examples, "seconds": seconds,
@@ -93,12 +93,6 @@ class Trainer:
         for table in source.iter_batches(batch_size=self.cfg.train.batch_size,
                                          batch_format="pyarrow", prefetch_batches=2):
             yield make_batch(table, self.cfg.slots)
-
-
-def _call(actor: Any, method: str, *args: Any) -> Any:
-    """Call ``method`` on an actor handle (or a plain object) and wait for the result."""
-    calls = calls_for([actor], method=method)
-    return calls.gather([calls.submit(actor, method, *args)])[0]
 
 
 def start_servers(cfg: Config) -> tuple[list[Any], Any]:
@@ -174,10 +168,10 @@ def save_snapshot(directory: Path, shards: Sequence[Any], dense: Any,
               for k, v in jax.tree_util.tree_leaves_with_path(params)}
     arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
                    for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
-    with _replacing(directory / "dense.npz") as f:
+    with replacing(directory / "dense.npz") as f:
         np.savez(f, version=np.int64(version), **arrays)
     if offsets is not None:
-        with _replacing(directory / OFFSETS_FILE) as f:
+        with replacing(directory / OFFSETS_FILE) as f:
             f.write(json.dumps(offsets, indent=2).encode("utf-8"))
 
 
@@ -197,15 +191,6 @@ def restore_snapshot(directory: Path, shards: Sequence[Any], dense: Any) -> dict
             + [dense.load_state.remote(*loaded)])
     path = directory / OFFSETS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-@contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[BinaryIO]:
-    """A file to write ``path``'s new content to; it replaces ``path`` when the block ends."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as f:
-        yield f
-    part.replace(path)
 
 
 def _filled(tree: Any, saved: Any, prefix: str) -> Any:

@@ -47,7 +47,7 @@ from monolith_ray.model import (
     make_train_step,
     pad_rows,
 )
-from monolith_ray.ps.client import Pending, ShardClient, calls_for
+from monolith_ray.ps.client import Pending, ShardClient, call, calls_for
 
 
 def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
@@ -259,7 +259,7 @@ class _DenseLink:
         self._pull: Any = None
 
     def pull(self) -> tuple[Any, int]:
-        return self.calls.gather([self.calls.submit(self.server, "pull")])[0]
+        return call(self.server, "pull")
 
     def step(self, grads: Any, pull: bool) -> tuple[Any, int] | None:
         """Push ``grads``; return the parameters of the pull issued last step, if any."""
