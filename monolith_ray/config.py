@@ -272,6 +272,7 @@ class Config:
     kafka: KafkaConfig = dataclasses.field(default_factory=lambda: KafkaConfig())
     joiner: JoinerConfig = dataclasses.field(default_factory=lambda: JoinerConfig())
     online: OnlineConfig = dataclasses.field(default_factory=lambda: OnlineConfig())
+    serve: ServeConfig = dataclasses.field(default_factory=lambda: ServeConfig())
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -290,6 +291,15 @@ class Config:
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """The config in ``data`` (as parsed from YAML); see :func:`from_dict`."""
         return from_dict(cls, data)
+
+    def check_serving(self) -> None:
+        """ConfigError unless ``serve.user_slot`` and ``serve.item_slot`` name slots: checked
+        when serving starts, as configs that only train may name their slots otherwise."""
+        names = [s.name for s in self.slots]
+        for attr in ("user_slot", "item_slot"):
+            if getattr(self.serve, attr) not in names:
+                raise ConfigError(f"serve.{attr}", f"{getattr(self.serve, attr)!r} is not a "
+                                                   f"slot; slots: {', '.join(names)}")
 
     def slot(self, name: str) -> SlotConfig:
         """The slot called ``name``; KeyError listing the slot names if there is none."""
@@ -744,3 +754,75 @@ class OnlineConfig:
         _require(self, "poll_timeout_ms", ge=1)
         _require(self, "block_bytes", ge=1024)
         _require(self, "buffer_bytes", ge=1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoscalingConfig:
+    """Ray Serve ``autoscaling_config`` of the recommender deployment: replicas between
+    ``min_replicas`` and ``max_replicas``, aiming at ``target_ongoing_requests`` requests in
+    flight per replica."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 8.0
+
+    def __post_init__(self) -> None:
+        _require(self, "min_replicas", ge=1)
+        _require(self, "target_ongoing_requests", gt=0)
+        if self.max_replicas < self.min_replicas:
+            raise ConfigError("max_replicas", f"must be >= min_replicas {self.min_replicas}, "
+                                              f"got {self.max_replicas}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """HTTP serving (``monolith_ray.serve``) and its parameter sync.
+
+    - ``host``, ``port``: where Ray Serve's HTTP proxy listens.
+    - ``sparse_sync_interval_s``, ``dense_sync_interval_s``: how often the sync actor moves
+      changed embedding rows (default every minute) and the dense weights (default daily)
+      from training to serving.
+    - ``poll_interval_s``: how often a replica asks the sync actor for newer versions; a
+      training update is served at most ``sparse_sync_interval_s + poll_interval_s`` later.
+    - ``store_dtype``: serving rows as ``float16`` (half the memory) or ``float32``.
+    - ``user_slot``, ``item_slot``: the slots that hold a request's user id and item id.
+    - ``candidate_pool``: JSON-lines file of items (``{"item_id": .., "slots": {..}}`` per
+      line) that ``/recommend`` draws ``pool_draw`` candidates from when a request names none;
+      empty = requests must bring their candidates.
+    - ``max_candidates``: most candidates (or pairs) one request may score; ``max_k`` most
+      items returned; ``max_body_bytes`` largest request body (413 beyond).
+    - ``log_features``: write every served impression to the ``features`` topic (the closed
+      loop); needs ``kafka.bootstrap_servers``.
+    - ``replica_cpus``, ``max_ongoing_requests``, ``autoscaling``: Ray Serve settings of a
+      replica.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    sparse_sync_interval_s: float = 60.0
+    dense_sync_interval_s: float = 86400.0
+    poll_interval_s: float = 1.0
+    store_dtype: Literal["float16", "float32"] = "float16"
+    user_slot: str = "user_id"
+    item_slot: str = "item_id"
+    candidate_pool: str = ""
+    pool_draw: int = 100
+    max_candidates: int = 1000
+    max_k: int = 100
+    max_body_bytes: int = 1 << 20
+    log_features: bool = True
+    replica_cpus: float = 0.25
+    max_ongoing_requests: int = 64
+    autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
+
+    def __post_init__(self) -> None:
+        _require(self, "port", ge=0, le=65535)
+        _require(self, "sparse_sync_interval_s", gt=0)
+        _require(self, "dense_sync_interval_s", gt=0)
+        _require(self, "poll_interval_s", gt=0)
+        _require(self, "pool_draw", ge=1)
+        _require(self, "max_candidates", ge=1)
+        _require(self, "max_k", ge=1)
+        _require(self, "max_body_bytes", ge=1024)
+        _require(self, "replica_cpus", ge=0)
+        _require(self, "max_ongoing_requests", ge=1)

@@ -51,3 +51,19 @@ def produce() -> Callable[..., list[tuple[int, int]]]:
             producer.close()
 
     return send
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_session: None) -> Iterator[str]:
+    """Ray Serve's HTTP proxy on a free loopback port, shared by the session's tests (the
+    first start costs seconds) -> its base URL. Tests deploy their own applications."""
+    import socket
+
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()

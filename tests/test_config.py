@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-import textwrap
 from typing import Optional
 
 import pytest

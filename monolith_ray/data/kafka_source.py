@@ -51,13 +51,13 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from monolith_ray.config import KafkaConfig, SlotConfig
+from monolith_ray.data.slot_columns import list_column, scalar_column, slot_value
 from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
 from monolith_ray.messages import MessageError, decode, parse_example
-from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, value_ids
+from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema
 
 logger = logging.getLogger(__name__)
 
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _KEPT_ERRORS = 10
 _LOGGED_ERRORS = 5
 _PARTITION_FETCH_BYTES = 1 << 20
@@ -265,7 +265,7 @@ class _Rows:
         """Append ``example`` (as ``parse_example`` returns it); MessageError, and nothing
         appended, if a slot value does not fit its slot."""
         given = example["slots"]
-        values = [_slot_value(given.get(s.name), s) for s in self.slots]
+        values = [slot_value(given.get(s.name), s) for s in self.slots]
         for column, value in zip(self.values, values):
             column.append(value)
         self.base.append((example["time"], example["label"], example["weight"], partition,
@@ -278,54 +278,12 @@ class _Rows:
                    LABEL: pa.array(label.astype(np.float32)),
                    WEIGHT: pa.array(weight.astype(np.float32))}
         for slot, values in zip(self.slots, self.values):
-            columns[slot.name] = (_list_column(values) if slot.max_values > 1
-                                  else _scalar_column(values))
+            columns[slot.name] = (list_column(values) if slot.max_values > 1
+                                  else scalar_column(values))
         columns[PARTITION] = pa.array(partition.astype(np.int32))
         columns[OFFSET] = pa.array(offset.astype(np.int64))
         columns[FROM_OFFSET] = pa.array(from_offset.astype(np.int64))
         return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
-
-
-def _slot_value(value: Any, slot: SlotConfig) -> Any:
-    """A message's slot value checked against the slot: a scalar (or None) for a
-    single-valued slot, a list (or None) of at most ``max_values`` for a multi-valued one."""
-    if value is None:
-        return None
-    if slot.max_values == 1:
-        if isinstance(value, list):
-            raise MessageError(f"slots.{slot.name}: single-valued, got a list")
-        _check_int(value, slot)
-        return value
-    values = value if isinstance(value, list) else [value]
-    if len(values) > slot.max_values:
-        raise MessageError(f"slots.{slot.name}: {len(values)} values, more than max_values "
-                           f"{slot.max_values}")
-    for v in values:
-        _check_int(v, slot)
-    return values
-
-
-def _check_int(value: Any, slot: SlotConfig) -> None:
-    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
-        raise MessageError(f"slots.{slot.name}: {value} does not fit in int64")
-
-
-def _scalar_column(values: list[Any]) -> pa.Array:
-    null = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-    ids = np.zeros(len(values), dtype=np.int64)
-    ids[~null] = value_ids([v for v in values if v is not None])
-    return pa.array(ids, mask=null)
-
-
-def _list_column(values: list[Any]) -> pa.Array:
-    null = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-    lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int32,
-                          count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = value_ids([x for v in values if v is not None for x in v])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.int64()),
-                                    mask=pa.array(null))
 
 
 class SourceMonitor:

@@ -72,6 +72,11 @@ class ShardServer:
         """Evict rows idle for their slot's ``expire_s`` -> per slot the evicted ids int64."""
         return {name: t.evict_expired(now) for name, t in self.tables.items()}
 
+    def evict(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evict the given ids now, per slot (absent ones are ignored) -> per slot the ids
+        evicted int64."""
+        return {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Per slot: rows, version, bytes and the table's counters."""
         return {name: t.stats() for name, t in self.tables.items()}
@@ -82,6 +87,12 @@ class ShardServer:
         if isinstance(versions, int):
             versions = dict.fromkeys(self.tables, versions)
         return {name: t.export_since(versions.get(name, 0)) for name, t in self.tables.items()}
+
+    def forget_evictions(self, versions: Mapping[str, int]) -> None:
+        """Drop each slot's eviction records at or before its version: the parameter sync
+        (their one reader) has taken them."""
+        for name, version in versions.items():
+            self._table(name).forget_evictions(version)
 
     def snapshot(self, directory: str | os.PathLike[str]) -> None:
         """Write every slot's table to ``directory/<slot>.npz``; each file appears whole."""

@@ -41,7 +41,7 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.protocol.api import RequestHeader
 from kafka.protocol.metadata import MetadataRequest
 
-from monolith_ray.config import ConfigError, KafkaConfig, KafkaTopics
+from monolith_ray.config import KafkaConfig, KafkaTopics
 
 __all__ = [
     "EmbeddedBroker",

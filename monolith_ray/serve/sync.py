@@ -1,0 +1,231 @@
+"""ParameterSync: moves fresh parameters from the training servers to live serving replicas.
+
+Two schedules, as Monolith runs them (paper section 2.4): sparse rows often, dense weights
+rarely, since the rows of new and active ids change the most while the MLP moves slowly.
+
+- Every ``sparse_sync_interval_s`` (default 60 s) the actor asks every training shard, in one
+  call each and all at once, for the rows changed and the ids evicted since the last sync
+  (``ShardServer.export_since``), applies them to its own :class:`SparseStore` and, if
+  anything changed, makes a new *sparse version*, recording which ids it changed. The shards'
+  eviction records it has taken are then dropped (``forget_evictions``): the sync is their
+  one reader.
+- Every ``dense_sync_interval_s`` (default 86400 s) it pulls the dense server's parameters;
+  if training moved them it makes a new *dense version*.
+- ``sync_now("sparse" | "dense" | "both")`` runs one on demand.
+
+How replicas get versions, and why this way: replicas *pull versioned deltas*. Each replica
+asks :meth:`updates` with the versions it holds about once a second and gets back only what
+changed since (the ids changed in the versions it lacks, with their current rows, and the
+ids evicted), or the whole state if it is too far behind or new. A replica applies an update
+between two requests of its event loop, so every answer is computed with one version, and a
+replica never restarts. Compared with Serve's ``reconfigure`` (a new ``user_config`` per
+version: the whole table through the controller each minute) or ``broadcast`` (alpha, and a
+replica that starts mid-broadcast misses it), pulling lets a replica that starts late load
+the latest versions in its constructor, before it takes traffic, and keeps the sync off the
+request path: if this actor dies, replicas keep answering with the versions they hold.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from monolith_ray.config import SlotConfig
+from monolith_ray.ps.client import ShardUnavailableError, calls_for
+from monolith_ray.serve.store import SparseStore, SparseUpdate
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("sparse", "dense", "both")
+
+
+class _Change(NamedTuple):
+    version: int
+    changed: dict[str, np.ndarray]
+    evicted: dict[str, np.ndarray]
+
+
+class Updates(NamedTuple):
+    """An answer to :meth:`ParameterSync.updates`: each part ``None`` if the caller is
+    current. ``dense`` is ``(params, dense_version)``."""
+
+    sparse: SparseUpdate | None
+    dense: tuple[Any, int] | None
+
+
+class ParameterSync:
+    """The sync between ``shards`` (``ShardServer`` actors or objects) and ``dense`` (a
+    ``DenseServer``) and the serving replicas. Runs its schedules on a thread; as a Ray
+    actor give it ``max_concurrency`` >= 2 so :meth:`updates` answers meanwhile."""
+
+    def __init__(self, slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any, *,
+                 sparse_interval_s: float = 60.0, dense_interval_s: float = 86400.0,
+                 dtype: str = "float16", keep_versions: int = 600,
+                 call_timeout_s: float = 60.0, start: bool = True) -> None:
+        if sparse_interval_s <= 0 or dense_interval_s <= 0:
+            raise ValueError("sync intervals must be > 0 seconds")
+        self.names = tuple(s.name for s in slots)
+        self.shards, self.dense = list(shards), dense
+        self.sparse_interval_s, self.dense_interval_s = sparse_interval_s, dense_interval_s
+        self._calls = calls_for(self.shards, method="export_since", timeout_s=call_timeout_s)
+        self._dense_calls = calls_for([dense], method="pull", timeout_s=call_timeout_s)
+        self.store = SparseStore(slots, dtype)
+        self._shard_versions = [dict.fromkeys(self.names, 0) for _ in self.shards]
+        self._log: collections.deque[_Change] = collections.deque(maxlen=keep_versions)
+        self.dense_params: Any = None
+        self.dense_version = 0
+        self._trained_dense_version: int | None = None
+        self.counters = {"sparse_syncs": 0, "dense_swaps": 0, "dense_syncs": 0,
+                         "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0}
+        self.last_sync = {"sparse": 0.0, "dense": 0.0}  # unix seconds
+        self._lock = threading.Lock()  # store, log, versions: a sync's apply vs updates()
+        self._sync_lock = threading.Lock()  # one sync at a time: on demand vs schedule
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.sync_now("both")
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="parameter-sync",
+                                            daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ syncs
+
+    def sync_now(self, kind: str = "both") -> dict[str, int]:
+        """Run a sparse sync, a dense sync or both now -> :meth:`versions`."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        with self._sync_lock:
+            if kind in ("sparse", "both"):
+                self._sync_sparse()
+            if kind in ("dense", "both"):
+                self._sync_dense()
+        return self.versions()
+
+    def _sync_sparse(self) -> None:
+        calls = self._calls
+        handles = [calls.submit(s, "export_since", v)
+                   for s, v in zip(self.shards, self._shard_versions)]
+        results = calls.gather(handles)
+        with self._lock:
+            changed = {n: [] for n in self.names}
+            evicted = {n: [] for n in self.names}
+            for k, deltas in enumerate(results):
+                self.store.apply_deltas(deltas)
+                for name, delta in deltas.items():
+                    changed[name].append(delta.ids)
+                    evicted[name].append(delta.evicted)
+                    self._shard_versions[k][name] = delta.version
+            change = _Change(self.store.version + 1,
+                             {n: np.unique(np.concatenate(a)) for n, a in changed.items()},
+                             {n: np.unique(np.concatenate(a)) for n, a in evicted.items()})
+            n_rows = sum(a.size for a in change.changed.values())
+            n_evicted = sum(a.size for a in change.evicted.values())
+            if n_rows or n_evicted:
+                self.store.version = change.version
+                self._log.append(change)
+            self.counters["sparse_syncs"] += 1
+            self.counters["rows_synced"] += int(n_rows)
+            self.counters["ids_evicted"] += int(n_evicted)
+            self.last_sync["sparse"] = time.time()
+        calls.gather([calls.submit(s, "forget_evictions", dict(v))
+                      for s, v in zip(self.shards, self._shard_versions)])
+
+    def _sync_dense(self) -> None:
+        params, trained = self._dense_calls.gather(
+            [self._dense_calls.submit(self.dense, "pull")])[0]
+        with self._lock:
+            if trained != self._trained_dense_version or self.dense_params is None:
+                self.dense_params = params
+                self._trained_dense_version = trained
+                self.dense_version += 1
+                self.counters["dense_swaps"] += 1
+            self.counters["dense_syncs"] += 1
+            self.last_sync["dense"] = time.time()
+
+    # ------------------------------------------------------------------ replicas
+
+    def updates(self, sparse_version: int, dense_version: int) -> Updates:
+        """What a replica holding these versions needs to be current."""
+        with self._lock:
+            dense = None
+            if dense_version != self.dense_version:
+                dense = (self.dense_params, self.dense_version)
+            return Updates(self._sparse_since(sparse_version), dense)
+
+    def _sparse_since(self, version: int) -> SparseUpdate | None:
+        current = self.store.version
+        if version == current:
+            return None
+        if version <= 0 or version > current or not self._log or version < self._log[0].version - 1:
+            return self.store.everything()
+        newer = [c for c in self._log if c.version > version]
+        ids, rows, evicted = {}, {}, {}
+        for name in self.names:
+            wanted = np.unique(np.concatenate([c.changed[name] for c in newer]))
+            ids[name], rows[name] = self.store.get(name, wanted)
+            gone = np.unique(np.concatenate([c.evicted[name] for c in newer]))
+            evicted[name] = gone[~self.store.contains(name, gone)]
+        return SparseUpdate(current, False, ids, rows, evicted)
+
+    def versions(self) -> dict[str, int]:
+        """``{"sparse": .., "dense": ..}``: the versions a current replica holds."""
+        return {"sparse": self.store.version, "dense": self.dense_version}
+
+    def status(self) -> dict[str, Any]:
+        """Versions, counters, last sync times (unix s), intervals and the store's size."""
+        with self._lock:
+            return {"versions": self.versions(), **self.counters,
+                    "last_sync": dict(self.last_sync),
+                    "sparse_interval_s": self.sparse_interval_s,
+                    "dense_interval_s": self.dense_interval_s,
+                    "rows": self.store.rows_per_slot(), "bytes": self.store.nbytes}
+
+    def stop(self) -> None:
+        """End the schedules (a sync in progress finishes)."""
+        self._stop.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ schedule
+
+    def _run(self) -> None:
+        due = {"sparse": time.monotonic() + self.sparse_interval_s,
+               "dense": time.monotonic() + self.dense_interval_s}
+        interval = {"sparse": self.sparse_interval_s, "dense": self.dense_interval_s}
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, min(due.values()) - time.monotonic()))
+            if self._stop.is_set():
+                return
+            for kind in ("sparse", "dense"):
+                if time.monotonic() < due[kind]:
+                    continue
+                due[kind] = time.monotonic() + interval[kind]
+                try:
+                    self.sync_now(kind)
+                except (ShardUnavailableError, OSError, RuntimeError) as err:
+                    # Serving keeps its versions; the next round tries again.
+                    self.counters["failed_syncs"] += 1
+                    logger.warning("%s sync failed: %s", kind, err)
+
+
+def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any,
+                         serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None
+                         ) -> Any:
+    """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals and store dtype (a
+    ``ServeConfig``); restarted by Ray if its process dies (it rebuilds its store from the
+    shards, and replicas then receive a whole state)."""
+    import ray
+
+    actor = ray.remote(ParameterSync).options(
+        num_cpus=0, max_concurrency=4, max_restarts=-1, name=name,
+        get_if_exists=name is not None)
+    return actor.remote(slots, shards, dense,
+                        sparse_interval_s=serve_cfg.sparse_sync_interval_s,
+                        dense_interval_s=serve_cfg.dense_sync_interval_s,
+                        dtype=serve_cfg.store_dtype, call_timeout_s=call_timeout_s)

@@ -1,0 +1,243 @@
+"""The HTTP API on real Ray Serve, fed by a ParameterSync actor from real shard and dense
+actors: fresh rows and evictions served after a sync, dense swaps in place, bad input
+refused with 4xx, and the closed loop serve -> feedback -> join -> examples."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+import ray
+import requests
+from ray import serve
+
+from monolith_ray.config import Config, ConfigError, JoinerConfig, KafkaConfig, KafkaTopics, load_config
+from monolith_ray.features import make_fids
+from monolith_ray.ps.client import ShardClient
+from monolith_ray.serve.app import CandidatePool, build_app
+from monolith_ray.serve.model import ServingModel
+from monolith_ray.serve.sync import start_parameter_sync
+from monolith_ray.stream import ensure_topics, read_range
+from monolith_ray.stream.joiner import run_joiners
+from monolith_ray.train.job import start_servers
+
+APP = "serve-test"
+USER = {"id": 1, "features": {"gender": "F", "age": 25}}
+ITEM = {"id": 2, "features": {"genres": ["Drama"], "release_year": 1995}}
+
+
+@dataclasses.dataclass
+class Deployment:
+    url: str
+    cfg: Config
+    client: ShardClient
+    shards: list[Any]
+    dense: Any
+    sync: Any
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=30, **kwargs)
+
+    def predict(self, user: dict = USER, item: dict = ITEM) -> dict[str, Any]:
+        r = self.post("/predict", {"pairs": [{"user": user, "item": item}]})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def health(self) -> dict[str, Any]:
+        return requests.get(self.url + "/healthz", timeout=30).json()
+
+    def wait_for(self, kind: str, version: int, timeout_s: float = 20.0) -> dict[str, Any]:
+        """Poll /predict until its ``kind`` version reaches ``version`` -> that answer."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            answer = self.predict()
+            if answer["model_version"][kind] >= version:
+                return answer
+            assert time.monotonic() < deadline, f"{kind} version stuck at {answer}"
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def deployment(serve_url: str, kafka_bootstrap: str) -> Iterator[Deployment]:
+    topics = KafkaTopics(**{f.name: f"serve-test.{f.name}"
+                            for f in dataclasses.fields(KafkaTopics)})
+    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, partitions=2, topics=topics)
+    ensure_topics(kafka)
+    cfg = load_config(overrides=[
+        "serve.sparse_sync_interval_s=3600", "serve.poll_interval_s=0.2",
+        "serve.max_candidates=256", "serve.max_k=20", "serve.max_body_bytes=65536",
+        "serve.replica_cpus=0", "serve.autoscaling.min_replicas=1",
+        "serve.autoscaling.max_replicas=1", "serve.store_dtype=float32", "train.shard_cpus=0"])
+    cfg = dataclasses.replace(cfg, kafka=kafka)
+    shards, dense = start_servers(cfg)
+    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
+    pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
+                          for i in range(100, 400)])
+    serve.run(build_app(cfg, sync, pool), name=APP, route_prefix="/")
+    client = ShardClient(shards, [s.name for s in cfg.slots])
+    yield Deployment(serve_url, cfg, client, shards, dense, sync)
+    serve.delete(APP)
+    for actor in [*shards, dense, sync]:
+        ray.kill(actor)
+
+
+def _train_item(dep: Deployment, item: int, scale: float) -> np.ndarray:
+    slot = dep.cfg.slot("item_id")
+    fids = make_fids(slot.slot_id, np.array([item], dtype=np.int64))
+    dep.client.pull({"item_id": fids}, 100.0)
+    dep.client.push({"item_id": fids}, {"item_id": np.full((1, slot.dim + 1), scale, np.float32)},
+                    100.0)
+    return fids
+
+
+def _expected_score(dep: Deployment) -> float:
+    """The score of (USER, ITEM) from the sync's current state, computed in this process."""
+    model = ServingModel(dep.cfg)
+    model.apply(ray.get(dep.sync.updates.remote(0, 0)))
+    row = {"user_id": USER["id"], **USER["features"], "item_id": ITEM["id"], **ITEM["features"]}
+    return float(model.score([row])[0])
+
+
+def test_trained_row_is_served_after_a_sparse_sync_then_evicted(deployment) -> None:
+    dep = deployment
+    before = dep.predict()
+    fids = _train_item(dep, ITEM["id"], scale=-40.0)
+    assert dep.predict() == before  # not served before a sync
+    ray.get(dep.sync.sync_now.remote("sparse"))
+    after = dep.wait_for("sparse", before["model_version"]["sparse"] + 1)
+    assert after["scores"][0] != pytest.approx(before["scores"][0], abs=1e-4)
+    assert after["scores"][0] == pytest.approx(_expected_score(dep), abs=1e-6)
+
+    ray.get([s.evict.remote({"item_id": fids}) for s in dep.shards])
+    ray.get(dep.sync.sync_now.remote("sparse"))
+    evicted = dep.wait_for("sparse", after["model_version"]["sparse"] + 1)
+    never_seen = dep.predict(item={**ITEM, "id": 987654321})
+    assert evicted["scores"][0] == pytest.approx(never_seen["scores"][0], abs=1e-6)
+    assert evicted["scores"][0] == pytest.approx(_expected_score(dep), abs=1e-6)
+
+
+def test_dense_swap_in_place_without_a_restart_or_a_failed_request(deployment) -> None:
+    dep = deployment
+    pid, before = dep.health()["pid"], dep.predict()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            statuses.append(dep.post("/recommend", {"user": USER, "k": 5}).status_code)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        for round_ in range(2):
+            params, _ = ray.get(dep.dense.pull.remote())
+            ray.get(dep.dense.push.remote(jax.tree.map(lambda p: np.ones_like(p), params)))
+            ray.get(dep.sync.sync_now.remote("dense"))
+            after = dep.wait_for("dense", before["model_version"]["dense"] + round_ + 1)
+    finally:
+        stop.set()
+        thread.join()
+    assert after["scores"][0] != pytest.approx(before["scores"][0], abs=1e-4)
+    assert dep.health()["pid"] == pid  # the same replica process: swapped in place
+    assert len(statuses) > 0 and set(statuses) == {200}
+
+
+def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
+    r = deployment.post("/recommend", {
+        "user": {"id": 424242},  # never seen: default embedding, still served
+        "candidates": [7, {"id": 8, "features": {"genres": ["War", "Drama"]}}, 9], "k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    scores = [i["score"] for i in body["items"]]
+    assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+    assert {i["item_id"] for i in body["items"]} <= {7, 8, 9}
+    assert set(body["model_version"]) == {"dense", "sparse"} and body["request_id"]
+    pooled = deployment.post("/recommend", {"user": USER, "k": 20}).json()
+    assert len(pooled["items"]) == 20
+    assert all(100 <= i["item_id"] < 400 for i in pooled["items"])
+    schema = requests.get(deployment.url + "/openapi.json", timeout=30).json()
+    assert {"/recommend", "/predict", "/feedback", "/healthz"} <= set(schema["paths"])
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), [
+    ("/recommend", {"k": 3}, 422, "user: Field required"),
+    ("/recommend", {"user": {"id": 1.5}}, 422, "user.id"),
+    ("/recommend", {"user": {"id": 1, "features": {"gendr": "F"}}}, 422,
+     "user.features.gendr: not a slot"),
+    ("/recommend", {"user": USER, "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ("/recommend", {"user": USER, "k": 21}, 422, "k: at most 20 (serve.max_k)"),
+    ("/recommend", {"user": USER, "candidates": list(range(257))}, 422,
+     "candidates: at most 256 (serve.max_candidates), got 257"),
+    ("/recommend", {"user": USER, "candidates": []}, 422, "candidates: empty"),
+    ("/recommend", {"user": USER, "candidates": [{"id": 1, "features": {"genres": ["a"] * 7}}]},
+     422, "genres"),
+    ("/recommend", {"user": USER, "surprise": 1}, 422, "surprise: Extra inputs"),
+    ("/predict", {"pairs": []}, 422, "pairs"),
+    ("/feedback", {"request_id": "r", "item_id": 1, "action": "stare"}, 422, "action"),
+    ("/feedback", {"item_id": 1, "action": "click"}, 422, "request_id: Field required"),
+])
+def test_bad_input_gets_4xx_naming_the_problem(deployment, path, body, status, message) -> None:
+    r = deployment.post(path, body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+def test_malformed_and_oversized_bodies(deployment) -> None:
+    r = requests.post(deployment.url + "/recommend", data=b"{not json", timeout=30,
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["error"]
+    big = {"user": USER, "candidates": [{"id": i, "features": {"genres": ["x" * 200]}}
+                                         for i in range(300)]}
+    r = deployment.post("/recommend", big)
+    assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["error"]
+    assert deployment.predict()["scores"]  # still answering
+
+
+def test_closed_loop_served_impressions_and_feedback_become_examples(deployment) -> None:
+    dep = deployment
+    served: dict[str, list[int]] = {}
+    for user in (11, 12, 13):
+        body = dep.post("/recommend", {"user": {"id": user}, "k": 3,
+                                       "context": {"page": "home"}}).json()
+        served[body["request_id"]] = [i["item_id"] for i in body["items"]]
+    clicked = {(rid, items[0]) for rid, items in served.items()}
+    for rid, item in clicked:
+        r = dep.post("/feedback", {"request_id": rid, "item_id": item, "action": "click"})
+        assert r.status_code == 200 and r.json()["accepted"], r.text
+    assert dep.health()["kafka_failed"] == 0
+    cfg = dataclasses.replace(dep.cfg, joiner=JoinerConfig(
+        window_s=60, allowed_lateness_s=5, commit_interval_s=0.3, cpus=0,
+        group_id="serve-test-joiner"))
+    deadline = time.monotonic() + 30
+    features: list[dict] = []
+    while len(features) < 9 and time.monotonic() < deadline:  # the log is flushed within ms
+        # (other tests' requests are on the topic too)
+        features = [f for f in _read(cfg.kafka, cfg.kafka.topics.features)
+                    if f["request_id"] in served]
+        time.sleep(0.2)
+    assert len(features) == 9 and all(f["context"] == {"page": "home"} for f in features)
+    run_joiners(cfg, 1, stop_when_idle_s=1.0, drain=True)
+    examples = [e for e in _read(cfg.kafka, cfg.kafka.topics.examples)
+                if e["request_id"] in served]
+    got = {(e["request_id"], e["item_id"]): e["label"] for e in examples}
+    assert got == {(rid, item): float((rid, item) in clicked)
+                   for rid, items in served.items() for item in items}
+    assert all(e["slots"]["user_id"] in (11, 12, 13) for e in examples)
+
+
+def _read(kafka: KafkaConfig, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for p in range(kafka.partitions)
+            for r in read_range(kafka, topic, p, 0)]
+
+
+def test_serving_slots_are_checked_when_serving_starts() -> None:
+    cfg = load_config(overrides=["serve.item_slot=movie"])  # loads: training never reads it
+    with pytest.raises(ConfigError, match="serve.item_slot: 'movie' is not a slot"):
+        build_app(cfg, sync=None)

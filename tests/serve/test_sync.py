@@ -1,0 +1,125 @@
+"""ParameterSync with in-process shards and dense server: deltas, evictions, versions, and
+what a replica is sent for the versions it holds."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from monolith_ray.config import load_config
+from monolith_ray.features import make_fids
+from monolith_ray.ps.client import ShardClient
+from monolith_ray.ps.dense import DenseServer
+from monolith_ray.ps.shard import ShardServer
+from monolith_ray.serve.model import ServingModel
+from monolith_ray.serve.store import SparseStore
+from monolith_ray.serve.sync import ParameterSync
+from monolith_ray.train.job import dense_server_args
+
+CFG = load_config(overrides=["serve.store_dtype=float32"])
+NAMES = [s.name for s in CFG.slots]
+
+
+@pytest.fixture()
+def training() -> tuple[ShardClient, DenseServer]:
+    shards = [ShardServer(CFG.slots, CFG.admission) for _ in range(2)]
+    return ShardClient(shards, NAMES), DenseServer(*dense_server_args(CFG))
+
+
+def _train(client: ShardClient, slot: str, values: list[int], scale: float = 1.0,
+           now: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pull ``values`` of ``slot`` (inserting them) and push a gradient -> (fids, rows after)."""
+    fids = np.unique(make_fids(CFG.slot(slot).slot_id, np.asarray(values, dtype=np.int64)))
+    client.pull({slot: fids}, now)
+    grads = np.full((fids.size, CFG.slot(slot).dim + 1), scale, dtype=np.float32)
+    client.push({slot: fids}, {slot: grads}, now)
+    return fids, client.lookup({slot: fids})[slot]
+
+
+def _sync(client: ShardClient, dense: DenseServer) -> ParameterSync:
+    return ParameterSync(CFG.slots, client.shards, dense, start=False, dtype="float32")
+
+
+def test_changed_rows_reach_the_serving_store_and_the_version_moves(training) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    assert sync.versions() == {"sparse": 0, "dense": 1}
+    fids, rows = _train(client, "item_id", [1, 2, 3])
+    sync.sync_now("sparse")
+    assert sync.versions()["sparse"] == 1
+    np.testing.assert_array_equal(sync.store.lookup("item_id", fids), rows)
+    sync.sync_now("sparse")  # nothing changed: no new version
+    assert sync.versions()["sparse"] == 1 and sync.counters["sparse_syncs"] == 3
+
+
+def test_replica_gets_whole_state_then_only_what_changed(training) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    _train(client, "user_id", list(range(100)))
+    sync.sync_now("sparse")
+    first = sync.updates(0, 0)
+    assert first.sparse.reset and first.sparse.ids["user_id"].size == 100
+    assert first.dense is not None and first.dense[1] == 1
+    replica = SparseStore(CFG.slots, "float32")
+    replica.apply(first.sparse)
+    assert sync.updates(1, 1) == (None, None)  # current: nothing to send
+
+    fids, rows = _train(client, "user_id", [5, 500], scale=-3.0)
+    gone = make_fids(CFG.slot("user_id").slot_id, np.array([7], dtype=np.int64))
+    client.shards[0].evict({"user_id": gone})
+    client.shards[1].evict({"user_id": gone})
+    sync.sync_now("sparse")
+    delta = sync.updates(1, 1).sparse
+    assert not delta.reset and delta.version == 2
+    assert set(delta.ids["user_id"].tolist()) == set(fids.tolist())
+    assert delta.evicted["user_id"].tolist() == gone.tolist()
+    replica.apply(delta)
+    probe = np.concatenate([fids, gone])
+    np.testing.assert_array_equal(replica.lookup("user_id", probe),
+                                  sync.store.lookup("user_id", probe))
+    assert not replica.lookup("user_id", gone).any()  # evicted: the default embedding
+    # The shards' eviction records were taken, then dropped.
+    assert all(s.tables["user_id"].export_since(0).evicted.size == 0 for s in client.shards)
+
+
+def test_a_replica_too_far_behind_gets_the_whole_state(training) -> None:
+    client, dense = training
+    sync = ParameterSync(CFG.slots, client.shards, dense, start=False, keep_versions=2)
+    for k in range(4):
+        _train(client, "item_id", [k])
+        sync.sync_now("sparse")
+    assert sync.updates(3, 1).sparse.reset is False
+    assert sync.updates(1, 1).sparse.reset is True
+    assert sync.updates(99, 1).sparse.reset is True  # ahead: a restarted sync
+
+
+def test_dense_swap_only_when_training_moved_the_weights(training) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    sync.sync_now("dense")
+    assert sync.versions()["dense"] == 1  # same trained version: no swap
+    params, _ = dense.pull()
+    dense.push(jax.tree.map(lambda p: np.ones_like(p), params))
+    sync.sync_now("dense")
+    assert sync.versions()["dense"] == 2 and sync.counters["dense_swaps"] == 2
+    new, version = sync.updates(0, 1).dense
+    assert version == 2
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(new), jax.tree.leaves(params)))
+
+
+def test_serving_model_scores_with_the_synced_rows(training) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    model = ServingModel(CFG)
+    pair = [{"user_id": 1, "item_id": 2, "genres": ["Drama"]}]
+    model.apply(sync.updates(0, 0))
+    before = model.score(pair, now=0)
+    _train(client, "item_id", [2], scale=50.0)
+    sync.sync_now("sparse")
+    assert model.apply(sync.updates(**{"sparse_version": 0, "dense_version": 1}))
+    assert model.versions == {"dense": 1, "sparse": 1}
+    assert model.score(pair, now=0) != pytest.approx(before)
+    with pytest.raises(ValueError, match="kind"):
+        sync.sync_now("sideways")
