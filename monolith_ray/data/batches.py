@@ -9,7 +9,7 @@ stored data never depends on slot numbering.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,21 +72,29 @@ def make_batch(examples: pa.Table | pa.RecordBatch, slots: Sequence[SlotConfig])
     """
     table = pa.Table.from_batches([examples]) if isinstance(examples, pa.RecordBatch) else examples
     validate_examples(table, example_schema(slots))
-    n = table.num_rows
+    values = {slot.name: slot_values(table.column(slot.name).combine_chunks(), slot)
+              for slot in slots}
+    return batch_of_values(values, slots, _numpy(table.column(LABEL), np.float32),
+                           _numpy(table.column(WEIGHT), np.float32),
+                           _numpy(table.column(TIME), np.int64))
+
+
+SlotValues = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def batch_of_values(values: Mapping[str, SlotValues], slots: Sequence[SlotConfig],
+                    labels: np.ndarray, weights: np.ndarray, time: np.ndarray) -> Batch:
+    """The :class:`Batch` of B = ``labels.size`` examples given, per slot, its values as
+    :func:`slot_values` returns them (raw value ids, example rows, positions)."""
+    n = labels.shape[0]
     fids, idx = {}, {}
     for slot in slots:
-        values, rows, pos = _slot_values(table.column(slot.name).combine_chunks(), slot)
-        unique, inverse = np.unique(make_fids(slot.slot_id, values), return_inverse=True)
+        raw, rows, pos = values[slot.name]
+        unique, inverse = np.unique(make_fids(slot.slot_id, raw), return_inverse=True)
         matrix = np.full((n, slot.max_values), -1, dtype=np.int32)
         matrix[rows, pos] = inverse.ravel()
         fids[slot.name], idx[slot.name] = unique, matrix
-    return Batch(
-        fids=fids,
-        idx=idx,
-        labels=_numpy(table.column(LABEL), np.float32),
-        weights=_numpy(table.column(WEIGHT), np.float32),
-        time=_numpy(table.column(TIME), np.int64),
-    )
+    return Batch(fids=fids, idx=idx, labels=labels, weights=weights, time=time)
 
 
 def iter_batches(examples: pa.Table, slots: Sequence[SlotConfig],
@@ -98,7 +106,7 @@ def iter_batches(examples: pa.Table, slots: Sequence[SlotConfig],
         yield make_batch(examples.slice(start, batch_size), slots)
 
 
-def _slot_values(column: pa.Array, slot: SlotConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def slot_values(column: pa.Array, slot: SlotConfig) -> SlotValues:
     """A slot column -> (raw values int64 (k,), their example rows (k,), their positions in
     the example's list (k,)), nulls left out."""
     if slot.max_values == 1:

@@ -15,7 +15,9 @@ feature name, too many candidates or a too large ``k`` get 422, a body over
 ``serve.max_body_bytes`` 413, each with ``{"error": "<field>: <problem>"}``. Unknown users and
 items are scored with the default (zero) embedding, never refused.
 
-Each replica holds its own copy of the parameters (``ServingModel``) and pulls newer versions
+Endpoints are ``async``: scoring is a few milliseconds of CPU, run on the replica's event loop
+without a thread hop; replicas, not threads, give parallelism. Each replica holds its own copy
+of the parameters (``ServingModel``) and pulls newer versions
 from the ``ParameterSync`` actor every ``serve.poll_interval_s`` on a thread; a replica loads
 the latest versions in its constructor, before Serve routes it any request.
 """
@@ -43,7 +45,7 @@ from ray import serve
 
 from monolith_ray.config import Config
 from monolith_ray.messages import ACTIONS, MessageError, encode
-from monolith_ray.serve.model import ServingModel
+from monolith_ray.serve.model import ServingModel, SlotRows
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +281,10 @@ class Recommender:
         _BodyLimit.limit = cfg.serve.max_body_bytes
         self.slot_names = {s.name for s in cfg.slots}
         self.pool = pool if pool is not None else _configured_pool(cfg)
+        self.pool_rows = SlotRows.of(
+            [{**self.pool.slots[item_id], cfg.serve.item_slot: item_id}
+             for item_id in self.pool.ids],
+            cfg.slots)
         self.model = ServingModel(cfg)
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
         self._lock = threading.Lock()
@@ -293,47 +299,49 @@ class Recommender:
     # -- endpoints
 
     @api.post("/recommend", response_model=RecommendOut)
-    def recommend(self, body: RecommendIn) -> RecommendOut:
+    async def recommend(self, body: RecommendIn) -> RecommendOut:
         """Rank candidates for a user -> the top k with scores."""
         cfg = self.serve_cfg
         if body.k > cfg.max_k:
             raise BadRequest(f"k: at most {cfg.max_k} (serve.max_k), got {body.k}")
+        user = self._user_slots(body.user, "user")
         if body.candidates is None:
             if not len(self.pool):
                 raise BadRequest("candidates: none given, and no candidate pool is configured "
                                  "(serve.candidate_pool)")
             with self._lock:
-                candidates: list[ItemIn | Any] = self.pool.draw(cfg.pool_draw, self._rng)
+                take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
+                                        replace=False)
+            ids = [self.pool.ids[i] for i in take.tolist()]
+            items, which = self.pool_rows, take
         else:
-            candidates = body.candidates
-        if not candidates:
-            raise BadRequest("candidates: empty list")
-        if len(candidates) > cfg.max_candidates:
-            raise BadRequest(f"candidates: at most {cfg.max_candidates} "
-                             f"(serve.max_candidates), got {len(candidates)}")
-        user = self._user_slots(body.user, "user")
-        items = [self._item(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-        rows = [{**user, **slots} for _, slots in items]
+            if not body.candidates:
+                raise BadRequest("candidates: empty list")
+            if len(body.candidates) > cfg.max_candidates:
+                raise BadRequest(f"candidates: at most {cfg.max_candidates} "
+                                 f"(serve.max_candidates), got {len(body.candidates)}")
+            given = [self._item(c, f"candidates[{i}]") for i, c in enumerate(body.candidates)]
+            ids = [item_id for item_id, _ in given]
+            items, which = self._slot_rows([slots for _, slots in given]), None
         now = int(time.time())
-        scores, version = self._score(rows, now)
-        top = np.argsort(-scores, kind="stable")[:body.k]
+        scores, version = self._score(items, self._slot_rows([user]), which, now)
+        top = np.argsort(-scores, kind="stable")[:body.k].tolist()
         request_id = body.request_id or uuid.uuid4().hex
         if self.log is not None:
-            for i in top.tolist():
-                item_id, _ = items[i]
+            for i in top:
                 self.log.send(self.cfg.kafka.topics.features, request_id, {
                     "request_id": request_id, "time": now, "user_id": body.user.id,
-                    "item_id": item_id, "slots": rows[i], "context": body.context})
+                    "item_id": ids[i], "slots": {**user, **self._item(ids[i], "")[1]},
+                    "context": body.context})
             self.log.poll()
         self.served["recommend"] += 1
-        self.served["impressions"] += int(top.size)
+        self.served["impressions"] += len(top)
         return RecommendOut(
             request_id=request_id, model_version=ModelVersion(**version),
-            items=[ScoredItem(item_id=items[i][0], score=float(scores[i]))
-                   for i in top.tolist()])
+            items=[ScoredItem(item_id=ids[i], score=float(scores[i])) for i in top])
 
     @api.post("/predict", response_model=PredictOut)
-    def predict(self, body: PredictIn) -> PredictOut:
+    async def predict(self, body: PredictIn) -> PredictOut:
         """Click probabilities of (user, item) pairs, in order."""
         if len(body.pairs) > self.serve_cfg.max_candidates:
             raise BadRequest(f"pairs: at most {self.serve_cfg.max_candidates} "
@@ -341,12 +349,12 @@ class Recommender:
         rows = [{**self._user_slots(p.user, f"pairs[{i}].user"),
                  **self._item(p.item, f"pairs[{i}].item")[1]}
                 for i, p in enumerate(body.pairs)]
-        scores, version = self._score(rows, int(time.time()))
+        scores, version = self._score(self._slot_rows(rows), None, None, int(time.time()))
         self.served["predict"] += 1
         return PredictOut(scores=scores.tolist(), model_version=ModelVersion(**version))
 
     @api.post("/feedback", response_model=FeedbackOut)
-    def feedback(self, body: FeedbackIn) -> FeedbackOut:
+    async def feedback(self, body: FeedbackIn) -> FeedbackOut:
         """A user's action on a served item -> the ``actions`` topic."""
         if self.log is None:
             raise BadRequest("feedback: this deployment does not log to Kafka "
@@ -360,7 +368,7 @@ class Recommender:
         return FeedbackOut(accepted=True, request_id=body.request_id)
 
     @api.get("/healthz")
-    def healthz(self) -> dict[str, Any]:
+    async def healthz(self) -> dict[str, Any]:
         """Liveness and what this replica serves with."""
         with self._lock:
             versions, rows = self.model.versions, self.model.store.rows_per_slot()
@@ -375,12 +383,16 @@ class Recommender:
 
     # -- internals
 
-    def _score(self, rows: list[dict[str, Any]], now: int) -> tuple[np.ndarray, dict[str, int]]:
+    def _slot_rows(self, rows: Sequence[Mapping[str, Any]]) -> SlotRows:
         try:
-            with self._lock:
-                return self.model.score(rows, now), self.model.versions
+            return SlotRows.of(rows, self.cfg.slots)
         except MessageError as err:
             raise BadRequest(f"features: {err}") from None
+
+    def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,
+               now: int) -> tuple[np.ndarray, dict[str, int]]:
+        with self._lock:
+            return self.model.score(items, user, which, now), self.model.versions
 
     def _user_slots(self, user: UserIn, where: str) -> dict[str, Any]:
         self._check_features(user.features, f"{where}.features")

@@ -3,8 +3,9 @@
 It holds the dense parameters and a :class:`SparseStore` and changes only through
 :meth:`apply` (an ``Updates`` from the ``ParameterSync`` actor), so each answer is computed
 with exactly the versions :attr:`versions` reports. Scoring builds examples from slot values
-the way training does (``examples_table`` -> ``make_batch``), so an id means the same row on
-both sides.
+with the steps of training's ``make_batch`` (``examples_table``, ``slot_values``,
+``batch_of_values``), so an id means the same row on both sides; a candidate pool's values
+are converted once (:class:`SlotRows`) and a request only gathers them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from monolith_ray.config import Config
-from monolith_ray.data.batches import make_batch
+from monolith_ray.config import Config, SlotConfig
+from monolith_ray.data.batches import SlotValues, batch_of_values, slot_values
 from monolith_ray.data.slot_columns import examples_table
 from monolith_ray.model import init, make_predict
 from monolith_ray.model.pooling import bucket_size, pad_rows
@@ -26,6 +27,44 @@ from monolith_ray.serve.sync import Updates
 from monolith_ray.train.loop import deepfm_config
 
 MIN_ROWS = 16
+
+
+class SlotRows:
+    """Slot values of ``m`` examples (items, or a user) as raw value ids, per slot in CSR
+    form: example ``i``'s values are ``values[offsets[i]:offsets[i+1]]``. Built once per
+    candidate pool, so a request only gathers arrays."""
+
+    def __init__(self, m: int, csr: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.m = m
+        self.csr = dict(csr)
+
+    @classmethod
+    def of(cls, rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig]) -> SlotRows:
+        """From one mapping slot name -> raw value per example (missing slots: no value).
+        MessageError naming the slot if a value does not fit it."""
+        table = examples_table(rows, slots, 0)
+        csr = {}
+        for slot in slots:
+            raw, where, _ = slot_values(table.column(slot.name).combine_chunks(), slot)
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(where, minlength=len(rows)), out=offsets[1:])
+            csr[slot.name] = offsets, raw.astype(np.int64)
+        return cls(len(rows), csr)
+
+    def __len__(self) -> int:
+        return self.m
+
+    def take(self, name: str, which: np.ndarray) -> SlotValues:
+        """Slot ``name``'s values of examples ``which`` (k,) renumbered 0..k-1 -> (raw ids,
+        example rows, positions), as ``slot_values`` gives them."""
+        if name not in self.csr:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, empty
+        offsets, raw = self.csr[name]
+        starts, counts = offsets[which], offsets[which + 1] - offsets[which]
+        rows = np.repeat(np.arange(which.size), counts)
+        pos = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        return raw[np.repeat(starts, counts) + pos], rows, pos
 
 
 class ServingModel:
@@ -58,16 +97,31 @@ class ServingModel:
             changed = True
         return changed
 
-    def score(self, rows: Sequence[Mapping[str, Any]], now: int | None = None) -> np.ndarray:
-        """Click probabilities float32 (n,) of ``rows`` (slot name -> raw value each).
-        MessageError naming the slot if a value does not fit it."""
+    def score(self, items: SlotRows, user: SlotRows | None = None,
+              take: np.ndarray | None = None, now: int | None = None) -> np.ndarray:
+        """Click probabilities float32 (n,) of ``items`` (rows ``take``, default all): each
+        example is an item's slots, and for every slot an item has no value in, the ``user``'s
+        (a one-row ``SlotRows``) if it has one."""
         now = int(time.time()) if now is None else now
-        batch = make_batch(examples_table(rows, self.slots, now), self.slots)
-        n = len(batch)
-        padded = batch.padded(padded_size(n))
+        take = np.arange(len(items)) if take is None else np.asarray(take, dtype=np.int64)
+        n = take.size
+        values = {}
+        for slot in self.slots:
+            raw, rows, pos = items.take(slot.name, take)
+            if user is not None:
+                mine = user.take(slot.name, np.zeros(1, dtype=np.int64))[0]
+                if mine.size:
+                    lacking = np.flatnonzero(np.bincount(rows, minlength=n) == 0)
+                    raw = np.concatenate([raw, np.tile(mine, lacking.size)])
+                    rows = np.concatenate([rows, np.repeat(lacking, mine.size)])
+                    pos = np.concatenate([pos, np.tile(np.arange(mine.size), lacking.size)])
+            values[slot.name] = raw, rows, pos
+        size = padded_size(n)
+        batch = batch_of_values(values, self.slots, np.zeros(size, np.float32),
+                                np.zeros(size, np.float32), np.full(size, now, np.int64))
         slot_rows, slot_idx = [], []
         for slot in self.slots:
-            idx = padded.idx[slot.name]
+            idx = batch.idx[slot.name]
             found = self.store.lookup(slot.name, batch.fids[slot.name])
             # Rows padded to the most a batch of this size can have: one compile per size.
             slot_rows.append(pad_rows(found, bucket_size(idx.size)))
@@ -80,7 +134,7 @@ class ServingModel:
         second each), so that no request waits for a compile."""
         size = MIN_ROWS
         while True:
-            self.score([{}] * size, now=0)
+            self.score(SlotRows.of([{}] * size, self.slots), now=0)
             if size >= max_rows:
                 return
             size = padded_size(size + 1)

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -22,7 +22,7 @@ from monolith_ray.config import Config, ConfigError, JoinerConfig, KafkaConfig, 
 from monolith_ray.features import make_fids
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.serve.app import CandidatePool, build_app
-from monolith_ray.serve.model import ServingModel
+from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.sync import start_parameter_sync
 from monolith_ray.stream import ensure_topics, read_range
 from monolith_ray.stream.joiner import run_joiners
@@ -102,7 +102,7 @@ def _expected_score(dep: Deployment) -> float:
     model = ServingModel(dep.cfg)
     model.apply(ray.get(dep.sync.updates.remote(0, 0)))
     row = {"user_id": USER["id"], **USER["features"], "item_id": ITEM["id"], **ITEM["features"]}
-    return float(model.score([row])[0])
+    return float(model.score(SlotRows.of([row], dep.cfg.slots))[0])
 
 
 def test_trained_row_is_served_after_a_sparse_sync_then_evicted(deployment) -> None:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from monolith_ray.config import load_config
-from monolith_ray.features import make_fids
+from monolith_ray.features import hash_str, make_fids
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
-from monolith_ray.serve.model import ServingModel
+from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.store import SparseStore
 from monolith_ray.serve.sync import ParameterSync
 from monolith_ray.train.job import dense_server_args
@@ -113,7 +113,7 @@ def test_serving_model_scores_with_the_synced_rows(training) -> None:
     client, dense = training
     sync = _sync(client, dense)
     model = ServingModel(CFG)
-    pair = [{"user_id": 1, "item_id": 2, "genres": ["Drama"]}]
+    pair = SlotRows.of([{"user_id": 1, "item_id": 2, "genres": ["Drama"]}], CFG.slots)
     model.apply(sync.updates(0, 0))
     before = model.score(pair, now=0)
     _train(client, "item_id", [2], scale=50.0)
@@ -123,3 +123,21 @@ def test_serving_model_scores_with_the_synced_rows(training) -> None:
     assert model.score(pair, now=0) != pytest.approx(before)
     with pytest.raises(ValueError, match="kind"):
         sync.sync_now("sideways")
+
+
+def test_user_slots_fill_what_items_lack_as_one_row_each_would() -> None:
+    model = ServingModel(CFG)
+    rng = np.random.default_rng(0)
+    for name in ("user_id", "item_id", "gender", "genres"):
+        ids = make_fids(CFG.slot(name).slot_id, np.array([1, 2, 3, 5, 42], dtype=np.int64))
+        ids = np.concatenate([ids, make_fids(CFG.slot(name).slot_id,
+                                             np.array([hash_str(["F"])[0], hash_str(["Drama"])[0],
+                                                       hash_str(["War"])[0]]))])
+        model.store.upsert(name, ids, rng.normal(size=(ids.size, 17)).astype(np.float32))
+    user = {"user_id": 42, "gender": "F", "genres": ["War"]}
+    items = [{"item_id": 1, "genres": ["Drama", "War"]}, {"item_id": 2}, {"item_id": 3}]
+    pool = SlotRows.of(items, CFG.slots)
+    got = model.score(pool, SlotRows.of([user], CFG.slots), take=np.array([2, 0]))
+    want = model.score(SlotRows.of([{**user, **items[2]}, {**user, **items[0]}], CFG.slots))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] != pytest.approx(got[1])

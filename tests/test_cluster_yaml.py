@@ -1,0 +1,49 @@
+"""``cluster.yaml`` against the cluster-config schema shipped inside the ray wheel."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA.read_text())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_matches_rays_schema(schema, cluster):
+    jsonschema.validate(cluster, schema)
+
+
+def test_node_types_are_consistent(cluster):
+    types = cluster["available_node_types"]
+    assert cluster["head_node_type"] in types
+    workers = {k: v for k, v in types.items() if k != cluster["head_node_type"]}
+    assert workers and all(0 <= t["min_workers"] <= t["max_workers"] for t in workers.values())
+    assert sum(t["min_workers"] for t in workers.values()) <= cluster["max_workers"]
+
+
+@pytest.mark.parametrize("breaks", ["misspelled key", "wrong type"])
+def test_a_broken_copy_fails_validation(schema, cluster, breaks):
+    broken = copy.deepcopy(cluster)
+    if breaks == "misspelled key":
+        broken["idle_timeout_minute"] = broken.pop("idle_timeout_minutes")
+    else:
+        broken["available_node_types"]["cpu_worker"]["max_workers"] = "8"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
