@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data
 
-.PHONY: install test data bench clean
+.PHONY: install test data demo bench clean
 
 # Everything a fresh machine needs: the venv with the project and its dev extras, and the data.
 install: $(VENV)/.installed data
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The whole real-time loop on embedded defaults until Ctrl-C (or DURATION=seconds).
+demo: $(VENV)/.installed
+	$(PY) -m monolith_ray.cli demo $(if $(DURATION),--duration $(DURATION))
 
 # MovieLens-100K, taken from the recbole wheel on PyPI (not imported), as Parquet splits.
 data: $(VENV)/.installed

@@ -60,6 +60,49 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "(default: as fast as possible)")
     join.set_defaults(run=run_join)
 
+    serve_ = sub.add_parser(
+        "serve", help="serve HTTP recommendations from a snapshot, synced on schedule",
+        description=_doc_of(run_serve))
+    _config_args(serve_)
+    _address_arg(serve_)
+    serve_.add_argument("--snapshot", default=None, metavar="PATH",
+                        help="snapshot folder to serve (default: fresh parameters)")
+    serve_.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (default: until Ctrl-C)")
+    serve_.set_defaults(run=run_serve)
+
+    broker = sub.add_parser("broker", help="run the embedded Kafka broker in the foreground",
+                            description=_doc_of(run_broker))
+    _config_args(broker)
+    broker.add_argument("--port", type=int, default=9092, help="port (default: 9092)")
+    broker.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (default: until Ctrl-C)")
+    broker.set_defaults(run=run_broker)
+
+    simulate = sub.add_parser("simulate", help="simulated users calling a running HTTP API",
+                              description=_doc_of(run_simulate))
+    simulate.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL")
+    simulate.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    simulate.add_argument("--users", type=int, default=200, help="simulated users")
+    simulate.add_argument("--items", type=int, default=100, help="simulated items")
+    simulate.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                          help="how long (default: 60)")
+    simulate.set_defaults(run=run_simulate)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole real-time loop locally: serve, simulated users, join, "
+                     "train online, sync", description=_doc_of(run_demo))
+    demo.add_argument("--config", default=None,
+                      help="YAML config (default: the embedded demo config)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key (repeatable)")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after this long (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=20.0,
+                      help="simulated /recommend requests per second (default: 20)")
+    _address_arg(demo)
+    demo.set_defaults(run=run_demo)
+
     data = sub.add_parser("data", help="fetch MovieLens-100K and write its Parquet splits",
                           description=_doc_of(run_data))
     data.add_argument("--dest", default="data", help="data folder (default: data)")
@@ -137,6 +180,106 @@ def run_join(args: argparse.Namespace) -> int:
             publisher.join()
     print(json.dumps({"replay": replay, "joiners": counters}))
     return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start the embedded Kafka broker and a local Ray, serve HTTP on serve.host:serve.port,
+    and run the closed loop: simulated users call /recommend and /feedback, the joiner builds
+    examples, the trainer learns online, the sync actor updates serving. Shows live progress
+    until Ctrl-C or --duration, then shuts down, prints a summary and writes demo.png
+    (rolling AUC and click-through over time) under data.output_dir."""
+    import ray
+
+    from monolith_ray.demo import DEMO_CONFIG, run_demo as demo
+
+    cfg = load_config(args.config or DEMO_CONFIG, args.set)
+    ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        demo(cfg, duration_s=args.duration, rate_per_s=args.rate)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Start shard and dense-server actors (restored from --snapshot if given), the parameter
+    sync and the recommender on Ray Serve at serve.host:serve.port (candidates from
+    serve.candidate_pool), logging impressions to Kafka if kafka.bootstrap_servers is set;
+    run until Ctrl-C or --duration."""
+    import dataclasses
+    import time
+
+    import ray
+    from ray import serve
+
+    from monolith_ray.serve.app import build_app
+    from monolith_ray.serve.sync import start_parameter_sync
+    from monolith_ray.train.job import restore_snapshot, start_servers
+
+    cfg = load_config(args.config, args.set)
+    if not cfg.kafka.bootstrap_servers:
+        cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, log_features=False))
+    cfg.check_serving()
+    ray.init(address=args.address, ignore_reinit_error=True)
+    shards, dense = start_servers(cfg)
+    if args.snapshot:
+        restore_snapshot(args.snapshot, shards, dense)
+    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg, sync), name="monolith_ray", route_prefix="/")
+    print(json.dumps({"url": f"http://{cfg.serve.host}:{cfg.serve.port}",
+                      "versions": ray.get(sync.versions.remote())}), flush=True)
+    _wait(args.duration)
+    serve.shutdown()
+    return 0
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    """Run the embedded Kafka-protocol broker (in-memory) on 127.0.0.1:--port with the
+    config's topics created; print its address; stop on Ctrl-C or after --duration."""
+    import dataclasses
+
+    from monolith_ray.stream import EmbeddedBroker, ensure_topics
+
+    cfg = load_config(args.config, args.set)
+    with EmbeddedBroker(port=args.port) as broker:
+        ensure_topics(dataclasses.replace(cfg.kafka, bootstrap_servers=broker.bootstrap))
+        print(json.dumps({"bootstrap_servers": broker.bootstrap,
+                          "topics": cfg.kafka.topics.names()}), flush=True)
+        _wait(args.duration)
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Simulated users (drifting preferences) calling --url's /recommend and /feedback at
+    --rate requests per second for --duration; print their counts, QPS, latency and the
+    click-through of ranked versus random items."""
+    import time
+
+    from monolith_ray.demo import SimulatedUsers
+    from monolith_ray.stream.producers import UserSimulator
+
+    users = SimulatedUsers(args.url, UserSimulator(n_users=args.users, n_items=args.items),
+                           args.rate)
+    users.start()
+    time.sleep(args.duration)
+    users.stop_event.set()
+    users.join()
+    print(json.dumps(users.stats(window_s=args.duration), default=float))
+    return 0
+
+
+def _wait(duration: float | None) -> None:
+    """Sleep for ``duration`` seconds, or until Ctrl-C if None."""
+    import time
+
+    try:
+        while duration is None or duration > 0:
+            time.sleep(1.0 if duration is None else min(duration, 1.0))
+            if duration is not None:
+                duration -= 1.0
+    except KeyboardInterrupt:
+        pass
 
 
 def run_data(args: argparse.Namespace) -> int:

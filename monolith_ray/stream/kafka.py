@@ -67,15 +67,16 @@ class EmbeddedBroker:
 
     ``with EmbeddedBroker() as broker: ... broker.bootstrap ...``. :meth:`start` picks a free
     port, launches the binary with its output in a log file in a fresh temp dir, and returns
-    once the broker answers a Kafka Metadata request; if the process exits or ``timeout_s``
+    once the broker answers a Kafka Metadata request (``port`` picks the port instead); if the process exits or ``timeout_s``
     passes first it raises ``RuntimeError`` with the log's tail. :meth:`stop` terminates it
     (SIGTERM, then SIGKILL after ``stop_timeout_s``); it is also registered with ``atexit`` so
     the broker never outlives a normally exiting interpreter.
     """
 
     def __init__(self, binary: str | None = None, timeout_s: float = 30.0,
-                 stop_timeout_s: float = 5.0) -> None:
+                 stop_timeout_s: float = 5.0, port: int = 0) -> None:
         self._binary = binary
+        self._requested_port = port  # 0: a free one
         self._timeout_s = timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
@@ -104,7 +105,7 @@ class EmbeddedBroker:
         if self._process is not None:
             return self
         binary = self._binary or _tansu_binary()
-        self._port = _free_port()
+        self._port = self._requested_port or _free_port()
         url = f"tcp://127.0.0.1:{self._port}"
         self._dir = Path(tempfile.mkdtemp(prefix="monolith_ray_tansu_"))
         atexit.register(self.stop)

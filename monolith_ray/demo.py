@@ -1,0 +1,369 @@
+"""The whole real-time loop on one machine: what ``make demo`` and ``monolith-ray demo`` run.
+
+One process starts the embedded Kafka broker and a local Ray (or joins ``--address``), then:
+
+1. training: ``OnlineTraining`` (shard actors, dense server, trainer actors on the Kafka
+   ``examples`` stream), from ``monolith_ray.train.online``;
+2. serving: the ``ParameterSync`` actor and the recommender on Ray Serve, HTTP on
+   ``serve.host:serve.port`` (127.0.0.1:8000), with the simulator's items as candidate pool;
+3. joining: ``joiner.n_joiners`` joiner actors turning ``features`` + ``actions`` into
+   ``examples``;
+4. users: :class:`SimulatedUsers`, a thread calling ``/recommend`` for random users of a
+   ``UserSimulator`` and ``/feedback`` for the items they click.
+
+So every click closes the loop: serve -> feedback -> join -> train -> sync -> serve. Quality is
+measured prequentially on what users were actually shown: the rolling AUC of served scores
+against the simulated clicks on exploration traffic (random candidates), and the
+click-through of the ranked top-k against that of random items, over the last ``window``
+impressions of each. A live table shows them with examples joined and read by training,
+table sizes, sync versions and serving QPS and latency, until Ctrl-C or ``duration_s``; then
+everything is shut down, a summary printed and written (``summary.json``), and
+``demo.png`` plots rolling AUC and click-through over time, both under ``data.output_dir``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from monolith_ray.config import Config
+from monolith_ray.model.metrics import auc
+from monolith_ray.stream.producers import UserSimulator
+
+DEMO_CONFIG = Path(__file__).parent / "defaults" / "demo.yaml"
+APP_NAME = "monolith_ray"
+logger = logging.getLogger(__name__)
+
+
+class SimulatedUsers(threading.Thread):
+    """Users of ``sim`` asking ``url`` for ``k`` recommendations, ``rate_per_s`` requests a
+    second, clicking what :meth:`UserSimulator.respond` says and reporting each click to
+    ``/feedback`` ``click_delay_s`` later in event time.
+
+    A share ``explore`` of requests send ``k`` random candidates (an exploration slot, all
+    shown): their impressions are an unbiased sample, so the AUC of served scores against
+    clicks is measured on them, and their click-through is the no-model baseline. The other
+    requests rank the whole pool; ``ctr`` is their click-through."""
+
+    def __init__(self, url: str, sim: UserSimulator, rate_per_s: float = 20.0, k: int = 5,
+                 click_delay_s: int = 1, window: int = 2000, explore: float = 0.2,
+                 seed: int = 0) -> None:
+        super().__init__(name="simulated-users", daemon=True)
+        self.url, self.sim, self.k = url, sim, k
+        self.rate_per_s, self.click_delay_s, self.explore = rate_per_s, click_delay_s, explore
+        self.stop_event = threading.Event()
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        # (score, clicked) per impression, explored and ranked apart; (wall s, latency ms,
+        # ok) per request.
+        self.explored: collections.deque[tuple[float, bool]] = collections.deque(maxlen=window)
+        self.ranked: collections.deque[tuple[float, bool]] = collections.deque(maxlen=window)
+        self.requests: collections.deque[tuple[float, float, bool]] = \
+            collections.deque(maxlen=10_000)
+        self.totals = {"requests": 0, "failed": 0, "impressions": 0, "clicks": 0}
+        self.version: dict[str, int] = {}
+
+    def run(self) -> None:
+        session = requests.Session()
+        period = 1.0 / self.rate_per_s
+        due = time.monotonic()
+        while not self.stop_event.is_set():
+            due += period
+            self._one(session)
+            self.stop_event.wait(max(0.0, due - time.monotonic()))
+
+    def _one(self, session: requests.Session) -> None:
+        user = int(self._rng.integers(self.sim.n_users))
+        body: dict[str, Any] = {"user": {"id": user}, "k": self.k}
+        explore = bool(self._rng.random() < self.explore)
+        if explore:
+            body["candidates"] = self._rng.choice(self.sim.n_items, self.k,
+                                                  replace=False).tolist()
+        start = time.perf_counter()
+        try:
+            r = session.post(self.url + "/recommend", json=body, timeout=10)
+            ok = r.status_code == 200
+        except requests.RequestException:
+            ok = False
+        latency = (time.perf_counter() - start) * 1e3
+        now = time.time()
+        if not ok:
+            with self._lock:
+                self.requests.append((now, latency, ok))
+                self.totals["requests"] += 1
+                self.totals["failed"] += 1
+            return
+        answer = r.json()
+        items = np.array([i["item_id"] for i in answer["items"]], dtype=np.int64)
+        scores = [i["score"] for i in answer["items"]]
+        clicked = self.sim.respond(np.full(items.size, user), items, int(now))
+        for item in items[clicked].tolist():
+            try:
+                session.post(self.url + "/feedback", timeout=10, json={
+                    "request_id": answer["request_id"], "item_id": item, "action": "click",
+                    "time": int(now) + self.click_delay_s})
+            except requests.RequestException:
+                pass  # a lost click is a negative to the joiner, as in production
+        with self._lock:
+            self.requests.append((now, latency, ok))
+            self.totals["requests"] += 1
+            self.version = answer["model_version"]
+            (self.explored if explore else self.ranked).extend(zip(scores, clicked.tolist()))
+            self.totals["impressions"] += int(items.size)
+            self.totals["clicks"] += int(clicked.sum())
+
+    def stats(self, window_s: float = 30.0) -> dict[str, Any]:
+        """Rolling quality over the last impressions, and QPS and latency (ms) over the last
+        ``window_s`` seconds."""
+        with self._lock:
+            explored, ranked = list(self.explored), list(self.ranked)
+            recent = [r for r in self.requests if r[0] >= time.time() - window_s]
+            totals, version = dict(self.totals), dict(self.version)
+        out: dict[str, Any] = {**totals, "model_version": version, "auc": float("nan"),
+                               "ctr": float("nan"), "ctr_random": float("nan"), "qps": 0.0,
+                               "p50_ms": float("nan"), "p99_ms": float("nan")}
+        if ranked:
+            out["ctr"] = float(np.mean([c for _, c in ranked]))
+        if explored:
+            scores = np.array([s for s, _ in explored], dtype=np.float32)
+            labels = np.array([c for _, c in explored], dtype=np.float32)
+            out["ctr_random"] = float(labels.mean())
+            out["auc"] = auc(scores, labels)  # exact: served scores sit close together
+        if recent:
+            lat = np.array([r[1] for r in recent])
+            span = max(time.time() - recent[0][0], 1e-3)
+            out.update(qps=len(recent) / span, p50_ms=float(np.percentile(lat, 50)),
+                       p99_ms=float(np.percentile(lat, 99)))
+        return out
+
+
+@dataclasses.dataclass
+class Loop:
+    """The running parts of the demo (handles and threads), for progress and shutdown."""
+
+    cfg: Config
+    training: Any
+    sync: Any
+    joiners: list[Any]
+    joiner_runs: list[Any]
+    users: SimulatedUsers
+    trainer_thread: threading.Thread
+
+    def progress(self) -> dict[str, Any]:
+        """One snapshot of every part's counters."""
+        import ray
+
+        users = self.users.stats()
+        joined = ray.get([j.counters.remote() for j in self.joiners], timeout=30)
+        read = ray.get(self.training.monitor.totals.remote(), timeout=30)
+        shard_stats = ray.get([s.stats.remote() for s in self.training.shards], timeout=30)
+        sync = ray.get(self.sync.status.remote(), timeout=30)
+        rows = {name: sum(s[name]["rows"] for s in shard_stats) for name in shard_stats[0]}
+        return {"wall_s": time.time(), **users,
+                "examples_joined": sum(j["positives"] + j["negatives"] for j in joined),
+                "examples_read": read["records"], "table_rows": rows,
+                "sync_versions": sync["versions"], "sparse_syncs": sync["sparse_syncs"],
+                "dense_swaps": sync["dense_swaps"], "serving_rows": sync["rows"]}
+
+
+def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
+    """Start every part on the running Ray with ``cfg.kafka`` reachable -> the :class:`Loop`."""
+    import ray
+    from ray import serve
+
+    from monolith_ray.serve.app import CandidatePool, build_app
+    from monolith_ray.serve.sync import start_parameter_sync
+    from monolith_ray.stream.joiner import JoinerActor
+    from monolith_ray.train.online import OnlineTraining
+
+    # Few enough users and items that a few minutes of clicks teach the model something.
+    sim = UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed)
+    training = OnlineTraining(cfg)
+    sync = start_parameter_sync(cfg.slots, training.shards, training.dense, cfg.serve)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    pool = CandidatePool([(i, {}) for i in range(sim.n_items)])
+    serve.run(build_app(cfg, sync, pool), name=APP_NAME, route_prefix="/")
+    n = cfg.joiner.n_joiners
+    joiners = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(cfg.kafka, cfg.joiner, k, n)
+               for k in range(n)]
+    runs = [j.run.remote() for j in joiners]
+    trainer_thread = threading.Thread(target=_train_quietly, args=(training,),
+                                      name="online-training", daemon=True)
+    trainer_thread.start()
+    users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
+                           seed=cfg.train.seed)
+    users.start()
+    return Loop(cfg, training, sync, joiners, runs, users, trainer_thread)
+
+
+def stop(loop: Loop) -> None:
+    """Shut every part down: users, joiners (committing), training, serving."""
+    import ray
+    from ray import serve
+
+    loop.users.stop_event.set()
+    loop.users.join(timeout=30)
+    for j in loop.joiners:
+        j.stop.remote()
+    try:
+        ray.get(loop.joiner_runs, timeout=30)
+    except Exception as err:  # noqa: BLE001 - shutting down regardless
+        logger.warning("joiners did not stop cleanly: %s", err)
+    for j in loop.joiners:
+        ray.kill(j)
+    loop.training.close()
+    loop.trainer_thread.join(timeout=30)
+    serve.delete(APP_NAME)
+    ray.kill(loop.sync)
+
+
+def _train_quietly(training: Any) -> None:
+    try:
+        training.run()
+    except Exception as err:  # noqa: BLE001 - ends with the demo's shutdown (actors killed)
+        logger.info("online training ended: %s", type(err).__name__)
+
+
+def run_demo(cfg: Config, duration_s: float | None = None, rate_per_s: float = 20.0,
+             refresh_s: float = 1.0) -> dict[str, Any]:
+    """Run the loop until Ctrl-C or ``duration_s`` -> the summary (also printed and written,
+    with the plot, under ``cfg.data.output_dir``)."""
+    from monolith_ray.stream import kafka_session
+
+    out = Path(cfg.data.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    with kafka_session(cfg.kafka) as bootstrap:
+        cfg = dataclasses.replace(cfg, kafka=dataclasses.replace(
+            cfg.kafka, bootstrap_servers=bootstrap))
+        started = time.time()
+        loop = start(cfg, rate_per_s)
+        try:
+            _watch(loop, history, started, duration_s, refresh_s)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop(loop)
+    summary = _summary(history, started, out)
+    print(json.dumps(summary, default=float))
+    return summary
+
+
+def _watch(loop: Loop, history: list[dict[str, Any]], started: float,
+           duration_s: float | None, refresh_s: float) -> None:
+    """Collect progress every ``refresh_s`` until the duration passes; draw it live on a
+    terminal, one line every 10 s otherwise."""
+    live = None
+    if sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(auto_refresh=False)
+        live.start()
+    last_line = 0.0
+    try:
+        while duration_s is None or time.time() - started < duration_s:
+            time.sleep(refresh_s)
+            p = loop.progress()
+            p["elapsed_s"] = p["wall_s"] - started
+            history.append(p)
+            if live is not None:
+                live.update(_table(p), refresh=True)
+            elif p["wall_s"] - last_line >= 10:
+                last_line = p["wall_s"]
+                print(_line(p), flush=True)
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _rate(history: list[dict[str, Any]], key: str, span_s: float = 10.0) -> float:
+    """Per-second rate of ``key`` over the last ``span_s`` of ``history``."""
+    now = history[-1]
+    past = [h for h in history if h["wall_s"] >= now["wall_s"] - span_s][0]
+    dt = now["wall_s"] - past["wall_s"]
+    return (now[key] - past[key]) / dt if dt > 0 else 0.0
+
+
+def _table(p: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"monolith_ray demo — {p['elapsed_s']:.0f} s (Ctrl-C to stop)")
+    t.add_column("part")
+    t.add_column("now", justify="right")
+    t.add_row("rolling AUC (explored impressions)", f"{p['auc']:.3f}")
+    t.add_row("click-through: ranked top-k / random k", f"{p['ctr']:.3f} / {p['ctr_random']:.3f}")
+    t.add_row("serving QPS / p50 / p99 ms", f"{p['qps']:.1f} / {p['p50_ms']:.1f} / "
+                                            f"{p['p99_ms']:.1f}")
+    t.add_row("requests (failed) / clicks",
+              f"{p['requests']} ({p['failed']}) / {p['clicks']}")
+    t.add_row("examples joined / read by training",
+              f"{p['examples_joined']} / {p['examples_read']}")
+    t.add_row("table rows (training)", ", ".join(f"{k} {v}" for k, v in p["table_rows"].items()))
+    t.add_row("sync versions (dense, sparse)",
+              f"{p['sync_versions']['dense']}, {p['sync_versions']['sparse']}")
+    t.add_row("served with (dense, sparse)",
+              ", ".join(str(p["model_version"].get(k, "-")) for k in ("dense", "sparse")))
+    return t
+
+
+def _line(p: dict[str, Any]) -> str:
+    return (f"[{p['elapsed_s']:5.0f} s] auc {p['auc']:.3f} ctr {p['ctr']:.3f} "
+            f"(random {p['ctr_random']:.3f}) "
+            f"qps {p['qps']:.1f} p99 {p['p99_ms']:.0f} ms requests {p['requests']} "
+            f"joined {p['examples_joined']} read {p['examples_read']} "
+            f"rows {sum(p['table_rows'].values())} versions {p['sync_versions']}")
+
+
+def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[str, Any]:
+    """The run's figures; writes ``summary.json`` and ``demo.png`` to ``out``."""
+    last = history[-1] if history else {}
+    summary = {
+        "seconds": time.time() - started,
+        **{k: last.get(k) for k in ("requests", "failed", "impressions", "clicks", "auc",
+                                    "ctr", "ctr_random", "p50_ms", "p99_ms", "examples_joined",
+                                    "examples_read", "table_rows", "sync_versions",
+                                    "sparse_syncs", "dense_swaps")},
+        "ctr_first": next((h["ctr"] for h in history if h["impressions"] >= 500), None),
+        "plot": str(out / "demo.png"), "history": str(out / "history.json"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "history.json").write_text(json.dumps(history, default=float))
+    plot_history(history, out / "demo.png")
+    return summary
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """PNG of rolling AUC and click-through against elapsed seconds, sync times marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [h["elapsed_s"] for h in history]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    top.plot(t, [h["auc"] for h in history], color="tab:blue")
+    top.set_ylabel("rolling AUC")
+    bottom.plot(t, [h["ctr"] for h in history], color="tab:orange", label="ranked top-k")
+    bottom.plot(t, [h["ctr_random"] for h in history], color="tab:grey", label="random k")
+    bottom.set_ylabel("click-through")
+    bottom.legend(loc="lower right")
+    bottom.set_xlabel("seconds since start")
+    for axis in (top, bottom):
+        axis.grid(alpha=0.3)
+        for a, b in zip(history, history[1:]):
+            if b["sync_versions"]["dense"] != a["sync_versions"]["dense"]:
+                axis.axvline(b["elapsed_s"], color="grey", alpha=0.4, lw=0.8)
+    top.set_title("monolith_ray demo: served quality (grey: dense swaps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
