@@ -4,6 +4,8 @@ Data: ``data/ml-100k/parquet/{train,valid,test}.parquet`` (``make data``), split
 80/10/10; label = rating >= 4. The slots are ``monolith_ray/defaults/movielens.yaml``.
 Training runs in this process on 2 ``ShardServer`` shards through ``ShardClient`` and
 ``TrainLoop``, exactly the code a Ray trainer runs; the train split is shuffled each epoch.
+The experiment itself is ``monolith_ray.experiments.collisions``; this module is its full-size
+protocol and figures.
 
 Protocol (the test split is read only by the final runs):
 
@@ -30,43 +32,27 @@ all-zero default row; in the hashed run such a user may instead land on a traine
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from benchmarks.common import compilation_cache
-from monolith_ray.config import (
-    AdmissionConfig,
-    InitializerConfig,
-    ModelConfig,
-    OptimizerConfig,
-    SlotConfig,
-    TrainConfig,
-    load_config,
+from monolith_ray.config import OptimizerConfig, load_config
+from monolith_ray.experiments import (
+    Setting,
+    compare,
+    compilation_cache,
+    describe,
+    load_splits,
+    train,
 )
-from monolith_ray.data.batches import Batch, iter_batches
-from monolith_ray.features import mix64
-from monolith_ray.model import StreamingAUC, StreamingLogLoss
-from monolith_ray.ps import ShardClient, ShardServer
-from monolith_ray.train import TrainLoop
 
-DATA = Path("data/ml-100k/parquet")
-SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/movielens.yaml"
-N_SHARDS = 2
 MAX_EPOCHS = 4
 SEEDS = (0, 1, 2, 3, 4)
-TARGET_COLLISION = {"user_id": 0.0773, "item_id": 0.0286}
-HASH_SEED = 0xB0C4E7
-ADMISSION = AdmissionConfig(sketch_width=1 << 16)
 # Embedding optimizer (every slot), initializer scale, and batch size; dense params use Adam 1e-3.
-GRID: tuple[dict[str, Any], ...] = (
+GRID: tuple[Setting, ...] = (
     {"optimizer": OptimizerConfig(kind="adagrad", learning_rate=0.05), "scale": 0.01,
      "batch_size": 2048},
     {"optimizer": OptimizerConfig(kind="adagrad", learning_rate=0.05), "scale": 0.001,
@@ -76,95 +62,6 @@ GRID: tuple[dict[str, Any], ...] = (
     {"optimizer": OptimizerConfig(kind="adam", learning_rate=1e-3), "scale": 0.001,
      "batch_size": 256},
 )
-
-
-def bucket_of(ids: np.ndarray, buckets: int, seed: int) -> np.ndarray:
-    """The hashed baseline's bucket of each raw id under hash ``seed``: int64 (n,) -> int64
-    (n,) in [0, buckets)."""
-    return (mix64(ids, seed=HASH_SEED + seed) % np.uint64(buckets)).astype(np.int64)
-
-
-def collision_rate(ids: np.ndarray, buckets: int, seed: int) -> float:
-    """Fraction of the distinct ``ids`` whose bucket holds at least one other distinct id."""
-    unique = np.unique(ids)
-    _, inverse, counts = np.unique(bucket_of(unique, buckets, seed), return_inverse=True,
-                                   return_counts=True)
-    return float((counts[inverse] > 1).mean())
-
-
-def buckets_for(ids: np.ndarray, target: float, seed: int) -> tuple[int, float]:
-    """A table size M whose measured collision rate over ``ids`` is ``target`` to within one id
-    -> (M, that rate): the nearest such M to the size that gives ``target`` in expectation,
-    1 - (1 - 1/M)^(n-1) for n distinct ids (the rate of one M scatters around that)."""
-    n = np.unique(ids).size
-    expected = 1.0 / (1.0 - (1.0 - target) ** (1.0 / (n - 1)))
-    for step in range(int(0.3 * expected)):
-        for m in {int(expected) + step, int(expected) - step}:
-            rate = collision_rate(ids, m, seed)
-            if abs(rate - target) <= 1.0 / n:
-                return m, rate
-    raise RuntimeError(f"no table size within 30% of {expected:.0f} collides {target:.2%} of ids")
-
-
-def hashed(table: pa.Table, buckets: dict[str, int], seed: int) -> pa.Table:
-    """``table`` with each column of ``buckets`` replaced by its raw ids' buckets."""
-    for name, m in buckets.items():
-        column = bucket_of(table.column(name).to_numpy(), m, seed)
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(column))
-    return table
-
-
-def slots_for(base: tuple[SlotConfig, ...], setting: dict[str, Any],
-              seed: int) -> tuple[SlotConfig, ...]:
-    """The slots with the setting's embedding optimizer and initializer scale, seeded."""
-    return tuple(dataclasses.replace(
-        s, optimizer=setting["optimizer"],
-        initializer=InitializerConfig(kind="normal", scale=setting["scale"],
-                                      seed=seed * 1000 + s.slot_id))
-        for s in base)
-
-
-def train(splits: dict[str, pa.Table], base: tuple[SlotConfig, ...], model: ModelConfig,
-          setting: dict[str, Any], seed: int, epochs: int, score_on: str,
-          every_epoch: bool) -> tuple[TrainLoop, list[dict[str, float]]]:
-    """Train a fresh model for ``epochs`` shuffled epochs; score on split ``score_on`` after
-    every epoch (``every_epoch``) or only after the last -> (the trained loop, the scores)."""
-    slots = slots_for(base, setting, seed)
-    size = setting["batch_size"]
-    shards = [ShardServer(slots, ADMISSION) for _ in range(N_SHARDS)]
-    loop = TrainLoop(slots, ShardClient(shards, [s.name for s in slots]), model,
-                     TrainConfig(batch_size=size, n_shards=N_SHARDS, seed=seed))
-    scored: list[Batch] = list(iter_batches(splits[score_on], slots, size))
-    rng = np.random.default_rng(seed)
-    scores = []
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(splits["train"].num_rows)
-        for _ in loop.train(iter_batches(splits["train"].take(order), slots, size)):
-            pass
-        if every_epoch or epoch == epochs:
-            scores.append({"epoch": epoch, **loop.evaluate(scored)})
-    return loop, scores
-
-
-def online(loop: TrainLoop, splits: dict[str, pa.Table]) -> dict[str, float]:
-    """Prequential test figures of a trained loop that keeps training: valid then test streamed
-    in time order, each batch predicted with the parameters of the moment (serving
-    lookups), then trained on -> test ``{"auc", "logloss"}``."""
-    auc, logloss = StreamingAUC(), StreamingLogLoss()
-    for name in ("valid", "test"):
-        for batch in iter_batches(splits[name], loop.slots, loop.train_cfg.batch_size):
-            if name == "test":
-                probs = loop.predict(batch, loop.client.lookup(batch.fids))
-                auc.update(probs, batch.labels, batch.weights)
-                logloss.update(probs, batch.labels, batch.weights)
-            loop.train_batch(batch)
-    return {"auc": auc.result(), "logloss": logloss.result()}
-
-
-def describe(setting: dict[str, Any]) -> str:
-    opt = setting["optimizer"]
-    return (f"{opt.kind} lr={opt.learning_rate:g} init_scale={setting['scale']:g} "
-            f"batch={setting['batch_size']}")
 
 
 def main() -> None:
@@ -177,11 +74,10 @@ def main() -> None:
 def experiment() -> dict[str, Any]:
     """Search, final runs and hashed baseline -> the figures."""
     start = time.perf_counter()
-    config = load_config(SLOTS_YAML)
-    splits = {name: pq.read_table(DATA / f"{name}.parquet") for name in ("train", "valid", "test")}
-    whole = pa.concat_tables(splits.values())
+    config = load_config()
+    splits = load_splits()
 
-    best: tuple[float, int, dict[str, Any]] = (-1.0, 0, GRID[0])
+    best: tuple[float, int, Setting] = (-1.0, 0, GRID[0])
     for setting in GRID:
         _, scores = train(splits, config.slots, config.model, setting, SEEDS[0], MAX_EPOCHS,
                           "valid", every_epoch=True)
@@ -193,26 +89,19 @@ def experiment() -> dict[str, Any]:
     valid_auc, epochs, setting = best
     print(f"chosen: {describe(setting)}, {epochs} epochs (valid auc {valid_auc:.4f})", flush=True)
 
-    finals: dict[str, list[dict[str, float]]] = {"collisionless": [], "hashed": []}
-    collisions: list[dict[str, dict[str, Any]]] = []
+    runs = []
     for seed in SEEDS:
-        buckets, rates = {}, {}
-        for name, target in TARGET_COLLISION.items():
-            buckets[name], rates[name] = buckets_for(whole.column(name).to_numpy(), target, seed)
-            print(f"seed {seed} hashed {name}: M={buckets[name]}, collision rate "
-                  f"{rates[name]:.4f}", flush=True)
-        hashed_splits = {name: hashed(t, buckets, seed) for name, t in splits.items()}
-        for variant, data in (("collisionless", splits), ("hashed", hashed_splits)):
-            loop, scores = train(data, config.slots, config.model, setting, seed, epochs, "test",
-                                 every_epoch=False)
-            streamed = online(loop, data)
-            finals[variant].append({**scores[-1], "online_auc": streamed["auc"]})
-            print(f"seed {seed} {variant}: test auc {scores[-1]['auc']:.4f} "
-                  f"logloss {scores[-1]['logloss']:.4f}, online {streamed['auc']:.4f}", flush=True)
-        collisions.append({"buckets": buckets, "rates": rates})
+        runs.append(compare(splits, config.slots, config.model, setting, seed, epochs))
+        for name, m in runs[-1]["buckets"].items():
+            print(f"seed {seed} hashed {name}: M={m}, collision rate "
+                  f"{runs[-1]['rates'][name]:.4f}", flush=True)
+        for variant in ("collisionless", "hashed"):
+            s = runs[-1][variant]
+            print(f"seed {seed} {variant}: test auc {s['auc']:.4f} logloss {s['logloss']:.4f}, "
+                  f"online {s['online_auc']:.4f}", flush=True)
 
     def mean(variant: str, key: str) -> float:
-        return round(float(np.mean([s[key] for s in finals[variant]])), 4)
+        return round(float(np.mean([r[variant][key] for r in runs])), 4)
 
     return {
         "test_auc": mean("collisionless", "auc"),
@@ -221,12 +110,12 @@ def experiment() -> dict[str, Any]:
         "test_logloss_hashed": mean("hashed", "logloss"),
         "test_auc_online": mean("collisionless", "online_auc"),
         "test_auc_online_hashed": mean("hashed", "online_auc"),
-        "collision_rate_user": round(np.mean([c["rates"]["user_id"] for c in collisions]), 4),
-        "collision_rate_item": round(np.mean([c["rates"]["item_id"] for c in collisions]), 4),
-        "buckets_user": [c["buckets"]["user_id"] for c in collisions],
-        "buckets_item": [c["buckets"]["item_id"] for c in collisions],
-        "test_auc_by_seed": [round(s["auc"], 4) for s in finals["collisionless"]],
-        "test_auc_hashed_by_seed": [round(s["auc"], 4) for s in finals["hashed"]],
+        "collision_rate_user": round(np.mean([r["rates"]["user_id"] for r in runs]), 4),
+        "collision_rate_item": round(np.mean([r["rates"]["item_id"] for r in runs]), 4),
+        "buckets_user": [r["buckets"]["user_id"] for r in runs],
+        "buckets_item": [r["buckets"]["item_id"] for r in runs],
+        "test_auc_by_seed": [round(r["collisionless"]["auc"], 4) for r in runs],
+        "test_auc_hashed_by_seed": [round(r["hashed"]["auc"], 4) for r in runs],
         "valid_auc": round(valid_auc, 4),
         "chosen": describe(setting),
         "epochs": epochs,

@@ -207,7 +207,6 @@ def run_serve(args: argparse.Namespace) -> int:
     serve.candidate_pool), logging impressions to Kafka if kafka.bootstrap_servers is set;
     run until Ctrl-C or --duration."""
     import dataclasses
-    import time
 
     import ray
     from ray import serve

@@ -485,19 +485,29 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where a batch job reads and writes: Parquet splits of examples (local paths or any
-    ``pyarrow.fs`` URI, e.g. ``s3://bucket/prefix/train.parquet``) and the output folder for
-    metrics and snapshots. An empty ``valid`` or ``test`` skips that evaluation."""
+    """Where a job reads and writes: Parquet splits of examples (local paths or any
+    ``pyarrow.fs`` URI, e.g. ``s3://bucket/prefix/train.parquet``), the output folder for
+    metrics and the snapshots. An empty ``valid`` or ``test`` skips that evaluation.
+
+    - ``snapshot_root``: where snapshots go (``monolith_ray.train.snapshots``), a local folder
+      or any ``pyarrow.fs`` URI; empty = ``<output_dir>/snapshots``. On a cluster of several
+      nodes it must be storage every node reaches (an object store, a shared mount): each
+      shard actor writes its own tables there. Its filesystem is resolved when a job starts.
+    - ``snapshot_keep``: complete snapshots kept; older ones are deleted after each new one.
+    """
 
     train: str = "data/ml-100k/parquet/train.parquet"
     valid: str = "data/ml-100k/parquet/valid.parquet"
     test: str = "data/ml-100k/parquet/test.parquet"
     output_dir: str = "runs/train"
+    snapshot_root: str = ""
+    snapshot_keep: int = 3
 
     def __post_init__(self) -> None:
         for name in ("train", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(name, "must not be empty")
+        _require(self, "snapshot_keep", ge=1)
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -712,12 +722,14 @@ class OnlineConfig:
 
     - ``start``: where training starts: ``earliest`` (each partition's first offset),
       ``dump:<path>`` (train on a Parquet dump of the topic first, then continue on Kafka from
-      the offsets it ends at) or ``snapshot:<path>`` (restore parameters and offsets).
+      the offsets it ends at) or ``snapshot:<path>`` (restore parameters and offsets from
+      the newest complete snapshot under a snapshot root, or from one snapshot folder).
     - ``stop``: ``never`` runs until stopped; ``end`` stops at the partitions' ends as of the
       start (a bounded replay).
     - ``idle_timeout_s`` (wall clock): also stop once no record has arrived for this long;
       0 = never.
-    - ``snapshot_every_s`` (wall clock): time between snapshots of parameters and offsets.
+    - ``snapshot_every_s`` (wall clock): time between snapshots of parameters and offsets
+      (to ``data.snapshot_root``); daily by default, which the Monolith paper found enough.
     - ``commit_every_steps``: a trainer waits for its pushes and marks the offsets they trained
       as committed every this many steps; a restore retrains at most this many steps per
       trainer.
@@ -734,7 +746,7 @@ class OnlineConfig:
     start: str = "earliest"
     stop: Literal["never", "end"] = "never"
     idle_timeout_s: float = 0.0
-    snapshot_every_s: float = 300.0
+    snapshot_every_s: float = 86400.0
     commit_every_steps: int = 20
     read_tasks: int = 1
     poll_records: int = 2000

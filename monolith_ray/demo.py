@@ -178,7 +178,6 @@ class Loop:
 
 def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     """Start every part on the running Ray with ``cfg.kafka`` reachable -> the :class:`Loop`."""
-    import ray
     from ray import serve
 
     from monolith_ray.serve.app import CandidatePool, build_app

@@ -26,6 +26,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +57,7 @@ SLOTS = (
 )
 SCHEMA = example_schema(SLOTS)
 SPLITS = ("train", "valid", "test")
+CANDIDATES = "candidates.jsonl"
 
 
 def fetch(dest: Path) -> Path:
@@ -103,6 +105,33 @@ def read_atomic(path: Path) -> pa.Table:
             column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
         ),
     )
+
+
+def user_slots(src: Path | str) -> dict[int, dict[str, Any]]:
+    """Per user id, the raw values of its slots as in messages and requests: ``gender``,
+    ``age``, ``occupation`` and ``zip_prefix`` (first 3 characters of the zip code)."""
+    users = read_atomic(Path(src) / f"{NAME}.user")
+    return {int(u): {"gender": g, "age": a, "occupation": o, "zip_prefix": z[:3]}
+            for u, g, a, o, z in zip(*(users[c].to_pylist() for c in
+                                       ("user_id", "gender", "age", "occupation", "zip_code")))}
+
+
+def item_slots(src: Path | str) -> dict[int, dict[str, Any]]:
+    """Per item id, the raw values of its slots: ``genres`` (at most ``MAX_GENRES``) and
+    ``release_year``; what a serving candidate pool holds."""
+    items = read_atomic(Path(src) / f"{NAME}.item")
+    return {int(i): {"genres": c.split()[:MAX_GENRES], "release_year": y}
+            for i, c, y in zip(*(items[c].to_pylist() for c in
+                                 ("item_id", "class", "release_year")))}
+
+
+def write_candidates(src: Path | str, path: Path | str) -> Path:
+    """Write every item as a serving candidate, one ``{"item_id": .., "slots": {..}}`` JSON
+    line each (``serve.candidate_pool``) -> ``path``."""
+    with replacing(Path(path)) as out:
+        for item, slots in sorted(item_slots(src).items()):
+            out.write(json.dumps({"item_id": item, "slots": slots}).encode() + b"\n")
+    return Path(path)
 
 
 def read_examples(src: Path) -> pa.Table:
@@ -205,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     src = fetch(args.dest)
     paths = prepare(src, args.out or src / "parquet")
-    report = {"seconds": round(time.perf_counter() - start, 2), **describe(paths)}
+    pool = write_candidates(src, src / CANDIDATES)
+    report = {"seconds": round(time.perf_counter() - start, 2), **describe(paths),
+              "candidates": str(pool)}
     print(json.dumps(report))
 
 

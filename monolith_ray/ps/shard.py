@@ -1,8 +1,11 @@
 """ShardServer: one parameter-server shard, holding its share of every slot's embedding rows.
 
 A plain class so it runs in-process as is and becomes a Ray actor with
-``ray.remote(ShardServer)``. Each method takes and returns one array per slot, so a training
-step costs one call per shard however many slots the model has.
+``ray.remote(ShardServer)``. Each method handles every slot in one call, so a training step
+costs one call per shard however many slots the model has. Its per slot arrays come as a
+mapping of slot name to array or as one :class:`Packed` array, and the result takes the form
+they came in: the trainers' client sends ``Packed`` arrays, because every array that crosses
+a process costs a fixed serialization overhead, and a mapping would cost it once per slot.
 
 Row layout: a slot configured with ``dim = D`` has table rows ``D + 1`` wide. Column 0 is the
 feature's first-order (linear) weight and columns ``1..D`` its embedding vector, the layout
@@ -17,14 +20,58 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from math import prod
+from typing import NamedTuple, TypeVar
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from monolith_ray.config import AdmissionConfig, SlotConfig
-from monolith_ray.files import replacing
 from monolith_ray.table import EmbeddingTable, TableDelta
+
+
+class Packed(NamedTuple):
+    """Per slot arrays of one dtype as one 1-D array: slot ``names[i]`` holds ``counts[i]``
+    items of shape ``shapes[i]`` (``()`` for ids, ``(D+1,)`` for rows and gradients), the
+    slots one after another in ``data``, each slot's items in order."""
+
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    data: np.ndarray
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray], dtype: np.dtype | type | None = None
+           ) -> Packed:
+        """Pack per slot arrays (n_s, ...), cast to ``dtype`` if given (same-kind casts)."""
+        arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        return cls(tuple(arrays), tuple(a.shape[0] for a in arrays.values()),
+                   tuple(a.shape[1:] for a in arrays.values()),
+                   _concat([a.ravel() for a in arrays.values()], dtype))
+
+    def unpack(self) -> dict[str, np.ndarray]:
+        """Per slot its array (counts[i], *shapes[i]): views into ``data``."""
+        out, start = {}, 0
+        for name, count, shape in zip(self.names, self.counts, self.shapes):
+            size = count * prod(shape)
+            out[name] = self.data[start:start + size].reshape(count, *shape)
+            start += size
+        if start != self.data.size:
+            raise ValueError(f"packed arrays of {self.names} need {start} values, "
+                             f"data has {self.data.size}")
+        return out
+
+
+def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -> np.ndarray:
+    """``np.concatenate(parts)`` (same-kind casts to ``dtype`` if given), also of no parts."""
+    if not parts:
+        return np.empty(0, dtype=dtype or np.float64)
+    return np.concatenate(parts, dtype=dtype)
+
+
+SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
 
 
 def table_slot(slot: SlotConfig) -> SlotConfig:
@@ -39,34 +86,33 @@ class ShardServer:
                  capacity: int = 1024) -> None:
         self.tables = {s.name: EmbeddingTable(table_slot(s), admission, capacity) for s in slots}
 
-    def pull(self, ids: Mapping[str, np.ndarray], now: float) -> dict[str, np.ndarray]:
+    def pull(self, ids: SlotArrays, now: float) -> SlotArrays:
         """Training lookup: per slot ids int64 (n,) -> rows float32 (n, D+1), inserting admitted
         new ids stamped with event time ``now`` (seconds)."""
-        return {name: self._table(name).lookup_train(_writable(a), now)
-                for name, a in ids.items()}
+        return _like(ids, {name: self._table(name).lookup_train(_writable(a), now)
+                           for name, a in _arrays(ids).items()})
 
-    def push(self, ids: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
-             now: float) -> int:
+    def push(self, ids: SlotArrays, grads: SlotArrays, now: float) -> int:
         """Apply per slot gradients float32 (n, D+1) to ids int64 (n,) -> rows updated in all."""
+        ids, grads = _arrays(ids), _arrays(grads)
         if ids.keys() != grads.keys():
             raise ValueError(
                 f"ids and grads name different slots: {sorted(ids)} vs {sorted(grads)}")
         return sum(self._table(name).apply_gradients(_writable(a), _writable(grads[name]), now)
                    for name, a in ids.items())
 
-    def push_pull(self, ids: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
-                  now: float, pull_ids: Mapping[str, np.ndarray], pull_now: float
-                  ) -> dict[str, np.ndarray]:
+    def push_pull(self, ids: SlotArrays, grads: SlotArrays, now: float, pull_ids: SlotArrays,
+                  pull_now: float) -> SlotArrays:
         """``push(ids, grads, now)`` then ``pull(pull_ids, pull_now)`` -> the pulled rows: one
         call where a pipelined trainer would make two (each remote call has a fixed cost)."""
         self.push(ids, grads, now)
         return self.pull(pull_ids, pull_now)
 
-    def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def lookup(self, ids: SlotArrays) -> SlotArrays:
         """Serving lookup: per slot ids (n,) -> rows (n, D+1); unknown ids read zeros, nothing
         is inserted or counted."""
-        return {name: self._table(name).lookup_serve(_writable(a))
-                for name, a in ids.items()}
+        return _like(ids, {name: self._table(name).lookup_serve(_writable(a))
+                           for name, a in _arrays(ids).items()})
 
     def evict_expired(self, now: float) -> dict[str, np.ndarray]:
         """Evict rows idle for their slot's ``expire_s`` -> per slot the evicted ids int64."""
@@ -94,26 +140,32 @@ class ShardServer:
         for name, version in versions.items():
             self._table(name).forget_evictions(version)
 
-    def snapshot(self, directory: str | os.PathLike[str]) -> None:
-        """Write every slot's table to ``directory/<slot>.npz``; each file appears whole."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
+    def snapshot(self, location: str | os.PathLike[str]) -> None:
+        """Write every slot's table to ``<location>/<slot>.npz``, a local folder or any
+        ``pyarrow.fs`` URI, resolved here, on this actor's node and with its credentials.
+        Files are written in place: a reader learns they are whole from the manifest that
+        ``monolith_ray.train.snapshots`` writes after every shard has returned."""
+        fs, folder = filesystem_and_path(location)
+        fs.create_dir(folder, recursive=True)
         for name, table in self.tables.items():
-            with replacing(folder / f"{name}.npz") as f:
+            with fs.open_output_stream(f"{folder}/{name}.npz", compression=None) as f:
                 table.snapshot(f)
 
-    def restore(self, directory: str | os.PathLike[str]) -> None:
-        """Replace every slot's table by its snapshot in ``directory``; all or nothing."""
-        folder = Path(directory)
+    def restore(self, location: str | os.PathLike[str]) -> None:
+        """Replace every slot's table by its snapshot at ``location`` (a local folder or
+        ``pyarrow.fs`` URI); all or nothing."""
+        fs, folder = filesystem_and_path(location)
+        paths = {name: f"{folder}/{name}.npz" for name in self.tables}
+        for name, info in zip(paths, fs.get_file_info(list(paths.values()))):
+            if info.type != pafs.FileType.File:
+                raise FileNotFoundError(f"no snapshot of slot {name!r} in {location}")
         restored = {}
         for name, table in self.tables.items():
-            path = folder / f"{name}.npz"
-            if not path.is_file():
-                raise FileNotFoundError(f"no snapshot of slot {name!r} in {folder}")
-            new = EmbeddingTable.restore(path)
+            with fs.open_input_file(paths[name]) as f:
+                new = EmbeddingTable.restore(f)
             if new.dim != table.dim:
-                raise ValueError(f"snapshot {path} has rows {new.dim} wide, slot {name!r} "
-                                 f"needs {table.dim}")
+                raise ValueError(f"snapshot {paths[name]} has rows {new.dim} wide, slot "
+                                 f"{name!r} needs {table.dim}")
             restored[name] = new
         self.tables = restored
 
@@ -123,6 +175,37 @@ class ShardServer:
         except KeyError:
             raise KeyError(f"no slot {name!r} on this shard; slots: "
                            f"{', '.join(self.tables)}") from None
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def absolute_location(location: str | os.PathLike[str]) -> str:
+    """``location`` as every process reads it alike: a URI (``file:///...``,
+    ``s3://bucket/...``, ...) as it is, a local path made absolute against this process's
+    working directory."""
+    text = os.fspath(location)
+    return text if _URI.match(text) else os.path.abspath(text)
+
+
+def filesystem_and_path(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The ``pyarrow.fs`` filesystem of ``location`` (see :func:`absolute_location`) and the
+    path within it; a URI goes through ``FileSystem.from_uri``."""
+    text = absolute_location(location)
+    if _URI.match(text):
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), text
+
+
+def _arrays(arrays: Packed | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Per slot arrays as a mapping, whichever form they came in."""
+    return arrays.unpack() if isinstance(arrays, Packed) else arrays
+
+
+def _like(form: Packed | Mapping[str, np.ndarray], result: dict[str, np.ndarray]
+          ) -> Packed | dict[str, np.ndarray]:
+    """``result`` in the form of ``form``: packed if it came packed."""
+    return Packed.of(result) if isinstance(form, Packed) else result
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

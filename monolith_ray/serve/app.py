@@ -153,6 +153,16 @@ class CandidatePool:
                                      f"({{\"item_id\": .., \"slots\": {{..}}}}): {err}") from None
         return cls(items)
 
+    @classmethod
+    def configured(cls, cfg: Config) -> "CandidatePool":
+        """The pool ``serve.candidate_pool`` names (empty if it names none)."""
+        path = cfg.serve.candidate_pool
+        if not path:
+            return cls()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"serve.candidate_pool: no file {path}")
+        return cls.load(path)
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -280,7 +290,7 @@ class Recommender:
         self.serve_cfg = cfg.serve
         _BodyLimit.limit = cfg.serve.max_body_bytes
         self.slot_names = {s.name for s in cfg.slots}
-        self.pool = pool if pool is not None else _configured_pool(cfg)
+        self.pool = pool if pool is not None else CandidatePool.configured(cfg)
         self.pool_rows = SlotRows.of(
             [{**self.pool.slots[item_id], cfg.serve.item_slot: item_id}
              for item_id in self.pool.ids],
@@ -299,7 +309,7 @@ class Recommender:
     # -- endpoints
 
     @api.post("/recommend", response_model=RecommendOut)
-    async def recommend(self, body: RecommendIn) -> RecommendOut:
+    async def recommend(self, body: RecommendIn) -> JSONResponse:
         """Rank candidates for a user -> the top k with scores."""
         cfg = self.serve_cfg
         if body.k > cfg.max_k:
@@ -336,12 +346,13 @@ class Recommender:
             self.log.poll()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)
-        return RecommendOut(
-            request_id=request_id, model_version=ModelVersion(**version),
-            items=[ScoredItem(item_id=ids[i], score=float(scores[i])) for i in top])
+        # A Response skips FastAPI's second validation of what is built here to the schema.
+        return JSONResponse({"request_id": request_id, "model_version": version,
+                             "items": [{"item_id": ids[i], "score": float(scores[i])}
+                                       for i in top]})
 
     @api.post("/predict", response_model=PredictOut)
-    async def predict(self, body: PredictIn) -> PredictOut:
+    async def predict(self, body: PredictIn) -> JSONResponse:
         """Click probabilities of (user, item) pairs, in order."""
         if len(body.pairs) > self.serve_cfg.max_candidates:
             raise BadRequest(f"pairs: at most {self.serve_cfg.max_candidates} "
@@ -351,7 +362,7 @@ class Recommender:
                 for i, p in enumerate(body.pairs)]
         scores, version = self._score(self._slot_rows(rows), None, None, int(time.time()))
         self.served["predict"] += 1
-        return PredictOut(scores=scores.tolist(), model_version=ModelVersion(**version))
+        return JSONResponse({"scores": scores.tolist(), "model_version": version})
 
     @api.post("/feedback", response_model=FeedbackOut)
     async def feedback(self, body: FeedbackIn) -> FeedbackOut:
@@ -434,15 +445,6 @@ class Recommender:
         if log is not None:
             log.flush()
 
-
-
-def _configured_pool(cfg: Config) -> CandidatePool:
-    path = cfg.serve.candidate_pool
-    if not path:
-        return CandidatePool()
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"serve.candidate_pool: no file {path}")
-    return CandidatePool.load(path)
 
 
 def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None) -> Any:

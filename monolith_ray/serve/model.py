@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from monolith_ray.config import Config, SlotConfig
-from monolith_ray.data.batches import SlotValues, batch_of_values, slot_values
+from monolith_ray.data.batches import Batch, SlotValues, batch_of_values, slot_values
 from monolith_ray.data.slot_columns import examples_table
 from monolith_ray.model import init, make_predict
 from monolith_ray.model.pooling import bucket_size, pad_rows
@@ -116,14 +116,19 @@ class ServingModel:
                     rows = np.concatenate([rows, np.repeat(lacking, mine.size)])
                     pos = np.concatenate([pos, np.tile(np.arange(mine.size), lacking.size)])
             values[slot.name] = raw, rows, pos
-        size = padded_size(n)
-        batch = batch_of_values(values, self.slots, np.zeros(size, np.float32),
-                                np.zeros(size, np.float32), np.full(size, now, np.int64))
+        batch = batch_of_values(values, self.slots, np.zeros(n, np.float32),
+                                np.zeros(n, np.float32), np.full(n, now, np.int64))
+        return self.predict(batch)
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Click probabilities float32 (B,) of ``batch``, padded to :func:`padded_size`
+        examples and its rows to the most such a batch can have: one compile per size."""
+        n = len(batch)
+        padded = batch.padded(padded_size(n))
         slot_rows, slot_idx = [], []
         for slot in self.slots:
-            idx = batch.idx[slot.name]
-            found = self.store.lookup(slot.name, batch.fids[slot.name])
-            # Rows padded to the most a batch of this size can have: one compile per size.
+            idx = padded.idx[slot.name]
+            found = self.store.lookup(slot.name, padded.fids[slot.name])
             slot_rows.append(pad_rows(found, bucket_size(idx.size)))
             slot_idx.append(idx)
         probs = self._predict(self.params, tuple(slot_rows), tuple(slot_idx), None)

@@ -12,6 +12,8 @@ rarely, since the rows of new and active ids change the most while the MLP moves
 - Every ``dense_sync_interval_s`` (default 86400 s) it pulls the dense server's parameters;
   if training moved them it makes a new *dense version*.
 - ``sync_now("sparse" | "dense" | "both")`` runs one on demand.
+- A shard whose versions went back (restarted and restored from a snapshot) is read whole
+  again; rows it no longer has stay in serving until they change or are evicted.
 
 How replicas get versions, and why this way: replicas *pull versioned deltas*. Each replica
 asks :meth:`updates` with the versions it holds about once a second and gets back only what
@@ -67,10 +69,12 @@ class ParameterSync:
     def __init__(self, slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any, *,
                  sparse_interval_s: float = 60.0, dense_interval_s: float = 86400.0,
                  dtype: str = "float16", keep_versions: int = 600,
-                 call_timeout_s: float = 60.0, start: bool = True) -> None:
+                 call_timeout_s: float = 60.0, start: bool = True,
+                 forget_evictions: bool = True) -> None:
         if sparse_interval_s <= 0 or dense_interval_s <= 0:
             raise ValueError("sync intervals must be > 0 seconds")
         self.names = tuple(s.name for s in slots)
+        self._forget = forget_evictions  # False when other readers share the shards' records
         self.shards, self.dense = list(shards), dense
         self.sparse_interval_s, self.dense_interval_s = sparse_interval_s, dense_interval_s
         self._calls = calls_for(self.shards, method="export_since", timeout_s=call_timeout_s)
@@ -82,7 +86,8 @@ class ParameterSync:
         self.dense_version = 0
         self._trained_dense_version: int | None = None
         self.counters = {"sparse_syncs": 0, "dense_swaps": 0, "dense_syncs": 0,
-                         "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0}
+                         "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0,
+                         "shard_resets": 0}
         self.last_sync = {"sparse": 0.0, "dense": 0.0}  # unix seconds
         self._lock = threading.Lock()  # store, log, versions: a sync's apply vs updates()
         self._sync_lock = threading.Lock()  # one sync at a time: on demand vs schedule
@@ -113,6 +118,12 @@ class ParameterSync:
         handles = [calls.submit(s, "export_since", v)
                    for s, v in zip(self.shards, self._shard_versions)]
         results = calls.gather(handles)
+        for k, deltas in enumerate(results):
+            if any(d.version < self._shard_versions[k][n] for n, d in deltas.items()):
+                # The shard went back in time (restored from a snapshot after a restart):
+                # take its whole state, not what changed since a version it no longer has.
+                results[k] = calls.gather([calls.submit(self.shards[k], "export_since", 0)])[0]
+                self.counters["shard_resets"] += 1
         with self._lock:
             changed = {n: [] for n in self.names}
             evicted = {n: [] for n in self.names}
@@ -134,8 +145,9 @@ class ParameterSync:
             self.counters["rows_synced"] += int(n_rows)
             self.counters["ids_evicted"] += int(n_evicted)
             self.last_sync["sparse"] = time.time()
-        calls.gather([calls.submit(s, "forget_evictions", dict(v))
-                      for s, v in zip(self.shards, self._shard_versions)])
+        if self._forget:
+            calls.gather([calls.submit(s, "forget_evictions", dict(v))
+                          for s, v in zip(self.shards, self._shard_versions)])
 
     def _sync_dense(self) -> None:
         params, trained = self._dense_calls.gather(
@@ -223,7 +235,7 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
     import ray
 
     actor = ray.remote(ParameterSync).options(
-        num_cpus=0, max_concurrency=4, max_restarts=-1, name=name,
+        num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=-1, name=name,
         get_if_exists=name is not None)
     return actor.remote(slots, shards, dense,
                         sparse_interval_s=serve_cfg.sparse_sync_interval_s,

@@ -67,8 +67,7 @@ def movielens_events(src: Path | str, *, fraction: tuple[float, float] = (0.0, 1
     of the time-ordered ``n`` (``(0.8, 1.0)`` = the last 20%, the valid + test splits);
     ``time_range=(start, stop)`` keeps ``start <= time < stop`` (None = unbounded).
     """
-    inter, users, items = (movielens.read_atomic(Path(src) / f"{movielens.NAME}.{kind}")
-                           for kind in movielens.KINDS)
+    inter = movielens.read_atomic(Path(src) / f"{movielens.NAME}.inter")
     event_time = pc.cast(pc.cast(inter["timestamp"], pa.float64()), pa.int64()).to_numpy()
     user = inter["user_id"].to_numpy(zero_copy_only=False).astype(np.int64)
     item = inter["item_id"].to_numpy(zero_copy_only=False).astype(np.int64)
@@ -86,13 +85,7 @@ def movielens_events(src: Path | str, *, fraction: tuple[float, float] = (0.0, 1
     if stop is not None:
         keep &= event_time[order] < stop
     order = order[keep]
-    user_slots = {
-        int(u): {"gender": g, "age": a, "occupation": o, "zip_prefix": z[:3]}
-        for u, g, a, o, z in zip(*(users[c].to_pylist() for c in
-                                   ("user_id", "gender", "age", "occupation", "zip_code")))}
-    item_slots = {
-        int(i): {"genres": c.split()[:movielens.MAX_GENRES], "release_year": y}
-        for i, c, y in zip(*(items[c].to_pylist() for c in ("item_id", "class", "release_year")))}
+    user_slots, item_slots = movielens.user_slots(src), movielens.item_slots(src)
 
     def impressions() -> Iterator[tuple[dict[str, Any], bool]]:
         for row in order.tolist():

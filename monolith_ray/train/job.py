@@ -9,18 +9,16 @@
    pulls rows from and pushes sparse gradients to all shards, and pushes dense gradients to
    the dense server (asynchronous, staleness bounded by ``train.dense_pull_every``).
 3. Trainer 0 evaluates the final parameters on ``valid`` and ``test`` (serving lookups that
-   never insert); the job writes ``metrics.json`` and a snapshot (``snapshot/shard-K/`` per
-   shard plus ``snapshot/dense.npz``) under ``cfg.data.output_dir``.
-
-The snapshot format (:func:`save_snapshot`, :func:`restore_snapshot`) is shared with online
-training, whose snapshots also hold the Kafka offsets trained up to (``offsets.json``).
+   never insert); the job writes ``metrics.json`` under ``cfg.data.output_dir`` and a snapshot
+   under ``data.snapshot_root`` (``monolith_ray.train.snapshots``, the format online training
+   uses too, there with the Kafka offsets trained up to).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,15 @@ import numpy as np
 from monolith_ray.config import Config
 from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.model import init
-from monolith_ray.files import replacing
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.train.loop import TrainLoop, deepfm_config, dense_optimizer
-
-OFFSETS_FILE = "offsets.json"
+from monolith_ray.train.snapshots import (  # noqa: F401 - restore_snapshot re-exported
+    restore_snapshot,
+    snapshot_root,
+    take_snapshot,
+)
 
 
 def dense_server_args(cfg: Config) -> tuple[Any, Any]:
@@ -119,6 +119,7 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
     import ray
 
     started = time.perf_counter()
+    snapshot_root(cfg)  # a bad data.snapshot_root fails now, not after training
     shards, dense = start_servers(cfg)
     trainer_actor = ray.remote(Trainer).options(num_cpus=cfg.train.trainer_cpus)
     local_dense = cfg.train.n_trainers == 1
@@ -141,68 +142,12 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
         stats = ray.get([s.stats.remote() for s in shards])
         metrics["table_rows"] = {slot.name: sum(s[slot.name]["rows"] for s in stats)
                                  for slot in cfg.slots}
-        out = Path(cfg.data.output_dir)
-        save_snapshot(out / "snapshot", shards, dense)
+        metrics["snapshot"] = take_snapshot(cfg, shards, dense)
     finally:
         for actor in [*trainers, *shards, dense]:
             ray.kill(actor)
     metrics["seconds"] = time.perf_counter() - started
+    out = Path(cfg.data.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     return metrics
-
-
-def save_snapshot(directory: Path, shards: Sequence[Any], dense: Any,
-                  offsets: Mapping[str, Any] | None = None) -> None:
-    """Every shard's tables (``shard-K/``), the dense parameters and optimizer state
-    (``dense.npz``, arrays named by their pytree path; no pickle) and, if given, the Kafka
-    ``offsets`` those parameters have trained up to (``offsets.json``, see
-    ``monolith_ray.train.online``). Each file appears whole (written aside, then renamed), and
-    ``offsets.json`` is written last: a crash midway leaves parameters newer than the offsets
-    beside them, never offsets ahead of the parameters."""
-    import ray
-
-    directory.mkdir(parents=True, exist_ok=True)
-    ray.get([s.snapshot.remote(str(directory / f"shard-{k}")) for k, s in enumerate(shards)])
-    params, opt_state, version = ray.get(dense.state.remote())
-    arrays = {f"params{jax.tree_util.keystr(k)}": np.asarray(v)
-              for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
-                   for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
-    with replacing(directory / "dense.npz") as f:
-        np.savez(f, version=np.int64(version), **arrays)
-    if offsets is not None:
-        with replacing(directory / OFFSETS_FILE) as f:
-            f.write(json.dumps(offsets, indent=2).encode("utf-8"))
-
-
-def restore_snapshot(directory: Path, shards: Sequence[Any], dense: Any) -> dict[str, Any] | None:
-    """Load a :func:`save_snapshot` into freshly started shard and dense-server actors (the
-    same slots and model) -> the snapshot's ``offsets.json``, or None if it has none."""
-    import ray
-
-    directory = Path(directory)
-    if not (directory / "dense.npz").is_file():
-        raise FileNotFoundError(f"{directory} holds no snapshot (no dense.npz)")
-    params, opt_state, _ = ray.get(dense.state.remote())
-    with np.load(directory / "dense.npz") as saved:
-        loaded = [_filled(params, saved, "params"), _filled(opt_state, saved, "opt"),
-                  int(saved["version"])]
-    ray.get([s.restore.remote(str(directory / f"shard-{k}")) for k, s in enumerate(shards)]
-            + [dense.load_state.remote(*loaded)])
-    path = directory / OFFSETS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _filled(tree: Any, saved: Any, prefix: str) -> Any:
-    """``tree`` with each leaf replaced by the saved array of the same pytree path."""
-    def leaf(path: Any, value: Any) -> np.ndarray:
-        name = f"{prefix}{jax.tree_util.keystr(path)}"
-        if name not in saved:
-            raise ValueError(f"snapshot has no {name}: saved for another model?")
-        array = saved[name]
-        if array.shape != np.shape(value):
-            raise ValueError(f"snapshot {name} has shape {array.shape}, the model needs "
-                             f"{np.shape(value)}")
-        return array
-
-    return jax.tree_util.tree_map_with_path(leaf, tree)

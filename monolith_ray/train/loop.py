@@ -8,17 +8,22 @@ gradients ``[:U_s]`` back.
 
 Shorter batches are padded to ``batch_size`` with weight-0 examples, so B never changes.
 
-Overlap: ``train`` and ``evaluate`` issue batch k+1's pull during step k and wait for it only
-when step k+1 starts, so with Ray actors the parameter servers' lookups run while this process
-computes. ``train`` issues it just after dispatching step k's jitted computation, which runs
-on XLA's threads, so the pull's routing and submission overlap that computation too, and
-step k-1's row gradients travel in the same call (``ShardClient.push_pull_async``): one call
-per shard per step, since every remote call has a fixed cost well above a step's table work.
-The shards see the same sequence as with separate calls (pull k+1 after push k-1, before push
-k): a row used in two consecutive steps is one step stale, the usual asynchronous-PS trade
-(the same on plain objects, since calls run in the order issued). The last step's gradients
-are pushed when ``train`` ends or ``flush`` is called. ``train_batch`` is the unpipelined
-single step.
+Overlap: ``train`` issues batch k+1's pull while step k's jitted computation runs on XLA's
+threads, so with Ray actors the parameter servers' lookups, and the pull's routing and
+submission, overlap that computation; step k-1's row gradients travel in the same call
+(``ShardClient.push_pull_async``): one call per shard per step, since every remote call has a
+fixed cost well above a step's table work. The shards see the same sequence as with separate
+calls (pull k+1 after push k-1, before push k): a row used in two consecutive steps is one
+step stale, the usual asynchronous-PS trade (the same on plain objects, since calls run in the
+order issued). When the loop updates its own dense parameters, it then waits for batch k+1's
+rows and dispatches step k+1 before reading step k's gradients: the parameters step k+1 takes
+are step k's outputs, still futures, so XLA queues step k+1 behind step k (the dense update
+stays sequential) and never idles while this process finishes step k. With a dense server,
+step k+1 is dispatched after step k's dense gradients have gone to it, so it takes the
+parameters of the server's latest answer. The last step's gradients are pushed when ``train``
+ends or ``flush`` is called. A batch is routed once: the ``Routes`` of its pull are held with
+its gradients and push them. ``evaluate`` issues batch k+1's lookup during step k and waits
+for it when step k+1 starts. ``train_batch`` is the unpipelined single step.
 
 Clock: table rows are stamped with the batch's latest event time (``Batch.now``), never the
 wall clock, so expiry replays the same at any speed.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -47,7 +53,7 @@ from monolith_ray.model import (
     make_train_step,
     pad_rows,
 )
-from monolith_ray.ps.client import Pending, ShardClient, call, calls_for
+from monolith_ray.ps.client import Pending, Routes, ShardClient, call, calls_for
 
 
 def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
@@ -98,13 +104,14 @@ class TrainLoop:
             self.params, self.dense_version = self.dense.pull()
         self.steps = 0
         self.table_rows: dict[str, int] = {}
-        self._held: tuple[dict[str, np.ndarray], dict[str, np.ndarray], float] | None = None
+        self._held: tuple[Routes, dict[str, np.ndarray], float] | None = None
         self._padded_rows = dict.fromkeys(self.names, 0)
 
     def train_batch(self, batch: Batch) -> dict:
         """One step without overlap: pull, compute, push -> metrics (see ``train``)."""
         start = time.perf_counter()
-        metrics = self._train_step(batch, self.client.pull(batch.fids, batch.now), start)
+        metrics = self._finish(self._dispatch(batch, self.client.pull_async(batch.fids,
+                                                                            batch.now)), start)
         self._finish_push()
         return metrics
 
@@ -118,11 +125,20 @@ class TrainLoop:
         ``stats_every`` steps.
         """
         start = time.perf_counter()
-        pulled = self._prefetched(batches, self._pull_with_held_push)
+        it = iter(batches)
+        batch = next(it, None)
+        step = None if batch is None else self._dispatch(batch, self._pull_with_held_push(batch))
         try:
-            for batch, rows, prefetch in pulled:
-                yield self._train_step(batch, rows, start, prefetch)
-                start = time.perf_counter()
+            while step is not None:
+                following = next(it, None)
+                pending = None if following is None else self._pull_with_held_push(following)
+                if pending is not None and self.dense is None:
+                    after = self._dispatch(following, pending)
+                    yield self._finish(step, start)
+                else:
+                    yield self._finish(step, start)
+                    after = None if pending is None else self._dispatch(following, pending)
+                start, step = time.perf_counter(), after
         finally:
             self._finish_push()
 
@@ -154,32 +170,39 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ internals
 
-    def _train_step(self, batch: Batch, rows: dict[str, np.ndarray], start: float,
-                    prefetch: Callable[[], None] = lambda: None) -> dict:
-        """One step on ``batch`` and its ``rows``; ``prefetch`` (the next batch's pull) is
-        called once the jitted computation is dispatched, before anything waits for it."""
+    def _dispatch(self, batch: Batch, pending: Pending) -> _Step:
+        """Wait for ``batch``'s rows (``pending``, its pull) and dispatch its jitted step, which
+        runs on XLA's threads: with local dense parameters the step's new parameters are
+        futures, so the next step can be dispatched before this one is done."""
+        rows = self.client.wait(pending)
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
         if self.dense is None:
             self.params, self.opt_state, row_grads, loss, _ = self._step(
                 self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights,
                 None)
-            prefetch()
-        else:
-            param_grads, row_grads, loss, _ = self._grad_step(
-                self.params, slot_rows, slot_idx, padded.labels, padded.weights, None)
-            prefetch()
-            fresh = self.dense.step(param_grads, self.steps % self.train_cfg.dense_pull_every == 0)
+            return _Step(batch, pending.routes, row_grads, loss, None)
+        param_grads, row_grads, loss, _ = self._grad_step(
+            self.params, slot_rows, slot_idx, padded.labels, padded.weights, None)
+        return _Step(batch, pending.routes, row_grads, loss, param_grads)
+
+    def _finish(self, step: _Step, start: float) -> dict:
+        """Wait for ``step``'s computation, push its dense gradients to the dense server (if
+        any) and hold its row gradients for the next pull to push -> the step's metrics."""
+        if step.param_grads is not None:
+            fresh = self.dense.step(step.param_grads,
+                                    self.steps % self.train_cfg.dense_pull_every == 0)
             if fresh is not None:
                 self.params, self.dense_version = fresh
-        grads = {n: np.asarray(g)[:batch.fids[n].size] for n, g in zip(self.names, row_grads)}
+        batch = step.batch
+        grads = {n: np.asarray(g)[:batch.fids[n].size] for n, g in zip(self.names, step.row_grads)}
         self._push_held()  # the last step's gradients, if no pull took them (no batch followed)
-        self._held = (batch.fids, grads, batch.now)
+        self._held = (step.routes, grads, batch.now)
         if self.steps % self.train_cfg.stats_every == 0:
             self.table_rows = {n: s["rows"] for n, s in self.client.stats().items()}
         self.steps += 1
         seconds = time.perf_counter() - start
-        return {"step": self.steps, "loss": float(loss), "examples": len(batch),
+        return {"step": self.steps, "loss": float(step.loss), "examples": len(batch),
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
 
@@ -187,14 +210,14 @@ class TrainLoop:
         """Issue ``batch``'s pull, carrying the gradients of the last step if not yet pushed."""
         if self._held is None:
             return self.client.pull_async(batch.fids, batch.now)
-        (fids, grads, now), self._held = self._held, None
-        return self.client.push_pull_async(fids, grads, now, batch.fids, batch.now)
+        (routes, grads, now), self._held = self._held, None
+        return self.client.push_pull_async(routes, grads, now, batch.fids, batch.now)
 
     def _push_held(self) -> None:
         """Push the held gradients, if any, and wait for it."""
         if self._held is not None:
-            (fids, grads, now), self._held = self._held, None
-            self.client.push(fids, grads, now)
+            (routes, grads, now), self._held = self._held, None
+            self.client.push(routes, grads, now)
 
     def _finish_push(self) -> None:
         """Push the held gradients and take the dense parameters of a pull in flight: the end
@@ -242,6 +265,19 @@ class TrainLoop:
             yield batch, rows, prefetch
             prefetch()
             batch, pending = following, (ahead or [None])[0]
+
+
+@dataclass
+class _Step:
+    """A dispatched training step: its batch and routes, and the outputs of its jitted
+    computation (futures until it is done): row gradients per slot, loss, and the dense
+    gradients when a dense server takes them (None when the loop updates its own)."""
+
+    batch: Batch
+    routes: Routes
+    row_grads: tuple[Any, ...]
+    loss: Any
+    param_grads: Any
 
 
 class _DenseLink:

@@ -11,12 +11,14 @@ source differs, so a run can switch from one to the other (Monolith's batch -> o
 - ``dump:<path>``: fresh parameters, trained first on the Parquet dump at ``path``
   (``monolith_ray.data.dump``, ``train.epochs`` passes), then on Kafka from the offsets the
   dump ends at, in the same run.
-- ``snapshot:<path>``: parameters and offsets restored from a snapshot this module wrote.
+- ``snapshot:<path>``: parameters and offsets restored from a snapshot this module wrote:
+  the newest complete one under a snapshot root, or one snapshot folder.
 
-Snapshots go to ``<data.output_dir>/snapshot`` every ``online.snapshot_every_s``, at the end of
-a bounded run, and whenever :meth:`OnlineTraining.snapshot` is called. Each is the batch job's
-snapshot plus ``offsets.json`` (``{"topic": ..., "offsets": {"<partition>": <offset>}}``,
-where reading resumes), written after the parameters.
+Snapshots (``monolith_ray.train.snapshots``) go to a new folder under ``data.snapshot_root``
+every ``online.snapshot_every_s`` (daily by default), at the end of a bounded run, and
+whenever :meth:`OnlineTraining.snapshot` is called; the newest ``data.snapshot_keep`` are
+kept. Each is the batch job's snapshot plus ``offsets.json`` (``{"topic": ..., "offsets":
+{"<partition>": <offset>}}``, where reading resumes).
 
 Why a restore never skips an example (offsets never run ahead of the parameters):
 
@@ -24,9 +26,9 @@ Why a restore never skips an example (offsets never run ahead of the parameters)
    its pushes have landed: every ``online.commit_every_steps`` steps it waits for the pushes
    in flight (``TrainLoop.flush``) and commits the offsets of the steps before.
 2. A snapshot first collects the offsets every trainer has committed, then writes the
-   parameters (which by then hold at least those steps), then the offsets: for each partition
+   parameters (which by then hold at least those steps) and the offsets: for each partition
    the end of the run of trained offsets from its start, so a block still in flight at another
-   trainer is never jumped over.
+   trainer is never jumped over. The snapshot counts only once its manifest is written, last.
 
 What came after the snapshot is trained again after a restore: at least once, never skipped.
 """
@@ -54,7 +56,8 @@ from monolith_ray.data.kafka_source import (
     read_kafka_examples,
 )
 from monolith_ray.data.offsets import OffsetCoverage
-from monolith_ray.train.job import Trainer, restore_snapshot, save_snapshot, start_servers
+from monolith_ray.train.job import Trainer, start_servers
+from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
 
 
 class StreamTrainer(Trainer):
@@ -113,7 +116,8 @@ class StreamTrainer(Trainer):
 class OnlineTraining:
     """One online training run on Ray: servers, ``train.n_trainers`` stream trainers, the
     sources, snapshots. ``run()`` trains (blocking); ``snapshot()`` may be called from
-    another thread meanwhile; ``close()`` kills the actors."""
+    another thread meanwhile; ``close()`` kills the actors. ``last_snapshot`` is the folder
+    of the newest snapshot this run took (None before its first)."""
 
     def __init__(self, cfg: Config, start: str | None = None) -> None:
         if start is not None:  # checked as the config checks online.start
@@ -121,7 +125,8 @@ class OnlineTraining:
         kind, _, where = cfg.online.start.partition(":")
         self.cfg = cfg
         self.topic = cfg.kafka.topics.examples
-        self.snapshot_dir = Path(cfg.data.output_dir) / "snapshot"
+        self.snapshot_root = snapshot_root(cfg)
+        self.last_snapshot: str | None = None
         self.shards, self.dense = start_servers(cfg)
         self.trainers: list[Any] = []
         self.monitor: Any = None
@@ -166,19 +171,20 @@ class OnlineTraining:
         return {"phases": phases,
                 "examples": sum(p["examples"] for p in phases.values()),
                 "offsets": offsets, "source": ray.get(self.monitor.totals.remote()),
-                "snapshot": str(self.snapshot_dir),
+                "snapshot": self.last_snapshot,
                 "seconds": time.perf_counter() - started}
 
     def snapshot(self) -> dict[int, int]:
         """Collect the trainers' committed offsets, then write the parameters and those
-        offsets to ``snapshot_dir`` -> the offsets written."""
+        offsets as a new snapshot under ``snapshot_root`` (pruning old ones) -> the offsets
+        written."""
         with self._lock:
             for ranges in ray.get([t.drain_committed.remote() for t in self.trainers]):
                 self.coverage.update(OffsetCoverage(ranges))
             offsets = self.offsets()
-            save_snapshot(self.snapshot_dir, self.shards, self.dense,
-                          {"topic": self.topic,
-                           "offsets": {str(p): o for p, o in sorted(offsets.items())}})
+            self.last_snapshot = take_snapshot(
+                self.cfg, self.shards, self.dense,
+                {"topic": self.topic, "offsets": {str(p): o for p, o in sorted(offsets.items())}})
         return offsets
 
     def close(self) -> None:
@@ -196,7 +202,7 @@ class OnlineTraining:
             self.dump = {"path": where, **read_dump_offsets(where)}
             topic, starts = self.dump["topic"], self.dump["start"]
         else:
-            saved = restore_snapshot(Path(where), self.shards, self.dense)
+            saved = restore_snapshot(where, self.shards, self.dense)
             if saved is None:
                 raise FileNotFoundError(f"snapshot {where} has no offsets.json: a batch "
                                         f"snapshot cannot say where the stream resumes")

@@ -20,6 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from monolith_ray.train.snapshots import latest
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data" / "ml-100k" / "parquet"
 BIN = Path(sys.executable).parent
@@ -162,4 +164,6 @@ def test_train_batch_job_runs_on_a_ray_start_cluster(dashboard, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["examples"] == 8_000
     assert 0.55 < metrics["test"]["auc"] < 1.0, metrics["test"]
-    assert (out / "snapshot" / "dense.npz").is_file()
+    snapshot = latest(str(out / "snapshots"))
+    assert snapshot is not None and metrics["snapshot"].endswith(Path(snapshot).name)
+    assert (Path(snapshot) / "dense.npz").is_file()

@@ -4,6 +4,7 @@ import pytest
 from monolith_ray.config import AdmissionConfig, InitializerConfig, OptimizerConfig, SlotConfig
 from monolith_ray.features import make_fids
 from monolith_ray.ps import DirectCalls, RayCalls, ShardClient, ShardServer, calls_for, shard_of
+from monolith_ray.ps.shard import Packed
 
 ADMISSION = AdmissionConfig(sketch_width=1024, sketch_depth=2)
 LR = 0.5
@@ -66,8 +67,8 @@ def test_one_call_per_shard_carrying_every_slot():
     assert [m for _, m, _ in log] == ["pull"] * 3 + ["push"] * 3
     assert len({shard for shard, _, _ in log}) == 3
     for _, method, args in log:
-        assert set(args[0]) == set(NAMES)
-        for ids in args[0].values():
+        assert isinstance(args[0], Packed) and set(args[0].names) == set(NAMES)
+        for ids in args[0].unpack().values():
             assert np.unique(ids).size == ids.size  # deduplicated before the call
 
 

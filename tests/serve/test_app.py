@@ -241,3 +241,65 @@ def test_serving_slots_are_checked_when_serving_starts() -> None:
     cfg = load_config(overrides=["serve.item_slot=movie"])  # loads: training never reads it
     with pytest.raises(ConfigError, match="serve.item_slot: 'movie' is not a slot"):
         build_app(cfg, sync=None)
+
+
+def test_candidate_pool_from_config(tmp_path) -> None:
+    path = tmp_path / "pool.jsonl"
+    path.write_text('{"item_id": 5, "slots": {"genres": ["War"]}}\n\n{"item_id": "x"}\n')
+    cfg = load_config(overrides=[f"serve.candidate_pool={path}"])
+    pool = CandidatePool.configured(cfg)
+    assert pool.ids == [5, "x"] and pool.slots[5] == {"genres": ["War"]}
+    path.write_text('{"id": 5}\n')
+    with pytest.raises(ValueError, match="pool.jsonl:1"):
+        CandidatePool.configured(cfg)
+    missing = load_config(overrides=[f"serve.candidate_pool={tmp_path}/none.jsonl"])
+    with pytest.raises(FileNotFoundError, match="serve.candidate_pool"):
+        CandidatePool.configured(missing)
+
+
+def test_a_replica_started_late_serves_the_latest_versions_from_its_first_answer(
+        deployment) -> None:
+    dep = deployment
+    _train_item(dep, 77, scale=5.0)
+    ray.get(dep.sync.sync_now.remote("both"))
+    current = ray.get(dep.sync.versions.remote())
+    assert current["sparse"] >= 1
+    serve.run(build_app(dep.cfg, dep.sync, CandidatePool([(1, {})])), name=APP + "-late",
+              route_prefix="/late")
+    try:
+        first = dep.post("/late/predict", {"pairs": [{"user": USER, "item": ITEM}]}).json()
+        assert first["model_version"] == current
+        assert first["scores"] == pytest.approx(dep.predict()["scores"], abs=1e-6)
+    finally:
+        serve.delete(APP + "-late")
+
+
+def test_serving_outlives_the_sync_actor_and_the_training_side(deployment) -> None:
+    """Runs last in this module: it kills the module's actors."""
+    dep = deployment
+    before = dep.predict()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            statuses.append(dep.post("/predict", {"pairs": [{"user": USER, "item": ITEM}]})
+                            .status_code)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        ray.kill(dep.sync, no_restart=False)  # a crash: Ray restarts it
+        versions = ray.get(dep.sync.versions.remote(), timeout=60)  # restarted, rebuilt
+        for actor in [*dep.shards, dep.dense]:
+            ray.kill(actor)  # the training side is gone for good
+        with pytest.raises(Exception, match="dead|unreachable"):
+            ray.get(dep.sync.sync_now.remote("sparse"), timeout=60)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join()
+    assert versions["dense"] >= 1
+    assert len(statuses) > 10 and set(statuses) == {200}
+    after = dep.predict()
+    assert after["scores"] == pytest.approx(before["scores"], abs=1e-6)

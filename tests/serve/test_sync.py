@@ -141,3 +141,19 @@ def test_user_slots_fill_what_items_lack_as_one_row_each_would() -> None:
     want = model.score(SlotRows.of([{**user, **items[2]}, {**user, **items[0]}], CFG.slots))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got[0] != pytest.approx(got[1])
+
+
+def test_a_shard_restored_from_a_snapshot_is_read_whole_again(training, tmp_path) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    _train(client, "item_id", list(range(20)))
+    client.shards[0].snapshot(tmp_path)
+    for _ in range(3):
+        _train(client, "item_id", list(range(20)), scale=-1.0)
+    sync.sync_now("sparse")
+    client.shards[0].restore(tmp_path)  # as a restarted shard does: back to the snapshot
+    sync.sync_now("sparse")
+    assert sync.counters["shard_resets"] == 1
+    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(20, dtype=np.int64))
+    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
+                                  client.lookup({"item_id": fids})["item_id"])

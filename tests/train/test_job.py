@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from monolith_ray.config import load_config
 from monolith_ray.features import make_fids
 from monolith_ray.ps.client import RayCalls, ShardClient, ShardUnavailableError
 from monolith_ray.train.job import run_batch_training, start_servers
+from monolith_ray.train.snapshots import latest
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "ml-100k" / "parquet"
 
@@ -27,7 +27,7 @@ def movielens() -> Path:
 
 def job_config(data: Path, out: Path, n_trainers: int):
     return load_config(overrides=[
-        f"data.train={data / 'train.parquet'}", f"data.valid=", f"data.test={data / 'test.parquet'}",
+        f"data.train={data / 'train.parquet'}", "data.valid=", f"data.test={data / 'test.parquet'}",
         f"data.output_dir={out}", "train.epochs=1", "train.batch_size=512",
         f"train.n_trainers={n_trainers}"])
 
@@ -39,8 +39,10 @@ def test_two_trainers_reach_the_auc_of_one(ray_session, movielens, tmp_path):
         results[n] = run_batch_training(cfg)
         written = json.loads((tmp_path / f"t{n}" / "metrics.json").read_text())
         assert written["test"]["auc"] == pytest.approx(results[n]["test"]["auc"])
-        assert (tmp_path / f"t{n}" / "snapshot" / "dense.npz").exists()
-        assert len(list((tmp_path / f"t{n}" / "snapshot").glob("shard-*"))) == cfg.train.n_shards
+        snapshot = Path(results[n]["snapshot"])
+        assert latest(tmp_path / f"t{n}" / "snapshots") == str(snapshot)
+        assert (snapshot / "dense.npz").exists() and not (snapshot / "offsets.json").exists()
+        assert len(list(snapshot.glob("shard-*"))) == cfg.train.n_shards
     one, two = results[1], results[2]
     assert one["examples"] == two["examples"] == 80_000
     assert [t["examples"] for t in two["trainers"]] == [40_000, 40_000]

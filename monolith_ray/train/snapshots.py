@@ -1,0 +1,250 @@
+"""Snapshots: every shard's tables, the dense parameters and the consumed offsets, together.
+
+A snapshot root is a local folder or any ``pyarrow.fs`` URI (``file:///...``,
+``s3://bucket/prefix``, ``gs://...``, ``hdfs://...``); it holds one folder per snapshot::
+
+    <root>/
+      snap-000012-20261127T210000Z/   number (one more than any before) and UTC time taken
+        shard-0/<slot>.npz            shard K's tables (``EmbeddingTable.snapshot`` format)
+        shard-1/<slot>.npz
+        dense.npz                     dense parameters ``params[...]``, optax state
+                                      ``opt[...]`` (named by pytree path), ``version``
+        offsets.json                  online runs: {"topic": ..., "offsets": {"<p>": offset}}
+        _COMPLETE                     the manifest, written last
+      snap-000013-20261128T210000Z/   no _COMPLETE: a crash midway; ignored, later pruned
+
+A snapshot is complete once its ``_COMPLETE`` manifest exists: JSON naming the format, the
+number, the time taken, the shard count, the dense version and every file with its size in
+bytes. Readers (:func:`latest`, :func:`restore_snapshot`) only ever use complete snapshots
+and check the listed files against it, so files are written in place with no renames (a
+rename is a copy on object stores). After each snapshot :func:`prune` keeps the newest
+``keep`` complete ones, deleting older ones (manifest first, so a half-deleted one reads as
+incomplete) and incomplete ones older than the newest complete one. One writer per root at a
+time: numbers are picked by listing the root.
+
+Who writes what: each shard actor writes its own tables (``ShardServer.snapshot``), resolving
+the URI on its own node with that node's credentials. The tables are most of the bytes and
+on a cluster the shards run on other nodes: sending them through the driver would move every
+table twice and need the driver's memory for all of them at once, and the driver's local
+disk is no place for them anyway. The dense parameters are small and the driver pulls them
+regardless, so the driver writes ``dense.npz``, ``offsets.json`` and the manifest. Hence on a
+cluster of several nodes the root must be storage every node reaches (an object store or a
+shared mount); a plain local path suits one machine. Restore reads the same way round.
+
+The offsets are collected before the parameters are written (``monolith_ray.train.online``),
+so a snapshot's parameters have trained at least up to its offsets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import pyarrow.fs as pafs
+
+from monolith_ray.config import Config, ConfigError, DataConfig
+from monolith_ray.ps.shard import absolute_location, filesystem_and_path
+
+FORMAT = "monolith_ray.snapshot/1"
+MANIFEST = "_COMPLETE"
+DENSE_FILE = "dense.npz"
+OFFSETS_FILE = "offsets.json"
+_FOLDER = re.compile(r"snap-(\d+)-(\d{8}T\d{6}Z)")
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+Location = str | os.PathLike[str]
+
+
+class SnapshotInfo(NamedTuple):
+    """One snapshot folder under a root."""
+
+    location: str  # the folder: an absolute local path or a URI
+    number: int
+    taken_at: dt.datetime  # UTC, from the folder's name
+    complete: bool  # its manifest exists
+
+
+def snapshot_root(cfg: Config) -> str:
+    """``data.snapshot_root``, or ``<data.output_dir>/snapshots`` if empty, as every process
+    reads it (a local path made absolute); ConfigError naming ``data.snapshot_root`` if
+    ``pyarrow.fs`` knows no filesystem for it."""
+    root = cfg.data.snapshot_root or posixpath.join(cfg.data.output_dir, "snapshots")
+    try:
+        filesystem_and_path(root)
+    except (ValueError, OSError) as err:
+        raise ConfigError("data.snapshot_root", f"{root!r}: {err}") from None
+    return absolute_location(root).rstrip("/")
+
+
+def take_snapshot(target: Config | Location, shards: Sequence[Any], dense: Any,
+                  offsets: Mapping[str, Any] | None = None, keep: int | None = None) -> str:
+    """Write a new snapshot of the ``shards`` and ``dense`` actors (and the Kafka ``offsets``
+    trained up to, if given) under a root, then prune the root -> the new snapshot's folder.
+
+    ``target`` is a config (root :func:`snapshot_root`, ``keep`` default
+    ``data.snapshot_keep``) or a root (``keep`` default ``DataConfig.snapshot_keep``)."""
+    if isinstance(target, Config):
+        root, default_keep = snapshot_root(target), target.data.snapshot_keep
+    else:
+        root, default_keep = absolute_location(target).rstrip("/"), DataConfig.snapshot_keep
+    keep = default_keep if keep is None else keep
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    number = max((s.number for s in list_snapshots(root)), default=0) + 1
+    taken_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    location = f"{root}/snap-{number:06d}-{taken_at.strftime(_STAMP)}"
+    _write(location, shards, dense, offsets, {"number": number,
+                                              "taken_at": taken_at.isoformat()})
+    prune(root, keep)
+    return location
+
+
+def restore_snapshot(location: Location, shards: Sequence[Any], dense: Any
+                     ) -> dict[str, Any] | None:
+    """Load a snapshot into freshly started shard and dense-server actors (the same slots,
+    model and shard count) -> its offsets, or None if it has none (a batch job's).
+
+    ``location`` is one snapshot folder or a root, whose newest complete snapshot is used;
+    an incomplete folder, or a root without a complete one, raises FileNotFoundError."""
+    import ray
+
+    location = absolute_location(location).rstrip("/")
+    manifest = read_manifest(location)
+    if manifest is None:
+        if _FOLDER.fullmatch(posixpath.basename(location)):
+            raise FileNotFoundError(f"{location} is an incomplete snapshot (no {MANIFEST})")
+        newest = latest(location)
+        if newest is None:
+            raise FileNotFoundError(f"no complete snapshot under {location}")
+        location, manifest = newest, read_manifest(newest)
+    _check(location, manifest, len(shards))
+    fs, path = filesystem_and_path(location)
+    params, opt_state, _ = ray.get(dense.state.remote())
+    with fs.open_input_file(f"{path}/{DENSE_FILE}") as f, np.load(f) as saved:
+        loaded = [_filled(params, saved, "params"), _filled(opt_state, saved, "opt"),
+                  int(saved["version"])]
+    ray.get([s.restore.remote(f"{location}/shard-{k}") for k, s in enumerate(shards)]
+            + [dense.load_state.remote(*loaded)])
+    if OFFSETS_FILE not in manifest["files"]:
+        return None
+    with fs.open_input_stream(f"{path}/{OFFSETS_FILE}") as f:
+        return json.loads(f.read())
+
+
+def list_snapshots(root: Location) -> list[SnapshotInfo]:
+    """The snapshot folders under ``root``, oldest (lowest number) first; none if ``root``
+    does not exist."""
+    root = absolute_location(root).rstrip("/")
+    fs, path = filesystem_and_path(root)
+    folders = [(match, info.base_name) for info in
+               fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+               if info.type == pafs.FileType.Directory
+               and (match := _FOLDER.fullmatch(info.base_name))]
+    manifests = fs.get_file_info([f"{path}/{name}/{MANIFEST}" for _, name in folders])
+    found = [SnapshotInfo(f"{root}/{name}", int(match[1]),
+                          dt.datetime.strptime(match[2], _STAMP).replace(tzinfo=dt.UTC),
+                          info.type == pafs.FileType.File)
+             for (match, name), info in zip(folders, manifests)]
+    return sorted(found, key=lambda s: s.number)
+
+
+def latest(root: Location) -> str | None:
+    """The folder of the newest complete snapshot under ``root``, or None if there is none."""
+    complete = [s for s in list_snapshots(root) if s.complete]
+    return complete[-1].location if complete else None
+
+
+def prune(root: Location, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` complete snapshots under ``root``, and incomplete
+    ones older than the newest complete one (a crash's leftovers; newer ones may be in the
+    making) -> the folders deleted."""
+    snapshots = list_snapshots(root)
+    complete = [s for s in snapshots if s.complete]
+    if not complete:
+        return []
+    kept, newest = complete[-keep:], complete[-1].number
+    doomed = [s for s in snapshots
+              if (s.complete and s not in kept) or (not s.complete and s.number < newest)]
+    for snapshot in doomed:
+        fs, path = filesystem_and_path(snapshot.location)
+        if snapshot.complete:
+            fs.delete_file(f"{path}/{MANIFEST}")
+        fs.delete_dir(path)
+    return [s.location for s in doomed]
+
+
+def read_manifest(location: Location) -> dict[str, Any] | None:
+    """The manifest of the snapshot folder at ``location``, or None if it has none."""
+    fs, path = filesystem_and_path(location)
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def _write(location: str, shards: Sequence[Any], dense: Any,
+           offsets: Mapping[str, Any] | None, header: Mapping[str, Any]) -> None:
+    """Write one snapshot folder: the shards' tables, the dense state, the offsets, then the
+    manifest listing them (``header`` plus format, shards, dense version and files)."""
+    import ray
+
+    fs, path = filesystem_and_path(location)
+    fs.create_dir(path, recursive=True)
+    ray.get([s.snapshot.remote(f"{location}/shard-{k}") for k, s in enumerate(shards)])
+    params, opt_state, version = ray.get(dense.state.remote())
+    arrays = {f"params{jax.tree_util.keystr(k)}": np.asarray(v)
+              for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
+                   for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
+    with fs.open_output_stream(f"{path}/{DENSE_FILE}", compression=None) as f:
+        np.savez(f, version=np.int64(version), **arrays)
+    if offsets is not None:
+        with fs.open_output_stream(f"{path}/{OFFSETS_FILE}", compression=None) as f:
+            f.write(json.dumps(offsets, indent=2).encode("utf-8"))
+    files = {info.path[len(path):].lstrip("/"): info.size
+             for info in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+             if info.type == pafs.FileType.File}
+    manifest = {"format": FORMAT, **header, "shards": len(shards),
+                "dense_version": int(version), "files": dict(sorted(files.items()))}
+    with fs.open_output_stream(f"{path}/{MANIFEST}", compression=None) as f:
+        f.write(json.dumps(manifest, indent=2).encode("utf-8"))
+
+
+def _check(location: str, manifest: Mapping[str, Any], n_shards: int) -> None:
+    """ValueError unless the manifest is of this format and shard count and every file it
+    lists is there with its size."""
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{location}: snapshot format {manifest.get('format')!r}, "
+                         f"expected {FORMAT!r}")
+    if manifest["shards"] != n_shards:
+        raise ValueError(f"{location} holds {manifest['shards']} shards, the run has "
+                         f"{n_shards}: rows would be routed to the wrong shards")
+    fs, path = filesystem_and_path(location)
+    names = list(manifest["files"])
+    for name, info in zip(names, fs.get_file_info([f"{path}/{n}" for n in names])):
+        if info.type != pafs.FileType.File or info.size != manifest["files"][name]:
+            raise ValueError(f"{location}/{name}: missing or not the size its manifest "
+                             f"records ({manifest['files'][name]} bytes)")
+
+
+def _filled(tree: Any, saved: Any, prefix: str) -> Any:
+    """``tree`` with each leaf replaced by the saved array of the same pytree path."""
+    def leaf(path: Any, value: Any) -> np.ndarray:
+        name = f"{prefix}{jax.tree_util.keystr(path)}"
+        if name not in saved:
+            raise ValueError(f"snapshot has no {name}: saved for another model?")
+        array = saved[name]
+        if array.shape != np.shape(value):
+            raise ValueError(f"snapshot {name} has shape {array.shape}, the model needs "
+                             f"{np.shape(value)}")
+        return array
+
+    return jax.tree_util.tree_map_with_path(leaf, tree)
