@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from math import prod
 from typing import NamedTuple, TypeVar
 
@@ -74,6 +74,16 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
 
 
+def _restarted_actor() -> bool:
+    """Whether this process is a Ray actor restarted after a failure."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001 - not in an actor
+        return False
+
+
 def table_slot(slot: SlotConfig) -> SlotConfig:
     """The config of ``slot``'s table: the same settings with rows ``slot.dim + 1`` wide."""
     return dataclasses.replace(slot, dim=slot.dim + 1)
@@ -83,8 +93,22 @@ class ShardServer:
     """One shard's ``EmbeddingTable`` per slot; every method handles all slots in one call."""
 
     def __init__(self, slots: Sequence[SlotConfig], admission: AdmissionConfig = AdmissionConfig(),
-                 capacity: int = 1024) -> None:
+                 capacity: int = 1024,
+                 restore_on_restart: Callable[[], str | None] | None = None) -> None:
+        """``restore_on_restart`` (a picklable callable -> this shard's latest snapshot folder,
+        or None): when Ray restarts this actor after its process died, the new one restores
+        that snapshot before it answers any call; a first start never restores."""
         self.tables = {s.name: EmbeddingTable(table_slot(s), admission, capacity) for s in slots}
+        self.restored_from: str | None = None
+        if restore_on_restart is not None and _restarted_actor():
+            folder = restore_on_restart()
+            if folder is not None:
+                self.restore(folder)
+                self.restored_from = folder
+
+    def pid(self) -> int:
+        """This server's process id (to find the process that holds a shard)."""
+        return os.getpid()
 
     def pull(self, ids: SlotArrays, now: float) -> SlotArrays:
         """Training lookup: per slot ids int64 (n,) -> rows float32 (n, D+1), inserting admitted

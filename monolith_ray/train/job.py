@@ -99,8 +99,16 @@ def start_servers(cfg: Config) -> tuple[list[Any], Any]:
     """Start the shard actors and the dense-server actor -> (shard handles, dense handle)."""
     import ray
 
-    shard_actor = ray.remote(ShardServer).options(num_cpus=cfg.train.shard_cpus)
-    shards = [shard_actor.remote(cfg.slots, cfg.admission) for _ in range(cfg.train.n_shards)]
+    from monolith_ray.train.snapshots import ShardSnapshot, snapshot_root
+
+    # A shard whose process dies is restarted by Ray and restores its part of the latest
+    # snapshot; calls in flight and queued are retried on it (max_task_retries), so trainers
+    # wait out the restart instead of failing. ray.kill(shard) stops one for good.
+    shard_actor = ray.remote(ShardServer).options(
+        num_cpus=cfg.train.shard_cpus, max_restarts=-1, max_task_retries=-1)
+    root = snapshot_root(cfg)
+    shards = [shard_actor.remote(cfg.slots, cfg.admission, 1024, ShardSnapshot(root, k))
+              for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(num_cpus=cfg.train.shard_cpus).remote(
         *dense_server_args(cfg))
     return shards, dense

@@ -37,6 +37,7 @@ so a snapshot's parameters have trained at least up to its offsets.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -81,6 +82,20 @@ def snapshot_root(cfg: Config) -> str:
     except (ValueError, OSError) as err:
         raise ConfigError("data.snapshot_root", f"{root!r}: {err}") from None
     return absolute_location(root).rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSnapshot:
+    """``ShardServer``'s ``restore_on_restart``: the folder of shard ``index`` in the newest
+    complete snapshot under ``root`` (None if there is none), looked up when the restarted
+    shard starts, so it gets the snapshot taken last before its process died."""
+
+    root: str
+    index: int
+
+    def __call__(self) -> str | None:
+        folder = latest(self.root)
+        return None if folder is None else f"{folder}/shard-{self.index}"
 
 
 def take_snapshot(target: Config | Location, shards: Sequence[Any], dense: Any,
