@@ -67,3 +67,33 @@ def serve_url(ray_session: None) -> Iterator[str]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kill_actor() -> Callable[[Any, str], None]:
+    """``kill_actor(handle, how)``: end an actor the way ``how`` says and return once Ray
+    knows it is dead: ``"ray.kill"`` (Ray stops it) or ``"kill -9"`` (its worker process is
+    sent SIGKILL, as a crash or an OOM kill would)."""
+    import signal
+    import time
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    def kill(handle: Any, how: str) -> None:
+        if how == "ray.kill":
+            ray.kill(handle)
+            return
+        if how != "kill -9":
+            raise ValueError(f"how must be 'ray.kill' or 'kill -9', got {how!r}")
+        os.kill(ray.get(handle.__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.__ray_call__.remote(lambda _: None), timeout=5)
+            except RayActorError:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the actor still answers 30 s after SIGKILL")
+
+    return kill

@@ -164,8 +164,11 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_join(ray_session, 
     assert {e["request_id"]: e["label"] for e in examples} == _expected(events)
 
 
-def test_killed_joiner_restarts_from_its_commits(ray_session, broker, events) -> None:
-    cfg = _config(broker, "restart", max_poll_records=50)
+@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
+def test_killed_joiner_restarts_from_its_commits(ray_session, broker, events, kill_actor,
+                                                 how) -> None:
+    cfg = _config(broker, f"restart-{how.replace(' ', '').replace('.', '')}",
+                  max_poll_records=50)
     publish(cfg.kafka, events)
     topics = cfg.kafka.topics
     feature_at = {json.loads(v)["request_id"]: (p, o) for p, o, v in _read(cfg.kafka,
@@ -180,7 +183,7 @@ def test_killed_joiner_restarts_from_its_commits(ray_session, broker, events) ->
         committed = _committed(cfg) if read >= 600 else {}
     for _ in range(8):
         read += ray.get(victim.poll.remote())
-    ray.kill(victim)
+    kill_actor(victim, how)
     committed = _committed(cfg)
     before = [json.loads(v)["request_id"] for _, _, v in _read(cfg.kafka, topics.examples)]
     # A restarted joiner re-emits at most the examples of features at or above its commit.

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import ray
 
 from monolith_ray.config import Config, load_config
@@ -84,15 +85,17 @@ def test_dump_then_stream_trains_every_example_once(ray_session, kafka_bootstrap
     assert saved == {"topic": "examples-switch", "offsets": {str(p): o for p, o in end.items()}}
 
 
+@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
 def test_killed_trainer_restores_from_the_snapshot_without_skipping(
-        ray_session, kafka_bootstrap, produce, tmp_path) -> None:
-    cfg = config(kafka_bootstrap, "examples-crash", tmp_path / "first", "online.stop=never")
-    ensure_topics(cfg.kafka, ["examples-crash"])
+        ray_session, kafka_bootstrap, produce, kill_actor, tmp_path, how) -> None:
+    topic = f"examples-crash-{how.replace(' ', '').replace('.', '')}"
+    cfg = config(kafka_bootstrap, topic, tmp_path / "first", "online.stop=never")
+    ensure_topics(cfg.kafka, [topic])
     produced: list[tuple[int, int]] = []
 
     def trickle() -> None:  # 1600 examples over about 3 s
         for k in range(0, 1600, 100):
-            produced.extend(produce(cfg.kafka, "examples-crash",
+            produced.extend(produce(cfg.kafka, topic,
                                     [example(i) for i in range(k, k + 100)],
                                     [i % 2 for i in range(100)]))
             time.sleep(0.15)
@@ -107,7 +110,7 @@ def test_killed_trainer_restores_from_the_snapshot_without_skipping(
     while not _offsets(snapshot) or sum(_offsets(snapshot).values()) < 200:
         assert time.monotonic() < deadline, "no snapshot with progress within 60 s"
         time.sleep(0.05)
-    ray.kill(run.trainers[0])
+    kill_actor(run.trainers[0], how)
     trainer.join(60)
     run.close()
     assert failure and "actor" in str(failure[0]).lower(), failure
@@ -116,7 +119,7 @@ def test_killed_trainer_restores_from_the_snapshot_without_skipping(
     end = written(produced)
     assert 0 < sum(resumed.values()) < sum(end.values()) == 1600
 
-    again = config(kafka_bootstrap, "examples-crash", tmp_path / "second", "train.n_trainers=1")
+    again = config(kafka_bootstrap, topic, tmp_path / "second", "train.n_trainers=1")
     metrics = run_online_training(again, start=f"snapshot:{snapshot}")
 
     # The restored run starts exactly where the snapshot's parameters had trained to, and
