@@ -67,9 +67,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     _address_arg(serve_)
     serve_.add_argument("--snapshot", default=None, metavar="PATH",
                         help="snapshot folder to serve (default: fresh parameters)")
+    serve_.add_argument("--training", default=None, metavar="NAME",
+                        help="sync from the running job whose train.name is NAME instead")
     serve_.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (default: until Ctrl-C)")
     serve_.set_defaults(run=run_serve)
+
+    snapshot = sub.add_parser(
+        "snapshot", help="snapshot a running job's parameters now, or list the snapshots",
+        description=_doc_of(run_snapshot))
+    _config_args(snapshot)
+    _address_arg(snapshot)
+    snapshot.add_argument("--list", action="store_true",
+                          help="list the snapshots under data.snapshot_root instead")
+    snapshot.set_defaults(run=run_snapshot)
+
+    restore = sub.add_parser(
+        "restore", help="load a snapshot into a running job's parameter servers",
+        description=_doc_of(run_restore))
+    _config_args(restore)
+    _address_arg(restore)
+    restore.add_argument("--snapshot", default=None, metavar="PATH",
+                         help="a snapshot folder, or a root for its latest complete one "
+                              "(default: data.snapshot_root)")
+    restore.set_defaults(run=run_restore)
 
     broker = sub.add_parser("broker", help="run the embedded Kafka broker in the foreground",
                             description=_doc_of(run_broker))
@@ -213,14 +234,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from monolith_ray.serve.app import build_app
     from monolith_ray.serve.sync import start_parameter_sync
-    from monolith_ray.train.job import restore_snapshot, start_servers
+    from monolith_ray.train.job import find_servers, start_servers
+    from monolith_ray.train.snapshots import restore_snapshot
 
     cfg = load_config(args.config, args.set)
     if not cfg.kafka.bootstrap_servers:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, log_features=False))
     cfg.check_serving()
     ray.init(address=args.address, ignore_reinit_error=True)
-    shards, dense = start_servers(cfg)
+    if args.training:
+        shards, dense = find_servers(
+            dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name=args.training)))
+    else:
+        shards, dense = start_servers(cfg)
     if args.snapshot:
         restore_snapshot(args.snapshot, shards, dense)
     sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
@@ -230,6 +256,64 @@ def run_serve(args: argparse.Namespace) -> int:
                       "versions": ray.get(sync.versions.remote())}), flush=True)
     _wait(args.duration)
     serve.shutdown()
+    return 0
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    """Write a snapshot of the running job named train.name (its shard and dense-server
+    actors) under data.snapshot_root now, pruning to data.snapshot_keep; print its folder.
+    The Kafka offsets of the newest earlier snapshot are carried over, so an online job
+    restored from it re-trains from there (at least once) and never skips. With --list,
+    print the snapshots under data.snapshot_root instead."""
+    import ray
+
+    from monolith_ray.train.job import find_servers
+    from monolith_ray.train.snapshots import (
+        latest,
+        list_snapshots,
+        read_offsets,
+        snapshot_root,
+        take_snapshot,
+    )
+
+    cfg = load_config(args.config, args.set)
+    root = snapshot_root(cfg)
+    if args.list:
+        print(json.dumps([{"location": s.location, "number": s.number, "complete": s.complete,
+                           "taken_at": s.taken_at.isoformat()} for s in list_snapshots(root)]))
+        return 0
+    ray.init(address=args.address, ignore_reinit_error=True)
+    try:
+        shards, dense = find_servers(cfg)
+    except ValueError as err:
+        print(f"monolith-ray snapshot: {err}", file=sys.stderr)
+        return 2
+    previous = latest(root)
+    offsets = read_offsets(previous) if previous else None
+    print(json.dumps({"snapshot": take_snapshot(cfg, shards, dense, offsets)}))
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    """Load a snapshot (a folder, or the latest complete one under a root; default
+    data.snapshot_root) into the shard and dense-server actors of the running job named
+    train.name; print what was restored."""
+    import ray
+
+    from monolith_ray.train.job import find_servers
+    from monolith_ray.train.snapshots import latest, read_manifest, restore_snapshot, snapshot_root
+
+    cfg = load_config(args.config, args.set)
+    where = args.snapshot or snapshot_root(cfg)
+    folder = where if read_manifest(where) is not None else latest(where)
+    ray.init(address=args.address, ignore_reinit_error=True)
+    try:
+        shards, dense = find_servers(cfg)
+        offsets = restore_snapshot(folder or where, shards, dense)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"monolith-ray restore: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"restored": folder, "offsets": offsets}))
     return 0
 
 

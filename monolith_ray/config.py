@@ -451,6 +451,10 @@ class TrainConfig:
       CPU so that they run beside the actors on a small node. Ray Data also lists files with a
       task of one whole CPU: leave one CPU unreserved, or a read never starts.
     - ``call_timeout_s``: a parameter-server call not answered by then fails the step.
+    - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
+      ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,
+      ``restore`` and ``serve --training NAME`` find them from another process; empty: the
+      actors are anonymous, reachable only from the job that started them.
     """
 
     batch_size: int = 2048
@@ -466,6 +470,7 @@ class TrainConfig:
     shard_cpus: float = 0.1
     read_cpus: float = 0.25
     call_timeout_s: float = 60.0
+    name: str = ""
 
     def __post_init__(self) -> None:
         _require(self, "n_trainers", ge=1)

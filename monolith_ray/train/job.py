@@ -104,13 +104,43 @@ def start_servers(cfg: Config) -> tuple[list[Any], Any]:
     # A shard whose process dies is restarted by Ray and restores its part of the latest
     # snapshot; calls in flight and queued are retried on it (max_task_retries), so trainers
     # wait out the restart instead of failing. ray.kill(shard) stops one for good.
-    shard_actor = ray.remote(ShardServer).options(
-        num_cpus=cfg.train.shard_cpus, max_restarts=-1, max_task_retries=-1)
+    shard_actor = ray.remote(ShardServer)
     root = snapshot_root(cfg)
-    shards = [shard_actor.remote(cfg.slots, cfg.admission, 1024, ShardSnapshot(root, k))
+    shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, max_restarts=-1,
+                                  max_task_retries=-1, **_named(cfg, f"shard-{k}")).remote(
+                  cfg.slots, cfg.admission, 1024, ShardSnapshot(root, k))
               for k in range(cfg.train.n_shards)]
-    dense = ray.remote(DenseServer).options(num_cpus=cfg.train.shard_cpus).remote(
-        *dense_server_args(cfg))
+    dense = ray.remote(DenseServer).options(
+        num_cpus=cfg.train.shard_cpus, **_named(cfg, "dense")).remote(*dense_server_args(cfg))
+    return shards, dense
+
+
+NAMESPACE = "monolith_ray"
+
+
+def _named(cfg: Config, role: str) -> dict[str, str]:
+    """Actor options naming a server of job ``train.name`` (none if it has no name)."""
+    if not cfg.train.name:
+        return {}
+    return {"name": f"{cfg.train.name}.{role}", "namespace": NAMESPACE}
+
+
+def find_servers(cfg: Config) -> tuple[list[Any], Any]:
+    """The shard and dense-server actors of the running job ``train.name`` (started by
+    :func:`start_servers` in another process of this Ray cluster) -> (shards, dense).
+    ValueError naming what is missing."""
+    import ray
+
+    if not cfg.train.name:
+        raise ValueError("train.name is empty: name the job (--set train.name=NAME) both when "
+                         "it starts and here")
+    try:
+        shards = [ray.get_actor(f"{cfg.train.name}.shard-{k}", namespace=NAMESPACE)
+                  for k in range(cfg.train.n_shards)]
+        dense = ray.get_actor(f"{cfg.train.name}.dense", namespace=NAMESPACE)
+    except ValueError as err:
+        raise ValueError(f"no running job {cfg.train.name!r} with {cfg.train.n_shards} shards "
+                         f"in this Ray cluster: {err}") from None
     return shards, dense
 
 

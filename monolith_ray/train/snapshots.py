@@ -147,8 +147,16 @@ def restore_snapshot(location: Location, shards: Sequence[Any], dense: Any
                   int(saved["version"])]
     ray.get([s.restore.remote(f"{location}/shard-{k}") for k, s in enumerate(shards)]
             + [dense.load_state.remote(*loaded)])
-    if OFFSETS_FILE not in manifest["files"]:
+    return read_offsets(location)
+
+
+def read_offsets(location: Location) -> dict[str, Any] | None:
+    """The Kafka offsets (``offsets.json``) of the complete snapshot folder ``location``, or
+    None if it has none (a batch job's) or is incomplete."""
+    manifest = read_manifest(location)
+    if manifest is None or OFFSETS_FILE not in manifest["files"]:
         return None
+    fs, path = filesystem_and_path(absolute_location(location).rstrip("/"))
     with fs.open_input_stream(f"{path}/{OFFSETS_FILE}") as f:
         return json.loads(f.read())
 
