@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from monolith_ray.config import Config, load_config
 from monolith_ray.data.dump import dump_examples, read_dump_offsets
