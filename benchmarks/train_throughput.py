@@ -5,7 +5,8 @@ MovieLens-100K train split (``data/ml-100k/parquet/train.parquet``, 80k examples
 epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in one run:
 
 - ``ray``: what ``run_batch_training`` starts with one trainer (``start_servers``: 2
-  ``ShardServer`` actors and the ``DenseServer`` actor) and one ``Trainer`` actor, whose
+  ``ShardServer`` actors and the ``DenseServer`` actor) and one ``Trainer`` actor (with the
+  job's ``trainer_options``: XLA runs one thread, the trainer's CPU reservation), whose
   ``TrainLoop`` pulls rows from and pushes gradients to the shard actors. As the job's only
   trainer it owns the dense parameters (``LOCAL_DENSE``) and publishes them to the dense
   server after a fit; with ``LOCAL_DENSE = False`` it pushes dense gradients every step and
@@ -13,7 +14,8 @@ epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in o
   trainers do when there are several.
 - ``inprocess``: the same model and tables called directly: 2 plain ``ShardServer`` objects,
   a ``ShardClient`` with ``DirectCalls`` and a ``TrainLoop`` that updates its own dense
-  parameters (no dense server), all in this process.
+  parameters (no dense server), all in this process, with XLA's default thread pool (a
+  thread per core: on an idle machine its step is fastest so).
 
 Ray is started once with ``ray.init(num_cpus=2, object_store_memory=300 MB)``; the in-process
 side runs in the driver while the actors idle, and vice versa.
@@ -40,7 +42,9 @@ Step breakdown (``*_ms_per_step``, over the timed epochs): per call kind (``pull
 calls (``submit``: on Ray, serializing the arguments and handing them over; in process, the
 whole shard call) and waiting for them (``wait``: what the step waited, round trip and
 deserialization). ``compute`` is the rest of the step (routing, padding, the jitted step,
-gradient slicing); calls issued while the jitted step runs on XLA's threads overlap it.
+gradient slicing); calls issued while a jitted step runs on XLA's threads overlap it (the
+loop issues batch k+1's pull, then queues step k+1 behind step k, see
+``monolith_ray.train.loop``).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from monolith_ray.config import Config, load_config
 from monolith_ray.data.batches import Batch, iter_batches
 from monolith_ray.ps.client import Calls
 from monolith_ray.ps.shard import ShardServer
-from monolith_ray.train.job import Trainer, read_examples, start_servers
+from monolith_ray.train.job import Trainer, read_examples, start_servers, trainer_options
 
 DATA = Path("data/ml-100k/parquet/train.parquet")
 SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/movielens.yaml"
@@ -192,7 +196,7 @@ def timed_epochs(cfg: Config, batches: list[Batch]
              log_to_driver=False, configure_logging=False)
     try:
         shards, dense = start_servers(cfg)
-        actor = ray.remote(ThroughputTrainer).options(num_cpus=cfg.train.trainer_cpus)
+        actor = ray.remote(ThroughputTrainer).options(**trainer_options(cfg))
         remote = actor.remote(cfg, shards, dense, LOCAL_DENSE)
         ray.get(remote.load.remote(ray.put(batches)))
         local = ThroughputTrainer(cfg, [ShardServer(cfg.slots, cfg.admission)

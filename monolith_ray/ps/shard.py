@@ -53,14 +53,14 @@ class Packed(NamedTuple):
 
     def unpack(self) -> dict[str, np.ndarray]:
         """Per slot its array (counts[i], *shapes[i]): views into ``data``."""
+        sizes = [count * prod(shape) for count, shape in zip(self.counts, self.shapes)]
+        if sum(sizes) != self.data.size:
+            raise ValueError(f"packed arrays of {self.names} need {sum(sizes)} values, "
+                             f"data has {self.data.size}")
         out, start = {}, 0
-        for name, count, shape in zip(self.names, self.counts, self.shapes):
-            size = count * prod(shape)
+        for name, count, shape, size in zip(self.names, self.counts, self.shapes, sizes):
             out[name] = self.data[start:start + size].reshape(count, *shape)
             start += size
-        if start != self.data.size:
-            raise ValueError(f"packed arrays of {self.names} need {start} values, "
-                             f"data has {self.data.size}")
         return out
 
 

@@ -95,6 +95,17 @@ class Trainer:
             yield make_batch(table, self.cfg.slots)
 
 
+def trainer_options(cfg: Config) -> dict[str, Any]:
+    """Ray options of a trainer actor: ``train.trainer_cpus`` reserved, and XLA's CPU thread
+    pool sized to that reservation (``PJRT_NPROC``, at least one thread), as Ray sizes a
+    worker's OpenMP threads. By default XLA starts a thread per core of the node; a trainer
+    sharing the node with shard actors then competes with their table work for the same cores,
+    and XLA's parallel steps wait on threads preempted by them."""
+    threads = max(1, int(cfg.train.trainer_cpus))
+    return {"num_cpus": cfg.train.trainer_cpus,
+            "runtime_env": {"env_vars": {"PJRT_NPROC": str(threads)}}}
+
+
 def start_servers(cfg: Config) -> tuple[list[Any], Any]:
     """Start the shard actors and the dense-server actor -> (shard handles, dense handle)."""
     import ray
@@ -159,7 +170,7 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
     started = time.perf_counter()
     snapshot_root(cfg)  # a bad data.snapshot_root fails now, not after training
     shards, dense = start_servers(cfg)
-    trainer_actor = ray.remote(Trainer).options(num_cpus=cfg.train.trainer_cpus)
+    trainer_actor = ray.remote(Trainer).options(**trainer_options(cfg))
     local_dense = cfg.train.n_trainers == 1
     trainers = [trainer_actor.remote(cfg, shards, dense, local_dense)
                 for _ in range(cfg.train.n_trainers)]

@@ -21,9 +21,10 @@ are step k's outputs, still futures, so XLA queues step k+1 behind step k (the d
 stays sequential) and never idles while this process finishes step k. With a dense server,
 step k+1 is dispatched after step k's dense gradients have gone to it, so it takes the
 parameters of the server's latest answer. The last step's gradients are pushed when ``train``
-ends or ``flush`` is called. A batch is routed once: the ``Routes`` of its pull are held with
-its gradients and push them. ``evaluate`` issues batch k+1's lookup during step k and waits
-for it when step k+1 starts. ``train_batch`` is the unpipelined single step.
+ends or ``flush`` is called. A batch is routed once, while the step before the one that pulls
+it computes; its ``Routes`` are held with its gradients and push them. ``evaluate`` issues
+batch k+1's lookup during step k and waits for it when step k+1 starts. ``train_batch`` is
+the unpipelined single step.
 
 Clock: table rows are stamped with the batch's latest event time (``Batch.now``), never the
 wall clock, so expiry replays the same at any speed.
@@ -125,19 +126,22 @@ class TrainLoop:
         ``stats_every`` steps.
         """
         start = time.perf_counter()
-        it = iter(batches)
-        batch = next(it, None)
-        step = None if batch is None else self._dispatch(batch, self._pull_with_held_push(batch))
+        routed = ((batch, self.client.route(batch.fids)) for batch in batches)
+        first = next(routed, None)
+        step = None if first is None else self._dispatch(first[0],
+                                                         self._pull_with_held_push(*first))
+        following = next(routed, None)
         try:
             while step is not None:
-                following = next(it, None)
-                pending = None if following is None else self._pull_with_held_push(following)
+                pending = None if following is None else self._pull_with_held_push(*following)
                 if pending is not None and self.dense is None:
-                    after = self._dispatch(following, pending)
+                    after = self._dispatch(following[0], pending)
+                    following = next(routed, None)  # read and routed while ``step`` computes
                     yield self._finish(step, start)
                 else:
                     yield self._finish(step, start)
-                    after = None if pending is None else self._dispatch(following, pending)
+                    after = None if pending is None else self._dispatch(following[0], pending)
+                    following = next(routed, None)
                 start, step = time.perf_counter(), after
         finally:
             self._finish_push()
@@ -206,12 +210,13 @@ class TrainLoop:
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
 
-    def _pull_with_held_push(self, batch: Batch) -> Pending:
-        """Issue ``batch``'s pull, carrying the gradients of the last step if not yet pushed."""
+    def _pull_with_held_push(self, batch: Batch, routes: Routes) -> Pending:
+        """Issue ``batch``'s pull (its fids routed as ``routes``), carrying the gradients of
+        the last step if not yet pushed."""
         if self._held is None:
-            return self.client.pull_async(batch.fids, batch.now)
-        (routes, grads, now), self._held = self._held, None
-        return self.client.push_pull_async(routes, grads, now, batch.fids, batch.now)
+            return self.client.pull_async(routes, batch.now)
+        (held, grads, now), self._held = self._held, None
+        return self.client.push_pull_async(held, grads, now, routes, batch.now)
 
     def _push_held(self) -> None:
         """Push the held gradients, if any, and wait for it."""

@@ -195,6 +195,58 @@ def test_stats_evict_snapshot_and_restore_cover_every_shard(tmp_path):
     assert evicted["item"].size == 0  # item rows never expire
 
 
+def test_packed_arrays_round_trip_and_a_shard_answers_in_the_form_asked():
+    ids = {"user": make_fids(1, np.array([3, 1, 2])), "item": np.empty(0, np.int64)}
+    packed = Packed.of(ids)
+    assert packed.names == ("user", "item") and packed.counts == (3, 0)
+    assert packed.data.shape == (3,)
+    for name in ids:
+        np.testing.assert_array_equal(packed.unpack()[name], ids[name])
+    rows = {"user": np.arange(12, dtype=np.float32).reshape(3, 4),
+            "item": np.empty((0, 4), np.float32)}
+    assert {n: a.shape for n, a in Packed.of(rows).unpack().items()} == {
+        "user": (3, 4), "item": (0, 4)}
+    assert Packed.of({}).unpack() == {}
+    with pytest.raises(ValueError, match="need 3 values"):
+        packed._replace(data=packed.data[:2]).unpack()
+    a, b = ShardServer(SLOTS, ADMISSION), ShardServer(SLOTS, ADMISSION)
+    as_mapping, as_packed = a.pull(ids, now=0.0), b.pull(packed, now=0.0)
+    assert isinstance(as_mapping, dict) and isinstance(as_packed, Packed)
+    for name in ids:
+        np.testing.assert_array_equal(as_packed.unpack()[name], as_mapping[name])
+
+
+def test_distinct_sorted_fids_route_without_an_inverse_to_the_same_rows():
+    client, _ = make_client(3)
+    reference, _ = make_client(3)
+    fids = {n: np.unique(f) for n, f in batch_fids().items()}
+    routes = client.route(fids)
+    assert routes.inverse == (None, None)
+    shuffled = {n: f[::-1].copy() for n, f in fids.items()}
+    assert all(i is not None for i in reference.route(shuffled).inverse)
+    rows, expected = client.pull(routes, now=0.0), reference.pull(shuffled, now=0.0)
+    for name in NAMES:
+        np.testing.assert_array_equal(rows[name][::-1], expected[name])
+
+
+def test_routes_stand_in_for_the_fids_in_pulls_and_pushes():
+    client, _ = make_client(2)
+    reference, _ = make_client(2)
+    fids = batch_fids()  # with duplicates
+    grads = {n: np.full((f.size, 4), 0.25, np.float32) for n, f in fids.items()}
+    routes = client.route(fids)
+    routed = []
+    client.route = lambda f: routed.append(f) or ShardClient.route(client, f)
+    for name, rows in client.pull(routes, now=0.0).items():
+        np.testing.assert_array_equal(rows, reference.pull(fids, now=0.0)[name])
+    assert client.push(routes, grads, now=1.0) == reference.push(fids, grads, now=1.0)
+    assert routed == []  # routed once, by the caller
+    for name in NAMES:
+        np.testing.assert_array_equal(client.lookup(fids)[name], reference.lookup(fids)[name])
+    with pytest.raises(ValueError, match="routes for 2 shards"):
+        make_client(3)[0].pull(routes, now=0.0)
+
+
 def test_bad_requests_name_the_problem():
     client, _ = make_client(2)
     with pytest.raises(KeyError, match="genre"):

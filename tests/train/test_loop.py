@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -88,6 +89,33 @@ def test_each_step_makes_one_call_per_shard_carrying_the_last_push():
         # steps' gradients are pushed alone.
         assert [m for s, m in calls if s == id(shard) and m != "stats"] == [
             "pull", "pull", *["push_pull"] * 3, "push", "push"]
+
+
+def test_each_batch_is_routed_once_and_queued_steps_train_as_sequential_ones():
+    data = list(iter_batches(synthetic(n=6 * BATCH), SLOTS, BATCH))
+    loop, reference = make_loop(), make_loop()
+    routed = []
+    route = loop.client.route
+    loop.client.route = lambda fids: routed.append(fids) or route(fids)
+    losses = [m["loss"] for m in loop.train(data)]
+    assert len(routed) == len(data)  # its pull's routes also push its gradients
+
+    # The same calls, each step finished before the next is dispatched.
+    step = reference._dispatch(data[0], reference._pull_with_held_push(
+        data[0], reference.client.route(data[0].fids)))
+    expected = []
+    for batch in data[1:]:
+        pending = reference._pull_with_held_push(batch, reference.client.route(batch.fids))
+        expected.append(reference._finish(step, 0.0)["loss"])
+        step = reference._dispatch(batch, pending)
+    expected.append(reference._finish(step, 0.0)["loss"])
+    reference.flush()
+    assert losses == expected
+    for a, b in zip(jax.tree.leaves(loop.params), jax.tree.leaves(reference.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for batch in data:
+        for name, rows in loop.client.lookup(batch.fids).items():
+            np.testing.assert_array_equal(rows, reference.client.lookup(batch.fids)[name])
 
 
 def test_evaluate_does_not_insert_unseen_ids():
