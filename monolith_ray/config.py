@@ -811,7 +811,9 @@ class ServeConfig:
     - ``log_features``: write every served impression to the ``features`` topic (the closed
       loop); needs ``kafka.bootstrap_servers``.
     - ``replica_cpus``, ``max_ongoing_requests``, ``autoscaling``: Ray Serve settings of a
-      replica.
+      replica; ``replica_resources``: custom Ray resources a replica needs, e.g.
+      ``{serving: 1}`` to place replicas only on nodes that offer ``serving``
+      (``cluster.yaml``'s serving workers).
     """
 
     host: str = "127.0.0.1"
@@ -830,6 +832,7 @@ class ServeConfig:
     log_features: bool = True
     replica_cpus: float = 0.25
     max_ongoing_requests: int = 64
+    replica_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
 
     def __post_init__(self) -> None:
@@ -843,3 +846,6 @@ class ServeConfig:
         _require(self, "max_body_bytes", ge=1024)
         _require(self, "replica_cpus", ge=0)
         _require(self, "max_ongoing_requests", ge=1)
+        for name, amount in self.replica_resources.items():
+            if not amount > 0:
+                raise ConfigError(f"replica_resources.{name}", f"must be > 0, got {amount!r}")

@@ -47,3 +47,13 @@ def test_a_broken_copy_fails_validation(schema, cluster, breaks):
         broken["available_node_types"]["cpu_worker"]["max_workers"] = "8"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_serving_workers_offer_the_resource_replicas_can_ask_for(cluster):
+    from monolith_ray.config import load_config
+
+    types = cluster["available_node_types"]
+    offering = [name for name, t in types.items() if t["resources"].get("serving", 0) > 0]
+    assert offering == ["serving_worker"]
+    cfg = load_config(overrides=["serve.replica_resources.serving=1"])
+    assert set(cfg.serve.replica_resources) <= set(types["serving_worker"]["resources"])

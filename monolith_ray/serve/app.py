@@ -447,15 +447,22 @@ class Recommender:
 
 
 
-def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None) -> Any:
-    """The Serve application of the recommender: ``cfg.serve``'s replica settings, reading
-    parameters from the ``sync`` actor (a ``ParameterSync`` handle)."""
+def recommender_deployment(cfg: Config) -> Any:
+    """The recommender deployment with ``cfg.serve``'s replica settings (CPUs, custom
+    resources, concurrency, autoscaling); ConfigError if the serving slots are not slots."""
     cfg.check_serving()
     scaling = cfg.serve.autoscaling
     return Recommender.options(
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.serve.replica_cpus},
+        ray_actor_options={"num_cpus": cfg.serve.replica_cpus,
+                           "resources": dict(cfg.serve.replica_resources)},
         autoscaling_config={"min_replicas": scaling.min_replicas,
                             "max_replicas": scaling.max_replicas,
                             "target_ongoing_requests": scaling.target_ongoing_requests},
-    ).bind(cfg, sync, pool)
+    )
+
+
+def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None) -> Any:
+    """The Serve application of the recommender, reading parameters from the ``sync`` actor
+    (a ``ParameterSync`` handle); candidates from ``pool``, else ``serve.candidate_pool``."""
+    return recommender_deployment(cfg).bind(cfg, sync, pool)

@@ -21,7 +21,7 @@ from ray import serve
 from monolith_ray.config import Config, ConfigError, JoinerConfig, KafkaConfig, KafkaTopics, load_config
 from monolith_ray.features import make_fids
 from monolith_ray.ps.client import ShardClient
-from monolith_ray.serve.app import CandidatePool, build_app
+from monolith_ray.serve.app import CandidatePool, build_app, recommender_deployment
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.sync import start_parameter_sync
 from monolith_ray.stream import ensure_topics, read_range
@@ -303,3 +303,13 @@ def test_serving_outlives_the_sync_actor_and_the_training_side(deployment) -> No
     assert len(statuses) > 10 and set(statuses) == {200}
     after = dep.predict()
     assert after["scores"] == pytest.approx(before["scores"], abs=1e-6)
+
+
+def test_replica_settings_come_from_config() -> None:
+    cfg = load_config(overrides=["serve.replica_cpus=0.5", "serve.replica_resources.serving=1",
+                                 "serve.autoscaling.max_replicas=4"])
+    deployment = recommender_deployment(cfg)
+    assert deployment.ray_actor_options["num_cpus"] == 0.5
+    assert deployment.ray_actor_options["resources"] == {"serving": 1.0}
+    with pytest.raises(ConfigError, match="serve.replica_resources.serving: must be > 0"):
+        load_config(overrides=["serve.replica_resources.serving=0"])
