@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate = sub.add_parser("simulate", help="simulated users calling a running HTTP API",
                               description=_doc_of(run_simulate))
     simulate.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL")
-    simulate.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    simulate.add_argument("--rate", type=_positive, default=20.0, help="requests per second")
     simulate.add_argument("--users", type=int, default=200, help="simulated users")
     simulate.add_argument("--items", type=int, default=100, help="simulated items")
     simulate.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="override a config key (repeatable)")
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                       help="stop after this long (default: until Ctrl-C)")
-    demo.add_argument("--rate", type=float, default=20.0,
+    demo.add_argument("--rate", type=_positive, default=20.0,
                       help="simulated /recommend requests per second (default: 20)")
     _address_arg(demo)
     demo.set_defaults(run=run_demo)
@@ -242,14 +242,24 @@ def run_serve(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, log_features=False))
     cfg.check_serving()
     ray.init(address=args.address, ignore_reinit_error=True)
+    if args.training and args.snapshot:
+        print("monolith-ray serve: --training and --snapshot exclude each other (restoring "
+              "would overwrite the running job's parameters)", file=sys.stderr)
+        return 2
     if args.training:
-        shards, dense = find_servers(
-            dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name=args.training)))
+        try:
+            shards, dense = find_servers(dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, name=args.training)))
+        except ValueError as err:
+            print(f"monolith-ray serve: {err}", file=sys.stderr)
+            return 2
     else:
-        shards, dense = start_servers(cfg)
+        shards, dense = start_servers(cfg, args.snapshot)
     if args.snapshot:
         restore_snapshot(args.snapshot, shards, dense)
-    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
+    # Syncing from a job another process owns: leave its eviction records to its own sync.
+    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve,
+                                forget_evictions=not args.training)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg, sync), name="monolith_ray", route_prefix="/")
     print(json.dumps({"url": f"http://{cfg.serve.host}:{cfg.serve.port}",
@@ -383,6 +393,14 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def _address_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray address (default: the job's cluster, RAY_ADDRESS, or a local Ray)")
+
+
+def _positive(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def _doc_of(fn: object) -> str:

@@ -70,7 +70,8 @@ class SyncedReplica:
         before = self.sync_actor.counters["rows_synced"]
         self.sync_actor.sync_now("both" if dense else "sparse")
         versions = self.model.versions
-        self.model.apply(self.sync_actor.updates(versions["sparse"], versions["dense"]))
+        self.model.apply(self.sync_actor.updates(versions["sparse"], versions["dense"],
+                                                 self.model.sync_epoch))
         return self.sync_actor.counters["rows_synced"] - before
 
     def predict(self, batch: Batch) -> np.ndarray:

@@ -98,7 +98,8 @@ class FeedbackIn(_Strict):
     request_id: StrictStr = Field(min_length=1, max_length=128)
     item_id: Scalar
     action: Literal[ACTIONS]  # type: ignore[valid-type]
-    time: StrictInt | None = Field(default=None, description="Event time, unix s; default now.")
+    time: StrictInt | None = Field(default=None, ge=0,
+                                   description="Event time, unix s; default now.")
 
 
 class ModelVersion(BaseModel):
@@ -216,24 +217,30 @@ class _BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _too_large(send, int(declared), self.limit)
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
+        # Read the whole body here (at most limit + one chunk), so an oversized one gets 413
+        # whether or not it declared its length, then hand the app what was read.
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.limit:
-                raise _TooLarge(seen)
-            return message
-
-        try:
-            return await self.app(scope, limited, send)
-        except _TooLarge as err:
-            return await _too_large(send, err.args[0], self.limit)
+                return await _too_large(send, seen, self.limit)
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return await self.app(scope, _replay([body], receive), send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[dict], receive: Any) -> Any:
+    """An ASGI ``receive`` giving ``messages`` first, then what ``receive`` gives."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 async def _too_large(send: Any, size: int, limit: int) -> None:
@@ -270,7 +277,15 @@ class FeatureLog:
             logger.warning("a message to %s was not delivered: %s", msg.topic(), err)
 
     def send(self, topic: str, key: str, message: Mapping[str, Any]) -> None:
-        self._producer.produce(topic, key=key.encode("utf-8"), value=encode(message))
+        """Queue one message; a full queue or a client error is counted in ``failed`` and
+        logged, never raised: an answer is not refused because Kafka is slow."""
+        from confluent_kafka import KafkaException
+
+        try:
+            self._producer.produce(topic, key=key.encode("utf-8"), value=encode(message))
+        except (BufferError, KafkaException) as err:
+            self.failed += 1
+            logger.warning("a message to %s was dropped: %s", topic, err)
 
     def poll(self) -> None:
         self._producer.poll(0)
@@ -315,6 +330,10 @@ class Recommender:
         if body.k > cfg.max_k:
             raise BadRequest(f"k: at most {cfg.max_k} (serve.max_k), got {body.k}")
         user = self._user_slots(body.user, "user")
+        try:
+            encode(body.context)
+        except ValueError as err:
+            raise BadRequest(f"context: {err}") from None
         if body.candidates is None:
             if not len(self.pool):
                 raise BadRequest("candidates: none given, and no candidate pool is configured "
@@ -323,6 +342,7 @@ class Recommender:
                 take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
                                         replace=False)
             ids = [self.pool.ids[i] for i in take.tolist()]
+            item_slots = [self._item(item_id, "")[1] for item_id in ids]
             items, which = self.pool_rows, take
         else:
             if not body.candidates:
@@ -332,7 +352,8 @@ class Recommender:
                                  f"(serve.max_candidates), got {len(body.candidates)}")
             given = [self._item(c, f"candidates[{i}]") for i, c in enumerate(body.candidates)]
             ids = [item_id for item_id, _ in given]
-            items, which = self._slot_rows([slots for _, slots in given]), None
+            item_slots = [slots for _, slots in given]
+            items, which = self._slot_rows(item_slots), None
         now = int(time.time())
         scores, version = self._score(items, self._slot_rows([user]), which, now)
         top = np.argsort(-scores, kind="stable")[:body.k].tolist()
@@ -341,7 +362,7 @@ class Recommender:
             for i in top:
                 self.log.send(self.cfg.kafka.topics.features, request_id, {
                     "request_id": request_id, "time": now, "user_id": body.user.id,
-                    "item_id": ids[i], "slots": {**user, **self._item(ids[i], "")[1]},
+                    "item_id": ids[i], "slots": {**user, **item_slots[i]},
                     "context": body.context})
             self.log.poll()
         self.served["recommend"] += 1
@@ -424,7 +445,8 @@ class Recommender:
 
     def _pull_updates(self) -> None:
         versions = self.model.versions
-        updates = ray.get(self.sync.updates.remote(versions["sparse"], versions["dense"]))
+        updates = ray.get(self.sync.updates.remote(versions["sparse"], versions["dense"],
+                                                   self.model.sync_epoch))
         if updates.sparse is not None or updates.dense is not None:
             with self._lock:
                 self.model.apply(updates)

@@ -79,6 +79,7 @@ class ServingModel:
                                    init(jax.random.key(cfg.train.seed), self.model_cfg))
         self.store = SparseStore(cfg.slots, cfg.serve.store_dtype)
         self.dense_version = 0
+        self.sync_epoch = ""  # the ParameterSync incarnation the versions come from
 
     @property
     def versions(self) -> dict[str, int]:
@@ -87,6 +88,7 @@ class ServingModel:
 
     def apply(self, updates: Updates) -> bool:
         """Take a sync's updates -> whether anything changed."""
+        self.sync_epoch = updates.epoch
         changed = False
         if updates.sparse is not None:
             self.store.apply(updates.sparse)

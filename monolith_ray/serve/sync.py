@@ -33,13 +33,14 @@ import collections
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from monolith_ray.config import SlotConfig
-from monolith_ray.ps.client import ShardUnavailableError, calls_for
+from monolith_ray.ps.client import calls_for
 from monolith_ray.serve.store import SparseStore, SparseUpdate
 
 logger = logging.getLogger(__name__)
@@ -55,10 +56,12 @@ class _Change(NamedTuple):
 
 class Updates(NamedTuple):
     """An answer to :meth:`ParameterSync.updates`: each part ``None`` if the caller is
-    current. ``dense`` is ``(params, dense_version)``."""
+    current. ``dense`` is ``(params, dense_version)``; ``epoch`` names the sync actor's
+    incarnation, whose versions these are."""
 
     sparse: SparseUpdate | None
     dense: tuple[Any, int] | None
+    epoch: str = ""
 
 
 class ParameterSync:
@@ -74,6 +77,7 @@ class ParameterSync:
         if sparse_interval_s <= 0 or dense_interval_s <= 0:
             raise ValueError("sync intervals must be > 0 seconds")
         self.names = tuple(s.name for s in slots)
+        self.epoch = uuid.uuid4().hex
         self._forget = forget_evictions  # False when other readers share the shards' records
         self.shards, self.dense = list(shards), dense
         self.sparse_interval_s, self.dense_interval_s = sparse_interval_s, dense_interval_s
@@ -93,7 +97,11 @@ class ParameterSync:
         self._sync_lock = threading.Lock()  # one sync at a time: on demand vs schedule
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.sync_now("both")
+        try:
+            self.sync_now("both")
+        except Exception as err:  # noqa: BLE001 - e.g. a shard restarting; the schedule retries
+            self.counters["failed_syncs"] += 1
+            logger.warning("first sync failed, serving starts empty: %s", err)
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name="parameter-sync",
@@ -163,13 +171,17 @@ class ParameterSync:
 
     # ------------------------------------------------------------------ replicas
 
-    def updates(self, sparse_version: int, dense_version: int) -> Updates:
-        """What a replica holding these versions needs to be current."""
+    def updates(self, sparse_version: int, dense_version: int, epoch: str = "") -> Updates:
+        """What a replica holding these versions, got from incarnation ``epoch`` of this
+        actor, needs to be current: everything if they came from another incarnation (a
+        restarted actor counts its versions from 1 again)."""
         with self._lock:
+            if epoch != self.epoch:
+                sparse_version, dense_version = 0, -1
             dense = None
-            if dense_version != self.dense_version:
+            if self.dense_params is not None and dense_version != self.dense_version:
                 dense = (self.dense_params, self.dense_version)
-            return Updates(self._sparse_since(sparse_version), dense)
+            return Updates(self._sparse_since(sparse_version), dense, self.epoch)
 
     def _sparse_since(self, version: int) -> SparseUpdate | None:
         current = self.store.version
@@ -220,15 +232,15 @@ class ParameterSync:
                 due[kind] = time.monotonic() + interval[kind]
                 try:
                     self.sync_now(kind)
-                except (ShardUnavailableError, OSError, RuntimeError) as err:
+                except Exception as err:  # noqa: BLE001 - the schedule must outlive any failure
                     # Serving keeps its versions; the next round tries again.
                     self.counters["failed_syncs"] += 1
                     logger.warning("%s sync failed: %s", kind, err)
 
 
 def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any,
-                         serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None
-                         ) -> Any:
+                         serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None,
+                         forget_evictions: bool = True) -> Any:
     """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals and store dtype (a
     ``ServeConfig``); restarted by Ray if its process dies (it rebuilds its store from the
     shards, and replicas then receive a whole state)."""
@@ -240,4 +252,5 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
     return actor.remote(slots, shards, dense,
                         sparse_interval_s=serve_cfg.sparse_sync_interval_s,
                         dense_interval_s=serve_cfg.dense_sync_interval_s,
-                        dtype=serve_cfg.store_dtype, call_timeout_s=call_timeout_s)
+                        dtype=serve_cfg.store_dtype, call_timeout_s=call_timeout_s,
+                        forget_evictions=forget_evictions)

@@ -106,8 +106,12 @@ def trainer_options(cfg: Config) -> dict[str, Any]:
             "runtime_env": {"env_vars": {"PJRT_NPROC": str(threads)}}}
 
 
-def start_servers(cfg: Config) -> tuple[list[Any], Any]:
-    """Start the shard actors and the dense-server actor -> (shard handles, dense handle)."""
+def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[Any], Any]:
+    """Start the shard actors and the dense-server actor -> (shard handles, dense handle).
+    ``started_from``: the snapshot (folder or root) the caller is about to restore them from,
+    which a shard restarted before this run's first snapshot goes back to."""
+    import datetime as dt
+
     import ray
 
     from monolith_ray.train.snapshots import ShardSnapshot, snapshot_root
@@ -117,9 +121,10 @@ def start_servers(cfg: Config) -> tuple[list[Any], Any]:
     # wait out the restart instead of failing. ray.kill(shard) stops one for good.
     shard_actor = ray.remote(ShardServer)
     root = snapshot_root(cfg)
+    since = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, max_restarts=-1,
                                   max_task_retries=-1, **_named(cfg, f"shard-{k}")).remote(
-                  cfg.slots, cfg.admission, 1024, ShardSnapshot(root, k))
+                  cfg.slots, cfg.admission, 1024, ShardSnapshot(root, k, since, started_from))
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
         num_cpus=cfg.train.shard_cpus, **_named(cfg, "dense")).remote(*dense_server_args(cfg))

@@ -127,7 +127,7 @@ class OnlineTraining:
         self.topic = cfg.kafka.topics.examples
         self.snapshot_root = snapshot_root(cfg)
         self.last_snapshot: str | None = None
-        self.shards, self.dense = start_servers(cfg)
+        self.shards, self.dense = start_servers(cfg, where if kind == "snapshot" else None)
         self.trainers: list[Any] = []
         self.monitor: Any = None
         self.dump: dict[str, Any] | None = None

@@ -87,14 +87,24 @@ def snapshot_root(cfg: Config) -> str:
 @dataclasses.dataclass(frozen=True)
 class ShardSnapshot:
     """``ShardServer``'s ``restore_on_restart``: the folder of shard ``index`` in the newest
-    complete snapshot under ``root`` (None if there is none), looked up when the restarted
-    shard starts, so it gets the snapshot taken last before its process died."""
+    complete snapshot under ``root`` taken at or after ``since`` (ISO time; the run's start,
+    so an earlier run's snapshots are never picked up), else in ``fallback`` (the snapshot
+    the run started from: a folder, or a root for its latest), else None. Looked up when the
+    restarted shard starts, so it gets the snapshot taken last before its process died."""
 
     root: str
     index: int
+    since: str = ""
+    fallback: str | None = None
 
     def __call__(self) -> str | None:
-        folder = latest(self.root)
+        since = dt.datetime.fromisoformat(self.since) if self.since else None
+        ours = [s for s in list_snapshots(self.root)
+                if s.complete and (since is None or s.taken_at >= since)]
+        folder = ours[-1].location if ours else None
+        if folder is None and self.fallback is not None:
+            fallback = absolute_location(self.fallback).rstrip("/")
+            folder = fallback if read_manifest(fallback) is not None else latest(fallback)
         return None if folder is None else f"{folder}/shard-{self.index}"
 
 

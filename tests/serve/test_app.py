@@ -182,6 +182,8 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
     ("/predict", {"pairs": []}, 422, "pairs"),
     ("/feedback", {"request_id": "r", "item_id": 1, "action": "stare"}, 422, "action"),
     ("/feedback", {"item_id": 1, "action": "click"}, 422, "request_id: Field required"),
+    ("/feedback", {"request_id": "r", "item_id": 1, "action": "click", "time": -5}, 422,
+     "time: Input should be greater than or equal to 0"),
 ])
 def test_bad_input_gets_4xx_naming_the_problem(deployment, path, body, status, message) -> None:
     r = deployment.post(path, body)
@@ -193,10 +195,22 @@ def test_malformed_and_oversized_bodies(deployment) -> None:
     r = requests.post(deployment.url + "/recommend", data=b"{not json", timeout=30,
                       headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["error"]
+    r = requests.post(deployment.url + "/recommend", timeout=30,  # NaN: JSON to Python only
+                      data=b'{"user": {"id": 1}, "context": {"x": NaN}}',
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"].startswith("context:")
     big = {"user": USER, "candidates": [{"id": i, "features": {"genres": ["x" * 200]}}
                                          for i in range(300)]}
     r = deployment.post("/recommend", big)
     assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["error"]
+    chunks = (json.dumps(big)[i:i + 4096].encode() for i in range(0, len(json.dumps(big)), 4096))
+    r = requests.post(deployment.url + "/recommend", data=chunks, timeout=30,  # no length
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["error"]
+    small = json.dumps({"user": USER, "k": 3})
+    r = requests.post(deployment.url + "/recommend", data=(c.encode() for c in small), timeout=30,
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
     assert deployment.predict()["scores"]  # still answering
 
 
@@ -230,6 +244,20 @@ def test_closed_loop_served_impressions_and_feedback_become_examples(deployment)
     assert got == {(rid, item): float((rid, item) in clicked)
                    for rid, items in served.items() for item in items}
     assert all(e["slots"]["user_id"] in (11, 12, 13) for e in examples)
+
+
+def test_impressions_are_logged_with_the_features_they_were_scored_with(deployment) -> None:
+    dep = deployment
+    body = dep.post("/recommend", {"user": {"id": 31, "features": {"age": 40}}, "k": 1,
+                                   "candidates": [{"id": 5, "features": {"genres": ["War"]}}]})
+    rid = body.json()["request_id"]
+    deadline, logged = time.monotonic() + 30, []
+    while not logged and time.monotonic() < deadline:
+        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
+                  if f["request_id"] == rid]
+        time.sleep(0.1)
+    assert len(logged) == 1
+    assert logged[0]["slots"] == {"user_id": 31, "age": 40, "item_id": 5, "genres": ["War"]}
 
 
 def _read(kafka: KafkaConfig, topic: str) -> list[dict[str, Any]]:

@@ -58,19 +58,22 @@ def test_replica_gets_whole_state_then_only_what_changed(training) -> None:
     sync = _sync(client, dense)
     _train(client, "user_id", list(range(100)))
     sync.sync_now("sparse")
-    first = sync.updates(0, 0)
+    first = sync.updates(0, 0, sync.epoch)
     assert first.sparse.reset and first.sparse.ids["user_id"].size == 100
     assert first.dense is not None and first.dense[1] == 1
     replica = SparseStore(CFG.slots, "float32")
     replica.apply(first.sparse)
-    assert sync.updates(1, 1) == (None, None)  # current: nothing to send
+    current = sync.updates(1, 1, sync.epoch)
+    assert current.sparse is None and current.dense is None  # nothing to send
+    other = sync.updates(1, 1, "an earlier incarnation")  # a restarted sync's replica
+    assert other.sparse.reset and other.dense is not None and other.epoch == sync.epoch
 
     fids, rows = _train(client, "user_id", [5, 500], scale=-3.0)
     gone = make_fids(CFG.slot("user_id").slot_id, np.array([7], dtype=np.int64))
     client.shards[0].evict({"user_id": gone})
     client.shards[1].evict({"user_id": gone})
     sync.sync_now("sparse")
-    delta = sync.updates(1, 1).sparse
+    delta = sync.updates(1, 1, sync.epoch).sparse
     assert not delta.reset and delta.version == 2
     assert set(delta.ids["user_id"].tolist()) == set(fids.tolist())
     assert delta.evicted["user_id"].tolist() == gone.tolist()
@@ -89,9 +92,9 @@ def test_a_replica_too_far_behind_gets_the_whole_state(training) -> None:
     for k in range(4):
         _train(client, "item_id", [k])
         sync.sync_now("sparse")
-    assert sync.updates(3, 1).sparse.reset is False
-    assert sync.updates(1, 1).sparse.reset is True
-    assert sync.updates(99, 1).sparse.reset is True  # ahead: a restarted sync
+    assert sync.updates(3, 1, sync.epoch).sparse.reset is False
+    assert sync.updates(1, 1, sync.epoch).sparse.reset is True
+    assert sync.updates(99, 1, sync.epoch).sparse.reset is True  # ahead: a restarted sync
 
 
 def test_dense_swap_only_when_training_moved_the_weights(training) -> None:
@@ -103,7 +106,7 @@ def test_dense_swap_only_when_training_moved_the_weights(training) -> None:
     dense.push(jax.tree.map(lambda p: np.ones_like(p), params))
     sync.sync_now("dense")
     assert sync.versions()["dense"] == 2 and sync.counters["dense_swaps"] == 2
-    new, version = sync.updates(0, 1).dense
+    new, version = sync.updates(0, 1, sync.epoch).dense
     assert version == 2
     assert any(not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(new), jax.tree.leaves(params)))
@@ -114,11 +117,11 @@ def test_serving_model_scores_with_the_synced_rows(training) -> None:
     sync = _sync(client, dense)
     model = ServingModel(CFG)
     pair = SlotRows.of([{"user_id": 1, "item_id": 2, "genres": ["Drama"]}], CFG.slots)
-    model.apply(sync.updates(0, 0))
+    model.apply(sync.updates(0, 0, sync.epoch))
     before = model.score(pair, now=0)
     _train(client, "item_id", [2], scale=50.0)
     sync.sync_now("sparse")
-    assert model.apply(sync.updates(**{"sparse_version": 0, "dense_version": 1}))
+    assert model.apply(sync.updates(0, 1, sync.epoch))
     assert model.versions == {"dense": 1, "sparse": 1}
     assert model.score(pair, now=0) != pytest.approx(before)
     with pytest.raises(ValueError, match="kind"):
