@@ -50,3 +50,13 @@ def test_bad_bytes_and_dead_letters():
     assert len(record["payload"]) == 4096
     with pytest.raises(ValueError):
         encode({"label": float("nan")})
+
+
+def test_json_round_trip_and_refusals() -> None:
+    obj = {"id": "r-1", "fids": [1, 2**62], "w": 0.5, "name": "café", "ok": True, "x": None}
+    assert decode(encode(obj)) == obj
+    assert encode({"a": 1}) == b'{"a":1}'
+    with pytest.raises(ValueError):
+        encode({"w": float("nan")})
+    with pytest.raises(ValueError):
+        decode(b"\x80\x04K\x01.")

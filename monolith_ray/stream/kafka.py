@@ -7,7 +7,6 @@
 - :func:`ensure_topics`, :func:`end_offsets`, :func:`read_range` — admin and reads by explicit
   offsets (manual ``assign`` + ``seek``, no consumer group), the primitives a replay or a
   consistent restore needs.
-- :func:`dumps` / :func:`loads` — the wire format of every topic: UTF-8 JSON, never pickle.
 - :func:`librdkafka_config` — the same settings for confluent-kafka (librdkafka) clients, which
   the online joiner uses for throughput (kafka-python decodes and encodes records in Python).
 
@@ -24,7 +23,6 @@ import atexit
 import contextlib
 import dataclasses
 import io
-import json
 import shutil
 import socket
 import struct
@@ -48,12 +46,10 @@ __all__ = [
     "KafkaConfig",
     "KafkaTopics",
     "Record",
-    "dumps",
     "end_offsets",
     "ensure_topics",
     "kafka_session",
     "librdkafka_config",
-    "loads",
     "read_range",
 ]
 
@@ -382,16 +378,3 @@ def librdkafka_config(cfg: KafkaConfig) -> dict[str, str]:
             "security.protocol": kwargs.pop("security_protocol").lower()}
     conf.update({_RDKAFKA_NAMES[name]: value for name, value in kwargs.items()})
     return conf
-
-
-def dumps(obj: Any) -> bytes:
-    """``obj`` as compact UTF-8 JSON, the wire format of every topic. NaN and infinities are
-    refused (``ValueError``): they are not JSON, and other consumers would reject them."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def loads(data: bytes) -> Any:
-    """The object in UTF-8 JSON ``data``; malformed input raises ``ValueError`` (never
-    unpickles, so bytes from the network cannot run code)."""
-    return json.loads(data)
