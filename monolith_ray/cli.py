@@ -311,11 +311,11 @@ def run_restore(args: argparse.Namespace) -> int:
     import ray
 
     from monolith_ray.train.job import find_servers
-    from monolith_ray.train.snapshots import latest, read_manifest, restore_snapshot, snapshot_root
+    from monolith_ray.train.snapshots import resolve, restore_snapshot, snapshot_root
 
     cfg = load_config(args.config, args.set)
     where = args.snapshot or snapshot_root(cfg)
-    folder = where if read_manifest(where) is not None else latest(where)
+    folder = resolve(where)
     ray.init(address=args.address, ignore_reinit_error=True)
     try:
         shards, dense = find_servers(cfg)

@@ -103,8 +103,7 @@ class ShardSnapshot:
                 if s.complete and (since is None or s.taken_at >= since)]
         folder = ours[-1].location if ours else None
         if folder is None and self.fallback is not None:
-            fallback = absolute_location(self.fallback).rstrip("/")
-            folder = fallback if read_manifest(fallback) is not None else latest(fallback)
+            folder = resolve(self.fallback)
         return None if folder is None else f"{folder}/shard-{self.index}"
 
 
@@ -140,15 +139,13 @@ def restore_snapshot(location: Location, shards: Sequence[Any], dense: Any
     an incomplete folder, or a root without a complete one, raises FileNotFoundError."""
     import ray
 
-    location = absolute_location(location).rstrip("/")
-    manifest = read_manifest(location)
-    if manifest is None:
-        if _FOLDER.fullmatch(posixpath.basename(location)):
-            raise FileNotFoundError(f"{location} is an incomplete snapshot (no {MANIFEST})")
-        newest = latest(location)
-        if newest is None:
-            raise FileNotFoundError(f"no complete snapshot under {location}")
-        location, manifest = newest, read_manifest(newest)
+    given = absolute_location(location).rstrip("/")
+    found = resolve(given)
+    if found is None:
+        if _FOLDER.fullmatch(posixpath.basename(given)):
+            raise FileNotFoundError(f"{given} is an incomplete snapshot (no {MANIFEST})")
+        raise FileNotFoundError(f"no complete snapshot under {given}")
+    location, manifest = found, read_manifest(found)
     _check(location, manifest, len(shards))
     fs, path = filesystem_and_path(location)
     params, opt_state, _ = ray.get(dense.state.remote())
@@ -186,6 +183,17 @@ def list_snapshots(root: Location) -> list[SnapshotInfo]:
                           info.type == pafs.FileType.File)
              for (match, name), info in zip(folders, manifests)]
     return sorted(found, key=lambda s: s.number)
+
+
+def resolve(location: Location) -> str | None:
+    """The complete snapshot ``location`` names: itself if it is one, None if it is an
+    incomplete snapshot folder, else (a root) its newest complete snapshot or None."""
+    location = absolute_location(location).rstrip("/")
+    if read_manifest(location) is not None:
+        return location
+    if _FOLDER.fullmatch(posixpath.basename(location)):
+        return None
+    return latest(location)
 
 
 def latest(root: Location) -> str | None:
