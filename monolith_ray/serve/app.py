@@ -342,7 +342,7 @@ class Recommender:
                 take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
                                         replace=False)
             ids = [self.pool.ids[i] for i in take.tolist()]
-            item_slots = [self._item(item_id, "")[1] for item_id in ids]
+            item_slots = None  # the pool's own, built below for the logged items only
             items, which = self.pool_rows, take
         else:
             if not body.candidates:
@@ -360,10 +360,10 @@ class Recommender:
         request_id = body.request_id or uuid.uuid4().hex
         if self.log is not None:
             for i in top:
+                slots = self._item(ids[i], "")[1] if item_slots is None else item_slots[i]
                 self.log.send(self.cfg.kafka.topics.features, request_id, {
                     "request_id": request_id, "time": now, "user_id": body.user.id,
-                    "item_id": ids[i], "slots": {**user, **item_slots[i]},
-                    "context": body.context})
+                    "item_id": ids[i], "slots": {**user, **slots}, "context": body.context})
             self.log.poll()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)
