@@ -6,19 +6,25 @@ epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in o
 
 - ``ray``: what ``run_batch_training`` starts with one trainer (``start_servers``: 2
   ``ShardServer`` actors and the ``DenseServer`` actor) and one ``Trainer`` actor (with the
-  job's ``trainer_options``: XLA runs one thread, the trainer's CPU reservation), whose
-  ``TrainLoop`` pulls rows from and pushes gradients to the shard actors. As the job's only
+  job's ``trainer_options``), whose ``TrainLoop`` pulls rows from and pushes gradients to the
+  shard actors over the job's default transport, channels (``monolith_ray.ps.channel``: a
+  direct connection per shard, opened through Ray). As the job's only
   trainer it owns the dense parameters (``LOCAL_DENSE``) and publishes them to the dense
   server after a fit; with ``LOCAL_DENSE = False`` it pushes dense gradients every step and
   pulls parameters every ``train.dense_pull_every`` steps (``DENSE_PULL_EVERY`` = 4), as
   trainers do when there are several.
 - ``inprocess``: the same model and tables called directly: 2 plain ``ShardServer`` objects,
   a ``ShardClient`` with ``DirectCalls`` and a ``TrainLoop`` that updates its own dense
-  parameters (no dense server), all in this process, with XLA's default thread pool (a
-  thread per core: on an idle machine its step is fastest so).
+  parameters (no dense server), all in this process.
+- ``ray_tasks`` (extra figures ``examples_per_s_ray_tasks``, ``ratio_ray_tasks``): a second
+  trainer actor like the first but calling the shards with Ray actor calls
+  (``train.transport=ray``), to show what the channels save.
+
+Both sides run XLA with a thread per core of the machine: the in-process side by XLA's
+default, the trainer actors by ``train.xla_threads`` (``XLA_THREADS``).
 
 Ray is started once with ``ray.init(num_cpus=2, object_store_memory=300 MB)``; the in-process
-side runs in the driver while the actors idle, and vice versa.
+side runs in the driver while the actors idle, and each side while the others idle.
 
 Data loading is not measured: both sides train on the same ``Batch`` list, built once from
 one Arrow table (``iter_batches``) before any timing; the Ray trainer gets it through the
@@ -30,7 +36,8 @@ reading and batching.
 Warm-up: each side first trains ``WARMUP_EPOCHS`` epochs untimed, which compiles the jitted
 steps for every padded row count the batches reach (the counts only grow) and the Numba table
 code. Then ``REPEATS`` epochs per side are timed, interleaved (ray, inprocess, inprocess,
-ray, ...) so that background load on the 2 shared cores hits both alike; a figure is
+ray, ..., the order rotating each round) so that background load on the 2 shared cores hits
+all alike; a figure is
 examples / median epoch seconds, ``ratio`` the Ray figure over the in-process one and
 ``ratio_paired`` the median over rounds of the same ratio for the two epochs of one round.
 Epochs keep training the same tables and parameters. ``load_avg_1m`` is the machine's load
@@ -78,6 +85,7 @@ WARMUP_EPOCHS = 1
 REPEATS = 10
 DENSE_PULL_EVERY = 4
 STREAMING_REPEATS = 3
+XLA_THREADS = os.cpu_count() or 1
 OBJECT_STORE_BYTES = 300 * 1024**2
 
 
@@ -155,11 +163,14 @@ class ThroughputTrainer(Trainer):
 LOCAL_DENSE = True
 
 
-def bench_config(dense_pull_every: int) -> Config:
-    """The MovieLens config with the benchmark's batch size, MLP and dense pull interval."""
+def bench_config(dense_pull_every: int, transport: str = "channel") -> Config:
+    """The MovieLens config with the benchmark's batch size, MLP, dense pull interval, XLA
+    threads and the trainers' transport to the shards."""
     cfg = load_config(SLOTS_YAML, overrides=[f"train.batch_size={BATCH_SIZE}",
                                              f"model.hidden={list(HIDDEN)}",
-                                             f"train.dense_pull_every={dense_pull_every}"])
+                                             f"train.dense_pull_every={dense_pull_every}",
+                                             f"train.xla_threads={XLA_THREADS}",
+                                             f"train.transport={transport}"])
     if any(s.dim != 16 for s in cfg.slots):
         raise ValueError(f"{SLOTS_YAML} no longer has dim 16 everywhere")
     return cfg
@@ -198,18 +209,24 @@ def timed_epochs(cfg: Config, batches: list[Batch]
         shards, dense = start_servers(cfg)
         actor = ray.remote(ThroughputTrainer).options(**trainer_options(cfg))
         remote = actor.remote(cfg, shards, dense, LOCAL_DENSE)
-        ray.get(remote.load.remote(ray.put(batches)))
+        tasks_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                       transport="ray"))
+        tasks = actor.remote(tasks_cfg, shards, dense, LOCAL_DENSE)
+        batches_ref = ray.put(batches)
+        ray.get([remote.load.remote(batches_ref), tasks.load.remote(batches_ref)])
         local = ThroughputTrainer(cfg, [ShardServer(cfg.slots, cfg.admission)
                                         for _ in range(cfg.train.n_shards)], None)
         local.load(batches)
-        sides = {"ray": lambda: ray.get(remote.epoch.remote()), "inprocess": local.epoch}
+        sides = {"ray": lambda: ray.get(remote.epoch.remote()), "inprocess": local.epoch,
+                 "ray_tasks": lambda: ray.get(tasks.epoch.remote())}
         for _ in range(WARMUP_EPOCHS):
             for run in sides.values():
                 run()
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
         names = list(sides)
         for r in range(REPEATS):
-            for name in names if r % 2 == 0 else names[::-1]:
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order if r % 2 == 0 else order[::-1]:
                 runs[name].append(sides[name]())
         return runs, streaming_throughput(cfg, remote)
     finally:
@@ -235,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ratio_paired": round(statistics.median(
             r / i for r, i in zip(per_epoch["ray"], per_epoch["inprocess"])), 3),
         "examples_per_s_ray_streaming": round(streaming),
+        "examples_per_s_ray_tasks": round(per_s["ray_tasks"]),
+        "ratio_ray_tasks": round(per_s["ray_tasks"] / per_s["inprocess"], 3),
+        "transport": cfg.train.transport,
+        "xla_threads": cfg.train.xla_threads,
         "batch_size": BATCH_SIZE,
         "steps_per_epoch": runs["ray"][0]["steps"],
         "repeats": REPEATS,

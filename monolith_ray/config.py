@@ -451,6 +451,11 @@ class TrainConfig:
       CPU so that they run beside the actors on a small node. Ray Data also lists files with a
       task of one whole CPU: leave one CPU unreserved, or a read never starts.
     - ``call_timeout_s``: a parameter-server call not answered by then fails the step.
+    - ``transport``: how trainers reach the shards each step: ``channel`` (a direct TCP
+      connection per trainer and shard, opened through Ray; ``monolith_ray.ps.channel``) or
+      ``ray`` (actor calls, a fixed ~1 ms of CPU each on the two ends).
+    - ``xla_threads``: threads of a trainer's XLA CPU pool; 0: one per reserved CPU
+      (``trainer_cpus``, at least one), as Ray sizes a worker's OpenMP threads.
     - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
       ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,
       ``restore`` and ``serve --training NAME`` find them from another process; empty: the
@@ -470,6 +475,8 @@ class TrainConfig:
     shard_cpus: float = 0.1
     read_cpus: float = 0.25
     call_timeout_s: float = 60.0
+    transport: str = "channel"
+    xla_threads: int = 0
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -479,6 +486,9 @@ class TrainConfig:
         _require(self, "shard_cpus", ge=0)
         _require(self, "read_cpus", gt=0)
         _require(self, "call_timeout_s", gt=0)
+        _require(self, "xla_threads", ge=0)
+        if self.transport not in ("channel", "ray"):
+            raise ConfigError("transport", f"must be 'channel' or 'ray', got {self.transport!r}")
         _require(self, "batch_size", ge=1)
         _require(self, "n_shards", ge=1)
         _require(self, "epochs", ge=1)

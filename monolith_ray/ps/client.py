@@ -14,7 +14,8 @@ Calls are issued to all shards before any is waited for. ``pull_async`` returns 
 compute the current step while it is in flight. How a call is made is pluggable
 (:class:`DirectCalls` for plain ``ShardServer`` objects in this process, which run each call
 when it is issued; :class:`RayCalls` for actor handles, ``.method.remote`` then one
-``ray.get``); by default it is chosen from the shards given. Calls from one client reach a
+``ray.get``; ``monolith_ray.ps.channel.ChannelCalls`` for shard actors over direct
+connections, what trainers use); by default it is chosen from the shards given. Calls from one client reach a
 shard in the order issued (Ray keeps a caller's actor tasks in order), so a pull issued
 before a push reads the rows before that push, the same in both modes.
 """
@@ -93,16 +94,24 @@ class RayCalls:
                 f"({type(err).__name__}); restart them from the latest snapshot") from err
 
 
-def calls_for(shards: Sequence[Any], method: str = "pull", timeout_s: float | None = 60.0
-              ) -> Calls:
-    """:class:`RayCalls` if every shard is an actor handle (its ``method`` has ``.remote``),
-    :class:`DirectCalls` if none is; mixing the two is an error."""
+def calls_for(shards: Sequence[Any], method: str = "pull", timeout_s: float | None = 60.0,
+              transport: str = "ray") -> Calls:
+    """How to call ``shards``: :class:`DirectCalls` if none is an actor handle; if every one is
+    (its ``method`` has ``.remote``), :class:`RayCalls` for ``transport="ray"`` or
+    ``ChannelCalls`` (``monolith_ray.ps.channel``, shard actors only) for
+    ``transport="channel"``. Mixing handles and objects is an error."""
     remote = [hasattr(getattr(s, method, None), "remote") for s in shards]
-    if all(remote):
-        return RayCalls(timeout_s)
     if not any(remote):
         return DirectCalls()
-    raise TypeError("shards mix Ray actor handles and plain objects")
+    if not all(remote):
+        raise TypeError("shards mix Ray actor handles and plain objects")
+    if transport == "channel":
+        from monolith_ray.ps.channel import ChannelCalls
+
+        return ChannelCalls(timeout_s)
+    if transport == "ray":
+        return RayCalls(timeout_s)
+    raise ValueError(f"unknown transport {transport!r}; use 'channel' or 'ray'")
 
 
 def call(target: Any, method: str, *args: Any) -> Any:

@@ -14,16 +14,22 @@ one matrix per slot). Both parts share the slot's optimizer and initializer.
 
 Inputs may be read-only (arrays from Ray's object store): they are made writable copies where
 needed, and the tables never keep a reference to a caller's array.
+
+Trainers reach a shard actor's per-step methods over a channel (``open_channel``, see
+``monolith_ray.ps.channel``) as well as through Ray: every table method holds the shard's lock,
+so calls from both and from several trainers run one at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from math import prod
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -84,6 +90,18 @@ def _restarted_actor() -> bool:
         return False
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _serialized(method: Method) -> Method:
+    """``method`` run under its shard's lock (channel threads and Ray's thread share tables)."""
+    @functools.wraps(method)
+    def locked(self: ShardServer, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked  # type: ignore[return-value]
+
+
 def table_slot(slot: SlotConfig) -> SlotConfig:
     """The config of ``slot``'s table: the same settings with rows ``slot.dim + 1`` wide."""
     return dataclasses.replace(slot, dim=slot.dim + 1)
@@ -99,6 +117,8 @@ class ShardServer:
         or None): when Ray restarts this actor after its process died, the new one restores
         that snapshot before it answers any call; a first start never restores."""
         self.tables = {s.name: EmbeddingTable(table_slot(s), admission, capacity) for s in slots}
+        self._lock = threading.RLock()
+        self._channel: Any = None
         self.restored_from: str | None = None
         if restore_on_restart is not None and _restarted_actor():
             folder = restore_on_restart()
@@ -106,16 +126,29 @@ class ShardServer:
                 self.restore(folder)
                 self.restored_from = folder
 
+    def open_channel(self) -> tuple[str, int, bytes]:
+        """Start (once) this shard's channel server -> (host, port, token) to connect to; see
+        ``monolith_ray.ps.channel``. It listens on this node's address (Ray's node IP in an
+        actor, loopback otherwise)."""
+        from monolith_ray.ps.channel import ChannelServer
+
+        with self._lock:
+            if self._channel is None:
+                self._channel = ChannelServer(self, _node_address())
+            return self._channel.address
+
     def pid(self) -> int:
         """This server's process id (to find the process that holds a shard)."""
         return os.getpid()
 
+    @_serialized
     def pull(self, ids: SlotArrays, now: float) -> SlotArrays:
         """Training lookup: per slot ids int64 (n,) -> rows float32 (n, D+1), inserting admitted
         new ids stamped with event time ``now`` (seconds)."""
         return _like(ids, {name: self._table(name).lookup_train(_writable(a), now)
                            for name, a in _arrays(ids).items()})
 
+    @_serialized
     def push(self, ids: SlotArrays, grads: SlotArrays, now: float) -> int:
         """Apply per slot gradients float32 (n, D+1) to ids int64 (n,) -> rows updated in all."""
         ids, grads = _arrays(ids), _arrays(grads)
@@ -125,6 +158,7 @@ class ShardServer:
         return sum(self._table(name).apply_gradients(_writable(a), _writable(grads[name]), now)
                    for name, a in ids.items())
 
+    @_serialized
     def push_pull(self, ids: SlotArrays, grads: SlotArrays, now: float, pull_ids: SlotArrays,
                   pull_now: float) -> SlotArrays:
         """``push(ids, grads, now)`` then ``pull(pull_ids, pull_now)`` -> the pulled rows: one
@@ -132,25 +166,30 @@ class ShardServer:
         self.push(ids, grads, now)
         return self.pull(pull_ids, pull_now)
 
+    @_serialized
     def lookup(self, ids: SlotArrays) -> SlotArrays:
         """Serving lookup: per slot ids (n,) -> rows (n, D+1); unknown ids read zeros, nothing
         is inserted or counted."""
         return _like(ids, {name: self._table(name).lookup_serve(_writable(a))
                            for name, a in _arrays(ids).items()})
 
+    @_serialized
     def evict_expired(self, now: float) -> dict[str, np.ndarray]:
         """Evict rows idle for their slot's ``expire_s`` -> per slot the evicted ids int64."""
         return {name: t.evict_expired(now) for name, t in self.tables.items()}
 
+    @_serialized
     def evict(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evict the given ids now, per slot (absent ones are ignored) -> per slot the ids
         evicted int64."""
         return {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
 
+    @_serialized
     def stats(self) -> dict[str, dict[str, int]]:
         """Per slot: rows, version, bytes and the table's counters."""
         return {name: t.stats() for name, t in self.tables.items()}
 
+    @_serialized
     def export_since(self, versions: Mapping[str, int] | int = 0) -> dict[str, TableDelta]:
         """Per slot the rows changed and ids evicted after that slot's version (a mapping; slots
         missing from it start at 0) or after one version for all slots (an int)."""
@@ -158,12 +197,14 @@ class ShardServer:
             versions = dict.fromkeys(self.tables, versions)
         return {name: t.export_since(versions.get(name, 0)) for name, t in self.tables.items()}
 
+    @_serialized
     def forget_evictions(self, versions: Mapping[str, int]) -> None:
         """Drop each slot's eviction records at or before its version: the parameter sync
         (their one reader) has taken them."""
         for name, version in versions.items():
             self._table(name).forget_evictions(version)
 
+    @_serialized
     def snapshot(self, location: str | os.PathLike[str]) -> None:
         """Write every slot's table to ``<location>/<slot>.npz``, a local folder or any
         ``pyarrow.fs`` URI, resolved here, on this actor's node and with its credentials.
@@ -175,6 +216,7 @@ class ShardServer:
             with fs.open_output_stream(f"{folder}/{name}.npz", compression=None) as f:
                 table.snapshot(f)
 
+    @_serialized
     def restore(self, location: str | os.PathLike[str]) -> None:
         """Replace every slot's table by its snapshot at ``location`` (a local folder or
         ``pyarrow.fs`` URI); all or nothing."""
@@ -199,6 +241,18 @@ class ShardServer:
         except KeyError:
             raise KeyError(f"no slot {name!r} on this shard; slots: "
                            f"{', '.join(self.tables)}") from None
+
+
+def _node_address() -> str:
+    """This node's address as Ray knows it, or loopback outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - no Ray here
+        pass
+    return "127.0.0.1"
 
 
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")

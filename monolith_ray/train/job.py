@@ -58,7 +58,8 @@ class Trainer:
     def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any,
                  local_dense: bool = False) -> None:
         self.cfg = cfg
-        calls = calls_for(shards, timeout_s=cfg.train.call_timeout_s)
+        calls = calls_for(shards, timeout_s=cfg.train.call_timeout_s,
+                          transport=cfg.train.transport)
         client = ShardClient(shards, [s.name for s in cfg.slots], calls=calls)
         self._publish_to = dense if local_dense else None
         self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train,
@@ -97,11 +98,11 @@ class Trainer:
 
 def trainer_options(cfg: Config) -> dict[str, Any]:
     """Ray options of a trainer actor: ``train.trainer_cpus`` reserved, and XLA's CPU thread
-    pool sized to that reservation (``PJRT_NPROC``, at least one thread), as Ray sizes a
-    worker's OpenMP threads. By default XLA starts a thread per core of the node; a trainer
-    sharing the node with shard actors then competes with their table work for the same cores,
-    and XLA's parallel steps wait on threads preempted by them."""
-    threads = max(1, int(cfg.train.trainer_cpus))
+    pool sized by ``train.xla_threads`` (``PJRT_NPROC``; 0: the reservation, at least one
+    thread, as Ray sizes a worker's OpenMP threads). By default XLA starts a thread per core
+    of the node; a trainer sharing the node with shard actors then competes with their table
+    work for the same cores, and XLA's parallel steps wait on threads preempted by them."""
+    threads = cfg.train.xla_threads or max(1, int(cfg.train.trainer_cpus))
     return {"num_cpus": cfg.train.trainer_cpus,
             "runtime_env": {"env_vars": {"PJRT_NPROC": str(threads)}}}
 
