@@ -75,7 +75,12 @@ from monolith_ray.config import Config, load_config
 from monolith_ray.data.batches import Batch, iter_batches
 from monolith_ray.ps.client import Calls
 from monolith_ray.ps.shard import ShardServer
-from monolith_ray.train.job import Trainer, read_examples, start_servers, trainer_options
+from monolith_ray.train.job import (
+    Trainer,
+    read_examples,
+    start_servers,
+    trainer_options,
+)
 
 DATA = Path("data/ml-100k/parquet/train.parquet")
 SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/movielens.yaml"

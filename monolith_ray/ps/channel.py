@@ -14,7 +14,8 @@ after a connection breaks.
 
 Wire format: a frame is a header (u32 count of buffers, u32 length of the pickle, u64 length
 of each buffer), a pickle (protocol 5) of the message, then its out-of-band buffers: numpy
-arrays travel as raw bytes and are received into fresh writable memory. A request is
+arrays travel as raw bytes and are received into fresh memory (an array sent read-only
+arrives read-only; the shard copies such inputs, see ``ShardServer``). A request is
 ``(method, args)``, a reply ``(True, result)`` or ``(False, exception)``.
 
 Security: frames are pickles, so a shard serves only peers that hold its token (16 random
@@ -32,6 +33,11 @@ asks the actor for its channel again: Ray holds that call until a restarted acto
 restores its snapshot first, see ``monolith_ray.train.job.start_servers``), and the calls not
 yet answered are sent again in order, as Ray retries a restarted actor's calls
 (``max_task_retries``). A shard dead for good raises :class:`ShardUnavailableError` naming it.
+A connection that breaks while the shard lives on also resends, so a call may then run twice.
+A call not answered in time fails every call in flight on that connection (the next call
+opens a new one). Flow control: a client keeps at most ``MAX_IN_FLIGHT_BYTES`` of requests
+(or one larger request) and ``MAX_IN_FLIGHT_CALLS`` calls unanswered per connection, reading
+replies before it sends more, so neither end blocks writing while the other does.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ CHANNEL_METHODS = frozenset({
     "forget_evictions", "snapshot", "restore", "pid",
 })
 TOKEN_BYTES = 16
+TOKEN_TIMEOUT_S = 10.0  # a connection that does not present its token by then is closed
+MAX_IN_FLIGHT_BYTES = 256 * 1024  # below common socket buffer sizes
+MAX_IN_FLIGHT_CALLS = 64
 _HEAD = struct.Struct("<II")  # count of buffers, length of the pickle
 
 Address = tuple[str, int, bytes]  # host, port, token
@@ -77,10 +86,20 @@ def send(sock: socket.socket, message: Any) -> None:
 
 def receive(sock: socket.socket) -> Any:
     """Read one frame from ``sock`` -> its message. ConnectionError if the peer closed."""
+    return decode(*read_frame(sock))
+
+
+def read_frame(sock: socket.socket) -> tuple[bytearray, list[bytearray]]:
+    """Read one whole frame from ``sock`` -> (its pickle, its buffers), not yet decoded."""
     n_buffers, length = _HEAD.unpack(_read(sock, _HEAD.size))
     sizes = struct.unpack(f"<{n_buffers}Q", _read(sock, 8 * n_buffers)) if n_buffers else ()
     body = _read(sock, length)
-    return pickle.loads(body, buffers=[_read(sock, size) for size in sizes])
+    return body, [_read(sock, size) for size in sizes]
+
+
+def decode(body: bytearray, buffers: list[bytearray]) -> Any:
+    """The message of a frame read by :func:`read_frame`."""
+    return pickle.loads(body, buffers=buffers)
 
 
 def _read(sock: socket.socket, n: int) -> bytearray:
@@ -129,8 +148,10 @@ class ChannelServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             try:
+                conn.settimeout(TOKEN_TIMEOUT_S)
                 if not hmac.compare_digest(bytes(_read(conn, TOKEN_BYTES)), self.token):
                     return
+                conn.settimeout(None)
                 while True:
                     method, args = receive(conn)
                     try:
@@ -162,13 +183,18 @@ def actor_address(shard: Any, timeout_s: float | None) -> Address:
 
 @dataclass
 class _Link:
-    """One connection to one shard and its calls not yet answered, oldest first."""
+    """One connection to one shard and its calls not yet answered, oldest first, each as its
+    sequence number and encoded frame."""
 
     shard: Any
     sock: socket.socket | None = None
     next_seq: int = 0
-    unanswered: deque[tuple[int, str, tuple[Any, ...]]] = field(default_factory=deque)
+    unanswered: deque[tuple[int, bytes]] = field(default_factory=deque)
     replies: dict[int, tuple[bool, Any]] = field(default_factory=dict)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return sum(len(frame) for _, frame in self.unanswered)
 
 
 @dataclass(frozen=True)
@@ -193,25 +219,32 @@ class ChannelCalls:
     def submit(self, shard: Any, method: str, *args: Any) -> Ticket:
         if method not in CHANNEL_METHODS:
             raise ValueError(f"{method!r} cannot be called over a channel")
+        frame = encode((method, args))  # an unpicklable call fails here, before it is queued
         key = getattr(shard, "_actor_id", None) or id(shard)
         link = self._links.get(key)
         if link is None:
             link = self._links[key] = _Link(shard)
+        while link.unanswered and (
+                len(link.unanswered) >= MAX_IN_FLIGHT_CALLS
+                or link.bytes_in_flight + len(frame) > MAX_IN_FLIGHT_BYTES):
+            self._read_reply(link, 0, 1)  # flow control: make room first
         seq = link.next_seq
         link.next_seq += 1
-        link.unanswered.append((seq, method, args))
+        link.unanswered.append((seq, frame))
         if link.sock is not None:
             try:
-                send(link.sock, (method, args))
+                link.sock.sendall(frame)
             except OSError:
-                self._drop(link)  # resent after reconnecting, when its reply is awaited
+                self._drop(link)  # resent after reconnecting, when a reply is awaited
         return Ticket(link, seq)
 
     def gather(self, handles: list[Ticket]) -> list[Any]:
         """The results of ``handles`` in order; a shard's error is raised here."""
         results = []
         for i, ticket in enumerate(handles):
-            ok, value = self._reply(ticket, i, len(handles))
+            while ticket.seq not in ticket.link.replies:
+                self._read_reply(ticket.link, i, len(handles))
+            ok, value = ticket.link.replies.pop(ticket.seq)
             if not ok:
                 raise value
             results.append(value)
@@ -222,23 +255,37 @@ class ChannelCalls:
         for link in self._links.values():
             self._drop(link)
 
-    def _reply(self, ticket: Ticket, i: int, n: int) -> tuple[bool, Any]:
-        link = ticket.link
-        while ticket.seq not in link.replies:
-            if link.sock is None:
-                self._connect(link, i, n)
-            try:
-                reply = receive(link.sock)
-            except TimeoutError as err:
-                raise ShardUnavailableError(
-                    f"parameter server(s) [{i}] of {n} did not answer within "
-                    f"{self.timeout_s} s") from err
-            except (ConnectionError, OSError):
-                self._drop(link)  # reconnect and resend the unanswered calls
-                continue
-            seq, _, _ = link.unanswered.popleft()
-            link.replies[seq] = reply
-        return link.replies.pop(ticket.seq)
+    def _read_reply(self, link: _Link, i: int, n: int) -> None:
+        """Read the reply to ``link``'s oldest unanswered call into ``link.replies``,
+        reconnecting (and resending) if the connection broke. ``i`` of ``n``: the position
+        of the call waited for, named in errors."""
+        if link.sock is None:
+            self._connect(link, i, n)
+        try:
+            frame = read_frame(link.sock)
+        except TimeoutError as err:
+            self._fail_all(link, ShardUnavailableError(
+                f"parameter server(s) [{i}] of {n} did not answer within {self.timeout_s} s"),
+                err)
+            return
+        except (ConnectionError, OSError):
+            self._drop(link)  # the next read reconnects and resends the unanswered calls
+            return
+        seq, _ = link.unanswered.popleft()
+        try:
+            link.replies[seq] = decode(*frame)
+        except Exception as err:  # noqa: BLE001 - e.g. an exception type that cannot unpickle
+            link.replies[seq] = (False, RuntimeError(f"a shard's reply could not be decoded: "
+                                                     f"{err!r}"))
+
+    def _fail_all(self, link: _Link, error: ShardUnavailableError, cause: BaseException) -> None:
+        """Fail every call in flight on ``link`` with ``error`` and close its connection (its
+        stream may stand mid-frame); the next call opens a new one."""
+        error.__cause__ = cause
+        while link.unanswered:
+            seq, _ = link.unanswered.popleft()
+            link.replies[seq] = (False, error)
+        self._drop(link)
 
     def _connect(self, link: _Link, i: int, n: int) -> None:
         """Open ``link``'s connection (asking the shard for its address) and send its
@@ -255,13 +302,16 @@ class ChannelCalls:
             raise ShardUnavailableError(
                 f"parameter server(s) [{i}] of {n} are dead or unreachable "
                 f"({type(err).__name__}); restart them from the latest snapshot") from err
+        sock = None
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(token)
-            for _, method, args in link.unanswered:
-                send(sock, (method, args))
+            for _, frame in link.unanswered:
+                sock.sendall(frame)
         except OSError as err:
+            if sock is not None:
+                sock.close()
             raise ShardUnavailableError(
                 f"parameter server(s) [{i}] of {n} are unreachable at {host}:{port} "
                 f"({err})") from err

@@ -245,14 +245,9 @@ class ShardServer:
 
 def _node_address() -> str:
     """This node's address as Ray knows it, or loopback outside Ray."""
-    try:
-        import ray
+    import ray
 
-        if ray.is_initialized():
-            return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - no Ray here
-        pass
-    return "127.0.0.1"
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
