@@ -10,28 +10,51 @@ Staleness: a trainer computes step k's gradient with parameters it pulled at mos
 N trainers the gradient applied is therefore at most ``pull_every * N`` updates stale; the
 trainer checks the versions it sees and ``TrainConfig.pull_every`` sets the bound. Sparse rows
 are not here: they live on the embedding shards.
+
+Snapshots: ``snapshot(location)`` writes parameters, optimizer state and version to
+``<location>/dense.npz`` (one array per pytree leaf, named by its path), on this actor's node
+and with its credentials, as shards write theirs; ``restore(location)`` reads them back. Given
+``restore_on_restart``, a server that Ray restarts after its process died restores the latest
+snapshot before it answers, as a restarted shard does.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import optax
 
+from monolith_ray.ps.shard import filesystem_and_path, restarted_actor
+
 Params = Any
+DENSE_FILE = "dense.npz"
 
 
 class DenseServer:
     """Holds ``params`` (a pytree of arrays) and the optax state; ``version`` counts updates."""
 
-    def __init__(self, params: Params, optimizer: optax.GradientTransformation) -> None:
-        self.params = jax.tree.map(np.array, params)
+    def __init__(self, params: Params | Callable[[], Params],
+                 optimizer: optax.GradientTransformation,
+                 restore_on_restart: Callable[[], str | None] | None = None) -> None:
+        """``params``: the initial parameters, or a callable making them. ``restore_on_restart``
+        (a picklable callable -> the latest snapshot folder, or None): when Ray restarts this
+        actor after its process died, the new one restores that snapshot before it answers
+        any call; a first start never restores."""
+        self.params = jax.tree.map(np.array, params() if callable(params) else params)
         self._optimizer = optimizer
         self._opt_state = optimizer.init(self.params)
         self._update = jax.jit(self._apply)
         self.version = 0
+        self.restored_from: str | None = None
+        if restore_on_restart is not None and restarted_actor():
+            folder = restore_on_restart()
+            if folder is not None:
+                self.restore(folder)
+                self.restored_from = folder
 
     def _apply(self, params: Params, opt_state: Any, grads: Params) -> tuple[Params, Any]:
         updates, opt_state = self._optimizer.update(grads, opt_state, params)
@@ -62,3 +85,42 @@ class DenseServer:
         self.params = jax.tree.map(np.array, params)
         self._opt_state = jax.tree.map(np.array, opt_state)
         self.version = int(version)
+
+    def snapshot(self, location: str | os.PathLike[str]) -> int:
+        """Write the state to ``<location>/dense.npz`` (a local folder or any ``pyarrow.fs``
+        URI) -> the version written."""
+        params, opt_state, version = self.state()
+        arrays = {f"params{jax.tree_util.keystr(k)}": np.asarray(v)
+                  for k, v in jax.tree_util.tree_leaves_with_path(params)}
+        arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
+                       for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
+        fs, folder = filesystem_and_path(location)
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(f"{folder}/{DENSE_FILE}", compression=None) as f:
+            np.savez(f, version=np.int64(version), **arrays)
+        return version
+
+    def restore(self, location: str | os.PathLike[str]) -> None:
+        """Replace the state by the one ``snapshot`` wrote at ``location``; ValueError (and
+        nothing replaced) if it was saved for another model."""
+        fs, folder = filesystem_and_path(location)
+        with fs.open_input_file(f"{folder}/{DENSE_FILE}") as f, np.load(f) as saved:
+            params = _filled(self.params, saved, "params")
+            opt_state = _filled(self._opt_state, saved, "opt")
+            version = int(saved["version"])
+        self.load_state(params, opt_state, version)
+
+
+def _filled(tree: Any, saved: Any, prefix: str) -> Any:
+    """``tree`` with each leaf replaced by the saved array of the same pytree path."""
+    def leaf(path: Any, value: Any) -> np.ndarray:
+        name = f"{prefix}{jax.tree_util.keystr(path)}"
+        if name not in saved:
+            raise ValueError(f"snapshot has no {name}: saved for another model?")
+        array = saved[name]
+        if array.shape != np.shape(value):
+            raise ValueError(f"snapshot {name} has shape {array.shape}, the model needs "
+                             f"{np.shape(value)}")
+        return array
+
+    return jax.tree_util.tree_map_with_path(leaf, tree)

@@ -80,7 +80,7 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
 
 
-def _restarted_actor() -> bool:
+def restarted_actor() -> bool:
     """Whether this process is a Ray actor restarted after a failure."""
     try:
         import ray
@@ -120,7 +120,7 @@ class ShardServer:
         self._lock = threading.RLock()
         self._channel: Any = None
         self.restored_from: str | None = None
-        if restore_on_restart is not None and _restarted_actor():
+        if restore_on_restart is not None and restarted_actor():
             folder = restore_on_restart()
             if folder is not None:
                 self.restore(folder)

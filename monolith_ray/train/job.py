@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 
 from monolith_ray.config import Config
 from monolith_ray.data.batches import Batch, make_batch
-from monolith_ray.model import init
+from monolith_ray.model import DeepFMConfig, init
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
@@ -40,10 +41,17 @@ from monolith_ray.train.snapshots import (  # noqa: F401 - restore_snapshot re-e
 
 
 def dense_server_args(cfg: Config) -> tuple[Any, Any]:
-    """``DenseServer`` arguments: fresh DeepFM parameters (seed ``train.seed``) and the
-    dense optax optimizer."""
-    params = init(jax.random.key(cfg.train.seed), deepfm_config(cfg.slots, cfg.model))
-    return params, dense_optimizer(cfg.train.dense_optimizer)
+    """``DenseServer`` arguments: how to make fresh DeepFM parameters (seed ``train.seed``) and
+    the dense optax optimizer. A maker rather than the arrays: Ray keeps an actor's creation
+    arguments to restart it, and arrays this large would live in the object store, where a
+    restart cannot count on finding them."""
+    maker = functools.partial(fresh_params, cfg.train.seed, deepfm_config(cfg.slots, cfg.model))
+    return maker, dense_optimizer(cfg.train.dense_optimizer)
+
+
+def fresh_params(seed: int, model: DeepFMConfig) -> Any:
+    """DeepFM dense parameters initialized from ``seed``."""
+    return init(jax.random.key(seed), model)
 
 
 class Trainer:
@@ -115,20 +123,23 @@ def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[An
 
     import ray
 
-    from monolith_ray.train.snapshots import ShardSnapshot, snapshot_root
+    from monolith_ray.train.snapshots import RunSnapshot, snapshot_root
 
-    # A shard whose process dies is restarted by Ray and restores its part of the latest
-    # snapshot; calls in flight and queued are retried on it (max_task_retries), so trainers
-    # wait out the restart instead of failing. ray.kill(shard) stops one for good.
+    # A shard or dense server whose process dies is restarted by Ray and restores its part of
+    # the latest snapshot; calls in flight and queued are retried on it (max_task_retries), so
+    # trainers wait out the restart instead of failing. ray.kill(actor) stops one for good.
     shard_actor = ray.remote(ShardServer)
     root = snapshot_root(cfg)
     since = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, max_restarts=-1,
                                   max_task_retries=-1, **_named(cfg, f"shard-{k}")).remote(
-                  cfg.slots, cfg.admission, 1024, ShardSnapshot(root, k, since, started_from))
+                  cfg.slots, cfg.admission, 1024,
+                  RunSnapshot(root, since, started_from, f"shard-{k}"))
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
-        num_cpus=cfg.train.shard_cpus, **_named(cfg, "dense")).remote(*dense_server_args(cfg))
+        num_cpus=cfg.train.shard_cpus, max_restarts=-1, max_task_retries=-1,
+        **_named(cfg, "dense")).remote(*dense_server_args(cfg),
+                                       RunSnapshot(root, since, started_from))
     return shards, dense
 
 

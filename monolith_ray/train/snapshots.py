@@ -46,16 +46,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import jax
-import numpy as np
 import pyarrow.fs as pafs
 
 from monolith_ray.config import Config, ConfigError, DataConfig
+from monolith_ray.ps.dense import DENSE_FILE  # noqa: F401 - a snapshot's file, re-exported
 from monolith_ray.ps.shard import absolute_location, filesystem_and_path
 
 FORMAT = "monolith_ray.snapshot/1"
 MANIFEST = "_COMPLETE"
-DENSE_FILE = "dense.npz"
 OFFSETS_FILE = "offsets.json"
 _FOLDER = re.compile(r"snap-(\d+)-(\d{8}T\d{6}Z)")
 _STAMP = "%Y%m%dT%H%M%SZ"
@@ -85,17 +83,19 @@ def snapshot_root(cfg: Config) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardSnapshot:
-    """``ShardServer``'s ``restore_on_restart``: the folder of shard ``index`` in the newest
-    complete snapshot under ``root`` taken at or after ``since`` (ISO time; the run's start,
-    so an earlier run's snapshots are never picked up), else in ``fallback`` (the snapshot
-    the run started from: a folder, or a root for its latest), else None. Looked up when the
-    restarted shard starts, so it gets the snapshot taken last before its process died."""
+class RunSnapshot:
+    """A restarted server's ``restore_on_restart``: the newest complete snapshot under
+    ``root`` taken at or after ``since`` (ISO time; the run's start, so an earlier run's
+    snapshots are never picked up), else ``fallback`` (the snapshot the run started from: a
+    folder, or a root for its latest), else None; with ``part``, that sub-folder of it (a
+    shard's ``shard-K``; the dense server's file lies in the snapshot folder itself). Looked
+    up when the restarted server starts, so it gets the snapshot taken last before its
+    process died."""
 
     root: str
-    index: int
     since: str = ""
     fallback: str | None = None
+    part: str = ""
 
     def __call__(self) -> str | None:
         since = dt.datetime.fromisoformat(self.since) if self.since else None
@@ -104,7 +104,9 @@ class ShardSnapshot:
         folder = ours[-1].location if ours else None
         if folder is None and self.fallback is not None:
             folder = resolve(self.fallback)
-        return None if folder is None else f"{folder}/shard-{self.index}"
+        if folder is None or not self.part:
+            return folder
+        return f"{folder}/{self.part}"
 
 
 def take_snapshot(target: Config | Location, shards: Sequence[Any], dense: Any,
@@ -147,13 +149,8 @@ def restore_snapshot(location: Location, shards: Sequence[Any], dense: Any
         raise FileNotFoundError(f"no complete snapshot under {given}")
     location, manifest = found, read_manifest(found)
     _check(location, manifest, len(shards))
-    fs, path = filesystem_and_path(location)
-    params, opt_state, _ = ray.get(dense.state.remote())
-    with fs.open_input_file(f"{path}/{DENSE_FILE}") as f, np.load(f) as saved:
-        loaded = [_filled(params, saved, "params"), _filled(opt_state, saved, "opt"),
-                  int(saved["version"])]
     ray.get([s.restore.remote(f"{location}/shard-{k}") for k, s in enumerate(shards)]
-            + [dense.load_state.remote(*loaded)])
+            + [dense.restore.remote(location)])
     return read_offsets(location)
 
 
@@ -239,14 +236,8 @@ def _write(location: str, shards: Sequence[Any], dense: Any,
 
     fs, path = filesystem_and_path(location)
     fs.create_dir(path, recursive=True)
-    ray.get([s.snapshot.remote(f"{location}/shard-{k}") for k, s in enumerate(shards)])
-    params, opt_state, version = ray.get(dense.state.remote())
-    arrays = {f"params{jax.tree_util.keystr(k)}": np.asarray(v)
-              for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    arrays.update({f"opt{jax.tree_util.keystr(k)}": np.asarray(v)
-                   for k, v in jax.tree_util.tree_leaves_with_path(opt_state)})
-    with fs.open_output_stream(f"{path}/{DENSE_FILE}", compression=None) as f:
-        np.savez(f, version=np.int64(version), **arrays)
+    *_, version = ray.get([s.snapshot.remote(f"{location}/shard-{k}")
+                           for k, s in enumerate(shards)] + [dense.snapshot.remote(location)])
     if offsets is not None:
         with fs.open_output_stream(f"{path}/{OFFSETS_FILE}", compression=None) as f:
             f.write(json.dumps(offsets, indent=2).encode("utf-8"))
@@ -274,18 +265,3 @@ def _check(location: str, manifest: Mapping[str, Any], n_shards: int) -> None:
         if info.type != pafs.FileType.File or info.size != manifest["files"][name]:
             raise ValueError(f"{location}/{name}: missing or not the size its manifest "
                              f"records ({manifest['files'][name]} bytes)")
-
-
-def _filled(tree: Any, saved: Any, prefix: str) -> Any:
-    """``tree`` with each leaf replaced by the saved array of the same pytree path."""
-    def leaf(path: Any, value: Any) -> np.ndarray:
-        name = f"{prefix}{jax.tree_util.keystr(path)}"
-        if name not in saved:
-            raise ValueError(f"snapshot has no {name}: saved for another model?")
-        array = saved[name]
-        if array.shape != np.shape(value):
-            raise ValueError(f"snapshot {name} has shape {array.shape}, the model needs "
-                             f"{np.shape(value)}")
-        return array
-
-    return jax.tree_util.tree_map_with_path(leaf, tree)

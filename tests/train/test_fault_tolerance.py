@@ -96,3 +96,66 @@ def test_killed_shard_restores_the_latest_snapshot_and_training_goes_on(setup) -
         f"{snapshot}/shard-1"
     after = _state(ray.get(shards[1].export_since.remote(0)))
     assert not _equal(after, at_snapshot[1])  # trained on after its restore
+
+
+def _dense_state(dense) -> tuple[list[np.ndarray], int]:
+    params, _, version = ray.get(dense.state.remote(), timeout=120)
+    import jax
+
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(params)], version
+
+
+def test_killed_dense_server_restores_the_latest_snapshot_and_training_goes_on(
+        ray_session, tmp_path) -> None:
+    cfg = load_config(overrides=[f"data.output_dir={tmp_path}", f"train.batch_size={BATCH}",
+                                 "train.shard_cpus=0", "train.call_timeout_s=120"])
+    shards, dense = start_servers(cfg)
+    try:
+        # Not the single-trainer shortcut: every step pushes its dense gradients to the server.
+        trainer = Trainer(cfg, shards, dense, local_dense=False)
+        batches = list(iter_batches(pq.read_table(TRAIN).slice(0, 50 * BATCH), cfg.slots,
+                                    BATCH))
+        assert sum(1 for _ in trainer.loop.train(batches[:10])) == 10
+        snapshot = take_snapshot(cfg, shards, dense)
+        at_snapshot, version_at = _dense_state(dense)
+        assert version_at == 10
+        assert sum(1 for _ in trainer.loop.train(batches[10:20])) == 10
+        moved, version_moved = _dense_state(dense)
+        assert version_moved == 20 and not all(np.array_equal(a, b)
+                                               for a, b in zip(moved, at_snapshot))
+
+        # Killed while idle: the restarted server holds exactly the snapshot's parameters,
+        # optimizer state and version.
+        old = _kill_process_of_dense(dense)
+        assert ray.get(dense.__ray_call__.remote(lambda s: os.getpid()), timeout=120) != old
+        assert ray.get(dense.__ray_call__.remote(lambda s: s.restored_from)) == snapshot
+        restored, version = _dense_state(dense)
+        assert version == version_at
+        assert all(np.array_equal(a, b) for a, b in zip(restored, at_snapshot))
+
+        # Killed while training: pushes in flight wait for the restart, every step trains.
+        killed: list[int] = []
+
+        def kill_when_busy() -> None:
+            while trainer.loop.steps < 25:
+                time.sleep(0.01)
+            killed.append(_kill_process_of_dense(dense))
+
+        killer = threading.Thread(target=kill_when_busy)
+        killer.start()
+        steps = sum(1 for _ in trainer.loop.train(batches[20:50]))
+        killer.join()
+        assert steps == 30 and killed
+        assert ray.get(dense.__ray_call__.remote(lambda s: os.getpid())) != killed[0]
+        assert ray.get(dense.__ray_call__.remote(lambda s: s.restored_from)) == snapshot
+        _, version_after = _dense_state(dense)
+        assert version_at < version_after <= version_at + 30  # restored, then trained on
+    finally:
+        for actor in [*shards, dense]:
+            ray.kill(actor)
+
+
+def _kill_process_of_dense(dense) -> int:
+    pid = ray.get(dense.__ray_call__.remote(lambda s: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    return pid

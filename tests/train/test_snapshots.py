@@ -195,7 +195,7 @@ def test_an_unknown_filesystem_names_the_root_key():
 
 def test_a_restarted_shard_takes_this_runs_newest_snapshot_else_the_one_it_started_from(
         tmp_path) -> None:
-    from monolith_ray.train.snapshots import ShardSnapshot
+    from monolith_ray.train.snapshots import RunSnapshot
 
     def folder(root: Path, name: str, complete: bool = True) -> str:
         (root / name).mkdir(parents=True)
@@ -207,10 +207,10 @@ def test_a_restarted_shard_takes_this_runs_newest_snapshot_else_the_one_it_start
     old = folder(root, "snap-000001-20261127T100000Z")  # an earlier run's, same root
     start = folder(other, "snap-000004-20261126T100000Z")
     since = "2026-11-27T12:00:00+00:00"
-    assert ShardSnapshot(str(root), 1, since)() is None  # never an earlier run's
-    assert ShardSnapshot(str(root), 1, since, start)() == f"{start}/shard-1"
-    assert ShardSnapshot(str(root), 1, since, str(other))() == f"{start}/shard-1"  # a root
+    assert RunSnapshot(str(root), since, part="shard-1")() is None  # never an earlier run's
+    assert RunSnapshot(str(root), since, start, "shard-1")() == f"{start}/shard-1"
+    assert RunSnapshot(str(root), since, str(other), "shard-1")() == f"{start}/shard-1"  # a root
     ours = folder(root, "snap-000002-20261127T130000Z")
     folder(root, "snap-000003-20261127T140000Z", complete=False)  # crashed mid-write
-    assert ShardSnapshot(str(root), 0, since, start)() == f"{ours}/shard-0"
-    assert ShardSnapshot(str(root), 0)() == f"{ours}/shard-0" != f"{old}/shard-0"
+    assert RunSnapshot(str(root), since, start, "shard-0")() == f"{ours}/shard-0"
+    assert RunSnapshot(str(root), part="shard-0")() == f"{ours}/shard-0" != f"{old}/shard-0"
