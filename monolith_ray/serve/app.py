@@ -351,6 +351,10 @@ class Recommender:
                 raise BadRequest(f"candidates: at most {cfg.max_candidates} "
                                  f"(serve.max_candidates), got {len(body.candidates)}")
             given = [self._item(c, f"candidates[{i}]") for i, c in enumerate(body.candidates)]
+            # An item listed twice (e.g. by two retrieval sources) is ranked, returned and
+            # logged once, as its first listing.
+            first = {item_id: i for i, (item_id, _) in reversed(list(enumerate(given)))}
+            given = [given[i] for i in sorted(first.values())]
             ids = [item_id for item_id, _ in given]
             item_slots = [slots for _, slots in given]
             items, which = self._slot_rows(item_slots), None

@@ -260,6 +260,27 @@ def test_impressions_are_logged_with_the_features_they_were_scored_with(deployme
     assert logged[0]["slots"] == {"user_id": 31, "age": 40, "item_id": 5, "genres": ["War"]}
 
 
+def test_an_item_listed_twice_is_ranked_returned_and_logged_once(deployment) -> None:
+    dep = deployment
+    body = dep.post("/recommend", {"user": {"id": 32}, "k": 10, "candidates": [
+        {"id": 5, "features": {"genres": ["War"]}}, 6, 5, {"id": 6, "features": {"genres": []}},
+        7]})
+    assert body.status_code == 200, body.text
+    items = body.json()["items"]
+    assert sorted(i["item_id"] for i in items) == [5, 6, 7]
+    rid = body.json()["request_id"]
+    deadline, logged = time.monotonic() + 30, []
+    while len(logged) < 3 and time.monotonic() < deadline:
+        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
+                  if f["request_id"] == rid]
+        time.sleep(0.1)
+    time.sleep(0.5)  # a fourth impression, if one were logged, would have arrived by now
+    logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
+              if f["request_id"] == rid]
+    assert sorted(f["item_id"] for f in logged) == [5, 6, 7]
+    assert next(f for f in logged if f["item_id"] == 5)["slots"]["genres"] == ["War"]  # first
+
+
 def _read(kafka: KafkaConfig, topic: str) -> list[dict[str, Any]]:
     return [json.loads(r.value) for p in range(kafka.partitions)
             for r in read_range(kafka, topic, p, 0)]
