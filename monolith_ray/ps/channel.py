@@ -58,7 +58,7 @@ from monolith_ray.ps.client import ShardUnavailableError
 # What a channel may call on a shard: its per-step and table methods.
 CHANNEL_METHODS = frozenset({
     "pull", "push", "push_pull", "lookup", "stats", "evict", "evict_expired", "export_since",
-    "forget_evictions", "snapshot", "restore", "pid",
+    "changes_since", "forget_evictions", "snapshot", "restore", "pid",
 })
 TOKEN_BYTES = 16
 TOKEN_TIMEOUT_S = 10.0  # a connection that does not present its token by then is closed

@@ -27,6 +27,7 @@ import functools
 import os
 import re
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from math import prod
 from typing import Any, NamedTuple, TypeVar
@@ -119,6 +120,7 @@ class ShardServer:
         self.tables = {s.name: EmbeddingTable(table_slot(s), admission, capacity) for s in slots}
         self._lock = threading.RLock()
         self._channel: Any = None
+        self.incarnation = uuid.uuid4().hex  # new on every start and restore
         self.restored_from: str | None = None
         if restore_on_restart is not None and restarted_actor():
             folder = restore_on_restart()
@@ -198,6 +200,17 @@ class ShardServer:
         return {name: t.export_since(versions.get(name, 0)) for name, t in self.tables.items()}
 
     @_serialized
+    def changes_since(self, versions: Mapping[str, int], incarnation: str | None
+                      ) -> tuple[str, dict[str, TableDelta]]:
+        """``(this shard's incarnation, export_since(versions))`` if ``incarnation`` is this
+        shard's current one, else ``(incarnation, export_since(0))``: everything, since the
+        versions a reader holds mean nothing to a shard started or restored after it read
+        them (its tables' versions start over from the snapshot's)."""
+        if incarnation != self.incarnation:
+            versions = {}
+        return self.incarnation, self.export_since(versions)
+
+    @_serialized
     def forget_evictions(self, versions: Mapping[str, int]) -> None:
         """Drop each slot's eviction records at or before its version: the parameter sync
         (their one reader) has taken them."""
@@ -234,6 +247,7 @@ class ShardServer:
                                  f"{name!r} needs {table.dim}")
             restored[name] = new
         self.tables = restored
+        self.incarnation = uuid.uuid4().hex
 
     def _table(self, name: str) -> EmbeddingTable:
         try:

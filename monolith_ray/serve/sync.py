@@ -5,15 +5,17 @@ rarely, since the rows of new and active ids change the most while the MLP moves
 
 - Every ``sparse_sync_interval_s`` (default 60 s) the actor asks every training shard, in one
   call each and all at once, for the rows changed and the ids evicted since the last sync
-  (``ShardServer.export_since``), applies them to its own :class:`SparseStore` and, if
+  (``ShardServer.changes_since``), applies them to its own :class:`SparseStore` and, if
   anything changed, makes a new *sparse version*, recording which ids it changed. The shards'
   eviction records it has taken are then dropped (``forget_evictions``): the sync is their
   one reader.
 - Every ``dense_sync_interval_s`` (default 86400 s) it pulls the dense server's parameters;
   if training moved them it makes a new *dense version*.
 - ``sync_now("sparse" | "dense" | "both")`` runs one on demand.
-- A shard whose versions went back (restarted and restored from a snapshot) is read whole
+- A shard started or restored since the last sync (its *incarnation* changed) is read whole
   again; rows it no longer has stay in serving until they change or are evicted.
+- A sync that fails part way (a shard down, a bad delta) still logs, as a version, what it
+  applied, so replicas get it; the shards it did not reach are asked again next time.
 
 How replicas get versions, and why this way: replicas *pull versioned deltas*. Each replica
 asks :meth:`updates` with the versions it holds about once a second and gets back only what
@@ -85,6 +87,7 @@ class ParameterSync:
         self._dense_calls = calls_for([dense], method="pull", timeout_s=call_timeout_s)
         self.store = SparseStore(slots, dtype)
         self._shard_versions = [dict.fromkeys(self.names, 0) for _ in self.shards]
+        self._incarnations: list[str | None] = [None] * len(self.shards)
         self._log: collections.deque[_Change] = collections.deque(maxlen=keep_versions)
         self.dense_params: Any = None
         self.dense_version = 0
@@ -123,35 +126,34 @@ class ParameterSync:
 
     def _sync_sparse(self) -> None:
         calls = self._calls
-        handles = [calls.submit(s, "export_since", v)
-                   for s, v in zip(self.shards, self._shard_versions)]
+        handles = [calls.submit(s, "changes_since", v, i)
+                   for s, v, i in zip(self.shards, self._shard_versions, self._incarnations)]
         results = calls.gather(handles)
-        for k, deltas in enumerate(results):
-            if any(d.version < self._shard_versions[k][n] for n, d in deltas.items()):
-                # The shard went back in time (restored from a snapshot after a restart):
-                # take its whole state, not what changed since a version it no longer has.
-                results[k] = calls.gather([calls.submit(self.shards[k], "export_since", 0)])[0]
-                self.counters["shard_resets"] += 1
         with self._lock:
-            changed = {n: [] for n in self.names}
-            evicted = {n: [] for n in self.names}
-            for k, deltas in enumerate(results):
-                self.store.apply_deltas(deltas)
-                for name, delta in deltas.items():
-                    changed[name].append(delta.ids)
-                    evicted[name].append(delta.evicted)
-                    self._shard_versions[k][name] = delta.version
-            change = _Change(self.store.version + 1,
-                             {n: np.unique(np.concatenate(a)) for n, a in changed.items()},
-                             {n: np.unique(np.concatenate(a)) for n, a in evicted.items()})
-            n_rows = sum(a.size for a in change.changed.values())
-            n_evicted = sum(a.size for a in change.evicted.values())
-            if n_rows or n_evicted:
-                self.store.version = change.version
-                self._log.append(change)
+            changed = {n: [np.empty(0, np.int64)] for n in self.names}
+            evicted = {n: [np.empty(0, np.int64)] for n in self.names}
+            try:
+                for k, (incarnation, deltas) in enumerate(results):
+                    if self._incarnations[k] not in (None, incarnation):
+                        self.counters["shard_resets"] += 1  # restarted or restored: read whole
+                    self.store.apply_deltas(deltas)
+                    for name, delta in deltas.items():
+                        changed[name].append(delta.ids)
+                        evicted[name].append(delta.evicted)
+                        self._shard_versions[k][name] = delta.version
+                    self._incarnations[k] = incarnation
+            finally:  # log what was applied, even if a later shard's deltas failed
+                change = _Change(self.store.version + 1,
+                                 {n: np.unique(np.concatenate(a)) for n, a in changed.items()},
+                                 {n: np.unique(np.concatenate(a)) for n, a in evicted.items()})
+                n_rows = sum(a.size for a in change.changed.values())
+                n_evicted = sum(a.size for a in change.evicted.values())
+                if n_rows or n_evicted:
+                    self.store.version = change.version
+                    self._log.append(change)
+                self.counters["rows_synced"] += int(n_rows)
+                self.counters["ids_evicted"] += int(n_evicted)
             self.counters["sparse_syncs"] += 1
-            self.counters["rows_synced"] += int(n_rows)
-            self.counters["ids_evicted"] += int(n_evicted)
             self.last_sync["sparse"] = time.time()
         if self._forget:
             calls.gather([calls.submit(s, "forget_evictions", dict(v))

@@ -160,3 +160,53 @@ def test_a_shard_restored_from_a_snapshot_is_read_whole_again(training, tmp_path
     fids = make_fids(CFG.slot("item_id").slot_id, np.arange(20, dtype=np.int64))
     np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
                                   client.lookup({"item_id": fids})["item_id"])
+
+
+def test_a_restored_shard_is_read_whole_even_once_its_versions_passed_the_old_ones(
+        training, tmp_path) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    _train(client, "item_id", list(range(20)))
+    client.shards[0].snapshot(tmp_path)  # holds items 0..19 as first trained
+    _train(client, "item_id", list(range(20)), scale=-1.0)
+    sync.sync_now("sparse")
+    old = dict(sync._shard_versions[0])
+    client.shards[0].restore(tmp_path)
+    for _ in range(4):  # the restored shard's versions climb past those the sync holds
+        _train(client, "item_id", list(range(100, 110)))
+    assert client.shards[0].stats()["item_id"]["version"] > old["item_id"]
+    sync.sync_now("sparse")
+    assert sync.counters["shard_resets"] == 1
+    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(20, dtype=np.int64))
+    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
+                                  client.lookup({"item_id": fids})["item_id"])
+
+
+def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkeypatch) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    before = sync.versions()["sparse"]
+    _train(client, "item_id", list(range(40)))
+    apply, calls = sync.store.apply_deltas, []
+
+    def fail_on_the_second_shard(deltas):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("bad delta")
+        return apply(deltas)
+
+    monkeypatch.setattr(sync.store, "apply_deltas", fail_on_the_second_shard)
+    with pytest.raises(RuntimeError, match="bad delta"):
+        sync.sync_now("sparse")
+    first = sync.versions()["sparse"]
+    assert first == before + 1  # shard 0's rows were applied: they are a version
+    update = sync.updates(before, sync.dense_version, sync.epoch).sparse
+    got = update.ids["item_id"]
+    mine = client.route({"item_id": make_fids(CFG.slot("item_id").slot_id,
+                                              np.arange(40, dtype=np.int64))}).ids
+    assert set(mine[0].unpack()["item_id"].tolist()) <= set(got.tolist())
+    monkeypatch.setattr(sync.store, "apply_deltas", apply)
+    sync.sync_now("sparse")  # shard 1 is asked again from where it was
+    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(40, dtype=np.int64))
+    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
+                                  client.lookup({"item_id": fids})["item_id"])
