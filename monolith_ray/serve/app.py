@@ -260,21 +260,17 @@ class FeatureLog:
     as kafka-python places keys, so features and actions of a request share a partition)."""
 
     def __init__(self, cfg: Config) -> None:
-        from confluent_kafka import Producer
-
-        from monolith_ray.stream.kafka import librdkafka_config
+        from monolith_ray.stream.kafka import DeliveryReports
 
         self.topics = cfg.kafka.topics
-        self.failed = 0
-        self._producer = Producer({**librdkafka_config(cfg.kafka), "linger.ms": 5,
-                                   "partitioner": "murmur2_random",
-                                   "delivery.report.only.error": True,
-                                   "on_delivery": self._on_delivery})
+        self.dropped = 0
+        self._reports = DeliveryReports(cfg.kafka, partitioner="murmur2_random")
+        self._producer = self._reports.producer
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failed += 1
-            logger.warning("a message to %s was not delivered: %s", msg.topic(), err)
+    @property
+    def failed(self) -> int:
+        """Messages dropped before sending or not delivered."""
+        return self.dropped + self._reports.failed
 
     def send(self, topic: str, key: str, message: Mapping[str, Any]) -> None:
         """Queue one message; a full queue or a client error is counted in ``failed`` and
@@ -284,7 +280,7 @@ class FeatureLog:
         try:
             self._producer.produce(topic, key=key.encode("utf-8"), value=encode(message))
         except (BufferError, KafkaException) as err:
-            self.failed += 1
+            self.dropped += 1
             logger.warning("a message to %s was dropped: %s", topic, err)
 
     def poll(self) -> None:

@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from monolith_ray.config import Config, JoinerConfig, KafkaConfig, KafkaTopics
 from monolith_ray.messages import (
@@ -91,7 +91,7 @@ from monolith_ray.messages import (
     parse_action,
     parse_feature,
 )
-from monolith_ray.stream.kafka import librdkafka_config
+from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
 
 __all__ = [
     "COUNTERS",
@@ -511,10 +511,8 @@ class StreamJoiner:
             **conf, "group.id": cfg.group_id, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": cfg.start,
             "enable.partition.eof": True})
-        self._failed: list[str] = []
-        self._producer = Producer({
-            **conf, "linger.ms": 5, "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery})
+        self._reports = DeliveryReports(kafka)
+        self._producer = self._reports.producer
         store = None
         if cfg.spill_dir:
             os.makedirs(cfg.spill_dir, exist_ok=True)
@@ -551,10 +549,6 @@ class StreamJoiner:
                 self._core.seek(kinds[tp.topic, tp.partition][0], tp.partition, tp.offset)
         self._consumer.assign(tps)
         return kinds
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self._failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
     def poll(self, timeout_s: float = 0.1) -> int:
         """Read one batch (waiting up to ``timeout_s`` for it), join it, move the clock, send
@@ -612,9 +606,11 @@ class StreamJoiner:
         """Flush the producer, then commit the offsets :meth:`Joiner.commit_offsets` gives ->
         them. Raises (and commits nothing) if a message could not be written."""
         unsent = self._producer.flush(self._timeout_s)
-        if unsent or self._failed:
-            raise RuntimeError(f"joiner {self.index}: {unsent} messages unsent, failed: "
-                               f"{self._failed[:3]}; offsets not committed")
+        reports = self._reports
+        if unsent or reports.failed:
+            last = list(reports.recent)[-3:]
+            raise RuntimeError(f"joiner {self.index}: {unsent} messages unsent, "
+                               f"{reports.failed} failed (last: {last}); offsets not committed")
         offsets = self._core.commit_offsets()
         names = {FEATURES: self._topics.features, ACTIONS: self._topics.actions}
         if offsets:

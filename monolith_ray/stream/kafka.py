@@ -20,9 +20,11 @@ relies on those.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import dataclasses
 import io
+import logging
 import shutil
 import socket
 import struct
@@ -40,6 +42,8 @@ from kafka.protocol.api import RequestHeader
 from kafka.protocol.metadata import MetadataRequest
 
 from monolith_ray.config import KafkaConfig, KafkaTopics
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EmbeddedBroker",
@@ -363,6 +367,29 @@ _RDKAFKA_NAMES = {
     "ssl_certfile": "ssl.certificate.location",
     "ssl_keyfile": "ssl.key.location",
 }
+
+
+class DeliveryReports:
+    """A librdkafka (confluent-kafka) ``Producer`` for ``cfg``'s cluster (``producer``) that
+    writes in small batches (``linger.ms`` 5) and counts the messages the brokers did not
+    take: ``failed``, with the last few as ``"topic[partition]: error"`` in ``recent``, each
+    logged (successes are not reported back). ``settings`` add or override librdkafka
+    settings (e.g. the partitioner)."""
+
+    def __init__(self, cfg: KafkaConfig, **settings: Any) -> None:
+        from confluent_kafka import Producer
+
+        self.failed = 0
+        self.recent: collections.deque[str] = collections.deque(maxlen=10)
+        self.producer = Producer({**librdkafka_config(cfg), "linger.ms": 5,
+                                  "delivery.report.only.error": True,
+                                  "on_delivery": self._on_delivery, **settings})
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            self.recent.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            logger.warning("a message to %s was not delivered: %s", msg.topic(), err)
 
 
 def librdkafka_config(cfg: KafkaConfig) -> dict[str, str]:

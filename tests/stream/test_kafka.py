@@ -3,6 +3,7 @@ exact end offsets, consumer groups, config validation and the JSON wire format."
 
 from __future__ import annotations
 
+import socket
 import dataclasses
 import os
 import time
@@ -228,3 +229,19 @@ def test_librdkafka_config_renames_the_settings() -> None:
         "sasl.username": "svc", "sasl.password": "secret", "ssl.ca.location": "/etc/ca.pem"}
     assert librdkafka_config(KafkaConfig(bootstrap_servers="k:1")) == {
         "bootstrap.servers": "k:1", "client.id": "monolith_ray", "security.protocol": "plaintext"}
+
+
+def test_delivery_reports_count_what_the_brokers_never_took() -> None:
+    from monolith_ray.config import KafkaConfig
+    from monolith_ray.stream.kafka import DeliveryReports
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    reports = DeliveryReports(KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}"),
+                              **{"message.timeout.ms": 300})
+    for _ in range(3):
+        reports.producer.produce("features", b"x")
+    assert reports.producer.flush(10) == 0  # every message has had its report
+    assert reports.failed == 3
+    assert len(reports.recent) == 3 and all(r.startswith("features[") for r in reports.recent)
