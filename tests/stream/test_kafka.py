@@ -3,9 +3,9 @@ exact end offsets, consumer groups, config validation and the JSON wire format."
 
 from __future__ import annotations
 
-import socket
 import dataclasses
 import os
+import socket
 import time
 from collections.abc import Iterator
 
