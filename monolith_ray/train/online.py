@@ -56,7 +56,7 @@ from monolith_ray.data.kafka_source import (
     read_kafka_examples,
 )
 from monolith_ray.data.offsets import OffsetCoverage
-from monolith_ray.train.job import Trainer, start_servers
+from monolith_ray.train.job import Trainer, start_servers, trainer_options
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
 
 
@@ -136,8 +136,7 @@ class OnlineTraining:
         try:
             self.starts = self._starting_offsets(kind, where)
             # Trainers start after a restore: each takes the dense parameters as it starts.
-            actor = ray.remote(StreamTrainer).options(num_cpus=cfg.train.trainer_cpus,
-                                                      max_concurrency=2)
+            actor = ray.remote(StreamTrainer).options(**trainer_options(cfg), max_concurrency=2)
             self.trainers = [actor.remote(cfg, self.shards, self.dense)
                              for _ in range(cfg.train.n_trainers)]
             self.monitor = ray.remote(SourceMonitor).options(num_cpus=0).remote()
