@@ -456,6 +456,9 @@ class TrainConfig:
       ``ray`` (actor calls, a fixed ~1 ms of CPU each on the two ends).
     - ``xla_threads``: threads of a trainer's XLA CPU pool; 0: one per reserved CPU
       (``trainer_cpus``, at least one), as Ray sizes a worker's OpenMP threads.
+    - ``actor_resources``: custom Ray resources every shard, dense-server and trainer actor
+      needs, e.g. ``{training: 0.01}`` to keep them on the nodes that offer ``training``
+      (``cluster.yaml``'s CPU workers), off the serving workers.
     - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
       ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,
       ``restore`` and ``serve --training NAME`` find them from another process; empty: the
@@ -475,8 +478,9 @@ class TrainConfig:
     shard_cpus: float = 0.1
     read_cpus: float = 0.25
     call_timeout_s: float = 60.0
-    transport: str = "channel"
+    transport: Literal["channel", "ray"] = "channel"
     xla_threads: int = 0
+    actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -487,8 +491,9 @@ class TrainConfig:
         _require(self, "read_cpus", gt=0)
         _require(self, "call_timeout_s", gt=0)
         _require(self, "xla_threads", ge=0)
-        if self.transport not in ("channel", "ray"):
-            raise ConfigError("transport", f"must be 'channel' or 'ray', got {self.transport!r}")
+        for name, amount in self.actor_resources.items():
+            if not amount > 0:
+                raise ConfigError(f"actor_resources.{name}", f"must be > 0, got {amount!r}")
         _require(self, "batch_size", ge=1)
         _require(self, "n_shards", ge=1)
         _require(self, "epochs", ge=1)

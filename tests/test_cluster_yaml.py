@@ -57,3 +57,15 @@ def test_serving_workers_offer_the_resource_replicas_can_ask_for(cluster):
     assert offering == ["serving_worker"]
     cfg = load_config(overrides=["serve.replica_resources.serving=1"])
     assert set(cfg.serve.replica_resources) <= set(types["serving_worker"]["resources"])
+
+
+def test_cpu_workers_offer_the_resource_training_actors_can_ask_for(cluster):
+    from monolith_ray.config import load_config
+    from monolith_ray.train.job import trainer_options
+
+    types = cluster["available_node_types"]
+    offering = [name for name, t in types.items() if t["resources"].get("training", 0) > 0]
+    assert offering == ["cpu_worker"]
+    cfg = load_config(overrides=["train.actor_resources.training=0.01"])
+    assert set(cfg.train.actor_resources) <= set(types["cpu_worker"]["resources"])
+    assert trainer_options(cfg)["resources"] == {"training": 0.01}

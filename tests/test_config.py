@@ -172,6 +172,18 @@ ERRORS = {
         _slots("{name: a, slot_id: 0, dim: 4, optimizer: {kind: adamw}}"),
         "slots[0].optimizer.kind: expected one of 'sgd', 'adagrad', 'ftrl', 'adam', got 'adamw'",
     ),
+    "bad transport": (
+        _slots("{name: a, slot_id: 0, dim: 4}") + "train: {transport: grpc}\n",
+        "train.transport: expected one of 'channel', 'ray', got 'grpc'",
+    ),
+    "actor resource not positive": (
+        _slots("{name: a, slot_id: 0, dim: 4}") + "train: {actor_resources: {training: 0}}\n",
+        "train.actor_resources.training: must be > 0, got 0.0",
+    ),
+    "negative XLA threads": (
+        _slots("{name: a, slot_id: 0, dim: 4}") + "train: {xla_threads: -1}\n",
+        "train.xla_threads: must be >= 0, got -1",
+    ),
     "bad combiner": (
         _slots("{name: a, slot_id: 0, dim: 4, combiner: max}"),
         "slots[0].combiner: expected one of 'sum', 'mean', got 'max'",

@@ -105,13 +105,14 @@ class Trainer:
 
 
 def trainer_options(cfg: Config) -> dict[str, Any]:
-    """Ray options of a trainer actor: ``train.trainer_cpus`` reserved, and XLA's CPU thread
+    """Ray options of a trainer actor: ``train.trainer_cpus`` and ``train.actor_resources``
+    reserved, and XLA's CPU thread
     pool sized by ``train.xla_threads`` (``PJRT_NPROC``; 0: the reservation, at least one
     thread, as Ray sizes a worker's OpenMP threads). By default XLA starts a thread per core
     of the node; a trainer sharing the node with shard actors then competes with their table
     work for the same cores, and XLA's parallel steps wait on threads preempted by them."""
     threads = cfg.train.xla_threads or max(1, int(cfg.train.trainer_cpus))
-    return {"num_cpus": cfg.train.trainer_cpus,
+    return {"num_cpus": cfg.train.trainer_cpus, "resources": dict(cfg.train.actor_resources),
             "runtime_env": {"env_vars": {"PJRT_NPROC": str(threads)}}}
 
 
@@ -131,13 +132,15 @@ def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[An
     shard_actor = ray.remote(ShardServer)
     root = snapshot_root(cfg)
     since = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, max_restarts=-1,
-                                  max_task_retries=-1, **_named(cfg, f"shard-{k}")).remote(
+    resources = dict(cfg.train.actor_resources)
+    shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, resources=resources,
+                                  max_restarts=-1, max_task_retries=-1,
+                                  **_named(cfg, f"shard-{k}")).remote(
                   cfg.slots, cfg.admission, 1024,
                   RunSnapshot(root, since, started_from, f"shard-{k}"))
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
-        num_cpus=cfg.train.shard_cpus, max_restarts=-1, max_task_retries=-1,
+        num_cpus=cfg.train.shard_cpus, resources=resources, max_restarts=-1, max_task_retries=-1,
         **_named(cfg, "dense")).remote(*dense_server_args(cfg),
                                        RunSnapshot(root, since, started_from))
     return shards, dense
