@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from monolith_ray.ps.shard import filesystem_and_path, restarted_actor
+from monolith_ray.ps.shard import filesystem_and_path, restore_if_restarted
 
 Params = Any
 DENSE_FILE = "dense.npz"
@@ -49,12 +49,7 @@ class DenseServer:
         self._opt_state = optimizer.init(self.params)
         self._update = jax.jit(self._apply)
         self.version = 0
-        self.restored_from: str | None = None
-        if restore_on_restart is not None and restarted_actor():
-            folder = restore_on_restart()
-            if folder is not None:
-                self.restore(folder)
-                self.restored_from = folder
+        self.restored_from = restore_if_restarted(self, restore_on_restart)
 
     def _apply(self, params: Params, opt_state: Any, grads: Params) -> tuple[Params, Any]:
         updates, opt_state = self._optimizer.update(grads, opt_state, params)

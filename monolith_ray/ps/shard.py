@@ -81,6 +81,19 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
 
 
+def restore_if_restarted(server: Any, restore_on_restart: Callable[[], str | None] | None
+                         ) -> str | None:
+    """If this process is a Ray actor restarted after its process died and
+    ``restore_on_restart`` names a snapshot, ``server.restore`` it -> the folder restored
+    (None: a first start, or nothing to restore)."""
+    if restore_on_restart is None or not restarted_actor():
+        return None
+    folder = restore_on_restart()
+    if folder is not None:
+        server.restore(folder)
+    return folder
+
+
 def restarted_actor() -> bool:
     """Whether this process is a Ray actor restarted after a failure."""
     try:
@@ -121,12 +134,7 @@ class ShardServer:
         self._lock = threading.RLock()
         self._channel: Any = None
         self.incarnation = uuid.uuid4().hex  # new on every start and restore
-        self.restored_from: str | None = None
-        if restore_on_restart is not None and restarted_actor():
-            folder = restore_on_restart()
-            if folder is not None:
-                self.restore(folder)
-                self.restored_from = folder
+        self.restored_from = restore_if_restarted(self, restore_on_restart)
 
     def open_channel(self) -> tuple[str, int, bytes]:
         """Start (once) this shard's channel server -> (host, port, token) to connect to; see
