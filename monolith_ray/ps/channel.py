@@ -35,9 +35,14 @@ yet answered are sent again in order, as Ray retries a restarted actor's calls
 (``max_task_retries``). A shard dead for good raises :class:`ShardUnavailableError` naming it.
 A connection that breaks while the shard lives on also resends, so a call may then run twice.
 A call not answered in time fails every call in flight on that connection (the next call
-opens a new one). Flow control: a client keeps at most ``MAX_IN_FLIGHT_BYTES`` of requests
-(or one larger request) and ``MAX_IN_FLIGHT_CALLS`` calls unanswered per connection, reading
-replies before it sends more, so neither end blocks writing while the other does.
+opens a new one); such calls may still run on the shard, which reads what reached it. A
+connection that breaks ``MAX_BREAKS`` times in a row without an answer fails its calls too,
+rather than reconnecting for ever. A request the shard cannot decode is answered with the
+error, like a method's. Flow control: a client keeps at most ``MAX_IN_FLIGHT_BYTES`` of
+requests (or one larger request) and ``MAX_IN_FLIGHT_CALLS`` calls unanswered per connection,
+reading replies before it sends more, so that neither end blocks writing while the other
+does as long as their replies fit the two ends' socket buffers (a trainer keeps one call in
+flight per shard).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,8 +68,9 @@ CHANNEL_METHODS = frozenset({
 })
 TOKEN_BYTES = 16
 TOKEN_TIMEOUT_S = 10.0  # a connection that does not present its token by then is closed
-MAX_IN_FLIGHT_BYTES = 256 * 1024  # below common socket buffer sizes
+MAX_IN_FLIGHT_BYTES = 64 * 1024  # requests; their replies (pulled rows) may be ~8x larger
 MAX_IN_FLIGHT_CALLS = 64
+MAX_BREAKS = 3  # reconnects without a reply before the calls in flight fail
 _HEAD = struct.Struct("<II")  # count of buffers, length of the pickle
 
 Address = tuple[str, int, bytes]  # host, port, token
@@ -141,9 +148,13 @@ class ChannelServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._serve, args=(conn,), name="channel", daemon=True
-                             ).start()
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # a vanished peer
+                threading.Thread(target=self._serve, args=(conn,), name="channel",
+                                 daemon=True).start()
+            except (OSError, RuntimeError):  # e.g. no thread to spare: refuse this one only
+                conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -153,21 +164,27 @@ class ChannelServer:
                     return
                 conn.settimeout(None)
                 while True:
-                    method, args = receive(conn)
-                    try:
-                        if method not in CHANNEL_METHODS:
-                            raise AttributeError(f"{method!r} cannot be called over a channel; "
-                                                 f"it serves {', '.join(sorted(CHANNEL_METHODS))}")
-                        reply = (True, getattr(self.target, method)(*args))
-                    except Exception as err:  # noqa: BLE001 - the caller gets it
-                        reply = (False, err)
-                    try:
-                        frame = encode(reply)
-                    except Exception as err:  # noqa: BLE001 - an unpicklable result or error
-                        frame = encode((False, RuntimeError(f"{method}: {reply[1]!r} ({err})")))
-                    conn.sendall(frame)
-            except (ConnectionError, OSError, EOFError, pickle.UnpicklingError, ValueError):
+                    frame = read_frame(conn)  # whole, so the stream stays in step below
+                    conn.sendall(self._answer(frame))
+            except (ConnectionError, OSError):
                 return
+
+    def _answer(self, frame: tuple[bytearray, list[bytearray]]) -> bytes:
+        """The reply frame to one request frame: its result, or the error that decoding the
+        request, calling the method or encoding the result raised."""
+        method = "?"
+        try:
+            method, args = decode(*frame)
+            if method not in CHANNEL_METHODS:
+                raise AttributeError(f"{method!r} cannot be called over a channel; it serves "
+                                     f"{', '.join(sorted(CHANNEL_METHODS))}")
+            reply = (True, getattr(self.target, method)(*args))
+        except Exception as err:  # noqa: BLE001 - the caller gets it
+            reply = (False, err)
+        try:
+            return encode(reply)
+        except Exception as err:  # noqa: BLE001 - an unpicklable result or error
+            return encode((False, RuntimeError(f"{method}: {reply[1]!r} ({err})")))
 
 
 def actor_address(shard: Any, timeout_s: float | None) -> Address:
@@ -191,6 +208,7 @@ class _Link:
     next_seq: int = 0
     unanswered: deque[tuple[int, bytes]] = field(default_factory=deque)
     replies: dict[int, tuple[bool, Any]] = field(default_factory=dict)
+    breaks: int = 0  # connections lost in a row without a reply read in between
 
     @property
     def bytes_in_flight(self) -> int:
@@ -231,7 +249,12 @@ class ChannelCalls:
         seq = link.next_seq
         link.next_seq += 1
         link.unanswered.append((seq, frame))
-        if link.sock is not None:
+        if link.sock is None:
+            try:  # connecting sends every unanswered call, this one included
+                self._connect(link, 0, 1)
+            except ShardUnavailableError:
+                pass  # gather tries again and raises, naming the call's position
+        else:
             try:
                 link.sock.sendall(frame)
             except OSError:
@@ -261,6 +284,8 @@ class ChannelCalls:
         of the call waited for, named in errors."""
         if link.sock is None:
             self._connect(link, i, n)
+            if link.sock is None:
+                return  # broke again while connecting; counted, the caller comes back
         try:
             frame = read_frame(link.sock)
         except TimeoutError as err:
@@ -268,9 +293,10 @@ class ChannelCalls:
                 f"parameter server(s) [{i}] of {n} did not answer within {self.timeout_s} s"),
                 err)
             return
-        except (ConnectionError, OSError):
-            self._drop(link)  # the next read reconnects and resends the unanswered calls
+        except (ConnectionError, OSError) as err:
+            self._broke(link, i, n, err)  # the next read reconnects and resends
             return
+        link.breaks = 0
         seq, _ = link.unanswered.popleft()
         try:
             link.replies[seq] = decode(*frame)
@@ -278,10 +304,22 @@ class ChannelCalls:
             link.replies[seq] = (False, RuntimeError(f"a shard's reply could not be decoded: "
                                                      f"{err!r}"))
 
+    def _broke(self, link: _Link, i: int, n: int, err: OSError) -> None:
+        """Count a lost connection; past ``MAX_BREAKS`` in a row, fail the calls in flight."""
+        self._drop(link)
+        link.breaks += 1
+        if link.breaks > MAX_BREAKS:
+            self._fail_all(link, ShardUnavailableError(
+                f"parameter server(s) [{i}] of {n}: the channel broke {link.breaks} times in a "
+                f"row without answering ({err})"), err)
+        else:
+            time.sleep(0.05 * link.breaks)  # e.g. a shard process that is still dying
+
     def _fail_all(self, link: _Link, error: ShardUnavailableError, cause: BaseException) -> None:
         """Fail every call in flight on ``link`` with ``error`` and close its connection (its
         stream may stand mid-frame); the next call opens a new one."""
         error.__cause__ = cause
+        link.breaks = 0
         while link.unanswered:
             seq, _ = link.unanswered.popleft()
             link.replies[seq] = (False, error)
@@ -302,20 +340,18 @@ class ChannelCalls:
             raise ShardUnavailableError(
                 f"parameter server(s) [{i}] of {n} are dead or unreachable "
                 f"({type(err).__name__}); restart them from the latest snapshot") from err
-        sock = None
         try:
-            sock = socket.create_connection((host, port), timeout=self.timeout_s)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(token)
+            link.sock = socket.create_connection((host, port), timeout=self.timeout_s)
+            link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            link.sock.sendall(token)
             for _, frame in link.unanswered:
-                sock.sendall(frame)
+                link.sock.sendall(frame)
+        except TimeoutError as err:
+            self._fail_all(link, ShardUnavailableError(
+                f"parameter server(s) [{i}] of {n} at {host}:{port} did not take the calls "
+                f"within {self.timeout_s} s"), err)
         except OSError as err:
-            if sock is not None:
-                sock.close()
-            raise ShardUnavailableError(
-                f"parameter server(s) [{i}] of {n} are unreachable at {host}:{port} "
-                f"({err})") from err
-        link.sock = sock
+            self._broke(link, i, n, err)
 
     @staticmethod
     def _drop(link: _Link) -> None:

@@ -21,6 +21,7 @@ snapshot before it answers, as a restarted shard does.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ class DenseServer:
         self._opt_state = optimizer.init(self.params)
         self._update = jax.jit(self._apply)
         self.version = 0
+        self._incarnation = uuid.uuid4().hex  # new on every start and restore
         self.restored_from = restore_if_restarted(self, restore_on_restart)
 
     def _apply(self, params: Params, opt_state: Any, grads: Params) -> tuple[Params, Any]:
@@ -69,6 +71,11 @@ class DenseServer:
     def pull(self) -> tuple[Params, int]:
         """The current parameters (as NumPy arrays) and their version."""
         return jax.tree.map(np.asarray, self.params), self.version
+
+    def incarnation(self) -> str:
+        """A new random id on every start and restore: versions count again from a restored
+        one, so (incarnation, version) names parameters, a version alone does not."""
+        return self._incarnation
 
     def state(self) -> tuple[Params, Any, int]:
         """Parameters, optimizer state and version, for a snapshot."""
@@ -104,6 +111,7 @@ class DenseServer:
             opt_state = _filled(self._opt_state, saved, "opt")
             version = int(saved["version"])
         self.load_state(params, opt_state, version)
+        self._incarnation = uuid.uuid4().hex
 
 
 def _filled(tree: Any, saved: Any, prefix: str) -> Any:

@@ -133,8 +133,13 @@ class ShardServer:
         self.tables = {s.name: EmbeddingTable(table_slot(s), admission, capacity) for s in slots}
         self._lock = threading.RLock()
         self._channel: Any = None
-        self.incarnation = uuid.uuid4().hex  # new on every start and restore
+        self._incarnation = uuid.uuid4().hex  # new on every start and restore
         self.restored_from = restore_if_restarted(self, restore_on_restart)
+
+    def incarnation(self) -> str:
+        """This shard's incarnation: a new random id on every start and every restore, so a
+        reader can tell that versions it read before mean nothing to the tables now."""
+        return self._incarnation
 
     def open_channel(self) -> tuple[str, int, bytes]:
         """Start (once) this shard's channel server -> (host, port, token) to connect to; see
@@ -214,14 +219,18 @@ class ShardServer:
         shard's current one, else ``(incarnation, export_since(0))``: everything, since the
         versions a reader holds mean nothing to a shard started or restored after it read
         them (its tables' versions start over from the snapshot's)."""
-        if incarnation != self.incarnation:
+        if incarnation != self._incarnation:
             versions = {}
-        return self.incarnation, self.export_since(versions)
+        return self._incarnation, self.export_since(versions)
 
     @_serialized
-    def forget_evictions(self, versions: Mapping[str, int]) -> None:
+    def forget_evictions(self, versions: Mapping[str, int], incarnation: str | None = None
+                         ) -> None:
         """Drop each slot's eviction records at or before its version: the parameter sync
-        (their one reader) has taken them."""
+        (their one reader) has taken them. Given the ``incarnation`` those versions were read
+        from, a shard started or restored since ignores the call: its records are unread."""
+        if incarnation is not None and incarnation != self._incarnation:
+            return
         for name, version in versions.items():
             self._table(name).forget_evictions(version)
 
@@ -255,7 +264,7 @@ class ShardServer:
                                  f"{name!r} needs {table.dim}")
             restored[name] = new
         self.tables = restored
-        self.incarnation = uuid.uuid4().hex
+        self._incarnation = uuid.uuid4().hex
 
     def _table(self, name: str) -> EmbeddingTable:
         try:

@@ -14,8 +14,10 @@ rarely, since the rows of new and active ids change the most while the MLP moves
 - ``sync_now("sparse" | "dense" | "both")`` runs one on demand.
 - A shard started or restored since the last sync (its *incarnation* changed) is read whole
   again; rows it no longer has stay in serving until they change or are evicted.
-- A sync that fails part way (a shard down, a bad delta) still logs, as a version, what it
-  applied, so replicas get it; the shards it did not reach are asked again next time.
+- A shard that is down holds up none of the others: a sync applies and versions what the
+  others sent, then fails naming it (counted in ``failed_syncs``); a sync that fails part way
+  through applying still logs, as a version, what it applied. What was not taken is asked
+  for again next time.
 
 How replicas get versions, and why this way: replicas *pull versioned deltas*. Each replica
 asks :meth:`updates` with the versions it holds about once a second and gets back only what
@@ -91,7 +93,7 @@ class ParameterSync:
         self._log: collections.deque[_Change] = collections.deque(maxlen=keep_versions)
         self.dense_params: Any = None
         self.dense_version = 0
-        self._trained_dense_version: int | None = None
+        self._trained_dense_version: tuple[str, int] | None = None  # (incarnation, version)
         self.counters = {"sparse_syncs": 0, "dense_swaps": 0, "dense_syncs": 0,
                          "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0,
                          "shard_resets": 0}
@@ -126,23 +128,35 @@ class ParameterSync:
 
     def _sync_sparse(self) -> None:
         calls = self._calls
-        handles = [calls.submit(s, "changes_since", v, i)
-                   for s, v, i in zip(self.shards, self._shard_versions, self._incarnations)]
-        results = calls.gather(handles)
+        handles, failures = {}, []
+        for k, shard in enumerate(self.shards):  # one shard down holds up none of the others
+            try:
+                handles[k] = calls.submit(shard, "changes_since", self._shard_versions[k],
+                                          self._incarnations[k])
+            except Exception as err:  # noqa: BLE001 - reported below, after the others
+                failures.append(f"shard {k}: {err}")
+        results = []
+        for k, handle in handles.items():
+            try:
+                results.append((k, *calls.gather([handle])[0]))
+            except Exception as err:  # noqa: BLE001 - reported below, after the others
+                failures.append(f"shard {k}: {err}")
+        read = []
         with self._lock:
             changed = {n: [np.empty(0, np.int64)] for n in self.names}
             evicted = {n: [np.empty(0, np.int64)] for n in self.names}
             try:
-                for k, (incarnation, deltas) in enumerate(results):
+                for k, incarnation, deltas in results:
                     if self._incarnations[k] not in (None, incarnation):
                         self.counters["shard_resets"] += 1  # restarted or restored: read whole
-                    self.store.apply_deltas(deltas)
-                    for name, delta in deltas.items():
+                    for name, delta in deltas.items():  # slot by slot: logged as applied
+                        self.store.apply_deltas({name: delta})
                         changed[name].append(delta.ids)
                         evicted[name].append(delta.evicted)
                         self._shard_versions[k][name] = delta.version
                     self._incarnations[k] = incarnation
-            finally:  # log what was applied, even if a later shard's deltas failed
+                    read.append(k)
+            finally:  # log what was applied, even if a later delta failed
                 change = _Change(self.store.version + 1,
                                  {n: np.unique(np.concatenate(a)) for n, a in changed.items()},
                                  {n: np.unique(np.concatenate(a)) for n, a in evicted.items()})
@@ -155,13 +169,19 @@ class ParameterSync:
                 self.counters["ids_evicted"] += int(n_evicted)
             self.counters["sparse_syncs"] += 1
             self.last_sync["sparse"] = time.time()
-        if self._forget:
-            calls.gather([calls.submit(s, "forget_evictions", dict(v))
-                          for s, v in zip(self.shards, self._shard_versions)])
+        if self._forget and read:
+            calls.gather([calls.submit(self.shards[k], "forget_evictions",
+                                       dict(self._shard_versions[k]), self._incarnations[k])
+                          for k in read])
+        if failures:
+            raise RuntimeError("sparse sync could not read " + "; ".join(failures))
 
     def _sync_dense(self) -> None:
-        params, trained = self._dense_calls.gather(
-            [self._dense_calls.submit(self.dense, "pull")])[0]
+        calls = self._dense_calls
+        # Incarnation first: parameters read after it are at least as new as it names.
+        incarnation = calls.gather([calls.submit(self.dense, "incarnation")])[0]
+        params, version = calls.gather([calls.submit(self.dense, "pull")])[0]
+        trained = (incarnation, version)  # a restarted server counts versions again
         with self._lock:
             if trained != self._trained_dense_version or self.dense_params is None:
                 self.dense_params = params

@@ -182,6 +182,13 @@ def read_examples(cfg: Config, path: str) -> Any:
     return ray.data.read_parquet(path, num_cpus=cfg.train.read_cpus)
 
 
+def incarnations(shards: Sequence[Any], dense: Any) -> list[str]:
+    """The incarnations of the shard and dense-server actors (each new on a restart)."""
+    import ray
+
+    return ray.get([s.incarnation.remote() for s in [*shards, dense]])
+
+
 def run_batch_training(cfg: Config) -> dict[str, Any]:
     """Train on ``cfg.data.train`` with Ray actors, evaluate, write metrics and a snapshot ->
     the metrics dict (also written to ``<output_dir>/metrics.json``)."""
@@ -195,6 +202,7 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
     trainers = [trainer_actor.remote(cfg, shards, dense, local_dense)
                 for _ in range(cfg.train.n_trainers)]
     try:
+        at_start = incarnations(shards, dense)
         splits = read_examples(cfg, cfg.data.train).streaming_split(
             cfg.train.n_trainers, equal=True)
         fits = ray.get([t.fit.remote(s, cfg.train.epochs) for t, s in zip(trainers, splits)])
@@ -212,6 +220,11 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
         metrics["table_rows"] = {slot.name: sum(s[slot.name]["rows"] for s in stats)
                                  for slot in cfg.slots}
         metrics["snapshot"] = take_snapshot(cfg, shards, dense)
+        if incarnations(shards, dense) != at_start:
+            raise RuntimeError(
+                "a parameter server restarted during the job and came back without the updates "
+                "it had made (a batch job has no snapshot to restore before its last); the "
+                f"snapshot {metrics['snapshot']} is not the trained model: run the job again")
     finally:
         for actor in [*trainers, *shards, dense]:
             ray.kill(actor)

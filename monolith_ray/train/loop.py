@@ -54,7 +54,7 @@ from monolith_ray.model import (
     make_train_step,
     pad_rows,
 )
-from monolith_ray.ps.client import Pending, Routes, ShardClient, call, calls_for
+from monolith_ray.ps.client import Pending, Routes, ShardClient, calls_for
 
 
 def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
@@ -100,7 +100,8 @@ class TrainLoop:
         self._step = make_train_step(self.model_cfg, combiners, optimizer)
         self._grad_step = make_grad_step(self.model_cfg, combiners)
         self._predict = make_predict(self.model_cfg, combiners)
-        self.dense = None if dense_server is None else _DenseLink(dense_server)
+        self.dense = None if dense_server is None else _DenseLink(dense_server,
+                                                                  train.call_timeout_s)
         if self.dense is not None:
             self.params, self.dense_version = self.dense.pull()
         self.steps = 0
@@ -293,14 +294,14 @@ class _DenseLink:
     push) and collects it at the next step, overlapping the round trip with the step.
     """
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, timeout_s: float | None = 60.0) -> None:
         self.server = server
-        self.calls = calls_for([server], method="pull")
+        self.calls = calls_for([server], method="pull", timeout_s=timeout_s)
         self._push: Any = None
         self._pull: Any = None
 
     def pull(self) -> tuple[Any, int]:
-        return call(self.server, "pull")
+        return self.calls.gather([self.calls.submit(self.server, "pull")])[0]
 
     def step(self, grads: Any, pull: bool) -> tuple[Any, int] | None:
         """Push ``grads``; return the parameters of the pull issued last step, if any."""

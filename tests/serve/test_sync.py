@@ -189,9 +189,9 @@ def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkey
     _train(client, "item_id", list(range(40)))
     apply, calls = sync.store.apply_deltas, []
 
-    def fail_on_the_second_shard(deltas):
+    def fail_on_the_second_shard(deltas):  # applied slot by slot, shard 0's slots first
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == len(NAMES) + 1:
             raise RuntimeError("bad delta")
         return apply(deltas)
 
@@ -210,3 +210,43 @@ def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkey
     fids = make_fids(CFG.slot("item_id").slot_id, np.arange(40, dtype=np.int64))
     np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
                                   client.lookup({"item_id": fids})["item_id"])
+
+
+def test_a_shard_that_is_down_holds_up_none_of_the_others(training, monkeypatch) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    _train(client, "item_id", list(range(40)))
+    down = client.shards[1]
+
+    def unreachable(*args):
+        raise ConnectionError("shard process gone")
+
+    monkeypatch.setattr(down, "changes_since", unreachable)
+    with pytest.raises(RuntimeError, match="shard 1: shard process gone"):
+        sync.sync_now("sparse")
+    mine = client.route({"item_id": make_fids(CFG.slot("item_id").slot_id,
+                                              np.arange(40, dtype=np.int64))}).ids
+    up = mine[0].unpack()["item_id"]
+    assert sync.versions()["sparse"] == 1 and up.size
+    np.testing.assert_array_equal(sync.store.lookup("item_id", up),
+                                  client.shards[0].lookup({"item_id": up})["item_id"])
+    monkeypatch.undo()
+    sync.sync_now("sparse")  # back: read from where it was, nothing lost
+    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(40, dtype=np.int64))
+    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
+                                  client.lookup({"item_id": fids})["item_id"])
+
+
+def test_evictions_are_forgotten_only_by_the_incarnation_they_were_read_from(training) -> None:
+    client, _ = training
+    shard = client.shards[0]
+    fids, _ = _train(client, "item_id", list(range(40)))
+    mine = client.route({"item_id": fids}).ids[0].unpack()["item_id"]
+    shard.evict({"item_id": mine})
+    incarnation, deltas = shard.changes_since({}, None)
+    assert deltas["item_id"].evicted.size == mine.size
+    shard._incarnation = "restored-since"  # as a restore between the read and the forget does
+    shard.forget_evictions({"item_id": deltas["item_id"].version}, incarnation)
+    assert shard.export_since(0)["item_id"].evicted.size == mine.size  # still there to read
+    shard.forget_evictions({"item_id": deltas["item_id"].version}, "restored-since")
+    assert shard.export_since(0)["item_id"].evicted.size == 0

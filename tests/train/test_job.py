@@ -82,3 +82,40 @@ def test_bad_config_fails_before_starting_anything(capsys):
     assert main(["train", "--set", "train.epoch=1"]) == 2
     err = capsys.readouterr().err
     assert "train.epoch: unknown key" in err and "did you mean 'epochs'" in err
+
+
+@pytest.mark.timeout(300)
+def test_a_server_restarted_mid_job_fails_the_job_instead_of_a_silent_snapshot(
+        ray_session, movielens, tmp_path):
+    import os
+    import signal
+    import threading
+
+    import ray
+
+    cfg = load_config(overrides=[
+        f"data.train={movielens / 'train.parquet'}", "data.valid=", "data.test=",
+        f"data.output_dir={tmp_path}", "train.epochs=3", "train.batch_size=256",
+        "train.name=restarted-mid-job", "train.call_timeout_s=120"])
+    killed: list[int] = []
+
+    def kill_a_busy_shard() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                shard = ray.get_actor("restarted-mid-job.shard-1", namespace="monolith_ray")
+                if ray.get(shard.stats.remote())["user_id"]["rows"] > 0:  # trained on
+                    pid = ray.get(shard.pid.remote())
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            except ValueError:
+                pass  # not started yet
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_busy_shard, daemon=True)
+    killer.start()
+    with pytest.raises(RuntimeError, match="restarted during the job"):
+        run_batch_training(cfg)
+    killer.join()
+    assert killed
