@@ -87,6 +87,9 @@ class _DenseOf:
     def pull(self) -> tuple[Any, int]:
         return jax.tree.map(np.array, self.trainer.params), self.trainer.steps
 
+    def incarnation(self) -> str:
+        return "in-process"  # never restarted: its steps alone name its parameters
+
 
 def batch_model(seed: int, config: Config, splits: dict[str, pa.Table]) -> tuple[TrainLoop, float]:
     """The batch model: ``config``'s setting trained on train for ``config.train.epochs``
