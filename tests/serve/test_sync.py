@@ -37,6 +37,17 @@ def _train(client: ShardClient, slot: str, values: list[int], scale: float = 1.0
     return fids, client.lookup({slot: fids})[slot]
 
 
+def _item_fids(n: int) -> np.ndarray:
+    """The fids of items 0..n-1."""
+    return make_fids(CFG.slot("item_id").slot_id, np.arange(n, dtype=np.int64))
+
+
+def _served_as_trained(sync: ParameterSync, client: ShardClient, fids: np.ndarray) -> None:
+    """The serving store holds exactly the shards' rows of item ``fids``."""
+    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
+                                  client.lookup({"item_id": fids})["item_id"])
+
+
 def _sync(client: ShardClient, dense: DenseServer) -> ParameterSync:
     return ParameterSync(CFG.slots, client.shards, dense, start=False, dtype="float32")
 
@@ -177,9 +188,7 @@ def test_a_restored_shard_is_read_whole_even_once_its_versions_passed_the_old_on
     assert client.shards[0].stats()["item_id"]["version"] > old["item_id"]
     sync.sync_now("sparse")
     assert sync.counters["shard_resets"] == 1
-    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(20, dtype=np.int64))
-    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
-                                  client.lookup({"item_id": fids})["item_id"])
+    _served_as_trained(sync, client, _item_fids(20))
 
 
 def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkeypatch) -> None:
@@ -202,14 +211,11 @@ def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkey
     assert first == before + 1  # shard 0's rows were applied: they are a version
     update = sync.updates(before, sync.dense_version, sync.epoch).sparse
     got = update.ids["item_id"]
-    mine = client.route({"item_id": make_fids(CFG.slot("item_id").slot_id,
-                                              np.arange(40, dtype=np.int64))}).ids
-    assert set(mine[0].unpack()["item_id"].tolist()) <= set(got.tolist())
+    mine = client.route({"item_id": _item_fids(40)}).ids[0].unpack()["item_id"]
+    assert set(mine.tolist()) <= set(got.tolist())
     monkeypatch.setattr(sync.store, "apply_deltas", apply)
     sync.sync_now("sparse")  # shard 1 is asked again from where it was
-    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(40, dtype=np.int64))
-    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
-                                  client.lookup({"item_id": fids})["item_id"])
+    _served_as_trained(sync, client, _item_fids(40))
 
 
 def test_a_shard_that_is_down_holds_up_none_of_the_others(training, monkeypatch) -> None:
@@ -224,17 +230,13 @@ def test_a_shard_that_is_down_holds_up_none_of_the_others(training, monkeypatch)
     monkeypatch.setattr(down, "changes_since", unreachable)
     with pytest.raises(RuntimeError, match="shard 1: shard process gone"):
         sync.sync_now("sparse")
-    mine = client.route({"item_id": make_fids(CFG.slot("item_id").slot_id,
-                                              np.arange(40, dtype=np.int64))}).ids
-    up = mine[0].unpack()["item_id"]
+    up = client.route({"item_id": _item_fids(40)}).ids[0].unpack()["item_id"]
     assert sync.versions()["sparse"] == 1 and up.size
     np.testing.assert_array_equal(sync.store.lookup("item_id", up),
                                   client.shards[0].lookup({"item_id": up})["item_id"])
     monkeypatch.undo()
     sync.sync_now("sparse")  # back: read from where it was, nothing lost
-    fids = make_fids(CFG.slot("item_id").slot_id, np.arange(40, dtype=np.int64))
-    np.testing.assert_array_equal(sync.store.lookup("item_id", fids),
-                                  client.lookup({"item_id": fids})["item_id"])
+    _served_as_trained(sync, client, _item_fids(40))
 
 
 def test_evictions_are_forgotten_only_by_the_incarnation_they_were_read_from(training) -> None:
