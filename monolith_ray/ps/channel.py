@@ -20,7 +20,8 @@ arrives read-only; the shard copies such inputs, see ``ShardServer``). A request
 
 Security: frames are pickles, so a shard serves only peers that hold its token (16 random
 bytes handed out over Ray): a connection's first 16 bytes must be the token, read raw and
-compared before anything is unpickled, or the connection is closed. The server listens on the
+compared before anything is unpickled, or the connection is closed; at most
+``MAX_HANDSHAKES`` connections wait to show it at once, each for ``TOKEN_TIMEOUT_S``. The server listens on the
 node's address (Ray's node IP) on a port the OS picks, and only :data:`CHANNEL_METHODS` can
 be called. On a cluster the nodes must reach each other on any TCP port, as Ray's own workers
 already do.
@@ -71,6 +72,7 @@ TOKEN_TIMEOUT_S = 10.0  # a connection that does not present its token by then i
 MAX_IN_FLIGHT_BYTES = 64 * 1024  # requests; their replies (pulled rows) may be ~8x larger
 MAX_IN_FLIGHT_CALLS = 64
 MAX_BREAKS = 3  # reconnects without a reply before the calls in flight fail
+MAX_HANDSHAKES = 32  # connections at once that have not yet shown the token; more are closed
 _HEAD = struct.Struct("<II")  # count of buffers, length of the pickle
 
 Address = tuple[str, int, bytes]  # host, port, token
@@ -132,6 +134,7 @@ class ChannelServer:
         self._sock = socket.create_server((host, 0), backlog=64)
         self.host = host
         self.port = self._sock.getsockname()[1]
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         threading.Thread(target=self._accept, name="channel-accept", daemon=True).start()
 
     @property
@@ -148,19 +151,27 @@ class ChannelServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
+            if not self._handshakes.acquire(blocking=False):
+                conn.close()  # too many strangers at once: refuse this one only
+                continue
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # a vanished peer
                 threading.Thread(target=self._serve, args=(conn,), name="channel",
                                  daemon=True).start()
             except (OSError, RuntimeError):  # e.g. no thread to spare: refuse this one only
+                self._handshakes.release()
                 conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             try:
-                conn.settimeout(TOKEN_TIMEOUT_S)
-                if not hmac.compare_digest(bytes(_read(conn, TOKEN_BYTES)), self.token):
+                try:
+                    conn.settimeout(TOKEN_TIMEOUT_S)
+                    token = bytes(_read(conn, TOKEN_BYTES))
+                finally:
+                    self._handshakes.release()
+                if not hmac.compare_digest(token, self.token):
                     return
                 conn.settimeout(None)
                 while True:

@@ -637,3 +637,26 @@ def test_a_channel_that_keeps_breaking_fails_its_calls_instead_of_looping() -> N
     finally:
         calls.close()
         listener.close()
+
+
+@pytest.mark.timeout(30)
+def test_connections_that_never_show_the_token_are_capped_and_do_not_block_others(
+        monkeypatch) -> None:
+    monkeypatch.setattr(channel, "MAX_HANDSHAKES", 2)
+    target = Echo()
+    server = ChannelServer(target)
+    host, port, _ = server.address
+    silent = [socket.create_connection((host, port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both now wait to show a token
+        extra = socket.create_connection((host, port), timeout=5)
+        assert extra.recv(1) == b""  # refused at once: closed without reading anything
+        extra.close()
+        for s in silent:
+            s.close()  # their handshakes end
+        time.sleep(0.2)
+        calls = ChannelCalls(timeout_s=5, address_of=lambda shard, timeout: server.address)
+        assert calls.gather([calls.submit(target, "push", "served")]) == ["served"]
+        calls.close()
+    finally:
+        server.close()
