@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monolith_ray.config import DEFAULT_CONFIG, ConfigError, load_config
 
@@ -24,26 +24,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Real-time recommendation training and serving on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser(
-        "train", help="train DeepFM from Parquet on Ray actors, evaluate, write metrics and a "
-                      "snapshot", description=_doc_of(run_train))
-    _config_args(train)
-    _address_arg(train)
-    train.set_defaults(run=run_train)
+    _command(sub, "train", run_train, "train DeepFM from Parquet on Ray actors, evaluate, write "
+             "metrics and a snapshot")
 
-    online = sub.add_parser(
-        "train-online", help="train on the Kafka examples topic, snapshotting parameters and "
-                             "offsets together", description=_doc_of(run_train_online))
-    _config_args(online)
+    online = _command(sub, "train-online", run_train_online, "train on the Kafka examples "
+                      "topic, snapshotting parameters and offsets together")
     online.add_argument("--start", default=None,
                         help="earliest, dump:PATH or snapshot:PATH (default: online.start)")
-    _address_arg(online)
-    online.set_defaults(run=run_train_online)
 
-    join = sub.add_parser("join", help="join the features and actions topics into examples",
-                          description=_doc_of(run_join))
-    _config_args(join)
-    _address_arg(join)
+    join = _command(sub, "join", run_join, "join the features and actions topics into examples")
     join.add_argument("--joiners", type=int, default=None, help="joiner actors "
                                                                 "(default: joiner.n_joiners)")
     join.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
@@ -58,76 +47,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     join.add_argument("--speedup", type=float, default=None,
                       help="replay at this many event seconds per wall second "
                            "(default: as fast as possible)")
-    join.set_defaults(run=run_join)
 
-    serve_ = sub.add_parser(
-        "serve", help="serve HTTP recommendations from a snapshot, synced on schedule",
-        description=_doc_of(run_serve))
-    _config_args(serve_)
-    _address_arg(serve_)
+    serve_ = _command(sub, "serve", run_serve,
+                      "serve HTTP recommendations from a snapshot, synced on schedule")
     serve_.add_argument("--snapshot", default=None, metavar="PATH",
                         help="snapshot folder to serve (default: fresh parameters)")
     serve_.add_argument("--training", default=None, metavar="NAME",
                         help="sync from the running job whose train.name is NAME instead")
-    serve_.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                        help="stop after this long (default: until Ctrl-C)")
-    serve_.set_defaults(run=run_serve)
+    _duration_arg(serve_)
 
-    snapshot = sub.add_parser(
-        "snapshot", help="snapshot a running job's parameters now, or list the snapshots",
-        description=_doc_of(run_snapshot))
-    _config_args(snapshot)
-    _address_arg(snapshot)
+    snapshot = _command(sub, "snapshot", run_snapshot,
+                        "snapshot a running job's parameters now, or list the snapshots")
     snapshot.add_argument("--list", action="store_true",
                           help="list the snapshots under data.snapshot_root instead")
-    snapshot.set_defaults(run=run_snapshot)
 
-    restore = sub.add_parser(
-        "restore", help="load a snapshot into a running job's parameter servers",
-        description=_doc_of(run_restore))
-    _config_args(restore)
-    _address_arg(restore)
+    restore = _command(sub, "restore", run_restore,
+                       "load a snapshot into a running job's parameter servers")
     restore.add_argument("--snapshot", default=None, metavar="PATH",
                          help="a snapshot folder, or a root for its latest complete one "
                               "(default: data.snapshot_root)")
-    restore.set_defaults(run=run_restore)
 
-    broker = sub.add_parser("broker", help="run the embedded Kafka broker in the foreground",
-                            description=_doc_of(run_broker))
-    _config_args(broker)
+    broker = _command(sub, "broker", run_broker,
+                      "run the embedded Kafka broker in the foreground", address=False)
     broker.add_argument("--port", type=int, default=9092, help="port (default: 9092)")
-    broker.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                        help="stop after this long (default: until Ctrl-C)")
-    broker.set_defaults(run=run_broker)
+    _duration_arg(broker)
 
-    simulate = sub.add_parser("simulate", help="simulated users calling a running HTTP API",
-                              description=_doc_of(run_simulate))
+    simulate = _command(sub, "simulate", run_simulate,
+                        "simulated users calling a running HTTP API", config=None, address=False)
     simulate.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL")
     simulate.add_argument("--rate", type=_positive, default=20.0, help="requests per second")
     simulate.add_argument("--users", type=int, default=200, help="simulated users")
     simulate.add_argument("--items", type=int, default=100, help="simulated items")
     simulate.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
                           help="how long (default: 60)")
-    simulate.set_defaults(run=run_simulate)
 
-    demo = sub.add_parser(
-        "demo", help="run the whole real-time loop locally: serve, simulated users, join, "
-                     "train online, sync", description=_doc_of(run_demo))
-    demo.add_argument("--config", default=None,
-                      help="YAML config (default: the embedded demo config)")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key (repeatable)")
-    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                      help="stop after this long (default: until Ctrl-C)")
+    demo = _command(sub, "demo", run_demo, "run the whole real-time loop locally: serve, "
+                    "simulated users, join, train online, sync",
+                    config=(None, "the embedded demo config"))
+    _duration_arg(demo)
     demo.add_argument("--rate", type=_positive, default=20.0,
                       help="simulated /recommend requests per second (default: 20)")
-    _address_arg(demo)
-    demo.set_defaults(run=run_demo)
 
-    data = sub.add_parser("data", help="fetch MovieLens-100K and write its Parquet splits",
-                          description=_doc_of(run_data))
+    data = _command(sub, "data", run_data, "fetch MovieLens-100K and write its Parquet splits",
+                    config=None, address=False)
     data.add_argument("--dest", default="data", help="data folder (default: data)")
-    data.set_defaults(run=run_data)
 
     args = parser.parse_args(argv)
     try:
@@ -383,16 +346,31 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="YAML config (default: the embedded MovieLens-100K config)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.epochs=1 (repeatable)")
+MOVIELENS_CONFIG = (str(DEFAULT_CONFIG), "the embedded MovieLens-100K config")
 
 
-def _address_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=None,
-                        help="Ray address (default: the job's cluster, RAY_ADDRESS, or a local Ray)")
+def _command(sub: argparse._SubParsersAction, name: str, run: Callable[..., int], summary: str,
+             *, config: tuple[str | None, str] | None = MOVIELENS_CONFIG, address: bool = True
+             ) -> argparse.ArgumentParser:
+    """Subcommand ``name`` running ``run`` (its docstring the description): with ``--config``
+    (default and its words, ``config``; None: no config) and ``--set``, and ``--address``."""
+    parser = sub.add_parser(name, help=summary, description=_doc_of(run))
+    if config is not None:
+        default, words = config
+        parser.add_argument("--config", default=default, help=f"YAML config (default: {words})")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key, e.g. --set train.epochs=1 (repeatable)")
+    if address:
+        parser.add_argument(
+            "--address", default=None,
+            help="Ray address (default: the job's cluster, RAY_ADDRESS, or a local Ray)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _duration_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (default: until Ctrl-C)")
 
 
 def _positive(text: str) -> float:
