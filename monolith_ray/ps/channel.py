@@ -60,7 +60,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monolith_ray.ps.client import ShardUnavailableError
+from monolith_ray.ps.client import (
+    ShardUnavailableError,
+    dead_or_unreachable,
+    not_answered,
+)
 
 # What a channel may call on a shard: its per-step and table methods.
 CHANNEL_METHODS = frozenset({
@@ -300,9 +304,7 @@ class ChannelCalls:
         try:
             frame = read_frame(link.sock)
         except TimeoutError as err:
-            self._fail_all(link, ShardUnavailableError(
-                f"parameter server(s) [{i}] of {n} did not answer within {self.timeout_s} s"),
-                err)
+            self._fail_all(link, not_answered([i], n, self.timeout_s), err)
             return
         except (ConnectionError, OSError) as err:
             self._broke(link, i, n, err)  # the next read reconnects and resends
@@ -344,13 +346,9 @@ class ChannelCalls:
         try:
             host, port, token = self.address_of(link.shard, self.timeout_s)
         except GetTimeoutError as err:
-            raise ShardUnavailableError(
-                f"parameter server(s) [{i}] of {n} did not answer within {self.timeout_s} s"
-            ) from err
+            raise not_answered([i], n, self.timeout_s) from err
         except RayActorError as err:
-            raise ShardUnavailableError(
-                f"parameter server(s) [{i}] of {n} are dead or unreachable "
-                f"({type(err).__name__}); restart them from the latest snapshot") from err
+            raise dead_or_unreachable([i], n, err) from err
         try:
             link.sock = socket.create_connection((host, port), timeout=self.timeout_s)
             link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

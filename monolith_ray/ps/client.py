@@ -15,8 +15,8 @@ compute the current step while it is in flight. How a call is made is pluggable
 (:class:`DirectCalls` for plain ``ShardServer`` objects in this process, which run each call
 when it is issued; :class:`RayCalls` for actor handles, ``.method.remote`` then one
 ``ray.get``; ``monolith_ray.ps.channel.ChannelCalls`` for shard actors over direct
-connections, what trainers use); by default it is chosen from the shards given. Calls from one client reach a
-shard in the order issued (Ray keeps a caller's actor tasks in order), so a pull issued
+connections, what trainers use); by default it is chosen from the shards given. Calls from
+one client reach a shard in the order issued (Ray keeps a caller's actor tasks in order), so a pull issued
 before a push reads the rows before that push, the same in both modes.
 """
 
@@ -77,9 +77,7 @@ class RayCalls:
         except GetTimeoutError as err:
             ready, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0)
             late = [i for i, h in enumerate(handles) if h not in ready]
-            raise ShardUnavailableError(
-                f"parameter server(s) {late} of {len(handles)} did not answer within "
-                f"{self.timeout_s} s") from err
+            raise not_answered(late, len(handles), self.timeout_s) from err
         except RayActorError as err:
             dead = []
             for i, h in enumerate(handles):
@@ -89,9 +87,22 @@ class RayCalls:
                     dead.append(i)
                 except GetTimeoutError:
                     pass  # still running: alive
-            raise ShardUnavailableError(
-                f"parameter server(s) {dead} of {len(handles)} are dead or unreachable "
-                f"({type(err).__name__}); restart them from the latest snapshot") from err
+            raise dead_or_unreachable(dead, len(handles), err) from err
+
+
+def not_answered(positions: list[int], n: int, timeout_s: float | None
+                 ) -> ShardUnavailableError:
+    """The error of calls at ``positions`` (of ``n`` waited for) not answered in time."""
+    return ShardUnavailableError(
+        f"parameter server(s) {positions} of {n} did not answer within {timeout_s} s")
+
+
+def dead_or_unreachable(positions: list[int], n: int, err: BaseException
+                        ) -> ShardUnavailableError:
+    """The error of calls at ``positions`` (of ``n``) to servers dead for good."""
+    return ShardUnavailableError(
+        f"parameter server(s) {positions} of {n} are dead or unreachable "
+        f"({type(err).__name__}); restart them from the latest snapshot")
 
 
 def calls_for(shards: Sequence[Any], method: str = "pull", timeout_s: float | None = 60.0,

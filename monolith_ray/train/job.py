@@ -106,11 +106,11 @@ class Trainer:
 
 def trainer_options(cfg: Config) -> dict[str, Any]:
     """Ray options of a trainer actor: ``train.trainer_cpus`` and ``train.actor_resources``
-    reserved, and XLA's CPU thread
-    pool sized by ``train.xla_threads`` (``PJRT_NPROC``; 0: the reservation, at least one
-    thread, as Ray sizes a worker's OpenMP threads). By default XLA starts a thread per core
-    of the node; a trainer sharing the node with shard actors then competes with their table
-    work for the same cores, and XLA's parallel steps wait on threads preempted by them."""
+    reserved, and XLA's CPU thread pool sized by ``train.xla_threads`` (``PJRT_NPROC``; 0: the
+    reservation, at least one thread, as Ray sizes a worker's OpenMP threads). By default XLA
+    starts a thread per core of the node; a trainer sharing the node with shard actors then
+    competes with their table work for the same cores, and XLA's parallel steps wait on
+    threads preempted by them."""
     threads = cfg.train.xla_threads or max(1, int(cfg.train.trainer_cpus))
     return {"num_cpus": cfg.train.trainer_cpus, "resources": dict(cfg.train.actor_resources),
             "runtime_env": {"env_vars": {"PJRT_NPROC": str(threads)}}}

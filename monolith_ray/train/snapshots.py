@@ -49,7 +49,6 @@ from typing import Any, NamedTuple
 import pyarrow.fs as pafs
 
 from monolith_ray.config import Config, ConfigError, DataConfig
-from monolith_ray.ps.dense import DENSE_FILE  # noqa: F401 - a snapshot's file, re-exported
 from monolith_ray.ps.shard import absolute_location, filesystem_and_path
 
 FORMAT = "monolith_ray.snapshot/1"
