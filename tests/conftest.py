@@ -82,11 +82,11 @@ def kill_actor() -> Callable[[Any, str], None]:
 
     def kill(handle: Any, how: str) -> None:
         if how == "ray.kill":
-            ray.kill(handle)
-            return
-        if how != "kill -9":
+            ray.kill(handle)  # asynchronous: the actor may still answer for a moment
+        elif how == "kill -9":
+            os.kill(ray.get(handle.__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
+        else:
             raise ValueError(f"how must be 'ray.kill' or 'kill -9', got {how!r}")
-        os.kill(ray.get(handle.__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -94,6 +94,6 @@ def kill_actor() -> Callable[[Any, str], None]:
             except RayActorError:
                 return
             time.sleep(0.05)
-        raise TimeoutError("the actor still answers 30 s after SIGKILL")
+        raise TimeoutError(f"the actor still answers 30 s after {how}")
 
     return kill

@@ -323,7 +323,7 @@ def test_a_replica_started_late_serves_the_latest_versions_from_its_first_answer
         serve.delete(APP + "-late")
 
 
-def test_serving_outlives_the_sync_actor_and_the_training_side(deployment) -> None:
+def test_serving_outlives_the_sync_actor_and_the_training_side(deployment, kill_actor) -> None:
     """Runs last in this module: it kills the module's actors."""
     dep = deployment
     before = dep.predict()
@@ -341,7 +341,7 @@ def test_serving_outlives_the_sync_actor_and_the_training_side(deployment) -> No
         ray.kill(dep.sync, no_restart=False)  # a crash: Ray restarts it
         versions = ray.get(dep.sync.versions.remote(), timeout=60)  # restarted, rebuilt
         for actor in [*dep.shards, dep.dense]:
-            ray.kill(actor)  # the training side is gone for good
+            kill_actor(actor, "ray.kill")  # the training side is gone for good
         with pytest.raises(Exception, match="dead|unreachable"):
             ray.get(dep.sync.sync_now.remote("sparse"), timeout=60)
         time.sleep(1.0)

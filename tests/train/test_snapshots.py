@@ -142,12 +142,13 @@ def test_an_incomplete_snapshot_is_ignored_then_pruned(servers, tmp_path):
     assert [s.number for s in list_snapshots(root)] == [1, 3]
 
 
-def test_a_shard_dying_mid_snapshot_leaves_the_last_complete_one_latest(servers, tmp_path):
+def test_a_shard_dying_mid_snapshot_leaves_the_last_complete_one_latest(servers, tmp_path,
+                                                                        kill_actor):
     cfg = load_config(CONFIG)
     root = tmp_path / "snaps"
     shards, dense = trained(servers, cfg)
     first = take_snapshot(root, shards, dense)
-    ray.kill(shards[1], no_restart=True)
+    kill_actor(shards[1], "ray.kill")
     with pytest.raises(ray.exceptions.RayActorError):
         take_snapshot(root, shards, dense)
     assert [(s.number, s.complete) for s in list_snapshots(root)] == [(1, True), (2, False)]
