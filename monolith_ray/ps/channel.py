@@ -15,8 +15,11 @@ after a connection breaks.
 Wire format: a frame is a header (u32 count of buffers, u32 length of the pickle, u64 length
 of each buffer), a pickle (protocol 5) of the message, then its out-of-band buffers: numpy
 arrays travel as raw bytes and are received into fresh memory (an array sent read-only
-arrives read-only; the shard copies such inputs, see ``ShardServer``). A request is
-``(method, args)``, a reply ``(True, result)`` or ``(False, exception)``.
+arrives read-only; the shard copies such inputs, see ``ShardServer``). A connection opens
+with the token and the client's session id (16 random bytes each); a request is
+``(seq, acked, method, args)`` (its sequence number in the session, and the oldest call of the
+session still unanswered when it was made), a reply ``(True, result)`` or
+``(False, exception)``.
 
 Security: frames are pickles, so a shard serves only peers that hold its token (16 random
 bytes handed out over Ray): a connection's first 16 bytes must be the token, read raw and
@@ -34,8 +37,12 @@ asks the actor for its channel again: Ray holds that call until a restarted acto
 restores its snapshot first, see ``monolith_ray.train.job.start_servers``), and the calls not
 yet answered are sent again in order, as Ray retries a restarted actor's calls
 (``max_task_retries``). A shard dead for good raises :class:`ShardUnavailableError` naming it.
-A connection that breaks while the shard lives on also resends, so a call may then run twice.
-A call not answered in time fails every call in flight on that connection (the next call
+A connection that breaks while the shard lives on also resends, but runs nothing twice: the
+server keeps, per session, the number of the last call it ran and its replies not yet
+acknowledged, and answers a call it already ran with the reply it sent (a push is applied
+once). A restarted shard has lost that state with its table and runs what is resent on the
+table it restored. At most ``MAX_SESSIONS`` sessions are kept, least recently connected
+dropped first. A call not answered in time fails every call in flight on that connection (the next call
 opens a new one); such calls may still run on the shard, which reads what reached it. A
 connection that breaks ``MAX_BREAKS`` times in a row without an answer fails its calls too,
 rather than reconnecting for ever. A request the shard cannot decode is answered with the
@@ -55,7 +62,7 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +84,8 @@ MAX_IN_FLIGHT_BYTES = 64 * 1024  # requests; their replies (pulled rows) may be 
 MAX_IN_FLIGHT_CALLS = 64
 MAX_BREAKS = 3  # reconnects without a reply before the calls in flight fail
 MAX_HANDSHAKES = 32  # connections at once that have not yet shown the token; more are closed
+SESSION_BYTES = 16
+MAX_SESSIONS = 256  # sessions a server remembers (one per trainer per shard)
 _HEAD = struct.Struct("<II")  # count of buffers, length of the pickle
 
 Address = tuple[str, int, bytes]  # host, port, token
@@ -127,6 +136,17 @@ def _read(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
+@dataclass
+class _Session:
+    """What a server remembers of one client session: the last call it ran and the encoded
+    replies the client may not have read yet, by sequence number. ``lock`` is held while a
+    call runs, so a call resent on a new connection waits for the old connection's run."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last: int = -1
+    replies: dict[int, bytes] = field(default_factory=dict)
+
+
 class ChannelServer:
     """Serves ``target``'s :data:`CHANNEL_METHODS` to connections that present the token,
     each connection on its own thread. ``target`` serializes its own methods (a
@@ -139,6 +159,8 @@ class ChannelServer:
         self.host = host
         self.port = self._sock.getsockname()[1]
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self._sessions_lock = threading.Lock()
         threading.Thread(target=self._accept, name="channel-accept", daemon=True).start()
 
     @property
@@ -172,34 +194,56 @@ class ChannelServer:
             try:
                 try:
                     conn.settimeout(TOKEN_TIMEOUT_S)
-                    token = bytes(_read(conn, TOKEN_BYTES))
+                    hello = bytes(_read(conn, TOKEN_BYTES + SESSION_BYTES))
                 finally:
                     self._handshakes.release()
-                if not hmac.compare_digest(token, self.token):
+                if not hmac.compare_digest(hello[:TOKEN_BYTES], self.token):
                     return
+                session = self._session(hello[TOKEN_BYTES:])
                 conn.settimeout(None)
                 while True:
                     frame = read_frame(conn)  # whole, so the stream stays in step below
-                    conn.sendall(self._answer(frame))
+                    conn.sendall(self._answer(frame, session))
             except (ConnectionError, OSError):
                 return
 
-    def _answer(self, frame: tuple[bytearray, list[bytearray]]) -> bytes:
+    def _session(self, key: bytes) -> _Session:
+        """The session ``key`` names, made if new; the least recently connected past
+        ``MAX_SESSIONS`` are forgotten."""
+        with self._sessions_lock:
+            session = self._sessions.pop(key, None) or _Session()
+            self._sessions[key] = session
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+            return session
+
+    def _answer(self, frame: tuple[bytearray, list[bytearray]], session: _Session) -> bytes:
         """The reply frame to one request frame: its result, or the error that decoding the
-        request, calling the method or encoding the result raised."""
-        method = "?"
+        request, calling the method or encoding the result raised; a call the session already
+        ran gets the reply it was sent."""
         try:
-            method, args = decode(*frame)
-            if method not in CHANNEL_METHODS:
-                raise AttributeError(f"{method!r} cannot be called over a channel; it serves "
-                                     f"{', '.join(sorted(CHANNEL_METHODS))}")
-            reply = (True, getattr(self.target, method)(*args))
-        except Exception as err:  # noqa: BLE001 - the caller gets it
-            reply = (False, err)
-        try:
-            return encode(reply)
-        except Exception as err:  # noqa: BLE001 - an unpicklable result or error
-            return encode((False, RuntimeError(f"{method}: {reply[1]!r} ({err})")))
+            seq, acked, method, args = decode(*frame)
+        except Exception as err:  # noqa: BLE001 - the caller gets it; nothing ran
+            return encode((False, err))
+        with session.lock:
+            for done in [k for k in session.replies if k < acked]:
+                del session.replies[done]  # the client has read these
+            if seq <= session.last:
+                return session.replies.get(seq) or encode((False, RuntimeError(
+                    f"call {seq} ran already and its reply was acknowledged")))
+            try:
+                if method not in CHANNEL_METHODS:
+                    raise AttributeError(f"{method!r} cannot be called over a channel; it "
+                                         f"serves {', '.join(sorted(CHANNEL_METHODS))}")
+                reply = (True, getattr(self.target, method)(*args))
+            except Exception as err:  # noqa: BLE001 - the caller gets it
+                reply = (False, err)
+            try:
+                encoded = encode(reply)
+            except Exception as err:  # noqa: BLE001 - an unpicklable result or error
+                encoded = encode((False, RuntimeError(f"{method}: {reply[1]!r} ({err})")))
+            session.last, session.replies[seq] = seq, encoded
+            return encoded
 
 
 def actor_address(shard: Any, timeout_s: float | None) -> Address:
@@ -219,6 +263,7 @@ class _Link:
     sequence number and encoded frame."""
 
     shard: Any
+    session: bytes = field(default_factory=lambda: secrets.token_bytes(SESSION_BYTES))
     sock: socket.socket | None = None
     next_seq: int = 0
     unanswered: deque[tuple[int, bytes]] = field(default_factory=deque)
@@ -252,16 +297,18 @@ class ChannelCalls:
     def submit(self, shard: Any, method: str, *args: Any) -> Ticket:
         if method not in CHANNEL_METHODS:
             raise ValueError(f"{method!r} cannot be called over a channel")
-        frame = encode((method, args))  # an unpicklable call fails here, before it is queued
         key = getattr(shard, "_actor_id", None) or id(shard)
         link = self._links.get(key)
         if link is None:
             link = self._links[key] = _Link(shard)
+        seq = link.next_seq
+        acked = link.unanswered[0][0] if link.unanswered else seq
+        # An unpicklable call fails here, before it is queued.
+        frame = encode((seq, acked, method, args))
         while link.unanswered and (
                 len(link.unanswered) >= MAX_IN_FLIGHT_CALLS
                 or link.bytes_in_flight + len(frame) > MAX_IN_FLIGHT_BYTES):
             self._read_reply(link, 0, 1)  # flow control: make room first
-        seq = link.next_seq
         link.next_seq += 1
         link.unanswered.append((seq, frame))
         if link.sock is None:
@@ -352,7 +399,7 @@ class ChannelCalls:
         try:
             link.sock = socket.create_connection((host, port), timeout=self.timeout_s)
             link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            link.sock.sendall(token)
+            link.sock.sendall(token + link.session)
             for _, frame in link.unanswered:
                 link.sock.sendall(frame)
         except TimeoutError as err:

@@ -19,6 +19,7 @@ from monolith_ray.features import make_fids
 from monolith_ray.ps import channel
 from monolith_ray.ps.channel import (
     CHANNEL_METHODS,
+    SESSION_BYTES,
     TOKEN_BYTES,
     ChannelCalls,
     ChannelServer,
@@ -276,13 +277,14 @@ def test_only_channel_methods_can_be_called_and_a_refusal_keeps_the_connection(m
     host, port, token = server.address
     try:
         with socket.create_connection((host, port), timeout=5) as raw:
-            raw.sendall(token)
-            for method in ("secret", "open_channel", "__init__", "__class__", "no_such"):
-                send(raw, (method, ()))
+            raw.sendall(token + b"s" * SESSION_BYTES)
+            for seq, method in enumerate(("secret", "open_channel", "__init__", "__class__",
+                                          "no_such")):
+                send(raw, (seq, seq, method, ()))
                 ok, error = receive(raw)
                 assert not ok and isinstance(error, AttributeError), (method, error)
                 assert f"{method!r} cannot be called over a channel" in str(error)
-            send(raw, ("push", ("still here",)))
+            send(raw, (5, 5, "push", ("still here",)))
             assert receive(raw) == (True, "still here")
         assert target.secret_calls == 0 and server.target is target
 
@@ -411,6 +413,77 @@ def test_a_broken_connection_is_reopened_and_unanswered_calls_are_sent_again_in_
         calls.close()
         for server in servers:
             server.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_call_resent_to_the_same_live_server_runs_once_and_gets_its_first_reply():
+    target = Echo()
+    server = TrackedServer(target)
+    calls = ChannelCalls(timeout_s=10, address_of=lambda shard, timeout: server.address)
+    try:
+        assert calls.gather([calls.submit(target, "pull", 0)]) == [0]
+        target.gate.clear()
+        target.entered.clear()
+        in_flight = [calls.submit(target, "pull", k) for k in (1, 2)]
+        assert target.entered.wait(5)  # the server is running call 1, holding 2
+        server.conns[0].shutdown(socket.SHUT_RDWR)  # the connection breaks, the shard lives
+        after = calls.submit(target, "push", 3)  # made after the break
+        target.gate.set()  # call 1 finishes; its reply cannot be sent on the old connection
+        assert calls.gather([*in_flight, after]) == [1, 2, 3]
+        assert len(server.conns) == 2  # one reconnect
+        # Call 1 was resent, but answered from the first run's reply: every call ran once.
+        assert target.log == [("pull", 0), ("pull", 1), ("pull", 2), ("push", 3)]
+    finally:
+        calls.close()
+        server.close()
+
+
+def test_a_push_resent_after_the_connection_breaks_is_applied_once():
+    shard, reference = ShardServer(SLOTS, CFG.admission), ShardServer(SLOTS, CFG.admission)
+    fids = {n: np.unique(f) for n, f in movielens_fids(7).items()}
+    grads = grads_of(fids, 3)
+    for s in (shard, reference):
+        s.pull(fids, 1.0)
+    before = shard.stats()
+    expected = reference.push(fids, grads, 2.0)
+    calls = ChannelCalls(timeout_s=10)
+    try:
+        pushed = calls.submit(shard, "push", fids, grads, 2.0)
+        deadline = time.monotonic() + 10
+        while shard.stats() == before:  # the shard has applied the push ...
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        calls.close()  # ... and the connection breaks before its reply is read: resent
+        assert calls.gather([pushed]) == [expected]
+        assert shard.stats() == reference.stats()  # versions: applied once, not twice
+        for name, rows in reference.lookup(fids).items():
+            np.testing.assert_array_equal(shard.lookup(fids)[name], rows)
+        assert calls.gather([calls.submit(shard, "lookup", fids)])[0].keys() == fids.keys()
+    finally:
+        calls.close()
+
+
+def test_a_server_keeps_only_unacknowledged_replies_and_the_newest_sessions(monkeypatch):
+    monkeypatch.setattr(channel, "MAX_SESSIONS", 2)
+    target = Echo()
+    server = ChannelServer(target)
+    clients = [ChannelCalls(timeout_s=5, address_of=lambda shard, timeout: server.address)
+               for _ in range(3)]
+    try:
+        for k in range(50):
+            assert clients[0].gather([clients[0].submit(target, "push", k)]) == [k]
+        (session,) = server._sessions.values()
+        assert session.last == 49 and list(session.replies) == [49]  # 0..48 acknowledged
+        tickets = [clients[0].submit(target, "push", k) for k in range(50, 60)]
+        assert clients[0].gather(tickets) == list(range(50, 60))
+        assert len(session.replies) <= 11  # the calls sent before any of their replies
+        for client in clients[1:]:
+            assert client.gather([client.submit(target, "push", "x")]) == ["x"]
+        assert len(server._sessions) == 2 and session not in server._sessions.values()
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
 
 
 def test_closing_the_client_resends_its_unanswered_calls_on_a_new_connection():
