@@ -41,8 +41,9 @@ A connection that breaks while the shard lives on also resends, but runs nothing
 server keeps, per session, the number of the last call it ran and its replies not yet
 acknowledged, and answers a call it already ran with the reply it sent (a push is applied
 once). A restarted shard has lost that state with its table and runs what is resent on the
-table it restored. At most ``MAX_SESSIONS`` sessions are kept, least recently connected
-dropped first. A call not answered in time fails every call in flight on that connection (the next call
+table it restored. A session with no open connection is forgotten after ``SESSION_IDLE_S``,
+or sooner, least recently used first, once more than ``MAX_SESSIONS`` are kept; one with an
+open connection is kept. A call not answered in time fails every call in flight on that connection (the next call
 opens a new one); such calls may still run on the shard, which reads what reached it. A
 connection that breaks ``MAX_BREAKS`` times in a row without an answer fails its calls too,
 rather than reconnecting for ever. A request the shard cannot decode is answered with the
@@ -62,7 +63,7 @@ import socket
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,8 @@ MAX_IN_FLIGHT_CALLS = 64
 MAX_BREAKS = 3  # reconnects without a reply before the calls in flight fail
 MAX_HANDSHAKES = 32  # connections at once that have not yet shown the token; more are closed
 SESSION_BYTES = 16
-MAX_SESSIONS = 256  # sessions a server remembers (one per trainer per shard)
+MAX_SESSIONS = 64  # sessions a server keeps, beyond those with an open connection
+SESSION_IDLE_S = 120.0  # a session without a connection for this long is forgotten
 _HEAD = struct.Struct("<II")  # count of buffers, length of the pickle
 
 Address = tuple[str, int, bytes]  # host, port, token
@@ -145,6 +147,8 @@ class _Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     last: int = -1
     replies: dict[int, bytes] = field(default_factory=dict)
+    connections: int = 0  # open connections using it; never forgotten while > 0
+    idle_since: float = 0.0  # time.monotonic() when its last connection closed
 
 
 class ChannelServer:
@@ -159,7 +163,7 @@ class ChannelServer:
         self.host = host
         self.port = self._sock.getsockname()[1]
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
-        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self._sessions: dict[bytes, _Session] = {}
         self._sessions_lock = threading.Lock()
         threading.Thread(target=self._accept, name="channel-accept", daemon=True).start()
 
@@ -199,23 +203,37 @@ class ChannelServer:
                     self._handshakes.release()
                 if not hmac.compare_digest(hello[:TOKEN_BYTES], self.token):
                     return
-                session = self._session(hello[TOKEN_BYTES:])
-                conn.settimeout(None)
-                while True:
-                    frame = read_frame(conn)  # whole, so the stream stays in step below
-                    conn.sendall(self._answer(frame, session))
+                session = self._open_session(hello[TOKEN_BYTES:])
+                try:
+                    conn.settimeout(None)
+                    while True:
+                        frame = read_frame(conn)  # whole, so the stream stays in step below
+                        conn.sendall(self._answer(frame, session))
+                finally:
+                    self._close_session(session)
             except (ConnectionError, OSError):
                 return
 
-    def _session(self, key: bytes) -> _Session:
-        """The session ``key`` names, made if new; the least recently connected past
-        ``MAX_SESSIONS`` are forgotten."""
+    def _open_session(self, key: bytes) -> _Session:
+        """The session ``key`` names (made if new), counted as used by one more connection;
+        sessions without a connection are forgotten first if idle too long or too many."""
         with self._sessions_lock:
-            session = self._sessions.pop(key, None) or _Session()
-            self._sessions[key] = session
-            while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
+            now = time.monotonic()
+            idle = sorted((s.idle_since, k) for k, s in self._sessions.items()
+                          if s.connections == 0 and k != key)
+            excess = len(self._sessions) + (key not in self._sessions) - MAX_SESSIONS
+            for n, (since, k) in enumerate(idle):
+                if n < excess or now - since > SESSION_IDLE_S:
+                    del self._sessions[k]
+            session = self._sessions.setdefault(key, _Session())
+            session.connections += 1
             return session
+
+    def _close_session(self, session: _Session) -> None:
+        with self._sessions_lock:
+            session.connections -= 1
+            if session.connections == 0:
+                session.idle_since = time.monotonic()
 
     def _answer(self, frame: tuple[bytearray, list[bytearray]], session: _Session) -> bytes:
         """The reply frame to one request frame: its result, or the error that decoding the
@@ -224,13 +242,14 @@ class ChannelServer:
         try:
             seq, acked, method, args = decode(*frame)
         except Exception as err:  # noqa: BLE001 - the caller gets it; nothing ran
-            return encode((False, err))
+            return _reply_frame((False, err), "a request that could not be decoded")
         with session.lock:
             for done in [k for k in session.replies if k < acked]:
                 del session.replies[done]  # the client has read these
             if seq <= session.last:
                 return session.replies.get(seq) or encode((False, RuntimeError(
-                    f"call {seq} ran already and its reply was acknowledged")))
+                    f"call {seq} is behind its session's latest call {session.last}: "
+                    f"answered already, or overtaken and not run")))
             try:
                 if method not in CHANNEL_METHODS:
                     raise AttributeError(f"{method!r} cannot be called over a channel; it "
@@ -238,12 +257,18 @@ class ChannelServer:
                 reply = (True, getattr(self.target, method)(*args))
             except Exception as err:  # noqa: BLE001 - the caller gets it
                 reply = (False, err)
-            try:
-                encoded = encode(reply)
-            except Exception as err:  # noqa: BLE001 - an unpicklable result or error
-                encoded = encode((False, RuntimeError(f"{method}: {reply[1]!r} ({err})")))
+            encoded = _reply_frame(reply, method)
             session.last, session.replies[seq] = seq, encoded
             return encoded
+
+
+def _reply_frame(reply: tuple[bool, Any], what: str) -> bytes:
+    """The frame of ``reply``; if it cannot be pickled (an unpicklable result or error), the
+    frame of a RuntimeError describing it, naming ``what`` was called."""
+    try:
+        return encode(reply)
+    except Exception as err:  # noqa: BLE001
+        return encode((False, RuntimeError(f"{what}: {reply[1]!r} ({err})")))
 
 
 def actor_address(shard: Any, timeout_s: float | None) -> Address:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import signal
 import socket
 import threading
@@ -438,6 +439,88 @@ def test_a_call_resent_to_the_same_live_server_runs_once_and_gets_its_first_repl
         server.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_session_in_use_is_never_forgotten_however_many_others_come(monkeypatch):
+    monkeypatch.setattr(channel, "MAX_SESSIONS", 2)
+    target = Echo()
+    server = TrackedServer(target)
+    address_of = lambda shard, timeout: server.address  # noqa: E731
+    trainer = ChannelCalls(timeout_s=10, address_of=address_of)
+    others = [ChannelCalls(timeout_s=10, address_of=address_of) for _ in range(4)]
+    try:
+        assert trainer.gather([trainer.submit(target, "pull", 0)]) == [0]
+        target.gate.clear()
+        target.entered.clear()
+        running = trainer.submit(target, "pull", 1)
+        assert target.entered.wait(5)
+        for other in others:  # short-lived clients come and go, past MAX_SESSIONS
+            assert other.gather([other.submit(target, "push", "x")]) == ["x"]
+            other.close()
+        server.conns[0].shutdown(socket.SHUT_RDWR)  # then the trainer's connection breaks
+        target.gate.set()
+        assert trainer.gather([running]) == [1]
+        assert [x for method, x in target.log if method == "pull"] == [0, 1]  # ran once
+    finally:
+        for calls in [trainer, *others]:
+            calls.close()
+        server.close()
+
+
+class Counter:
+    """A fake target whose ``push(k, sleep_s)`` records ``k`` and sleeps."""
+
+    def __init__(self) -> None:
+        self.log: list[int] = []
+
+    def push(self, k: int, sleep_s: float = 0.0) -> int:
+        self.log.append(k)
+        time.sleep(sleep_s)
+        return k
+
+
+@pytest.mark.timeout(120)
+def test_under_random_breaks_on_both_ends_every_call_runs_at_most_once_in_order():
+    rng = random.Random(0)
+    target = Counter()
+    server = TrackedServer(target)
+    calls = ChannelCalls(timeout_s=10, address_of=lambda shard, timeout: server.address)
+    stop = threading.Event()
+
+    def break_server_ends() -> None:
+        pauses = random.Random(1)
+        while not stop.wait(pauses.uniform(0.0005, 0.01)):
+            for conn in server.conns[-2:]:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    breaker = threading.Thread(target=break_server_ends, daemon=True)
+    breaker.start()
+    k, answered = 0, set()
+    try:
+        for _ in range(150):
+            n = rng.randint(1, 8)
+            tickets = [calls.submit(target, "push", k + i, rng.choice([0, 0, 0.002]))
+                       for i in range(n)]
+            if rng.random() < 0.2:
+                calls.close()  # the client's end breaks too
+            try:
+                assert calls.gather(tickets) == list(range(k, k + n))
+                answered.update(range(k, k + n))
+            except ShardUnavailableError:
+                pass  # broke MAX_BREAKS times in a row: these calls may or may not have run
+            k += n
+    finally:
+        stop.set()
+        breaker.join(5)
+        calls.close()
+        server.close()
+    assert len(server.conns) > 20  # it did break, often
+    assert target.log == sorted(set(target.log))  # none ran twice, none out of order
+    assert len(answered) > k // 2 and answered <= set(target.log)  # an answer means it ran
+
+
 def test_a_push_resent_after_the_connection_breaks_is_applied_once():
     shard, reference = ShardServer(SLOTS, CFG.admission), ShardServer(SLOTS, CFG.admission)
     fids = {n: np.unique(f) for n, f in movielens_fids(7).items()}
@@ -463,23 +546,41 @@ def test_a_push_resent_after_the_connection_breaks_is_applied_once():
         calls.close()
 
 
-def test_a_server_keeps_only_unacknowledged_replies_and_the_newest_sessions(monkeypatch):
+def test_a_server_keeps_unacknowledged_replies_and_forgets_idle_sessions(monkeypatch):
     monkeypatch.setattr(channel, "MAX_SESSIONS", 2)
     target = Echo()
     server = ChannelServer(target)
     clients = [ChannelCalls(timeout_s=5, address_of=lambda shard, timeout: server.address)
-               for _ in range(3)]
+               for _ in range(5)]
+
+    def idle(n: int) -> None:  # wait until the server has seen n sessions' connections close
+        deadline = time.monotonic() + 5
+        while sum(s.connections == 0 for s in server._sessions.values()) < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
     try:
         for k in range(50):
             assert clients[0].gather([clients[0].submit(target, "push", k)]) == [k]
-        (session,) = server._sessions.values()
-        assert session.last == 49 and list(session.replies) == [49]  # 0..48 acknowledged
+        (first,) = server._sessions.values()
+        assert first.last == 49 and list(first.replies) == [49]  # 0..48 acknowledged
         tickets = [clients[0].submit(target, "push", k) for k in range(50, 60)]
         assert clients[0].gather(tickets) == list(range(50, 60))
-        assert len(session.replies) <= 11  # the calls sent before any of their replies
-        for client in clients[1:]:
+        assert len(first.replies) <= 11  # the calls sent before any of their replies
+        for client in clients[1:3]:
             assert client.gather([client.submit(target, "push", "x")]) == ["x"]
-        assert len(server._sessions) == 2 and session not in server._sessions.values()
+        assert len(server._sessions) == 3  # over MAX_SESSIONS: a session in use is kept
+        clients[0].close()
+        clients[1].close()
+        idle(2)
+        clients[3].gather([clients[3].submit(target, "push", "y")])
+        # The two idle sessions went, the oldest first, to make room: 2 and 3 are in use.
+        assert len(server._sessions) == 2 and first not in server._sessions.values()
+        monkeypatch.setattr(channel, "SESSION_IDLE_S", 0.0)
+        clients[2].close()
+        idle(1)
+        clients[4].gather([clients[4].submit(target, "push", "z")])
+        assert [s.connections for s in server._sessions.values()] == [1, 1]  # 3 and 4
     finally:
         for client in clients:
             client.close()
@@ -680,6 +781,28 @@ def test_a_request_the_shard_cannot_decode_is_answered_with_the_error() -> None:
     try:
         with pytest.raises(ValueError, match="cannot be loaded here"):
             calls.gather([calls.submit(target, "push", Poison())])
+        assert calls.gather([calls.submit(target, "push", "next")]) == ["next"]
+        assert target.log == [("push", "next")]
+    finally:
+        calls.close()
+
+
+def _key_error_holding_a_lock() -> None:
+    raise KeyError(threading.Lock())  # an error that cannot be pickled back
+
+
+class PoisonWithUnpicklableError:
+    def __reduce__(self):
+        return (_key_error_holding_a_lock, ())
+
+
+@pytest.mark.timeout(30)
+def test_a_request_whose_decoding_error_cannot_be_pickled_is_answered_and_the_link_lives():
+    target = Echo()
+    calls = ChannelCalls(timeout_s=5)
+    try:
+        with pytest.raises(RuntimeError, match="a request that could not be decoded: KeyError"):
+            calls.gather([calls.submit(target, "push", PoisonWithUnpicklableError())])
         assert calls.gather([calls.submit(target, "push", "next")]) == ["next"]
         assert target.log == [("push", "next")]
     finally:
