@@ -1,32 +1,31 @@
 """Channels: a trainer's per-step calls to a parameter-server shard over one TCP connection.
 
-Why: a Ray actor call costs about 0.75 ms of the caller's CPU and 0.8 ms of the callee's
-beyond the work it asks for (task spec, gRPC, reference counting), whatever it carries. A
-trainer makes one call per shard per step, and on a small node those costs take the cores the
-jitted step needs (``benchmarks/train_throughput.py`` measures both transports). A channel
-carries the same calls (same methods, same arguments, same order) over a socket the shard
-opens on request, for about 0.1 ms a call on either side.
+Why: a Ray actor call costs about 0.75 ms of the caller's CPU and 0.8 ms of the callee's beyond
+the work it asks for (task spec, gRPC, reference counting), whatever it carries. A trainer
+makes one call per shard per step, and on a small node those costs take the cores the jitted
+step needs (``benchmarks/train_throughput.py`` measures both transports). A channel carries the
+same calls (same methods, same arguments, same order) over a socket the shard opens on request,
+for about 0.1 ms a call on either side.
 
-Ray stays the control plane: it places, restarts and names the shards, and the snapshots,
-syncs and maintenance calls stay Ray calls. A trainer asks a shard actor for its channel with
-an ordinary actor call (``ShardServer.open_channel`` -> host, port, token) and asks again
-after a connection breaks.
+Ray stays the control plane: it places, restarts and names the shards, and the snapshots, syncs
+and maintenance calls stay Ray calls. A trainer asks a shard actor for its channel with an
+ordinary actor call (``ShardServer.open_channel`` -> host, port, token) and asks again after a
+connection breaks.
 
-Wire format: a frame is a header (u32 count of buffers, u32 length of the pickle, u64 length
-of each buffer), a pickle (protocol 5) of the message, then its out-of-band buffers: numpy
-arrays travel as raw bytes and are received into fresh memory (an array sent read-only
-arrives read-only; the shard copies such inputs, see ``ShardServer``). A connection opens
-with the token and the client's session id (16 random bytes each); a request is
-``(seq, acked, method, args)`` (its sequence number in the session, and the oldest call of the
-session still unanswered when it was made), a reply ``(True, result)`` or
-``(False, exception)``.
+Wire format: a frame is a header (u32 count of buffers, u32 length of the pickle, u64 length of
+each buffer), a pickle (protocol 5) of the message, then its out-of-band buffers: numpy arrays
+travel as raw bytes and are received into fresh memory (an array sent read-only arrives
+read-only; the shard copies such inputs, see ``ShardServer``). A connection opens with the
+token and the client's session id (16 random bytes each); a request is ``(seq, acked, method,
+args)`` (its sequence number in the session, and the oldest call of the session still
+unanswered when it was made), a reply ``(True, result)`` or ``(False, exception)``.
 
-Security: frames are pickles, so a shard serves only peers that hold its token (16 random
-bytes handed out over Ray): a connection's first 16 bytes must be the token, read raw and
-compared before anything is unpickled, or the connection is closed; at most
-``MAX_HANDSHAKES`` connections wait to show it at once, each for ``TOKEN_TIMEOUT_S``. The server listens on the
-node's address (Ray's node IP) on a port the OS picks, and only :data:`CHANNEL_METHODS` can
-be called. On a cluster the nodes must reach each other on any TCP port, as Ray's own workers
+Security: frames are pickles, so a shard serves only peers that hold its token (16 random bytes
+handed out over Ray): a connection's first 16 bytes must be the token, read raw and compared
+before anything is unpickled, or the connection is closed; at most ``MAX_HANDSHAKES``
+connections wait to show it at once, each for ``TOKEN_TIMEOUT_S``. The server listens on the
+node's address (Ray's node IP) on a port the OS picks, and only :data:`CHANNEL_METHODS` can be
+called. On a cluster the nodes must reach each other on any TCP port, as Ray's own workers
 already do.
 
 Ordering and failures: a shard serves a connection's calls one at a time in order, as Ray runs
@@ -41,17 +40,17 @@ A connection that breaks while the shard lives on also resends, but runs nothing
 server keeps, per session, the number of the last call it ran and its replies not yet
 acknowledged, and answers a call it already ran with the reply it sent (a push is applied
 once). A restarted shard has lost that state with its table and runs what is resent on the
-table it restored. A session with no open connection is forgotten after ``SESSION_IDLE_S``,
-or sooner, least recently used first, once more than ``MAX_SESSIONS`` are kept; one with an
-open connection is kept. A call not answered in time fails every call in flight on that connection (the next call
-opens a new one); such calls may still run on the shard, which reads what reached it. A
-connection that breaks ``MAX_BREAKS`` times in a row without an answer fails its calls too,
-rather than reconnecting for ever. A request the shard cannot decode is answered with the
-error, like a method's. Flow control: a client keeps at most ``MAX_IN_FLIGHT_BYTES`` of
-requests (or one larger request) and ``MAX_IN_FLIGHT_CALLS`` calls unanswered per connection,
-reading replies before it sends more, so that neither end blocks writing while the other
-does as long as their replies fit the two ends' socket buffers (a trainer keeps one call in
-flight per shard).
+table it restored. A session with no open connection is forgotten after ``SESSION_IDLE_S``, or
+sooner, least recently used first, once more than ``MAX_SESSIONS`` are kept; one with an open
+connection is kept. A call not answered in time fails every call in flight on that connection
+(the next call opens a new one); such calls may still run on the shard, which reads what
+reached it. A connection that breaks ``MAX_BREAKS`` times in a row without an answer fails its
+calls too, rather than reconnecting for ever. A request the shard cannot decode is answered
+with the error, like a method's. Flow control: a client keeps at most ``MAX_IN_FLIGHT_BYTES``
+of requests (or one larger request) and ``MAX_IN_FLIGHT_CALLS`` calls unanswered per
+connection, reading replies before it sends more, so that neither end blocks writing while the
+other does as long as their replies fit the two ends' socket buffers (a trainer keeps one call
+in flight per shard).
 """
 
 from __future__ import annotations
