@@ -774,19 +774,6 @@ class Poison:
         return (_explode, ())
 
 
-@pytest.mark.timeout(30)
-def test_a_request_the_shard_cannot_decode_is_answered_with_the_error() -> None:
-    target = Echo()
-    calls = ChannelCalls(timeout_s=5)
-    try:
-        with pytest.raises(ValueError, match="cannot be loaded here"):
-            calls.gather([calls.submit(target, "push", Poison())])
-        assert calls.gather([calls.submit(target, "push", "next")]) == ["next"]
-        assert target.log == [("push", "next")]
-    finally:
-        calls.close()
-
-
 def _key_error_holding_a_lock() -> None:
     raise KeyError(threading.Lock())  # an error that cannot be pickled back
 
@@ -797,13 +784,18 @@ class PoisonWithUnpicklableError:
 
 
 @pytest.mark.timeout(30)
-def test_a_request_whose_decoding_error_cannot_be_pickled_is_answered_and_the_link_lives():
+@pytest.mark.parametrize("poison, error, message", [
+    (Poison, ValueError, "cannot be loaded here"),
+    (PoisonWithUnpicklableError, RuntimeError, "a request that could not be decoded: KeyError"),
+], ids=["its-error", "an-unpicklable-error"])
+def test_a_request_the_shard_cannot_decode_is_answered_with_the_error(
+        poison, error, message) -> None:
     target = Echo()
     calls = ChannelCalls(timeout_s=5)
     try:
-        with pytest.raises(RuntimeError, match="a request that could not be decoded: KeyError"):
-            calls.gather([calls.submit(target, "push", PoisonWithUnpicklableError())])
-        assert calls.gather([calls.submit(target, "push", "next")]) == ["next"]
+        with pytest.raises(error, match=message):
+            calls.gather([calls.submit(target, "push", poison())])
+        assert calls.gather([calls.submit(target, "push", "next")]) == ["next"]  # link lives
         assert target.log == [("push", "next")]
     finally:
         calls.close()
