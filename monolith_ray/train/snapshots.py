@@ -97,10 +97,7 @@ class RunSnapshot:
     part: str = ""
 
     def __call__(self) -> str | None:
-        since = dt.datetime.fromisoformat(self.since) if self.since else None
-        ours = [s for s in list_snapshots(self.root)
-                if s.complete and (since is None or s.taken_at >= since)]
-        folder = ours[-1].location if ours else None
+        folder = latest(self.root, dt.datetime.fromisoformat(self.since) if self.since else None)
         if folder is None and self.fallback is not None:
             folder = resolve(self.fallback)
         if folder is None or not self.part:
@@ -192,9 +189,11 @@ def resolve(location: Location) -> str | None:
     return latest(location)
 
 
-def latest(root: Location) -> str | None:
-    """The folder of the newest complete snapshot under ``root``, or None if there is none."""
-    complete = [s for s in list_snapshots(root) if s.complete]
+def latest(root: Location, since: dt.datetime | None = None) -> str | None:
+    """The folder of the newest complete snapshot under ``root`` (taken at or after ``since``,
+    if given), or None if there is none."""
+    complete = [s for s in list_snapshots(root)
+                if s.complete and (since is None or s.taken_at >= since)]
     return complete[-1].location if complete else None
 
 
