@@ -178,9 +178,10 @@ class ParameterSync:
 
     def _sync_dense(self) -> None:
         calls = self._dense_calls
-        # Incarnation first: parameters read after it are at least as new as it names.
-        incarnation = calls.gather([calls.submit(self.dense, "incarnation")])[0]
-        params, version = calls.gather([calls.submit(self.dense, "pull")])[0]
+        # Incarnation first (a caller's calls run in the order issued): parameters read after
+        # it are at least as new as it names. Both in one round trip.
+        incarnation, (params, version) = calls.gather(
+            [calls.submit(self.dense, "incarnation"), calls.submit(self.dense, "pull")])
         trained = (incarnation, version)  # a restarted server counts versions again
         with self._lock:
             if trained != self._trained_dense_version or self.dense_params is None:
