@@ -16,8 +16,9 @@ compute the current step while it is in flight. How a call is made is pluggable
 when it is issued; :class:`RayCalls` for actor handles, ``.method.remote`` then one
 ``ray.get``; ``monolith_ray.ps.channel.ChannelCalls`` for shard actors over direct
 connections, what trainers use); by default it is chosen from the shards given. Calls from
-one client reach a shard in the order issued (Ray keeps a caller's actor tasks in order), so a pull issued
-before a push reads the rows before that push, the same in both modes.
+one client reach a shard in the order issued (Ray keeps a caller's actor tasks in order, a
+channel serves its connection's calls in order), so a pull issued before a push reads the
+rows before that push, whichever way calls are made.
 """
 
 from __future__ import annotations
