@@ -19,7 +19,6 @@ from monolith_ray.config import load_config
 from monolith_ray.features import make_fids
 from monolith_ray.ps import channel
 from monolith_ray.ps.channel import (
-    CHANNEL_METHODS,
     SESSION_BYTES,
     TOKEN_BYTES,
     ChannelCalls,
@@ -32,7 +31,6 @@ from monolith_ray.ps.client import (
     DirectCalls,
     ShardClient,
     ShardUnavailableError,
-    calls_for,
 )
 from monolith_ray.ps.shard import Packed, ShardServer
 
@@ -229,22 +227,6 @@ def test_shard_client_over_channels_gives_the_rows_counts_and_stats_of_direct_ca
         same_rows(over.lookup(unseen), direct.lookup(unseen), unseen)
     finally:
         calls.close()
-
-
-def test_calls_for_picks_channels_for_actor_handles_only():
-    class Method:
-        def remote(self, *args):
-            raise AssertionError
-
-    class Handle:
-        pull = Method()
-
-    assert isinstance(calls_for([Handle()], transport="channel", timeout_s=7), ChannelCalls)
-    assert calls_for([Handle()], transport="channel", timeout_s=7).timeout_s == 7
-    assert isinstance(calls_for([ShardServer(SLOTS, CFG.admission)], transport="channel"),
-                      DirectCalls)
-    with pytest.raises(ValueError, match="unknown transport"):
-        calls_for([Handle()], transport="tcp")
 
 
 # ------------------------------------------------------------------ security
@@ -444,7 +426,7 @@ def test_a_session_in_use_is_never_forgotten_however_many_others_come(monkeypatc
     monkeypatch.setattr(channel, "MAX_SESSIONS", 2)
     target = Echo()
     server = TrackedServer(target)
-    address_of = lambda shard, timeout: server.address  # noqa: E731
+    address_of = lambda shard, timeout: server.address
     trainer = ChannelCalls(timeout_s=10, address_of=address_of)
     others = [ChannelCalls(timeout_s=10, address_of=address_of) for _ in range(4)]
     try:

@@ -1,9 +1,22 @@
 import numpy as np
 import pytest
 
-from monolith_ray.config import AdmissionConfig, InitializerConfig, OptimizerConfig, SlotConfig
+from monolith_ray.config import (
+    AdmissionConfig,
+    InitializerConfig,
+    OptimizerConfig,
+    SlotConfig,
+)
 from monolith_ray.features import make_fids
-from monolith_ray.ps import DirectCalls, RayCalls, ShardClient, ShardServer, calls_for, shard_of
+from monolith_ray.ps import (
+    DirectCalls,
+    RayCalls,
+    ShardClient,
+    ShardServer,
+    calls_for,
+    shard_of,
+)
+from monolith_ray.ps.channel import ChannelCalls
 from monolith_ray.ps.shard import Packed
 
 ADMISSION = AdmissionConfig(sketch_width=1024, sketch_depth=2)
@@ -175,6 +188,13 @@ def test_call_mechanism_is_chosen_from_the_shards():
     assert isinstance(calls_for([Handle(), Handle()]), RayCalls)
     with pytest.raises(TypeError, match="mix"):
         calls_for([Handle(), ShardServer(SLOTS, ADMISSION)])
+    # Channels are for actor handles only; objects in this process are called directly.
+    assert isinstance(calls_for([Handle()], transport="channel", timeout_s=7), ChannelCalls)
+    assert calls_for([Handle()], transport="channel", timeout_s=7).timeout_s == 7
+    assert isinstance(calls_for([ShardServer(SLOTS, ADMISSION)], transport="channel"),
+                      DirectCalls)
+    with pytest.raises(ValueError, match="unknown transport"):
+        calls_for([Handle()], transport="tcp")
 
 
 def test_stats_evict_snapshot_and_restore_cover_every_shard(tmp_path):
