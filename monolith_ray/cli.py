@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from monolith_ray.config import DEFAULT_CONFIG, ConfigError, load_config
+from monolith_ray.config.inputs import check_inputs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,9 +107,10 @@ def run_train(args: argparse.Namespace) -> int:
     and ``snapshot/`` under ``data.output_dir``; print the metrics as one JSON line."""
     import ray
 
-    from monolith_ray.train.job import run_batch_training
+    from monolith_ray.train.job import INPUTS, run_batch_training
 
     cfg = load_config(args.config, args.set)
+    check_inputs(cfg, INPUTS)
     ray.init(address=args.address, ignore_reinit_error=True)
     metrics = run_batch_training(cfg)
     summary = {k: v for k, v in metrics.items() if k != "trainers"}
@@ -123,10 +125,11 @@ def run_train_online(args: argparse.Namespace) -> int:
     offsets); snapshot both together every ``online.snapshot_every_s``; print the metrics."""
     import ray
 
-    from monolith_ray.train.online import run_online_training
+    from monolith_ray.train.online import INPUTS, run_online_training
 
     start = [f"online.start={args.start}"] if args.start else []
     cfg = load_config(args.config, [*args.set, *start])
+    check_inputs(cfg, INPUTS)
     ray.init(address=args.address, ignore_reinit_error=True)
     metrics = run_online_training(cfg)
     print(json.dumps({k: v for k, v in metrics.items() if k != "phases"}, default=float))
@@ -175,8 +178,10 @@ def run_demo(args: argparse.Namespace) -> int:
     import ray
 
     from monolith_ray.demo import DEMO_CONFIG, run_demo as demo
+    from monolith_ray.train.online import INPUTS
 
     cfg = load_config(args.config or DEMO_CONFIG, args.set)
+    check_inputs(cfg, INPUTS)
     ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
     try:
         demo(cfg, duration_s=args.duration, rate_per_s=args.rate)
@@ -204,6 +209,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not cfg.kafka.bootstrap_servers:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, log_features=False))
     cfg.check_serving()
+    check_inputs(cfg, ("serve.candidate_pool",))
     ray.init(address=args.address, ignore_reinit_error=True)
     if args.training and args.snapshot:
         print("monolith-ray serve: --training and --snapshot exclude each other (restoring "

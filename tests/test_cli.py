@@ -55,3 +55,22 @@ def test_snapshot_of_a_missing_job_fails_clearly(ray_session, tmp_path, capsys, 
                                                  message) -> None:
     assert main(["snapshot", *sets, "--set", f"data.output_dir={tmp_path}"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, key", [
+    (["train", "--set", "data.train="], "data.train: must not be empty"),
+    (["train", "--set", "data.test={d}/test.parquet"], "data.test: no file or folder {d}/test"),
+    (["train-online", "--start", "dump:{d}/dump"], "online.start: no file or folder {d}/dump"),
+    (["serve", "--set", "serve.candidate_pool={d}/pool.jsonl"],
+     "serve.candidate_pool: no file or folder {d}/pool.jsonl"),
+    (["demo", "--set", "online.start=snapshot:{d}/snapshots"],
+     "online.start: no file or folder {d}/snapshots"),
+])
+def test_a_missing_input_fails_before_ray_starts(tmp_path, capsys, monkeypatch, args,
+                                                 key) -> None:
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    assert main([a.format(d=tmp_path) for a in args]) == 2
+    assert key.format(d=tmp_path) in capsys.readouterr().err

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from monolith_ray.config import Config
+from monolith_ray.config.inputs import check_inputs
 from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.model import DeepFMConfig, init
 from monolith_ray.ps.client import ShardClient, call, calls_for
@@ -38,6 +39,10 @@ from monolith_ray.train.snapshots import (  # noqa: F401 - restore_snapshot re-e
     snapshot_root,
     take_snapshot,
 )
+
+
+# The config keys naming what the batch job reads; checked before it starts anything.
+INPUTS = ("data.train", "data.valid", "data.test")
 
 
 def dense_server_args(cfg: Config) -> tuple[Any, Any]:
@@ -191,11 +196,13 @@ def incarnations(shards: Sequence[Any], dense: Any) -> list[str]:
 
 def run_batch_training(cfg: Config) -> dict[str, Any]:
     """Train on ``cfg.data.train`` with Ray actors, evaluate, write metrics and a snapshot ->
-    the metrics dict (also written to ``<output_dir>/metrics.json``)."""
+    the metrics dict (also written to ``<output_dir>/metrics.json``). A missing input or a bad
+    ``data.snapshot_root`` raises ConfigError before any actor starts, not after training."""
     import ray
 
     started = time.perf_counter()
-    snapshot_root(cfg)  # a bad data.snapshot_root fails now, not after training
+    check_inputs(cfg, INPUTS)
+    snapshot_root(cfg)
     shards, dense = start_servers(cfg)
     trainer_actor = ray.remote(Trainer).options(**trainer_options(cfg))
     local_dense = cfg.train.n_trainers == 1

@@ -47,6 +47,7 @@ from typing import Any
 import ray
 
 from monolith_ray.config import Config
+from monolith_ray.config.inputs import check_inputs
 from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.data.dump import read_dump_offsets
 from monolith_ray.data.kafka_source import (
@@ -58,6 +59,9 @@ from monolith_ray.data.kafka_source import (
 from monolith_ray.data.offsets import OffsetCoverage
 from monolith_ray.train.job import Trainer, start_servers, trainer_options
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
+
+# The config key naming what the online job reads (a dump or a snapshot, by online.start).
+INPUTS = ("online.start",)
 
 
 class StreamTrainer(Trainer):
@@ -117,11 +121,13 @@ class OnlineTraining:
     """One online training run on Ray: servers, ``train.n_trainers`` stream trainers, the
     sources, snapshots. ``run()`` trains (blocking); ``snapshot()`` may be called from
     another thread meanwhile; ``close()`` kills the actors. ``last_snapshot`` is the folder
-    of the newest snapshot this run took (None before its first)."""
+    of the newest snapshot this run took (None before its first). A dump or snapshot
+    ``start`` names that does not exist raises ConfigError before any actor starts."""
 
     def __init__(self, cfg: Config, start: str | None = None) -> None:
         if start is not None:  # checked as the config checks online.start
             cfg = dataclasses.replace(cfg, online=dataclasses.replace(cfg.online, start=start))
+        check_inputs(cfg, INPUTS)
         kind, _, where = cfg.online.start.partition(":")
         self.cfg = cfg
         self.topic = cfg.kafka.topics.examples

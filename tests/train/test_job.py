@@ -7,13 +7,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from monolith_ray import cli
 from monolith_ray.cli import main
-from monolith_ray.config import load_config
+from monolith_ray.config import ConfigError, load_config
 from monolith_ray.features import make_fids
 from monolith_ray.ps.channel import ChannelCalls
 from monolith_ray.ps.client import RayCalls, ShardClient, ShardUnavailableError
+from monolith_ray.schemas import example_schema
+from monolith_ray.train import job
 from monolith_ray.train.job import run_batch_training, start_servers
 from monolith_ray.train.snapshots import latest
 
@@ -76,6 +81,45 @@ def test_a_dead_shard_raises_a_clear_error_instead_of_hanging(ray_session, calls
         assert answered == 0
     ray.kill(shards[0])
     ray.kill(dense)
+
+
+def own_data(tmp_path: Path) -> Path:
+    """A config of its own slots (no MovieLens) and its own train Parquet; no valid or test."""
+    slots = "slots:\n" + "".join(f"  - {{name: {name}, slot_id: {k}, dim: 4}}\n"
+                                  for k, name in enumerate(("viewer", "video"), 1))
+    yaml_file = tmp_path / "job.yaml"
+    yaml_file.write_text(slots + f"model: {{hidden: [8]}}\n"
+                         f"train: {{batch_size: 64, n_shards: 1}}\n"
+                         f"data: {{train: {tmp_path / 'train.parquet'}, output_dir: {tmp_path}}}\n")
+    rng = np.random.default_rng(0)
+    n = 256
+    columns = {"time": np.arange(n), "label": rng.integers(0, 2, n).astype(np.float32),
+               "weight": np.ones(n, np.float32), "viewer": rng.integers(0, 20, n),
+               "video": rng.integers(0, 30, n)}
+    cfg = load_config(yaml_file)
+    pq.write_table(pa.table(columns, schema=example_schema(cfg.slots)), tmp_path / "train.parquet")
+    return yaml_file
+
+
+def test_a_config_of_its_own_without_valid_trains_and_evaluates_nothing(ray_session, tmp_path):
+    metrics = run_batch_training(load_config(own_data(tmp_path)))
+    assert metrics["examples"] == 256
+    assert "valid" not in metrics and "test" not in metrics
+    assert set(metrics["table_rows"]) == {"viewer", "video"}
+
+
+def test_a_missing_valid_fails_at_start_naming_key_and_path(tmp_path, capsys, monkeypatch):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray work started")
+
+    monkeypatch.setattr(job, "start_servers", no_ray)
+    monkeypatch.setattr("ray.init", no_ray)
+    yaml_file, valid = own_data(tmp_path), tmp_path / "valid.parquet"
+    with pytest.raises(ConfigError) as info:
+        run_batch_training(load_config(yaml_file, [f"data.valid={valid}"]))
+    assert str(info.value) == f"data.valid: no file or folder {valid}"
+    assert cli.main(["train", "--config", str(yaml_file), "--set", f"data.valid={valid}"]) == 2
+    assert f"data.valid: no file or folder {valid}" in capsys.readouterr().err
 
 
 def test_bad_config_fails_before_starting_anything(capsys):

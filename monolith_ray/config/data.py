@@ -1,0 +1,39 @@
+"""The ``data`` section: where jobs read examples and write metrics and snapshots."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from monolith_ray.config.loader import ConfigError, _require
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where a job reads and writes: Parquet splits of examples (local paths or any
+    ``pyarrow.fs`` URI, e.g. ``s3://bucket/prefix/train.parquet``), the output folder for
+    metrics and the snapshots. Nothing here is tied to a data set (the embedded
+    ``defaults/movielens.yaml`` names the MovieLens-100K splits).
+
+    - ``train``: the examples the batch job trains on. Empty by default, as configs that only
+      serve or train online read none; a job that reads it fails at its start if it is empty
+      or names nothing (``monolith_ray.config.inputs.check_inputs``).
+    - ``valid``, ``test``: the examples the batch job evaluates on; empty = no evaluation on
+      that split. A non-empty one must exist when the job starts.
+    - ``snapshot_root``: where snapshots go (``monolith_ray.train.snapshots``), a local folder
+      or any ``pyarrow.fs`` URI; empty = ``<output_dir>/snapshots``. On a cluster of several
+      nodes it must be storage every node reaches (an object store, a shared mount): each
+      shard actor writes its own tables there. Its filesystem is resolved when a job starts.
+    - ``snapshot_keep``: complete snapshots kept; older ones are deleted after each new one.
+    """
+
+    train: str = ""
+    valid: str = ""
+    test: str = ""
+    output_dir: str = "runs/train"
+    snapshot_root: str = ""
+    snapshot_keep: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir", "must not be empty")
+        _require(self, "snapshot_keep", ge=1)

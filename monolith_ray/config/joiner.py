@@ -1,0 +1,68 @@
+"""The ``joiner`` section: the online joiner's windows, spill, sampling and commits."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from monolith_ray.config.loader import ConfigError, _require
+
+JoinerStart = Literal["earliest", "latest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinerConfig:
+    """The online joiner (``monolith_ray.stream.joiner``): features + actions -> examples.
+
+    Spans marked *event time* are seconds of the messages' own clock, so a replay at any speed
+    joins the same way; the others are wall-clock schedules.
+
+    - ``window_s`` (event time): how long after its impression a positive action still counts;
+      an impression with none by then is a negative example.
+    - ``allowed_lateness_s`` (event time): how far behind the newest event time a message may
+      arrive and still be joined; the watermark is the event-time clock minus this.
+    - ``spill_after_s`` (event time): features waiting longer than this move from memory to
+      the on-disk store (and are still joined from there).
+    - ``max_in_memory``: most waiting features kept in memory; beyond it the oldest move to
+      the on-disk store whatever their age (a backlog may be read ahead on one topic).
+    - ``idle_partition_s`` (wall clock): a partition read to its end with no record for this
+      long stops holding back the event-time clock (until its next record).
+    - ``negative_rate``: probability of keeping a negative example (by a stable hash of its
+      request id); kept negatives carry weight ``1 / negative_rate``.
+    - ``n_joiners``: joiner actors; joiner k reads the partitions p with p % n_joiners == k.
+    - ``group_id``: Kafka consumer group the joiners commit their offsets to.
+    - ``commit_interval_s`` (wall clock): time between offset commits; 0 = after every poll.
+      It bounds the examples a restarted joiner emits twice.
+    - ``start``: where a partition with no committed offset is read from.
+    - ``max_poll_records``: most records handled per poll.
+    - ``spill_dir``: folder of the on-disk store; empty = a fresh temp folder.
+    - ``cpus``: Ray CPUs reserved per joiner actor.
+    """
+
+    window_s: int = 600
+    allowed_lateness_s: int = 30
+    spill_after_s: int = 120
+    max_in_memory: int = 200_000
+    idle_partition_s: float = 5.0
+    negative_rate: float = 1.0
+    n_joiners: int = 1
+    group_id: str = "monolith_ray-joiner"
+    commit_interval_s: float = 5.0
+    start: JoinerStart = "earliest"
+    max_poll_records: int = 5000
+    spill_dir: str = ""
+    cpus: float = 0.25
+
+    def __post_init__(self) -> None:
+        _require(self, "window_s", ge=0)
+        _require(self, "allowed_lateness_s", ge=0)
+        _require(self, "spill_after_s", ge=0)
+        _require(self, "max_in_memory", ge=0)
+        _require(self, "idle_partition_s", ge=0)
+        _require(self, "negative_rate", gt=0, le=1)
+        _require(self, "n_joiners", ge=1)
+        _require(self, "commit_interval_s", ge=0)
+        _require(self, "max_poll_records", ge=1)
+        _require(self, "cpus", ge=0)
+        if not self.group_id:
+            raise ConfigError("group_id", "must not be empty")

@@ -1,0 +1,64 @@
+"""The ``online`` section: online training from the ``examples`` topic and its Ray Data source."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal
+
+from monolith_ray.config.loader import ConfigError, _require
+
+_ONLINE_START = re.compile(r"earliest|(dump|snapshot):.+")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Online training from the ``examples`` topic (``monolith_ray.train.online``) and the
+    Ray Data source that reads it (``monolith_ray.data.kafka_source``).
+
+    - ``start``: where training starts: ``earliest`` (each partition's first offset),
+      ``dump:<path>`` (train on a Parquet dump of the topic first, then continue on Kafka from
+      the offsets it ends at) or ``snapshot:<path>`` (restore parameters and offsets from
+      the newest complete snapshot under a snapshot root, or from one snapshot folder).
+    - ``stop``: ``never`` runs until stopped; ``end`` stops at the partitions' ends as of the
+      start (a bounded replay).
+    - ``idle_timeout_s`` (wall clock): also stop once no record has arrived for this long;
+      0 = never.
+    - ``snapshot_every_s`` (wall clock): time between snapshots of parameters and offsets
+      (to ``data.snapshot_root``); daily by default, which the Monolith paper found enough.
+    - ``commit_every_steps``: a trainer waits for its pushes and marks the offsets they trained
+      as committed every this many steps; a restore retrains at most this many steps per
+      trainer.
+    - ``read_tasks``: Ray Data read tasks, each reading its share of the partitions; every
+      one runs for the whole stream, so all must fit in the cluster at once.
+    - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
+      long a poll waits for them.
+    - ``block_bytes``: Ray Data block size of the stream; a block leaves its read task once
+      this many bytes are read (or the read ends), so it bounds latency at low rates.
+    - ``buffer_bytes``: object-store bytes the stream may hold ahead of the trainers; beyond
+      it the read tasks pause (backpressure).
+    """
+
+    start: str = "earliest"
+    stop: Literal["never", "end"] = "never"
+    idle_timeout_s: float = 0.0
+    snapshot_every_s: float = 86400.0
+    commit_every_steps: int = 20
+    read_tasks: int = 1
+    poll_records: int = 2000
+    poll_timeout_ms: int = 200
+    block_bytes: int = 256 * 1024
+    buffer_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not _ONLINE_START.fullmatch(self.start):
+            raise ConfigError("start", f"must be earliest, dump:<path> or snapshot:<path>, "
+                                       f"got {self.start!r}")
+        _require(self, "idle_timeout_s", ge=0)
+        _require(self, "snapshot_every_s", gt=0)
+        _require(self, "commit_every_steps", ge=1)
+        _require(self, "read_tasks", ge=1)
+        _require(self, "poll_records", ge=1)
+        _require(self, "poll_timeout_ms", ge=1)
+        _require(self, "block_bytes", ge=1024)
+        _require(self, "buffer_bytes", ge=1024)

@@ -1,0 +1,85 @@
+"""The whole config: :class:`Config`, one field per section, and :func:`load_config`.
+
+A new section is one more module beside this one (a frozen dataclass whose
+``__post_init__`` checks its values) and one more field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monolith_ray.config.data import DataConfig
+from monolith_ray.config.joiner import JoinerConfig
+from monolith_ray.config.kafka import KafkaConfig
+from monolith_ray.config.limits import LimitsConfig
+from monolith_ray.config.loader import ConfigError, from_dict, load_yaml
+from monolith_ray.config.model import ModelConfig
+from monolith_ray.config.online import OnlineConfig
+from monolith_ray.config.serve import ServeConfig
+from monolith_ray.config.slots import AdmissionConfig, SlotConfig
+from monolith_ray.config.train import TrainConfig
+
+DEFAULT_CONFIG = Path(__file__).parents[1] / "defaults" / "movielens.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole job's configuration: one section per field (each documented in its own
+    module's dataclass)."""
+
+    slots: tuple[SlotConfig, ...]
+    admission: AdmissionConfig = dataclasses.field(default_factory=AdmissionConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    kafka: KafkaConfig = dataclasses.field(default_factory=KafkaConfig)
+    joiner: JoinerConfig = dataclasses.field(default_factory=JoinerConfig)
+    online: OnlineConfig = dataclasses.field(default_factory=OnlineConfig)
+    serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.slots:
+            raise ConfigError("slots", "must list at least one slot")
+        for attr in ("name", "slot_id"):
+            first_index: dict[Any, int] = {}
+            for i, slot in enumerate(self.slots):
+                value = getattr(slot, attr)
+                j = first_index.setdefault(value, i)
+                if j != i:
+                    raise ConfigError(
+                        f"slots[{i}].{attr}", f"duplicate {value!r}, already used by slots[{j}]"
+                    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """The config in ``data`` (as parsed from YAML); see :func:`from_dict`."""
+        return from_dict(cls, data)
+
+    def check_serving(self) -> None:
+        """ConfigError unless ``serve.user_slot`` and ``serve.item_slot`` name slots: checked
+        when serving starts, as configs that only train may name their slots otherwise."""
+        names = [s.name for s in self.slots]
+        for attr in ("user_slot", "item_slot"):
+            if getattr(self.serve, attr) not in names:
+                raise ConfigError(f"serve.{attr}", f"{getattr(self.serve, attr)!r} is not a "
+                                                   f"slot; slots: {', '.join(names)}")
+
+    def slot(self, name: str) -> SlotConfig:
+        """The slot called ``name``; KeyError listing the slot names if there is none."""
+        for slot in self.slots:
+            if slot.name == name:
+                return slot
+        raise KeyError(f"no slot named {name!r}; slots: {', '.join(s.name for s in self.slots)}")
+
+
+def load_config(source: str | os.PathLike[str] = DEFAULT_CONFIG,
+                overrides: Sequence[str] = ()) -> Config:
+    """The :class:`Config` in a YAML file or YAML text, with ``key.path=value`` overrides
+    (see :func:`~monolith_ray.config.loader.load_yaml`). The default is the embedded
+    MovieLens-100K config."""
+    return Config.from_dict(load_yaml(source, overrides))

@@ -1,0 +1,91 @@
+"""The ``serve`` section: HTTP serving, its parameter sync and its Ray Serve deployment."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from monolith_ray.config.loader import ConfigError, _require
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoscalingConfig:
+    """Ray Serve ``autoscaling_config`` of the recommender deployment: replicas between
+    ``min_replicas`` and ``max_replicas``, aiming at ``target_ongoing_requests`` requests in
+    flight per replica."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 8.0
+
+    def __post_init__(self) -> None:
+        _require(self, "min_replicas", ge=1)
+        _require(self, "target_ongoing_requests", gt=0)
+        if self.max_replicas < self.min_replicas:
+            raise ConfigError("max_replicas", f"must be >= min_replicas {self.min_replicas}, "
+                                              f"got {self.max_replicas}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """HTTP serving (``monolith_ray.serve``) and its parameter sync.
+
+    - ``host``, ``port``: where Ray Serve's HTTP proxy listens.
+    - ``sparse_sync_interval_s``, ``dense_sync_interval_s``: how often the sync actor moves
+      changed embedding rows (default every minute) and the dense weights (default daily)
+      from training to serving.
+    - ``poll_interval_s``: how often a replica asks the sync actor for newer versions; a
+      training update is served at most ``sparse_sync_interval_s + poll_interval_s`` later.
+    - ``store_dtype``: serving rows as ``float16`` (half the memory) or ``float32``.
+    - ``user_slot``, ``item_slot``: the slots that hold a request's user id and item id.
+    - ``candidate_pool``: JSON-lines file of items (``{"item_id": .., "slots": {..}}`` per
+      line) that ``/recommend`` draws ``pool_draw`` candidates from when a request names none;
+      empty = requests must bring their candidates. A non-empty one must exist when
+      ``monolith-ray serve`` starts.
+    - ``max_candidates``: most candidates (or pairs) one request may score; ``max_k`` most
+      items returned; ``max_body_bytes`` largest request body (413 beyond).
+    - ``log_features``: write every served impression to the ``features`` topic (the closed
+      loop); needs ``kafka.bootstrap_servers``.
+    - ``feedback_key``: HMAC key of the request ids and feedback tokens the service issues;
+      empty = a random key made when the application is built, so tokens do not survive a
+      restart of the app. A secret: left out of the config's repr.
+    - ``replica_cpus``, ``max_ongoing_requests``, ``autoscaling``: Ray Serve settings of a
+      replica; ``replica_resources``: custom Ray resources a replica needs, e.g.
+      ``{serving: 1}`` to place replicas only on nodes that offer ``serving``
+      (``cluster.yaml``'s serving workers).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    sparse_sync_interval_s: float = 60.0
+    dense_sync_interval_s: float = 86400.0
+    poll_interval_s: float = 1.0
+    store_dtype: Literal["float16", "float32"] = "float16"
+    user_slot: str = "user_id"
+    item_slot: str = "item_id"
+    candidate_pool: str = ""
+    pool_draw: int = 100
+    max_candidates: int = 1000
+    max_k: int = 100
+    max_body_bytes: int = 1 << 20
+    log_features: bool = True
+    feedback_key: str = dataclasses.field(default="", repr=False)
+    replica_cpus: float = 0.25
+    max_ongoing_requests: int = 64
+    replica_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
+
+    def __post_init__(self) -> None:
+        _require(self, "port", ge=0, le=65535)
+        _require(self, "sparse_sync_interval_s", gt=0)
+        _require(self, "dense_sync_interval_s", gt=0)
+        _require(self, "poll_interval_s", gt=0)
+        _require(self, "pool_draw", ge=1)
+        _require(self, "max_candidates", ge=1)
+        _require(self, "max_k", ge=1)
+        _require(self, "max_body_bytes", ge=1024)
+        _require(self, "replica_cpus", ge=0)
+        _require(self, "max_ongoing_requests", ge=1)
+        for name, amount in self.replica_resources.items():
+            if not amount > 0:
+                raise ConfigError(f"replica_resources.{name}", f"must be > 0, got {amount!r}")

@@ -1,0 +1,80 @@
+"""The ``train`` section: how trainers step and which Ray resources the training actors take."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.slots import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a trainer steps.
+
+    - ``batch_size``: examples per step (a shorter last batch is padded with weight-0 rows).
+    - ``dense_optimizer``: optimizer of the dense parameters (``sgd``, ``adagrad`` or
+      ``adam``; ``ftrl`` is for embedding rows only).
+    - ``n_shards``: parameter-server shards the embedding rows are spread over.
+    - ``epochs``: passes over a finite (Parquet) source; a stream ignores it.
+    - ``seed``: seed of the dense parameters' initialization.
+    - ``stats_every``: steps between table-size reports (each costs a call per shard).
+    - ``n_trainers``: trainer actors, each fed its own split of the data. With a dense
+      parameter server, ``dense_pull_every`` is how many of its own steps a trainer goes
+      between parameter pulls (the staleness bound, see ``monolith_ray.ps.dense``).
+    - ``trainer_cpus``, ``shard_cpus``, ``read_cpus``: Ray CPUs reserved per trainer, per
+      shard (and dense server) actor, and per Ray Data read task; reads need less than a whole
+      CPU so that they run beside the actors on a small node. Ray Data also lists files with a
+      task of one whole CPU: leave one CPU unreserved, or a read never starts.
+    - ``call_timeout_s``: a parameter-server call not answered by then fails the step.
+    - ``transport``: how trainers reach the shards each step: ``channel`` (a direct TCP
+      connection per trainer and shard, opened through Ray; ``monolith_ray.ps.channel``) or
+      ``ray`` (actor calls, a fixed ~1 ms of CPU each on the two ends).
+    - ``xla_threads``: threads of a trainer's XLA CPU pool; 0: one per reserved CPU
+      (``trainer_cpus``, at least one), as Ray sizes a worker's OpenMP threads.
+    - ``actor_resources``: custom Ray resources every shard, dense-server and trainer actor
+      needs, e.g. ``{training: 0.01}`` to keep them on the nodes that offer ``training``
+      (``cluster.yaml``'s CPU workers), off the serving workers.
+    - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
+      ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,
+      ``restore`` and ``serve --training NAME`` find them from another process; empty: the
+      actors are anonymous, reachable only from the job that started them.
+    """
+
+    batch_size: int = 2048
+    dense_optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=lambda: OptimizerConfig(kind="adam", learning_rate=1.0e-3))
+    n_shards: int = 2
+    epochs: int = 1
+    seed: int = 0
+    stats_every: int = 100
+    n_trainers: int = 1
+    dense_pull_every: int = 1
+    trainer_cpus: float = 0.25
+    shard_cpus: float = 0.1
+    read_cpus: float = 0.25
+    call_timeout_s: float = 60.0
+    transport: Literal["channel", "ray"] = "channel"
+    xla_threads: int = 0
+    actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self, "n_trainers", ge=1)
+        _require(self, "dense_pull_every", ge=1)
+        _require(self, "trainer_cpus", ge=0)
+        _require(self, "shard_cpus", ge=0)
+        _require(self, "read_cpus", gt=0)
+        _require(self, "call_timeout_s", gt=0)
+        _require(self, "xla_threads", ge=0)
+        for name, amount in self.actor_resources.items():
+            if not amount > 0:
+                raise ConfigError(f"actor_resources.{name}", f"must be > 0, got {amount!r}")
+        _require(self, "batch_size", ge=1)
+        _require(self, "n_shards", ge=1)
+        _require(self, "epochs", ge=1)
+        _require(self, "stats_every", ge=1)
+        if self.dense_optimizer.kind == "ftrl":
+            raise ConfigError("dense_optimizer.kind", "ftrl is for embedding rows only; use "
+                              "sgd, adagrad or adam")
