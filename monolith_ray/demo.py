@@ -105,13 +105,14 @@ class SimulatedUsers(threading.Thread):
             return
         answer = r.json()
         items = np.array([i["item_id"] for i in answer["items"]], dtype=np.int64)
+        tokens = {i["item_id"]: i["token"] for i in answer["items"]}
         scores = [i["score"] for i in answer["items"]]
         clicked = self.sim.respond(np.full(items.size, user), items, int(now))
         for item in items[clicked].tolist():
             try:
                 session.post(self.url + "/feedback", timeout=10, json={
                     "request_id": answer["request_id"], "item_id": item, "action": "click",
-                    "time": int(now) + self.click_delay_s})
+                    "token": tokens[item], "time": int(now) + self.click_delay_s})
             except requests.RequestException:
                 pass  # a lost click is a negative to the joiner, as in production
         with self._lock:
@@ -193,7 +194,8 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     pool = CandidatePool([(i, {}) for i in range(sim.n_items)])
     serve.run(build_app(cfg, sync, pool), name=APP_NAME, route_prefix="/")
     n = cfg.joiner.n_joiners
-    joiners = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(cfg.kafka, cfg.joiner, k, n)
+    joiners = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(
+                   cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits)
                for k in range(n)]
     runs = [j.run.remote() for j in joiners]
     trainer_thread = threading.Thread(target=_train_quietly, args=(training,),

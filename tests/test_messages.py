@@ -60,3 +60,25 @@ def test_json_round_trip_and_refusals() -> None:
         encode({"w": float("nan")})
     with pytest.raises(ValueError):
         decode(b"\x80\x04K\x01.")
+
+
+@pytest.mark.parametrize("parse, message, field", [
+    (parse_feature, {**FEATURE, "time": 10**18}, "max_event_skew_s"),
+    (parse_action, {**ACTION, "time": 10**18}, "max_event_skew_s"),
+    (parse_example, {**EXAMPLE, "time": 10**18}, "max_event_skew_s"),
+    (parse_feature, {**FEATURE, "request_id": "has space"}, "request_id"),
+    (parse_feature, {**FEATURE, "request_id": "r" * 129}, "request_id"),
+    (parse_feature, {**FEATURE, "slots": {"gender": ""}}, "slots.gender"),
+    (parse_feature, {**FEATURE, "slots": {"gender": "\ud800"}}, "slots.gender"),
+    (parse_feature, {**FEATURE, "context": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {
+        "h": {"i": 1}}}}}}}}}}, "max_context_depth"),
+    (parse_example, {**EXAMPLE, "weight": 1e300}, "weight"),
+])
+def test_values_out_of_bounds_are_refused(parse, message, field):
+    with pytest.raises(MessageError, match=field):
+        parse(message)
+
+
+def test_too_deep_json_is_a_message_error():
+    with pytest.raises(MessageError, match="JSON"):
+        decode(b"[" * 100_000)

@@ -2,8 +2,9 @@
 ids, the example schema's slot columns (``monolith_ray.schemas``).
 
 A single-valued slot takes a scalar or null; a multi-valued one a list (or a bare scalar, a
-list of one) of at most ``max_values``, or null. Scalars are ints or strings, turned into raw
-value ids by :func:`monolith_ray.schemas.value_ids`.
+list of one) of at most ``max_values``, or null. Scalars are ints or strings, checked by
+``monolith_ray.validation`` (the checks of the HTTP API and the Kafka messages) and turned
+into raw value ids by :func:`monolith_ray.schemas.value_ids`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from monolith_ray import validation
 from monolith_ray.config import SlotConfig
-from monolith_ray.messages import MessageError
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, value_ids
-
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-
 
 def examples_table(rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig], time: int,
                    label: float = 0.0, weight: float = 1.0) -> pa.Table:
@@ -39,27 +37,10 @@ def examples_table(rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig
 
 
 def slot_value(value: Any, slot: SlotConfig) -> Any:
-    """A message's slot value checked against the slot: a scalar (or None) for a
-    single-valued slot, a list (or None) of at most ``max_values`` for a multi-valued one."""
-    if value is None:
-        return None
-    if slot.max_values == 1:
-        if isinstance(value, list):
-            raise MessageError(f"slots.{slot.name}: single-valued, got a list")
-        _check_int(value, slot)
-        return value
-    values = value if isinstance(value, list) else [value]
-    if len(values) > slot.max_values:
-        raise MessageError(f"slots.{slot.name}: {len(values)} values, more than max_values "
-                           f"{slot.max_values}")
-    for v in values:
-        _check_int(v, slot)
-    return values
-
-
-def _check_int(value: Any, slot: SlotConfig) -> None:
-    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
-        raise MessageError(f"slots.{slot.name}: {value} does not fit in int64")
+    """A message's slot value checked against the slot (``validation.slot_value``): a
+    scalar (or None) for a single-valued slot, a list (or None) of at most ``max_values`` for
+    a multi-valued one."""
+    return validation.slot_value(value, slot.max_values, f"slots.{slot.name}")
 
 
 def scalar_column(values: list[Any]) -> pa.Array:

@@ -60,8 +60,14 @@ examples of features at or above the committed offsets that were emitted before 
 emitted again; that is the traffic of about one ``window_s + allowed_lateness_s`` plus one
 ``commit_interval_s``.
 
-Malformed messages (bad JSON, missing fields, wrong types, a second pending impression with
+Malformed messages (bad JSON, missing fields, wrong types, values out of the bounds of
+``monolith_ray.validation``, a slot the model does not have, a second pending impression with
 the same key) go to the dead-letter topic with the reason and are counted; nothing stops.
+Event times are bounded before they reach the clock: a message whose time is more than
+``limits.max_event_skew_s`` ahead of the joiner's wall clock (or before
+``limits.min_event_time_s``) is a dead letter, so one message from the far future cannot move
+the watermark and expire every impression, nor be pinned by a commit to return after a
+restart (its offset is passed like any other dead letter's).
 """
 
 from __future__ import annotations
@@ -81,7 +87,14 @@ import numpy as np
 import ray
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from monolith_ray.config import Config, JoinerConfig, KafkaConfig, KafkaTopics
+from monolith_ray.config import (
+    Config,
+    JoinerConfig,
+    KafkaConfig,
+    KafkaTopics,
+    LimitsConfig,
+    SlotConfig,
+)
 from monolith_ray.messages import (
     POSITIVE_ACTIONS,
     MessageError,
@@ -135,6 +148,11 @@ def log_odds_correction(logit: np.ndarray | float, negative_rate: float) -> np.n
     if not 0.0 < negative_rate <= 1.0:
         raise ValueError(f"negative_rate must be in (0, 1], got {negative_rate}")
     return logit + np.log(negative_rate)
+
+
+def _reason(err: Exception) -> str:
+    """A dead letter's reason: a validation error's own text, else the error's type too."""
+    return str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
 
 
 class SpillStore:
@@ -213,12 +231,17 @@ class Joiner:
     ``"actions"``; records are (offset, value bytes) pairs), move the clock with
     :meth:`advance`, collect the output with :meth:`take_output`, and ask
     :meth:`commit_offsets` what is safe to commit. ``topics`` names the source topics in dead
-    letters. Rules: see the module docstring.
+    letters; ``slots`` (the config's) makes a features message naming another slot, or a
+    value that does not fit its slot, a dead letter, as the trainer would refuse it;
+    ``limits`` bounds event times and contexts. Rules: see the module docstring.
     """
 
     def __init__(self, cfg: JoinerConfig, topics: KafkaTopics | None = None,
-                 store: SpillStore | None = None) -> None:
+                 store: SpillStore | None = None, slots: Sequence[SlotConfig] | None = None,
+                 limits: LimitsConfig | None = None) -> None:
         self.cfg = cfg
+        self._known = None if slots is None else {s.name: s for s in slots}
+        self._limits = limits if limits is not None else LimitsConfig()
         topics = topics or KafkaTopics()
         self._topic = {FEATURES: topics.features, ACTIONS: topics.actions}
         self._store = store if store is not None else SpillStore()
@@ -283,12 +306,13 @@ class Joiner:
         memory, orphans, store, window = self._memory, self._orphans, self._store, self._window
         expire_before = self._expire_before()
         newest = self._newest.get((FEATURES, partition), -1)
+        known, limits, now = self._known, self._limits, time.time()
         count = 0
         for offset, value in records:
             try:
-                msg = parse_feature(decode(value or b""))
-            except MessageError as err:
-                self._reject(FEATURES, partition, offset, value, str(err))
+                msg = parse_feature(decode(value or b""), known, limits, now)
+            except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
+                self._reject(FEATURES, partition, offset, value, _reason(err))
                 continue
             t, rid = msg["time"], msg["request_id"]
             key = (rid, str(msg["item_id"]))
@@ -321,12 +345,13 @@ class Joiner:
                      records: Sequence[tuple[int, bytes | None]]) -> None:
         memory, store, window, counters = self._memory, self._store, self._window, self.counters
         newest = self._newest.get((ACTIONS, partition), -1)
+        limits, now = self._limits, time.time()
         count = 0
         for offset, value in records:
             try:
-                msg = parse_action(decode(value or b""))
-            except MessageError as err:
-                self._reject(ACTIONS, partition, offset, value, str(err))
+                msg = parse_action(decode(value or b""), limits, now)
+            except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
+                self._reject(ACTIONS, partition, offset, value, _reason(err))
                 continue
             count += 1
             t = msg["time"]
@@ -500,7 +525,9 @@ class StreamJoiner:
     """
 
     def __init__(self, kafka: KafkaConfig, cfg: JoinerConfig, index: int = 0,
-                 count: int | None = None, timeout_s: float = 30.0) -> None:
+                 count: int | None = None, timeout_s: float = 30.0,
+                 slots: Sequence[SlotConfig] | None = None,
+                 limits: LimitsConfig | None = None) -> None:
         count = cfg.n_joiners if count is None else count
         if not 0 <= index < count:
             raise ValueError(f"joiner index must be in [0, {count}), got {index}")
@@ -517,7 +544,7 @@ class StreamJoiner:
         if cfg.spill_dir:
             os.makedirs(cfg.spill_dir, exist_ok=True)
             store = SpillStore(os.path.join(cfg.spill_dir, f"joiner-{index}-of-{count}.sqlite"))
-        self._core = Joiner(cfg, kafka.topics, store)
+        self._core = Joiner(cfg, kafka.topics, store, slots, limits)
         self._kinds = self._assign()
         self._n_examples = len(self._partitions(self._topics.examples))
         self._caught_up = dict.fromkeys(self._kinds, False)
@@ -670,7 +697,8 @@ def run_joiners(cfg: Config, n: int | None = None, *, max_seconds: float | None 
     stops (see :meth:`StreamJoiner.run`) -> each one's counters. Needs a running Ray and
     ``cfg.kafka.bootstrap_servers``."""
     n = cfg.joiner.n_joiners if n is None else n
-    actors = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(cfg.kafka, cfg.joiner, k, n)
+    actors = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(
+                  cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits)
               for k in range(n)]
     try:
         counters = ray.get([a.run.remote(max_seconds, stop_when_idle_s, drain) for a in actors])

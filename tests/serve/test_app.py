@@ -180,15 +180,45 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
      422, "genres"),
     ("/recommend", {"user": USER, "surprise": 1}, 422, "surprise: Extra inputs"),
     ("/predict", {"pairs": []}, 422, "pairs"),
-    ("/feedback", {"request_id": "r", "item_id": 1, "action": "stare"}, 422, "action"),
-    ("/feedback", {"item_id": 1, "action": "click"}, 422, "request_id: Field required"),
-    ("/feedback", {"request_id": "r", "item_id": 1, "action": "click", "time": -5}, 422,
-     "time: Input should be greater than or equal to 0"),
+    ("/recommend", {"user": {"id": 1, "features": {"gender": ""}}}, 422, "user.features.gender"),
+    ("/recommend", {"user": {"id": "\ud800"}}, 422, "user.id"),
+    ("/recommend", {"user": USER, "request_id": "mine"}, 422, "request_id: Extra inputs"),
+    ("/recommend", {"user": USER, "context": {"a": "x" * 5000}}, 422,
+     "more than limits.max_context_bytes 4096"),
+    ("/feedback", {"request_id": "r", "item_id": 1, "action": "stare", "token": "0" * 32}, 422,
+     "action"),
+    ("/feedback", {"item_id": 1, "action": "click", "token": "0" * 32}, 422,
+     "request_id: Field required"),
+    ("/feedback", {"request_id": "r", "item_id": 1, "action": "click"}, 422,
+     "token: Field required"),
+    ("/feedback", {"request_id": "r", "item_id": 1, "action": "click", "time": -5,
+                   "token": "0" * 32}, 422, "time: Input should be greater than or equal to 0"),
+    ("/feedback", {"request_id": "r", "item_id": 1, "action": "click", "token": "0" * 32},
+     422, "token: not the token this service issued"),
 ])
 def test_bad_input_gets_4xx_naming_the_problem(deployment, path, body, status, message) -> None:
     r = deployment.post(path, body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_feedback_from_the_far_future_is_refused(deployment) -> None:
+    body = deployment.post("/recommend", {"user": USER, "k": 1}).json()
+    item = body["items"][0]
+    fields = {"request_id": body["request_id"], "item_id": item["item_id"],
+              "token": item["token"], "action": "click"}
+    r = deployment.post("/feedback", {**fields, "time": 10**18})
+    assert r.status_code == 422 and "limits.max_event_skew_s" in r.json()["error"], r.text
+    r = deployment.post("/feedback", {**fields, "time": int(time.time())})
+    assert r.status_code == 200, r.text
+
+
+def test_a_deep_context_is_refused_with_422(deployment) -> None:
+    deep = '{"x":' * 1000 + "1" + "}" * 1000
+    r = requests.post(deployment.url + "/recommend", timeout=30,
+                      data=b'{"user": {"id": 1}, "context": %s}' % deep.encode(),
+                      headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422) and "error" in r.json(), r.text
 
 
 def test_malformed_and_oversized_bodies(deployment) -> None:
@@ -217,14 +247,25 @@ def test_malformed_and_oversized_bodies(deployment) -> None:
 def test_closed_loop_served_impressions_and_feedback_become_examples(deployment) -> None:
     dep = deployment
     served: dict[str, list[int]] = {}
+    tokens: dict[tuple[str, int], str] = {}
     for user in (11, 12, 13):
         body = dep.post("/recommend", {"user": {"id": user}, "k": 3,
                                        "context": {"page": "home"}}).json()
         served[body["request_id"]] = [i["item_id"] for i in body["items"]]
+        tokens.update({(body["request_id"], i["item_id"]): i["token"] for i in body["items"]})
     clicked = {(rid, items[0]) for rid, items in served.items()}
     for rid, item in clicked:
-        r = dep.post("/feedback", {"request_id": rid, "item_id": item, "action": "click"})
+        r = dep.post("/feedback", {"request_id": rid, "item_id": item, "action": "click",
+                                   "token": tokens[rid, item]})
         assert r.status_code == 200 and r.json()["accepted"], r.text
+    # Feedback on an impression that was not served, or with another request's token, is
+    # refused: it never reaches the actions topic.
+    (rid, item), (other, _) = sorted(clicked)[:2]
+    not_served = next(i for i in range(100, 400) if i not in served[rid])
+    for bad in ({"request_id": rid, "item_id": not_served, "token": tokens[rid, item]},
+                {"request_id": other, "item_id": item, "token": tokens[rid, item]}):
+        r = dep.post("/feedback", {**bad, "action": "click"})
+        assert r.status_code == 422 and r.json()["error"].startswith("token:"), r.text
     assert dep.health()["kafka_failed"] == 0
     cfg = dataclasses.replace(dep.cfg, joiner=JoinerConfig(
         window_s=60, allowed_lateness_s=5, commit_interval_s=0.3, cpus=0,

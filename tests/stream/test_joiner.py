@@ -312,3 +312,43 @@ def test_joiner_config_loads_with_errors_that_name_the_key() -> None:
         with pytest.raises(ConfigError) as err:
             load_config(overrides=[override])
         assert err.value.key == key
+
+
+def test_a_message_from_the_far_future_is_a_dead_letter_and_moves_no_clock() -> None:
+    """One action (or impression) timed 1e18 would expire every waiting impression and
+    leave real clicks unmatched; it is refused before it reaches the clock."""
+    feed = Feed(window_s=60)
+    feed.send(FEATURES, [feature("a", 100), feature("b", 100)])
+    poison = feed.send(ACTIONS, [action("x", 10**18)])
+    feed.send(FEATURES, [feature("z", 10**18)])
+    feed.advance()
+    assert feed.joiner.clock == 100
+    assert [(d["topic"], d["offset"]) for d in feed.dead] == [("actions", poison[0]),
+                                                             ("features", 2)]
+    assert all("limits.max_event_skew_s" in d["reason"] for d in feed.dead)
+    feed.send(ACTIONS, [action("a", 130)])
+    feed.advance()
+    assert feed.labels() == {"a": 1.0}, "the real click still joins"
+    offsets = feed.joiner.commit_offsets()
+    assert offsets[ACTIONS, 0] == 2, "the poison's offset is committed past, never pinned"
+
+
+def test_slots_the_model_does_not_have_or_values_it_cannot_take_are_dead_letters() -> None:
+    cfg = load_config()
+    joiner = Joiner(JoinerConfig(window_s=60, allowed_lateness_s=0), slots=cfg.slots,
+                    limits=cfg.limits)
+    records = [(0, encode(feature("ok", 100, gender="F"))),
+               (1, encode(feature("empty", 100, gender=""))),
+               (2, encode(feature("unknown", 100, colour="red"))),
+               (3, encode(feature("many", 100, genres=list("abcdefg")))),
+               (4, b'{"request_id": "s", "time": 100, "user_id": 1, "item_id": 7, '
+                   b'"slots": {"gender": "\\ud800"}}'),
+               (5, b"[" * 100_000)]
+    joiner.add(FEATURES, 0, records)
+    joiner.drain()
+    examples, dead = joiner.take_output()
+    assert [json.loads(v)["request_id"] for _, v in examples] == ["ok"]
+    reasons = [json.loads(d)["reason"] for d in dead]
+    assert [json.loads(d)["offset"] for d in dead] == [1, 2, 3, 4, 5]
+    assert "slots.gender" in reasons[0] and "slots.colour: not a slot" in reasons[1]
+    assert "max_values" in reasons[2] and "UTF-8" in reasons[3] and "JSON" in reasons[4]

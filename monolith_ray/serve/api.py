@@ -1,0 +1,225 @@
+"""The HTTP API's schema: the FastAPI application, its request and response models, its
+error answers and its body-size limit. The deployment (``serve/app.py``) adds the endpoints.
+
+Every value a request carries is bounded here or by ``monolith_ray.validation`` (the checks
+the Kafka messages and the Arrow columns use): ids and string values are 1 to 256 characters
+that UTF-8 can encode, ints fit int64, a feature map holds at most 256 names of at most 64
+characters, a request id 1 to 128 printable characters; the config-dependent bounds (slot
+names and ``max_values``, ``serve.max_k``, ``serve.max_candidates``, ``limits.*``) are checked
+by the endpoints. Any failure is a 4xx with ``{"error": "<field>: <problem>"}``, never a 5xx.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these models' annotations as
+# objects through Serve's ingress wrappers.
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException
+
+from monolith_ray import validation
+from monolith_ray.messages import ACTIONS
+from monolith_ray.serve.tokens import TOKEN_HEX
+
+MAX_SLOT_NAME_CHARS = 64
+
+
+def _encodable(value: str) -> str:
+    if not validation.text_ok(value):
+        raise ValueError("not encodable as UTF-8 (a lone surrogate?)")
+    return value
+
+
+Text = Annotated[StrictStr, Field(min_length=1, max_length=validation.MAX_TEXT_CHARS),
+                 AfterValidator(_encodable)]
+Int64 = Annotated[StrictInt, Field(ge=validation.INT64_MIN, le=validation.INT64_MAX)]
+Scalar = Int64 | Text
+SlotValue = Scalar | Annotated[list[Scalar], Field(max_length=validation.MAX_VALUES)] | None
+SlotName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_SLOT_NAME_CHARS),
+                     AfterValidator(_encodable)]
+Features = Annotated[dict[SlotName, SlotValue], Field(max_length=validation.MAX_SLOTS)]
+RequestId = Annotated[StrictStr, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserIn(_Strict):
+    id: Scalar = Field(description="The user's id (the value of the user slot).")
+    features: Features = Field(default_factory=dict,
+                               description="Other slots of the user, by slot name.")
+
+
+class ItemIn(_Strict):
+    id: Scalar = Field(description="The item's id (the value of the item slot).")
+    features: Features = Field(
+        default_factory=dict,
+        description="Slots of the item; a pool item's own features fill the ones left out.")
+
+
+class RecommendIn(_Strict):
+    user: UserIn
+    context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form, logged with the impressions; at most limits.max_context_depth "
+                    "deep and limits.max_context_bytes encoded.")
+    candidates: list[ItemIn | Scalar] | None = Field(
+        default=None, description="Items to rank (ids or items with features), at most "
+                                  "serve.max_candidates; default: drawn from the pool.")
+    k: int = Field(default=10, ge=1, description="Items to return, at most serve.max_k.")
+
+
+class PairIn(_Strict):
+    user: UserIn
+    item: ItemIn | Scalar
+
+
+class PredictIn(_Strict):
+    pairs: list[PairIn] = Field(min_length=1, description="At most serve.max_candidates.")
+
+
+class FeedbackIn(_Strict):
+    request_id: RequestId = Field(description="The request id /recommend answered with.")
+    item_id: Scalar
+    token: Annotated[StrictStr, Field(pattern=f"^[0-9a-f]{{{TOKEN_HEX}}}$")] = Field(
+        description="The item's token from the /recommend answer.")
+    action: Literal[ACTIONS]  # type: ignore[valid-type]
+    time: StrictInt | None = Field(
+        default=None, ge=0, description="Event time, unix s, at most limits.max_event_skew_s "
+                                        "ahead of the service's clock; default now.")
+
+
+class ModelVersion(BaseModel):
+    dense: int
+    sparse: int
+
+
+class ScoredItem(BaseModel):
+    item_id: Scalar
+    score: float
+    token: str = Field(description="Send it with /feedback on this item.")
+
+
+class RecommendOut(BaseModel):
+    request_id: str
+    items: list[ScoredItem]
+    model_version: ModelVersion
+
+
+class PredictOut(BaseModel):
+    scores: list[float]
+    model_version: ModelVersion
+
+
+class FeedbackOut(BaseModel):
+    accepted: bool
+    request_id: str
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="<field>: <problem>")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A body that cannot be parsed."},
+    413: {"model": ErrorOut, "description": "Body over serve.max_body_bytes."},
+    422: {"model": ErrorOut, "description": "A field that is malformed or out of bounds."},
+}
+"""The error answers every POST endpoint documents."""
+
+
+class BadRequest(ValueError):
+    """Input the model cannot take; the text names the field."""
+
+
+api = FastAPI(
+    title="monolith_ray",
+    description="Real-time recommendations: top-k items, scores, feedback.",
+    version="0.1.0",
+)
+
+
+def _error(text: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer; the text made safe to encode (a lone surrogate in a field name or a
+    value must not turn a 4xx into a 5xx) and cut to 2,000 characters."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
+    return JSONResponse({"error": safe}, status_code=status, headers=headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (a body it cannot parse, e.g. JSON nested deeper than its decoder
+    follows; an unknown path or method) in the same ``{"error": ..}`` form."""
+    where = "body: " if err.status_code == 400 else ""
+    return _error(f"{where}{err.detail}", err.status_code, getattr(err, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    problems = []
+    for e in err.errors()[:10]:
+        where = ".".join(str(part) for part in e["loc"][1:]) or "body"
+        problems.append(f"{where}: {e['msg']}")
+    return _error("; ".join(problems), 422)
+
+
+@api.exception_handler(BadRequest)
+async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
+    return _error(str(err), 422)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes (declared or streamed) gets 413. The
+    limit is the replica's ``serve.max_body_bytes``, set when the replica starts."""
+
+    limit = 1 << 20
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _too_large(send, int(declared), self.limit)
+        # Read the whole body here (at most limit + one chunk), so an oversized one gets 413
+        # whether or not it declared its length, then hand the app what was read.
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                return await _too_large(send, seen, self.limit)
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return await self.app(scope, _replay([body], receive), send)
+
+
+def _replay(messages: list[dict], receive: Any) -> Any:
+    """An ASGI ``receive`` giving ``messages`` first, then what ``receive`` gives."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _too_large(send: Any, size: int, limit: int) -> None:
+    body = json.dumps({"error": f"body: {size} bytes or more, over the limit of {limit} "
+                                f"(serve.max_body_bytes)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+api.add_middleware(BodyLimit)
