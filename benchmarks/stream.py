@@ -139,7 +139,7 @@ def source_read(cfg: Config) -> tuple[int, float]:
     t0 = time.perf_counter()
     spec = StreamSpec(cfg.kafka, topic, cfg.slots, earliest_offsets(cfg.kafka, topic),
                       stops="end", poll_records=cfg.online.poll_records,
-                      poll_timeout_ms=cfg.online.poll_timeout_ms)
+                      poll_timeout_ms=cfg.online.poll_timeout_ms, limits=cfg.limits)
     dataset = read_kafka_examples(spec, read_tasks=cfg.online.read_tasks,
                                   block_bytes=cfg.online.block_bytes,
                                   buffer_bytes=cfg.online.buffer_bytes,

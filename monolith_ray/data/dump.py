@@ -10,10 +10,12 @@ as training on the stream does. Last it writes ``path/_offsets.json``::
     {"topic": "examples", "start": {"0": 0, ...}, "end": {"0": 5120, ...},
      "examples": 10230, "malformed": 10}
 
-``end`` is per partition the offset after the last record dumped (malformed ones included):
-a job that trains on the dump continues on Kafka from there (``train.online``, start
-``dump:<path>``). The file appears only once the dump is complete, so a dump without it is
-unfinished. ``path`` is a local folder or any ``pyarrow.fs`` URI.
+``malformed`` counts the records the reader refused, each sent to the dead-letter topic with
+its reason (``kafka_source``: a bad record never stops the dump). ``end`` is per partition
+the offset after the last record dumped (refused ones included): a job that trains on the
+dump continues on Kafka from there (``train.online``, start ``dump:<path>``). The file
+appears only once the dump is complete, so a dump without it is unfinished. ``path`` is a
+local folder or any ``pyarrow.fs`` URI.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def dump_examples(cfg: Config, path: str, starts: Mapping[int, int] | None = Non
         raise FileExistsError(f"dump folder {path} is not empty")
     topic = cfg.kafka.topics.examples
     starts = dict(starts) if starts is not None else earliest_offsets(cfg.kafka, topic)
-    reader = KafkaExampleReader(StreamSpec(cfg.kafka, topic, cfg.slots, starts, stops=stops))
+    reader = KafkaExampleReader(StreamSpec(cfg.kafka, topic, cfg.slots, starts, stops=stops,
+                                           limits=cfg.limits))
     fs.create_dir(root, recursive=True)
     pending: list[pa.Table] = []
     writes = 0

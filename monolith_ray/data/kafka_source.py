@@ -7,9 +7,27 @@ group, nothing committed), seeks each to its start offset and polls micro-batche
 turned into an Arrow table of :func:`source_schema` — the example columns
 (``monolith_ray.schemas``) plus ``_partition``, ``_offset`` and ``_from_offset``
 (``monolith_ray.data.offsets``), so whoever trains on a row knows exactly which offsets it
-consumed. Every message is validated with ``messages.parse_example`` and the slot shapes of
-the config; a bad one is counted, remembered among the last errors, and skipped: the source
-never stops on one.
+consumed.
+
+**Bad records.** A record is refused on its own, and the rest of its micro-batch trains:
+
+- every record is validated alone with ``messages.parse_example`` against the spec's slots
+  and limits (a slot the model does not have, a value no hash can take such as a lone
+  surrogate, an event time out of bounds, not JSON, a tombstone...);
+- if building a micro-batch's table raises all the same, it is rebuilt record by record and
+  only the records that fail alone are refused.
+
+A refused record is counted (``malformed``), remembered among the last ``errors``, and
+written to ``kafka.topics.dead_letter`` (``monolith_ray.data.dead_letters``); a dead letter
+that cannot be written is counted (``dead_letters_failed``) and logged and never stops the
+read. Dead letters are flushed before the micro-batch they were refused from is yielded or
+reported, and the next row of the partition accounts for the refused offsets in its
+``_from_offset``: once that row has trained and is committed, a restore resumes past the bad
+record. A bad record with no later row of its partition yet (the last of its partition so
+far) is accounted for by no row: a restart from a snapshot taken before the next row trained
+reads it again and writes its dead letter again (same partition and offset). Either way it
+is isolated each time it is read, never a failure. Each reading stage (a dump, an online
+run) writes its own dead letter of a record it refuses.
 
 :func:`read_kafka_examples` makes the same reader a Ray Data ``Dataset``: a custom
 ``Datasource`` whose read tasks are generators, each looping over its share of the partitions
@@ -50,9 +68,10 @@ from kafka import KafkaConsumer, TopicPartition
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from monolith_ray.config import KafkaConfig, SlotConfig
-from monolith_ray.data.slot_columns import list_column, scalar_column, slot_value
+from monolith_ray.config import KafkaConfig, LimitsConfig, SlotConfig
+from monolith_ray.data.dead_letters import DeadLetterWriter
 from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
+from monolith_ray.data.slot_columns import list_column, scalar_column
 from monolith_ray.messages import MessageError, decode, parse_example
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema
 
@@ -82,9 +101,12 @@ class StreamSpec:
     - ``stops``: per partition the offset to stop before, ``"end"`` (each partition's end as
       of the read's first fetch from it), or None (never stop on offsets).
     - ``max_records``: stop after this many examples (per reader, i.e. per read task).
-    - ``idle_timeout_s``: stop once no record has arrived for this long (wall clock).
+    - ``idle_timeout_s``: stop once no record has arrived for this long (wall clock, not
+      counting time the reader waits for its consumer to take a micro-batch).
     - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
       long a poll waits for them.
+    - ``limits``: the bounds records are validated against (event times); None: the
+      defaults of ``LimitsConfig``.
     """
 
     kafka: KafkaConfig
@@ -96,6 +118,7 @@ class StreamSpec:
     idle_timeout_s: float | None = None
     poll_records: int = 2000
     poll_timeout_ms: int = 200
+    limits: LimitsConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.starts:
@@ -131,10 +154,12 @@ def earliest_offsets(kafka: KafkaConfig, topic: str) -> dict[int, int]:
 
 class KafkaExampleReader:
     """Iterate micro-batches of examples (``pa.Table`` of :func:`source_schema`) from
-    ``spec``; each pass opens its own consumer and closes it when the pass ends.
+    ``spec``; each pass opens its own consumer (and, at its first bad record, a dead-letter
+    producer) and closes it when the pass ends.
 
     While and after iterating: ``positions`` (partition -> offset after the last record
-    read), ``records`` (examples yielded), ``malformed`` (messages skipped) and ``errors``
+    read), ``records`` (examples yielded), ``malformed`` (records refused, each sent to the
+    dead-letter topic), ``dead_letters_failed`` (dead letters not written) and ``errors``
     (the last few ``(partition, offset, reason)``). ``report``, if given, is called with
     :meth:`stats` after every poll that read records and when the pass ends.
     """
@@ -147,11 +172,17 @@ class KafkaExampleReader:
         self.positions = {int(p): int(o) for p, o in spec.starts.items()}
         self.records = 0
         self.malformed = 0
+        self.dead_letters_failed = 0
         self.errors: deque[tuple[int, int, str]] = deque(maxlen=_KEPT_ERRORS)
+        self._known = {s.name: s for s in spec.slots}
+        self._dead: DeadLetterWriter | None = None
+        self._failed_before = 0  # dead letters not written by earlier passes
 
     def stats(self) -> dict[str, Any]:
-        """``{"records", "malformed", "positions", "errors"}`` as plain JSON-able values."""
+        """``{"records", "malformed", "dead_letters_failed", "positions", "errors"}`` as plain
+        JSON-able values."""
         return {"records": self.records, "malformed": self.malformed,
+                "dead_letters_failed": self.dead_letters_failed,
                 "positions": dict(self.positions), "errors": [list(e) for e in self.errors]}
 
     def __iter__(self) -> Iterator[pa.Table]:
@@ -160,11 +191,16 @@ class KafkaExampleReader:
             **spec.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
             auto_offset_reset="none", fetch_max_wait_ms=spec.poll_timeout_ms,
             max_partition_fetch_bytes=_PARTITION_FETCH_BYTES, fetch_max_bytes=_FETCH_BYTES)
+        self._dead = DeadLetterWriter(spec.kafka)
         try:
             tps = self._assign(consumer)
             yield from self._poll_loop(consumer, tps)
         finally:
             consumer.close()
+            self._dead.close()
+            self._failed_before = self.dead_letters_failed = (self._failed_before
+                                                              + self._dead.failed)
+            self._dead = None
         if self.report is not None:
             self.report(self.stats())
 
@@ -190,7 +226,7 @@ class KafkaExampleReader:
         else:
             stops = {int(p): int(o) for p, o in spec.stops.items()}
         # Per partition, the offset after the last record that became a row: a row accounts
-        # for every offset from there to its own (the skipped ones in between included).
+        # for every offset from there to its own (the refused ones in between included).
         uncovered = dict(self.positions)
         heard = time.monotonic()
         while True:
@@ -206,41 +242,80 @@ class KafkaExampleReader:
                 return
             consumer.pause(*(tp for p, tp in tps.items() if p not in active))
             polled = consumer.poll(timeout_ms=spec.poll_timeout_ms, max_records=budget)
-            rows = _Rows(spec.slots)
+            rows, now = _Rows(spec.slots), time.time()
             for tp, records in polled.items():
                 p, stop = tp.partition, stops.get(tp.partition)
                 for record in records:
                     if stop is not None and record.offset >= stop:
                         break
-                    self._take(rows, p, record, uncovered)
+                    self._take(rows, p, record, now)
             if stops and None in stops.values():
                 for p, tp in tps.items():
                     if stops[p] is None:
                         stops[p] = consumer.highwater(tp)
+            table = self._table(rows, uncovered) if len(rows) else None
+            self._flush_dead_letters()
             if polled:
                 heard = time.monotonic()
                 if self.report is not None:
                     self.report(self.stats())
-            if len(rows):
-                self.records += len(rows)
-                yield rows.table(self.schema)
+            if table is not None:
+                self.records += table.num_rows
+                yield table
+                # Time spent paused at the yield (a consumer behind, backpressure) is not
+                # time without records.
+                heard = time.monotonic()
 
-    def _take(self, rows: _Rows, partition: int, record: Any, uncovered: dict[int, int]) -> None:
-        """Validate ``record`` into ``rows``, or count and remember why it is malformed."""
+    def _take(self, rows: _Rows, partition: int, record: Any, now: float) -> None:
+        """Validate ``record`` into ``rows``, or refuse it."""
         self.positions[partition] = record.offset + 1
         try:
             if record.value is None:
                 raise MessageError("no value (a tombstone)")
-            example = parse_example(decode(record.value))
-            rows.add(example, partition, record.offset, uncovered[partition])
-        except MessageError as err:
-            self.malformed += 1
-            self.errors.append((partition, record.offset, str(err)))
-            if self.malformed <= _LOGGED_ERRORS:
-                logger.warning("skipping malformed example at %s[%d]@%d: %s",
-                               self.spec.topic, partition, record.offset, err)
-            return
-        uncovered[partition] = record.offset + 1
+            example = parse_example(decode(record.value), self._known, self.spec.limits, now)
+            rows.add(example, partition, record.offset, record.value)
+        except Exception as err:  # noqa: BLE001 - one bad record never fails its micro-batch
+            self._refuse(partition, record.offset, record.value, err)
+
+    def _table(self, rows: _Rows, uncovered: dict[int, int]) -> pa.Table | None:
+        """The table of ``rows``; if building it raises, the table of the rows that convert
+        alone, the others refused (None if none is left)."""
+        try:
+            return rows.table(self.schema, uncovered)
+        except Exception as err:  # noqa: BLE001 - find the records that fail, keep the rest
+            logger.warning("a micro-batch of %d records of %s failed to convert (%s); "
+                           "converting it record by record", len(rows), self.spec.topic,
+                           _reason(err))
+        keep = []
+        for i in range(len(rows)):
+            try:
+                rows.select([i]).table(self.schema, dict(uncovered))
+            except Exception as err:  # noqa: BLE001 - this record is the bad one
+                self._refuse(*rows.source(i), err)
+            else:
+                keep.append(i)
+        return rows.select(keep).table(self.schema, uncovered) if keep else None
+
+    def _refuse(self, partition: int, offset: int, raw: bytes | None, err: Exception) -> None:
+        """Count, remember and dead-letter the record at ``partition``/``offset``."""
+        reason = _reason(err)
+        self.malformed += 1
+        self.errors.append((partition, offset, reason))
+        if self.malformed <= _LOGGED_ERRORS:
+            logger.warning("refusing the example at %s[%d]@%d: %s",
+                           self.spec.topic, partition, offset, reason)
+        assert self._dead is not None
+        self._dead.send(self.spec.topic, partition, offset, reason, raw)
+
+    def _flush_dead_letters(self) -> None:
+        assert self._dead is not None
+        self._dead.flush()
+        self.dead_letters_failed = self._failed_before + self._dead.failed
+
+
+def _reason(err: Exception) -> str:
+    """A refused record's reason: a validation error's own text, else the error's type too."""
+    return str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
 
 
 def _reached(position: int, stops: dict[int, int | None], partition: int) -> bool:
@@ -254,36 +329,64 @@ class _Rows:
 
     def __init__(self, slots: Sequence[SlotConfig]) -> None:
         self.slots = tuple(slots)
-        self.base: list[tuple[int, float, float, int, int, int]] = []
+        self._names = [(s.name, s.max_values > 1) for s in self.slots]
+        self.base: list[tuple[int, float, float, int, int]] = []
         self.values: list[list[Any]] = [[] for _ in self.slots]
+        self.raw: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def add(self, example: Mapping[str, Any], partition: int, offset: int,
-            from_offset: int) -> None:
-        """Append ``example`` (as ``parse_example`` returns it); MessageError, and nothing
-        appended, if a slot value does not fit its slot."""
+    def add(self, example: Mapping[str, Any], partition: int, offset: int, raw: bytes) -> None:
+        """Append ``example``, as ``parse_example`` returns it given these slots (so every
+        value fits its slot; a bare value of a multi-valued slot becomes a list of one)."""
         given = example["slots"]
-        values = [slot_value(given.get(s.name), s) for s in self.slots]
-        for column, value in zip(self.values, values):
-            column.append(value)
+        for (name, multi), column in zip(self._names, self.values):
+            value = given.get(name)
+            column.append([value] if multi and value is not None and type(value) is not list
+                          else value)
         self.base.append((example["time"], example["label"], example["weight"], partition,
-                          offset, from_offset))
+                          offset))
+        self.raw.append(raw)
 
-    def table(self, schema: pa.Schema) -> pa.Table:
-        time_, label, weight, partition, offset, from_offset = (
-            np.asarray(c) for c in zip(*self.base))
+    def source(self, i: int) -> tuple[int, int, bytes]:
+        """Row ``i``'s partition, offset and raw message."""
+        return self.base[i][3], self.base[i][4], self.raw[i]
+
+    def select(self, indices: Sequence[int]) -> _Rows:
+        """The rows at ``indices``, in that order."""
+        out = _Rows(self.slots)
+        out.base = [self.base[i] for i in indices]
+        out.values = [[column[i] for i in indices] for column in self.values]
+        out.raw = [self.raw[i] for i in indices]
+        return out
+
+    def table(self, schema: pa.Schema, uncovered: dict[int, int]) -> pa.Table:
+        """The rows as a table of ``schema``. ``uncovered`` (partition -> the offset after
+        its last row so far) gives each partition's first row its ``_from_offset`` and, once
+        the table is built, moves past the last row (rows of a partition are in offset
+        order)."""
+        time_, label, weight, partition, offset = (np.asarray(c) for c in zip(*self.base))
+        partition, offset = partition.astype(np.int32), offset.astype(np.int64)
+        from_offset = np.empty_like(offset)
+        ends = {}
+        for p in np.unique(partition).tolist():
+            at = np.flatnonzero(partition == p)
+            from_offset[at[0]] = uncovered[p]
+            from_offset[at[1:]] = offset[at[:-1]] + 1
+            ends[p] = int(offset[at[-1]]) + 1
         columns = {TIME: pa.array(time_.astype(np.int64)),
                    LABEL: pa.array(label.astype(np.float32)),
                    WEIGHT: pa.array(weight.astype(np.float32))}
         for slot, values in zip(self.slots, self.values):
             columns[slot.name] = (list_column(values) if slot.max_values > 1
                                   else scalar_column(values))
-        columns[PARTITION] = pa.array(partition.astype(np.int32))
-        columns[OFFSET] = pa.array(offset.astype(np.int64))
-        columns[FROM_OFFSET] = pa.array(from_offset.astype(np.int64))
-        return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+        columns[PARTITION] = pa.array(partition)
+        columns[OFFSET] = pa.array(offset)
+        columns[FROM_OFFSET] = pa.array(from_offset)
+        table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+        uncovered.update(ends)
+        return table
 
 
 class SourceMonitor:
@@ -298,11 +401,12 @@ class SourceMonitor:
         self._tasks[task] = stats
 
     def totals(self) -> dict[str, Any]:
-        """Examples read and messages skipped over all tasks, every partition's read position,
-        and the tasks' last errors."""
+        """Examples read, records refused and dead letters not written over all tasks, every
+        partition's read position, and the tasks' last errors."""
         tasks = self._tasks.values()
         return {"records": sum(t["records"] for t in tasks),
                 "malformed": sum(t["malformed"] for t in tasks),
+                "dead_letters_failed": sum(t["dead_letters_failed"] for t in tasks),
                 "positions": {p: o for t in tasks for p, o in t["positions"].items()},
                 "errors": [e for t in tasks for e in t["errors"]]}
 

@@ -222,7 +222,8 @@ class OnlineTraining:
             self.cfg.kafka, self.topic, self.cfg.slots, starts,
             stops="end" if online.stop == "end" else None,
             idle_timeout_s=online.idle_timeout_s or None,
-            poll_records=online.poll_records, poll_timeout_ms=online.poll_timeout_ms)
+            poll_records=online.poll_records, poll_timeout_ms=online.poll_timeout_ms,
+            limits=self.cfg.limits)
         return read_kafka_examples(spec, read_tasks=online.read_tasks,
                                    block_bytes=online.block_bytes,
                                    buffer_bytes=online.buffer_bytes,

@@ -1,16 +1,21 @@
 """The Kafka examples source on the embedded broker: exact offset ranges, source columns,
-malformed messages skipped and counted, a Ray Data dataset split between two consumers,
-unbounded reading, and bounded buffering under a slow consumer."""
+malformed messages skipped and counted, poison pills (records that fail validation or the
+conversion of their micro-batch) dead-lettered while the rest of the batch trains, a Ray
+Data dataset split between two consumers, unbounded reading, and bounded buffering under a
+slow consumer."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import pyarrow as pa
 import pytest
 import ray
 
-from monolith_ray.config import KafkaConfig, SlotConfig
+from monolith_ray.config import KafkaConfig, KafkaTopics, SlotConfig
+from monolith_ray.data import slot_columns
 from monolith_ray.data.batches import make_batch
 from monolith_ray.data.kafka_source import (
     KafkaExampleReader,
@@ -23,7 +28,7 @@ from monolith_ray.data.kafka_source import (
 from monolith_ray.data.offsets import OffsetCoverage
 from monolith_ray.messages import encode
 from monolith_ray.schemas import value_ids
-from monolith_ray.stream import ensure_topics
+from monolith_ray.stream import ensure_topics, read_range
 
 SLOTS = (SlotConfig("user_id", 1, 4), SlotConfig("item_id", 2, 4),
          SlotConfig("genres", 3, 4, max_values=3))
@@ -116,6 +121,105 @@ def test_every_kind_of_malformed_message_is_skipped_with_its_reason(kafka, topic
         assert needle in reasons
 
 
+def example_with(i: int, **fields) -> bytes:
+    """Example i with ``fields`` replacing its own (slots merged into its slots)."""
+    message = json.loads(example(i))
+    message["slots"].update(fields.pop("slots", {}))
+    return encode({**message, **fields})
+
+
+POISON = {  # each passes the old per-record checks or fails its whole micro-batch
+    "not encodable as UTF-8": example_with(1, slots={"item_id": "item\ud800"}),
+    "max_event_skew_s": example_with(2, time=10**18),
+    "not a slot of the model": example_with(3, slots={"mood": "sunny"}),
+    "not UTF-8 JSON": b'{"request_id": "r4", "time": ',
+}
+
+
+def poison_topic(kafka: KafkaConfig, produce, name: str, payloads: list[bytes],
+                 partitions: list[int]) -> tuple[KafkaConfig, list[tuple[int, int]]]:
+    """Topic ``name`` holding ``payloads`` and its own dead-letter topic -> the config
+    naming that dead-letter topic, and where each payload landed."""
+    kafka = dataclasses.replace(kafka, topics=KafkaTopics(dead_letter=f"{name}.dead_letter"))
+    ensure_topics(kafka, [name, kafka.topics.dead_letter])
+    return kafka, produce(kafka, name, payloads, partitions)
+
+
+def dead_letters(kafka: KafkaConfig) -> list[dict]:
+    """Every record of the dead-letter topic, read from offset 0 of each partition."""
+    return [json.loads(r.value) for p in range(kafka.partitions)
+            for r in read_range(kafka, kafka.topics.dead_letter, p, 0)]
+
+
+def test_poison_pills_go_to_dead_letters_and_the_rest_of_the_batch_trains(kafka,
+                                                                          produce) -> None:
+    # 40 examples over 2 partitions; the poison pills in partition 0, one of them its last
+    # record.
+    payloads, partitions = [example(i) for i in range(40)], [i % 2 for i in range(40)]
+    for position, raw in zip((3, 10, 21), list(POISON.values())[:3]):
+        payloads.insert(position, raw)
+        partitions.insert(position, 0)
+    payloads.append(POISON["not UTF-8 JSON"])
+    partitions.append(0)
+    kafka, placed = poison_topic(kafka, produce, "poison", payloads, partitions)
+    bad = {placed[i]: raw for i, raw in enumerate(payloads) if raw in POISON.values()}
+    valid = [w for w in placed if w not in bad]
+
+    starts = {0: 0, 1: 0}
+    reader = KafkaExampleReader(StreamSpec(kafka, "poison", SLOTS, starts, stops="end",
+                                           poll_records=1000))
+    table = rows_of(list(reader))
+
+    got = list(zip(table["_partition"].to_pylist(), table["_offset"].to_pylist()))
+    assert sorted(got) == sorted(valid) and len(valid) == 40
+    assert reader.malformed == len(bad) == 4 and reader.dead_letters_failed == 0
+    assert {(p, o) for p, o, _ in reader.errors} == set(bad)
+    letters = dead_letters(kafka)
+    assert sorted((d["partition"], d["offset"]) for d in letters) == sorted(bad)
+    for d in letters:
+        assert d["topic"] == "poison"
+        reason = next(k for k, raw in POISON.items() if raw == bad[d["partition"], d["offset"]])
+        assert reason in d["reason"], d
+    # Rows account for the refused offsets before them; the last record of partition 0 is
+    # refused with no row after it, so a restart from these rows reads it again: refused
+    # again, alone, with a second dead letter.
+    tail = max(o for p, o in bad if p == 0)
+    resume = OffsetCoverage.of_table(table).resume(starts)
+    assert resume == {0: tail, 1: reader.positions[1]} and reader.positions[0] == tail + 1
+    again = KafkaExampleReader(StreamSpec(kafka, "poison", SLOTS, resume, stops="end"))
+    assert rows_of(list(again)).num_rows == 0 and again.malformed == 1
+    assert sorted((d["partition"], d["offset"]) for d in dead_letters(kafka)) == sorted(
+        [*bad, (0, tail)])
+
+
+def test_a_record_that_fails_its_batch_conversion_is_refused_alone(kafka, produce,
+                                                                   monkeypatch) -> None:
+    payloads = [example(i) for i in range(30)]
+    payloads.insert(12, example_with(12, slots={"item_id": "boom"}))
+    kafka, placed = poison_topic(kafka, produce, "poison-convert", payloads, [0] * 31)
+    value_ids = slot_columns.value_ids
+
+    def failing(values):
+        values = list(values)
+        if "boom" in values:
+            raise ValueError("cannot hash boom")
+        return value_ids(values)
+
+    monkeypatch.setattr(slot_columns, "value_ids", failing)
+    reader = KafkaExampleReader(StreamSpec(kafka, "poison-convert", SLOTS, {0: 0},
+                                           stops="end", poll_records=1000))
+    table = rows_of(list(reader))
+
+    assert table["_offset"].to_pylist() == [o for _, o in placed if o != 12]
+    assert reader.malformed == 1 and reader.errors[0][:2] == (0, 12)
+    # The row after the refused record accounts for it: a restore resumes past it.
+    assert table["_from_offset"].to_pylist()[12] == 12
+    assert OffsetCoverage.of_table(table).resume({0: 0}) == {0: 31}
+    [letter] = dead_letters(kafka)
+    assert (letter["offset"], letter["reason"]) == (12, "ValueError: cannot hash boom")
+    assert json.loads(letter["payload"])["slots"]["item_id"] == "boom"
+
+
 def test_dataset_feeds_two_consumers_with_streaming_split(ray_session, kafka, topic) -> None:
     @ray.remote(num_cpus=0.1)
     def offsets_of(split) -> list[tuple[int, int]]:
@@ -132,6 +236,7 @@ def test_dataset_feeds_two_consumers_with_streaming_split(ray_session, kafka, to
     assert sorted(halves[0] + halves[1]) == sorted(topic["valid"])
     totals = ray.get(monitor.totals.remote())
     assert totals["records"] == 300 and totals["malformed"] == len(MALFORMED)
+    assert totals["dead_letters_failed"] == 0
 
 
 def test_unbounded_dataset_keeps_reading_new_messages(ray_session, kafka, produce) -> None:
