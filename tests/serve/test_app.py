@@ -180,9 +180,6 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
      422, "genres"),
     ("/recommend", {"user": USER, "surprise": 1}, 422, "surprise: Extra inputs"),
     ("/predict", {"pairs": []}, 422, "pairs"),
-    ("/recommend", {"user": {"id": 1, "features": {"gender": ""}}}, 422, "user.features.gender"),
-    ("/recommend", {"user": {"id": "\ud800"}}, 422, "user.id"),
-    ("/recommend", {"user": USER, "request_id": "mine"}, 422, "request_id: Extra inputs"),
     ("/recommend", {"user": USER, "context": {"a": "x" * 5000}}, 422,
      "more than limits.max_context_bytes 4096"),
     ("/feedback", {"request_id": "r", "item_id": 1, "action": "stare", "token": "0" * 32}, 422,
@@ -193,32 +190,11 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
      "token: Field required"),
     ("/feedback", {"request_id": "r", "item_id": 1, "action": "click", "time": -5,
                    "token": "0" * 32}, 422, "time: Input should be greater than or equal to 0"),
-    ("/feedback", {"request_id": "r", "item_id": 1, "action": "click", "token": "0" * 32},
-     422, "token: not the token this service issued"),
 ])
 def test_bad_input_gets_4xx_naming_the_problem(deployment, path, body, status, message) -> None:
     r = deployment.post(path, body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
-
-
-def test_feedback_from_the_far_future_is_refused(deployment) -> None:
-    body = deployment.post("/recommend", {"user": USER, "k": 1}).json()
-    item = body["items"][0]
-    fields = {"request_id": body["request_id"], "item_id": item["item_id"],
-              "token": item["token"], "action": "click"}
-    r = deployment.post("/feedback", {**fields, "time": 10**18})
-    assert r.status_code == 422 and "limits.max_event_skew_s" in r.json()["error"], r.text
-    r = deployment.post("/feedback", {**fields, "time": int(time.time())})
-    assert r.status_code == 200, r.text
-
-
-def test_a_deep_context_is_refused_with_422(deployment) -> None:
-    deep = '{"x":' * 1000 + "1" + "}" * 1000
-    r = requests.post(deployment.url + "/recommend", timeout=30,
-                      data=b'{"user": {"id": 1}, "context": %s}' % deep.encode(),
-                      headers={"content-type": "application/json"})
-    assert r.status_code in (400, 422) and "error" in r.json(), r.text
 
 
 def test_malformed_and_oversized_bodies(deployment) -> None:
