@@ -16,8 +16,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
 from starlette.exceptions import HTTPException
 
 from monolith_ray import validation
@@ -141,6 +149,33 @@ api = FastAPI(
     description="Real-time recommendations: top-k items, scores, feedback.",
     version="0.1.0",
 )
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's schema with the int64 bounds written exactly: its schema models hold bounds
+    as floats, and 2**63 - 1 as a float is 2**63, one past the bound."""
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version,
+                             description=api.description, routes=api.routes)
+        api.openapi_schema = _exact_bounds(schema)
+    return api.openapi_schema
+
+
+def _exact_bounds(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {k: _exact_bounds(v) for k, v in node.items()}
+        for key in ("minimum", "maximum"):
+            if out.get(key) == float(validation.INT64_MIN):
+                out[key] = validation.INT64_MIN
+            elif out.get(key) == float(1 << 63):
+                out[key] = validation.INT64_MAX
+        return out
+    if isinstance(node, list):
+        return [_exact_bounds(v) for v in node]
+    return node
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
 
 
 def _error(text: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:

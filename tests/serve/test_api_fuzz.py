@@ -121,6 +121,15 @@ def test_inputs_that_once_broke_serving_get_a_documented_4xx(
     assert requests.get(app_url + "/healthz", timeout=30).status_code == 200
 
 
+def test_the_schema_states_the_int64_bounds_exactly(app_url: str) -> None:
+    user_id = requests.get(app_url + "/openapi.json", timeout=30).json()[
+        "components"]["schemas"]["UserIn"]["properties"]["id"]["anyOf"][0]
+    assert (user_id["minimum"], user_id["maximum"]) == (-(1 << 63), (1 << 63) - 1)
+    r = requests.post(app_url + "/predict", timeout=30, json={"pairs": [
+        {"user": {"id": (1 << 63) - 1}, "item": 1}]})
+    assert r.status_code == 200, r.text
+
+
 def test_feedback_needs_the_token_of_a_served_item_and_a_sane_time(app_url: str) -> None:
     served = requests.post(app_url + "/recommend", json={"user": {"id": 7}, "k": 2},
                            timeout=30).json()
