@@ -23,8 +23,9 @@ other fields ride along; :func:`parse_example` ignores them).
 
 ``dead_letter`` (anything that failed validation)::
 
-    {"topic": "actions", "partition": 0, "offset": 17, "reason": "time: expected int",
-     "payload": "<the raw message as text, at most 4096 characters>"}
+    {"topic": "actions", "partition": 0, "offset": 17, "stage": "joiner",
+     "reason": "time: expected int", "payload": "<the raw message as text, at most 4096
+     characters>"}
 
 The parsers below take the decoded JSON value and return a validated dict, or raise
 :class:`MessageError` whose text names the offending field. Values are checked by
@@ -120,10 +121,12 @@ def parse_example(value: Any, known: Known = None, limits: LimitsConfig | None =
                                         validation.MAX_WEIGHT, low_open=True)}
 
 
-def dead_letter(topic: str, partition: int, offset: int, reason: str,
-                raw: bytes) -> dict[str, Any]:
-    """The ``dead_letter`` record of a message that failed validation."""
-    return {"topic": topic, "partition": int(partition), "offset": int(offset),
+def dead_letter(topic: str, partition: int, offset: int, reason: str, raw: bytes,
+                stage: str) -> dict[str, Any]:
+    """The ``dead_letter`` record of a message that ``stage`` (``joiner``, ``source``,
+    ``dump``) refused: the same record read by two stages is two dead letters, told apart by
+    ``stage``."""
+    return {"topic": topic, "partition": int(partition), "offset": int(offset), "stage": stage,
             "reason": reason[:MAX_PAYLOAD_CHARS],
             "payload": raw.decode("utf-8", errors="replace")[:MAX_PAYLOAD_CHARS]}
 

@@ -45,8 +45,9 @@ def test_bad_bytes_and_dead_letters():
         decode(b"{not json")
     with pytest.raises(MessageError, match="UTF-8"):
         decode(b"\xff\xfe")
-    record = dead_letter("actions", 1, 17, "time: expected int", b"x" * 10_000)
+    record = dead_letter("actions", 1, 17, "time: expected int", b"x" * 10_000, "joiner")
     assert record["topic"] == "actions" and record["offset"] == 17
+    assert record["stage"] == "joiner"
     assert len(record["payload"]) == 4096
     with pytest.raises(ValueError):
         encode({"label": float("nan")})

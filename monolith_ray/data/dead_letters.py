@@ -1,6 +1,6 @@
 """Dead letters of the data layer's Kafka readers: each record a reader refuses, written to
 ``kafka.topics.dead_letter`` as ``messages.dead_letter`` (topic, partition, offset, reason,
-raw payload).
+raw payload, and the stage that refused it).
 
 A kafka-python producer (the readers' own client library) is made at the first dead letter,
 so a clean stream opens no producer. Producing never raises into the read: a dead letter the
@@ -31,8 +31,8 @@ class DeadLetterWriter:
     counts those not written; :meth:`close` flushes and closes. ``sent`` counts dead letters
     handed to :meth:`send`, ``failed`` those not written."""
 
-    def __init__(self, kafka: KafkaConfig, timeout_s: float = 10.0) -> None:
-        self.kafka = kafka
+    def __init__(self, kafka: KafkaConfig, stage: str, timeout_s: float = 10.0) -> None:
+        self.kafka, self.stage = kafka, stage
         self.timeout_s = timeout_s
         self.sent = 0
         self.failed = 0
@@ -48,7 +48,8 @@ class DeadLetterWriter:
             self.failed += 1
             return
         try:
-            value = encode(dead_letter(topic, partition, offset, reason, raw or b""))
+            value = encode(dead_letter(topic, partition, offset, reason, raw or b"",
+                                             self.stage))
             if self._producer is None:
                 self._producer = KafkaProducer(**self.kafka.client_kwargs(), linger_ms=5,
                                                max_block_ms=int(self.timeout_s * 1000))

@@ -107,6 +107,7 @@ class StreamSpec:
       long a poll waits for them.
     - ``limits``: the bounds records are validated against (event times); None: the
       defaults of ``LimitsConfig``.
+    - ``stage``: names the reader in its dead letters (``source`` for training, ``dump``).
     """
 
     kafka: KafkaConfig
@@ -119,6 +120,7 @@ class StreamSpec:
     poll_records: int = 2000
     poll_timeout_ms: int = 200
     limits: LimitsConfig | None = None
+    stage: str = "source"
 
     def __post_init__(self) -> None:
         if not self.starts:
@@ -191,7 +193,7 @@ class KafkaExampleReader:
             **spec.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
             auto_offset_reset="none", fetch_max_wait_ms=spec.poll_timeout_ms,
             max_partition_fetch_bytes=_PARTITION_FETCH_BYTES, fetch_max_bytes=_FETCH_BYTES)
-        self._dead = DeadLetterWriter(spec.kafka)
+        self._dead = DeadLetterWriter(spec.kafka, spec.stage)
         try:
             tps = self._assign(consumer)
             yield from self._poll_loop(consumer, tps)

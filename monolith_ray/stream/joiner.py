@@ -384,7 +384,7 @@ class Joiner:
                 reason: str) -> None:
         self.counters["dead_letters"] += 1
         self._dead.append(encode(dead_letter(self._topic[kind], partition, offset, reason,
-                                             value or b"")))
+                                             value or b"", "joiner")))
 
     # -- output ------------------------------------------------------------------------------
 

@@ -264,6 +264,8 @@ def test_fuzzed_topics_train_every_valid_example_and_dead_letter_the_rest(
     assert Counter((d["topic"], d["partition"], d["offset"]) for d in dead) == Counter(
         injected)
     assert len(injected) == sum(map(len, bad.values())) and all(d["reason"] for d in dead)
+    assert all(d["stage"] == ("source" if d["topic"] == topics.examples else "joiner")
+               for d in dead)
     assert sum(c["dead_letters"] for c in counters) == len(bad["features"]) + len(
         bad["actions"])
 
