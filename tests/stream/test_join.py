@@ -10,14 +10,14 @@ import pytest
 
 from monolith_ray.config import ConfigError, JoinerConfig, KafkaTopics, load_config
 from monolith_ray.messages import encode, parse_example
-from monolith_ray.stream.joiner import (
+from monolith_ray.stream.join import (
     ACTIONS,
     FEATURES,
     Joiner,
-    SpillStore,
     log_odds_correction,
     stable_unit,
 )
+from monolith_ray.stream.spill import SpillStore
 
 
 class Feed:

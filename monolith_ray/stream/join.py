@@ -1,0 +1,402 @@
+"""The join of ``features`` and ``actions`` into ``examples`` on event time: records in,
+examples and dead letters out, and the offsets it is safe to commit; no Kafka and no Ray
+(``stream/joiner.py`` runs it on Kafka, ``stream/spill.py`` holds what waits on disk).
+
+**Join.** An impression (a ``features`` message) is keyed by (request id, item id) and waits
+for a positive action (``messages.POSITIVE_ACTIONS``) on the same key no later than
+``window_s`` after it (event time). The first such action makes it a positive example at once;
+an impression still waiting when the watermark passes ``time + window_s`` becomes a negative
+example. Actions that arrive before their impression wait too (as *orphans*) until the
+watermark passes their own time. Other actions (``skip``) and clicks after the window are
+only counted. An example is its impression's ``features`` message with ``"label"`` and
+``"weight"`` added (``messages.parse_example`` reads it; the extra fields ``user_id``,
+``item_id`` and ``context`` ride along), spliced into the message's bytes so that the slots
+are never encoded again.
+
+**Event-time clock.** Each (topic, partition) keeps the newest event time read from it. The
+clock is the oldest of these over the *active* partitions: those with unread records (so a
+backlog read faster on one topic than the other cannot expire impressions whose actions are
+merely unread) or with a record in the last ``idle_partition_s`` (so a live topic that
+arrives a little behind the other holds the clock back too). When none is active, it is the
+newest over all partitions, so a partition that has gone quiet stops nothing. The watermark is
+the clock minus ``allowed_lateness_s``. Windows never read the wall clock, so a backlog
+replayed at any speed gives the same examples; the wall clock only decides when a partition
+counts as quiet.
+
+**Negative sampling.** A negative is kept iff ``stable_unit(request_id) < r`` (BLAKE2b, so
+every replay and every joiner agrees) and then weighs ``1 / r``. Weighted, the sampled
+examples have the original data's expected loss, so a model trained on them is calibrated as
+it is (the positive rate weighted by ``weight`` equals the true CTR). That is the same
+correction as Monolith's log-odds correction: a model trained *without* the weights predicts
+odds ``1 / r`` times too high, i.e. a logit ``-log r`` too high, which serving can undo with
+:func:`log_odds_correction`. Use one or the other, never both.
+
+**Offsets.** Each joiner commits, per partition, the offset of its oldest still-pending
+feature (all below are joined or emitted), and for actions the oldest action still needed:
+a waiting orphan, or the action that joined a feature at or above that feature offset (so a
+restarted joiner that re-reads those features re-reads their actions too and labels them the
+same). Delivery is at-least-once: after a restart, the examples of features at or above the
+committed offsets that were emitted before the crash are emitted again; that is the traffic
+of about one ``window_s + allowed_lateness_s`` plus one ``commit_interval_s``.
+
+Malformed messages (bad JSON, missing fields, wrong types, values out of the bounds of
+``monolith_ray.validation``, a slot the model does not have, a second pending impression with
+the same key) go to the dead-letter topic with the reason and are counted; nothing stops.
+Event times are bounded before they reach the clock: a message whose time is more than
+``limits.max_event_skew_s`` ahead of the joiner's wall clock (or before
+``limits.min_event_time_s``) is a dead letter, so one message from the far future cannot move
+the watermark and expire every impression, nor be pinned by a commit to return after a
+restart (its offset is passed like any other dead letter's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from monolith_ray.config import JoinerConfig, KafkaTopics, LimitsConfig, SlotConfig
+from monolith_ray.messages import (
+    POSITIVE_ACTIONS,
+    MessageError,
+    dead_letter,
+    decode,
+    encode,
+    parse_action,
+    parse_feature,
+)
+from monolith_ray.stream.spill import Key, SpillStore
+
+__all__ = ["ACTIONS", "COUNTERS", "FEATURES", "Joiner", "log_odds_correction", "stable_unit"]
+
+FEATURES, ACTIONS = "features", "actions"
+COUNTERS = ("features", "actions", "positives", "negatives", "sampled_out", "dead_letters",
+            "spilled", "pending", "orphans", "unmatched_actions", "late_features")
+"""What a joiner counts: valid ``features`` and ``actions`` read; ``positives`` and
+``negatives`` emitted; negatives dropped by sampling (``sampled_out``); messages sent to the
+dead-letter topic; impressions ever moved to disk (``spilled``); impressions (``pending``) and
+positive actions (``orphans``) waiting now; positive actions that joined nothing (after the
+window, repeated, or their impression never came: ``unmatched_actions``); impressions that
+arrived after their window had already closed (``late_features``, emitted as negatives)."""
+_SAMPLING_SALT = b"neg-sampling"
+
+def stable_unit(text: str, salt: bytes = _SAMPLING_SALT) -> float:
+    """A uniform number in [0, 1) fixed by ``text`` and ``salt`` (BLAKE2b), the same in every
+    process and run, unlike Python's salted ``hash()``."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, salt=salt).digest()
+    return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
+
+
+def log_odds_correction(logit: np.ndarray | float, negative_rate: float) -> np.ndarray | float:
+    """The logit of a model trained on negatives kept at rate ``r`` *without* the ``1 / r``
+    weights -> the logit of the true click probability: ``logit + log(r)``.
+
+    Keeping each negative with probability r multiplies the odds the model learns by 1 / r;
+    adding log r undoes that at serving time. Models trained on the joiner's weighted
+    examples need no correction."""
+    if not 0.0 < negative_rate <= 1.0:
+        raise ValueError(f"negative_rate must be in (0, 1], got {negative_rate}")
+    return logit + np.log(negative_rate)
+
+
+def _reason(err: Exception) -> str:
+    """A dead letter's reason: a validation error's own text, else the error's type too."""
+    return str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
+
+
+_WAITING = object()
+_POSITIVE = b',"label":1.0,"weight":1.0}'
+
+
+class Joiner:
+    """The join of features and actions on event time; no I/O but the spill store.
+
+    Feed one partition's records at a time with :meth:`add` (``kind`` ``"features"`` or
+    ``"actions"``; records are (offset, value bytes) pairs), move the clock with
+    :meth:`advance`, collect the output with :meth:`take_output`, and ask
+    :meth:`commit_offsets` what is safe to commit. ``topics`` names the source topics in dead
+    letters; ``slots`` (the config's) makes a features message naming another slot, or a
+    value that does not fit its slot, a dead letter, as the trainer would refuse it;
+    ``limits`` bounds event times and contexts. Rules: see the module docstring.
+    """
+
+    def __init__(self, cfg: JoinerConfig, topics: KafkaTopics | None = None,
+                 store: SpillStore | None = None, slots: Sequence[SlotConfig] | None = None,
+                 limits: LimitsConfig | None = None) -> None:
+        self.cfg = cfg
+        self._known = None if slots is None else {s.name: s for s in slots}
+        self._limits = limits if limits is not None else LimitsConfig()
+        topics = topics or KafkaTopics()
+        self._topic = {FEATURES: topics.features, ACTIONS: topics.actions}
+        self._store = store if store is not None else SpillStore()
+        self._window = cfg.window_s
+        self._weight = 1.0 / cfg.negative_rate
+        self._negative_tail = b',"label":0.0,"weight":%s}' % encode(self._weight)
+        # Impressions waiting in memory: key -> (partition, offset, time, message bytes); a
+        # heap of (time, partition, offset, key) finds the oldest (stale entries are skipped).
+        self._memory: dict[Key, tuple[int, int, int, bytes]] = {}
+        self._by_time: list[tuple[int, int, int, Key]] = []
+        # Positive actions waiting for their impression: key -> (partition, offset, time).
+        self._orphans: dict[Key, tuple[int, int, int]] = {}
+        self._orphans_by_time: list[tuple[int, int, int, Key]] = []
+        # Per features partition, the offsets read since the oldest waiting one, in order, and
+        # each one's fate: _WAITING, None (emitted as a negative or sampled out) or the
+        # (partition, offset) of the action that joined it.
+        self._order: dict[int, deque[int]] = {}
+        self._fate: dict[int, dict[int, Any]] = {}
+        self._next: dict[tuple[str, int], int] = {}
+        self._newest: dict[tuple[str, int], int] = {}
+        self.clock: int | None = None
+        self._examples: list[tuple[int, bytes]] = []
+        self._dead: list[bytes] = []
+        self.counters = dict.fromkeys(COUNTERS, 0)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def seek(self, kind: str, partition: int, offset: int) -> None:
+        """Declare that ``kind``'s ``partition`` is read from ``offset`` on (what
+        :meth:`commit_offsets` reports for it until records arrive)."""
+        self._check_kind(kind)
+        self._next[kind, partition] = offset
+        if kind == FEATURES:
+            self._order.setdefault(partition, deque())
+            self._fate.setdefault(partition, {})
+
+    def newest(self, kind: str, partition: int) -> int | None:
+        """The newest event time read from ``kind``'s ``partition`` (None before any)."""
+        return self._newest.get((kind, partition))
+
+    def add(self, kind: str, partition: int,
+            records: Sequence[tuple[int, bytes | None]]) -> None:
+        """Join a batch of one partition's records, (offset, value) in offset order."""
+        self._check_kind(kind)
+        if not records:
+            return
+        if kind == FEATURES:
+            self._add_features(partition, records)
+        else:
+            self._add_actions(partition, records)
+        self._next[kind, partition] = records[-1][0] + 1
+
+    @staticmethod
+    def _check_kind(kind: str) -> None:
+        if kind not in (FEATURES, ACTIONS):
+            raise ValueError(f"kind must be {FEATURES!r} or {ACTIONS!r}, got {kind!r}")
+
+    def _add_features(self, partition: int,
+                      records: Sequence[tuple[int, bytes | None]]) -> None:
+        self.seek(FEATURES, partition, self._next.get((FEATURES, partition), 0))
+        order, fate = self._order[partition], self._fate[partition]
+        memory, orphans, store, window = self._memory, self._orphans, self._store, self._window
+        expire_before = self._expire_before()
+        newest = self._newest.get((FEATURES, partition), -1)
+        known, limits, now = self._known, self._limits, time.time()
+        count = 0
+        for offset, value in records:
+            try:
+                msg = parse_feature(decode(value or b""), known, limits, now)
+            except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
+                self._reject(FEATURES, partition, offset, value, _reason(err))
+                continue
+            t, rid = msg["time"], msg["request_id"]
+            key = (rid, str(msg["item_id"]))
+            if key in memory or key in store:
+                self._reject(FEATURES, partition, offset, value, f"request_id/item_id {rid!r}/"
+                             f"{key[1]!r}: an impression with this key is already waiting")
+                continue
+            count += 1
+            newest = t if t > newest else newest
+            order.append(offset)
+            orphan = orphans.pop(key, None) if orphans else None
+            if orphan is not None:
+                if orphan[2] - t <= window:
+                    fate[offset] = orphan[:2]
+                    self._emit(partition, value, _POSITIVE)
+                    continue
+                self.counters["unmatched_actions"] += 1
+            if expire_before is not None and t < expire_before:
+                self.counters["late_features"] += 1
+                fate[offset] = None
+                self._negative(partition, rid, value)
+                continue
+            fate[offset] = _WAITING
+            memory[key] = (partition, offset, t, value)
+            heapq.heappush(self._by_time, (t, partition, offset, key))
+        self._newest[FEATURES, partition] = newest
+        self.counters["features"] += count
+
+    def _add_actions(self, partition: int,
+                     records: Sequence[tuple[int, bytes | None]]) -> None:
+        memory, store, window, counters = self._memory, self._store, self._window, self.counters
+        newest = self._newest.get((ACTIONS, partition), -1)
+        limits, now = self._limits, time.time()
+        count = 0
+        for offset, value in records:
+            try:
+                msg = parse_action(decode(value or b""), limits, now)
+            except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
+                self._reject(ACTIONS, partition, offset, value, _reason(err))
+                continue
+            count += 1
+            t = msg["time"]
+            newest = t if t > newest else newest
+            if msg["action"] not in POSITIVE_ACTIONS:
+                continue
+            key = (msg["request_id"], str(msg["item_id"]))
+            waiting = memory.get(key)
+            spilled = None if waiting is not None else store.get(key)
+            if waiting is not None or spilled is not None:
+                fp, fo, ft, raw = waiting if waiting is not None else spilled
+                if t - ft > window:
+                    counters["unmatched_actions"] += 1
+                    continue
+                if waiting is not None:
+                    del memory[key]
+                else:
+                    store.delete(key)
+                self._fate[fp][fo] = (partition, offset)
+                self._emit(fp, raw, _POSITIVE)
+            elif key in self._orphans:
+                counters["unmatched_actions"] += 1
+            else:
+                self._orphans[key] = (partition, offset, t)
+                heapq.heappush(self._orphans_by_time, (t, partition, offset, key))
+        self._newest[ACTIONS, partition] = newest
+        counters["actions"] += count
+
+    def _reject(self, kind: str, partition: int, offset: int, value: bytes | None,
+                reason: str) -> None:
+        self.counters["dead_letters"] += 1
+        self._dead.append(encode(dead_letter(self._topic[kind], partition, offset, reason,
+                                             value or b"", "joiner")))
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _emit(self, partition: int, feature: bytes, label_weight: bytes) -> None:
+        """Emit the example of an impression: its features message (validated JSON object
+        bytes) with ``label_weight`` (``,"label":..,"weight":..}``) spliced in for the closing
+        brace, so the slots are never encoded again."""
+        self.counters["positives" if label_weight is _POSITIVE else "negatives"] += 1
+        self._examples.append((partition, feature.rstrip()[:-1] + label_weight))
+
+    def _negative(self, partition: int, rid: str, feature: bytes) -> None:
+        """Emit a negative with weight 1/r, or drop it (kept with probability r)."""
+        if self._weight == 1.0 or stable_unit(rid) < self.cfg.negative_rate:
+            self._emit(partition, feature, self._negative_tail)
+        else:
+            self.counters["sampled_out"] += 1
+
+    def take_output(self) -> tuple[list[tuple[int, bytes]], list[bytes]]:
+        """The examples, as (features partition, JSON bytes), and the dead letters (JSON
+        bytes) made since the last call."""
+        out = self._examples, self._dead
+        self._examples, self._dead = [], []
+        return out
+
+    # -- event time --------------------------------------------------------------------------
+
+    def advance(self, active: Iterable[tuple[str, int]] = ()) -> int | None:
+        """Move the clock, then expire and spill what it passed -> the clock.
+
+        ``active``: the (kind, partition) pairs that hold the clock back (for
+        :class:`StreamJoiner`: those with unread records or a recent one). The clock is the
+        oldest newest-time among them (it stays put if one has none yet), or the newest over
+        every partition when there are none; it never goes back.
+        """
+        active = list(active)
+        times = [self._newest.get(tp) for tp in active]
+        if not active:
+            clock = max(self._newest.values(), default=None)
+        else:
+            clock = None if None in times else min(times)
+        if clock is not None and (self.clock is None or clock > self.clock):
+            self.clock = clock
+        if self.clock is None:
+            self._expire(-math.inf, -math.inf)
+        else:
+            self._expire(self._expire_before(), self.clock - self.cfg.spill_after_s)
+        return self.clock
+
+    def _expire_before(self) -> int | None:
+        """Impressions older than this can no longer be joined (None before any clock)."""
+        if self.clock is None:
+            return None
+        return self.clock - self.cfg.allowed_lateness_s - self._window
+
+    def _expire(self, expire_before: float, spill_before: float) -> None:
+        """Emit as negatives the impressions with time < ``expire_before``, spill the others
+        with time < ``spill_before`` and the oldest beyond ``max_in_memory``, and drop the
+        orphans behind the watermark (``expire_before + window_s``)."""
+        memory, heap, fate, spill = self._memory, self._by_time, self._fate, []
+        limit = max(expire_before, spill_before)
+        over = len(memory) - self.cfg.max_in_memory
+        while heap and (heap[0][0] < limit or over > 0):
+            t, partition, offset, key = heapq.heappop(heap)
+            waiting = memory.get(key)
+            if waiting is None or waiting[:2] != (partition, offset):
+                continue
+            del memory[key]
+            over -= 1
+            if t < expire_before:
+                fate[partition][offset] = None
+                self._negative(partition, key[0], waiting[3])
+            else:
+                spill.append((*key, partition, offset, t, waiting[3]))
+        self._store.put_many(spill)
+        self.counters["spilled"] += len(spill)
+        if expire_before > -math.inf:
+            before = None if expire_before == math.inf else int(expire_before)
+            for rid, partition, offset, _, raw, _ in self._store.pop_older(before):
+                fate[partition][offset] = None
+                self._negative(partition, rid, raw)
+        watermark = expire_before + self._window
+        orphans, heap = self._orphans, self._orphans_by_time
+        while heap and heap[0][0] < watermark:
+            t, partition, offset, key = heapq.heappop(heap)
+            if orphans.get(key, ())[:2] == (partition, offset):
+                del orphans[key]
+                self.counters["unmatched_actions"] += 1
+        self.counters["pending"] = len(memory) + len(self._store)
+        self.counters["orphans"] = len(orphans)
+
+    def drain(self) -> None:
+        """End of input: emit every waiting impression as a negative and drop the orphans.
+        Only for a finite stream (a replay that has ended): on a live one it would miss
+        actions still to come."""
+        self._expire(math.inf, math.inf)
+
+    # -- offsets -----------------------------------------------------------------------------
+
+    def commit_offsets(self) -> dict[tuple[str, int], int]:
+        """(kind, partition) -> the offset to commit, for every partition read or seeked:
+        every feature below it is joined or emitted, and every action below it is no longer
+        needed (see the module docstring)."""
+        out: dict[tuple[str, int], int] = {}
+        needed: dict[int, int] = {}
+        for partition, order in self._order.items():
+            fate = self._fate[partition]
+            while order and fate[order[0]] is not _WAITING:
+                del fate[order.popleft()]
+            out[FEATURES, partition] = order[0] if order else self._next[FEATURES, partition]
+            for joined in fate.values():
+                if joined is not None and joined is not _WAITING:
+                    ap, ao = joined
+                    if ao < needed.get(ap, ao + 1):
+                        needed[ap] = ao
+        for ap, ao, _ in self._orphans.values():
+            if ao < needed.get(ap, ao + 1):
+                needed[ap] = ao
+        for (kind, partition), offset in self._next.items():
+            if kind == ACTIONS:
+                out[ACTIONS, partition] = min(offset, needed.get(partition, offset))
+        return out
+
+    def close(self) -> None:
+        """Close the spill store."""
+        self._store.close()
