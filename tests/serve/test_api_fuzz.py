@@ -10,22 +10,15 @@ not write them (a lone surrogate, a thousand levels of nesting) or as undecodabl
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import hypothesis
 import pytest
-import ray
 import requests
 import schemathesis
-from ray import serve
 
-from monolith_ray.config import KafkaConfig, KafkaTopics, load_config
+import monolith_ray.serve.app  # noqa: F401 - importing the deployment adds its endpoints to api
 from monolith_ray.serve.api import api
-from monolith_ray.serve.app import CandidatePool, build_app
-from monolith_ray.serve.sync import start_parameter_sync
-from monolith_ray.stream import ensure_topics
-from monolith_ray.train.job import start_servers
 
 APP, PREFIX = "serve-fuzz", "/fuzz"
 
@@ -50,26 +43,12 @@ match the schema, invalid requests refused) but the acceptance of every schema-v
 
 
 @pytest.fixture(scope="module")
-def app_url(serve_url: str, kafka_bootstrap: str) -> Iterator[str]:
+def app_url(deploy_recommender) -> Iterator[str]:
     """The recommender under its own name and route prefix, logging to its own topics ->
     its base URL."""
-    topics = KafkaTopics(**{f.name: f"{APP}.{f.name}" for f in dataclasses.fields(KafkaTopics)})
-    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, partitions=1, topics=topics)
-    ensure_topics(kafka)
-    cfg = load_config(overrides=[
-        "serve.sparse_sync_interval_s=3600", "serve.max_candidates=64", "serve.max_k=10",
-        "serve.replica_cpus=0", "serve.autoscaling.min_replicas=1",
-        "serve.autoscaling.max_replicas=1", "serve.store_dtype=float32", "train.shard_cpus=0"])
-    cfg = dataclasses.replace(cfg, kafka=kafka)
-    shards, dense = start_servers(cfg)
-    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
-    pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
-                          for i in range(100, 200)])
-    serve.run(build_app(cfg, sync, pool), name=APP, route_prefix=PREFIX)
-    yield serve_url + PREFIX
-    serve.delete(APP)
-    for actor in [*shards, dense, sync]:
-        ray.kill(actor)
+    with deploy_recommender(APP, PREFIX, ["serve.max_candidates=64", "serve.max_k=10"],
+                            range(100, 200), partitions=1) as app:
+        yield app.url
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,13 @@ import ray
 import requests
 from ray import serve
 
-from monolith_ray.config import Config, ConfigError, JoinerConfig, KafkaConfig, KafkaTopics, load_config
+from monolith_ray.config import Config, ConfigError, JoinerConfig, KafkaConfig, load_config
 from monolith_ray.features import make_fids
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.serve.app import CandidatePool, build_app, recommender_deployment
 from monolith_ray.serve.model import ServingModel, SlotRows
-from monolith_ray.serve.sync import start_parameter_sync
-from monolith_ray.stream import ensure_topics, read_range
+from monolith_ray.stream import read_range
 from monolith_ray.stream.joiner import run_joiners
-from monolith_ray.train.job import start_servers
 
 APP = "serve-test"
 USER = {"id": 1, "features": {"gender": "F", "age": 25}}
@@ -65,27 +63,12 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(serve_url: str, kafka_bootstrap: str) -> Iterator[Deployment]:
-    topics = KafkaTopics(**{f.name: f"serve-test.{f.name}"
-                            for f in dataclasses.fields(KafkaTopics)})
-    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, partitions=2, topics=topics)
-    ensure_topics(kafka)
-    cfg = load_config(overrides=[
-        "serve.sparse_sync_interval_s=3600", "serve.poll_interval_s=0.2",
-        "serve.max_candidates=256", "serve.max_k=20", "serve.max_body_bytes=65536",
-        "serve.replica_cpus=0", "serve.autoscaling.min_replicas=1",
-        "serve.autoscaling.max_replicas=1", "serve.store_dtype=float32", "train.shard_cpus=0"])
-    cfg = dataclasses.replace(cfg, kafka=kafka)
-    shards, dense = start_servers(cfg)
-    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
-    pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
-                          for i in range(100, 400)])
-    serve.run(build_app(cfg, sync, pool), name=APP, route_prefix="/")
-    client = ShardClient(shards, [s.name for s in cfg.slots])
-    yield Deployment(serve_url, cfg, client, shards, dense, sync)
-    serve.delete(APP)
-    for actor in [*shards, dense, sync]:
-        ray.kill(actor)
+def deployment(deploy_recommender) -> Iterator[Deployment]:
+    with deploy_recommender(APP, "/", ["serve.poll_interval_s=0.2", "serve.max_candidates=256",
+                                       "serve.max_k=20", "serve.max_body_bytes=65536"],
+                            range(100, 400)) as app:
+        client = ShardClient(app.shards, [s.name for s in app.cfg.slots])
+        yield Deployment(app.url, app.cfg, client, app.shards, app.dense, app.sync)
 
 
 def _train_item(dep: Deployment, item: int, scale: float) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Serving fixtures: a recommender application on the session's Ray Serve, fed by real shard,
+dense-server and sync actors, logging to its own Kafka topics."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+
+@dataclasses.dataclass
+class Recommender:
+    """A deployed recommender: its base URL, config and the actors behind it."""
+
+    url: str
+    cfg: Any
+    shards: list[Any]
+    dense: Any
+    sync: Any
+
+
+@pytest.fixture(scope="session")
+def deploy_recommender(serve_url: str, kafka_bootstrap: str
+                       ) -> Callable[..., contextlib.AbstractContextManager[Recommender]]:
+    """``with deploy_recommender(name, prefix, overrides, pool_items, partitions) as app``:
+    the default config with ``overrides`` (plus settings that keep it small: one replica, no
+    CPUs reserved, float32 rows, hourly sparse syncs), topics ``<name>.<topic>``, a
+    candidate pool of ``pool_items`` (MovieLens-shaped genres and years), deployed as
+    application ``name`` at ``prefix``; deleted with its actors on leaving."""
+    import ray
+    from ray import serve
+
+    from monolith_ray.config import KafkaConfig, KafkaTopics, load_config
+    from monolith_ray.serve.app import CandidatePool, build_app
+    from monolith_ray.serve.sync import start_parameter_sync
+    from monolith_ray.stream import ensure_topics
+    from monolith_ray.train.job import start_servers
+
+    @contextlib.contextmanager
+    def deploy(name: str, prefix: str, overrides: Sequence[str], pool_items: range,
+               partitions: int = 2) -> Iterator[Recommender]:
+        topics = KafkaTopics(**{f.name: f"{name}.{f.name}"
+                                for f in dataclasses.fields(KafkaTopics)})
+        kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, partitions=partitions,
+                            topics=topics)
+        ensure_topics(kafka)
+        cfg = load_config(overrides=[
+            "serve.sparse_sync_interval_s=3600", "serve.replica_cpus=0",
+            "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1",
+            "serve.store_dtype=float32", "train.shard_cpus=0", *overrides])
+        cfg = dataclasses.replace(cfg, kafka=kafka)
+        shards, dense = start_servers(cfg)
+        sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
+        pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
+                              for i in pool_items])
+        serve.run(build_app(cfg, sync, pool), name=name, route_prefix=prefix)
+        try:
+            yield Recommender(serve_url + ("" if prefix == "/" else prefix), cfg, shards,
+                              dense, sync)
+        finally:
+            serve.delete(name)
+            for actor in [*shards, dense, sync]:
+                ray.kill(actor)
+
+    return deploy
