@@ -9,18 +9,30 @@ the default config's topics (``load_config()``, 2 partitions each), and Ray star
 click per rating >= 4. Each stage then reads what the previous one wrote, from the earliest
 offsets to the end:
 
-- ``raw_consume_per_s``: a plain kafka-python ``KafkaConsumer`` (no group, manual ``assign``,
-  ``seek`` to the earliest offsets) polls every features and actions message until each
-  partition reaches its end (``end_offsets``); messages / wall seconds (``raw_seconds``). It
-  only counts the records, decoding nothing: the cost of getting the bytes out of Kafka.
+- ``raw_consume_per_s``: a bare consumer of the joiner's own client library, a confluent-kafka
+  (librdkafka) ``Consumer`` with the settings the joiner's consumer gets
+  (``librdkafka_config(cfg.kafka)``, its own group id, no auto commit or offset store,
+  ``enable.partition.eof``), manually ``assign``-ed at each partition's earliest offset,
+  calls ``consume(joiner.max_poll_records, 0.1)`` as the joiner does until every
+  partition of the features and actions topics has reported its end (partition EOF: the
+  offsets actually present, whatever ListOffsets says); messages / wall seconds from its
+  construction (``raw_seconds``). It only takes each message's value and adds up the
+  lengths (``raw_bytes``), decoding nothing: the cost of getting the bytes out of Kafka with
+  the joiner's client. ``raw_client`` and ``joiner_client`` name each side's library and
+  version (taken from the consumer objects); the benchmark stops if they differ.
 - ``joiner_examples_per_s``: one in-process ``StreamJoiner`` (index 0 of 1, a fresh consumer
-  group, ``start: earliest``, ``negative_rate: 1``, otherwise the default ``JoinerConfig``)
-  is polled until it has read every features and actions message, then drained (every
+  group, ``start: earliest``, ``negative_rate: 1``, otherwise the default ``JoinerConfig``;
+  the config's slots and limits, so it validates messages as ``run_joiners``' do) is
+  polled until it has read every features and actions message, then drained (every
   impression still waiting becomes a negative), its producer flushed and its offsets
   committed; examples written / wall seconds from its construction to that commit
   (``joiner_seconds``). ``joiner_vs_raw`` = ``raw_seconds / joiner_seconds`` on the same
-  input messages: the joiner's speed as a fraction of reading its input with a plain
-  consumer (1.0 = joining, writing and committing cost nothing beyond the read).
+  input messages with the same client library: the joiner's speed as a fraction of reading
+  its input with a bare consumer (1.0 = decoding, joining, writing and committing cost
+  nothing beyond the read). ``raw_cpu_seconds``, ``joiner_cpu_seconds`` and
+  ``joiner_vs_raw_cpu`` are the same with this process's CPU time (all its threads:
+  librdkafka's and the idle Ray driver's too) instead of wall time, steadier when other work
+  shares the cores.
 - ``source_examples_per_s``: ``read_kafka_examples`` over the examples topic from the earliest
   offsets with ``stops="end"`` and the default ``online`` settings (read tasks, block and
   buffer bytes, ``train.read_cpus``), iterated to its end in the driver
@@ -31,9 +43,10 @@ offsets to the end:
   own ``consume`` seconds). ``train_online_wall_examples_per_s`` is examples over the whole
   run's wall seconds (actor start, JIT compilation and the final snapshot included).
 
-Targets: ``joiner_vs_raw >= 0.5`` and ``source_examples_per_s >= 2 *
-train_online_examples_per_s`` (the source is not what limits online training). The cores are
-shared with whatever else runs, so single runs are noisy; no repeats, to keep the run short.
+Targets: ``joiner_vs_raw >= 0.5`` with ``raw_client == joiner_client``, and
+``source_examples_per_s >= 2 * train_online_examples_per_s`` (the source is not what limits
+online training). The cores are shared with whatever else runs, so single runs are noisy; no
+repeats inside a run, to keep it short: run it more than once.
 """
 
 from __future__ import annotations
@@ -43,16 +56,18 @@ import json
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import ray
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from monolith_ray.config import Config, load_config
 from monolith_ray.data.kafka_source import StreamSpec, earliest_offsets, read_kafka_examples
 from monolith_ray.stream.joiner import StreamJoiner
-from monolith_ray.stream.kafka import end_offsets, kafka_session
+from monolith_ray.stream.kafka import end_offsets, kafka_session, librdkafka_config
 from monolith_ray.stream.producers import replay_movielens
 from monolith_ray.train.online import run_online_training
 
@@ -60,6 +75,7 @@ DATA = Path("data/ml-100k")
 FRACTION = 1.0
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
 JOINER_GROUP = "bench-stream-joiner"
+RAW_GROUP = "bench-stream-raw"
 TIMEOUT_S = 300.0
 
 
@@ -75,46 +91,58 @@ def topic_range(cfg: Config, topic: str) -> tuple[dict[int, int], dict[int, int]
     return earliest_offsets(cfg.kafka, topic), end_offsets(cfg.kafka, topic)
 
 
-def raw_consume(cfg: Config, topics: list[str]) -> tuple[int, float]:
-    """Read every message of ``topics`` with a plain kafka-python consumer -> (messages,
-    wall seconds)."""
-    starts, stops = {}, {}
-    for topic in topics:
-        first, end = topic_range(cfg, topic)
-        for p in first:
-            tp = TopicPartition(topic, p)
-            starts[tp], stops[tp] = first[p], end[p]
-    t0 = time.perf_counter()
-    consumer = KafkaConsumer(**cfg.kafka.client_kwargs(), group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="none",
-                             fetch_max_wait_ms=20)
+def client_library(consumer: object) -> str:
+    """The Kafka client library ``consumer`` comes from, with its version (and librdkafka's
+    for confluent-kafka)."""
+    if isinstance(consumer, confluent_kafka.Consumer):
+        return (f"confluent-kafka {metadata.version('confluent-kafka')} "
+                f"(librdkafka {confluent_kafka.libversion()[0]})")
+    package = type(consumer).__module__.split(".")[0]
+    dist = metadata.packages_distributions().get(package, [package])[0]
+    return f"{dist} {metadata.version(dist)}"
+
+
+def raw_consume(cfg: Config, topics: list[str]) -> tuple[int, int, float, float, str]:
+    """Read every message of ``topics`` to each partition's end with a bare confluent-kafka
+    consumer set up as the joiner's -> (messages, value bytes, wall seconds, process CPU
+    seconds, its client library)."""
+    starts = [TopicPartition(topic, p, offset) for topic in topics
+              for p, offset in earliest_offsets(cfg.kafka, topic).items()]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    consumer = Consumer({**librdkafka_config(cfg.kafka), "group.id": RAW_GROUP,
+                         "enable.auto.commit": False, "enable.auto.offset.store": False,
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
     try:
-        consumer.assign(list(starts))
-        for tp, offset in starts.items():
-            consumer.seek(tp, offset)
-        n = 0
-        pending = {tp for tp in starts if starts[tp] < stops[tp]}
+        consumer.assign(starts)
+        n = n_bytes = 0
+        pending = {(tp.topic, tp.partition) for tp in starts}
         deadline = time.monotonic() + TIMEOUT_S
         while pending:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"raw read of {sorted(map(str, pending))} did not finish")
-            for tp, records in consumer.poll(timeout_ms=100, max_records=10_000).items():
-                stop = stops[tp]
-                n += sum(1 for r in records if r.offset < stop)
-            pending = {tp for tp in pending if consumer.position(tp) < stops[tp]}
-            consumer.pause(*(tp for tp in starts if tp not in pending))
+                raise TimeoutError(f"raw read of {sorted(pending)} did not finish")
+            for m in consumer.consume(cfg.joiner.max_poll_records, 0.1):
+                err = m.error()
+                if err is None:
+                    n += 1
+                    n_bytes += len(m.value())
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((m.topic(), m.partition()))
+                else:
+                    raise KafkaException(err)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        library = client_library(consumer)
     finally:
         consumer.close()
-    return n, time.perf_counter() - t0
+    return n, n_bytes, seconds, cpu, library
 
 
-def join(cfg: Config, n_input: int) -> tuple[dict[str, int], float]:
+def join(cfg: Config, n_input: int) -> tuple[dict[str, int], float, float, str]:
     """One in-process joiner over every features and actions message, drained at the end ->
-    (its counters, wall seconds)."""
+    (its counters, wall seconds, process CPU seconds, its consumer's client library)."""
     jcfg = dataclasses.replace(cfg.joiner, negative_rate=1.0, group_id=JOINER_GROUP,
                                start="earliest")
-    t0 = time.perf_counter()
-    joiner = StreamJoiner(cfg.kafka, jcfg, 0, 1)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    joiner = StreamJoiner(cfg.kafka, jcfg, 0, 1, slots=cfg.slots, limits=cfg.limits)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while True:
@@ -126,10 +154,11 @@ def join(cfg: Config, n_input: int) -> tuple[dict[str, int], float]:
             joiner.poll()
         joiner.stop()
         counters = joiner.run(drain=True)  # stopped: no poll, just drain, send, commit
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        library = client_library(joiner._consumer)
     finally:
         joiner.close()
-    return counters, seconds
+    return counters, seconds, cpu, library
 
 
 def source_read(cfg: Config) -> tuple[int, float]:
@@ -165,7 +194,10 @@ def report(figures: dict[str, Any]) -> None:
     for name, count, seconds, rate in rows:
         print(f"{name:<16} {count:>9} {seconds:>9.2f} "
               f"{'' if rate is None else f'{rate:>10.0f}'}", file=err)
-    print(f"joiner_vs_raw {figures['joiner_vs_raw']:.3f} (target >= 0.5); "
+    print(f"raw client {figures['raw_client']}; joiner client {figures['joiner_client']}",
+          file=err)
+    print(f"joiner_vs_raw {figures['joiner_vs_raw']:.3f} (target >= 0.5; CPU seconds ratio "
+          f"{figures['joiner_vs_raw_cpu']:.3f}); "
           f"source / train {figures['source_vs_train']:.2f} (target >= 2)", file=err)
 
 
@@ -182,11 +214,15 @@ def main() -> None:
             n_input = int(published["features"] + published["actions"])
             print(f"published {published}", file=sys.stderr)
 
-            raw_n, raw_s = raw_consume(cfg, [topics.features, topics.actions])
+            raw_n, raw_bytes, raw_s, raw_cpu, raw_client = raw_consume(
+                cfg, [topics.features, topics.actions])
             if raw_n != n_input:
                 raise RuntimeError(f"raw read {raw_n} messages, published {n_input}")
 
-            counters, joiner_s = join(cfg, n_input)
+            counters, joiner_s, joiner_cpu, joiner_client = join(cfg, n_input)
+            if joiner_client != raw_client:
+                raise RuntimeError(f"the joiner reads with {joiner_client}, the raw baseline "
+                                   f"with {raw_client}: not comparable")
             examples = counters["positives"] + counters["negatives"]
             first, end = topic_range(cfg, topics.examples)
             in_topic = sum(end[p] - first[p] for p in end)
@@ -219,6 +255,12 @@ def main() -> None:
         "publish_seconds": published["seconds"],
         "raw_messages": raw_n,
         "raw_seconds": raw_s,
+        "raw_bytes": raw_bytes,
+        "raw_cpu_seconds": raw_cpu,
+        "joiner_cpu_seconds": joiner_cpu,
+        "joiner_vs_raw_cpu": raw_cpu / joiner_cpu,
+        "raw_client": raw_client,
+        "joiner_client": joiner_client,
         "joiner_examples": examples,
         "joiner_positives": counters["positives"],
         "joiner_negatives": counters["negatives"],
