@@ -17,10 +17,25 @@ freshness: it trains a never-seen item id, then polls ``/predict`` for it every 
 the served score leaves the default embedding's; ``freshness_s`` is the longest such delay.
 
 Load: ``CLIENTS`` concurrent aiohttp clients in one asyncio loop, each sending requests back
-to back for ``DURATION_S``; a request fails on any status but 200 or an exception. Then the
-same clients for the same time against a no-op Serve deployment (a FastAPI ingress returning
-a constant answer of the same shape) on the same proxy: ``qps_vs_noop`` = ``qps / noop_qps``,
-the share of the serving stack's own capacity that recommending keeps.
+to back; a request fails on any status but 200 or an exception. Two Serve applications run
+side by side on the same proxy for the whole measurement: the recommender at ``/`` and a
+no-op deployment at ``/noop`` (a FastAPI ingress returning a constant answer of the same
+shape, ``max_ongoing_requests`` 64 as the recommender's default, no CPUs reserved, like the
+replica). Once the shards, the dense server, the sync actor, the replica, the trainer and
+the probe all run, the clients call the no-op's ``/recommend`` for ``DURATION_S / 2``, then
+the recommender's for ``DURATION_S``, then the no-op's again for ``DURATION_S / 2`` (so both
+sides get ``DURATION_S`` and neither is favoured by a drift in the machine's other load); the
+no-op figures pool its two halves. ``qps_vs_noop`` = ``qps / noop_qps``: the share of the serving
+stack's own capacity that recommending keeps.
+
+Equal on both sides: the machine, Ray, the proxy, the client count, library and total time,
+the request bodies, and the background work (the shard actors and dense server taking the
+trainer's pushes, the sync actor's sparse syncs and dense swaps, the replica's polls and
+swaps, the probe's ``/predict`` calls to the recommender). Different, which is what the ratio
+measures: the no-op parses the body into a dict but checks no field, draws and scores no
+candidates, signs no feedback tokens (its request id and tokens are constants of the same
+length) and logs nothing to Kafka. The sync counts, ``freshness_s`` (probes ending in it)
+and the figures without ``noop_`` are those of the recommender's ``DURATION_S``.
 
 Targets: ``failed == 0``, ``sparse_syncs >= 5``, ``dense_swaps >= 2``, ``qps_vs_noop >= 0.5``,
 ``freshness_s <= sparse_interval_s + 5``. Client, proxy, replica, actors and trainer share
@@ -52,6 +67,7 @@ from monolith_ray.features import make_fids
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.serve.app import CandidatePool, build_app
 from monolith_ray.serve.sync import start_parameter_sync
+from monolith_ray.serve.tokens import TOKEN_HEX
 from monolith_ray.stream import kafka_session
 from monolith_ray.train.job import start_servers
 
@@ -70,16 +86,19 @@ noop_api = FastAPI()
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(noop_api)
 class NoOp:
-    """The same route and answer shape as the recommender, computing nothing."""
+    """The same route and answer shape (request id, items with tokens, versions) as the
+    recommender, computing nothing."""
 
     @noop_api.post("/recommend")
     def recommend(self, body: dict) -> dict:
-        return {"request_id": "noop", "items": [{"item_id": i, "score": 0.5} for i in range(10)],
-                "model_version": {"dense": 0, "sparse": 0}}
+        return {"request_id": "0" * 32, "model_version": {"dense": 0, "sparse": 0},
+                "items": [{"item_id": i, "score": 0.5, "token": "0" * TOKEN_HEX}
+                          for i in range(10)]}
 
 
 async def _load(url: str, duration_s: float, clients: int) -> dict[str, Any]:
-    """``clients`` loops POSTing to ``url`` for ``duration_s`` -> counts and latencies (ms)."""
+    """``clients`` loops POSTing to ``url`` for ``duration_s`` -> latencies (ms), failures and
+    wall seconds (see :func:`_summary`)."""
     latencies: list[float] = []
     failed = 0
     body = json.dumps({"user": USER, "k": 10}).encode()
@@ -106,10 +125,16 @@ async def _load(url: str, duration_s: float, clients: int) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
         await asyncio.gather(*(client(session, n) for n in range(clients)))
-    seconds = time.perf_counter() - started
-    lat = np.array(latencies)
-    return {"requests": int(lat.size), "failed": failed, "qps": lat.size / seconds,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return {"latencies": latencies, "failed": failed, "seconds": time.perf_counter() - started}
+
+
+def _summary(*loads: dict[str, Any]) -> dict[str, Any]:
+    """One or more :func:`_load` results pooled -> requests, failed, QPS and p50/p99 (ms)."""
+    lat = np.array([x for load in loads for x in load["latencies"]])
+    seconds = sum(load["seconds"] for load in loads)
+    return {"requests": int(lat.size), "failed": sum(load["failed"] for load in loads),
+            "qps": lat.size / seconds, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
 
 
 class Trainer(threading.Thread):
@@ -185,32 +210,32 @@ def main() -> dict[str, Any]:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     rng = np.random.default_rng(0)
-    pool = CandidatePool([(i, {"genres": list(rng.choice(GENRES, 2, replace=False)),
+    pool = CandidatePool([(i, {"genres": rng.choice(GENRES, 2, replace=False).tolist(),
                                "release_year": int(rng.integers(1950, 2000))})
                           for i in range(POOL)])
     with kafka_session(cfg.kafka) as bootstrap:
         cfg = dataclasses.replace(cfg, kafka=dataclasses.replace(
             cfg.kafka, bootstrap_servers=bootstrap))
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(NoOp.bind(), name="noop", route_prefix="/")
-        asyncio.run(_load(url + "/recommend", 3.0, CLIENTS))  # warm the proxy
-        noop = asyncio.run(_load(url + "/recommend", DURATION_S, CLIENTS))
-        serve.delete("noop")
-
         shards, dense = start_servers(cfg)
         client = ShardClient(shards, [s.name for s in cfg.slots])
         sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
         serve.run(build_app(cfg, sync, pool), name="monolith_ray", route_prefix="/")
-        asyncio.run(_load(url + "/recommend", 3.0, CLIENTS))  # warm up
-        before = ray.get(sync.status.remote())
+        serve.run(NoOp.bind(), name="noop", route_prefix="/noop")
+        real_url, noop_url = url + "/recommend", url + "/noop/recommend"
+        for target in (real_url, noop_url):
+            asyncio.run(_load(target, 3.0, CLIENTS))  # warm up
         trainer, probe = Trainer(client, dense, cfg), Probe(url, client, cfg)
         trainer.start()
         probe.start()
-        loaded = asyncio.run(_load(url + "/recommend", DURATION_S, CLIENTS))
+        noop_first = asyncio.run(_load(noop_url, DURATION_S / 2, CLIENTS))
+        before, probes_before = ray.get(sync.status.remote()), len(probe.delays)
+        loaded = _summary(asyncio.run(_load(real_url, DURATION_S, CLIENTS)))
+        after, delays = ray.get(sync.status.remote()), probe.delays[probes_before:]
+        noop = _summary(noop_first, asyncio.run(_load(noop_url, DURATION_S / 2, CLIENTS)))
         for thread in (trainer, probe):
             thread.stop.set()
             thread.join()
-        after = ray.get(sync.status.remote())
         health = requests.get(url + "/healthz", timeout=30).json()
         serve.shutdown()
     result = {
@@ -218,10 +243,11 @@ def main() -> dict[str, Any]:
         "sparse_syncs": after["sparse_syncs"] - before["sparse_syncs"],
         "dense_swaps": after["dense_swaps"] - before["dense_swaps"],
         "noop_qps": noop["qps"], "qps_vs_noop": loaded["qps"] / noop["qps"],
-        "freshness_s": max(probe.delays) if probe.delays else float("inf"),
+        "freshness_s": max(delays) if delays else float("inf"),
         "sparse_interval_s": SPARSE_INTERVAL_S,
-        "freshness_probes": len(probe.delays),
+        "freshness_probes": len(delays),
         "noop_p50_ms": noop["p50_ms"], "noop_p99_ms": noop["p99_ms"], "noop_failed": noop["failed"],
+        "noop_requests": noop["requests"],
         "duration_s": DURATION_S, "clients": CLIENTS, "candidates_per_request": cfg.serve.pool_draw,
         "store_bytes": health["store_bytes"], "store_rows": sum(health["rows"].values()),
         "store_dtype": health["store_dtype"], "kafka_failed": health["kafka_failed"],
