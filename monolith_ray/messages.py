@@ -42,6 +42,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from monolith_ray import validation
 from monolith_ray.validation import MessageError
 
@@ -59,14 +61,14 @@ Known = Mapping[str, "SlotConfig"] | None
 
 
 def decode(raw: bytes) -> Any:
-    """UTF-8 JSON bytes -> value; MessageError for anything that is not valid JSON (or nests
-    deeper than the decoder can follow)."""
+    """UTF-8 JSON bytes -> value; MessageError for anything that is not valid UTF-8 JSON,
+    nests deeper than 1,024 levels, holds NaN or Infinity, a lone surrogate escape, or an int
+    beyond 64 bits (all of which validation would refuse anyway). orjson decodes in C, about
+    four times faster than the standard library: this runs once per message read."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
         raise MessageError(f"not UTF-8 JSON: {err}") from None
-    except RecursionError:
-        raise MessageError("not UTF-8 JSON: nested too deep") from None
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)

@@ -119,21 +119,52 @@ def slots(value: Any, known: Mapping[str, SlotConfig] | None = None,
     """A message's slots: a non-empty object of at most ``MAX_SLOTS`` slot name -> value.
     With ``known`` (slot name -> its config) every name must be a known slot and every value
     fit its slot; without, names are strings and values scalars, lists of at most
-    ``MAX_VALUES`` scalars, or null."""
+    ``MAX_VALUES`` scalars, or null.
+
+    This runs once per message on the stream's hot path: values that are plainly valid (ints
+    in range, ASCII strings within bounds, null, short lists of those) pass inline; any other
+    goes to :func:`slot_value`, which decides, so the rules live in one place."""
     if type(value) is not dict or not value:
         raise MessageError(f"{where}: expected a non-empty object, got {_short(value)}")
     if len(value) > MAX_SLOTS:
         raise MessageError(f"{where}: {len(value)} entries, more than {MAX_SLOTS}")
     for name, v in value.items():
         if known is None:
-            slot_value(v, MAX_VALUES if type(v) is list else 1, f"{where}.{_name(name)}")
+            max_values = MAX_VALUES if type(v) is list else 1
+        else:
+            slot = known.get(name)
+            if slot is None:
+                raise MessageError(f"{where}.{_name(name)}: not a slot of the model; slots: "
+                                   f"{', '.join(known)}")
+            max_values = slot.max_values
+        kind = type(v)
+        if kind is int:
+            if INT64_MIN <= v <= INT64_MAX:
+                continue
+        elif kind is str:
+            if 0 < len(v) <= MAX_TEXT_CHARS and v.isascii():
+                continue
+        elif v is None:
             continue
-        slot = known.get(name)
-        if slot is None:
-            raise MessageError(f"{where}.{_name(name)}: not a slot of the model; slots: "
-                               f"{', '.join(known)}")
-        slot_value(v, slot.max_values, f"{where}.{name}")
+        elif kind is list and 1 < max_values and len(v) <= max_values and _plain_list(v):
+            continue
+        slot_value(v, max_values, f"{where}.{_name(name)}")
     return value
+
+
+def _plain_list(values: list[Any]) -> bool:
+    """True if every value is surely a valid scalar: an int in int64 or an ASCII string of 1
+    to ``MAX_TEXT_CHARS`` characters (others are left to :func:`scalar` to decide)."""
+    if len(values) > MAX_VALUES:
+        return False
+    for v in values:
+        kind = type(v)
+        if kind is int:
+            if not INT64_MIN <= v <= INT64_MAX:
+                return False
+        elif kind is not str or not 0 < len(v) <= MAX_TEXT_CHARS or not v.isascii():
+            return False
+    return True
 
 
 def request_id(value: Any, where: str = "request_id") -> str:
