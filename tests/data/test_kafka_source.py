@@ -50,7 +50,7 @@ MALFORMED = {
     "too many values": encode(
         {"request_id": "x", "time": T0, "label": 1.0, "slots": {"genres": [1, 2, 3, 4]}}),
     "int64 overflow": encode(
-        {"request_id": "x", "time": T0, "label": 1.0, "slots": {"item_id": 1 << 70}}),
+        {"request_id": "x", "time": T0, "label": 1.0, "slots": {"item_id": 1 << 63}}),
 }
 
 
@@ -129,7 +129,7 @@ def example_with(i: int, **fields) -> bytes:
 
 
 POISON = {  # each passes the old per-record checks or fails its whole micro-batch
-    "not encodable as UTF-8": example_with(1, slots={"item_id": "item\ud800"}),
+    "surrogate": example_with(1, slots={"item_id": "item\ud800"}),
     "max_event_skew_s": example_with(2, time=10**18),
     "not a slot of the model": example_with(3, slots={"mood": "sunny"}),
     "not UTF-8 JSON": b'{"request_id": "r4", "time": ',
