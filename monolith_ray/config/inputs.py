@@ -7,12 +7,12 @@ work, and a wrong path fails in a second with its key named, not after an hour o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import pyarrow.fs as pafs
 
 from monolith_ray.config.loader import ConfigError
+from monolith_ray.files import filesystem_and_path
 from monolith_ray.config.root import Config
 
 INPUT_KEYS = ("data.train", "data.valid", "data.test", "serve.candidate_pool", "online.start")
@@ -41,14 +41,11 @@ def check_inputs(cfg: Config, keys: Iterable[str]) -> None:
 
 
 def _check_exists(key: str, path: str) -> None:
-    """ConfigError at ``key`` unless ``path`` (local, or a URI with ``://``) exists."""
-    if "://" not in path:
-        found = os.path.exists(path)
-    else:
-        try:
-            fs, inner = pafs.FileSystem.from_uri(path)
-            found = fs.get_file_info(inner).type != pafs.FileType.NotFound
-        except (ValueError, OSError) as err:
-            raise ConfigError(key, f"cannot check {path}: {err}") from None
+    """ConfigError at ``key`` unless ``path`` (local, or a URI) exists."""
+    try:
+        fs, inner = filesystem_and_path(path)
+        found = fs.get_file_info(inner).type != pafs.FileType.NotFound
+    except (ValueError, OSError) as err:
+        raise ConfigError(key, f"cannot check {path}: {err}") from None
     if not found:
         raise ConfigError(key, f"no file or folder {path}")

@@ -21,7 +21,6 @@ local folder or any ``pyarrow.fs`` URI.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +36,7 @@ from monolith_ray.data.kafka_source import (
     StreamSpec,
     earliest_offsets,
 )
+from monolith_ray.files import filesystem_and_path
 from monolith_ray.schemas import TIME
 
 OFFSETS_FILE = "_offsets.json"
@@ -50,7 +50,7 @@ def dump_examples(cfg: Config, path: str, starts: Mapping[int, int] | None = Non
     offset) to ``stops`` into ``path``, which must not exist or be empty; return what
     ``_offsets.json`` holds. Rows are written ``rows_per_write`` at a time (each write adds a
     file to every hour it touches)."""
-    fs, root = _resolve(path)
+    fs, root = filesystem_and_path(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.Directory and fs.get_file_info(
             pafs.FileSelector(root, recursive=False)):
@@ -82,7 +82,7 @@ def dump_examples(cfg: Config, path: str, starts: Mapping[int, int] | None = Non
 def read_dump_offsets(path: str) -> dict[str, Any]:
     """The ``_offsets.json`` of the dump at ``path``, partitions as ints; FileNotFoundError
     if the dump is missing or unfinished."""
-    fs, root = _resolve(path)
+    fs, root = filesystem_and_path(path)
     try:
         with fs.open_input_stream(f"{root}/{OFFSETS_FILE}") as f:
             record = json.loads(f.read().decode("utf-8"))
@@ -103,9 +103,3 @@ def _write(fs: pafs.FileSystem, root: str, tables: list[pa.Table], index: int) -
     pads.write_dataset(table, root, filesystem=fs, format="parquet", partitioning=_HIVE,
                        basename_template=f"part-{index:05d}-{{i}}.parquet",
                        existing_data_behavior="overwrite_or_ignore")
-
-
-def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)

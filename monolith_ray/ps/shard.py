@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from monolith_ray.config import AdmissionConfig, SlotConfig
+from monolith_ray.files import filesystem_and_path
 from monolith_ray.table import EmbeddingTable, TableDelta
 
 
@@ -279,26 +279,6 @@ def _node_address() -> str:
     import ray
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
-
-
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
-
-
-def absolute_location(location: str | os.PathLike[str]) -> str:
-    """``location`` as every process reads it alike: a URI (``file:///...``,
-    ``s3://bucket/...``, ...) as it is, a local path made absolute against this process's
-    working directory."""
-    text = os.fspath(location)
-    return text if _URI.match(text) else os.path.abspath(text)
-
-
-def filesystem_and_path(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """The ``pyarrow.fs`` filesystem of ``location`` (see :func:`absolute_location`) and the
-    path within it; a URI goes through ``FileSystem.from_uri``."""
-    text = absolute_location(location)
-    if _URI.match(text):
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), text
 
 
 def _arrays(arrays: Packed | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import pyarrow.fs as pafs
 
 from monolith_ray.config import Config, ConfigError, DataConfig
-from monolith_ray.ps.shard import absolute_location, filesystem_and_path
+from monolith_ray.files import absolute_location, filesystem_and_path
 
 FORMAT = "monolith_ray.snapshot/1"
 MANIFEST = "_COMPLETE"
