@@ -94,14 +94,29 @@ def restore_if_restarted(server: Any, restore_on_restart: Callable[[], str | Non
     return folder
 
 
-def restarted_actor() -> bool:
-    """Whether this process is a Ray actor restarted after a failure."""
-    try:
-        import ray
+class RestartUnknownError(RuntimeError):
+    """A server could not tell whether Ray restarted it, so it cannot tell whether it must
+    restore its snapshot: it refuses to start rather than serve a table that may be empty."""
 
-        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
-    except Exception:  # noqa: BLE001 - not in an actor
+
+def restarted_actor() -> bool:
+    """Whether this process is a Ray actor restarted after a failure: False outside Ray and
+    in a driver or a task. An error while asking Ray raises :class:`RestartUnknownError`,
+    never passes for a first start: a restarted shard that skipped its restore would serve
+    empty rows as if nothing had happened."""
+    import ray
+
+    if not ray.is_initialized():
         return False
+    try:
+        context = ray.get_runtime_context()
+        if context.get_actor_id() is None:
+            return False
+        return bool(context.was_current_actor_reconstructed)
+    except Exception as err:  # noqa: BLE001 - any failure here is reported, not guessed at
+        raise RestartUnknownError(
+            f"cannot tell whether this actor was restarted ({type(err).__name__}: {err}); "
+            f"refusing to start rather than skip restoring its snapshot") from err
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])

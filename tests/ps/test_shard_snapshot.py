@@ -8,7 +8,7 @@ import pytest
 from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig
 from monolith_ray.features import make_fids
 from monolith_ray.files import absolute_location, filesystem_and_path
-from monolith_ray.ps.shard import ShardServer
+from monolith_ray.ps.shard import RestartUnknownError, ShardServer
 
 ADMISSION = AdmissionConfig(sketch_width=1024, sketch_depth=2)
 SLOTS = (SlotConfig(name="user", slot_id=1, dim=3, optimizer=OptimizerConfig(kind="adam")),
@@ -66,3 +66,33 @@ def test_locations(tmp_path, monkeypatch):
     assert type(fs).__name__ == "LocalFileSystem" and path == f"{tmp_path}/a"
     with pytest.raises(ValueError):
         filesystem_and_path("nosuchfs://bucket/x")
+
+
+class _Context:
+    """A Ray runtime context of an actor whose restart flag cannot be read."""
+
+    def get_actor_id(self) -> str:
+        return "ab" * 16
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        raise RuntimeError("the cluster's control store did not answer")
+
+
+def test_a_shard_that_cannot_tell_whether_it_restarted_refuses_to_start(ray_session,
+                                                                          monkeypatch):
+    import ray
+
+    snapshot_asked: list[bool] = []
+
+    def latest() -> None:
+        snapshot_asked.append(True)
+
+    # In the driver (no actor) it is a first start: no snapshot is looked for.
+    assert ShardServer(SLOTS, ADMISSION, restore_on_restart=latest).restored_from is None
+    assert not snapshot_asked
+    monkeypatch.setattr(ray, "get_runtime_context", _Context)
+    with pytest.raises(RestartUnknownError, match="control store did not answer"):
+        ShardServer(SLOTS, ADMISSION, restore_on_restart=latest)
+    # Without a snapshot to restore, nothing needs asking.
+    assert ShardServer(SLOTS, ADMISSION).restored_from is None
