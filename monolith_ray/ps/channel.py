@@ -23,9 +23,14 @@ unanswered when it was made), a reply ``(True, result)`` or ``(False, exception)
 Security: frames are pickles, so a shard serves only peers that hold its token (16 random bytes
 handed out over Ray): a connection's first 16 bytes must be the token, read raw and compared
 before anything is unpickled, or the connection is closed; at most ``MAX_HANDSHAKES``
-connections wait to show it at once, each for ``TOKEN_TIMEOUT_S``. The server listens on the
-node's address (Ray's node IP) on a port the OS picks, and only :data:`CHANNEL_METHODS` can be
-called. On a cluster the nodes must reach each other on any TCP port, as Ray's own workers
+connections wait to show it at once, each for at most ``TOKEN_TIMEOUT_S`` in all (a peer
+trickling a byte at a time is closed on time too). A frame may declare at most
+``MAX_FRAME_BUFFERS`` buffers and ``MAX_FRAME_BYTES`` in all, checked before anything is
+allocated for it. The accept loop outlives transient errors (out of file descriptors: it
+pauses and goes on) and ends only when the server is closed. The server listens on the node's
+address (Ray's node IP) on a port the OS picks, and only :data:`CHANNEL_METHODS` can be called:
+per-step table methods, never snapshots or restores, which stay Ray calls. The wire format is
+still pickle after the token check, so the token is as precious as the shard's process. On a cluster the nodes must reach each other on any TCP port, as Ray's own workers
 already do.
 
 Ordering and failures: a shard serves a connection's calls one at a time in order, as Ray runs
@@ -73,13 +78,17 @@ from monolith_ray.ps.client import (
     not_answered,
 )
 
-# What a channel may call on a shard: its per-step and table methods.
+# What a channel may call on a shard: its per-step and table methods (maintenance that names
+# files, snapshot and restore, stays on Ray calls).
 CHANNEL_METHODS = frozenset({
     "pull", "push", "push_pull", "lookup", "stats", "evict", "evict_expired", "export_since",
-    "changes_since", "forget_evictions", "snapshot", "restore", "pid",
+    "changes_since", "forget_evictions", "pid",
 })
 TOKEN_BYTES = 16
-TOKEN_TIMEOUT_S = 10.0  # a connection that does not present its token by then is closed
+TOKEN_TIMEOUT_S = 10.0  # a connection that has not presented its token by then is closed
+MAX_FRAME_BUFFERS = 1024  # out-of-band buffers one frame may declare
+MAX_FRAME_BYTES = 1 << 30  # bytes one frame may declare in all (pickle and buffers)
+ACCEPT_PAUSE_S = 0.1  # after a failed accept (e.g. out of file descriptors), before the next
 MAX_IN_FLIGHT_BYTES = 64 * 1024  # requests; their replies (pulled rows) may be ~8x larger
 MAX_IN_FLIGHT_CALLS = 64
 MAX_BREAKS = 3  # reconnects without a reply before the calls in flight fail
@@ -112,10 +121,22 @@ def receive(sock: socket.socket) -> Any:
     return decode(*read_frame(sock))
 
 
+class FrameError(ConnectionError):
+    """A frame declared more buffers or bytes than a channel takes; its connection is
+    closed."""
+
+
 def read_frame(sock: socket.socket) -> tuple[bytearray, list[bytearray]]:
-    """Read one whole frame from ``sock`` -> (its pickle, its buffers), not yet decoded."""
+    """Read one whole frame from ``sock`` -> (its pickle, its buffers), not yet decoded.
+    FrameError, before anything is allocated for it, if it declares more than
+    ``MAX_FRAME_BUFFERS`` buffers or ``MAX_FRAME_BYTES`` bytes."""
     n_buffers, length = _HEAD.unpack(_read(sock, _HEAD.size))
+    if n_buffers > MAX_FRAME_BUFFERS:
+        raise FrameError(f"a frame declared {n_buffers} buffers, more than {MAX_FRAME_BUFFERS}")
     sizes = struct.unpack(f"<{n_buffers}Q", _read(sock, 8 * n_buffers)) if n_buffers else ()
+    if length + sum(sizes) > MAX_FRAME_BYTES:
+        raise FrameError(f"a frame declared {length + sum(sizes)} bytes, more than "
+                         f"{MAX_FRAME_BYTES}")
     body = _read(sock, length)
     return body, [_read(sock, size) for size in sizes]
 
@@ -125,11 +146,17 @@ def decode(body: bytearray, buffers: list[bytearray]) -> Any:
     return pickle.loads(body, buffers=buffers)
 
 
-def _read(sock: socket.socket, n: int) -> bytearray:
-    """Exactly ``n`` bytes from ``sock`` (fresh, writable)."""
+def _read(sock: socket.socket, n: int, deadline: float | None = None) -> bytearray:
+    """Exactly ``n`` bytes from ``sock`` (fresh, writable); with ``deadline`` (a
+    ``time.monotonic()`` instant), TimeoutError once it passes, however the bytes trickle."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{got} of {n} bytes by the deadline")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if k == 0:
             raise ConnectionError("the channel's peer closed the connection")
@@ -162,6 +189,8 @@ class ChannelServer:
         self.host = host
         self.port = self._sock.getsockname()[1]
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._closed = threading.Event()
+        self.accept_errors = 0  # accepts that failed while the server was open
         self._sessions: dict[bytes, _Session] = {}
         self._sessions_lock = threading.Lock()
         threading.Thread(target=self._accept, name="channel-accept", daemon=True).start()
@@ -172,14 +201,21 @@ class ChannelServer:
 
     def close(self) -> None:
         """Stop accepting connections (open ones end when their peer closes)."""
+        self._closed.set()
         self._sock.close()
 
     def _accept(self) -> None:
-        while True:
+        while not self._closed.is_set():
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return  # closed
+                if self._closed.is_set():
+                    return
+                # E.g. out of file descriptors: the listener is fine, so pause and go on,
+                # or every later trainer would be refused while open_channel hands it out.
+                self.accept_errors += 1
+                self._closed.wait(ACCEPT_PAUSE_S)
+                continue
             if not self._handshakes.acquire(blocking=False):
                 conn.close()  # too many strangers at once: refuse this one only
                 continue
@@ -196,8 +232,8 @@ class ChannelServer:
         with conn:
             try:
                 try:
-                    conn.settimeout(TOKEN_TIMEOUT_S)
-                    hello = bytes(_read(conn, TOKEN_BYTES + SESSION_BYTES))
+                    hello = bytes(_read(conn, TOKEN_BYTES + SESSION_BYTES,
+                                        time.monotonic() + TOKEN_TIMEOUT_S))
                 finally:
                     self._handshakes.release()
                 if not hmac.compare_digest(hello[:TOKEN_BYTES], self.token):

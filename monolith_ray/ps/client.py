@@ -312,8 +312,12 @@ class ShardClient:
         return fids
 
     def _each(self, method: str, directory: str | os.PathLike[str]) -> None:
-        self.calls.gather([self.calls.submit(shard, method, str(Path(directory) / f"shard-{k}"))
-                           for k, shard in enumerate(self.shards)])
+        """``method`` (snapshot, restore) on every shard at once, each with its own folder, as
+        Ray calls whatever the transport: maintenance that names files is never a channel
+        call, and has no step's deadline."""
+        calls = calls_for(self.shards, method, timeout_s=None)
+        calls.gather([calls.submit(shard, method, str(Path(directory) / f"shard-{k}"))
+                      for k, shard in enumerate(self.shards)])
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         return self.calls.gather([self.calls.submit(s, method, *args) for s in self.shards])

@@ -8,6 +8,7 @@ import pickle
 import random
 import signal
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -830,3 +831,95 @@ def test_connections_that_never_show_the_token_are_capped_and_do_not_block_other
         calls.close()
     finally:
         server.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_peer_trickling_its_token_is_closed_at_the_deadline(monkeypatch) -> None:
+    """The token deadline is for the whole token, not for each read: a byte every 0.2 s
+    would otherwise hold a handshake slot for ever."""
+    monkeypatch.setattr(channel, "TOKEN_TIMEOUT_S", 1.0)
+    server = ChannelServer(Echo())
+    host, port, token = server.address
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw:
+            start, closed = time.monotonic(), False
+            for byte in token:
+                try:
+                    raw.sendall(bytes([byte]))
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.2)
+            if not closed:
+                assert_closed_by_peer(raw)
+            assert time.monotonic() - start < 3.0
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("head", [struct.pack("<II", 1 << 20, 0),
+                                  struct.pack("<II", 0, (1 << 32) - 1),
+                                  struct.pack("<II", 1, 8) + struct.pack("<Q", 1 << 40)],
+                         ids=["many buffers", "huge pickle", "huge buffer"])
+def test_a_frame_declaring_too_much_is_refused_before_anything_is_allocated(head) -> None:
+    target = Echo()
+    server = ChannelServer(target)
+    host, port, token = server.address
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw:
+            raw.sendall(token + b"h" * SESSION_BYTES + head)
+            assert_closed_by_peer(raw)
+        with pytest.raises(channel.FrameError, match="more than"):
+            left, right = socket.socketpair()
+            with left, right:
+                left.sendall(head)
+                channel.read_frame(right)
+        calls = ChannelCalls(timeout_s=5, address_of=lambda shard, timeout: server.address)
+        assert calls.gather([calls.submit(target, "push", "served")]) == ["served"]
+        calls.close()
+    finally:
+        server.close()
+
+
+class _FailingListener:
+    """A listening socket whose first ``failures`` accepts fail as when a process is out of
+    file descriptors."""
+
+    def __init__(self, sock: socket.socket, failures: int) -> None:
+        self.sock, self.failures = sock, failures
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(24, "Too many open files")
+        return self.sock.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.timeout(30)
+def test_the_accept_loop_outlives_failed_accepts(monkeypatch) -> None:
+    real = socket.create_server
+    monkeypatch.setattr(channel.socket, "create_server",
+                        lambda *a, **k: _FailingListener(real(*a, **k), failures=3))
+    target = Echo()
+    server = ChannelServer(target)
+    monkeypatch.undo()
+    try:
+        calls = ChannelCalls(timeout_s=10, address_of=lambda shard, timeout: server.address)
+        assert calls.gather([calls.submit(target, "push", "served")]) == ["served"]
+        calls.close()
+        assert server.accept_errors == 3
+    finally:
+        server.close()
+
+
+def test_maintenance_that_names_files_is_not_a_channel_method(tmp_path) -> None:
+    calls = ChannelCalls(timeout_s=5, address_of=lambda shard, timeout: ("127.0.0.1", 1, b""))
+    for method in ("snapshot", "restore"):
+        assert method not in channel.CHANNEL_METHODS
+        with pytest.raises(ValueError, match=f"'{method}' cannot be called over a channel"):
+            calls.submit(object(), method, str(tmp_path))
+    calls.close()
