@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
@@ -144,21 +143,16 @@ class BadRequest(ValueError):
     """Input the model cannot take; the text names the field."""
 
 
-api = FastAPI(
-    title="monolith_ray",
-    description="Real-time recommendations: top-k items, scores, feedback.",
-    version="0.1.0",
-)
+class _API(FastAPI):
+    """FastAPI with the int64 bounds written exactly in its schema: FastAPI's schema models
+    hold bounds as floats, and 2**63 - 1 as a float is 2**63, one past the bound. A method of
+    the app, not a function of this module's ``api``: Serve may hand a replica a copy of the
+    app, and the schema must list the copy's routes."""
 
-
-def _openapi() -> dict[str, Any]:
-    """FastAPI's schema with the int64 bounds written exactly: its schema models hold bounds
-    as floats, and 2**63 - 1 as a float is 2**63, one past the bound."""
-    if api.openapi_schema is None:
-        schema = get_openapi(title=api.title, version=api.version,
-                             description=api.description, routes=api.routes)
-        api.openapi_schema = _exact_bounds(schema)
-    return api.openapi_schema
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = _exact_bounds(super().openapi())
+        return self.openapi_schema
 
 
 def _exact_bounds(node: Any) -> Any:
@@ -175,7 +169,11 @@ def _exact_bounds(node: Any) -> Any:
     return node
 
 
-api.openapi = _openapi  # type: ignore[method-assign]
+api = _API(
+    title="monolith_ray",
+    description="Real-time recommendations: top-k items, scores, feedback.",
+    version="0.1.0",
+)
 
 
 def _error(text: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
