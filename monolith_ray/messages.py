@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from monolith_ray.config import LimitsConfig, SlotConfig
 
 __all__ = ["ACTIONS", "POSITIVE_ACTIONS", "MessageError", "dead_letter", "decode", "encode",
-           "parse_action", "parse_example", "parse_feature"]
+           "parse_action", "parse_example", "parse_feature", "refusal_reason"]
 
 ACTIONS = ("click", "like", "share", "finish", "skip")
 POSITIVE_ACTIONS = ("click", "like", "share", "finish")
@@ -74,8 +74,9 @@ def decode(raw: bytes) -> Any:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
-    """A message -> compact UTF-8 JSON bytes (NaN and Infinity refused)."""
+def encode(message: Any) -> bytes:
+    """A message (or any JSON value) -> compact UTF-8 JSON bytes (NaN and Infinity
+    refused)."""
     return _ENCODER.encode(message).encode("utf-8")
 
 
@@ -121,6 +122,12 @@ def parse_example(value: Any, known: Known = None, limits: LimitsConfig | None =
             "label": validation.number(msg.get("label"), "label", 0.0, 1.0),
             "weight": validation.number(msg.get("weight", 1.0), "weight", 0.0,
                                         validation.MAX_WEIGHT, low_open=True)}
+
+
+def refusal_reason(err: Exception) -> str:
+    """The reason a stage gives in a dead letter for a record that raised ``err``: a
+    validation error's own text, any other error with its type."""
+    return str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
 
 
 def dead_letter(topic: str, partition: int, offset: int, reason: str, raw: bytes,

@@ -72,7 +72,7 @@ from monolith_ray.config import KafkaConfig, LimitsConfig, SlotConfig
 from monolith_ray.data.dead_letters import DeadLetterWriter
 from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
 from monolith_ray.data.slot_columns import list_column, scalar_column
-from monolith_ray.messages import MessageError, decode, parse_example
+from monolith_ray.messages import MessageError, decode, parse_example, refusal_reason
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class KafkaExampleReader:
         except Exception as err:  # noqa: BLE001 - find the records that fail, keep the rest
             logger.warning("a micro-batch of %d records of %s failed to convert (%s); "
                            "converting it record by record", len(rows), self.spec.topic,
-                           _reason(err))
+                           refusal_reason(err))
         keep = []
         for i in range(len(rows)):
             try:
@@ -300,7 +300,7 @@ class KafkaExampleReader:
 
     def _refuse(self, partition: int, offset: int, raw: bytes | None, err: Exception) -> None:
         """Count, remember and dead-letter the record at ``partition``/``offset``."""
-        reason = _reason(err)
+        reason = refusal_reason(err)
         self.malformed += 1
         self.errors.append((partition, offset, reason))
         if self.malformed <= _LOGGED_ERRORS:
@@ -313,11 +313,6 @@ class KafkaExampleReader:
         assert self._dead is not None
         self._dead.flush()
         self.dead_letters_failed = self._failed_before + self._dead.failed
-
-
-def _reason(err: Exception) -> str:
-    """A refused record's reason: a validation error's own text, else the error's type too."""
-    return str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
 
 
 def _reached(position: int, stops: dict[int, int | None], partition: int) -> bool:

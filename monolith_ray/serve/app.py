@@ -30,7 +30,6 @@ the latest versions in its constructor, before Serve routes it any request.
 # methods through wrappers whose globals are not this module's, so annotations must be
 # objects, not strings, for FastAPI to see the request models.
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -68,13 +67,6 @@ from monolith_ray.serve.tokens import FeedbackTokens
 __all__ = ["CandidatePool", "Recommender", "build_app", "recommender_deployment"]
 
 logger = logging.getLogger(__name__)
-
-
-# Defined before the deployment: Serve's ingress copies the class with the module globals
-# known at that point.
-def encode_value(value: int | str) -> bytes:
-    """One validated scalar as JSON bytes."""
-    return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
 @serve.deployment
@@ -148,12 +140,12 @@ class Recommender:
         if self.log is not None:
             # The context and the user part are encoded once per request, not per impression.
             head = b'{"request_id":"%s","time":%d,"user_id":%s,"context":%s' % (
-                request_id.encode(), now, encode_value(body.user.id), context)
+                request_id.encode(), now, encode(body.user.id), context)
             for i in top:
                 slots = self._item(ids[i], "")[1] if item_slots is None else item_slots[i]
                 self.log.send(self.cfg.kafka.topics.features, request_id,
                               head + b',"item_id":%s,"slots":%s}' % (
-                                  encode_value(ids[i]), encode({**user, **slots})))
+                                  encode(ids[i]), encode({**user, **slots})))
             self.log.poll()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)

@@ -64,12 +64,12 @@ import numpy as np
 from monolith_ray.config import JoinerConfig, KafkaTopics, LimitsConfig, SlotConfig
 from monolith_ray.messages import (
     POSITIVE_ACTIONS,
-    MessageError,
     dead_letter,
     decode,
     encode,
     parse_action,
     parse_feature,
+    refusal_reason,
 )
 from monolith_ray.stream.spill import Key, SpillStore
 
@@ -103,11 +103,6 @@ def log_odds_correction(logit: np.ndarray | float, negative_rate: float) -> np.n
     if not 0.0 < negative_rate <= 1.0:
         raise ValueError(f"negative_rate must be in (0, 1], got {negative_rate}")
     return logit + np.log(negative_rate)
-
-
-def _reason(err: Exception) -> str:
-    """A dead letter's reason: a validation error's own text, else the error's type too."""
-    return str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
 
 
 _WAITING = object()
@@ -202,7 +197,7 @@ class Joiner:
             try:
                 msg = parse_feature(decode(value or b""), known, limits, now)
             except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
-                self._reject(FEATURES, partition, offset, value, _reason(err))
+                self._reject(FEATURES, partition, offset, value, refusal_reason(err))
                 continue
             t, rid = msg["time"], msg["request_id"]
             key = (rid, str(msg["item_id"]))
@@ -241,7 +236,7 @@ class Joiner:
             try:
                 msg = parse_action(decode(value or b""), limits, now)
             except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
-                self._reject(ACTIONS, partition, offset, value, _reason(err))
+                self._reject(ACTIONS, partition, offset, value, refusal_reason(err))
                 continue
             count += 1
             t = msg["time"]
