@@ -12,26 +12,27 @@ and maintenance calls stay Ray calls. A trainer asks a shard actor for its chann
 ordinary actor call (``ShardServer.open_channel`` -> host, port, token) and asks again after a
 connection breaks.
 
-Wire format: a frame is a header (u32 count of buffers, u32 length of the pickle, u64 length of
-each buffer), a pickle (protocol 5) of the message, then its out-of-band buffers: numpy arrays
-travel as raw bytes and are received into fresh memory (an array sent read-only arrives
-read-only; the shard copies such inputs, see ``ShardServer``). A connection opens with the
-token and the client's session id (16 random bytes each); a request is ``(seq, acked, method,
-args)`` (its sequence number in the session, and the oldest call of the session still
-unanswered when it was made), a reply ``(True, result)`` or ``(False, exception)``.
+Wire format: ``monolith_ray.ps.wire``, no pickle: a frame is a fixed header (kind, method id,
+sequence number, counts and lengths), a msgpack body and raw array buffers, received into fresh
+writable memory. A connection opens with the token and the client's session id (16 random
+bytes each); a request carries its method's id, its arguments, its sequence number in the
+session and the oldest call of the session still unanswered when it was made (``acked``); a
+reply its result, or its error as a listed exception type and a message.
 
-Security: frames are pickles, so a shard serves only peers that hold its token (16 random bytes
-handed out over Ray): a connection's first 16 bytes must be the token, read raw and compared
-before anything is unpickled, or the connection is closed; at most ``MAX_HANDSHAKES``
-connections wait to show it at once, each for at most ``TOKEN_TIMEOUT_S`` in all (a peer
-trickling a byte at a time is closed on time too). A frame may declare at most
-``MAX_FRAME_BUFFERS`` buffers and ``MAX_FRAME_BYTES`` in all, checked before anything is
-allocated for it. The accept loop outlives transient errors (out of file descriptors: it
-pauses and goes on) and ends only when the server is closed. The server listens on the node's
-address (Ray's node IP) on a port the OS picks, and only :data:`CHANNEL_METHODS` can be called:
-per-step table methods, never snapshots or restores, which stay Ray calls. The wire format is
-still pickle after the token check, so the token is as precious as the shard's process. On a cluster the nodes must reach each other on any TCP port, as Ray's own workers
-already do.
+Security: a shard serves only peers that hold its token (16 random bytes handed out over
+Ray): a connection's first 16 bytes must be the token, read raw and compared before anything
+else is read, or the connection is closed; at most ``MAX_HANDSHAKES`` connections wait to
+show it at once, each for at most ``TOKEN_TIMEOUT_S`` in all (a peer trickling a byte at a
+time is closed on time too). A frame's header is checked before anything is allocated for it
+(at most ``wire.MAX_BUFFERS`` buffers and ``wire.MAX_MESSAGE_BYTES`` in all); a malformed
+header closes the connection, a malformed body is answered with the error. Decoding never runs
+code, so a peer that holds the token can call the table methods and no more. The accept loop
+outlives transient errors (out of file descriptors: it pauses and goes on) and ends only when
+the server is closed. The server listens on the node's address (Ray's node IP) on a port the
+OS picks, and only :data:`CHANNEL_METHODS` can be called: per-step table methods, never
+snapshots or restores, which stay Ray calls. The token travels over Ray and the frames in the
+clear, as Ray's own traffic does; on a cluster the nodes must reach each other on any TCP
+port, as Ray's own workers already do.
 
 Ordering and failures: a shard serves a connection's calls one at a time in order, as Ray runs
 one caller's actor calls, and replies in order; the shard's lock serializes them with its Ray
@@ -61,17 +62,16 @@ in flight per shard).
 from __future__ import annotations
 
 import hmac
-import pickle
 import secrets
 import socket
-import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from monolith_ray.ps import wire
 from monolith_ray.ps.client import (
     ShardUnavailableError,
     dead_or_unreachable,
@@ -80,14 +80,9 @@ from monolith_ray.ps.client import (
 
 # What a channel may call on a shard: its per-step and table methods (maintenance that names
 # files, snapshot and restore, stays on Ray calls).
-CHANNEL_METHODS = frozenset({
-    "pull", "push", "push_pull", "lookup", "stats", "evict", "evict_expired", "export_since",
-    "changes_since", "forget_evictions", "pid",
-})
+CHANNEL_METHODS = frozenset(wire.METHODS)
 TOKEN_BYTES = 16
 TOKEN_TIMEOUT_S = 10.0  # a connection that has not presented its token by then is closed
-MAX_FRAME_BUFFERS = 1024  # out-of-band buffers one frame may declare
-MAX_FRAME_BYTES = 1 << 30  # bytes one frame may declare in all (pickle and buffers)
 ACCEPT_PAUSE_S = 0.1  # after a failed accept (e.g. out of file descriptors), before the next
 MAX_IN_FLIGHT_BYTES = 64 * 1024  # requests; their replies (pulled rows) may be ~8x larger
 MAX_IN_FLIGHT_CALLS = 64
@@ -96,54 +91,43 @@ MAX_HANDSHAKES = 32  # connections at once that have not yet shown the token; mo
 SESSION_BYTES = 16
 MAX_SESSIONS = 64  # sessions a server keeps, beyond those with an open connection
 SESSION_IDLE_S = 120.0  # a session without a connection for this long is forgotten
-_HEAD = struct.Struct("<II")  # count of buffers, length of the pickle
 
 Address = tuple[str, int, bytes]  # host, port, token
 
 
-def encode(message: Any) -> bytes:
-    """One frame holding ``message`` (any picklable object; contiguous arrays out of band)."""
-    buffers: list[pickle.PickleBuffer] = []
-    body = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    raws = [b.raw() for b in buffers]
-    head = _HEAD.pack(len(raws), len(body)) + struct.pack(f"<{len(raws)}Q",
-                                                          *(r.nbytes for r in raws))
-    return b"".join([head, body, *raws])
+class Frame(NamedTuple):
+    """One message read whole from a connection, its body not yet decoded."""
+
+    head: wire.Head
+    body: bytearray
+    buffers: list[bytearray]
 
 
-def send(sock: socket.socket, message: Any) -> None:
-    """Write one frame of ``message`` to ``sock``."""
-    sock.sendall(encode(message))
-
-
-def receive(sock: socket.socket) -> Any:
-    """Read one frame from ``sock`` -> its message. ConnectionError if the peer closed."""
-    return decode(*read_frame(sock))
+def encode(kind: int, method: int, seq: int, acked: int, value: Any) -> bytes:
+    """One frame: the message of ``value`` (see ``monolith_ray.ps.wire``) as one byte string.
+    WireError if ``value`` holds anything the wire format cannot carry."""
+    return b"".join(wire.encode(kind, method, seq, acked, value))
 
 
 class FrameError(ConnectionError):
-    """A frame declared more buffers or bytes than a channel takes; its connection is
-    closed."""
+    """A frame whose header is malformed or declares more buffers or bytes than a channel
+    takes; its connection is closed, as its stream can no longer be followed."""
 
 
-def read_frame(sock: socket.socket) -> tuple[bytearray, list[bytearray]]:
-    """Read one whole frame from ``sock`` -> (its pickle, its buffers), not yet decoded.
-    FrameError, before anything is allocated for it, if it declares more than
-    ``MAX_FRAME_BUFFERS`` buffers or ``MAX_FRAME_BYTES`` bytes."""
-    n_buffers, length = _HEAD.unpack(_read(sock, _HEAD.size))
-    if n_buffers > MAX_FRAME_BUFFERS:
-        raise FrameError(f"a frame declared {n_buffers} buffers, more than {MAX_FRAME_BUFFERS}")
-    sizes = struct.unpack(f"<{n_buffers}Q", _read(sock, 8 * n_buffers)) if n_buffers else ()
-    if length + sum(sizes) > MAX_FRAME_BYTES:
-        raise FrameError(f"a frame declared {length + sum(sizes)} bytes, more than "
-                         f"{MAX_FRAME_BYTES}")
-    body = _read(sock, length)
-    return body, [_read(sock, size) for size in sizes]
-
-
-def decode(body: bytearray, buffers: list[bytearray]) -> Any:
-    """The message of a frame read by :func:`read_frame`."""
-    return pickle.loads(body, buffers=buffers)
+def read_frame(sock: socket.socket) -> Frame:
+    """Read one whole frame from ``sock``. FrameError, before anything is allocated for it,
+    if its header is malformed or declares more than ``wire.MAX_BUFFERS`` buffers,
+    ``wire.MAX_BODY_BYTES`` of body or ``wire.MAX_MESSAGE_BYTES`` in all; ConnectionError if
+    the peer closed."""
+    fixed = _read(sock, wire.HEAD.size)
+    try:
+        head = wire.parse_head(fixed)
+        part = fixed + _read(sock, 8 * head.n_buffers)
+        sizes = wire.parse_sizes(head, part)
+    except wire.WireError as err:
+        raise FrameError(str(err)) from None
+    body = _read(sock, head.body_bytes)
+    return Frame(head, body, [_read(sock, size) for size in sizes])
 
 
 def _read(sock: socket.socket, n: int, deadline: float | None = None) -> bytearray:
@@ -270,40 +254,48 @@ class ChannelServer:
             if session.connections == 0:
                 session.idle_since = time.monotonic()
 
-    def _answer(self, frame: tuple[bytearray, list[bytearray]], session: _Session) -> bytes:
+    def _answer(self, frame: Frame, session: _Session) -> bytes:
         """The reply frame to one request frame: its result, or the error that decoding the
         request, calling the method or encoding the result raised; a call the session already
         ran gets the reply it was sent."""
+        head = frame.head
+        seq, method = head.seq, wire.METHODS[head.method]
         try:
-            seq, acked, method, args = decode(*frame)
-        except Exception as err:  # noqa: BLE001 - the caller gets it; nothing ran
-            return _reply_frame((False, err), "a request that could not be decoded")
+            if head.kind != wire.REQUEST:
+                raise wire.WireError(f"a message of kind {head.kind} where a request goes")
+            args = wire.decode(frame.body, frame.buffers)
+            if not isinstance(args, tuple):
+                raise wire.WireError(f"a request's arguments must be a tuple, got "
+                                     f"{type(args).__name__}")
+        except wire.WireError as err:  # the caller gets it; nothing ran
+            return _reply(head, (False, err), "a request that could not be decoded")
         with session.lock:
-            for done in [k for k in session.replies if k < acked]:
+            for done in [k for k in session.replies if k < head.acked]:
                 del session.replies[done]  # the client has read these
             if seq <= session.last:
-                return session.replies.get(seq) or encode((False, RuntimeError(
+                return session.replies.get(seq) or _reply(head, (False, RuntimeError(
                     f"call {seq} is behind its session's latest call {session.last}: "
-                    f"answered already, or overtaken and not run")))
+                    f"answered already, or overtaken and not run")), method)
             try:
-                if method not in CHANNEL_METHODS:
-                    raise AttributeError(f"{method!r} cannot be called over a channel; it "
-                                         f"serves {', '.join(sorted(CHANNEL_METHODS))}")
                 reply = (True, getattr(self.target, method)(*args))
             except Exception as err:  # noqa: BLE001 - the caller gets it
                 reply = (False, err)
-            encoded = _reply_frame(reply, method)
+            encoded = _reply(head, reply, method)
             session.last, session.replies[seq] = seq, encoded
             return encoded
 
 
-def _reply_frame(reply: tuple[bool, Any], what: str) -> bytes:
-    """The frame of ``reply``; if it cannot be pickled (an unpicklable result or error), the
-    frame of a RuntimeError describing it, naming ``what`` was called."""
+def _reply(request: wire.Head, reply: tuple[bool, Any], what: str) -> bytes:
+    """The frame of ``reply`` (ok and result, or False and an exception) to ``request``; if
+    the result cannot be encoded, the frame of a RuntimeError describing it, naming ``what``
+    was called."""
+    ok, value = reply
+    head = (wire.RESULT if ok else wire.ERROR, request.method, request.seq, request.acked)
     try:
-        return encode(reply)
-    except Exception as err:  # noqa: BLE001
-        return encode((False, RuntimeError(f"{what}: {reply[1]!r} ({err})")))
+        return encode(*head, value if ok else wire.error_value(value))
+    except wire.WireError as err:
+        return encode(wire.ERROR, *head[1:], wire.error_value(
+            RuntimeError(f"{what}: its result could not be sent ({err})")))
 
 
 def actor_address(shard: Any, timeout_s: float | None) -> Address:
@@ -363,8 +355,8 @@ class ChannelCalls:
             link = self._links[key] = _Link(shard)
         seq = link.next_seq
         acked = link.unanswered[0][0] if link.unanswered else seq
-        # An unpicklable call fails here, before it is queued.
-        frame = encode((seq, acked, method, args))
+        # A call the wire format cannot carry fails here, before it is queued.
+        frame = encode(wire.REQUEST, wire.METHOD_IDS[method], seq, acked, args)
         while link.unanswered and (
                 len(link.unanswered) >= MAX_IN_FLIGHT_CALLS
                 or link.bytes_in_flight + len(frame) > MAX_IN_FLIGHT_BYTES):
@@ -416,13 +408,21 @@ class ChannelCalls:
         except (ConnectionError, OSError) as err:
             self._broke(link, i, n, err)  # the next read reconnects and resends
             return
+        seq = link.unanswered[0][0]
+        if frame.head.seq != seq or frame.head.kind == wire.REQUEST:
+            self._broke(link, i, n, FrameError(
+                f"a reply to call {frame.head.seq} (kind {frame.head.kind}) where the reply "
+                f"to call {seq} was due"))
+            return
         link.breaks = 0
-        seq, _ = link.unanswered.popleft()
+        link.unanswered.popleft()
         try:
-            link.replies[seq] = decode(*frame)
-        except Exception as err:  # noqa: BLE001 - e.g. an exception type that cannot unpickle
+            value = wire.decode(frame.body, frame.buffers)
+            link.replies[seq] = (True, value) if frame.head.kind == wire.RESULT else (
+                False, wire.error_of(value))
+        except wire.WireError as err:
             link.replies[seq] = (False, RuntimeError(f"a shard's reply could not be decoded: "
-                                                     f"{err!r}"))
+                                                     f"{err}"))
 
     def _broke(self, link: _Link, i: int, n: int, err: OSError) -> None:
         """Count a lost connection; past ``MAX_BREAKS`` in a row, fail the calls in flight."""
