@@ -34,24 +34,28 @@ bounds: ids and string values at most 128 / 256 characters, lists at most ``max_
 event times no further than ``limits.max_event_skew_s`` ahead of the wall clock, a context
 within ``limits.max_context_depth`` and ``limits.max_context_bytes``. Given the slots of the
 config (``known``), a message naming a slot the model does not have is refused too.
+
+:class:`Reader` is the joiner's read of ``features`` and ``actions`` bytes: the same verdicts
+as :func:`decode` and the parsers, in less than half their time (see its docstring).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
 import orjson
 
 from monolith_ray import validation
-from monolith_ray.validation import MessageError
+from monolith_ray.validation import MessageError, Scalar
 
 if TYPE_CHECKING:
     from monolith_ray.config import LimitsConfig, SlotConfig
 
-__all__ = ["ACTIONS", "POSITIVE_ACTIONS", "MessageError", "dead_letter", "decode", "encode",
-           "parse_action", "parse_example", "parse_feature", "refusal_reason"]
+__all__ = ["ACTIONS", "POSITIVE_ACTIONS", "MessageError", "Reader", "dead_letter", "decode",
+           "encode", "parse_action", "parse_example", "parse_feature", "refusal_reason"]
 
 ACTIONS = ("click", "like", "share", "finish", "skip")
 POSITIVE_ACTIONS = ("click", "like", "share", "finish")
@@ -138,6 +142,94 @@ def dead_letter(topic: str, partition: int, offset: int, reason: str, raw: bytes
     return {"topic": topic, "partition": int(partition), "offset": int(offset), "stage": stage,
             "reason": reason[:MAX_PAYLOAD_CHARS],
             "payload": raw.decode("utf-8", errors="replace")[:MAX_PAYLOAD_CHARS]}
+
+
+# The plainly valid messages, as msgspec types: every bound is validation's (a string's length
+# is counted in characters, as Python's len; msgspec refuses lone surrogates and invalid UTF-8
+# in strings, as orjson does). No type admits an unknown field, so nothing is skipped unchecked.
+_Int64 = Annotated[int, msgspec.Meta(ge=validation.INT64_MIN, le=validation.INT64_MAX)]
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
+_RequestId = Annotated[str, msgspec.Meta(
+    pattern=r"^[\x21-\x7e]{1,%d}\Z" % validation.MAX_ID_CHARS)]
+_Scalar = _Int64 | _Text
+
+
+class _Action(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    request_id: _RequestId
+    item_id: _Scalar
+    time: int
+    action: Literal[ACTIONS]  # type: ignore[valid-type]
+
+
+def _slot_type(max_values: int) -> Any:
+    """A slot's plainly valid values: null or a scalar, or for a multi-valued slot a list of
+    at most ``max_values`` scalars too (validation.slot_value's shapes)."""
+    if max_values == 1:
+        return _Scalar | None
+    limit = min(max_values, validation.MAX_VALUES)
+    return _Scalar | Annotated[list[_Scalar], msgspec.Meta(max_length=limit)] | None
+
+
+class Reader:
+    """The joiner's read of ``features`` and ``actions`` message bytes: the fields the join
+    needs, with the verdicts of :func:`decode` and :func:`parse_feature` /
+    :func:`parse_action` (``known`` slots, ``limits``).
+
+    A typed msgspec decode, validating in C, first admits only what is plainly valid: the
+    message's own fields and nothing else, no ``context``, values within validation's bounds,
+    only ``known`` slots (with ``known``, and at most ``MAX_SLOTS`` of them). Anything else
+    it refuses, valid or not, goes to ``decode`` and the parser, which decide and name the
+    fault, so the rules stay in ``validation``. The typed decode builds no dicts and checks
+    in C: 1.3 µs a MovieLens features message, 3.4 µs for ``decode`` and ``parse_feature``."""
+
+    def __init__(self, known: Known = None, limits: LimitsConfig | None = None) -> None:
+        self._known, self._limits = known, validation._limits(limits)
+        self._features: msgspec.json.Decoder | None = None
+        self._no_slots: Any = None
+        if known is not None and len(known) <= validation.MAX_SLOTS:
+            names = [f"s{i}" for i in range(len(known))]
+            slots = msgspec.defstruct(
+                "_Slots", [(n, _slot_type(s.max_values), msgspec.UNSET)
+                           for n, s in zip(names, known.values())],
+                rename=dict(zip(names, known)), forbid_unknown_fields=True, gc=False)
+            feature = msgspec.defstruct(
+                "_Feature", [("request_id", _RequestId), ("time", int),
+                             ("user_id", _Scalar), ("item_id", _Scalar), ("slots", slots),
+                             ("context", None, None)],
+                forbid_unknown_fields=True, gc=False)
+            self._features = msgspec.json.Decoder(feature)
+            self._no_slots = slots()
+        self._actions = msgspec.json.Decoder(_Action)
+
+    def feature(self, raw: bytes | None, now: float) -> tuple[str, int, Scalar]:
+        """A ``features`` message's (request id, time, item id); MessageError (or another
+        error, as from the parser) if it is invalid at wall clock ``now``."""
+        if self._features is not None:
+            try:
+                msg = self._features.decode(raw)
+            except Exception:  # noqa: BLE001 - not plainly valid: the parser decides
+                pass
+            else:
+                t = msg.time
+                if (msg.slots != self._no_slots and self._limits.min_event_time_s <= t
+                        <= now + self._limits.max_event_skew_s):
+                    return msg.request_id, t, msg.item_id
+        out = parse_feature(decode(raw or b""), self._known, self._limits, now)
+        return out["request_id"], out["time"], out["item_id"]
+
+    def action(self, raw: bytes | None, now: float) -> tuple[str, Scalar, int, str]:
+        """An ``actions`` message's (request id, item id, time, action); MessageError if it
+        is invalid at wall clock ``now``."""
+        try:
+            msg = self._actions.decode(raw)
+        except Exception:  # noqa: BLE001 - not plainly valid: the parser decides
+            pass
+        else:
+            t = msg.time
+            if self._limits.min_event_time_s <= t <= now + self._limits.max_event_skew_s:
+                return msg.request_id, msg.item_id, t, msg.action
+        out = parse_action(decode(raw or b""), self._limits, now)
+        return out["request_id"], out["item_id"], out["time"], out["action"]
 
 
 def _object(value: Any) -> dict[str, Any]:

@@ -62,15 +62,7 @@ from typing import Any
 import numpy as np
 
 from monolith_ray.config import JoinerConfig, KafkaTopics, LimitsConfig, SlotConfig
-from monolith_ray.messages import (
-    POSITIVE_ACTIONS,
-    dead_letter,
-    decode,
-    encode,
-    parse_action,
-    parse_feature,
-    refusal_reason,
-)
+from monolith_ray.messages import POSITIVE_ACTIONS, Reader, dead_letter, encode, refusal_reason
 from monolith_ray.stream.spill import Key, SpillStore
 
 __all__ = ["ACTIONS", "COUNTERS", "FEATURES", "Joiner", "log_odds_correction", "stable_unit"]
@@ -125,8 +117,8 @@ class Joiner:
                  store: SpillStore | None = None, slots: Sequence[SlotConfig] | None = None,
                  limits: LimitsConfig | None = None) -> None:
         self.cfg = cfg
-        self._known = None if slots is None else {s.name: s for s in slots}
-        self._limits = limits if limits is not None else LimitsConfig()
+        known = None if slots is None else {s.name: s for s in slots}
+        self._reader = Reader(known, limits if limits is not None else LimitsConfig())
         topics = topics or KafkaTopics()
         self._topic = {FEATURES: topics.features, ACTIONS: topics.actions}
         self._store = store if store is not None else SpillStore()
@@ -191,16 +183,15 @@ class Joiner:
         memory, orphans, store, window = self._memory, self._orphans, self._store, self._window
         expire_before = self._expire_before()
         newest = self._newest.get((FEATURES, partition), -1)
-        known, limits, now = self._known, self._limits, time.time()
+        read, now = self._reader.feature, time.time()
         count = 0
         for offset, value in records:
             try:
-                msg = parse_feature(decode(value or b""), known, limits, now)
+                rid, t, item = read(value, now)
             except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
                 self._reject(FEATURES, partition, offset, value, refusal_reason(err))
                 continue
-            t, rid = msg["time"], msg["request_id"]
-            key = (rid, str(msg["item_id"]))
+            key = (rid, str(item))
             if key in memory or key in store:
                 self._reject(FEATURES, partition, offset, value, f"request_id/item_id {rid!r}/"
                              f"{key[1]!r}: an impression with this key is already waiting")
@@ -230,20 +221,19 @@ class Joiner:
                      records: Sequence[tuple[int, bytes | None]]) -> None:
         memory, store, window, counters = self._memory, self._store, self._window, self.counters
         newest = self._newest.get((ACTIONS, partition), -1)
-        limits, now = self._limits, time.time()
+        read, now = self._reader.action, time.time()
         count = 0
         for offset, value in records:
             try:
-                msg = parse_action(decode(value or b""), limits, now)
+                rid, item, t, action = read(value, now)
             except Exception as err:  # noqa: BLE001 - one bad record never fails its batch
                 self._reject(ACTIONS, partition, offset, value, refusal_reason(err))
                 continue
             count += 1
-            t = msg["time"]
             newest = t if t > newest else newest
-            if msg["action"] not in POSITIVE_ACTIONS:
+            if action not in POSITIVE_ACTIONS:
                 continue
-            key = (msg["request_id"], str(msg["item_id"]))
+            key = (rid, str(item))
             waiting = memory.get(key)
             spilled = None if waiting is not None else store.get(key)
             if waiting is not None or spilled is not None:
