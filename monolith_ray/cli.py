@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from monolith_ray.config import DEFAULT_CONFIG, ConfigError, load_config
 from monolith_ray.config.inputs import check_inputs
@@ -202,6 +203,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from monolith_ray.serve.app import build_app
     from monolith_ray.serve.sync import start_parameter_sync
+    from monolith_ray.supervision import RestartLimitError, Supervisor
     from monolith_ray.train.job import find_servers, start_servers
     from monolith_ray.train.snapshots import restore_snapshot
 
@@ -228,12 +230,23 @@ def run_serve(args: argparse.Namespace) -> int:
         restore_snapshot(args.snapshot, shards, dense)
     # Syncing from a job another process owns: leave its eviction records to its own sync.
     sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve,
-                                forget_evictions=not args.training)
+                                forget_evictions=not args.training,
+                                supervision=cfg.supervision)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg, sync), name="monolith_ray", route_prefix="/")
     print(json.dumps({"url": f"http://{cfg.serve.host}:{cfg.serve.port}",
                       "versions": ray.get(sync.versions.remote())}), flush=True)
-    _wait(args.duration)
+    supervisor = Supervisor(cfg.supervision)
+    supervisor.watch("sync", sync)
+    if not args.training:  # another job's servers are that job's to watch
+        supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(shards)},
+                              "dense": dense})
+    try:
+        _wait(args.duration, supervisor)
+    except RestartLimitError as err:
+        print(f"monolith-ray serve: {err}", file=sys.stderr)
+        serve.shutdown()
+        return 1
     serve.shutdown()
     return 0
 
@@ -331,15 +344,20 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait(duration: float | None) -> None:
-    """Sleep for ``duration`` seconds, or until Ctrl-C if None."""
+def _wait(duration: float | None, supervisor: Any = None) -> None:
+    """Sleep for ``duration`` seconds, or until Ctrl-C if None; meanwhile check
+    ``supervisor`` (a ``monolith_ray.supervision.Supervisor``) every
+    ``supervision.check_every_s``, which logs restarts and raises once a process is dead for
+    good."""
     import time
 
+    end = None if duration is None else time.monotonic() + duration
+    step = 1.0 if supervisor is None else supervisor.cfg.check_every_s
     try:
-        while duration is None or duration > 0:
-            time.sleep(1.0 if duration is None else min(duration, 1.0))
-            if duration is not None:
-                duration -= 1.0
+        while end is None or time.monotonic() < end:
+            time.sleep(step if end is None else max(0.0, min(step, end - time.monotonic())))
+            if supervisor is not None:
+                supervisor.check()
     except KeyboardInterrupt:
         pass
 

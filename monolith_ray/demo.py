@@ -71,6 +71,7 @@ class SimulatedUsers(threading.Thread):
         self.requests: collections.deque[tuple[float, float, bool]] = \
             collections.deque(maxlen=10_000)
         self.totals = {"requests": 0, "failed": 0, "impressions": 0, "clicks": 0}
+        self.errors: collections.deque[tuple[float, str]] = collections.deque(maxlen=20)
         self.version: dict[str, int] = {}
 
     def run(self) -> None:
@@ -93,8 +94,9 @@ class SimulatedUsers(threading.Thread):
         try:
             r = session.post(self.url + "/recommend", json=body, timeout=10)
             ok = r.status_code == 200
-        except requests.RequestException:
-            ok = False
+            error = "" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+        except requests.RequestException as err:
+            ok, error = False, f"{type(err).__name__}: {err}"
         latency = (time.perf_counter() - start) * 1e3
         now = time.time()
         if not ok:
@@ -102,6 +104,7 @@ class SimulatedUsers(threading.Thread):
                 self.requests.append((now, latency, ok))
                 self.totals["requests"] += 1
                 self.totals["failed"] += 1
+                self.errors.append((now, error))
             return
         answer = r.json()
         items = np.array([i["item_id"] for i in answer["items"]], dtype=np.int64)
@@ -159,11 +162,16 @@ class Loop:
     joiner_runs: list[Any]
     users: SimulatedUsers
     trainer_thread: threading.Thread
+    training_error: list[BaseException] = dataclasses.field(default_factory=list)
 
     def progress(self) -> dict[str, Any]:
-        """One snapshot of every part's counters."""
+        """One snapshot of every part's counters; raises what ended training, if it ended
+        (e.g. ``RestartLimitError`` naming a process that died for good)."""
         import ray
 
+        if self.training_error:
+            raise self.training_error[0]
+        restarts = self.training.supervisor.check()
         users = self.users.stats()
         joined = ray.get([j.counters.remote() for j in self.joiners], timeout=30)
         read = ray.get(self.training.monitor.totals.remote(), timeout=30)
@@ -174,7 +182,8 @@ class Loop:
                 "examples_joined": sum(j["positives"] + j["negatives"] for j in joined),
                 "examples_read": read["records"], "table_rows": rows,
                 "sync_versions": sync["versions"], "sparse_syncs": sync["sparse_syncs"],
-                "dense_swaps": sync["dense_swaps"], "serving_rows": sync["rows"]}
+                "dense_swaps": sync["dense_swaps"], "serving_rows": sync["rows"],
+                "restarts": restarts}
 
 
 def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
@@ -183,28 +192,29 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
 
     from monolith_ray.serve.app import CandidatePool, build_app
     from monolith_ray.serve.sync import start_parameter_sync
-    from monolith_ray.stream.joiner import JoinerActor
+    from monolith_ray.stream.joiner import start_joiners
     from monolith_ray.train.online import OnlineTraining
 
     # Few enough users and items that a few minutes of clicks teach the model something.
     sim = UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed)
     training = OnlineTraining(cfg)
-    sync = start_parameter_sync(cfg.slots, training.shards, training.dense, cfg.serve)
+    sync = start_parameter_sync(cfg.slots, training.shards, training.dense, cfg.serve,
+                                supervision=cfg.supervision)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     pool = CandidatePool([(i, {}) for i in range(sim.n_items)])
     serve.run(build_app(cfg, sync, pool), name=APP_NAME, route_prefix="/")
-    n = cfg.joiner.n_joiners
-    joiners = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(
-                   cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits)
-               for k in range(n)]
+    joiners = start_joiners(cfg)
+    training.supervisor.watch_all({"sync": sync, **{f"joiner-{k}": j
+                                                    for k, j in enumerate(joiners)}})
     runs = [j.run.remote() for j in joiners]
-    trainer_thread = threading.Thread(target=_train_quietly, args=(training,),
+    errors: list[BaseException] = []
+    trainer_thread = threading.Thread(target=_train, args=(training, errors),
                                       name="online-training", daemon=True)
     trainer_thread.start()
     users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
                            seed=cfg.train.seed)
     users.start()
-    return Loop(cfg, training, sync, joiners, runs, users, trainer_thread)
+    return Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors)
 
 
 def stop(loop: Loop) -> None:
@@ -228,11 +238,14 @@ def stop(loop: Loop) -> None:
     ray.kill(loop.sync)
 
 
-def _train_quietly(training: Any) -> None:
+def _train(training: Any, errors: list[BaseException]) -> None:
+    """Run ``training``; what ends it early goes to ``errors`` for the demo to raise (at
+    shutdown its actors are killed: that error is expected and only logged)."""
     try:
         training.run()
-    except Exception as err:  # noqa: BLE001 - ends with the demo's shutdown (actors killed)
-        logger.info("online training ended: %s", type(err).__name__)
+    except Exception as err:  # noqa: BLE001 - raised by Loop.progress, or ends with shutdown
+        errors.append(err)
+        logger.info("online training ended: %s: %s", type(err).__name__, err)
 
 
 def run_demo(cfg: Config, duration_s: float | None = None, rate_per_s: float = 20.0,
@@ -312,6 +325,8 @@ def _table(p: dict[str, Any]) -> Any:
     t.add_row("table rows (training)", ", ".join(f"{k} {v}" for k, v in p["table_rows"].items()))
     t.add_row("sync versions (dense, sparse)",
               f"{p['sync_versions']['dense']}, {p['sync_versions']['sparse']}")
+    t.add_row("restarts (by process)", ", ".join(
+        f"{k} {v}" for k, v in p["restarts"].items() if v) or "none")
     t.add_row("served with (dense, sparse)",
               ", ".join(str(p["model_version"].get(k, "-")) for k in ("dense", "sparse")))
     return t
@@ -322,7 +337,8 @@ def _line(p: dict[str, Any]) -> str:
             f"(random {p['ctr_random']:.3f}) "
             f"qps {p['qps']:.1f} p99 {p['p99_ms']:.0f} ms requests {p['requests']} "
             f"joined {p['examples_joined']} read {p['examples_read']} "
-            f"rows {sum(p['table_rows'].values())} versions {p['sync_versions']}")
+            f"rows {sum(p['table_rows'].values())} versions {p['sync_versions']} "
+            f"restarts {sum(p['restarts'].values())}")
 
 
 def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[str, Any]:
@@ -333,7 +349,7 @@ def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[s
         **{k: last.get(k) for k in ("requests", "failed", "impressions", "clicks", "auc",
                                     "ctr", "ctr_random", "p50_ms", "p99_ms", "examples_joined",
                                     "examples_read", "table_rows", "sync_versions",
-                                    "sparse_syncs", "dense_swaps")},
+                                    "sparse_syncs", "dense_swaps", "restarts")},
         "ctr_first": next((h["ctr"] for h in history if h["impressions"] >= 500), None),
         "plot": str(out / "demo.png"), "history": str(out / "history.json"),
     }

@@ -2,7 +2,7 @@
 
 One module per job: ``loader`` (the generic strict loader: :class:`ConfigError`,
 :func:`from_dict`, YAML files and ``--set`` overrides), one module per section (``slots``,
-``model``, ``train``, ``data``, ``kafka``, ``joiner``, ``online``, ``serve``, ``limits``),
+``model``, ``train``, ``data``, ``kafka``, ``joiner``, ``online``, ``serve``, ``limits``, ``supervision``),
 ``root`` (:class:`Config`, one field per section, and :func:`load_config`) and ``inputs``
 (the check, at a job's start, that the paths it reads exist). The names the rest of the
 package imports are re-exported here.
@@ -22,6 +22,7 @@ from monolith_ray.config.slots import (
     OptimizerConfig,
     SlotConfig,
 )
+from monolith_ray.config.supervision import SupervisionConfig
 from monolith_ray.config.train import TrainConfig
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "OnlineConfig",
     "OptimizerConfig",
     "SlotConfig",
+    "SupervisionConfig",
     "TrainConfig",
     "from_dict",
     "load_config",

@@ -21,6 +21,7 @@ from monolith_ray.config.model import ModelConfig
 from monolith_ray.config.online import OnlineConfig
 from monolith_ray.config.serve import ServeConfig
 from monolith_ray.config.slots import AdmissionConfig, SlotConfig
+from monolith_ray.config.supervision import SupervisionConfig
 from monolith_ray.config.train import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "defaults" / "movielens.yaml"
@@ -41,6 +42,7 @@ class Config:
     online: OnlineConfig = dataclasses.field(default_factory=OnlineConfig)
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    supervision: SupervisionConfig = dataclasses.field(default_factory=SupervisionConfig)
 
     def __post_init__(self) -> None:
         if not self.slots:

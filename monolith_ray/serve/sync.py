@@ -43,9 +43,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from monolith_ray.config import SlotConfig
+from monolith_ray.config import SlotConfig, SupervisionConfig
 from monolith_ray.ps.client import calls_for
 from monolith_ray.serve.store import SparseStore, SparseUpdate
+from monolith_ray.supervision import actor_options
 
 logger = logging.getLogger(__name__)
 
@@ -263,14 +264,16 @@ class ParameterSync:
 
 def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any,
                          serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None,
-                         forget_evictions: bool = True) -> Any:
+                         forget_evictions: bool = True,
+                         supervision: SupervisionConfig = SupervisionConfig()) -> Any:
     """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals and store dtype (a
-    ``ServeConfig``); restarted by Ray if its process dies (it rebuilds its store from the
-    shards, and replicas then receive a whole state)."""
+    ``ServeConfig``); restarted by Ray if its process dies, up to
+    ``supervision.max_restarts`` times (it rebuilds its store from the shards, and replicas
+    then receive a whole state)."""
     import ray
 
     actor = ray.remote(ParameterSync).options(
-        num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=-1, name=name,
+        num_cpus=0, max_concurrency=4, **actor_options(supervision), name=name,
         get_if_exists=name is not None)
     return actor.remote(slots, shards, dense,
                         sparse_interval_s=serve_cfg.sparse_sync_interval_s,

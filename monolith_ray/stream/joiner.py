@@ -3,7 +3,8 @@
 - :class:`StreamJoiner` — one joiner's Kafka loop around the join of ``stream/join.py``: a
   consumer of its share of both topics, a producer of examples and dead letters, and offset
   commits to a consumer group.
-- :data:`JoinerActor` (``StreamJoiner`` as a Ray actor) and :func:`run_joiners`.
+- :data:`JoinerActor` (``StreamJoiner`` as a Ray actor), :func:`start_joiners` (supervised
+  by Ray) and :func:`run_joiners`.
 
 **Partitions.** Producers key both topics by request id, so with equal partition counts a
 request's feature and actions sit in the same partition number of both topics; joiner k of n
@@ -21,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import ray
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -30,7 +32,7 @@ from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
 from monolith_ray.stream.spill import SpillStore
 
-__all__ = ["JoinerActor", "StreamJoiner", "run_joiners"]
+__all__ = ["JoinerActor", "StreamJoiner", "run_joiners", "start_joiners"]
 
 
 class StreamJoiner:
@@ -212,15 +214,26 @@ index, count)``; ``run`` blocks one of its two threads, the other answers ``coun
 ``stop``."""
 
 
+def start_joiners(cfg: Config, n: int | None = None) -> list[Any]:
+    """Start ``n`` (default ``cfg.joiner.n_joiners``) joiner actors -> their handles. Ray
+    restarts one whose process dies (up to ``supervision.max_restarts`` times) and retries its
+    ``run`` on the new process, which resumes from the offsets committed to the consumer
+    group: what the lost one had read since its last commit is joined and written again (at
+    least once)."""
+    from monolith_ray.supervision import actor_options
+
+    n = cfg.joiner.n_joiners if n is None else n
+    return [JoinerActor.options(num_cpus=cfg.joiner.cpus, **actor_options(cfg.supervision))
+            .remote(cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits)
+            for k in range(n)]
+
+
 def run_joiners(cfg: Config, n: int | None = None, *, max_seconds: float | None = None,
                 stop_when_idle_s: float | None = None, drain: bool = False) -> list[dict[str, int]]:
     """Run ``n`` (default ``cfg.joiner.n_joiners``) joiner actors on ``cfg.kafka`` until each
     stops (see :meth:`StreamJoiner.run`) -> each one's counters. Needs a running Ray and
     ``cfg.kafka.bootstrap_servers``."""
-    n = cfg.joiner.n_joiners if n is None else n
-    actors = [JoinerActor.options(num_cpus=cfg.joiner.cpus).remote(
-                  cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits)
-              for k in range(n)]
+    actors = start_joiners(cfg, n)
     try:
         counters = ray.get([a.run.remote(max_seconds, stop_when_idle_s, drain) for a in actors])
         ray.get([a.close.remote() for a in actors])

@@ -129,6 +129,7 @@ def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[An
 
     import ray
 
+    from monolith_ray.supervision import actor_options
     from monolith_ray.train.snapshots import RunSnapshot, snapshot_root
 
     # A shard or dense server whose process dies is restarted by Ray and restores its part of
@@ -139,13 +140,14 @@ def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[An
     since = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     resources = dict(cfg.train.actor_resources)
     shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, resources=resources,
-                                  max_restarts=-1, max_task_retries=-1,
+                                  **actor_options(cfg.supervision),
                                   **_named(cfg, f"shard-{k}")).remote(
                   cfg.slots, cfg.admission, 1024,
                   RunSnapshot(root, since, started_from, f"shard-{k}"))
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
-        num_cpus=cfg.train.shard_cpus, resources=resources, max_restarts=-1, max_task_retries=-1,
+        num_cpus=cfg.train.shard_cpus, resources=resources,
+        **actor_options(cfg.supervision),
         **_named(cfg, "dense")).remote(*dense_server_args(cfg),
                                        RunSnapshot(root, since, started_from))
     return shards, dense

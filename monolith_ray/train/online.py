@@ -31,6 +31,17 @@ Why a restore never skips an example (offsets never run ahead of the parameters)
    trainer is never jumped over. The snapshot counts only once its manifest is written, last.
 
 What came after the snapshot is trained again after a restore: at least once, never skipped.
+
+Supervision (``monolith_ray.supervision``): Ray restarts a shard, the dense server or the
+source monitor whose process dies. A trainer that dies cannot hand its split of the stream to
+a new process, so the job replaces it: it collects the offsets the trainers have committed
+(it does so every ``supervision.check_every_s`` anyway), kills the run's trainers, starts new
+ones and reads the stream again from where the committed offsets end. What the lost trainers
+had stepped on but not committed is trained again (at least once, never skipped); the new
+trainers pay their jit compilation. A trainer lost during the dump phase trains the dump again
+from its start. Past ``supervision.max_restarts`` trainer restarts, or once a Ray-restarted
+actor is dead for good, the run fails with :class:`~monolith_ray.supervision.RestartLimitError`
+naming the process.
 """
 
 from __future__ import annotations
@@ -40,11 +51,12 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import ray
+import ray.exceptions
 
 from monolith_ray.config import Config
 from monolith_ray.config.inputs import check_inputs
@@ -57,6 +69,7 @@ from monolith_ray.data.kafka_source import (
     read_kafka_examples,
 )
 from monolith_ray.data.offsets import OffsetCoverage
+from monolith_ray.supervision import Supervisor, actor_options
 from monolith_ray.train.job import Trainer, start_servers, trainer_options
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
 
@@ -134,21 +147,30 @@ class OnlineTraining:
         self.snapshot_root = snapshot_root(cfg)
         self.last_snapshot: str | None = None
         self.shards, self.dense = start_servers(cfg, where if kind == "snapshot" else None)
+        self.supervisor = Supervisor(cfg.supervision)
         self.trainers: list[Any] = []
         self.monitor: Any = None
         self.dump: dict[str, Any] | None = None
         self.coverage = OffsetCoverage()
         self._lock = threading.Lock()
+        self._closed = False
         try:
             self.starts = self._starting_offsets(kind, where)
             # Trainers start after a restore: each takes the dense parameters as it starts.
-            actor = ray.remote(StreamTrainer).options(**trainer_options(cfg), max_concurrency=2)
-            self.trainers = [actor.remote(cfg, self.shards, self.dense)
-                             for _ in range(cfg.train.n_trainers)]
-            self.monitor = ray.remote(SourceMonitor).options(num_cpus=0).remote()
+            self.trainers = self._start_trainers()
+            self.monitor = ray.remote(SourceMonitor).options(
+                num_cpus=0, **actor_options(cfg.supervision)).remote()
+            self.supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(self.shards)},
+                                       "dense": self.dense, "source-monitor": self.monitor})
         except BaseException:
             self.close()
             raise
+
+    def _start_trainers(self) -> list[Any]:
+        actor = ray.remote(StreamTrainer).options(**trainer_options(self.cfg),
+                                                  max_concurrency=2)
+        return [actor.remote(self.cfg, self.shards, self.dense)
+                for _ in range(self.cfg.train.n_trainers)]
 
     def offsets(self) -> dict[int, int]:
         """Per partition where reading resumes: the end of the committed offsets from its
@@ -164,19 +186,19 @@ class OnlineTraining:
         if self.dump is not None:
             dataset = ray.data.read_parquet(self.dump["path"], file_extensions=["parquet"],
                                             num_cpus=self.cfg.train.read_cpus)
-            phases["dump"] = self._phase(dataset, self.cfg.train.epochs)
+            phases["dump"] = self._phase(lambda: dataset, self.cfg.train.epochs)
             with self._lock:
                 # The whole dump is trained: its offsets count even where it holds no row.
                 for partition, end in self.dump["end"].items():
                     self.coverage.add(partition, self.dump["start"][partition], end)
         stream_starts = self.offsets()
-        phases["stream"] = self._phase(self._stream(stream_starts), 1)
+        phases["stream"] = self._phase(lambda: self._stream(self.offsets()), 1)
         phases["stream"]["start_offsets"] = stream_starts
         offsets = self.snapshot()
         return {"phases": phases,
                 "examples": sum(p["examples"] for p in phases.values()),
                 "offsets": offsets, "source": ray.get(self.monitor.totals.remote()),
-                "snapshot": self.last_snapshot,
+                "snapshot": self.last_snapshot, "restarts": self.supervisor.check(),
                 "seconds": time.perf_counter() - started}
 
     def snapshot(self) -> dict[int, int]:
@@ -184,16 +206,29 @@ class OnlineTraining:
         offsets as a new snapshot under ``snapshot_root`` (pruning old ones) -> the offsets
         written."""
         with self._lock:
-            for ranges in ray.get([t.drain_committed.remote() for t in self.trainers]):
-                self.coverage.update(OffsetCoverage(ranges))
+            self._collect()
             offsets = self.offsets()
             self.last_snapshot = take_snapshot(
                 self.cfg, self.shards, self.dense,
                 {"topic": self.topic, "offsets": {str(p): o for p, o in sorted(offsets.items())}})
         return offsets
 
+    def _collect(self, trainers: list[Any] | None = None) -> None:
+        """Add the offsets ``trainers`` (default: all) committed since the last collection
+        to ``coverage``; a dead trainer's are lost (trained again after its restart)."""
+        import ray.exceptions
+
+        for t in self.trainers if trainers is None else trainers:
+            try:
+                ranges = ray.get(t.drain_committed.remote(),
+                                 timeout=self.cfg.train.call_timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+            self.coverage.update(OffsetCoverage(ranges))
+
     def close(self) -> None:
         """Kill the run's actors (the stream's read tasks end with their dataset)."""
+        self._closed = True
         for handle in [*self.trainers, *self.shards, self.dense, self.monitor]:
             if handle is not None:
                 ray.kill(handle)
@@ -229,30 +264,67 @@ class OnlineTraining:
                                    buffer_bytes=online.buffer_bytes,
                                    num_cpus=self.cfg.train.read_cpus, monitor=self.monitor)
 
-    def _phase(self, dataset: Any, epochs: int) -> dict[str, Any]:
-        """All trainers consume their split of ``dataset``; snapshots on schedule meanwhile.
-        A trainer's failure (a dead actor) raises here."""
-        splits = dataset.streaming_split(len(self.trainers), equal=False)
-        refs = [t.consume.remote(s, epochs) for t, s in zip(self.trainers, splits)]
-        every = self.cfg.online.snapshot_every_s
-        due = time.monotonic() + every
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1,
-                                         timeout=max(due - time.monotonic(), 0.0))
-                ray.get(done)
-                if time.monotonic() >= due:
-                    self.snapshot()
-                    due = time.monotonic() + every
-        except BaseException:
-            # The error's traceback keeps this frame: drop the splits' handles from it, so
-            # the split coordinator and its endless read tasks end with the trainers.
-            del dataset, splits
-            raise
-        fits = ray.get(refs)
+    def _phase(self, make_dataset: Callable[[], Any], epochs: int) -> dict[str, Any]:
+        """All trainers consume their split of ``make_dataset()``; snapshots on schedule, and
+        every ``supervision.check_every_s`` the trainers' commits are collected and the
+        watched actors checked. A trainer that dies is replaced with all its peers and
+        ``make_dataset()`` is read again (see the module docstring); any other failure of a
+        trainer raises here."""
+        attempts = 0
+        while True:
+            attempts += 1
+            dataset = make_dataset()
+            splits = dataset.streaming_split(len(self.trainers), equal=False)
+            refs = [t.consume.remote(s, epochs) for t, s in zip(self.trainers, splits)]
+            try:
+                fits = self._wait(refs)
+                break
+            except ray.exceptions.RayActorError as err:
+                if self._closed or isinstance(err, ray.exceptions.RayTaskError):
+                    raise  # closed, or raised inside a live trainer (e.g. by a call it made)
+                # The error's traceback keeps this frame: drop the splits' handles from it,
+                # so the split coordinator and its endless read tasks end with the trainers.
+                del dataset, splits, refs
+                self.supervisor.restarted("trainers", err)
+                self._replace_trainers()
+            except BaseException:
+                del dataset, splits, refs
+                raise
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
-                "examples_per_s": sum(f["examples_per_s"] for f in fits)}
+                "examples_per_s": sum(f["examples_per_s"] for f in fits),
+                "attempts": attempts}
+
+    def _wait(self, refs: list[Any]) -> list[dict[str, Any]]:
+        """Wait for the trainers' ``consume`` calls -> their summaries; snapshot and check
+        on schedule meanwhile. RayActorError if a trainer died."""
+        snapshot_every = self.cfg.online.snapshot_every_s
+        check_every = self.cfg.supervision.check_every_s
+        now = time.monotonic()
+        due, check_due = now + snapshot_every, now + check_every
+        pending = list(refs)
+        while pending:
+            wake = min(due, check_due)
+            done, pending = ray.wait(pending, num_returns=1,
+                                     timeout=max(wake - time.monotonic(), 0.0))
+            ray.get(done)
+            now = time.monotonic()
+            if now >= check_due:
+                with self._lock:
+                    self._collect()
+                self.supervisor.check()
+                check_due = time.monotonic() + check_every
+            if now >= due:
+                self.snapshot()
+                due = time.monotonic() + snapshot_every
+        return ray.get(refs)
+
+    def _replace_trainers(self) -> None:
+        """Collect what the live trainers committed, kill every trainer, start new ones."""
+        with self._lock:
+            self._collect()
+        for t in self.trainers:
+            ray.kill(t)
+        self.trainers = self._start_trainers()
 
 
 def run_online_training(cfg: Config, start: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Online training on the embedded broker: a dump trained in batch then the stream from the
-dump's end (every example once), and a trainer killed mid-stream then restored from the
-snapshot (every example at least once, none skipped). Snapshots themselves:
+dump's end (every example once), a trainer killed mid-stream and replaced (every example at
+least once, none skipped), and a run restored from its snapshot. Snapshots themselves:
 ``test_snapshots.py``."""
 
 from __future__ import annotations
@@ -84,35 +84,70 @@ def test_dump_then_stream_trains_every_example_once(ray_session, kafka_bootstrap
     assert saved == {"topic": "examples-switch", "offsets": {str(p): o for p, o in end.items()}}
 
 
-@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
-def test_killed_trainer_restores_from_the_snapshot_without_skipping(
-        ray_session, kafka_bootstrap, produce, kill_actor, tmp_path, how) -> None:
-    topic = f"examples-crash-{how.replace(' ', '').replace('.', '')}"
-    cfg = config(kafka_bootstrap, topic, tmp_path / "first", "online.stop=never")
-    ensure_topics(cfg.kafka, [topic])
-    produced: list[tuple[int, int]] = []
-
-    def trickle() -> None:  # 1600 examples over about 3 s
+def _trickle(cfg: Config, topic: str, produce, produced: list) -> threading.Thread:
+    """A thread producing 1600 examples over about 3 s into ``produced``."""
+    def run() -> None:
         for k in range(0, 1600, 100):
-            produced.extend(produce(cfg.kafka, topic,
-                                    [example(i) for i in range(k, k + 100)],
+            produced.extend(produce(cfg.kafka, topic, [example(i) for i in range(k, k + 100)],
                                     [i % 2 for i in range(100)]))
             time.sleep(0.15)
 
-    producer = threading.Thread(target=trickle)
-    producer.start()
-    run, failure = OnlineTraining(cfg), []
-    trainer = threading.Thread(target=lambda: _catch(run.run, failure))
-    trainer.start()
-    snapshot = tmp_path / "first" / "snapshots"
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wait_for_progress(snapshot: Path, examples: int = 200) -> None:
     deadline = time.monotonic() + 60
-    while not _offsets(snapshot) or sum(_offsets(snapshot).values()) < 200:
+    while not _offsets(snapshot) or sum(_offsets(snapshot).values()) < examples:
         assert time.monotonic() < deadline, "no snapshot with progress within 60 s"
         time.sleep(0.05)
-    kill_actor(run.trainers[0], how)
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
+def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
+        ray_session, kafka_bootstrap, produce, kill_actor, tmp_path, how) -> None:
+    topic = f"examples-crash-{how.replace(' ', '').replace('.', '')}"
+    cfg = config(kafka_bootstrap, topic, tmp_path / "run", "online.stop=never",
+                 "online.idle_timeout_s=5", "supervision.check_every_s=0.5")
+    ensure_topics(cfg.kafka, [topic])
+    produced: list[tuple[int, int]] = []
+    producer = _trickle(cfg, topic, produce, produced)
+    run, failure, metrics = OnlineTraining(cfg), [], {}
+    trainer = threading.Thread(target=lambda: _catch(lambda: metrics.update(run.run()),
+                                                     failure))
+    trainer.start()
+    try:
+        _wait_for_progress(tmp_path / "run" / "snapshots")
+        kill_actor(run.trainers[0], how)
+        trainer.join(120)
+        producer.join(60)
+    finally:
+        run.close()
+    assert not failure, failure
+    # The run replaced its trainers once and read the stream again from their commits:
+    # every example at least once, none skipped.
+    end = written(produced)
+    assert sum(end.values()) == 1600
+    assert metrics["restarts"]["trainers"] == 1
+    assert metrics["phases"]["stream"]["attempts"] == 2
+    assert metrics["offsets"] == end
+
+
+def test_a_run_restored_from_its_snapshot_resumes_where_its_offsets_end(
+        ray_session, kafka_bootstrap, produce, tmp_path) -> None:
+    topic = "examples-resume"
+    cfg = config(kafka_bootstrap, topic, tmp_path / "first", "online.stop=never")
+    ensure_topics(cfg.kafka, [topic])
+    produced: list[tuple[int, int]] = []
+    producer = _trickle(cfg, topic, produce, produced)
+    run = OnlineTraining(cfg)
+    trainer = threading.Thread(target=lambda: _catch(run.run, []))
+    trainer.start()
+    snapshot = tmp_path / "first" / "snapshots"
+    _wait_for_progress(snapshot)
+    run.close()  # the whole job ends, as when its driver dies
     trainer.join(60)
-    run.close()
-    assert failure and "actor" in str(failure[0]).lower(), failure
     producer.join(60)
     resumed = _offsets(snapshot)
     end = written(produced)

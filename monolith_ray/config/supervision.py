@@ -1,0 +1,29 @@
+"""The ``supervision`` section: how often a run's processes may be restarted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from monolith_ray.config.loader import _require
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisionConfig:
+    """Restarts of a run's processes (see ``monolith_ray.supervision``).
+
+    - ``max_restarts``: restarts each process may take over a run (each shard, the dense
+      server, the sync actor, each joiner, the source monitor, and the trainers together)
+      before the run fails naming it; -1: no limit. A restart comes back from committed
+      offsets or the latest snapshot; a crash loop uses the allowance up in minutes, a month
+      of node losses does not.
+    - ``check_every_s``: seconds between the job's looks at its processes (restart counts,
+      trainers' committed offsets); what a dead trainer trains again is at most this much
+      of its stream beyond its last commit.
+    """
+
+    max_restarts: int = 20
+    check_every_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        _require(self, "max_restarts", ge=-1)
+        _require(self, "check_every_s", gt=0)
