@@ -20,6 +20,15 @@ epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in o
   trainer actor like the first but calling the shards with Ray actor calls
   (``train.transport=ray``), to show what the channels save.
 
+``ratio_default_batch``: the same Ray-over-in-process ratio (median epoch figures,
+``examples_per_s_ray_default_batch`` and ``examples_per_s_inprocess_default_batch``) with the
+shipped config's batch size and threads instead: ``train.batch_size`` of
+``monolith_ray/defaults/movielens.yaml`` (256, so 313 steps an epoch, where per-call costs
+weigh eight times as much per example) and ``train.xla_threads`` 0 (a trainer's XLA pool sized
+by its reserved CPUs: one thread); the in-process side is the driver, as above. It is timed
+in a second Ray session after the first, ``REPEATS`` interleaved epochs of the two sides
+(no ``ray_tasks`` or streaming figures).
+
 Both sides run XLA with a thread per core of the machine: the in-process side by XLA's
 default, the trainer actors by ``train.xla_threads`` (``XLA_THREADS``).
 
@@ -168,13 +177,15 @@ class ThroughputTrainer(Trainer):
 LOCAL_DENSE = True
 
 
-def bench_config(dense_pull_every: int, transport: str = "channel") -> Config:
+def bench_config(dense_pull_every: int, transport: str = "channel",
+                 shipped_batch: bool = False) -> Config:
     """The MovieLens config with the benchmark's batch size, MLP, dense pull interval, XLA
-    threads and the trainers' transport to the shards."""
-    cfg = load_config(SLOTS_YAML, overrides=[f"train.batch_size={BATCH_SIZE}",
-                                             f"model.hidden={list(HIDDEN)}",
+    threads and the trainers' transport to the shards; with ``shipped_batch``, the shipped
+    config's batch size and XLA threads instead."""
+    batch = [] if shipped_batch else [f"train.batch_size={BATCH_SIZE}",
+                                      f"train.xla_threads={XLA_THREADS}"]
+    cfg = load_config(SLOTS_YAML, overrides=[*batch, f"model.hidden={list(HIDDEN)}",
                                              f"train.dense_pull_every={dense_pull_every}",
-                                             f"train.xla_threads={XLA_THREADS}",
                                              f"train.transport={transport}"])
     if any(s.dim != 16 for s in cfg.slots):
         raise ValueError(f"{SLOTS_YAML} no longer has dim 16 everywhere")
@@ -204,10 +215,11 @@ def streaming_throughput(cfg: Config, trainer: Any) -> float:
                              for _ in range(STREAMING_REPEATS))
 
 
-def timed_epochs(cfg: Config, batches: list[Batch]
-                 ) -> tuple[dict[str, list[dict[str, Any]]], float]:
-    """Start Ray, warm both sides up, time ``REPEATS`` interleaved epochs of each -> (per side
-    its epochs' ``ThroughputTrainer.epoch`` results, the streaming figure)."""
+def timed_epochs(cfg: Config, batches: list[Batch], repeats: int = REPEATS,
+                 extras: bool = True) -> tuple[dict[str, list[dict[str, Any]]], float | None]:
+    """Start Ray, warm the sides up, time ``repeats`` interleaved epochs of each -> (per side
+    its epochs' ``ThroughputTrainer.epoch`` results, the streaming figure). Without
+    ``extras``, only the ``ray`` and ``inprocess`` sides and no streaming figure (None)."""
     ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     try:
@@ -216,24 +228,25 @@ def timed_epochs(cfg: Config, batches: list[Batch]
         remote = actor.remote(cfg, shards, dense, LOCAL_DENSE)
         tasks_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
                                                                        transport="ray"))
-        tasks = actor.remote(tasks_cfg, shards, dense, LOCAL_DENSE)
+        tasks = actor.remote(tasks_cfg, shards, dense, LOCAL_DENSE) if extras else None
         batches_ref = ray.put(batches)
-        ray.get([remote.load.remote(batches_ref), tasks.load.remote(batches_ref)])
+        ray.get([t.load.remote(batches_ref) for t in (remote, tasks) if t is not None])
         local = ThroughputTrainer(cfg, [ShardServer(cfg.slots, cfg.admission)
                                         for _ in range(cfg.train.n_shards)], None)
         local.load(batches)
-        sides = {"ray": lambda: ray.get(remote.epoch.remote()), "inprocess": local.epoch,
-                 "ray_tasks": lambda: ray.get(tasks.epoch.remote())}
+        sides = {"ray": lambda: ray.get(remote.epoch.remote()), "inprocess": local.epoch}
+        if tasks is not None:
+            sides["ray_tasks"] = lambda: ray.get(tasks.epoch.remote())
         for _ in range(WARMUP_EPOCHS):
             for run in sides.values():
                 run()
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
         names = list(sides)
-        for r in range(REPEATS):
+        for r in range(repeats):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order if r % 2 == 0 else order[::-1]:
                 runs[name].append(sides[name]())
-        return runs, streaming_throughput(cfg, remote)
+        return runs, streaming_throughput(cfg, remote) if extras else None
     finally:
         ray.shutdown()
 
@@ -242,11 +255,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dense-pull-every", type=int, default=DENSE_PULL_EVERY,
                         help="steps between the Ray trainer's dense parameter pulls")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help="timed epochs per side (fewer for a quick, noisier look)")
     args = parser.parse_args(argv)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     cfg = bench_config(args.dense_pull_every)
-    batches = list(iter_batches(pq.read_table(DATA), cfg.slots, BATCH_SIZE))
-    runs, streaming = timed_epochs(cfg, batches)
+    table = pq.read_table(DATA)
+    runs, streaming = timed_epochs(cfg, list(iter_batches(table, cfg.slots, BATCH_SIZE)),
+                                   args.repeats)
+    shipped = bench_config(args.dense_pull_every, shipped_batch=True)
+    shipped_runs, _ = timed_epochs(shipped, list(iter_batches(table, shipped.slots,
+                                                              shipped.train.batch_size)),
+                                   args.repeats, extras=False)
+    shipped_per_s = {name: statistics.median(r["examples"] / r["seconds"] for r in rs)
+                     for name, rs in shipped_runs.items()}
 
     per_epoch = {name: [r["examples"] / r["seconds"] for r in rs] for name, rs in runs.items()}
     per_s = {name: statistics.median(xs) for name, xs in per_epoch.items()}
@@ -256,15 +278,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ratio": round(per_s["ray"] / per_s["inprocess"], 3),
         "ratio_paired": round(statistics.median(
             r / i for r, i in zip(per_epoch["ray"], per_epoch["inprocess"])), 3),
-        "examples_per_s_ray_streaming": round(streaming),
+        "examples_per_s_ray_streaming": round(streaming or 0),
         "examples_per_s_ray_tasks": round(per_s["ray_tasks"]),
         "ratio_ray_tasks": round(per_s["ray_tasks"] / per_s["inprocess"], 3),
         "transport": cfg.train.transport,
         "xla_threads": cfg.train.xla_threads,
         "batch_size": BATCH_SIZE,
         "steps_per_epoch": runs["ray"][0]["steps"],
-        "repeats": REPEATS,
+        "repeats": args.repeats,
         "dense_pull_every": cfg.train.dense_pull_every,
+        "examples_per_s_ray_default_batch": round(shipped_per_s["ray"]),
+        "examples_per_s_inprocess_default_batch": round(shipped_per_s["inprocess"]),
+        "ratio_default_batch": round(shipped_per_s["ray"] / shipped_per_s["inprocess"], 3),
+        "default_batch_size": shipped.train.batch_size,
+        "default_xla_threads": shipped.train.xla_threads,
     }
     for name, rs in runs.items():
         figures.update({f"{name}_{k}": v for k, v in breakdown(rs).items()})
