@@ -52,11 +52,11 @@ restart (its offset is passed like any other dead letter's).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import math
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from heapq import heappop, heappush
 from typing import Any
 
 import numpy as np
@@ -101,6 +101,15 @@ _WAITING = object()
 _POSITIVE = b',"label":1.0,"weight":1.0}'
 
 
+def _labelled(feature: bytes, label_weight: bytes) -> bytes:
+    """The example of an impression: its features message (validated JSON object bytes) with
+    ``label_weight`` (``,"label":..,"weight":..}``) spliced in for the closing brace, so the
+    slots are never encoded again."""
+    if feature[-1:] == b"}":
+        return feature[:-1] + label_weight
+    return feature.rstrip()[:-1] + label_weight
+
+
 class Joiner:
     """The join of features and actions on event time; no I/O but the spill store.
 
@@ -125,10 +134,11 @@ class Joiner:
         self._window = cfg.window_s
         self._weight = 1.0 / cfg.negative_rate
         self._negative_tail = b',"label":0.0,"weight":%s}' % encode(self._weight)
-        # Impressions waiting in memory: key -> (partition, offset, time, message bytes); a
-        # heap of (time, partition, offset, key) finds the oldest (stale entries are skipped).
-        self._memory: dict[Key, tuple[int, int, int, bytes]] = {}
-        self._by_time: list[tuple[int, int, int, Key]] = []
+        # Impressions waiting in memory: key -> (time, partition, offset, key, message bytes),
+        # the same tuple in a heap that finds the oldest (entries no longer in memory are
+        # skipped).
+        self._memory: dict[Key, tuple[int, int, int, Key, bytes]] = {}
+        self._by_time: list[tuple[int, int, int, Key, bytes]] = []
         # Positive actions waiting for their impression: key -> (partition, offset, time).
         self._orphans: dict[Key, tuple[int, int, int]] = {}
         self._orphans_by_time: list[tuple[int, int, int, Key]] = []
@@ -181,10 +191,12 @@ class Joiner:
         self.seek(FEATURES, partition, self._next.get((FEATURES, partition), 0))
         order, fate = self._order[partition], self._fate[partition]
         memory, orphans, store, window = self._memory, self._orphans, self._store, self._window
+        heap, examples, counters = self._by_time, self._examples, self.counters
         expire_before = self._expire_before()
         newest = self._newest.get((FEATURES, partition), -1)
         read, now = self._reader.feature, time.time()
-        count = 0
+        stored = len(store) > 0  # only _expire spills, so an empty store stays empty here
+        count = positives = 0
         for offset, value in records:
             try:
                 rid, t, item = read(value, now)
@@ -192,37 +204,44 @@ class Joiner:
                 self._reject(FEATURES, partition, offset, value, refusal_reason(err))
                 continue
             key = (rid, str(item))
-            if key in memory or key in store:
+            if key in memory or (stored and key in store):
                 self._reject(FEATURES, partition, offset, value, f"request_id/item_id {rid!r}/"
                              f"{key[1]!r}: an impression with this key is already waiting")
                 continue
             count += 1
-            newest = t if t > newest else newest
+            if t > newest:
+                newest = t
             order.append(offset)
-            orphan = orphans.pop(key, None) if orphans else None
-            if orphan is not None:
-                if orphan[2] - t <= window:
-                    fate[offset] = orphan[:2]
-                    self._emit(partition, value, _POSITIVE)
-                    continue
-                self.counters["unmatched_actions"] += 1
+            if orphans:
+                orphan = orphans.pop(key, None)
+                if orphan is not None:
+                    if orphan[2] - t <= window:
+                        fate[offset] = orphan[:2]
+                        positives += 1
+                        examples.append((partition, _labelled(value, _POSITIVE)))
+                        continue
+                    counters["unmatched_actions"] += 1
             if expire_before is not None and t < expire_before:
-                self.counters["late_features"] += 1
+                counters["late_features"] += 1
                 fate[offset] = None
                 self._negative(partition, rid, value)
                 continue
             fate[offset] = _WAITING
-            memory[key] = (partition, offset, t, value)
-            heapq.heappush(self._by_time, (t, partition, offset, key))
+            entry = (t, partition, offset, key, value)
+            memory[key] = entry
+            heappush(heap, entry)
         self._newest[FEATURES, partition] = newest
-        self.counters["features"] += count
+        counters["features"] += count
+        counters["positives"] += positives
 
     def _add_actions(self, partition: int,
                      records: Sequence[tuple[int, bytes | None]]) -> None:
         memory, store, window, counters = self._memory, self._store, self._window, self.counters
+        orphans, examples, fates = self._orphans, self._examples, self._fate
         newest = self._newest.get((ACTIONS, partition), -1)
         read, now = self._reader.action, time.time()
-        count = 0
+        stored = len(store) > 0  # it only shrinks here
+        count = positives = 0
         for offset, value in records:
             try:
                 rid, item, t, action = read(value, now)
@@ -230,30 +249,38 @@ class Joiner:
                 self._reject(ACTIONS, partition, offset, value, refusal_reason(err))
                 continue
             count += 1
-            newest = t if t > newest else newest
+            if t > newest:
+                newest = t
             if action not in POSITIVE_ACTIONS:
                 continue
             key = (rid, str(item))
             waiting = memory.get(key)
-            spilled = None if waiting is not None else store.get(key)
-            if waiting is not None or spilled is not None:
-                fp, fo, ft, raw = waiting if waiting is not None else spilled
+            if waiting is not None:
+                ft, fp, fo, _, raw = waiting
                 if t - ft > window:
                     counters["unmatched_actions"] += 1
                     continue
-                if waiting is not None:
-                    del memory[key]
-                else:
-                    store.delete(key)
-                self._fate[fp][fo] = (partition, offset)
-                self._emit(fp, raw, _POSITIVE)
-            elif key in self._orphans:
-                counters["unmatched_actions"] += 1
+                del memory[key]
             else:
-                self._orphans[key] = (partition, offset, t)
-                heapq.heappush(self._orphans_by_time, (t, partition, offset, key))
+                spilled = store.get(key) if stored else None
+                if spilled is None:
+                    if key in orphans:
+                        counters["unmatched_actions"] += 1
+                    else:
+                        orphans[key] = (partition, offset, t)
+                        heappush(self._orphans_by_time, (t, partition, offset, key))
+                    continue
+                fp, fo, ft, raw = spilled
+                if t - ft > window:
+                    counters["unmatched_actions"] += 1
+                    continue
+                store.delete(key)
+            fates[fp][fo] = (partition, offset)
+            positives += 1
+            examples.append((fp, _labelled(raw, _POSITIVE)))
         self._newest[ACTIONS, partition] = newest
         counters["actions"] += count
+        counters["positives"] += positives
 
     def _reject(self, kind: str, partition: int, offset: int, value: bytes | None,
                 reason: str) -> None:
@@ -263,17 +290,11 @@ class Joiner:
 
     # -- output ------------------------------------------------------------------------------
 
-    def _emit(self, partition: int, feature: bytes, label_weight: bytes) -> None:
-        """Emit the example of an impression: its features message (validated JSON object
-        bytes) with ``label_weight`` (``,"label":..,"weight":..}``) spliced in for the closing
-        brace, so the slots are never encoded again."""
-        self.counters["positives" if label_weight is _POSITIVE else "negatives"] += 1
-        self._examples.append((partition, feature.rstrip()[:-1] + label_weight))
-
     def _negative(self, partition: int, rid: str, feature: bytes) -> None:
         """Emit a negative with weight 1/r, or drop it (kept with probability r)."""
         if self._weight == 1.0 or stable_unit(rid) < self.cfg.negative_rate:
-            self._emit(partition, feature, self._negative_tail)
+            self.counters["negatives"] += 1
+            self._examples.append((partition, _labelled(feature, self._negative_tail)))
         else:
             self.counters["sampled_out"] += 1
 
@@ -322,17 +343,17 @@ class Joiner:
         limit = max(expire_before, spill_before)
         over = len(memory) - self.cfg.max_in_memory
         while heap and (heap[0][0] < limit or over > 0):
-            t, partition, offset, key = heapq.heappop(heap)
-            waiting = memory.get(key)
-            if waiting is None or waiting[:2] != (partition, offset):
+            entry = heappop(heap)
+            t, partition, offset, key, raw = entry
+            if memory.get(key) is not entry:
                 continue
             del memory[key]
             over -= 1
             if t < expire_before:
                 fate[partition][offset] = None
-                self._negative(partition, key[0], waiting[3])
+                self._negative(partition, key[0], raw)
             else:
-                spill.append((*key, partition, offset, t, waiting[3]))
+                spill.append((*key, partition, offset, t, raw))
         self._store.put_many(spill)
         self.counters["spilled"] += len(spill)
         if expire_before > -math.inf:
@@ -343,7 +364,7 @@ class Joiner:
         watermark = expire_before + self._window
         orphans, heap = self._orphans, self._orphans_by_time
         while heap and heap[0][0] < watermark:
-            t, partition, offset, key = heapq.heappop(heap)
+            t, partition, offset, key = heappop(heap)
             if orphans.get(key, ())[:2] == (partition, offset):
                 del orphans[key]
                 self.counters["unmatched_actions"] += 1

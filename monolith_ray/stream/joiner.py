@@ -101,9 +101,17 @@ class StreamJoiner:
         return kinds
 
     def poll(self, timeout_s: float = 0.1) -> int:
-        """Read one batch (waiting up to ``timeout_s`` for it), join it, move the clock, send
-        the output, and commit if ``commit_interval_s`` has passed -> records read."""
-        messages = self._consumer.consume(self.cfg.max_poll_records, timeout_s)
+        """Read one batch (waiting up to ``timeout_s`` for its first record), join it, move the
+        clock, send the output, and commit if ``commit_interval_s`` has passed -> records read.
+
+        A batch is what the consumer holds, up to ``max_poll_records``: waiting for a full one
+        would hold the last records of a burst for the whole timeout."""
+        consume, limit = self._consumer.consume, self.cfg.max_poll_records
+        messages = consume(limit, 0)
+        if not messages:
+            messages = consume(1, timeout_s)
+            if messages and limit > 1:
+                messages += consume(limit - 1, 0)
         batches: dict[tuple[str, int], list[tuple[int, bytes | None]]] = {}
         caught_up, last_record, now = self._caught_up, self._last_record, time.monotonic()
         topic, partition, append = None, -1, None
@@ -136,14 +144,18 @@ class StreamJoiner:
 
     def _send(self) -> None:
         examples, dead = self._core.take_output()
-        topic, n = self._topics.examples, self._n_examples
+        produce, topic, n = self._producer.produce, self._topics.examples, self._n_examples
         for p, value in examples:
-            self._produce(topic, value, p % n)
+            try:
+                produce(topic, value, partition=p % n)
+            except BufferError:
+                self._produce(topic, value, p % n)
         for value in dead:
             self._produce(self._topics.dead_letter, value, None)
         self._producer.poll(0)
 
     def _produce(self, topic: str, value: bytes, partition: int | None) -> None:
+        """Produce one message, waiting for room while the producer's queue is full."""
         kwargs = {} if partition is None else {"partition": partition}
         while True:
             try:

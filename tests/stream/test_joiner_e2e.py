@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from monolith_ray.config import Config, JoinerConfig, KafkaTopics, load_config
 from monolith_ray.messages import encode
 from monolith_ray.stream import EmbeddedBroker, KafkaConfig, end_offsets, ensure_topics, read_range
-from monolith_ray.stream.joiner import JoinerActor, run_joiners
+from monolith_ray.stream.joiner import JoinerActor, StreamJoiner, run_joiners
 from monolith_ray.stream.producers import FEATURES, Event, movielens_events, publish
 
 ML100K = Path(__file__).resolve().parents[2] / "data" / "ml-100k"
@@ -203,3 +203,23 @@ def test_killed_joiner_restarts_from_its_commits(ray_session, broker, events, ki
     assert repeated <= may_repeat
     print(f"\nkilled after {read} records and {len(before)} examples; committed features "
           f"offset {committed[topics.features, 0]}; repeated {repeated} <= {may_repeat}")
+
+
+def test_a_poll_takes_what_has_arrived_without_waiting_out_its_timeout(broker, events) -> None:
+    cfg = _config(broker, "prompt")
+    publish(cfg.kafka, events[:50])
+    joiner = StreamJoiner(cfg.kafka, cfg.joiner, slots=cfg.slots, limits=cfg.limits)
+    try:
+        deadline = time.monotonic() + 30.0
+        read = 0
+        while read < 50 and time.monotonic() < deadline:
+            start = time.monotonic()
+            n = joiner.poll(timeout_s=10.0)
+            # Fewer than max_poll_records are waiting: a poll that read some returns at once.
+            assert n == 0 or time.monotonic() - start < 5.0
+            read += n
+        assert read == 50
+        counters = joiner.counters()
+        assert counters["features"] + counters["actions"] == 50
+    finally:
+        joiner.close()
