@@ -32,7 +32,8 @@ offsets to the end:
   nothing beyond the read). ``raw_cpu_seconds``, ``joiner_cpu_seconds`` and
   ``joiner_vs_raw_cpu`` are the same with this process's CPU time (all its threads:
   librdkafka's and the idle Ray driver's too) instead of wall time, steadier when other work
-  shares the cores.
+  shares the cores. ``load_1m_start`` and ``load_1m_end`` are the machine's one-minute load
+  average just before the raw read and just after the joiner's commit: the other work.
 - ``source_examples_per_s``: ``read_kafka_examples`` over the examples topic from the earliest
   offsets with ``stops="end"`` and the default ``online`` settings (read tasks, block and
   buffer bytes, ``train.read_cpus``), iterated to its end in the driver
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -197,7 +199,8 @@ def report(figures: dict[str, Any]) -> None:
     print(f"raw client {figures['raw_client']}; joiner client {figures['joiner_client']}",
           file=err)
     print(f"joiner_vs_raw {figures['joiner_vs_raw']:.3f} (target >= 0.5; CPU seconds ratio "
-          f"{figures['joiner_vs_raw_cpu']:.3f}); "
+          f"{figures['joiner_vs_raw_cpu']:.3f}; one-minute load {figures['load_1m_start']:.2f} "
+          f"to {figures['load_1m_end']:.2f}); "
           f"source / train {figures['source_vs_train']:.2f} (target >= 2)", file=err)
 
 
@@ -214,12 +217,14 @@ def main() -> None:
             n_input = int(published["features"] + published["actions"])
             print(f"published {published}", file=sys.stderr)
 
+            load_start = os.getloadavg()[0]
             raw_n, raw_bytes, raw_s, raw_cpu, raw_client = raw_consume(
                 cfg, [topics.features, topics.actions])
             if raw_n != n_input:
                 raise RuntimeError(f"raw read {raw_n} messages, published {n_input}")
 
             counters, joiner_s, joiner_cpu, joiner_client = join(cfg, n_input)
+            load_end = os.getloadavg()[0]
             if joiner_client != raw_client:
                 raise RuntimeError(f"the joiner reads with {joiner_client}, the raw baseline "
                                    f"with {raw_client}: not comparable")
@@ -259,6 +264,8 @@ def main() -> None:
         "raw_cpu_seconds": raw_cpu,
         "joiner_cpu_seconds": joiner_cpu,
         "joiner_vs_raw_cpu": raw_cpu / joiner_cpu,
+        "load_1m_start": load_start,
+        "load_1m_end": load_end,
         "raw_client": raw_client,
         "joiner_client": joiner_client,
         "joiner_examples": examples,

@@ -184,6 +184,7 @@ class Reader:
 
     def __init__(self, known: Known = None, limits: LimitsConfig | None = None) -> None:
         self._known, self._limits = known, validation._limits(limits)
+        self._min_time, self._skew = self._limits.min_event_time_s, self._limits.max_event_skew_s
         self._features: msgspec.json.Decoder | None = None
         self._no_slots: Any = None
         if known is not None and len(known) <= validation.MAX_SLOTS:
@@ -211,8 +212,7 @@ class Reader:
                 pass
             else:
                 t = msg.time
-                if (msg.slots != self._no_slots and self._limits.min_event_time_s <= t
-                        <= now + self._limits.max_event_skew_s):
+                if self._min_time <= t <= now + self._skew and msg.slots != self._no_slots:
                     return msg.request_id, t, msg.item_id
         out = parse_feature(decode(raw or b""), self._known, self._limits, now)
         return out["request_id"], out["time"], out["item_id"]
@@ -226,7 +226,7 @@ class Reader:
             pass
         else:
             t = msg.time
-            if self._limits.min_event_time_s <= t <= now + self._limits.max_event_skew_s:
+            if self._min_time <= t <= now + self._skew:
                 return msg.request_id, msg.item_id, t, msg.action
         out = parse_action(decode(raw or b""), self._limits, now)
         return out["request_id"], out["item_id"], out["time"], out["action"]
