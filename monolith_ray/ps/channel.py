@@ -34,6 +34,26 @@ snapshots or restores, which stay Ray calls. The token travels over Ray and the 
 clear, as Ray's own traffic does; on a cluster the nodes must reach each other on any TCP
 port, as Ray's own workers already do.
 
+Transport measured (issue 12): pyzmq (a ROUTER per shard with CURVE keys and a ZAP
+authenticator, a DEALER per trainer and shard, the same ``ps.wire`` parts as multipart frames)
+against this socket transport with the ``ps.wire`` format, three alternating runs each of
+``python -m benchmarks.train_throughput --repeats 3`` on the shared 2-core machine (load
+average 4 to 31 during the runs, so single figures swing widely):
+
+=================  =====================  =====================  ========
+figure             socket (3 runs)        pyzmq + CURVE          medians
+=================  =====================  =====================  ========
+ratio              0.900, 0.525, 0.928    0.899, 1.486, 0.841    0.900 / 0.899
+ratio_default_b.   0.775, 0.739, 0.868    0.763, 0.703, 0.342    0.775 / 0.703
+=================  =====================  =====================  ========
+
+pyzmq cost about 0 % of ``ratio`` and 9 % of ``ratio_default_batch`` (medians), within the
+10 % the issue allows, so the rule picks pyzmq; the switch (sessions keyed by the DEALER's
+identity, a ZAP handler admitting only client keys registered through ``open_channel``,
+``ZMQ_MAXMSGSIZE``, high-water marks) is not made yet, and this module is still the socket
+transport: its frames are no longer pickles, but the token crosses the network in the clear
+and frames are not encrypted.
+
 Ordering and failures: a shard serves a connection's calls one at a time in order, as Ray runs
 one caller's actor calls, and replies in order; the shard's lock serializes them with its Ray
 calls and other trainers' channels. A call not answered within ``timeout_s`` raises
