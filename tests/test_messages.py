@@ -144,6 +144,8 @@ _FEATURES = [
     _F.replace(b'"r-1"', b'"r 1"'), _F.replace(b'"r-1"', b'"r-1\\n"'), _F.replace(b'"r-1"', b'""'),
     _F.replace(b'"r-1"', b'"' + b"r" * 128 + b'"'), _F.replace(b'"r-1"', b'"' + b"r" * 129 + b'"'),
     _F.replace(b'"r-1"', b"1"), _F.replace(b'"r-1"', '"ré"'.encode()),
+    _F.replace(b'"r-1"', b'"r\\t1"'), _F.replace(b'"r-1"', b'"r\\u007f"'),
+    _F.replace(b'"r-1"', b'"r\\u0000"'), _F.replace(b'"r-1"', b'"~!"'),
     _F.replace(b"1700000000", b"1700000060"), _F.replace(b"1700000000", b"1700000061"),
     _F.replace(b"1700000000", b"1000"), _F.replace(b"1700000000", b"999"),
     _F.replace(b"1700000000", b"-" + _BIG.encode()), _F.replace(b"1700000000", _BIG.encode()),
@@ -166,6 +168,7 @@ _ACTIONS = [
     _A.replace(b"1700000030", b"1700000061"), _A.replace(b"1700000030", b"999"),
     _A.replace(b"1700000030", b"true"), _A.replace(b"42", b'"42"'), _A.replace(b"42", b"4.2"),
     _A.replace(b"42", str(1 << 63).encode()), _A.replace(b'"r-1"', b'"r 1"'),
+    _A.replace(b'"r-1"', b'"r\\u001f"'), _A.replace(b'"r-1"', '"r\u00a0"'.encode()),
     _A[:-1] + b',"context":{}}', _A[:-1] + b',"extra":"\xff"}', _A.replace(b',"action":"click"', b""),
     _A.replace(b'"action":"click"', b'"action":"click","action":"stare"'), b"", None, b"[1]",
 ]
