@@ -169,7 +169,8 @@ _ACTIONS = [
     _A.replace(b"1700000030", b"true"), _A.replace(b"42", b'"42"'), _A.replace(b"42", b"4.2"),
     _A.replace(b"42", str(1 << 63).encode()), _A.replace(b'"r-1"', b'"r 1"'),
     _A.replace(b'"r-1"', b'"r\\u001f"'), _A.replace(b'"r-1"', '"r\u00a0"'.encode()),
-    _A[:-1] + b',"context":{}}', _A[:-1] + b',"extra":"\xff"}', _A.replace(b',"action":"click"', b""),
+    _A[:-1] + b',"context":{}}', _A[:-1] + b',"extra":"\xff"}',
+    _A.replace(b',"action":"click"', b""),
     _A.replace(b'"action":"click"', b'"action":"click","action":"stare"'), b"", None, b"[1]",
 ]
 
@@ -212,7 +213,8 @@ _VALUES = st.one_of(
     st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from([0, 1000, 999, 1_700_000_060, 1_700_000_061, 1 << 63, (1 << 63) - 1,
                      -(1 << 63), -(1 << 63) - 1, 1 << 64, 10**30]),
-    st.integers(), st.text(max_size=3), st.sampled_from(["", "x" * 256, "x" * 257, "r 1", "\ud800"]),
+    st.integers(), st.text(max_size=3),
+    st.sampled_from(["", "x" * 256, "x" * 257, "r 1", "\ud800"]),
     st.lists(st.one_of(st.integers(), st.text(max_size=2), st.none()), max_size=4))
 
 
