@@ -344,9 +344,10 @@ class Joiner:
         over = len(memory) - self.cfg.max_in_memory
         while heap and (heap[0][0] < limit or over > 0):
             entry = heappop(heap)
-            t, partition, offset, key, raw = entry
+            key = entry[3]
             if memory.get(key) is not entry:
                 continue
+            t, partition, offset, _, raw = entry
             del memory[key]
             over -= 1
             if t < expire_before:
