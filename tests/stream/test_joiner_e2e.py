@@ -210,13 +210,14 @@ def test_a_poll_takes_what_has_arrived_without_waiting_out_its_timeout(broker, e
     publish(cfg.kafka, events[:50])
     joiner = StreamJoiner(cfg.kafka, cfg.joiner, slots=cfg.slots, limits=cfg.limits)
     try:
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + 60.0
         read = 0
         while read < 50 and time.monotonic() < deadline:
             start = time.monotonic()
-            n = joiner.poll(timeout_s=10.0)
-            # Fewer than max_poll_records are waiting: a poll that read some returns at once.
-            assert n == 0 or time.monotonic() - start < 5.0
+            n = joiner.poll(timeout_s=30.0)
+            # Fewer than max_poll_records are waiting: a poll that read some does not wait out
+            # its timeout (a wide margin for a loaded machine).
+            assert n == 0 or time.monotonic() - start < 15.0
             read += n
         assert read == 50
         counters = joiner.counters()
