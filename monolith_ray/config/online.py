@@ -29,6 +29,11 @@ class OnlineConfig:
     - ``commit_every_steps``: a trainer waits for its pushes and marks the offsets they trained
       as committed every this many steps; a restore retrains at most this many steps per
       trainer.
+    - ``max_batch_wait_s`` (wall clock): longest a read task holds rows for a block to fill
+      (``block_bytes``) and a trainer waits for a batch to fill (``train.batch_size``
+      examples); then they go on with what they have (the trainer trains it padded and
+      commits). At low rates this bounds how far training runs behind the stream and how long
+      an example waits to be committed; at high rates blocks and batches fill first.
     - ``read_tasks``: Ray Data read tasks, each reading its share of the partitions; every
       one runs for the whole stream, so all must fit in the cluster at once.
     - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
@@ -44,6 +49,7 @@ class OnlineConfig:
     idle_timeout_s: float = 0.0
     snapshot_every_s: float = 86400.0
     commit_every_steps: int = 20
+    max_batch_wait_s: float = 2.0
     read_tasks: int = 1
     poll_records: int = 2000
     poll_timeout_ms: int = 200
@@ -57,6 +63,7 @@ class OnlineConfig:
         _require(self, "idle_timeout_s", ge=0)
         _require(self, "snapshot_every_s", gt=0)
         _require(self, "commit_every_steps", ge=1)
+        _require(self, "max_batch_wait_s", gt=0)
         _require(self, "read_tasks", ge=1)
         _require(self, "poll_records", ge=1)
         _require(self, "poll_timeout_ms", ge=1)

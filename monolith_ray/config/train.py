@@ -33,6 +33,10 @@ class TrainConfig:
       ``ray`` (actor calls, a fixed ~1 ms of CPU each on the two ends).
     - ``xla_threads``: threads of a trainer's XLA CPU pool; 0: one per reserved CPU
       (``trainer_cpus``, at least one), as Ray sizes a worker's OpenMP threads.
+    - ``compile_cache_dir``: folder of a trainer's persistent XLA compilation cache (JAX's
+      ``jax_compilation_cache_dir``), shared by the trainers of a node, so a trainer that
+      replaces a lost one loads its compiled steps instead of compiling them again; empty:
+      ``<temp dir>/monolith_ray-xla-cache`` of the node.
     - ``actor_resources``: custom Ray resources every shard, dense-server and trainer actor
       needs, e.g. ``{training: 0.01}`` to keep them on the nodes that offer ``training``
       (``cluster.yaml``'s CPU workers), off the serving workers.
@@ -57,6 +61,7 @@ class TrainConfig:
     call_timeout_s: float = 60.0
     transport: Literal["channel", "ray"] = "channel"
     xla_threads: int = 0
+    compile_cache_dir: str = ""
     actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     name: str = ""
 

@@ -37,8 +37,9 @@ needs for that, measured:
 - Output blocks are reshaped to ``target_max_block_size`` (128 MiB by default) *before* they
   leave a read task; a task that never ends would never hand one out. The dataset's own
   context sets it to ``block_bytes``, so a block leaves once that much is read (blocks are cut
-  to about that size, so a slow stream waits for a block to fill; a bounded read flushes at
-  its end).
+  to about that size; a bounded read flushes at its end). A slow stream would wait for a
+  block to fill: with ``flush_after_s`` rows that waited that long are completed into a
+  block by filler rows (:func:`flushed`), which consumers drop.
 - Ray Data splits each read task's blocks further when it has fewer tasks than its default
   parallelism (into blocks of a row or two here); the read asks for as many blocks as tasks.
 - Backpressure: a generator task pauses once two of its blocks wait unconsumed, and the
@@ -108,6 +109,8 @@ class StreamSpec:
     - ``limits``: the bounds records are validated against (event times); None: the
       defaults of ``LimitsConfig``.
     - ``stage``: names the reader in its dead letters (``source`` for training, ``dump``).
+    - ``heartbeats``: after a poll that made no row, yield an empty table, so that the one
+      iterating can act on time passing (:func:`read_kafka_examples` flushes blocks so).
     """
 
     kafka: KafkaConfig
@@ -121,6 +124,7 @@ class StreamSpec:
     poll_timeout_ms: int = 200
     limits: LimitsConfig | None = None
     stage: str = "source"
+    heartbeats: bool = False
 
     def __post_init__(self) -> None:
         if not self.starts:
@@ -267,6 +271,8 @@ class KafkaExampleReader:
                 # Time spent paused at the yield (a consumer behind, backpressure) is not
                 # time without records.
                 heard = time.monotonic()
+            elif spec.heartbeats:
+                yield self.schema.empty_table()
 
     def _take(self, rows: _Rows, partition: int, record: Any, now: float) -> None:
         """Validate ``record`` into ``rows``, or refuse it."""
@@ -413,13 +419,15 @@ class KafkaExamplesDatasource(Datasource):
     partitions (every ``read_tasks``-th one), whatever parallelism Ray asks for, as each task
     runs for the whole stream."""
 
-    def __init__(self, spec: StreamSpec, read_tasks: int = 1, monitor: Any = None) -> None:
+    def __init__(self, spec: StreamSpec, read_tasks: int = 1, monitor: Any = None,
+                 block_bytes: int | None = None, flush_after_s: float | None = None) -> None:
         super().__init__()
         partitions = sorted(spec.starts)
         n = min(read_tasks, len(partitions))
         self.spec = spec
         self.groups = [partitions[k::n] for k in range(n)]
         self.monitor = monitor
+        self.block_bytes, self.flush_after_s = block_bytes, flush_after_s
 
     def get_name(self) -> str:
         return "KafkaExamples"
@@ -433,15 +441,101 @@ class KafkaExamplesDatasource(Datasource):
         unknown = BlockMetadata(num_rows=None, size_bytes=None, input_files=None,
                                 exec_stats=None)
         return [ReadTask(functools.partial(_read, self.spec.for_partitions(group), k,
-                                           self.monitor),
+                                           self.monitor, self.block_bytes, self.flush_after_s),
                          unknown, schema=schema, per_task_row_limit=per_task_row_limit)
                 for k, group in enumerate(self.groups)]
 
 
-def _read(spec: StreamSpec, task: int, monitor: Any) -> Iterator[pa.Table]:
-    """One read task: its partitions' micro-batches for as long as its stream runs."""
+FILLER_PARTITION = -1
+"""The ``_partition`` of filler rows (see :func:`flushed`): no example; consumers drop them
+(:func:`drop_filler`)."""
+
+
+def _read(spec: StreamSpec, task: int, monitor: Any, block_bytes: int | None = None,
+          flush_after_s: float | None = None) -> Iterator[pa.Table]:
+    """One read task: its partitions' micro-batches for as long as its stream runs; with
+    ``flush_after_s``, blocks flushed as :func:`flushed` says."""
     report = None if monitor is None else functools.partial(_report, monitor, task)
-    yield from KafkaExampleReader(spec, report)
+    if flush_after_s is None or block_bytes is None:
+        yield from KafkaExampleReader(spec, report)
+        return
+    reader = KafkaExampleReader(dataclasses.replace(spec, heartbeats=True), report)
+    yield from flushed(reader, reader.schema, block_bytes, flush_after_s)
+
+
+def flushed(tables: Iterator[pa.Table], schema: pa.Schema, block_bytes: int,
+            flush_after_s: float, clock: Callable[[], float] = time.monotonic
+            ) -> Iterator[pa.Table]:
+    """``tables`` (with empty ones as heartbeats), and after rows have waited
+    ``flush_after_s`` (wall clock) without filling a block, filler rows enough to fill it.
+
+    Ray Data hands a read task's rows on only in blocks of ``block_bytes``, and its iterator
+    hands a consumer a block only once the next one exists (measured on Ray 2.60); on a quiet
+    stream the last rows of a burst would wait for the next burst (for ever, if none comes),
+    untrained and uncommitted. Filler rows (``_partition`` = :data:`FILLER_PARTITION`, no slot
+    values, weight 0) complete the block and make two more. Cost: at most three fillers of
+    up to ``block_bytes`` each per ``flush_after_s`` while the stream is quiet, none while
+    blocks fill."""
+    held_bytes, held_rows, since = 0, 0, 0.0  # Ray Data's buffer in this task, as modelled
+    for table in tables:
+        if table.num_rows:
+            if not held_rows:
+                since = clock()
+            held_bytes += table.nbytes
+            held_rows += table.num_rows
+            yield table
+            # Ray Data hands on a block once its buffer passes block_bytes; from 1.5 times
+            # that, it cuts one of about block_bytes and keeps the rest.
+            while held_bytes > block_bytes:
+                if held_bytes < 1.5 * block_bytes:
+                    held_bytes, held_rows = 0, 0
+                else:
+                    kept = held_bytes - block_bytes
+                    held_rows = max(1, held_rows * kept // held_bytes)
+                    held_bytes, since = kept, clock()
+        if held_rows and clock() - since >= flush_after_s:
+            # Top the buffer up to just over a block (under 1.5 blocks, so Ray Data hands it
+            # on whole), then two whole blocks of filler: the consumer gets the rows once a
+            # block follows them, even if the model above overestimated what Ray Data holds.
+            yield filler(schema, max(block_bytes + 1 - held_bytes, 1))
+            yield filler(schema, block_bytes + 1)
+            yield filler(schema, block_bytes + 1)
+            held_bytes, held_rows = 0, 0
+
+
+def filler(schema: pa.Schema, nbytes: int) -> pa.Table:
+    """Filler rows of ``schema``: the fewest rows (give or take one) of at least ``nbytes``
+    bytes."""
+    rows = 1
+    table = _filler_rows(schema, rows)
+    while table.nbytes < nbytes:
+        rows = max(rows + 1, -(-rows * nbytes // max(table.nbytes, 1)))
+        table = _filler_rows(schema, rows)
+    return table
+
+
+def _filler_rows(schema: pa.Schema, n: int) -> pa.Table:
+    columns = []
+    for field in schema:
+        if field.name == PARTITION:
+            columns.append(pa.array(np.full(n, FILLER_PARTITION), type=field.type))
+        elif pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
+            columns.append(pa.array(np.zeros(n), type=field.type))
+        else:
+            columns.append(pa.nulls(n, type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def drop_filler(table: pa.Table) -> pa.Table:
+    """``table`` without the filler rows of :func:`flushed`."""
+    import pyarrow.compute as pc
+
+    if PARTITION not in table.column_names or not table.num_rows:
+        return table
+    partition = table.column(PARTITION)
+    if pc.min(partition).as_py() != FILLER_PARTITION:
+        return table
+    return table.filter(pc.not_equal(partition, FILLER_PARTITION))
 
 
 def _report(monitor: Any, task: int, stats: dict[str, Any]) -> None:
@@ -450,14 +544,16 @@ def _report(monitor: Any, task: int, stats: dict[str, Any]) -> None:
 
 def read_kafka_examples(spec: StreamSpec, *, read_tasks: int = 1, block_bytes: int = 256 << 10,
                         buffer_bytes: int = 64 << 20, num_cpus: float = 0.25,
-                        monitor: Any = None) -> Any:
+                        monitor: Any = None, flush_after_s: float | None = None) -> Any:
     """A Ray Data ``Dataset`` of the examples of ``spec``: ``read_tasks`` generator tasks
     (each reading every ``read_tasks``-th partition, ``num_cpus`` each, all running at once),
     blocks of about ``block_bytes``, at most about ``buffer_bytes`` held in the object store
     ahead of its consumers. ``monitor``: a :class:`SourceMonitor` actor the tasks report to.
     Unbounded unless ``spec`` has a stop condition; use ``streaming_split(n, equal=False)``
-    (``equal=True`` may drop rows) to feed n consumers."""
-    source = KafkaExamplesDatasource(spec, read_tasks, monitor)
+    (``equal=True`` may drop rows) to feed n consumers. With ``flush_after_s``, rows that
+    have waited that long for their block are sent on with filler rows (:func:`flushed`):
+    consumers must :func:`drop_filler`."""
+    source = KafkaExamplesDatasource(spec, read_tasks, monitor, block_bytes, flush_after_s)
     n = len(source.groups)
     dataset = ray.data.read_datasource(source, num_cpus=num_cpus, concurrency=n,
                                        override_num_blocks=n)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -115,10 +116,18 @@ def trainer_options(cfg: Config) -> dict[str, Any]:
     reservation, at least one thread, as Ray sizes a worker's OpenMP threads). By default XLA
     starts a thread per core of the node; a trainer sharing the node with shard actors then
     competes with their table work for the same cores, and XLA's parallel steps wait on
-    threads preempted by them."""
+    threads preempted by them. Trainers keep compiled steps in a persistent XLA cache
+    (``train.compile_cache_dir``)."""
+    import tempfile
+
     threads = cfg.train.xla_threads or max(1, int(cfg.train.trainer_cpus))
+    cache = cfg.train.compile_cache_dir or os.path.join(tempfile.gettempdir(),
+                                                        "monolith_ray-xla-cache")
+    # A replacement trainer (see monolith_ray.train.online) loads its steps from the cache.
     return {"num_cpus": cfg.train.trainer_cpus, "resources": dict(cfg.train.actor_resources),
-            "runtime_env": {"env_vars": {"PJRT_NPROC": str(threads)}}}
+            "runtime_env": {"env_vars": {
+                "PJRT_NPROC": str(threads), "JAX_COMPILATION_CACHE_DIR": cache,
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}}}
 
 
 def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[Any], Any]:

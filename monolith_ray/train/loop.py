@@ -78,6 +78,10 @@ def deepfm_config(slots: Sequence[SlotConfig], model: ModelConfig) -> DeepFMConf
     return DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden)
 
 
+IDLE = object()
+"""In the batches given to :meth:`TrainLoop.train`: no batch is coming soon."""
+
+
 class TrainLoop:
     """DeepFM dense parameters and their optimizer, trained against ``client``'s shards.
 
@@ -117,33 +121,47 @@ class TrainLoop:
         self._finish_push()
         return metrics
 
-    def train(self, batches: Iterable[Batch]) -> Iterator[dict]:
+    def train(self, batches: Iterable[Batch | object]) -> Iterator[dict]:
         """Train on ``batches`` in order, overlapping each pull with the previous step; yield
         per step ``{"step", "loss", "examples", "seconds", "examples_per_s", "table_rows"}``.
 
         ``loss`` is the batch's weighted mean log loss before its update; ``seconds`` the
         step's wall time from resuming to its gradients being ready (their push leaves with
         the next pull); ``table_rows`` per slot the rows held over all shards, refreshed every
-        ``stats_every`` steps.
+        ``stats_every`` steps. A step's metrics are yielded once the next batch is in hand
+        (its pull overlaps the step); :data:`IDLE` in ``batches`` says none is coming soon, so
+        the step in flight is finished and yielded without waiting for one (a quiet stream).
         """
         start = time.perf_counter()
-        routed = ((batch, self.client.route(batch.fids)) for batch in batches)
-        first = next(routed, None)
-        step = None if first is None else self._dispatch(first[0],
-                                                         self._pull_with_held_push(*first))
-        following = next(routed, None)
+        routed = ((batch, None if batch is IDLE else self.client.route(batch.fids))
+                  for batch in batches)
+        step, following = None, next(routed, None)
         try:
-            while step is not None:
-                pending = None if following is None else self._pull_with_held_push(*following)
-                if pending is not None and self.dense is None:
-                    after = self._dispatch(following[0], pending)
-                    following = next(routed, None)  # read and routed while ``step`` computes
-                    yield self._finish(step, start)
-                else:
-                    yield self._finish(step, start)
-                    after = None if pending is None else self._dispatch(following[0], pending)
+            while True:
+                if step is None:  # nothing in flight: start on the next batch
+                    while following is not None and following[0] is IDLE:
+                        following = next(routed, None)
+                    if following is None:
+                        return
+                    start = time.perf_counter()
+                    step = self._dispatch(following[0], self._pull_with_held_push(*following))
                     following = next(routed, None)
-                start, step = time.perf_counter(), after
+                elif following is None or following[0] is IDLE:
+                    yield self._finish(step, start)
+                    if following is None:
+                        return
+                    step, following = None, next(routed, None)
+                else:
+                    pending = self._pull_with_held_push(*following)
+                    if self.dense is None:
+                        after = self._dispatch(following[0], pending)
+                        following = next(routed, None)  # read and routed while ``step`` runs
+                        yield self._finish(step, start)
+                    else:
+                        yield self._finish(step, start)
+                        after = self._dispatch(following[0], pending)
+                        following = next(routed, None)
+                    start, step = time.perf_counter(), after
         finally:
             self._finish_push()
 

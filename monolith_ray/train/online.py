@@ -49,12 +49,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.exceptions
 
@@ -65,13 +68,17 @@ from monolith_ray.data.dump import read_dump_offsets
 from monolith_ray.data.kafka_source import (
     SourceMonitor,
     StreamSpec,
+    drop_filler,
     earliest_offsets,
     read_kafka_examples,
 )
 from monolith_ray.data.offsets import OffsetCoverage
 from monolith_ray.supervision import Supervisor, actor_options
 from monolith_ray.train.job import Trainer, start_servers, trainer_options
+from monolith_ray.train.loop import IDLE
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
+
+logger = logging.getLogger(__name__)
 
 # The config key naming what the online job reads (a dump or a snapshot, by online.start).
 INPUTS = ("online.start",)
@@ -87,7 +94,7 @@ class StreamTrainer(Trainer):
         self._lock = threading.Lock()
         self._committed = OffsetCoverage()
         self._stepped = OffsetCoverage()
-        self._queued: collections.deque[OffsetCoverage] = collections.deque()
+        self._queued: collections.deque[tuple[OffsetCoverage, bool]] = collections.deque()
 
     def consume(self, source: Any, epochs: int = 1) -> dict[str, Any]:
         """Train ``epochs`` passes over ``source`` (a Ray ``DataIterator`` of rows with the
@@ -99,9 +106,10 @@ class StreamTrainer(Trainer):
         self._queued.clear()
         for _ in range(epochs):
             for m in self.loop.train(self._tracked(source)):
-                self._stepped.update(self._queued.popleft())
+                offsets, short = self._queued.popleft()
+                self._stepped.update(offsets)
                 steps, examples, loss = steps + 1, examples + m["examples"], m["loss"]
-                if steps % every == 0:
+                if steps % every == 0 or short:
                     self.loop.flush()
                     self._commit()
             self._commit()
@@ -121,13 +129,100 @@ class StreamTrainer(Trainer):
             self._committed.update(self._stepped)
         self._stepped = OffsetCoverage()
 
-    def _tracked(self, source: Any) -> Iterator[Batch]:
-        """Batches of ``source``, each one's offsets queued for the step that trains it (the
-        loop reads ahead, so a batch handed out is not yet a batch stepped on)."""
-        for table in source.iter_batches(batch_size=self.cfg.train.batch_size,
-                                         batch_format="pyarrow", prefetch_batches=2):
-            self._queued.append(OffsetCoverage.of_table(table))
+    def _tracked(self, source: Any) -> Iterator[Batch | object]:
+        """Batches of ``source`` (see :func:`timely_batches`), each one's offsets and
+        shortness queued for the step that trains it (the loop reads ahead, so a batch handed
+        out is not yet a batch stepped on); after a short one, ``IDLE``, so that the loop
+        steps it now."""
+        for table, short in timely_batches(source, self.cfg.train.batch_size,
+                                           self.cfg.online.max_batch_wait_s):
+            self._queued.append((OffsetCoverage.of_table(table), short))
             yield make_batch(table, self.cfg.slots)
+            if short:  # the stream is quiet: step and commit what came without waiting
+                yield IDLE
+
+
+_END = object()
+
+
+def _shut_down(splits: list[Any], timeout_s: float = 30.0) -> None:
+    """Stop the executor behind ``splits`` (a ``streaming_split``) and its endless read tasks
+    before their handles are dropped, rather than leave that to garbage collection while a
+    stream starts in its place."""
+    coordinator = getattr(splits[0], "_coord_actor", None) if splits else None
+    if coordinator is None:
+        return
+    try:
+        ray.get(coordinator.shutdown_executor.remote(), timeout=timeout_s)
+    except Exception as err:  # noqa: BLE001 - the stream is being replaced regardless
+        logger.warning("the replaced stream's executor did not shut down: %s", err)
+    ray.kill(coordinator)
+
+
+def timely_batches(source: Any, batch_size: int, max_wait_s: float
+                   ) -> Iterator[tuple[pa.Table, bool]]:
+    """Tables of ``batch_size`` rows from ``source`` (a Ray ``DataIterator``) -> (table,
+    short): a batch that has waited ``max_wait_s`` (wall clock, from its first row) for the
+    rest is handed out with the rows it has (``short``), as is the last one.
+
+    The iterator's blocks are read on a thread into a queue of at most 4, so a wait can end
+    while a block is still to come; the stream's filler rows are dropped there. Memory: at
+    most 4 blocks and one batch ahead."""
+    blocks: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            # One block prefetched: Ray Data hands a block on once that many more exist, and
+            # the stream's flush (kafka_source.flushed) sends one more.
+            for block in source.iter_batches(batch_size=None, batch_format="pyarrow",
+                                             prefetch_batches=1):
+                block = drop_filler(block)
+                while not stop.is_set():
+                    try:
+                        blocks.put(block, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            blocks.put(_END)
+        except BaseException as err:  # noqa: BLE001 - re-raised by the consumer
+            blocks.put(err)
+
+    reader = threading.Thread(target=read, name="stream-blocks", daemon=True)
+    reader.start()
+    pending: list[pa.Table] = []
+    rows, first = 0, 0.0
+    try:
+        while True:
+            timeout = None if not rows else max(first + max_wait_s - time.monotonic(), 0.0)
+            try:
+                item = blocks.get(timeout=timeout)
+            except queue.Empty:
+                yield pa.concat_tables(pending), True
+                pending, rows = [], 0
+                continue
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if item.num_rows == 0:
+                continue
+            if not rows:
+                first = time.monotonic()
+            pending.append(item)
+            rows += item.num_rows
+            while rows >= batch_size:
+                table = pa.concat_tables(pending)
+                yield table.slice(0, batch_size), False
+                rest = table.slice(batch_size)
+                pending, rows = ([rest] if rest.num_rows else []), rest.num_rows
+                first = time.monotonic()
+        if rows:
+            yield pa.concat_tables(pending), True
+    finally:
+        stop.set()
 
 
 class OnlineTraining:
@@ -262,7 +357,8 @@ class OnlineTraining:
         return read_kafka_examples(spec, read_tasks=online.read_tasks,
                                    block_bytes=online.block_bytes,
                                    buffer_bytes=online.buffer_bytes,
-                                   num_cpus=self.cfg.train.read_cpus, monitor=self.monitor)
+                                   num_cpus=self.cfg.train.read_cpus, monitor=self.monitor,
+                                   flush_after_s=online.max_batch_wait_s)
 
     def _phase(self, make_dataset: Callable[[], Any], epochs: int) -> dict[str, Any]:
         """All trainers consume their split of ``make_dataset()``; snapshots on schedule, and
@@ -284,6 +380,7 @@ class OnlineTraining:
                     raise  # closed, or raised inside a live trainer (e.g. by a call it made)
                 # The error's traceback keeps this frame: drop the splits' handles from it,
                 # so the split coordinator and its endless read tasks end with the trainers.
+                _shut_down(splits)
                 del dataset, splits, refs
                 self.supervisor.restarted("trainers", err)
                 self._replace_trainers()

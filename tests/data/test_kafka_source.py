@@ -21,7 +21,10 @@ from monolith_ray.data.kafka_source import (
     KafkaExampleReader,
     SourceMonitor,
     StreamSpec,
+    drop_filler,
     earliest_offsets,
+    filler,
+    flushed,
     read_kafka_examples,
     source_schema,
 )
@@ -251,6 +254,61 @@ def test_unbounded_dataset_keeps_reading_new_messages(ray_session, kafka, produc
             placed += produce(kafka, "growing", [example(i) for i in range(50, 80)], [0, 1] * 15)
         seen += zip(table["_partition"].to_pylist(), table["_offset"].to_pylist())
     assert sorted(seen) == sorted(placed) and len(seen) == 80
+
+
+def test_a_quiet_stream_hands_on_its_last_rows_without_waiting_for_more(
+        ray_session, kafka, produce) -> None:
+    """Rows far short of a block reach the consumer once they have waited ``flush_after_s``,
+    without an end, a timeout or more records; filler rows are dropped by the consumer."""
+    import threading
+
+    ensure_topics(kafka, ["quiet"])
+    placed = produce(kafka, "quiet", [example(i) for i in range(12)], [0, 1] * 6)
+    spec = StreamSpec(kafka, "quiet", SLOTS, {0: 0, 1: 0}, poll_timeout_ms=50)
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        for table in read_kafka_examples(spec, block_bytes=64 << 10, num_cpus=0.01,
+                                         flush_after_s=0.5).iter_batches(
+                batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            table = drop_filler(table)
+            seen.extend(zip(table["_partition"].to_pylist(), table["_offset"].to_pylist()))
+            if len(seen) >= len(placed):
+                done.set()
+                return
+
+    threading.Thread(target=consume, daemon=True).start()
+    # Unbounded and never ending: the 12 rows (a few hundred bytes of a 64 KiB block) arrive
+    # all the same.
+    assert done.wait(120), f"only {len(seen)} of {len(placed)} rows arrived"
+    assert sorted(seen) == sorted(placed)
+
+
+def test_flushed_fills_a_waiting_block_once_per_quiet_spell() -> None:
+    import monolith_ray.data.kafka_source as source
+
+    schema = source_schema(SLOTS)
+    real = source._filler_rows(schema, 3).set_column(
+        list(schema.names).index("_partition"), "_partition",
+        pa.array([0, 0, 1], type=pa.int32()))
+    empty = schema.empty_table()
+    clock = iter(range(100))
+
+    def tables():  # 3 rows, then heartbeats, each read 1 s after the last
+        yield real
+        for _ in range(5):
+            yield empty
+
+    out = list(flushed(tables(), schema, 4096, flush_after_s=2.0,
+                       clock=lambda: float(next(clock))))
+    # The rows, the heartbeats, then one flush: a filler that tops the block up to just over
+    # 4096 bytes, then two whole blocks; nothing after, as no row waits any more.
+    assert (out[0].num_rows, drop_filler(out[0]).num_rows) == (3, 3)
+    fillers = [t for t in out[1:] if t.num_rows]
+    assert len(fillers) == 3 and all(drop_filler(t).num_rows == 0 for t in fillers)
+    assert 4096 < real.nbytes + fillers[0].nbytes < 1.5 * 4096
+    assert fillers[1].nbytes > 4096 and fillers[2].nbytes > 4096
 
 
 def test_slow_consumer_holds_the_reader_back(ray_session, kafka, produce) -> None:

@@ -150,3 +150,28 @@ def test_model_and_train_sections_load_from_yaml():
                     "train: {dense_optimizer: {kind: ftrl}}\n")
     with pytest.raises(ConfigError, match=r"^model\.hidden\[1\]"):
         load_config("slots:\n  - {name: u, slot_id: 1, dim: 4}\nmodel: {hidden: [4, 0]}\n")
+
+
+def test_idle_finishes_the_step_in_flight_without_waiting_for_the_next_batch():
+    """A quiet stream: each batch is followed by IDLE; its step's metrics come out before the
+    next batch is drawn, and every batch is trained once, in order."""
+    from monolith_ray.train.loop import IDLE
+
+    loop = make_loop()
+    data = list(iter_batches(synthetic(n=192), SLOTS, BATCH))
+    drawn: list[int] = []
+
+    def stream():
+        yield IDLE  # idle before anything came: nothing to finish
+        for k, batch in enumerate(data):
+            drawn.append(k)
+            yield batch
+            yield IDLE
+            yield IDLE
+
+    seen = []
+    for m in loop.train(stream()):
+        seen.append((m["step"], len(drawn)))
+    # Step k is reported while batch k is the last drawn: no read-ahead past an IDLE.
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+    assert loop.steps == len(data)

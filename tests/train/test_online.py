@@ -183,3 +183,32 @@ def _catch(fn, failures: list) -> None:
     except Exception as err:  # noqa: BLE001 - the test inspects it
         failures.append(err)
 
+
+
+class _SlowSource:
+    """A stand-in for a Ray DataIterator: blocks of ``sizes`` rows, ``gap_s`` apart."""
+
+    def __init__(self, sizes: list[int], gap_s: float) -> None:
+        self.sizes, self.gap_s = sizes, gap_s
+
+    def iter_batches(self, **_: object):
+        import pyarrow as pa
+
+        start = 0
+        for n in self.sizes:
+            time.sleep(self.gap_s)
+            yield pa.table({"i": list(range(start, start + n))})
+            start += n
+
+
+def test_timely_batches_fill_at_high_rates_and_go_short_when_the_stream_is_quiet() -> None:
+    from monolith_ray.train.online import timely_batches
+
+    # Fast blocks: full batches across block boundaries, then the short remainder at the end.
+    fast = list(timely_batches(_SlowSource([30, 30, 30, 30, 30], 0.0), 64, 60.0))
+    assert [(t.num_rows, short) for t, short in fast] == [(64, False), (64, False), (22, True)]
+    assert [i for t, _ in fast for i in t.column("i").to_pylist()] == list(range(150))
+    # A quiet stream: 10 rows, then nothing for longer than the wait: they go alone (short)
+    # instead of waiting for the next block.
+    slow = timely_batches(_SlowSource([10, 10], 1.5), 64, 0.2)
+    assert [(t.num_rows, s) for t, s in slow] == [(10, True), (10, True)]
