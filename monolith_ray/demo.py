@@ -53,7 +53,9 @@ class SimulatedUsers(threading.Thread):
     A share ``explore`` of requests send ``k`` random candidates (an exploration slot, all
     shown): their impressions are an unbiased sample, so the AUC of served scores against
     clicks is measured on them, and their click-through is the no-model baseline. The other
-    requests rank the whole pool; ``ctr`` is their click-through."""
+    requests rank the whole pool; ``ctr`` is their click-through. A request answered with a
+    5xx or a lost connection is sent once more (``retried``; a replica killed mid-request
+    answers 500); ``failed`` counts those that failed twice or got a 4xx."""
 
     def __init__(self, url: str, sim: UserSimulator, rate_per_s: float = 20.0, k: int = 5,
                  click_delay_s: int = 1, window: int = 2000, explore: float = 0.2,
@@ -70,7 +72,8 @@ class SimulatedUsers(threading.Thread):
         self.ranked: collections.deque[tuple[float, bool]] = collections.deque(maxlen=window)
         self.requests: collections.deque[tuple[float, float, bool]] = \
             collections.deque(maxlen=10_000)
-        self.totals = {"requests": 0, "failed": 0, "impressions": 0, "clicks": 0}
+        self.totals = {"requests": 0, "failed": 0, "retried": 0, "impressions": 0,
+                       "clicks": 0}
         self.errors: collections.deque[tuple[float, str]] = collections.deque(maxlen=20)
         self.version: dict[str, int] = {}
 
@@ -91,12 +94,19 @@ class SimulatedUsers(threading.Thread):
             body["candidates"] = self._rng.choice(self.sim.n_items, self.k,
                                                   replace=False).tolist()
         start = time.perf_counter()
-        try:
-            r = session.post(self.url + "/recommend", json=body, timeout=10)
-            ok = r.status_code == 200
-            error = "" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as err:
-            ok, error = False, f"{type(err).__name__}: {err}"
+        for attempt in range(2):  # one retry after a 5xx or a lost connection, as a load
+            try:                  # balancer in front of the replicas would do
+                r = session.post(self.url + "/recommend", json=body, timeout=10)
+                ok = r.status_code == 200
+                error = "" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code < 500:
+                    break
+            except requests.RequestException as err:
+                ok, error = False, f"{type(err).__name__}: {err}"
+            if attempt == 0:
+                with self._lock:
+                    self.totals["retried"] += 1
+                    self.errors.append((time.time(), "retried after " + error))
         latency = (time.perf_counter() - start) * 1e3
         now = time.time()
         if not ok:
@@ -346,7 +356,8 @@ def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[s
     last = history[-1] if history else {}
     summary = {
         "seconds": time.time() - started,
-        **{k: last.get(k) for k in ("requests", "failed", "impressions", "clicks", "auc",
+        **{k: last.get(k) for k in ("requests", "failed", "retried", "impressions", "clicks",
+                                    "auc",
                                     "ctr", "ctr_random", "p50_ms", "p99_ms", "examples_joined",
                                     "examples_read", "table_rows", "sync_versions",
                                     "sparse_syncs", "dense_swaps", "restarts")},
