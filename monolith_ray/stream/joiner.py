@@ -27,7 +27,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from monolith_ray.config import Config, JoinerConfig, KafkaConfig, LimitsConfig, SlotConfig
 from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner
@@ -113,10 +120,16 @@ class StreamJoiner:
         kinds = {(names[kind], p): (kind, p) for kind in (FEATURES, ACTIONS)
                  for p in found[kind] if p % self.count == self.index}
         tps = [TopicPartition(topic, p) for topic, p in kinds]
+        # Each partition assigned at its offset (committed, else by ``cfg.start``): the
+        # consumer then fetches at once instead of looking the committed offset up again.
+        default = OFFSET_BEGINNING if self.cfg.start == "earliest" else OFFSET_END
+        starts = []
         for tp in self._consumer.committed(tps, timeout=self._timeout_s):
             if tp.offset >= 0:
                 self._core.seek(kinds[tp.topic, tp.partition][0], tp.partition, tp.offset)
-        self._consumer.assign(tps)
+            starts.append(TopicPartition(tp.topic, tp.partition,
+                                         tp.offset if tp.offset >= 0 else default))
+        self._consumer.assign(starts)
         return kinds
 
     def poll(self, timeout_s: float = 0.1) -> int:
