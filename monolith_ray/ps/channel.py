@@ -49,12 +49,11 @@ pyzmq cost about 0 % of ``ratio`` and 9 % of ``ratio_default_batch`` (medians), 
 10 % issue 12 allows, so the rule picks pyzmq: the maintained transport with authentication
 and encryption replaced the hand-written sockets.
 
-Ordering and failures: a shard's channel server has one thread, which answers the ZAP handler
-and runs the calls one at a time in the order they came, as Ray runs one caller's actor calls,
-replying in order; the shard's lock serializes them with its Ray calls (a shard runs one call
-at a time whoever makes it, and one thread costs a call the fewest thread switches on a busy
-node). That thread never waits on a peer: libzmq reads and writes every connection on its own
-I/O thread and hands over whole messages only, and a reply to a peer whose queue is
+Ordering and failures: a shard runs one client's calls one at a time in order, as Ray runs one
+caller's actor calls, on a thread of that client's session (so one client's slow call does not
+hold another's), and replies in order; the shard's lock serializes them with its Ray calls and
+other trainers' channels. The server's I/O loop only moves messages between libzmq and the
+sessions, answers the ZAP handler and never waits on a peer: a reply to a peer whose queue is
 full (``SNDHWM``, more than a client keeps in flight) is dropped, not waited for. A call not
 answered within ``timeout_s`` raises :class:`ShardUnavailableError` and fails every call in
 flight on that connection (the next call opens a new one); such calls may still run on the
@@ -71,14 +70,16 @@ the client has not acknowledged (a request carries the oldest call still unanswe
 ``acked``), and answers a call it already ran with the reply it sent (a push is applied once).
 A restarted shard has lost that state with its table and runs what is resent on the table it
 restored. Sessions are bounded: registering a key forgets sessions idle for ``SESSION_IDLE_S``,
-and least recently used ones past ``MAX_SESSIONS``, never the one whose call is running; a
-forgotten client's calls are refused unrun, and it registers again and resends them. A client
-keeps at most ``MAX_IN_FLIGHT_CALLS`` calls unanswered per shard (a trainer keeps one).
+and least recently used ones past ``MAX_SESSIONS``, never one with a call queued or running; a
+forgotten client's calls are refused unrun, and it registers again and resends them. A client keeps at most ``MAX_IN_FLIGHT_CALLS`` calls unanswered per
+shard (a trainer keeps one).
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -106,10 +107,10 @@ HANDSHAKE_S = 10.0  # a peer that has not completed its CURVE handshake by then 
 HEARTBEAT_S = 5.0  # a client pings its shard this often ...
 HEARTBEAT_TIMEOUT_S = 30.0  # ... and counts the connection broken without an answer this long
 MAX_BREAKS = 3  # reconnects without a reply before the calls in flight fail
-MAX_SESSIONS = 64  # sessions a server keeps (and the one whose call runs)
+MAX_SESSIONS = 64  # sessions a server keeps, beyond those with a call queued or running
 SESSION_IDLE_S = 120.0  # a session without a call for this long is forgotten
-CLOSE_WAIT_S = 5.0  # for the call in progress when its server closes
-POLL_MS = 100  # the server thread's wait between checks that it is still open
+CLOSE_WAIT_S = 5.0  # for a session's call in progress when its server closes
+POLL_MS = 100  # the server loop's wait between checks that it is still open
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's ZAP handler
 # Monitor events that mean a client's connection is gone or will never serve.
 BREAK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
@@ -131,27 +132,30 @@ def _common_options(sock: zmq.Socket) -> None:
 
 @dataclass
 class _Session:
-    """One client's calls on one server: the last call run and the replies the client has not
-    acknowledged yet, by sequence number."""
+    """One client's calls on one server: a queue its thread runs in order, the last call run,
+    the replies not yet acknowledged by sequence number, and the calls queued or running."""
 
     key: bytes
+    calls: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     last: int = -1
     replies: dict[int, Parts] = field(default_factory=dict)
+    pending: int = 0
     used_at: float = field(default_factory=time.monotonic)
 
 
 class ChannelServer:
     """Serves ``target``'s :data:`CHANNEL_METHODS` over a CURVE ROUTER socket on ``host`` to
-    the client keys given to :meth:`register`, on one thread. ``target`` serializes its own
-    methods (a ``ShardServer`` holds a lock)."""
+    the client keys given to :meth:`register`. ``target`` serializes its own methods (a
+    ``ShardServer`` holds a lock)."""
+
+    _ids = itertools.count()
 
     def __init__(self, target: Any, host: str = "127.0.0.1") -> None:
         self.target = target
         self.host = host
         self.public_key, secret = zmq.curve_keypair()
-        self.dropped = 0  # messages dropped: header malformed, or the peer gone or full
+        self.dropped = 0  # messages dropped: header malformed, or the peer's queue full
         self._sessions: OrderedDict[bytes, _Session] = OrderedDict()  # least recent first
-        self._running: _Session | None = None  # the session whose call runs now
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._context = zmq.Context(io_threads=1)
@@ -166,14 +170,19 @@ class ChannelServer:
         self._router.curve_secretkey = secret
         self._router.curve_publickey = self.public_key
         self.port = self._router.bind_to_random_port(f"tcp://{host}")
-        self._thread = threading.Thread(target=self._loop, name="channel", daemon=True)
-        self._thread.start()
+        self._replies_endpoint = f"inproc://channel-replies-{next(self._ids)}"
+        self._replies = self._context.socket(zmq.PULL)
+        self._replies.linger = 0
+        self._replies.bind(self._replies_endpoint)
+        self._threads: list[threading.Thread] = []
+        self._loop_thread = threading.Thread(target=self._loop, name="channel-io", daemon=True)
+        self._loop_thread.start()
         atexit.register(self.close)
 
     def register(self, client_key: bytes) -> Address:
         """Admit the client with CURVE public key ``client_key`` (Z85, 40 bytes) -> the address
         to connect to. Forgets sessions idle too long, or beyond ``MAX_SESSIONS`` least
-        recently used first, never the one whose call is running."""
+        recently used first, never one with a call queued or running."""
         try:
             valid = len(client_key) == 40 and len(z85.decode(client_key)) == 32
         except (KeyError, TypeError, ValueError):  # not Z85
@@ -184,13 +193,19 @@ class ChannelServer:
             if self._closed.is_set():
                 raise RuntimeError("the channel server is closed")
             now = time.monotonic()
-            session = self._sessions.pop(client_key, None) or _Session(client_key)
+            session = self._sessions.pop(client_key, None)
             excess = len(self._sessions) + 1 - MAX_SESSIONS
             for key, old in list(self._sessions.items()):
-                if old is not self._running and (excess > 0
-                                                 or now - old.used_at > SESSION_IDLE_S):
+                if old.pending == 0 and (excess > 0 or now - old.used_at > SESSION_IDLE_S):
                     del self._sessions[key]
+                    old.calls.put(None)  # its thread ends
                     excess -= 1
+            if session is None:
+                session = _Session(client_key)
+                thread = threading.Thread(target=self._run_session, args=(session,),
+                                          name="channel", daemon=True)
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                thread.start()
             session.used_at = now
             self._sessions[client_key] = session
         return self.address
@@ -200,22 +215,25 @@ class ChannelServer:
         return self.host, self.port, self.public_key
 
     def close(self) -> None:
-        """Stop serving: close the sockets (nothing lingers) and the zmq context with its I/O
-        thread, once the call running, if any, returns. Idempotent."""
+        """Stop serving: close the sockets (nothing lingers), end the session threads and the
+        zmq context with its I/O thread. Idempotent."""
         with self._lock:
             if self._closed.is_set():
                 return
             self._closed.set()
+            sessions, self._sessions = list(self._sessions.values()), OrderedDict()
         atexit.unregister(self.close)
-        self._thread.join(CLOSE_WAIT_S)
-        self._context.destroy(linger=0)  # also the sockets of a call that did not return
+        for session in sessions:
+            session.calls.put(None)
+        self._loop_thread.join()
+        for thread in self._threads:
+            thread.join(CLOSE_WAIT_S)
+        self._context.destroy(linger=0)  # closes the sockets of threads still in a call
 
     def _loop(self) -> None:
-        """The server's thread: ZAP requests, then requests, each run and answered in turn.
-        It waits on no peer: libzmq reads and writes the connections on its own thread and
-        hands over whole messages only."""
+        """The I/O loop: ZAP requests, requests to their sessions, replies to their peers."""
         poller = zmq.Poller()
-        for sock in (self._zap, self._router):
+        for sock in (self._zap, self._router, self._replies):
             poller.register(sock, zmq.POLLIN)
         try:
             while not self._closed.is_set():
@@ -223,16 +241,21 @@ class ChannelServer:
                 if self._zap in ready:
                     self._authenticate()
                 if self._router in ready:
-                    for _ in range(HWM):  # then the ZAP handler again
-                        if self._closed.is_set():
-                            break
-                        try:
-                            self._serve(self._router.recv_multipart(zmq.NOBLOCK, copy=False))
-                        except zmq.Again:
-                            break
+                    self._drain(self._router, self._dispatch)
+                if self._replies in ready:
+                    self._drain(self._replies, self._send)
         finally:
-            for sock in (self._zap, self._router):
+            for sock in (self._zap, self._router, self._replies):
                 sock.close()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handle: Callable[[list[zmq.Frame]], None]) -> None:
+        """Handle the messages ``sock`` holds now (at most ``HWM``, then the loop goes on)."""
+        for _ in range(HWM):
+            try:
+                handle(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                return
 
     def _authenticate(self) -> None:
         """Answer one ZAP request: 200 for a CURVE client whose key is registered (its key is
@@ -248,9 +271,9 @@ class ChannelServer:
                                   b"OK" if admitted else b"unknown client key",
                                   key if admitted else b"", b""])
 
-    def _serve(self, frames: list[zmq.Frame]) -> None:
-        """Run and answer one request from a peer ([routing id, head, body, *buffers]) in the
-        session its key (from the handshake, not from the message) names."""
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        """A request from a peer ([routing id, head, body, *buffers]) to its session's queue;
+        the peer's key (from the handshake, not from the message) names the session."""
         if len(frames) < 3:
             self.dropped += 1
             return
@@ -260,33 +283,49 @@ class ChannelServer:
             self.dropped += 1
             return
         with self._lock:
-            session = self._running = self._sessions.get(key)
+            session = self._sessions.get(key)
             if session is not None:
+                session.pending += 1
                 session.used_at = time.monotonic()
                 self._sessions.move_to_end(key)
+        if session is not None:
+            session.calls.put(frames)
+            return
         try:
-            if session is not None:
-                reply = self._answer(session, frames[1:])
-            else:
-                reply = self._refuse(frames[1])
-        finally:
-            self._running = None
-        if reply is None or self._closed.is_set():  # a closed server answers nothing more
+            head = wire.parse_head(frames[1].buffer)
+        except wire.WireError:
             self.dropped += 1
             return
-        try:  # without waiting: the session keeps the reply for a resend
-            self._router.send_multipart([frames[0], *reply], zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:  # the peer is gone (EHOSTUNREACH) or its queue full (EAGAIN)
+        self._send([frames[0], *_reply(head, (False, ShardUnavailableError(FORGOTTEN)), "")])
+
+    def _send(self, frames: Parts) -> None:
+        """Send a reply ([routing id, *parts]) without waiting: dropped if its peer is gone or
+        its queue is full (the session keeps it for a resend)."""
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except (zmq.Again, zmq.ZMQError):
             self.dropped += 1
 
-    @staticmethod
-    def _refuse(head_part: zmq.Frame) -> Parts | None:
-        """The reply to a request of a client whose session was forgotten: refused unrun."""
+    def _run_session(self, session: _Session) -> None:
+        """A session's thread: run its calls in order, replies to the I/O loop."""
+        out = self._context.socket(zmq.PUSH)
+        out.linger = 0
+        out.sndtimeo = 10 * POLL_MS  # the loop drains replies; it only stops when closed
+        out.connect(self._replies_endpoint)
         try:
-            head = wire.parse_head(head_part.buffer)
-        except wire.WireError:
-            return None
-        return _reply(head, (False, ShardUnavailableError(FORGOTTEN)), "")
+            while (frames := session.calls.get()) is not None and not self._closed.is_set():
+                try:
+                    reply = self._answer(session, frames[1:])
+                finally:
+                    with self._lock:
+                        session.pending -= 1
+                try:
+                    if reply is not None:
+                        out.send_multipart([frames[0], *reply], copy=False)
+                except zmq.Again:
+                    self.dropped += 1
+        finally:
+            out.close()
 
     def _answer(self, session: _Session, frames: list[zmq.Frame]) -> Parts | None:
         """The reply to one request ([head, body, *buffers]): its result, or the error that
@@ -295,6 +334,7 @@ class ChannelServer:
         try:
             head = wire.parse_head(frames[0].buffer)
         except wire.WireError:
+            self.dropped += 1
             return None
         method = wire.METHODS[head.method]
         try:
