@@ -8,7 +8,7 @@ epoch) with the slots of ``monolith_ray/defaults/movielens.yaml``, two ways in o
   ``ShardServer`` actors and the ``DenseServer`` actor) and one ``Trainer`` actor (with the
   job's ``trainer_options``), whose ``TrainLoop`` pulls rows from and pushes gradients to the
   shard actors over the job's default transport, channels (``monolith_ray.ps.channel``: a
-  pyzmq connection with CURVE per shard, opened through Ray). As the job's only
+  direct connection per shard, opened through Ray). As the job's only
   trainer it owns the dense parameters (``LOCAL_DENSE``) and publishes them to the dense
   server after a fit; with ``LOCAL_DENSE = False`` it pushes dense gradients every step and
   pulls parameters every ``train.dense_pull_every`` steps (``DENSE_PULL_EVERY`` = 4), as

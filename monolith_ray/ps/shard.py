@@ -156,24 +156,16 @@ class ShardServer:
         reader can tell that versions it read before mean nothing to the tables now."""
         return self._incarnation
 
-    def open_channel(self, client_public_key: bytes) -> tuple[str, int, bytes]:
-        """Admit the channel client whose CURVE public key (Z85, 40 bytes) is given, starting
-        this shard's channel server once -> (host, port, the server's public key) to connect
-        to; see ``monolith_ray.ps.channel``. It listens on this node's address (Ray's node IP
-        in an actor, loopback otherwise)."""
+    def open_channel(self) -> tuple[str, int, bytes]:
+        """Start (once) this shard's channel server -> (host, port, token) to connect to; see
+        ``monolith_ray.ps.channel``. It listens on this node's address (Ray's node IP in an
+        actor, loopback otherwise)."""
         from monolith_ray.ps.channel import ChannelServer
 
         with self._lock:
             if self._channel is None:
                 self._channel = ChannelServer(self, _node_address())
-            return self._channel.register(client_public_key)
-
-    def close_channel(self) -> None:
-        """Stop this shard's channel server, if it runs (its zmq context and threads end)."""
-        with self._lock:
-            channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()
+            return self._channel.address
 
     def pid(self) -> int:
         """This server's process id (to find the process that holds a shard)."""
