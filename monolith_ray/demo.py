@@ -181,7 +181,7 @@ class Loop:
 
         if self.training_error:
             raise self.training_error[0]
-        restarts = self.training.supervisor.check()
+        restarts = self.training.supervisor.counts()  # training checks them on schedule
         users = self.users.stats()
         joined = ray.get([j.counters.remote() for j in self.joiners], timeout=30)
         read = ray.get(self.training.monitor.totals.remote(), timeout=30)

@@ -204,6 +204,12 @@ class Reader:
             self._no_slots = slots()
         self._actions = msgspec.json.Decoder(_Action)
 
+    def _plain(self, request_id: str, t: int, now: float) -> bool:
+        """Whether a typed-decoded message's request id and time pass as they are: time
+        within the limits at wall clock ``now``, id printable ASCII without spaces."""
+        return (self._min_time <= t <= now + self._skew and request_id.isascii()
+                and request_id.isprintable() and " " not in request_id)
+
     def feature(self, raw: bytes | None, now: float) -> tuple[str, int, Scalar]:
         """A ``features`` message's (request id, time, item id); MessageError (or another
         error, as from the parser) if it is invalid at wall clock ``now``."""
@@ -213,10 +219,8 @@ class Reader:
             except Exception:  # noqa: BLE001 - not plainly valid: the parser decides
                 pass
             else:
-                t, rid = msg.time, msg.request_id
-                if (self._min_time <= t <= now + self._skew and msg.slots != self._no_slots
-                        and rid.isascii() and rid.isprintable() and " " not in rid):
-                    return rid, t, msg.item_id
+                if msg.slots != self._no_slots and self._plain(msg.request_id, msg.time, now):
+                    return msg.request_id, msg.time, msg.item_id
         out = parse_feature(decode(raw or b""), self._known, self._limits, now)
         return out["request_id"], out["time"], out["item_id"]
 
@@ -228,10 +232,8 @@ class Reader:
         except Exception:  # noqa: BLE001 - not plainly valid: the parser decides
             pass
         else:
-            t, rid = msg.time, msg.request_id
-            if (self._min_time <= t <= now + self._skew and rid.isascii() and rid.isprintable()
-                    and " " not in rid):
-                return rid, msg.item_id, t, msg.action
+            if self._plain(msg.request_id, msg.time, now):
+                return msg.request_id, msg.item_id, msg.time, msg.action
         out = parse_action(decode(raw or b""), self._limits, now)
         return out["request_id"], out["item_id"], out["time"], out["action"]
 

@@ -378,15 +378,14 @@ class OnlineTraining:
             except ray.exceptions.RayActorError as err:
                 if self._closed or isinstance(err, ray.exceptions.RayTaskError):
                     raise  # closed, or raised inside a live trainer (e.g. by a call it made)
-                # The error's traceback keeps this frame: drop the splits' handles from it,
-                # so the split coordinator and its endless read tasks end with the trainers.
                 _shut_down(splits)
+                died = err
+            finally:
+                # An error's traceback keeps this frame: drop the splits' handles from it, so
+                # the split coordinator and its endless read tasks end with the trainers.
                 del dataset, splits, refs
-                self.supervisor.restarted("trainers", err)
-                self._replace_trainers()
-            except BaseException:
-                del dataset, splits, refs
-                raise
+            self.supervisor.restarted("trainers", died)
+            self._replace_trainers()
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
                 "examples_per_s": sum(f["examples_per_s"] for f in fits),
                 "attempts": attempts}
