@@ -11,8 +11,8 @@ offsets to the end:
 
 - ``raw_consume_per_s``: a bare consumer of the joiner's own client library, a confluent-kafka
   (librdkafka) ``Consumer`` with the settings the joiner's consumer gets
-  (``librdkafka_config(cfg.kafka)``, its own group id, no auto commit or offset store,
-  ``enable.partition.eof``), manually ``assign``-ed at each partition's earliest offset,
+  (``stream.joiner.consumer_config``: no auto commit or offset store,
+  ``enable.partition.eof``, ``fetch.queue.backoff.ms``; its own group id), manually ``assign``-ed at each partition's earliest offset,
   calls ``consume(joiner.max_poll_records, 0.1)`` as the joiner does until every
   partition of the features and actions topics has reported its end (partition EOF: the
   offsets actually present, whatever ListOffsets says); messages / wall seconds from its
@@ -68,8 +68,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from monolith_ray.config import Config, load_config
 from monolith_ray.data.kafka_source import StreamSpec, earliest_offsets, read_kafka_examples
-from monolith_ray.stream.joiner import StreamJoiner
-from monolith_ray.stream.kafka import end_offsets, kafka_session, librdkafka_config
+from monolith_ray.stream.joiner import StreamJoiner, consumer_config
+from monolith_ray.stream.kafka import end_offsets, kafka_session
 from monolith_ray.stream.producers import replay_movielens
 from monolith_ray.train.online import run_online_training
 
@@ -111,9 +111,7 @@ def raw_consume(cfg: Config, topics: list[str]) -> tuple[int, int, float, float,
     starts = [TopicPartition(topic, p, offset) for topic in topics
               for p, offset in earliest_offsets(cfg.kafka, topic).items()]
     t0, cpu0 = time.perf_counter(), time.process_time()
-    consumer = Consumer({**librdkafka_config(cfg.kafka), "group.id": RAW_GROUP,
-                         "enable.auto.commit": False, "enable.auto.offset.store": False,
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer = Consumer(consumer_config(cfg.kafka, RAW_GROUP, "earliest"))
     try:
         consumer.assign(starts)
         n = n_bytes = 0

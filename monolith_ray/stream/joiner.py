@@ -61,6 +61,23 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1000 ms by
+# default in 2.x) once its local queue is over the thresholds. A joiner reads slower than the
+# fetcher fills that queue, so on a busy stream it drained the queue and then sat through the
+# rest of the backoff: 0.1 s empty polls, 0.5-0.7 s a run in ``benchmarks.stream``. 10 ms
+# keeps a full queue from being refetched in a busy loop and never leaves the joiner idle long.
+FETCH_QUEUE_BACKOFF_MS = 10
+
+
+def consumer_config(kafka: KafkaConfig, group_id: str, start: str) -> dict[str, Any]:
+    """The librdkafka settings of a joiner's consumer: ``kafka``'s brokers and security, group
+    ``group_id``, offsets committed by the joiner itself (no auto commit or store), ``start``
+    (earliest | latest) where the group has none, and partition-EOF events."""
+    return {**librdkafka_config(kafka), "group.id": group_id, "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "auto.offset.reset": start,
+            "enable.partition.eof": True, "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
+
+
 class StreamJoiner:
     """Joiner ``index`` of ``count`` (default ``cfg.n_joiners``) on Kafka: reads partitions
     p with ``p % count == index`` of the features and actions topics from the offsets
@@ -82,11 +99,7 @@ class StreamJoiner:
             raise ValueError(f"joiner index must be in [0, {count}), got {index}")
         self.cfg, self.index, self.count, self._timeout_s = cfg, index, count, timeout_s
         self._topics = kafka.topics
-        conf = librdkafka_config(kafka)
-        self._consumer = Consumer({
-            **conf, "group.id": cfg.group_id, "enable.auto.commit": False,
-            "enable.auto.offset.store": False, "auto.offset.reset": cfg.start,
-            "enable.partition.eof": True})
+        self._consumer = Consumer(consumer_config(kafka, cfg.group_id, cfg.start))
         self._reports = DeliveryReports(kafka)
         self._producer = self._reports.producer
         store = None
