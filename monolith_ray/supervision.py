@@ -18,7 +18,8 @@ count from Ray's control store (the count ``ray list actors`` shows; no dashboar
 logs every new restart at WARNING (``monolith_ray.supervision``) and raises
 :class:`RestartLimitError` naming the process once one has died for good: past its allowance,
 or killed outside the job. :meth:`Supervisor.counts` is what the demo's table, the online
-job's ``metrics.json`` and ``/healthz`` show as ``restarts``.
+job's ``metrics.json`` and ``/healthz`` show as ``restarts``; each restart it sees is also
+counted in the metric ``monolith_ray_restarts`` (``monolith_ray.metrics``).
 
 Costs: :meth:`Supervisor.check` makes one control-store read per watched actor (a few per
 shard, joiner and server: tens per check at most, every ``supervision.check_every_s``).
@@ -31,6 +32,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from monolith_ray import metrics
 from monolith_ray.config.supervision import SupervisionConfig
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class Supervisor:
         with self._lock:
             n = self._counts.get(name, 0) + 1
             self._counts[name] = n
+        metrics.RESTARTS.inc(process=name)
         if 0 <= self.cfg.max_restarts < n:
             raise RestartLimitError(
                 f"{name} failed {n} times, more than supervision.max_restarts="
@@ -104,6 +107,7 @@ class Supervisor:
                 seen = self._counts.get(name, 0)
                 self._counts[name] = max(seen, n)
             if n > seen:
+                metrics.RESTARTS.inc(n - seen, process=name)
                 logger.warning("monolith_ray: %s was restarted by Ray (restart %d%s)", name, n,
                                _of(self.cfg.max_restarts))
             if record.get("State") == "DEAD":

@@ -17,6 +17,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from monolith_ray import metrics
 from monolith_ray.config import KafkaConfig
 from monolith_ray.messages import dead_letter, encode
 
@@ -44,6 +45,7 @@ class DeadLetterWriter:
              raw: bytes | None) -> None:
         """Queue the dead letter of ``topic[partition]@offset`` refused for ``reason``."""
         self.sent += 1
+        metrics.DEAD_LETTERS.inc(stage=self.stage)
         if time.monotonic() < self._paused_until:
             self.failed += 1
             return
@@ -83,6 +85,7 @@ class DeadLetterWriter:
 
     def _fail(self, count: int, err: object) -> None:
         self.failed += count
+        metrics.DEAD_LETTERS_FAILED.inc(count, stage=self.stage)
         self._paused_until = time.monotonic() + BACKOFF_S
         logger.warning("%d dead letter(s) to %s not written (%s); %d in all, none tried "
                        "for %g s", count, self.kafka.topics.dead_letter, err, self.failed,

@@ -69,6 +69,7 @@ from kafka import KafkaConsumer, TopicPartition
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
+from monolith_ray import metrics
 from monolith_ray.config import KafkaConfig, LimitsConfig, SlotConfig
 from monolith_ray.data.dead_letters import DeadLetterWriter
 from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
@@ -234,7 +235,7 @@ class KafkaExampleReader:
         # Per partition, the offset after the last record that became a row: a row accounts
         # for every offset from there to its own (the refused ones in between included).
         uncovered = dict(self.positions)
-        heard = time.monotonic()
+        heard = reported = time.monotonic()
         while True:
             active = [p for p in tps if not _reached(self.positions[p], stops, p)]
             if not active:
@@ -261,18 +262,31 @@ class KafkaExampleReader:
                         stops[p] = consumer.highwater(tp)
             table = self._table(rows, uncovered) if len(rows) else None
             self._flush_dead_letters()
+            if time.monotonic() - reported >= metrics.REPORT_EVERY_S:
+                reported = time.monotonic()
+                self._report_lag(consumer, tps)
             if polled:
                 heard = time.monotonic()
                 if self.report is not None:
                     self.report(self.stats())
             if table is not None:
                 self.records += table.num_rows
+                metrics.EXAMPLES_READ.inc(table.num_rows, topic=spec.topic)
                 yield table
                 # Time spent paused at the yield (a consumer behind, backpressure) is not
                 # time without records.
                 heard = time.monotonic()
             elif spec.heartbeats:
                 yield self.schema.empty_table()
+
+    def _report_lag(self, consumer: KafkaConsumer, tps: dict[int, TopicPartition]) -> None:
+        """Record each partition's Kafka lag: its end offset as of the consumer's last fetch
+        (no broker round trip) minus the read position."""
+        for p, tp in tps.items():
+            end = consumer.highwater(tp)
+            if end is not None:
+                metrics.KAFKA_LAG.set(max(end - self.positions[p], 0), process="source",
+                                      topic=tp.topic, partition=p)
 
     def _take(self, rows: _Rows, partition: int, record: Any, now: float) -> None:
         """Validate ``record`` into ``rows``, or refuse it."""

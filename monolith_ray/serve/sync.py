@@ -38,11 +38,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from monolith_ray import metrics
 from monolith_ray.config import SlotConfig, SupervisionConfig
 from monolith_ray.ps.client import calls_for
 from monolith_ray.serve.store import SparseStore, SparseUpdate
@@ -121,11 +122,25 @@ class ParameterSync:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         with self._sync_lock:
-            if kind in ("sparse", "both"):
-                self._sync_sparse()
-            if kind in ("dense", "both"):
-                self._sync_dense()
+            for part, sync in (("sparse", self._sync_sparse), ("dense", self._sync_dense)):
+                if kind in (part, "both"):
+                    self._measured(part, sync)
         return self.versions()
+
+    def _measured(self, kind: str, sync: Callable[[], None]) -> None:
+        """Run ``sync`` (of ``kind``) and record its metrics: its seconds and the version,
+        then the time of a success or the count of a failure."""
+        started, ok = time.perf_counter(), False
+        try:
+            sync()
+            ok = True
+        finally:
+            metrics.SYNC_SECONDS.observe(time.perf_counter() - started, kind=kind)
+            metrics.SYNC_VERSION.set(self.versions()[kind], kind=kind)
+            if ok:
+                metrics.SYNC_TIMESTAMP.set(time.time(), kind=kind)
+            else:
+                metrics.SYNC_FAILURES.inc(kind=kind)
 
     def _sync_sparse(self) -> None:
         calls = self._calls
@@ -168,6 +183,7 @@ class ParameterSync:
                     self._log.append(change)
                 self.counters["rows_synced"] += int(n_rows)
                 self.counters["ids_evicted"] += int(n_evicted)
+                metrics.SYNC_ROWS.inc(int(n_rows + n_evicted))
             self.counters["sparse_syncs"] += 1
             self.last_sync["sparse"] = time.time()
         if self._forget and read:

@@ -36,6 +36,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from monolith_ray import metrics
 from monolith_ray.config import Config, JoinerConfig, KafkaConfig, LimitsConfig, SlotConfig
 from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
@@ -111,7 +112,9 @@ class StreamJoiner:
         self._n_examples = len(self._partitions(self._topics.examples))
         self._caught_up = dict.fromkeys(self._kinds, False)
         self._last_record = dict.fromkeys(self._kinds, -math.inf)
-        self._last_commit = time.monotonic()
+        self._last_commit = self._last_report = time.monotonic()
+        self._reported = metrics.Deltas()
+        self._read_to: dict[tuple[str, int], int] = {}  # the offset after the last one read
         self._stop = threading.Event()
 
     def _partitions(self, topic: str) -> list[int]:
@@ -180,6 +183,7 @@ class StreamJoiner:
             n = 0
             for tp, batch in batches.items():
                 self._core.add(*self._kinds[tp], batch)
+                self._read_to[tp] = batch[-1][0] + 1
                 n += len(batch)
             quiet_since = now - self.cfg.idle_partition_s
             self._core.advance(kp for tp, kp in self._kinds.items()
@@ -187,6 +191,8 @@ class StreamJoiner:
             self._send()
             if time.monotonic() - self._last_commit >= self.cfg.commit_interval_s:
                 self.commit()
+            elif time.monotonic() - self._last_report >= metrics.REPORT_EVERY_S:
+                self.report()
         return n
 
     def _send(self) -> None:
@@ -227,7 +233,24 @@ class StreamJoiner:
                                            for (kind, p), o in offsets.items()],
                                   asynchronous=False)
         self._last_commit = time.monotonic()
+        self.report()
         return offsets
+
+    def report(self) -> None:
+        """Record this joiner's metrics (``monolith_ray.metrics``): examples and dead letters
+        written since the last report, and per partition read from its Kafka lag: the end
+        offset as of the consumer's last fetch (no broker round trip) minus the read position."""
+        self._last_report = time.monotonic()
+        counts, step, joiner = self._core.counters, self._reported.step, self.index
+        for label, key in (("positive", "positives"), ("negative", "negatives")):
+            metrics.EXAMPLES_JOINED.inc(step(key, counts[key]), joiner=joiner, label=label)
+        metrics.DEAD_LETTERS.inc(step("dead_letters", counts["dead_letters"]), stage="joiner")
+        watermarks = self._consumer.get_watermark_offsets
+        for (topic, partition), position in self._read_to.items():
+            end = watermarks(TopicPartition(topic, partition), cached=True)[1]
+            if end >= 0:
+                metrics.KAFKA_LAG.set(max(end - position, 0), process="joiner", topic=topic,
+                                      partition=partition)
 
     def run(self, max_seconds: float | None = None, stop_when_idle_s: float | None = None,
             drain: bool = False) -> dict[str, int]:

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 import optax
 
+from monolith_ray import metrics
 from monolith_ray.config import ModelConfig, OptimizerConfig, SlotConfig, TrainConfig
 from monolith_ray.data.batches import Batch
 from monolith_ray.model import (
@@ -225,6 +226,8 @@ class TrainLoop:
             self.table_rows = {n: s["rows"] for n, s in self.client.stats().items()}
         self.steps += 1
         seconds = time.perf_counter() - start
+        metrics.EXAMPLES_TRAINED.inc(len(batch))
+        metrics.TRAIN_STEP_SECONDS.observe(seconds)
         return {"step": self.steps, "loss": float(step.loss), "examples": len(batch),
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}

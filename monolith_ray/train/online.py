@@ -73,6 +73,7 @@ from monolith_ray.data.kafka_source import (
     read_kafka_examples,
 )
 from monolith_ray.data.offsets import OffsetCoverage
+from monolith_ray.metrics import TableReporter
 from monolith_ray.supervision import Supervisor, actor_options
 from monolith_ray.train.job import Trainer, start_servers, trainer_options
 from monolith_ray.train.loop import IDLE
@@ -243,6 +244,7 @@ class OnlineTraining:
         self.last_snapshot: str | None = None
         self.shards, self.dense = start_servers(cfg, where if kind == "snapshot" else None)
         self.supervisor = Supervisor(cfg.supervision)
+        self.tables = TableReporter()
         self.trainers: list[Any] = []
         self.monitor: Any = None
         self.dump: dict[str, Any] | None = None
@@ -365,7 +367,7 @@ class OnlineTraining:
         every ``supervision.check_every_s`` the trainers' commits are collected and the
         watched actors checked. A trainer that dies is replaced with all its peers and
         ``make_dataset()`` is read again (see the module docstring); any other failure of a
-        trainer raises here."""
+        trainer raises here. The shards' table metrics are recorded at each check."""
         attempts = 0
         while True:
             attempts += 1
@@ -408,6 +410,7 @@ class OnlineTraining:
                 with self._lock:
                     self._collect()
                 self.supervisor.check()
+                self.tables.poll(self.shards, timeout_s=check_every)
                 check_due = time.monotonic() + check_every
             if now >= due:
                 self.snapshot()

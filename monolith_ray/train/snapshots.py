@@ -43,11 +43,13 @@ import json
 import os
 import posixpath
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import pyarrow.fs as pafs
 
+from monolith_ray import metrics
 from monolith_ray.config import Config, ConfigError, DataConfig
 from monolith_ray.files import absolute_location, filesystem_and_path
 
@@ -119,12 +121,16 @@ def take_snapshot(target: Config | Location, shards: Sequence[Any], dense: Any,
     keep = default_keep if keep is None else keep
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    started = time.perf_counter()
     number = max((s.number for s in list_snapshots(root)), default=0) + 1
     taken_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     location = f"{root}/snap-{number:06d}-{taken_at.strftime(_STAMP)}"
-    _write(location, shards, dense, offsets, {"number": number,
-                                              "taken_at": taken_at.isoformat()})
+    nbytes = _write(location, shards, dense, offsets, {"number": number,
+                                                       "taken_at": taken_at.isoformat()})
     prune(root, keep)
+    metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
+    metrics.SNAPSHOT_BYTES.set(nbytes)
+    metrics.SNAPSHOT_TIMESTAMP.set(time.time())
     return location
 
 
@@ -227,9 +233,10 @@ def read_manifest(location: Location) -> dict[str, Any] | None:
 
 
 def _write(location: str, shards: Sequence[Any], dense: Any,
-           offsets: Mapping[str, Any] | None, header: Mapping[str, Any]) -> None:
+           offsets: Mapping[str, Any] | None, header: Mapping[str, Any]) -> int:
     """Write one snapshot folder: the shards' tables, the dense state, the offsets, then the
-    manifest listing them (``header`` plus format, shards, dense version and files)."""
+    manifest listing them (``header`` plus format, shards, dense version and files) -> the
+    bytes of the files listed."""
     import ray
 
     fs, path = filesystem_and_path(location)
@@ -246,6 +253,7 @@ def _write(location: str, shards: Sequence[Any], dense: Any,
                 "dense_version": int(version), "files": dict(sorted(files.items()))}
     with fs.open_output_stream(f"{path}/{MANIFEST}", compression=None) as f:
         f.write(json.dumps(manifest, indent=2).encode("utf-8"))
+    return sum(files.values())
 
 
 def _check(location: str, manifest: Mapping[str, Any], n_shards: int) -> None:
