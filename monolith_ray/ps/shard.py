@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from math import prod
@@ -79,6 +80,7 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 
 
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
+TABLE_SUFFIX = ".table"  # a slot's snapshot file: <folder>/<slot>.table
 
 
 def restore_if_restarted(server: Any, restore_on_restart: Callable[[], str | None] | None
@@ -219,24 +221,32 @@ class ShardServer:
         """Per slot: rows, version, bytes and the table's counters."""
         return {name: t.stats() for name, t in self.tables.items()}
 
-    @_serialized
     def export_since(self, versions: Mapping[str, int] | int = 0) -> dict[str, TableDelta]:
         """Per slot the rows changed and ids evicted after that slot's version (a mapping; slots
-        missing from it start at 0) or after one version for all slots (an int)."""
+        missing from it start at 0) or after one version for all slots (an int). Tables are
+        scanned in chunks, the shard's lock held per chunk (``EmbeddingTable.export_since``):
+        training goes on while a delta of millions of rows is read."""
         if isinstance(versions, int):
             versions = dict.fromkeys(self.tables, versions)
-        return {name: t.export_since(versions.get(name, 0)) for name, t in self.tables.items()}
+        with self._lock:
+            tables = dict(self.tables)
+        return {name: t.export_since(versions.get(name, 0), self._lock)
+                for name, t in tables.items()}
 
-    @_serialized
     def changes_since(self, versions: Mapping[str, int], incarnation: str | None
                       ) -> tuple[str, dict[str, TableDelta]]:
         """``(this shard's incarnation, export_since(versions))`` if ``incarnation`` is this
         shard's current one, else ``(incarnation, export_since(0))``: everything, since the
         versions a reader holds mean nothing to a shard started or restored after it read
-        them (its tables' versions start over from the snapshot's)."""
-        if incarnation != self._incarnation:
+        them (its tables' versions start over from the snapshot's). A restore while the
+        delta is read leaves it labelled with the old incarnation, so the reader's next call
+        reads everything again."""
+        with self._lock:
+            current, tables = self._incarnation, dict(self.tables)
+        if incarnation != current:
             versions = {}
-        return self._incarnation, self.export_since(versions)
+        return current, {name: t.export_since(versions.get(name, 0), self._lock)
+                         for name, t in tables.items()}
 
     @_serialized
     def forget_evictions(self, versions: Mapping[str, int], incarnation: str | None = None
@@ -249,30 +259,39 @@ class ShardServer:
         for name, version in versions.items():
             self._table(name).forget_evictions(version)
 
-    @_serialized
-    def snapshot(self, location: str | os.PathLike[str]) -> None:
-        """Write every slot's table to ``<location>/<slot>.npz``, a local folder or any
-        ``pyarrow.fs`` URI, resolved here, on this actor's node and with its credentials.
-        Files are written in place: a reader learns they are whole from the manifest that
-        ``monolith_ray.train.snapshots`` writes after every shard has returned."""
+    def snapshot(self, location: str | os.PathLike[str]) -> dict[str, float]:
+        """Write every slot's table to ``<location>/<slot>.table``, a local folder or any
+        ``pyarrow.fs`` URI, resolved here, on this actor's node and with its credentials ->
+        {rows, bytes, seconds}. Each table is copied a chunk at a time under the shard's lock
+        and written outside it (``EmbeddingTable.snapshot``: a fuzzy cut), so trainers' calls
+        wait at most one chunk's copy, never the write. Files are written in place: a reader
+        learns they are whole from the manifest that ``monolith_ray.train.snapshots`` writes
+        after every shard has returned."""
+        t0 = time.perf_counter()
         fs, folder = filesystem_and_path(location)
         fs.create_dir(folder, recursive=True)
-        for name, table in self.tables.items():
-            with fs.open_output_stream(f"{folder}/{name}.npz", compression=None) as f:
-                table.snapshot(f)
+        with self._lock:
+            tables = dict(self.tables)
+        rows = n_bytes = 0
+        for name, table in tables.items():
+            with fs.open_output_stream(f"{folder}/{name}{TABLE_SUFFIX}", compression=None,
+                                       buffer_size=1 << 22) as f:
+                rows += table.snapshot(f, self._lock)
+                n_bytes += f.tell()
+        return {"rows": rows, "bytes": n_bytes, "seconds": time.perf_counter() - t0}
 
     @_serialized
     def restore(self, location: str | os.PathLike[str]) -> None:
         """Replace every slot's table by its snapshot at ``location`` (a local folder or
         ``pyarrow.fs`` URI); all or nothing."""
         fs, folder = filesystem_and_path(location)
-        paths = {name: f"{folder}/{name}.npz" for name in self.tables}
+        paths = {name: f"{folder}/{name}{TABLE_SUFFIX}" for name in self.tables}
         for name, info in zip(paths, fs.get_file_info(list(paths.values()))):
             if info.type != pafs.FileType.File:
                 raise FileNotFoundError(f"no snapshot of slot {name!r} in {location}")
         restored = {}
         for name, table in self.tables.items():
-            with fs.open_input_file(paths[name]) as f:
+            with fs.open_input_stream(paths[name], buffer_size=1 << 22) as f:
                 new = EmbeddingTable.restore(f)
             if new.dim != table.dim:
                 raise ValueError(f"snapshot {paths[name]} has rows {new.dim} wide, slot "

@@ -16,19 +16,39 @@ Policies worth knowing:
 - ``version`` counts the calls that changed the table; ``export_since(v)`` returns the rows
   changed and the ids evicted after version ``v``.
 
-Snapshot format (``snapshot``/``restore``): an uncompressed NumPy ``.npz`` archive, read with
-``allow_pickle=False``. ``meta`` is UTF-8 JSON (format tag, slot config, version, counters)
-stored as uint8; ``map/*`` is the cuckoo map's state; ``rows/weights``, ``rows/ids``,
-``rows/updated_at``, ``rows/count``, ``rows/version`` and ``state/<name>`` hold the first
-``row_bound`` rows; ``filter/sketch`` the admission counters; ``evicted/ids`` and
-``evicted/versions`` the eviction log. Restore is bit-exact.
+Memory: the per-row arrays sit over reserved address space (``monolith_ray.table.rows``):
+growing never copies, and the process holds only the rows handed out. Per row of width
+``dim`` (the slot's ``dim + 1``): ``4 * dim`` bytes of weights, ``4 * dim`` per optimizer state
+matrix (Adagrad: one), 28 bytes of id, time, count and version, plus the cuckoo map's 14-20
+bytes per id: about 180 bytes an id at dim 16 with Adagrad. ``stats()["bytes"]`` counts them all.
+
+Snapshot format (``snapshot``/``restore``, format tag ``monolith_ray.table/2``): a stream of
+NumPy ``.npy`` frames, read back with ``allow_pickle=False`` and every shape checked before
+its data is read. A uint8 UTF-8 JSON header (format tag, slot and admission config, field
+names, widths and dtypes, rows at the start), then chunks of live rows (an int64 count, then
+one array per field: ids, weights, optimizer state, update time, count, version), an end
+marker (count -1), a JSON trailer (version, counters), the admission sketch and the eviction
+log. The map is not stored: restore inserts the ids again.
+
+A snapshot is written chunk by chunk (``SNAPSHOT_CHUNK_ROWS`` rows a chunk), each chunk
+copied under the caller's lock and written outside it, so training goes on while a
+snapshot of any size is written: the lock is held a few milliseconds at a time. The price
+is a fuzzy cut: every row is whole, but rows are taken at different moments between the
+snapshot's start and end, and an id evicted and inserted again meanwhile may appear twice
+(restore keeps the copy with the higher row version). A consistent cut would need the
+whole table copied under the lock (seconds at tens of millions of rows, and twice the
+memory) or copy-on-write of every row written while it runs. Online training replays the
+stream from offsets committed before the snapshot starts, so every update a snapshot misses
+is applied again: at least once, as everywhere else in the loop. Without concurrent
+writers the restored table answers exactly as the original.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import zipfile
+from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
 import numba as nb
@@ -39,8 +59,14 @@ from monolith_ray.table.admission import AdmissionFilter
 from monolith_ray.table.cuckoo import EMPTY, CuckooMap
 from monolith_ray.table.initializers import fill_rows
 from monolith_ray.table.optimizers import make_optimizer
+from monolith_ray.table.rows import MAX_ROWS, committed_bytes, reserve
 
-FORMAT = "monolith_ray.table/1"
+FORMAT = "monolith_ray.table/2"
+SNAPSHOT_CHUNK_ROWS = 1 << 15  # rows copied per lock hold: ~5 MB, ~2 ms, at dim 17 + Adagrad
+EXPORT_CHUNK_ROWS = 1 << 18  # rows scanned per lock hold by export_since (~2 MB of versions)
+_MAX_FRAME_ROWS = 1 << 24  # a snapshot frame larger than this is refused as corrupt
+_MAX_META_BYTES = 1 << 20
+Lock = contextlib.AbstractContextManager
 
 
 class TableDelta(NamedTuple):
@@ -80,22 +106,37 @@ class EmbeddingTable:
         self.counters = {"admitted": 0, "filtered": 0, "evicted": 0, "dropped_grads": 0}
         self._evicted_ids: list[np.ndarray] = []
         self._evicted_versions: list[np.ndarray] = []
+        self._reserved = False
         self._alloc_rows(max(16, capacity))
 
+    def _fields(self) -> dict[str, tuple[int, np.dtype]]:
+        """Per-row array name -> (width, 0 for a 1-D array; dtype)."""
+        fields = {"weights": (self.dim, np.dtype(np.float32)), "ids": (0, np.dtype(np.int64)),
+                  "updated_at": (0, np.dtype(np.float64)), "count": (0, np.dtype(np.uint32)),
+                  "version": (0, np.dtype(np.int64))}
+        fields.update({f"state/{k}": (w, np.dtype(np.float32))
+                       for k, (w, _) in self._optimizer.state_spec(self.dim).items()})
+        return fields
+
     def _alloc_rows(self, n: int) -> None:
+        """Make room for ``n`` rows: the first call reserves ``MAX_ROWS`` (committed as rows
+        are written); without a reservation, arrays grown by copying, 1.5x a step."""
         old = getattr(self, "_rows", None)
-        spec = self._optimizer.state_spec(self.dim)
-        rows = {
-            "weights": np.zeros((n, self.dim), dtype=np.float32),
-            "ids": np.full(n, EMPTY, dtype=np.int64),
-            "updated_at": np.zeros(n, dtype=np.float64),
-            "count": np.zeros(n, dtype=np.uint32),
-            "version": np.zeros(n, dtype=np.int64),
-        }
-        rows.update({f"state/{k}": np.full((n, w), fill, dtype=np.float32)
-                     for k, (w, fill) in spec.items()})
+        if old is not None and (self._reserved or old["ids"].shape[0] >= n):
+            if n > old["ids"].shape[0]:
+                raise MemoryError(f"slot {self.slot.name!r}: a table holds at most "
+                                  f"{MAX_ROWS} rows per shard; add shards")
+            return
+        if old is None:
+            rows = {k: reserve(MAX_ROWS, w, dt) for k, (w, dt) in self._fields().items()}
+            self._reserved = all(a is not None for a in rows.values())
+            if self._reserved:
+                self._rows = rows
+                return
+        m = 0 if old is None else old["ids"].shape[0]
+        n = max(n, int(1.5 * m))
+        rows = {k: np.zeros((n, w) if w else n, dtype=dt) for k, (w, dt) in self._fields().items()}
         if old is not None:
-            m = old["ids"].shape[0]
             for k, a in rows.items():
                 a[:m] = old[k]
         self._rows = rows
@@ -152,7 +193,7 @@ class EmbeddingTable:
         rows, inserted = self._map.find_or_insert(ids)
         rows = rows.astype(np.int64)
         if self._map.row_bound > self._rows["ids"].shape[0]:
-            self._alloc_rows(max(self._map.row_bound, 2 * self._rows["ids"].shape[0]))
+            self._alloc_rows(self._map.row_bound)
         fresh = rows[inserted]
         if fresh.size:
             self.version += 1
@@ -226,20 +267,39 @@ class EmbeddingTable:
 
     # ------------------------------------------------------------------ sync
 
-    def export_since(self, version: int) -> TableDelta:
-        """Rows changed and ids evicted after ``version`` (the parameter-sync delta)."""
-        bound = self._map.row_bound
-        ids = self._rows["ids"][:bound]
-        changed = np.flatnonzero((ids != EMPTY) & (self._rows["version"][:bound] > version))
-        live_ids = ids[changed]
-        if self._evicted_ids:
-            ev = np.concatenate(self._evicted_ids)
-            ev_v = np.concatenate(self._evicted_versions)
-            evicted = np.unique(ev[ev_v > version])
-            evicted = evicted[~self.contains(evicted)]
-        else:
-            evicted = np.empty(0, dtype=np.int64)
-        return TableDelta(live_ids.copy(), self._weights[changed], evicted, self.version)
+    def export_since(self, version: int, lock: Lock | None = None,
+                     chunk_rows: int = EXPORT_CHUNK_ROWS) -> TableDelta:
+        """Rows changed and ids evicted after ``version`` (the parameter-sync delta).
+
+        With a ``lock`` (the one every writer of this table holds), the rows are scanned
+        ``chunk_rows`` at a time, the lock held only per chunk, so writers go on meanwhile.
+        The delta's ``version`` is the table's at the start: rows changed during the scan may
+        already be in it and come again in the next delta (from that version), and evictions
+        after it wait for the next delta, so a reader that applies deltas in order converges.
+        """
+        lock = lock or contextlib.nullcontext()
+        with lock:
+            upto, bound = self.version, self._map.row_bound
+        ids_parts, weight_parts = [], []
+        for start in range(0, bound, chunk_rows):
+            with lock:
+                stop = min(start + chunk_rows, self._map.row_bound)
+                ids = self._rows["ids"][start:stop]
+                changed = np.flatnonzero((ids != EMPTY)
+                                         & (self._rows["version"][start:stop] > version))
+                ids_parts.append(ids[changed])
+                weight_parts.append(self._weights[start + changed])
+        with lock:
+            if self._evicted_ids:
+                ev = np.concatenate(self._evicted_ids)
+                ev_v = np.concatenate(self._evicted_versions)
+                evicted = np.unique(ev[(ev_v > version) & (ev_v <= upto)])
+                evicted = evicted[~self.contains(evicted)]
+            else:
+                evicted = np.empty(0, dtype=np.int64)
+        weights = (np.concatenate(weight_parts) if weight_parts
+                   else np.empty((0, self.dim), dtype=np.float32))
+        return TableDelta(_concat(ids_parts), weights, evicted, upto)
 
     def forget_evictions(self, upto_version: int) -> None:
         """Drop eviction records at or before ``upto_version`` (every reader has them)."""
@@ -251,63 +311,161 @@ class EmbeddingTable:
     # ------------------------------------------------------------------ stats, snapshot
 
     def stats(self) -> dict[str, int]:
-        """Rows held, bytes (map + rows + optimizer state + admission), and counters."""
+        """Rows held, bytes (map + committed row pages + optimizer state + admission), and
+        counters."""
         bound = self._map.row_bound
-        row_bytes = sum(a[:bound].nbytes for a in self._rows.values())
+        row_bytes = sum(committed_bytes(a, bound) for a in self._rows.values())
         return {"rows": len(self), "version": self.version,
                 "bytes": self._map.nbytes + row_bytes + self._filter.nbytes, **self.counters}
 
-    def snapshot(self, file: str | BinaryIO) -> None:
-        """Write the whole table to ``file`` (a path or a writable binary file)."""
-        bound = self._map.row_bound
-        meta = {"format": FORMAT, "slot": dataclasses.asdict(self.slot),
-                "admission": dataclasses.asdict(self.admission),
-                "version": self.version, "counters": self.counters}
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-        arrays.update({f"map/{k}": v for k, v in self._map.state().items()})
-        arrays.update({f"rows/{k}" if not k.startswith("state/") else k: v[:bound]
-                       for k, v in self._rows.items()})
-        arrays["filter/sketch"] = self._filter.sketch
-        arrays["evicted/ids"] = _concat(self._evicted_ids)
-        arrays["evicted/versions"] = _concat(self._evicted_versions)
-        np.savez(file, **arrays)
+    def snapshot(self, file: str | BinaryIO, lock: Lock | None = None,
+                 chunk_rows: int = SNAPSHOT_CHUNK_ROWS) -> int:
+        """Write the table to ``file`` (a path or a writable binary stream) -> rows written.
+
+        With a ``lock`` (the one every writer of this table holds), each chunk of
+        ``chunk_rows`` rows is copied under it and written after releasing it: a fuzzy cut
+        (see the module docstring), and writers wait at most one chunk's copy."""
+        if isinstance(file, str):
+            with open(file, "wb") as f:
+                return self.snapshot(f, lock, chunk_rows)
+        lock = lock or contextlib.nullcontext()
+        with lock:
+            bound, live = self._map.row_bound, len(self)
+        fields = self._fields()
+        header = {"format": FORMAT, "slot": dataclasses.asdict(self.slot),
+                  "admission": dataclasses.asdict(self.admission), "rows": live,
+                  "fields": {k: [w, dt.str] for k, (w, dt) in fields.items()}}
+        _write_json(file, header)
+        written = 0
+        for start in range(0, bound, chunk_rows):
+            with lock:
+                stop = min(start + chunk_rows, self._map.row_bound)
+                sel = start + np.flatnonzero(self._rows["ids"][start:stop] != EMPTY)
+                chunk = {k: self._rows[k][sel] for k in fields}
+            _write_frame(file, np.array([sel.size], dtype=np.int64))
+            for k in fields:
+                _write_frame(file, chunk[k])
+            written += int(sel.size)
+        with lock:
+            trailer = {"version": self.version, "counters": dict(self.counters)}
+            sketch = self._filter.sketch.copy()
+            evicted = _concat(self._evicted_ids), _concat(self._evicted_versions)
+        _write_frame(file, np.array([-1], dtype=np.int64))
+        _write_json(file, trailer)
+        for a in (sketch, *evicted):
+            _write_frame(file, a)
+        return written
 
     @classmethod
     def restore(cls, file: str | BinaryIO) -> "EmbeddingTable":
-        """Read a table written by ``snapshot``; the result is bit-exact and writable.
+        """Read a table written by ``snapshot``; the result is writable and answers every
+        lookup as the table did (bit-exact rows) if nothing wrote to it while it was written.
 
-        Anything else (not an ``.npz`` archive holding ``meta``) raises ValueError.
+        Anything else (another format, a truncated or corrupt stream) raises ValueError.
         """
-        not_snapshot = "not a table snapshot: expected an .npz archive holding 'meta'"
+        if isinstance(file, str):
+            with open(file, "rb") as f:
+                return cls.restore(f)
         try:
-            loaded = np.load(file, allow_pickle=False)
-        except (ValueError, EOFError, zipfile.BadZipFile):
-            raise ValueError(not_snapshot) from None
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(not_snapshot)
-        with loaded as z:
-            if "meta" not in z.files:
-                raise ValueError(not_snapshot)
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays["meta"].tobytes().decode())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"not a table snapshot: format {meta.get('format')!r}, "
-                             f"expected {FORMAT!r}")
-        table = cls(from_dict(SlotConfig, meta["slot"]),
-                    from_dict(AdmissionConfig, meta["admission"]), capacity=1)
-        table._map = CuckooMap.from_state({k[4:]: v for k, v in arrays.items()
-                                           if k.startswith("map/")})
-        bound = arrays["rows/ids"].shape[0]
-        table._alloc_rows(max(16, bound))
-        for k in table._rows:
-            table._rows[k][:bound] = arrays[k if k.startswith("state/") else f"rows/{k}"]
-        table._filter.sketch = np.array(arrays["filter/sketch"])
-        table.version = int(meta["version"])
-        table.counters = dict(meta["counters"])
-        if arrays["evicted/ids"].size:
-            table._evicted_ids = [np.array(arrays["evicted/ids"])]
-            table._evicted_versions = [np.array(arrays["evicted/versions"])]
+            header = _read_json(file)
+        except ValueError:
+            raise ValueError("not a table snapshot: expected a monolith_ray table "
+                             "snapshot stream") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            got = header.get("format") if isinstance(header, dict) else None
+            raise ValueError(f"not a table snapshot: format {got!r}, expected {FORMAT!r}")
+        try:
+            table = cls(from_dict(SlotConfig, header["slot"]),
+                        from_dict(AdmissionConfig, header["admission"]), capacity=1)
+            fields = table._fields()
+            if header["fields"] != {k: [w, dt.str] for k, (w, dt) in fields.items()}:
+                raise ValueError(f"its fields {header['fields']} do not match the slot's")
+            table._map.reserve(int(header["rows"]))
+            for chunk in _read_chunks(file, fields):
+                table._restore_rows(chunk)
+            trailer = _read_json(file)
+            table.version = int(trailer["version"])
+            table.counters = {k: int(v) for k, v in trailer["counters"].items()}
+            sketch = _read_frame(file, np.uint8, table._filter.sketch.shape)
+            table._filter.sketch = sketch.copy()
+            ev_ids = _read_frame(file, np.int64, None)
+            ev_versions = _read_frame(file, np.int64, ev_ids.shape)
+        except (KeyError, TypeError, EOFError, ValueError) as err:
+            if isinstance(err, ValueError) and "table snapshot" in str(err):
+                raise
+            raise ValueError(f"corrupt table snapshot: {type(err).__name__}: {err}") from None
+        if ev_ids.size:
+            table._evicted_ids, table._evicted_versions = [ev_ids], [ev_versions]
         return table
+
+    def _restore_rows(self, chunk: dict[str, np.ndarray]) -> None:
+        """Insert one snapshot chunk's rows; an id already restored keeps the copy with the
+        higher row version (a fuzzy snapshot may hold an id twice)."""
+        ids = _check_ids(chunk["ids"])
+        rows, inserted = self._map.find_or_insert(ids)
+        rows = rows.astype(np.int64)
+        self._alloc_rows(self._map.row_bound)
+        keep = inserted | (chunk["version"] > self._rows["version"][rows])
+        rows = rows[keep]
+        for k, a in chunk.items():
+            self._rows[k][rows] = a[keep]
+
+
+def _write_frame(file: BinaryIO, array: np.ndarray) -> None:
+    np.lib.format.write_array(file, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_json(file: BinaryIO, value: dict) -> None:
+    _write_frame(file, np.frombuffer(json.dumps(value).encode(), dtype=np.uint8))
+
+
+def _read_frame(file: BinaryIO, dtype: type | np.dtype, shape: tuple[int, ...] | None,
+                width: int = -1) -> np.ndarray:
+    """One ``.npy`` frame of ``dtype``: of ``shape`` if given, else 1-D of any length (or 2-D
+    ``(n, width)`` for ``width`` > 0), at most ``_MAX_FRAME_ROWS`` rows. Checked before its
+    data is read; ValueError on anything else."""
+    try:
+        version = np.lib.format.read_magic(file)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"npy format version {version}")
+        got_shape, fortran, got_dtype = read_header(file)
+    except (ValueError, EOFError, SyntaxError) as err:
+        raise ValueError(f"corrupt table snapshot frame: {err}") from None
+    want = np.dtype(dtype)
+    ok = got_dtype == want and not fortran and got_dtype.hasobject is False
+    if shape is not None:
+        ok = ok and tuple(got_shape) == tuple(shape)
+    elif width > 0:
+        ok = ok and len(got_shape) == 2 and got_shape[1] == width
+    else:
+        ok = ok and len(got_shape) == 1
+    if not ok or (got_shape and got_shape[0] > _MAX_FRAME_ROWS):
+        raise ValueError(f"corrupt table snapshot frame: {got_dtype}{tuple(got_shape)}, "
+                         f"expected {want}{shape or ('n', width) if width > 0 else ('n',)}")
+    n_bytes = int(np.prod(got_shape, dtype=np.int64)) * want.itemsize
+    data = file.read(n_bytes)
+    if len(data) != n_bytes:
+        raise ValueError("truncated table snapshot")
+    return np.frombuffer(data, dtype=want).reshape(got_shape)
+
+
+def _read_json(file: BinaryIO) -> dict:
+    raw = _read_frame(file, np.uint8, None)
+    if raw.size > _MAX_META_BYTES:
+        raise ValueError("corrupt table snapshot: metadata too large")
+    return json.loads(raw.tobytes().decode())
+
+
+def _read_chunks(file: BinaryIO, fields: dict[str, tuple[int, np.dtype]]
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """The snapshot's row chunks, each field's array of the chunk's rows, to the end marker."""
+    while True:
+        n = int(_read_frame(file, np.int64, (1,))[0])
+        if n < 0:
+            return
+        yield {k: _read_frame(file, dt, (n, w) if w else (n,)) for k, (w, dt) in fields.items()}
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -207,7 +207,11 @@ def test_stats_evict_snapshot_and_restore_cover_every_shard(tmp_path):
     fresh.restore(tmp_path)
     for name in NAMES:
         np.testing.assert_array_equal(fresh.lookup(old)[name], rows[name])
-    assert fresh.stats() == client.stats()
+    # A restored table holds the same rows, version and counters; its bytes may differ (its
+    # map is rebuilt at the size it needs, without the original's free rows).
+    without_bytes = lambda stats: {slot: {k: v for k, v in s.items() if k != "bytes"}  # noqa: E731
+                                   for slot, s in stats.items()}
+    assert without_bytes(fresh.stats()) == without_bytes(client.stats())
     assert client.stats()["user"]["rows"] == np.unique(old["user"]).size
     client.pull({"user": make_fids(1, np.array([1000]))}, now=100.0)
     evicted = client.evict_expired(now=100.0)

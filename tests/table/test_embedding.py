@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from monolith_ray.config import (AdmissionConfig, ConfigError, InitializerConfig,
                                  OptimizerConfig, SlotConfig)
+from monolith_ray.table.cuckoo import EMPTY
 from monolith_ray.table.embedding import EmbeddingTable
 from monolith_ray.table.initializers import init_rows
 
@@ -44,12 +49,18 @@ def grads_for(ids, seed: int) -> np.ndarray:
 
 
 def table_state(table: EmbeddingTable) -> dict[str, np.ndarray]:
-    """Every array a snapshot holds (rows, map, sketch, evictions, meta with version/counters)."""
-    buf = io.BytesIO()
-    table.snapshot(buf)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Every array of a table's state: its rows below the bound, its map, sketch and eviction
+    log, and its version and counters."""
+    bound = table._map.row_bound
+    state = {f"rows/{k}": a[:bound].copy() for k, a in table._rows.items()}
+    state.update({f"map/{k}": v for k, v in table._map.state().items()})
+    state["sketch"] = table._filter.sketch.copy()
+    for name, parts in (("evicted/ids", table._evicted_ids),
+                        ("evicted/versions", table._evicted_versions)):
+        state[name] = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    state["meta"] = np.frombuffer(json.dumps([table.version, table.counters]).encode(),
+                                  dtype=np.uint8)
+    return state
 
 
 def assert_same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -152,6 +163,41 @@ def test_grows_far_beyond_initial_capacity():
     np.testing.assert_array_equal(trained, initial(ids))
     np.testing.assert_array_equal(table.lookup_serve(ids), trained)
     np.testing.assert_array_equal(table.lookup_serve(ids[::-1]), trained[::-1])
+
+
+def test_growth_never_moves_or_copies_the_rows():
+    table = EmbeddingTable(make_slot("adagrad"), capacity=4)
+    table.lookup_train(np.arange(10), now=0.0)
+    before = {k: a.ctypes.data for k, a in table._rows.items()}
+    table.lookup_train(np.arange(10, 200_000), now=1.0)
+    assert len(table) == 200_000
+    assert {k: a.ctypes.data for k, a in table._rows.items()} == before
+    np.testing.assert_array_equal(table.lookup_serve(np.arange(10)), initial(np.arange(10)))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_stats_bytes_match_what_the_process_holds():
+    """Filling a table grows the process by what ``stats()`` reports (map, committed row
+    pages and state), not by reserved or doubled capacity."""
+    slot = SlotConfig(name="big", slot_id=1, dim=17, optimizer=OPTIMIZERS["adagrad"],
+                      initializer=INIT)
+    gc.collect()
+    rss0 = _rss_bytes()
+    table = EmbeddingTable(slot, capacity=1024)
+    ids = np.arange(1_500_000, dtype=np.int64) * 7919
+    for chunk in np.array_split(ids, 30):
+        table.lookup_train(chunk, now=0.0)
+    grown = _rss_bytes() - rss0
+    stats = table.stats()
+    assert stats["rows"] == ids.size
+    per_id = stats["bytes"] / stats["rows"]
+    assert 4 * 17 * 2 + 28 <= per_id <= 4 * 17 * 2 + 28 + 22  # rows + state + map
+    assert 0.85 * stats["bytes"] <= grown <= 1.15 * stats["bytes"], (grown, stats["bytes"])
 
 
 # ---------------------------------------------------------------- expiry
@@ -270,18 +316,30 @@ def keep_training(table: EmbeddingTable) -> None:
 ALL_IDS = np.arange(-5, 3100)
 
 
+def rows_by_id(table: EmbeddingTable) -> dict[str, np.ndarray]:
+    """Every per-row field of the live rows, in id order (restore may place rows elsewhere)."""
+    bound = table._map.row_bound
+    ids = table._rows["ids"][:bound]
+    live = np.flatnonzero(ids != EMPTY)
+    order = live[np.argsort(ids[live])]
+    return {k: a[order] for k, a in table._rows.items()}
+
+
+def sorted_delta(delta):
+    order = np.argsort(delta.ids)
+    return delta.ids[order], delta.weights[order], np.sort(delta.evicted), delta.version
+
+
 def assert_tables_identical(a: EmbeddingTable, b: EmbeddingTable) -> None:
     np.testing.assert_array_equal(a.lookup_serve(ALL_IDS), b.lookup_serve(ALL_IDS))
-    bound = a._map.row_bound
-    assert b._map.row_bound == bound
-    assert a._rows.keys() == b._rows.keys()
-    for k in a._rows:
-        assert a._rows[k][:bound].tobytes() == b._rows[k][:bound].tobytes(), k
+    ra, rb = rows_by_id(a), rows_by_id(b)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        assert ra[k].tobytes() == rb[k].tobytes(), k
     assert a._filter.sketch.tobytes() == b._filter.sketch.tobytes()
     assert (a.version, a.counters, len(a)) == (b.version, b.counters, len(b))
     for v in (0, a.version // 2):
-        da, db = a.export_since(v), b.export_since(v)
-        for x, y in zip(da, db):
+        for x, y in zip(sorted_delta(a.export_since(v)), sorted_delta(b.export_since(v))):
             np.testing.assert_array_equal(x, y)
 
 
@@ -291,7 +349,7 @@ def test_snapshot_restore_is_bit_exact_and_keeps_working(optimizer, target, tmp_
     table = build_busy_table(optimizer)
     assert table.counters["evicted"] > 0 and table.counters["filtered"] > 0
     if target == "path":
-        file = tmp_path / "table.npz"
+        file = tmp_path / "table.snapshot"
         table.snapshot(str(file))
         restored = EmbeddingTable.restore(str(file))
     else:
@@ -317,6 +375,103 @@ def test_restore_keeps_eviction_versions_for_forget_evictions():
     restored = EmbeddingTable.restore(buf)
     restored.forget_evictions(v1)
     assert restored.export_since(0).evicted.tolist() == [1]
+
+
+def test_snapshot_in_chunks_under_a_lock_equals_one_without(tmp_path):
+    table = build_busy_table("adagrad")
+    whole, chunked = io.BytesIO(), io.BytesIO()
+    table.snapshot(whole)
+    assert table.snapshot(chunked, threading.RLock(), chunk_rows=7) == len(table)
+    whole.seek(0)
+    chunked.seek(0)
+    assert_tables_identical(EmbeddingTable.restore(whole), EmbeddingTable.restore(chunked))
+    assert_tables_identical(table, EmbeddingTable.restore(io.BytesIO(chunked.getvalue())))
+
+
+class _CountingLock:
+    """A lock that runs ``between`` after every release: a writer that gets in between the
+    snapshot's chunks."""
+
+    def __init__(self, between) -> None:
+        self.lock, self.between, self.held = threading.RLock(), between, 0
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.held += 1
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        self.between()
+
+
+def test_fuzzy_snapshot_keeps_every_row_whole_and_the_newest_copy_of_a_moved_id():
+    """Writers run between the chunks of a snapshot: rows trained meanwhile come back as one
+    of the values they had, ids never touched come back exactly, and an id evicted and
+    inserted again into a later row comes back once, with its newer row."""
+    table = EmbeddingTable(make_slot("adagrad"), capacity=8)
+    table.lookup_train(np.arange(100), now=0.0)
+    table.evict(np.array([90]))  # row of id 90 on the free list: the next insert reuses it
+    moved = np.array([5])
+    steps = iter(range(1000))
+
+    def between():
+        step = next(steps)
+        if step == 2:  # id 5's chunk (rows 0-9) is written: move it to the free row
+            table.evict(moved)
+            table.lookup_train(np.array([7777]), now=1.0)  # takes the free row of 90
+            table.lookup_train(moved, now=1.0)  # a fresh row past 100
+            table.apply_gradients(moved, grads_for(moved, 9), now=1.0)
+        if step in (3, 4):
+            table.apply_gradients(np.arange(50, 60), grads_for(range(10), step), now=2.0)
+
+    buf = io.BytesIO()
+    table.snapshot(buf, _CountingLock(between), chunk_rows=10)
+    buf.seek(0)
+    restored = EmbeddingTable.restore(buf)
+    # 7777 took id 5's old row, in a chunk already written: missed, as a fuzzy cut may; id 5
+    # was in that chunk and again in the free row of 90, written later: restored once, newer.
+    assert restored.contains(np.array([7777])).tolist() == [False]
+    assert len(restored) == len(table) - 1
+    np.testing.assert_array_equal(restored.lookup_serve(moved), table.lookup_serve(moved))
+    untouched = np.setdiff1d(np.arange(100), [5, 90, *range(50, 60)])
+    np.testing.assert_array_equal(restored.lookup_serve(untouched),
+                                  table.lookup_serve(untouched))
+    assert restored.contains(np.array([90])).tolist() == [False]
+
+
+def test_export_in_chunks_under_a_lock_equals_one_without():
+    table = build_busy_table("ftrl")
+    for v in (0, 3, table.version // 2, table.version):
+        a = sorted_delta(table.export_since(v))
+        b = sorted_delta(table.export_since(v, threading.RLock(), chunk_rows=5))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_restore_rejects_truncated_and_oversized_snapshots():
+    table = build_busy_table("sgd")
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    data = buf.getvalue()
+    for cut in (len(data) // 3, len(data) - 5):
+        with pytest.raises(ValueError, match="snapshot"):
+            EmbeddingTable.restore(io.BytesIO(data[:cut]))
+    bad_slot = io.BytesIO()
+    header = {"format": "monolith_ray.table/2", "slot": {}, "admission": {}, "fields": {}}
+    np.lib.format.write_array(bad_slot, np.frombuffer(json.dumps(header).encode(), np.uint8))
+    bad_slot.seek(0)
+    with pytest.raises(ValueError, match="corrupt table snapshot"):
+        EmbeddingTable.restore(bad_slot)
+    buf.seek(0)
+    np.lib.format.read_array(buf)  # the real header frame, then a chunk of 10**12 rows
+    huge = io.BytesIO(data[:buf.tell()])
+    huge.seek(0, io.SEEK_END)
+    np.lib.format.write_array(huge, np.array([10**12], dtype=np.int64))
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<i8", "fortran_order": False,
+                                                "shape": (10**12,)})
+    huge.seek(0)
+    with pytest.raises(ValueError, match="corrupt table snapshot frame"):
+        EmbeddingTable.restore(huge)
 
 
 def _write_junk(path):
