@@ -405,6 +405,11 @@ class EmbeddingTable:
         rows, inserted = self._map.find_or_insert(ids)
         rows = rows.astype(np.int64)
         self._alloc_rows(self._map.row_bound)
+        if inserted.all() and rows.size and rows[-1] - rows[0] == rows.size - 1 \
+                and (np.diff(rows) == 1).all():  # the usual case: fresh rows in a run
+            for k, a in chunk.items():
+                self._rows[k][rows[0]:rows[-1] + 1] = a
+            return
         keep = inserted | (chunk["version"] > self._rows["version"][rows])
         rows = rows[keep]
         for k, a in chunk.items():

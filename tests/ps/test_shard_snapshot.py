@@ -97,3 +97,48 @@ def test_a_shard_that_cannot_tell_whether_it_restarted_refuses_to_start(ray_sess
         ShardServer(SLOTS, ADMISSION, restore_on_restart=latest)
     # Without a snapshot to restore, nothing needs asking.
     assert ShardServer(SLOTS, ADMISSION).restored_from is None
+
+
+def test_training_calls_go_on_while_a_snapshot_is_written(tmp_path, monkeypatch):
+    """The shard's lock is held while a chunk is copied, never while it is written: with a
+    storage that takes 50 ms a write, pulls and pushes are answered while the snapshot is
+    still being written, and the snapshot then restores (a fuzzy cut of a live table)."""
+    import threading
+    import time
+
+    from monolith_ray.table import embedding
+
+    monkeypatch.setattr(embedding, "SNAPSHOT_CHUNK_ROWS", 256)
+    shard = ShardServer(SLOTS, ADMISSION)
+    ids = {"user": make_fids(1, np.arange(5000)), "item": make_fids(2, np.arange(3000))}
+    shard.pull(ids, now=1.0)
+
+    real_write = embedding._write_frame
+    writing = threading.Event()
+
+    def slow_write(file, array):
+        writing.set()
+        time.sleep(0.05)
+        real_write(file, array)
+
+    monkeypatch.setattr(embedding, "_write_frame", slow_write)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (shard.snapshot(str(tmp_path / "s")), done.set()))
+    thread.start()
+    assert writing.wait(10)
+    answered = 0
+    rng = np.random.default_rng(1)
+    while not done.is_set() and answered < 20:
+        few = {"user": make_fids(1, rng.integers(0, 6000, 64)),
+               "item": make_fids(2, rng.integers(0, 3000, 64))}
+        shard.push(few, {"user": np.ones((64, 4), np.float32),
+                         "item": np.ones((64, 6), np.float32)}, now=3.0)
+        shard.pull(few, now=3.0)
+        answered += 1
+    assert answered == 20 and not done.is_set()  # all answered mid-snapshot
+    thread.join(60)
+    assert done.is_set()
+    fresh = ShardServer(SLOTS, ADMISSION)
+    fresh.restore(str(tmp_path / "s"))
+    assert fresh.stats()["item"]["rows"] == 3000
+    assert 5000 <= fresh.stats()["user"]["rows"] <= shard.stats()["user"]["rows"]

@@ -1,0 +1,333 @@
+"""Parameter servers at scale: tables of tens of millions of ids, a snapshot and a sparse sync
+taken while training runs, and a restore.
+
+Workload: ``monolith_ray.data.workload.default_workload`` (24 slots, Zipf popularity,
+cardinalities 10 to 30 million, about 3.1 never-seen ids an example), batch ``BATCH`` (4096),
+every slot dim 16 with Adagrad, ids admitted at first sight and never expired. One trainer
+actor (``ScaleTrainer``, a ``Trainer`` with the job's ``trainer_options`` and the dense
+parameters local, as the batch job's single trainer has them) makes its own batches in a
+background thread and trains the real JAX DeepFM (MLP 256-128) against ``SHARDS`` (4)
+``ShardServer`` actors started by ``start_servers`` over the default transport (channels):
+no step is simulated. Ray: ``ray.init(num_cpus=2, object_store_memory=512 MB)``.
+
+Phases, training running through all but the last:
+
+1. **start**: steps ``WARMUP_STEPS``..``WARMUP_STEPS + WINDOW_STEPS`` (after JIT and Numba
+   warm-up): ``examples_per_s_start`` = examples / the window's wall seconds.
+2. **fill**: train until the shards hold ``ids_target`` ids (the ``IDS`` environment variable,
+   default 50,000,000), polling ``stats()`` every ``POLL_S``.
+3. **full**: the next ``WINDOW_STEPS`` steps: ``examples_per_s_full`` and
+   ``throughput_full_vs_start``; the median step time of this window is the baseline of the
+   two ratios below. Each shard's per-slot versions are recorded at its start.
+4. **snapshot**: ``take_snapshot`` of every shard and the dense server into a local folder
+   while the trainer trains: ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
+   (bytes of the folder / seconds), ``step_p99_during_snapshot_vs_median`` (the 99th
+   percentile of the steps that ended while it ran / the full window's median).
+5. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
+   the versions recorded at the start of phase 3 (``changes_since``, all shards at once),
+   while the trainer trains: ``sync_rows`` (rows changed), ``sync_s``,
+   ``step_p99_during_sync_vs_median``. The sync's publish to serving replicas is not part of
+   it (replicas holding whole tables of this size are the serving tier's subject).
+6. **restore**: the trainer stops; the shard actors are killed and new ones restore the
+   snapshot (all at once, as after a failure): ``restore_s``; the restored row count must
+   equal the snapshot's.
+
+``ids`` and ``bytes_per_id``: rows and ``stats()["bytes"]`` summed over every slot of every
+shard at the end of phase 3 (map, committed row pages, optimizer state, admission sketch).
+``shard_rss_vs_stats``: the shard processes' summed RSS over those bytes (their Python, Numba
+and Ray runtime included). ``peak_rss_gb``: the largest sum of RSS over this process and all
+its descendants (every Ray process of the session), sampled every 0.5 s over the whole run.
+``call_timeouts``: trainer steps failed by a parameter-server call not answered within
+``train.call_timeout_s`` (60 s); the trainer counts them and goes on.
+
+Targets (issue 13): ids >= 50M, bytes_per_id <= 200, peak_rss_gb <= 20,
+throughput_full_vs_start >= 0.7, both p99 ratios <= 3, call_timeouts == 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import ray
+
+from monolith_ray.config import Config
+from monolith_ray.config.loader import load_yaml
+from monolith_ray.config.root import DEFAULT_CONFIG
+from monolith_ray.data.workload import Workload, default_workload
+from monolith_ray.ps.client import ShardUnavailableError
+from monolith_ray.train.job import Trainer, start_servers, trainer_options
+from monolith_ray.train.snapshots import restore_snapshot, take_snapshot
+
+IDS_TARGET = int(float(os.environ.get("IDS", 50_000_000)))
+SHARDS = 4
+BATCH = 4096
+WARMUP_STEPS = 10
+WINDOW_STEPS = 40
+POLL_S = 5.0
+OBJECT_STORE_BYTES = 512 * 1024**2
+PREFETCH = 3
+
+
+class ScaleTrainer(Trainer):
+    """A trainer that makes its own workload batches (a background thread, ``PREFETCH``
+    ahead) and records each step's end time and seconds; ``stop`` ends ``run``."""
+
+    def __init__(self, cfg: Config, shards: list[Any], dense: Any, workload: Workload) -> None:
+        super().__init__(cfg, shards, dense, local_dense=True)
+        self.workload = workload
+        self.steps: list[tuple[float, float, int]] = []  # (end wall time, seconds, examples)
+        self.call_timeouts = 0
+        self._stop = threading.Event()
+
+    def run(self) -> dict[str, Any]:
+        """Train until :meth:`stop` -> steps and call timeouts."""
+        batches: queue.Queue = queue.Queue(PREFETCH)
+        next_step = [0]
+
+        def make() -> None:
+            while not self._stop.is_set():
+                batch = self.workload.batch(next_step[0])
+                next_step[0] += 1
+                while not self._stop.is_set():
+                    try:
+                        batches.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+
+        def feed():
+            while not self._stop.is_set():
+                try:
+                    yield batches.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+
+        maker = threading.Thread(target=make, daemon=True)
+        maker.start()
+        while not self._stop.is_set():
+            try:
+                for m in self.loop.train(feed()):
+                    self.steps.append((time.time(), m["seconds"], m["examples"]))
+            except ShardUnavailableError as err:
+                if "did not answer" not in str(err):
+                    raise
+                self.call_timeouts += 1
+        maker.join()
+        return {"steps": len(self.steps), "call_timeouts": self.call_timeouts}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def timings(self, start: int = 0) -> list[tuple[float, float, int]]:
+        """Step records from index ``start`` on."""
+        return self.steps[start:]
+
+
+class RssSampler(threading.Thread):
+    """The largest summed RSS of this process and its descendants, sampled every 0.5 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self._done = 0, threading.Event()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self._done.wait(0.5):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def bench_config(workload: Workload) -> Config:
+    """The default config with the workload's slots (dim 16, Adagrad), ``SHARDS`` shards and
+    batch ``BATCH``."""
+    data = load_yaml(DEFAULT_CONFIG, [f"train.n_shards={SHARDS}",
+                                      f"train.batch_size={BATCH}", "model.hidden=[256, 128]",
+                                      f"train.xla_threads={os.cpu_count() or 1}"])
+    data["slots"] = [{"name": s.name, "slot_id": s.slot_id, "dim": 16,
+                      "optimizer": {"kind": "adagrad", "learning_rate": 0.05}}
+                     for s in workload.slots]
+    data.setdefault("serve", {}).update({"user_slot": "user", "item_slot": "video"})
+    return Config.from_dict(data)
+
+
+def table_totals(shards: list[Any]) -> tuple[int, int, list[dict[str, dict[str, int]]]]:
+    """(rows, bytes) over every slot of every shard, and each shard's stats."""
+    stats = ray.get([s.stats.remote() for s in shards])
+    rows = sum(t["rows"] for st in stats for t in st.values())
+    n_bytes = sum(t["bytes"] for st in stats for t in st.values())
+    return rows, n_bytes, stats
+
+
+def window(steps: list[tuple[float, float, int]]) -> tuple[float, float]:
+    """(examples per wall second, median step seconds) of consecutive step records."""
+    if len(steps) < 2:
+        return float("nan"), float("nan")
+    wall = steps[-1][0] - steps[0][0]
+    examples = sum(s[2] for s in steps[1:])
+    return examples / wall, float(np.median([s[1] for s in steps]))
+
+
+def during(steps: list[tuple[float, float, int]], t0: float, t1: float) -> np.ndarray:
+    """Seconds of the steps that ended in [t0, t1]."""
+    return np.array([s[1] for s in steps if t0 <= s[0] <= t1])
+
+
+def wait_steps(trainer: Any, n: int, timeout_s: float = 1800.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        steps = ray.get(trainer.timings.remote())
+        if len(steps) >= n:
+            return steps
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(steps)} of {n} steps")
+        time.sleep(0.5)
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def main() -> None:
+    workload = default_workload(BATCH)
+    cfg = bench_config(workload)
+    sampler = RssSampler()
+    sampler.start()
+    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    err = sys.stderr
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=os.environ.get("SNAPSHOT_DIR")) as out:
+            shards, dense = start_servers(cfg)
+            trainer = ray.remote(ScaleTrainer).options(
+                max_concurrency=3, **trainer_options(cfg)).remote(cfg, shards, dense, workload)
+            run = trainer.run.remote()
+            t_start = time.time()
+
+            steps = wait_steps(trainer, WARMUP_STEPS + WINDOW_STEPS)
+            start_rate, start_median = window(steps[WARMUP_STEPS:WARMUP_STEPS + WINDOW_STEPS])
+            print(f"start: {start_rate:.0f} examples/s, median step {start_median * 1e3:.0f} ms",
+                  file=err)
+
+            rows = 0
+            while rows < IDS_TARGET:
+                time.sleep(POLL_S)
+                rows, n_bytes, _ = table_totals(shards)
+                steps = ray.get(trainer.timings.remote())
+                rate, _ = window(steps[-WINDOW_STEPS:])
+                print(f"{time.time() - t_start:6.0f} s: {rows:,} ids, {n_bytes / max(rows, 1):.0f}"
+                      f" B/id, {rate:.0f} examples/s, peak RSS {sampler.peak / 1e9:.1f} GB",
+                      file=err)
+
+            versions = [{slot: t["version"] for slot, t in st.items()}
+                        for st in ray.get([s.stats.remote() for s in shards])]
+            incarnations = ray.get([s.incarnation.remote() for s in shards])
+            first = len(ray.get(trainer.timings.remote()))
+            steps = wait_steps(trainer, first + WINDOW_STEPS)
+            full_rate, full_median = window(steps[first:first + WINDOW_STEPS])
+            ids, n_bytes, stats = table_totals(shards)
+            pids = ray.get([s.pid.remote() for s in shards])
+            shard_rss = sum(psutil.Process(p).memory_info().rss for p in pids)
+            print(f"full: {ids:,} ids, {full_rate:.0f} examples/s, median step "
+                  f"{full_median * 1e3:.0f} ms", file=err)
+
+            t0 = time.time()
+            location = take_snapshot(f"{out}/snapshots", shards, dense)
+            t1 = time.time()
+            snapshot_s = t1 - t0
+            snapshot_bytes = folder_bytes(location)
+            time.sleep(2.0)  # steps ending just after the snapshot are ones it slowed too
+            during_snapshot = during(ray.get(trainer.timings.remote()), t0, time.time())
+            print(f"snapshot: {snapshot_bytes / 1e9:.2f} GB in {snapshot_s:.1f} s, "
+                  f"{len(during_snapshot)} steps meanwhile", file=err)
+
+            t0 = time.time()
+            changes = ray.get([s.changes_since.remote(v, inc)
+                               for s, v, inc in zip(shards, versions, incarnations)])
+            t1 = time.time()
+            sync_s = t1 - t0
+            sync_rows = sum(d.ids.size for _, deltas in changes for d in deltas.values())
+            del changes
+            time.sleep(2.0)
+            during_sync = during(ray.get(trainer.timings.remote()), t0, time.time())
+            print(f"sync: {sync_rows:,} rows in {sync_s:.1f} s, {len(during_sync)} steps "
+                  f"meanwhile", file=err)
+
+            ray.get(trainer.stop.remote())
+            result = ray.get(run)
+            ray.kill(trainer)
+            for s in shards:
+                ray.kill(s, no_restart=True)
+            ray.kill(dense, no_restart=True)
+            del shards, dense
+            time.sleep(2.0)
+            fresh, fresh_dense = start_servers(cfg)
+            ray.get([s.stats.remote() for s in fresh])
+            t0 = time.perf_counter()
+            restore_snapshot(location, fresh, fresh_dense)
+            restore_s = time.perf_counter() - t0
+            restored, _, _ = table_totals(fresh)
+            print(f"restore: {restored:,} ids in {restore_s:.1f} s", file=err)
+    finally:
+        ray.shutdown()
+        peak = sampler.stop()
+
+    def p99_ratio(seconds: np.ndarray) -> float:
+        return float(np.percentile(seconds, 99) / full_median) if seconds.size else float("nan")
+
+    figures = {
+        "ids": ids,
+        "shards": SHARDS,
+        "bytes_per_id": n_bytes / ids,
+        "peak_rss_gb": peak / 1e9,
+        "examples_per_s_start": start_rate,
+        "examples_per_s_full": full_rate,
+        "throughput_full_vs_start": full_rate / start_rate,
+        "snapshot_s": snapshot_s,
+        "snapshot_mb_per_s": snapshot_bytes / 1e6 / snapshot_s,
+        "step_p99_during_snapshot_vs_median": p99_ratio(during_snapshot),
+        "sync_rows": sync_rows,
+        "sync_s": sync_s,
+        "step_p99_during_sync_vs_median": p99_ratio(during_sync),
+        "restore_s": restore_s,
+        "call_timeouts": int(result["call_timeouts"]),
+        "ids_target": IDS_TARGET,
+        "slots": len(workload.slots),
+        "batch_size": BATCH,
+        "new_ids_per_example": workload.new_ids_per_example(),
+        "shard_rss_vs_stats": shard_rss / n_bytes,
+        "snapshot_bytes": snapshot_bytes,
+        "snapshot_rows": sum(t["rows"] for st in stats for t in st.values()),
+        "restored_rows": restored,
+        "steps_during_snapshot": int(during_snapshot.size),
+        "steps_during_sync": int(during_sync.size),
+        "step_median_start_s": start_median,
+        "step_median_full_s": full_median,
+        "steps": int(result["steps"]),
+    }
+    if restored < ids:
+        raise RuntimeError(f"restored {restored} ids, the tables held {ids} before the snapshot")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
