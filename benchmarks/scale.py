@@ -34,8 +34,9 @@ Phases, training running through all but the last:
 
 ``ids`` and ``bytes_per_id``: rows and ``stats()["bytes"]`` summed over every slot of every
 shard at the end of phase 3 (map, committed row pages, optimizer state, admission sketch).
-``shard_rss_vs_stats``: the shard processes' summed RSS over those bytes (their Python, Numba
-and Ray runtime included). ``peak_rss_gb``: the largest sum of RSS over this process and all
+``shard_rss_growth_vs_stats``: how much the shard processes' summed RSS grew from their start
+(empty tables: Python, Numba and Ray runtime, ``shard_rss_gb_start``) to the end of phase 3,
+over those bytes: 1.0 when ``stats()`` accounts for every byte the tables took. ``peak_rss_gb``: the largest sum of RSS over this process and all
 its descendants (every Ray process of the session), sampled every 0.5 s over the whole run.
 ``call_timeouts``: trainer steps failed by a parameter-server call not answered within
 ``train.call_timeout_s`` (60 s); the trainer counts them and goes on.
@@ -212,12 +213,15 @@ def main() -> None:
     cfg = bench_config(workload)
     sampler = RssSampler()
     sampler.start()
-    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE_BYTES,
+             include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     err = sys.stderr
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=os.environ.get("SNAPSHOT_DIR")) as out:
             shards, dense = start_servers(cfg)
+            pids = ray.get([s.pid.remote() for s in shards])
+            shard_rss_start = sum(psutil.Process(p).memory_info().rss for p in pids)
             trainer = ray.remote(ScaleTrainer).options(
                 max_concurrency=3, **trainer_options(cfg)).remote(cfg, shards, dense, workload)
             run = trainer.run.remote()
@@ -245,7 +249,6 @@ def main() -> None:
             steps = wait_steps(trainer, first + WINDOW_STEPS)
             full_rate, full_median = window(steps[first:first + WINDOW_STEPS])
             ids, n_bytes, stats = table_totals(shards)
-            pids = ray.get([s.pid.remote() for s in shards])
             shard_rss = sum(psutil.Process(p).memory_info().rss for p in pids)
             print(f"full: {ids:,} ids, {full_rate:.0f} examples/s, median step "
                   f"{full_median * 1e3:.0f} ms", file=err)
@@ -314,7 +317,9 @@ def main() -> None:
         "slots": len(workload.slots),
         "batch_size": BATCH,
         "new_ids_per_example": workload.new_ids_per_example(),
-        "shard_rss_vs_stats": shard_rss / n_bytes,
+        "shard_rss_growth_vs_stats": (shard_rss - shard_rss_start) / n_bytes,
+        "shard_rss_gb_start": shard_rss_start / 1e9,
+        "shard_rss_gb": shard_rss / 1e9,
         "snapshot_bytes": snapshot_bytes,
         "snapshot_rows": sum(t["rows"] for st in stats for t in st.values()),
         "restored_rows": restored,

@@ -16,7 +16,10 @@ def ray_session() -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
+    # address="local": always a new local Ray, never one another process started on this
+    # machine (ray.init would otherwise join the cluster named in /tmp/ray).
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024,
+             include_dashboard=False,
              log_to_driver=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
