@@ -78,19 +78,21 @@ class Supervisor:
         for name, handle in handles.items():
             self.watch(name, handle)
 
-    def restarted(self, name: str, cause: BaseException | str) -> int:
+    def restarted(self, name: str, cause: BaseException | str,
+                  limit: tuple[str, int] | None = None) -> int:
         """Count a restart the run makes of ``name``, log it -> its restarts so far.
-        RestartLimitError (before restarting) once that is past ``max_restarts``."""
+        RestartLimitError (before restarting) once that is past the ``limit`` (the key that
+        sets it and its value; default ``supervision.max_restarts``)."""
+        key, most = limit or ("supervision.max_restarts", self.cfg.max_restarts)
         with self._lock:
             n = self._counts.get(name, 0) + 1
             self._counts[name] = n
         metrics.RESTARTS.inc(process=name)
-        if 0 <= self.cfg.max_restarts < n:
+        if 0 <= most < n:
             raise RestartLimitError(
-                f"{name} failed {n} times, more than supervision.max_restarts="
-                f"{self.cfg.max_restarts}; last cause: {_short(cause)}")
+                f"{name} failed {n} times, more than {key}={most}; last cause: {_short(cause)}")
         logger.warning("monolith_ray: restarting %s (restart %d%s): %s", name, n,
-                       _of(self.cfg.max_restarts), _short(cause))
+                       _of(most), _short(cause))
         return n
 
     def check(self) -> dict[str, int]:

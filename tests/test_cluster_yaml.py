@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def test_a_broken_copy_fails_validation(schema, cluster, breaks):
     if breaks == "misspelled key":
         broken["idle_timeout_minute"] = broken.pop("idle_timeout_minutes")
     else:
-        broken["available_node_types"]["cpu_worker"]["max_workers"] = "8"
+        broken["available_node_types"]["memory_worker"]["max_workers"] = "8"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
 
@@ -59,13 +60,41 @@ def test_serving_workers_offer_the_resource_replicas_can_ask_for(cluster):
     assert set(cfg.serve.replica_resources) <= set(types["serving_worker"]["resources"])
 
 
-def test_cpu_workers_offer_the_resource_training_actors_can_ask_for(cluster):
+def offering(cluster: dict[str, Any], resources: dict[str, float]) -> list[str]:
+    """The node types that offer every one of ``resources``, enough for one actor."""
+    return sorted(name for name, t in cluster["available_node_types"].items()
+                  if resources and all(t["resources"].get(r, 0) >= amount
+                                       for r, amount in resources.items()))
+
+
+def the_sets_in_its_comments() -> list[str]:
+    """Every ``--set key.path=value`` of a ``*_resources`` key that the comments of
+    cluster.yaml tell a job to use."""
+    found = (s.rstrip(".,;") for s in re.findall(r"--set (\S+=\S+)", CLUSTER_YAML.read_text()))
+    return [s for s in found if "_resources." in s.partition("=")[0]]
+
+
+def test_each_role_lands_on_the_node_type_its_comment_names(cluster):
     from monolith_ray.config import load_config
     from monolith_ray.train.job import trainer_options
 
-    types = cluster["available_node_types"]
-    offering = [name for name, t in types.items() if t["resources"].get("training", 0) > 0]
-    assert offering == ["cpu_worker"]
-    cfg = load_config(overrides=["train.actor_resources.training=0.01"])
-    assert set(cfg.train.actor_resources) <= set(types["cpu_worker"]["resources"])
-    assert trainer_options(cfg)["resources"] == {"training": 0.01}
+    sets = the_sets_in_its_comments()
+    cfg = load_config(overrides=[s for s in sets if "actor_resources" not in s])
+    roles = {"shard": cfg.train.resources("shard"), "dense": cfg.train.resources("dense"),
+             "trainer": trainer_options(cfg)["resources"],
+             "replica": dict(cfg.serve.replica_resources),
+             "sync": dict(cfg.serve.sync_resources)}
+    assert {role: offering(cluster, r) for role, r in roles.items()} == {
+        "shard": ["memory_worker"], "dense": ["memory_worker"], "trainer": ["compute_worker"],
+        "replica": ["serving_worker"], "sync": ["head"]}
+
+
+def test_actor_resources_alone_keeps_every_training_role_on_the_training_workers(cluster):
+    from monolith_ray.config import load_config
+
+    fallback = [s for s in the_sets_in_its_comments() if "actor_resources" in s]
+    assert fallback == ["train.actor_resources.training=0.01"]
+    cfg = load_config(overrides=fallback)
+    for role in ("shard", "dense", "trainer"):
+        assert offering(cluster, cfg.train.resources(role)) == ["compute_worker",
+                                                                 "memory_worker"]

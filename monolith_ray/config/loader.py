@@ -232,3 +232,18 @@ def _require(obj: Any, name: str, *, gt: float | None = None, ge: float | None =
     if not all(_COMPARE[op](value, b) for op, b in given):
         rule = " and ".join(f"{op} {b}" for op, b in given)
         raise ConfigError(name, f"must be {rule}, got {value!r}")
+
+
+# Resources Ray sets through their own actor options, which its ``resources`` option refuses.
+_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _require_resources(obj: Any, name: str) -> None:
+    """ConfigError at ``name.<resource>`` unless field ``name`` of ``obj`` maps custom Ray
+    resource names (not Ray's built-in ones) to amounts > 0."""
+    for resource, amount in getattr(obj, name).items():
+        if resource in _BUILTIN_RESOURCES:
+            raise ConfigError(f"{name}.{resource}", "a built-in Ray resource: set it with the "
+                              "section's cpus keys, not as a custom resource")
+        if not amount > 0:
+            raise ConfigError(f"{name}.{resource}", f"must be > 0, got {amount!r}")

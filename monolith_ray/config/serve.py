@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.loader import ConfigError, _require, _require_resources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,9 @@ class ServeConfig:
       replica; ``replica_resources``: custom Ray resources a replica needs, e.g.
       ``{serving: 1}`` to place replicas only on nodes that offer ``serving``
       (``cluster.yaml``'s serving workers).
+    - ``sync_resources``: custom Ray resources the parameter-sync actor needs. It keeps a copy
+      of every table (``monolith_ray.serve.sync``), so it belongs where that memory is, e.g.
+      ``{sync: 1}`` for ``cluster.yaml``'s head, not beside the shards it copies.
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +76,7 @@ class ServeConfig:
     replica_cpus: float = 0.25
     max_ongoing_requests: int = 64
     replica_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    sync_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,5 @@ class ServeConfig:
         _require(self, "max_body_bytes", ge=1024)
         _require(self, "replica_cpus", ge=0)
         _require(self, "max_ongoing_requests", ge=1)
-        for name, amount in self.replica_resources.items():
-            if not amount > 0:
-                raise ConfigError(f"replica_resources.{name}", f"must be > 0, got {amount!r}")
+        _require_resources(self, "replica_resources")
+        _require_resources(self, "sync_resources")

@@ -5,8 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.loader import ConfigError, _require, _require_resources
 from monolith_ray.config.slots import OptimizerConfig
+
+
+# The training actors' roles, each placed by its own ``<role>_resources`` key.
+Role = Literal["shard", "dense", "trainer"]
+ROLES: tuple[Role, ...] = ("shard", "dense", "trainer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +42,22 @@ class TrainConfig:
       ``jax_compilation_cache_dir``), shared by the trainers of a node, so a trainer that
       replaces a lost one loads its compiled steps instead of compiling them again; empty:
       ``<temp dir>/monolith_ray-xla-cache`` of the node.
-    - ``actor_resources``: custom Ray resources every shard, dense-server and trainer actor
-      needs, e.g. ``{training: 0.01}`` to keep them on the nodes that offer ``training``
-      (``cluster.yaml``'s CPU workers), off the serving workers.
+    - ``shard_resources``, ``dense_resources``, ``trainer_resources``: custom Ray resources
+      each shard actor, the dense-server actor and each trainer actor needs, so each role
+      lands on the nodes offering them, e.g. ``shard_resources: {ps: 0.01}`` keeps shards on
+      ``cluster.yaml``'s memory workers and ``trainer_resources: {trainer: 0.01}`` trainers
+      on its compute workers. An empty one falls back to ``actor_resources``, which thus
+      places all three roles at once (e.g. ``{training: 0.01}``: all on nodes offering
+      ``training``). See :meth:`resources`.
+    - ``snapshot_every_s``: seconds between the batch job's snapshots while it trains (and it
+      takes one as it starts and one at its end); a shard or dense server that Ray restarts
+      restores the latest, a lost trainer's data is read again from the last position its
+      pushes had landed (``monolith_ray.train.job``). The online job snapshots on
+      ``online.snapshot_every_s``.
+    - ``max_failures``: times the trainers may be lost over a run (a trainer's process or
+      node dies, or the dataset's coordinator does) and replaced, in the batch and the online
+      job alike, before the run fails naming this key; -1: no limit. Shards, the dense server
+      and the other processes Ray restarts are bounded by ``supervision.max_restarts``.
     - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
       ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,
       ``restore`` and ``serve --training NAME`` find them from another process; empty: the
@@ -63,6 +81,11 @@ class TrainConfig:
     xla_threads: int = 0
     compile_cache_dir: str = ""
     actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    shard_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    dense_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    trainer_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    snapshot_every_s: float = 1800.0
+    max_failures: int = 20
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -73,9 +96,10 @@ class TrainConfig:
         _require(self, "read_cpus", gt=0)
         _require(self, "call_timeout_s", gt=0)
         _require(self, "xla_threads", ge=0)
-        for name, amount in self.actor_resources.items():
-            if not amount > 0:
-                raise ConfigError(f"actor_resources.{name}", f"must be > 0, got {amount!r}")
+        for role in ("actor", *ROLES):
+            _require_resources(self, f"{role}_resources")
+        _require(self, "snapshot_every_s", gt=0)
+        _require(self, "max_failures", ge=-1)
         _require(self, "batch_size", ge=1)
         _require(self, "n_shards", ge=1)
         _require(self, "epochs", ge=1)
@@ -83,3 +107,8 @@ class TrainConfig:
         if self.dense_optimizer.kind == "ftrl":
             raise ConfigError("dense_optimizer.kind", "ftrl is for embedding rows only; use "
                               "sgd, adagrad or adam")
+
+    def resources(self, role: Role) -> dict[str, float]:
+        """Custom Ray resources of an actor of ``role``: ``<role>_resources``, or
+        ``actor_resources`` if that is empty."""
+        return dict(getattr(self, f"{role}_resources") or self.actor_resources)

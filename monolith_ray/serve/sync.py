@@ -282,15 +282,15 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
                          serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None,
                          forget_evictions: bool = True,
                          supervision: SupervisionConfig = SupervisionConfig()) -> Any:
-    """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals and store dtype (a
-    ``ServeConfig``); restarted by Ray if its process dies, up to
+    """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals, store dtype and custom
+    resources (``sync_resources``; a ``ServeConfig``); restarted by Ray if its process dies, up to
     ``supervision.max_restarts`` times (it rebuilds its store from the shards, and replicas
     then receive a whole state)."""
     import ray
 
     actor = ray.remote(ParameterSync).options(
-        num_cpus=0, max_concurrency=4, **actor_options(supervision), name=name,
-        get_if_exists=name is not None)
+        num_cpus=0, resources=dict(serve_cfg.sync_resources), max_concurrency=4,
+        **actor_options(supervision), name=name, get_if_exists=name is not None)
     return actor.remote(slots, shards, dense,
                         sparse_interval_s=serve_cfg.sparse_sync_interval_s,
                         dense_interval_s=serve_cfg.dense_sync_interval_s,

@@ -4,21 +4,26 @@
 
 1. ``n_shards`` ``EmbeddingShard`` actors (``ShardServer``) and one ``DenseParameterServer``
    actor (``DenseServer``, holding the DeepFM dense parameters and their optax state).
-2. ``n_trainers`` ``TrainerActor``\\ s, each fed its own split of
-   ``ray.data.read_parquet(cfg.data.train).streaming_split(n, equal=True)``; every trainer
+2. ``n_trainers`` ``TrainerActor``\\ s, each fed its own split of the examples with their
+   positions (``monolith_ray.data.parquet_rows``, ``streaming_split(n)``); every trainer
    pulls rows from and pushes sparse gradients to all shards, and pushes dense gradients to
    the dense server (asynchronous, staleness bounded by ``train.dense_pull_every``).
 3. Trainer 0 evaluates the final parameters on ``valid`` and ``test`` (serving lookups that
    never insert); the job writes ``metrics.json`` under ``cfg.data.output_dir`` and a snapshot
    under ``data.snapshot_root`` (``monolith_ray.train.snapshots``, the format online training
-   uses too, there with the Kafka offsets trained up to).
+   uses too, there with the Kafka offsets trained up to), as it does when it starts and every
+   ``train.snapshot_every_s``: a lost trainer or server costs a restore of the latest one,
+   up to ``train.max_failures`` times (:class:`BatchRun`).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,10 +31,13 @@ from typing import Any
 
 import jax
 import numpy as np
+import ray.exceptions
 
 from monolith_ray.config import Config
 from monolith_ray.config.inputs import check_inputs
 from monolith_ray.data.batches import Batch, make_batch
+from monolith_ray.data.offsets import PARTITION, OffsetCoverage
+from monolith_ray.data.parquet_rows import read_positioned
 from monolith_ray.model import DeepFMConfig, init
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
@@ -41,6 +49,8 @@ from monolith_ray.train.snapshots import (  # noqa: F401 - restore_snapshot re-e
     take_snapshot,
 )
 
+
+logger = logging.getLogger(__name__)
 
 # The config keys naming what the batch job reads; checked before it starts anything.
 INPUTS = ("data.train", "data.valid", "data.test")
@@ -65,8 +75,14 @@ class Trainer:
 
     With ``local_dense`` the trainer is the dense parameters' only writer: it updates them in
     its own jitted step (no dense round trip, no staleness) and publishes parameters and
-    optimizer state to the dense server at the end of each ``fit``, where snapshots and
-    serving read them. The batch job uses it when it runs a single trainer.
+    optimizer state to the dense server whenever its position lands (:meth:`landed`) and at
+    the end of each ``fit``, where snapshots and serving read them. The batch job uses it
+    when it runs a single trainer.
+
+    Position: rows that carry source columns (``monolith_ray.data.offsets``; the batch job's
+    :func:`~monolith_ray.data.parquet_rows.read_positioned` rows) are accounted for as they
+    are stepped on; :meth:`landed` (its actor runs two calls at once, so it answers during a
+    ``fit``) says which of them are in the parameter servers.
     """
 
     def __init__(self, cfg: Config, shards: Sequence[Any], dense: Any,
@@ -80,23 +96,63 @@ class Trainer:
                               dense_server=None if local_dense else dense)
         if local_dense:
             self.loop.params, self.loop.dense_version = call(dense, "pull")
+        self._lock = threading.Lock()
+        self._asked, self._answered = threading.Event(), threading.Event()
+        self._fitting = False
+        self._stepped, self._landed = OffsetCoverage(), OffsetCoverage()
 
     def fit(self, split: Any, epochs: int) -> dict[str, Any]:
         """Train ``epochs`` passes over ``split`` (a Ray ``DataIterator``) -> a summary:
-        steps, examples, seconds, examples_per_s (over the whole fit) and the last loss."""
+        steps, examples, seconds, examples_per_s (over the whole fit) and the last loss. The
+        positions stepped on start empty with each call."""
         start, examples, loss = time.perf_counter(), 0, float("nan")
-        for _ in range(epochs):
-            for m in self.loop.train(self._batches(split)):
-                examples += m["examples"]
-                loss = m["loss"]
-        if self._publish_to is not None:
-            self.loop.dense_version = self.loop.steps
-            call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
-                  jax.tree.map(np.asarray, self.loop.opt_state), self.loop.steps)
+        queued: collections.deque[OffsetCoverage] = collections.deque()
+        with self._lock:
+            self._fitting, self._stepped, self._landed = True, OffsetCoverage(), OffsetCoverage()
+        try:
+            for _ in range(epochs):
+                for m in self.loop.train(self._batches(split, queued)):
+                    self._stepped.update(queued.popleft())
+                    examples += m["examples"]
+                    loss = m["loss"]
+                    if self._asked.is_set():
+                        self._land()
+            self._land()
+        finally:
+            with self._lock:
+                self._fitting = False
+            self._answered.set()
         seconds = time.perf_counter() - start
         return {"steps": self.loop.steps, "examples": examples, "seconds": seconds,
                 "examples_per_s": examples / max(seconds, 1e-9), "loss": loss,
                 "dense_version": getattr(self.loop, "dense_version", None)}
+
+    def landed(self) -> dict[int, list[tuple[int, int]]]:
+        """The positions (``OffsetCoverage`` ranges) of the current or last ``fit`` whose steps
+        are all in the parameter servers, the dense state published. During a ``fit`` it asks
+        the training thread to wait for its pushes at its next step and waits for that."""
+        with self._lock:
+            fitting = self._fitting
+            if fitting:
+                self._answered.clear()
+                self._asked.set()
+        if fitting:
+            self._answered.wait(self.cfg.train.call_timeout_s)
+        with self._lock:
+            return self._landed.ranges()
+
+    def _land(self) -> None:
+        """Wait for every push in flight, publish the local dense state: every step so far is
+        in the servers, and its positions have landed."""
+        self.loop.flush()
+        if self._publish_to is not None:
+            self.loop.dense_version = self.loop.steps
+            call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
+                 jax.tree.map(np.asarray, self.loop.opt_state), self.loop.steps)
+        with self._lock:
+            self._landed.update(self._stepped)
+            self._asked.clear()
+        self._answered.set()
 
     def evaluate(self, dataset: Any) -> dict[str, float]:
         """AUC and log loss on a Ray ``Dataset`` with the newest dense parameters."""
@@ -104,15 +160,22 @@ class Trainer:
             self.loop.params, self.loop.dense_version = self.loop.dense.pull()
         return self.loop.evaluate(self._batches(dataset))
 
-    def _batches(self, source: Any) -> Iterator[Batch]:
+    def _batches(self, source: Any, queued: collections.deque[OffsetCoverage] | None = None
+                 ) -> Iterator[Batch]:
+        """``source``'s batches; with ``queued``, each one's positions queued for the step
+        that trains it (the loop reads ahead, so a batch handed out is not yet stepped on)."""
         for table in source.iter_batches(batch_size=self.cfg.train.batch_size,
                                          batch_format="pyarrow", prefetch_batches=2):
+            if queued is not None:
+                queued.append(OffsetCoverage.of_table(table) if PARTITION in table.column_names
+                              else OffsetCoverage())
             yield make_batch(table, self.cfg.slots)
 
 
 def trainer_options(cfg: Config) -> dict[str, Any]:
-    """Ray options of a trainer actor: ``train.trainer_cpus`` and ``train.actor_resources``
-    reserved, and XLA's CPU thread pool sized by ``train.xla_threads`` (``PJRT_NPROC``; 0: the
+    """Ray options of a trainer actor: ``train.trainer_cpus`` and its custom resources
+    (``TrainConfig.resources("trainer")``) reserved, and XLA's CPU thread pool sized by
+    ``train.xla_threads`` (``PJRT_NPROC``; 0: the
     reservation, at least one thread, as Ray sizes a worker's OpenMP threads). By default XLA
     starts a thread per core of the node; a trainer sharing the node with shard actors then
     competes with their table work for the same cores, and XLA's parallel steps wait on
@@ -124,7 +187,7 @@ def trainer_options(cfg: Config) -> dict[str, Any]:
     cache = cfg.train.compile_cache_dir or os.path.join(tempfile.gettempdir(),
                                                         "monolith_ray-xla-cache")
     # A replacement trainer (see monolith_ray.train.online) loads its steps from the cache.
-    return {"num_cpus": cfg.train.trainer_cpus, "resources": dict(cfg.train.actor_resources),
+    return {"num_cpus": cfg.train.trainer_cpus, "resources": cfg.train.resources("trainer"),
             "runtime_env": {"env_vars": {
                 "PJRT_NPROC": str(threads), "JAX_COMPILATION_CACHE_DIR": cache,
                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}}}
@@ -147,15 +210,17 @@ def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[An
     shard_actor = ray.remote(ShardServer)
     root = snapshot_root(cfg)
     since = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    resources = dict(cfg.train.actor_resources)
-    shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus, resources=resources,
+    # SPREAD: the shards' memory over every node that offers their resources.
+    shards = [shard_actor.options(num_cpus=cfg.train.shard_cpus,
+                                  resources=cfg.train.resources("shard"),
+                                  scheduling_strategy="SPREAD",
                                   **actor_options(cfg.supervision),
                                   **_named(cfg, f"shard-{k}")).remote(
                   cfg.slots, cfg.admission, 1024,
                   RunSnapshot(root, since, started_from, f"shard-{k}"))
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
-        num_cpus=cfg.train.shard_cpus, resources=resources,
+        num_cpus=cfg.train.shard_cpus, resources=cfg.train.resources("dense"),
         **actor_options(cfg.supervision),
         **_named(cfg, "dense")).remote(*dense_server_args(cfg),
                                        RunSnapshot(root, since, started_from))
@@ -205,49 +270,217 @@ def incarnations(shards: Sequence[Any], dense: Any) -> list[str]:
     return ray.get([s.incarnation.remote() for s in [*shards, dense]])
 
 
+class BatchRun:
+    """One batch job's training: servers, trainers, epochs, snapshots and recovery.
+
+    Each epoch reads ``data.train`` with its rows' positions
+    (:func:`~monolith_ray.data.parquet_rows.read_positioned`) and feeds every trainer its
+    ``streaming_split``. Every ``train.snapshot_every_s`` (and as training starts) it asks the
+    trainers which positions have landed in the servers, then snapshots the servers: a
+    snapshot's parameters hold at least its position (epoch, rows), kept here by snapshot.
+
+    Recovery: when a trainer is lost (its process, its node or the dataset's coordinator
+    died) or Ray restarted a shard or the dense server (which came back from the latest
+    snapshot, without its updates since), every server restores the latest snapshot, new
+    trainers start, and the epoch is read again without the rows of the snapshot's position:
+    what was trained after the snapshot is trained again, nothing is skipped. At most
+    ``train.max_failures`` times, then :class:`~monolith_ray.supervision.RestartLimitError`
+    naming the key; a shard or the dense server restarted by Ray more than
+    ``supervision.max_restarts`` times is dead for good and fails the job too.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        import ray
+
+        from monolith_ray.supervision import Supervisor
+
+        self.cfg = cfg
+        self.shards, self.dense = start_servers(cfg)
+        self.supervisor = Supervisor(cfg.supervision)
+        self.supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(self.shards)},
+                                   "dense": self.dense})
+        self._actor = ray.remote(Trainer).options(**trainer_options(cfg), max_concurrency=2)
+        self.trainers: list[Any] = []
+        self.trainers = self._start_trainers()
+        self.fits: list[list[dict[str, Any]]] = []  # per epoch, the trainers' fits
+        self.resumed_rows = 0  # rows of the epochs that their fits left out as trained before
+        self.last_snapshot = ""
+        self._positions: dict[str, tuple[int, OffsetCoverage]] = {}
+
+    def _start_trainers(self) -> list[Any]:
+        return [self._actor.remote(self.cfg, self.shards, self.dense,
+                                   self.cfg.train.n_trainers == 1)
+                for _ in range(self.cfg.train.n_trainers)]
+
+    def train(self) -> None:
+        """Train ``train.epochs`` passes over ``data.train``, recovering from losses. Then
+        ``fits`` holds per epoch the trainers' fits of its last attempt, and
+        ``resumed_rows`` the rows those attempts left out, trained before a restore."""
+        import ray
+
+        epoch, done = 0, OffsetCoverage()
+        self._snapshot(epoch, done)
+        while epoch < self.cfg.train.epochs:
+            dataset = read_positioned(self.cfg.data.train, done, self.cfg.train.read_cpus)
+            if dataset is None:  # the snapshot of a recovery had the whole epoch
+                self.resumed_rows += done.count()
+                epoch, done = epoch + 1, OffsetCoverage()
+                continue
+            splits = dataset.streaming_split(len(self.trainers), equal=False)
+            refs = [t.fit.remote(s, 1) for t, s in zip(self.trainers, splits)]
+            try:
+                self.fits.append(self._wait(refs, epoch, done))
+                self.resumed_rows += done.count()
+                epoch, done = epoch + 1, OffsetCoverage()
+            except (ray.exceptions.RayActorError, _ServerRestarted) as err:
+                shut_down_splits(splits)
+                epoch, done = self._recover(err)
+            finally:
+                del dataset, splits, refs  # see shut_down_splits
+
+    def _wait(self, refs: list[Any], epoch: int, done: OffsetCoverage
+              ) -> list[dict[str, Any]]:
+        """The trainers' fits of this epoch (``done``: the rows it left out as trained);
+        snapshots and restart checks on schedule meanwhile. RayActorError if a trainer or
+        what feeds it died, _ServerRestarted if Ray restarted a server."""
+        import ray
+
+        snapshot_every = self.cfg.train.snapshot_every_s
+        check_every = self.cfg.supervision.check_every_s
+        restarts = self.supervisor.total()
+        due, check_due = time.monotonic() + snapshot_every, time.monotonic() + check_every
+        pending = list(refs)
+        while pending:
+            wake = min(due, check_due)
+            finished, pending = ray.wait(pending, num_returns=1,
+                                         timeout=max(wake - time.monotonic(), 0.0))
+            try:
+                ray.get(finished)
+            except ray.exceptions.RayTaskError as err:
+                self._check(restarts)  # a call failed because a server is (re)starting?
+                if isinstance(err.cause, ray.exceptions.RayActorError):
+                    raise err.cause from err  # what fed the trainer died, not the trainer
+                raise
+            if time.monotonic() >= check_due or not pending:
+                self._check(restarts)
+                check_due = time.monotonic() + check_every
+            if pending and time.monotonic() >= due:
+                self._snapshot(epoch, done, self.trainers)
+                due = time.monotonic() + snapshot_every
+        return ray.get(refs)
+
+    def _check(self, restarts: int) -> None:
+        """_ServerRestarted if Ray has restarted servers more than ``restarts`` times in
+        all; RestartLimitError if one is dead for good."""
+        self.supervisor.check()
+        if self.supervisor.total() > restarts:
+            raise _ServerRestarted(f"restarted by Ray: {self.supervisor.counts()}")
+
+    def _snapshot(self, epoch: int, done: OffsetCoverage, trainers: Sequence[Any] = ()
+                  ) -> None:
+        """Collect the positions that have landed at ``trainers`` (those in an epoch), then
+        snapshot the servers at them and ``done``."""
+        import ray
+
+        position = OffsetCoverage(done.ranges())
+        # A trainer answers within call_timeout_s (with what has landed by then).
+        for ranges in ray.get([t.landed.remote() for t in trainers],
+                              timeout=2 * self.cfg.train.call_timeout_s):
+            position.update(OffsetCoverage(ranges))
+        self.last_snapshot = take_snapshot(self.cfg, self.shards, self.dense)
+        self._positions[self.last_snapshot] = (epoch, position)
+
+    def _recover(self, cause: BaseException) -> tuple[int, OffsetCoverage]:
+        """Count a restart of the trainers (RestartLimitError past ``train.max_failures``),
+        replace them and restore every server from the latest snapshot -> its position."""
+        import ray
+
+        self.supervisor.restarted("trainers", cause, limit=(
+            "train.max_failures", self.cfg.train.max_failures))
+        logger.warning("monolith_ray: restoring snapshot %s and restarting the trainers",
+                       self.last_snapshot)
+        for t in self.trainers:
+            ray.kill(t)
+        restore_snapshot(self.last_snapshot, self.shards, self.dense)
+        self.trainers = self._start_trainers()
+        return self._positions[self.last_snapshot]
+
+    def close(self) -> None:
+        """Kill the job's actors."""
+        import ray
+
+        for actor in [*self.trainers, *self.shards, self.dense]:
+            ray.kill(actor)
+
+
+class _ServerRestarted(RuntimeError):
+    """Ray restarted a shard or the dense server during an epoch."""
+
+
+def shut_down_splits(splits: list[Any], timeout_s: float = 30.0) -> None:
+    """Stop the executor behind ``splits`` (a ``streaming_split``) and its read tasks before
+    their handles are dropped, rather than leave that to garbage collection while a new
+    dataset starts in its place."""
+    import ray
+
+    coordinator = getattr(splits[0], "_coord_actor", None) if splits else None
+    if coordinator is None:
+        return
+    try:
+        ray.get(coordinator.shutdown_executor.remote(), timeout=timeout_s)
+    except Exception as err:  # noqa: BLE001 - the dataset is being replaced regardless
+        logger.warning("the replaced dataset's executor did not shut down: %s", err)
+    ray.kill(coordinator)
+
+
 def run_batch_training(cfg: Config) -> dict[str, Any]:
-    """Train on ``cfg.data.train`` with Ray actors, evaluate, write metrics and a snapshot ->
-    the metrics dict (also written to ``<output_dir>/metrics.json``). A missing input or a bad
-    ``data.snapshot_root`` raises ConfigError before any actor starts, not after training."""
+    """Train on ``cfg.data.train`` with Ray actors (:class:`BatchRun`), evaluate, write
+    metrics and a snapshot -> the metrics dict (also written to
+    ``<output_dir>/metrics.json``). A missing input or a bad ``data.snapshot_root`` raises
+    ConfigError before any actor starts, not after training."""
     import ray
 
     started = time.perf_counter()
     check_inputs(cfg, INPUTS)
     snapshot_root(cfg)
-    shards, dense = start_servers(cfg)
-    trainer_actor = ray.remote(Trainer).options(**trainer_options(cfg))
-    local_dense = cfg.train.n_trainers == 1
-    trainers = [trainer_actor.remote(cfg, shards, dense, local_dense)
-                for _ in range(cfg.train.n_trainers)]
+    run = BatchRun(cfg)
     try:
-        at_start = incarnations(shards, dense)
-        splits = read_examples(cfg, cfg.data.train).streaming_split(
-            cfg.train.n_trainers, equal=True)
-        fits = ray.get([t.fit.remote(s, cfg.train.epochs) for t, s in zip(trainers, splits)])
+        run.train()
+        fits = [_summed(f) for f in zip(*run.fits)] if run.fits else []
+        # Every row of every epoch once: by the epochs' last attempts, or before their restore.
         metrics: dict[str, Any] = {
             "trainers": fits,
-            "examples": sum(f["examples"] for f in fits),
+            "examples": run.resumed_rows + sum(f["examples"] for f in fits),
             "examples_per_s": sum(f["examples_per_s"] for f in fits),
+            "restarts": run.supervisor.counts(),
         }
         for name in ("valid", "test"):
             path = getattr(cfg.data, name)
             if path:
                 metrics[name] = ray.get(
-                    trainers[0].evaluate.remote(read_examples(cfg, path)))
-        stats = ray.get([s.stats.remote() for s in shards])
+                    run.trainers[0].evaluate.remote(read_examples(cfg, path)))
+        stats = ray.get([s.stats.remote() for s in run.shards])
         metrics["table_rows"] = {slot.name: sum(s[slot.name]["rows"] for s in stats)
                                  for slot in cfg.slots}
-        metrics["snapshot"] = take_snapshot(cfg, shards, dense)
-        if incarnations(shards, dense) != at_start:
+        at_end = incarnations(run.shards, run.dense)
+        metrics["snapshot"] = take_snapshot(cfg, run.shards, run.dense)
+        if incarnations(run.shards, run.dense) != at_end:
             raise RuntimeError(
-                "a parameter server restarted during the job and came back without the updates "
-                "it had made (a batch job has no snapshot to restore before its last); the "
-                f"snapshot {metrics['snapshot']} is not the trained model: run the job again")
+                "a parameter server restarted while the job took its last snapshot and came "
+                "back without its updates since the one before; the snapshot "
+                f"{metrics['snapshot']} is not the trained model: run the job again")
     finally:
-        for actor in [*trainers, *shards, dense]:
-            ray.kill(actor)
+        run.close()
     metrics["seconds"] = time.perf_counter() - started
     out = Path(cfg.data.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     return metrics
+
+
+def _summed(fits: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One trainer's fits (one per epoch and attempt) as one summary: steps and loss of the
+    last, examples and seconds summed."""
+    examples, seconds = sum(f["examples"] for f in fits), sum(f["seconds"] for f in fits)
+    return {**fits[-1], "examples": examples, "seconds": seconds,
+            "examples_per_s": examples / max(seconds, 1e-9)}

@@ -39,7 +39,7 @@ a new process, so the job replaces it: it collects the offsets the trainers have
 ones and reads the stream again from where the committed offsets end. What the lost trainers
 had stepped on but not committed is trained again (at least once, never skipped); the new
 trainers pay their jit compilation. A trainer lost during the dump phase trains the dump again
-from its start. Past ``supervision.max_restarts`` trainer restarts, or once a Ray-restarted
+from its start. Past ``train.max_failures`` trainer restarts, or once a Ray-restarted
 actor is dead for good, the run fails with :class:`~monolith_ray.supervision.RestartLimitError`
 naming the process.
 """
@@ -75,7 +75,7 @@ from monolith_ray.data.kafka_source import (
 from monolith_ray.data.offsets import OffsetCoverage
 from monolith_ray.metrics import TableReporter
 from monolith_ray.supervision import Supervisor, actor_options
-from monolith_ray.train.job import Trainer, start_servers, trainer_options
+from monolith_ray.train.job import Trainer, shut_down_splits, start_servers, trainer_options
 from monolith_ray.train.loop import IDLE
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
 
@@ -144,20 +144,6 @@ class StreamTrainer(Trainer):
 
 
 _END = object()
-
-
-def _shut_down(splits: list[Any], timeout_s: float = 30.0) -> None:
-    """Stop the executor behind ``splits`` (a ``streaming_split``) and its endless read tasks
-    before their handles are dropped, rather than leave that to garbage collection while a
-    stream starts in its place."""
-    coordinator = getattr(splits[0], "_coord_actor", None) if splits else None
-    if coordinator is None:
-        return
-    try:
-        ray.get(coordinator.shutdown_executor.remote(), timeout=timeout_s)
-    except Exception as err:  # noqa: BLE001 - the stream is being replaced regardless
-        logger.warning("the replaced stream's executor did not shut down: %s", err)
-    ray.kill(coordinator)
 
 
 def timely_batches(source: Any, batch_size: int, max_wait_s: float
@@ -380,13 +366,14 @@ class OnlineTraining:
             except ray.exceptions.RayActorError as err:
                 if self._closed or isinstance(err, ray.exceptions.RayTaskError):
                     raise  # closed, or raised inside a live trainer (e.g. by a call it made)
-                _shut_down(splits)
+                shut_down_splits(splits)
                 died = err
             finally:
                 # An error's traceback keeps this frame: drop the splits' handles from it, so
                 # the split coordinator and its endless read tasks end with the trainers.
                 del dataset, splits, refs
-            self.supervisor.restarted("trainers", died)
+            self.supervisor.restarted("trainers", died, limit=(
+                "train.max_failures", self.cfg.train.max_failures))
             self._replace_trainers()
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
                 "examples_per_s": sum(f["examples_per_s"] for f in fits),

@@ -52,7 +52,8 @@ def test_two_trainers_reach_the_auc_of_one(ray_session, movielens, tmp_path):
         assert len(list(snapshot.glob("shard-*"))) == cfg.train.n_shards
     one, two = results[1], results[2]
     assert one["examples"] == two["examples"] == 80_000
-    assert [t["examples"] for t in two["trainers"]] == [40_000, 40_000]
+    assert [t["examples"] > 0 for t in two["trainers"]] == [True, True]
+    assert one["restarts"] == two["restarts"] == {"shard-0": 0, "shard-1": 0, "dense": 0}
     assert one["test"]["auc"] > 0.62, one["test"]
     assert abs(one["test"]["auc"] - two["test"]["auc"]) < 0.01, (one["test"], two["test"])
     assert one["table_rows"] == two["table_rows"]
@@ -129,7 +130,7 @@ def test_bad_config_fails_before_starting_anything(capsys):
 
 
 @pytest.mark.timeout(300)
-def test_a_server_restarted_mid_job_fails_the_job_instead_of_a_silent_snapshot(
+def test_a_shard_restarted_mid_job_is_recovered_from_the_latest_snapshot(
         ray_session, movielens, tmp_path):
     import os
     import signal
@@ -139,8 +140,9 @@ def test_a_server_restarted_mid_job_fails_the_job_instead_of_a_silent_snapshot(
 
     cfg = load_config(overrides=[
         f"data.train={movielens / 'train.parquet'}", "data.valid=", "data.test=",
-        f"data.output_dir={tmp_path}", "train.epochs=3", "train.batch_size=256",
-        "train.name=restarted-mid-job", "train.call_timeout_s=120"])
+        f"data.output_dir={tmp_path}", "train.epochs=2", "train.batch_size=256",
+        "train.name=restarted-mid-job", "train.call_timeout_s=120",
+        "train.snapshot_every_s=1", "supervision.check_every_s=0.5"])
     killed: list[int] = []
 
     def kill_a_busy_shard() -> None:
@@ -148,7 +150,9 @@ def test_a_server_restarted_mid_job_fails_the_job_instead_of_a_silent_snapshot(
         while time.monotonic() < deadline:
             try:
                 shard = ray.get_actor("restarted-mid-job.shard-1", namespace="monolith_ray")
-                if ray.get(shard.stats.remote())["user_id"]["rows"] > 0:  # trained on
+                # Trained on, and a snapshot taken since training started.
+                if (ray.get(shard.stats.remote())["user_id"]["rows"] > 0
+                        and len(list((tmp_path / "snapshots").glob("snap-*/_COMPLETE"))) >= 2):
                     pid = ray.get(shard.pid.remote())
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -159,7 +163,44 @@ def test_a_server_restarted_mid_job_fails_the_job_instead_of_a_silent_snapshot(
 
     killer = threading.Thread(target=kill_a_busy_shard, daemon=True)
     killer.start()
-    with pytest.raises(RuntimeError, match="restarted during the job"):
+    metrics = run_batch_training(cfg)
+    killer.join()
+    assert killed
+    assert metrics["restarts"]["shard-1"] == 1 and metrics["restarts"]["trainers"] == 1
+    assert metrics["examples"] >= 2 * 80_000
+
+
+@pytest.mark.timeout(300)
+def test_a_lost_trainer_past_max_failures_fails_the_job_naming_the_key(
+        ray_session, movielens, tmp_path):
+    import os
+    import signal
+    import threading
+
+    from ray._private import state  # the control store's actor table, no dashboard needed
+
+    from monolith_ray.supervision import RestartLimitError
+
+    cfg = load_config(overrides=[
+        f"data.train={movielens / 'train.parquet'}", "data.valid=", "data.test=",
+        f"data.output_dir={tmp_path}", "train.epochs=3", "train.batch_size=256",
+        "train.max_failures=0"])
+    killed: list[int] = []
+
+    def kill_the_trainer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for actor in state.actors().values():
+                if (actor["ActorClassName"] == "Trainer" and actor["State"] == "ALIVE"
+                        and list((tmp_path / "snapshots").glob("snap-*/_COMPLETE"))):
+                    os.kill(actor["Pid"], signal.SIGKILL)
+                    killed.append(actor["Pid"])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_trainer, daemon=True)
+    killer.start()
+    with pytest.raises(RestartLimitError, match=r"trainers failed 1 times, more than "
+                                                r"train.max_failures=0"):
         run_batch_training(cfg)
     killer.join()
     assert killed
