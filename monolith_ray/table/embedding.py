@@ -64,7 +64,7 @@ from monolith_ray.table.rows import MAX_ROWS, committed_bytes, reserve
 
 FORMAT = "monolith_ray.table/2"
 SNAPSHOT_CHUNK_ROWS = 1 << 13  # rows copied per lock hold: ~1.3 MB, under 1 ms, at dim 17 + Adagrad
-EXPORT_CHUNK_ROWS = 1 << 18  # rows scanned per lock hold by export_since (~2 MB of versions)
+EXPORT_CHUNK_ROWS = 1 << 16  # rows scanned per lock hold by export_since (512 KB of versions)
 _MAX_FRAME_ROWS = 1 << 24  # a snapshot frame larger than this is refused as corrupt
 _MAX_META_BYTES = 1 << 20
 Lock = contextlib.AbstractContextManager
@@ -290,6 +290,7 @@ class EmbeddingTable:
                                          & (self._rows["version"][start:stop] > version))
                 ids_parts.append(ids[changed])
                 weight_parts.append(self._weights[start + changed])
+            time.sleep(0)  # let the shard's other threads (trainers' calls) take the GIL
         with lock:
             if self._evicted_ids:
                 ev = np.concatenate(self._evicted_ids)
