@@ -147,6 +147,10 @@ SYNC_VERSION = Metric(
     "gauge", "monolith_ray_sync_version",
     "The parameter sync's newest version, the one a current replica serves. kind: sparse "
     "| dense.", ("kind",))
+SERVING_VERSION = Metric(
+    "gauge", "monolith_ray_serving_version",
+    "The version a serving replica answers with (compare with monolith_ray_sync_version: "
+    "a replica behind is stale). kind: sparse | dense.", ("kind",))
 SYNC_TIMESTAMP = Metric(
     "gauge", "monolith_ray_sync_timestamp_seconds",
     "Unix seconds of the last successful sync of a kind; serving's freshness: time() - this.",

@@ -139,7 +139,7 @@ def _wait_for(check: Callable[[dict], list[str]], timeout_s: float) -> dict:
 
 def test_a_running_loop_moves_every_metric(ray_session, serve_url, kafka_bootstrap, produce,
                                            tmp_path) -> None:
-    """The demo's loop (joiner, online training on two shards, snapshots, sync, serving) runs
+    """The demo's loop (joiner, online training on two shards, snapshots, sync, a replica) runs
     while a bad record goes into each stream, the shards expire their users and the source
     monitor is killed: two scrapes of Ray's endpoint find every family, each counter grown,
     each version and timestamp newer."""
@@ -206,6 +206,8 @@ def test_a_running_loop_moves_every_metric(ray_session, serve_url, kafka_bootstr
                  "restarts_total": {"process": "source-monitor"}}
         newer = {"snapshot_timestamp_seconds": {}, "sync_version": {"kind": "sparse"},
                  "sync_version:dense": {"kind": "dense"},
+                 "serving_version": {"kind": "sparse"},
+                 "serving_version:dense": {"kind": "dense"},
                  "sync_timestamp_seconds": {"kind": "sparse"},
                  "sync_timestamp_seconds:dense": {"kind": "dense"}}
 

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from monolith_ray import metrics
 from monolith_ray.config import Config, SlotConfig
 from monolith_ray.data.batches import Batch, SlotValues, batch_of_values, slot_values
 from monolith_ray.data.slot_columns import examples_table
@@ -97,6 +98,8 @@ class ServingModel:
             params, version = updates.dense
             self.params, self.dense_version = params, int(version)
             changed = True
+        for kind, version in self.versions.items():
+            metrics.SERVING_VERSION.set(version, kind=kind)
         return changed
 
     def score(self, items: SlotRows, user: SlotRows | None = None,
