@@ -292,6 +292,7 @@ class BatchRun:
     def __init__(self, cfg: Config) -> None:
         import ray
 
+        from monolith_ray.metrics import TableReporter
         from monolith_ray.supervision import Supervisor
 
         self.cfg = cfg
@@ -299,6 +300,7 @@ class BatchRun:
         self.supervisor = Supervisor(cfg.supervision)
         self.supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(self.shards)},
                                    "dense": self.dense})
+        self.tables = TableReporter()
         self._actor = ray.remote(Trainer).options(**trainer_options(cfg), max_concurrency=2)
         self.trainers: list[Any] = []
         self.trainers = self._start_trainers()
@@ -341,8 +343,8 @@ class BatchRun:
     def _wait(self, refs: list[Any], epoch: int, done: OffsetCoverage
               ) -> list[dict[str, Any]]:
         """The trainers' fits of this epoch (``done``: the rows it left out as trained);
-        snapshots and restart checks on schedule meanwhile. RayActorError if a trainer or
-        what feeds it died, _ServerRestarted if Ray restarted a server."""
+        snapshots, restart checks and table metrics on schedule meanwhile. RayActorError if a
+        trainer or what feeds it died, _ServerRestarted if Ray restarted a server."""
         import ray
 
         snapshot_every = self.cfg.train.snapshot_every_s
@@ -363,6 +365,7 @@ class BatchRun:
                 raise
             if time.monotonic() >= check_due or not pending:
                 self._check(restarts)
+                self.tables.poll(self.shards, timeout_s=check_every)
                 check_due = time.monotonic() + check_every
             if pending and time.monotonic() >= due:
                 self._snapshot(epoch, done, self.trainers)
