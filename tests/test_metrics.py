@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from monolith_ray import metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "grafana_dashboard.json"
