@@ -285,14 +285,22 @@ class ShardServer:
         """Replace every slot's table by its snapshot at ``location`` (a local folder or
         ``pyarrow.fs`` URI); all or nothing."""
         fs, folder = filesystem_and_path(location)
-        paths = {name: f"{folder}/{name}{TABLE_SUFFIX}" for name in self.tables}
-        for name, info in zip(paths, fs.get_file_info(list(paths.values()))):
-            if info.type != pafs.FileType.File:
+        paths = {}
+        for name in self.tables:  # <slot>.table, or <slot>.npz of the earlier format
+            candidates = [f"{folder}/{name}{TABLE_SUFFIX}", f"{folder}/{name}.npz"]
+            found = [i.path for i in fs.get_file_info(candidates)
+                     if i.type == pafs.FileType.File]
+            if not found:
                 raise FileNotFoundError(f"no snapshot of slot {name!r} in {location}")
+            paths[name] = found[0]
         restored = {}
         for name, table in self.tables.items():
-            with fs.open_input_stream(paths[name], buffer_size=1 << 22) as f:
-                new = EmbeddingTable.restore(f)
+            if paths[name].endswith(".npz"):
+                with fs.open_input_file(paths[name]) as f:
+                    new = EmbeddingTable.restore_npz(f)
+            else:
+                with fs.open_input_stream(paths[name], buffer_size=1 << 22) as f:
+                    new = EmbeddingTable.restore(f)
             if new.dim != table.dim:
                 raise ValueError(f"snapshot {paths[name]} has rows {new.dim} wide, slot "
                                  f"{name!r} needs {table.dim}")

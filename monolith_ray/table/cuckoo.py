@@ -319,6 +319,11 @@ class CuckooMap:
         return self._keys.shape[0] * SLOTS
 
     @property
+    def free_rows(self) -> int:
+        """Erased rows waiting to be handed out again."""
+        return int(self._counters[2])
+
+    @property
     def row_bound(self) -> int:
         """Every row handed out so far is below this; size an embedding matrix to it."""
         return int(self._counters[1])

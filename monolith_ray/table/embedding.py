@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -63,6 +64,7 @@ from monolith_ray.table.optimizers import make_optimizer
 from monolith_ray.table.rows import MAX_ROWS, committed_bytes, reserve
 
 FORMAT = "monolith_ray.table/2"
+FORMAT_NPZ = "monolith_ray.table/1"  # the earlier whole-table .npz format: restore_npz
 SNAPSHOT_CHUNK_ROWS = 1 << 13  # rows copied per lock hold: ~1.3 MB, under 1 ms, at dim 17 + Adagrad
 EXPORT_CHUNK_ROWS = 1 << 16  # rows scanned per lock hold by export_since (512 KB of versions)
 _MAX_FRAME_ROWS = 1 << 24  # a snapshot frame larger than this is refused as corrupt
@@ -153,6 +155,11 @@ class EmbeddingTable:
     def __len__(self) -> int:
         return self._map.size
 
+    def __reduce__(self) -> None:
+        raise TypeError("an EmbeddingTable is not pickled or copied (its arrays span their "
+                        "whole reservation): write it with snapshot() and read it with "
+                        "restore()")
+
     # ------------------------------------------------------------------ lookups
 
     def lookup_train(self, ids: np.ndarray, now: float) -> np.ndarray:
@@ -190,7 +197,19 @@ class EmbeddingTable:
         """Whether each id (n,) has a row -> bool (n,)."""
         return self._map.find(_check_ids(ids)) >= 0
 
+    def _check_room(self, ids: np.ndarray) -> None:
+        """MemoryError, before anything changes, if inserting ``ids`` would hand out rows
+        past ``MAX_ROWS``."""
+        bound = self._map.row_bound
+        if bound + ids.size <= MAX_ROWS:
+            return
+        new = np.unique(ids[self._map.find(ids) < 0]).size
+        if bound + max(0, new - self._map.free_rows) > MAX_ROWS:
+            raise MemoryError(f"slot {self.slot.name!r}: a table holds at most {MAX_ROWS} "
+                              f"rows per shard, and {new} new ids would pass it; add shards")
+
     def _insert(self, ids: np.ndarray, now: float) -> np.ndarray:
+        self._check_room(ids)
         rows, inserted = self._map.find_or_insert(ids)
         rows = rows.astype(np.int64)
         if self._map.row_bound > self._rows["ids"].shape[0]:
@@ -301,7 +320,11 @@ class EmbeddingTable:
                 evicted = np.empty(0, dtype=np.int64)
         weights = (np.concatenate(weight_parts) if weight_parts
                    else np.empty((0, self.dim), dtype=np.float32))
-        return TableDelta(_concat(ids_parts), weights, evicted, upto)
+        ids = _concat(ids_parts)
+        if evicted.size:  # scanned while live, evicted before the scan ended: evicted wins
+            keep = ~np.isin(ids, evicted)
+            ids, weights = ids[keep], weights[keep]
+        return TableDelta(ids, weights, evicted, upto)
 
     def forget_evictions(self, upto_version: int) -> None:
         """Drop eviction records at or before ``upto_version`` (every reader has them)."""
@@ -388,7 +411,8 @@ class EmbeddingTable:
             fields = table._fields()
             if header["fields"] != {k: [w, dt.str] for k, (w, dt) in fields.items()}:
                 raise ValueError(f"its fields {header['fields']} do not match the slot's")
-            table._map.reserve(int(header["rows"]))
+            # A hint only (a file may lie): at most 4M keys reserved, the map grows past it.
+            table._map.reserve(min(max(int(header["rows"]), 0), 1 << 22))
             for chunk in _read_chunks(file, fields):
                 table._restore_rows(chunk)
             trailer = _read_json(file)
@@ -398,18 +422,77 @@ class EmbeddingTable:
             table._filter.sketch = sketch.copy()
             ev_ids = _read_frame(file, np.int64, None)
             ev_versions = _read_frame(file, np.int64, ev_ids.shape)
-        except (KeyError, TypeError, EOFError, ValueError) as err:
+        except (KeyError, TypeError, EOFError, ValueError, AttributeError, OverflowError,
+                RecursionError, MemoryError) as err:
             if isinstance(err, ValueError) and "table snapshot" in str(err):
                 raise
             raise ValueError(f"corrupt table snapshot: {type(err).__name__}: {err}") from None
         if ev_ids.size:
-            table._evicted_ids, table._evicted_versions = [ev_ids], [ev_versions]
+            table._evicted_ids, table._evicted_versions = [ev_ids.copy()], [ev_versions.copy()]
+            table._drop_evicted_after_copy(ev_ids, ev_versions)
         return table
+
+    @classmethod
+    def restore_npz(cls, file: str | BinaryIO) -> "EmbeddingTable":
+        """Read a table written in the earlier format ``monolith_ray.table/1`` (an ``.npz``
+        archive of the whole table, map included; ``file`` seekable), so that snapshots taken
+        before format /2 still restore. ValueError on anything else."""
+        not_snapshot = "not a table snapshot: expected an .npz archive holding 'meta'"
+        try:
+            loaded = np.load(file, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile):
+            raise ValueError(not_snapshot) from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(not_snapshot)
+        with loaded as z:
+            if "meta" not in z.files:
+                raise ValueError(not_snapshot)
+            arrays = {k: z[k] for k in z.files}
+        try:
+            meta = json.loads(arrays["meta"].tobytes().decode())
+            if meta.get("format") != FORMAT_NPZ:
+                raise ValueError(f"not a table snapshot: format {meta.get('format')!r}, "
+                                 f"expected {FORMAT_NPZ!r}")
+            table = cls(from_dict(SlotConfig, meta["slot"]),
+                        from_dict(AdmissionConfig, meta["admission"]), capacity=1)
+            table._map = CuckooMap.from_state({k[4:]: v for k, v in arrays.items()
+                                               if k.startswith("map/")})
+            bound = arrays["rows/ids"].shape[0]
+            if bound > MAX_ROWS or table._map.row_bound > bound:
+                raise ValueError(f"{bound} rows for a map handing out {table._map.row_bound}")
+            table._alloc_rows(max(16, bound))
+            for k in table._rows:
+                table._rows[k][:bound] = arrays[k if k.startswith("state/") else f"rows/{k}"]
+            table._filter.sketch = np.array(arrays["filter/sketch"])
+            table.version = int(meta["version"])
+            table.counters = dict(meta["counters"])
+        except (KeyError, TypeError, AttributeError, OverflowError, MemoryError) as err:
+            raise ValueError(f"corrupt table snapshot: {type(err).__name__}: {err}") from None
+        if arrays["evicted/ids"].size:
+            table._evicted_ids = [np.array(arrays["evicted/ids"])]
+            table._evicted_versions = [np.array(arrays["evicted/versions"])]
+        return table
+
+    def _drop_evicted_after_copy(self, ids: np.ndarray, versions: np.ndarray) -> None:
+        """Erase the restored ids evicted after their row was copied (a fuzzy snapshot copies
+        a row, then the trailer's eviction log records a later eviction of it): an eviction
+        newer than the row wins, as it did in the table the snapshot was taken from."""
+        rows = self._map.find(ids).astype(np.int64)
+        present = np.flatnonzero(rows >= 0)
+        stale = present[versions[present] > self._rows["version"][rows[present]]]
+        if stale.size:
+            gone = np.unique(ids[stale])
+            freed = self._map.erase(gone).astype(np.int64)
+            self._rows["ids"][freed[freed >= 0]] = EMPTY
 
     def _restore_rows(self, chunk: dict[str, np.ndarray]) -> None:
         """Insert one snapshot chunk's rows; an id already restored keeps the copy with the
         higher row version (a fuzzy snapshot may hold an id twice)."""
         ids = _check_ids(chunk["ids"])
+        try:
+            self._check_room(ids)
+        except MemoryError as err:
+            raise ValueError(f"corrupt table snapshot: {err}") from None
         rows, inserted = self._map.find_or_insert(ids)
         rows = rows.astype(np.int64)
         self._alloc_rows(self._map.row_bound)
@@ -433,7 +516,7 @@ def _write_json(file: BinaryIO, value: dict) -> None:
 
 
 def _read_frame(file: BinaryIO, dtype: type | np.dtype, shape: tuple[int, ...] | None,
-                width: int = -1) -> np.ndarray:
+                width: int = -1, max_rows: int = _MAX_FRAME_ROWS) -> np.ndarray:
     """One ``.npy`` frame of ``dtype``: of ``shape`` if given, else 1-D of any length (or 2-D
     ``(n, width)`` for ``width`` > 0), at most ``_MAX_FRAME_ROWS`` rows. Checked before its
     data is read; ValueError on anything else."""
@@ -454,7 +537,7 @@ def _read_frame(file: BinaryIO, dtype: type | np.dtype, shape: tuple[int, ...] |
         ok = ok and len(got_shape) == 2 and got_shape[1] == width
     else:
         ok = ok and len(got_shape) == 1
-    if not ok or (got_shape and got_shape[0] > _MAX_FRAME_ROWS):
+    if not ok or (got_shape and got_shape[0] > max_rows):
         raise ValueError(f"corrupt table snapshot frame: {got_dtype}{tuple(got_shape)}, "
                          f"expected {want}{shape or ('n', width) if width > 0 else ('n',)}")
     n_bytes = int(np.prod(got_shape, dtype=np.int64)) * want.itemsize
@@ -465,10 +548,11 @@ def _read_frame(file: BinaryIO, dtype: type | np.dtype, shape: tuple[int, ...] |
 
 
 def _read_json(file: BinaryIO) -> dict:
-    raw = _read_frame(file, np.uint8, None)
-    if raw.size > _MAX_META_BYTES:
-        raise ValueError("corrupt table snapshot: metadata too large")
-    return json.loads(raw.tobytes().decode())
+    raw = _read_frame(file, np.uint8, None, max_rows=_MAX_META_BYTES)
+    try:
+        return json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"corrupt table snapshot metadata: {type(err).__name__}") from None
 
 
 def _read_chunks(file: BinaryIO, fields: dict[str, tuple[int, np.dtype]]

@@ -12,13 +12,16 @@ Rows past ``row_bound`` are never read, and every field of a row is written when
 handed out (``EmbeddingTable._insert``), so nothing is pre-filled: an untouched page reads as
 zeros and costs nothing.
 
-Where the reservation is refused (``vm.overcommit_memory = 2``, an address-space limit, a
-platform without ``MAP_NORESERVE``), ``reserve`` returns None and the table falls back to
-arrays it grows by copying (1.5x a step).
+Where a reservation would not be free (``vm.overcommit_memory = 2`` charges it in full) or is
+refused (an address-space limit, a platform without ``MAP_NORESERVE``), ``reserve`` returns
+None and the table falls back to arrays it grows by copying (1.5x a step). Either way a table
+holds at most ``MAX_ROWS`` rows, checked before an insert changes anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import mmap
 import sys
 
@@ -34,14 +37,30 @@ def reserve(n_rows: int, width: int, dtype: np.dtype | type) -> np.ndarray | Non
     dtype = np.dtype(dtype)
     shape = (n_rows, width) if width else (n_rows,)
     n_bytes = n_rows * max(width, 1) * dtype.itemsize
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or _strict_overcommit():
         return None
     try:
         region = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                            | _MAP_NORESERVE)
     except (OSError, OverflowError, ValueError):
         return None
+    # Under transparent huge pages "always", a first write would commit 2 MB at a time: a
+    # small table's handful of rows would cost megabytes per array.
+    with contextlib.suppress(AttributeError, OSError):
+        region.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(region, dtype=dtype).reshape(shape)
+
+
+@functools.cache
+def _strict_overcommit() -> bool:
+    """Whether the kernel charges every mapping in full (``vm.overcommit_memory = 2``): it
+    then ignores ``MAP_NORESERVE``, and a reservation would take its whole size from the
+    host's commit limit."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return True
 
 
 def committed_bytes(array: np.ndarray, n_rows: int) -> int:

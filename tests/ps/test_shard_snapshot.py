@@ -142,3 +142,14 @@ def test_training_calls_go_on_while_a_snapshot_is_written(tmp_path, monkeypatch)
     fresh.restore(str(tmp_path / "s"))
     assert fresh.stats()["item"]["rows"] == 3000
     assert 5000 <= fresh.stats()["user"]["rows"] <= shard.stats()["user"]["rows"]
+
+
+def test_a_shard_restores_a_folder_of_the_earlier_npz_format(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parents[1] / "table" / "fixtures" / "table_v1.npz"
+    shutil.copy(fixture, tmp_path / "s.npz")
+    shard = ShardServer([SlotConfig(name="s", slot_id=3, dim=3)], ADMISSION)
+    shard.restore(str(tmp_path))
+    assert shard.stats()["s"]["rows"] == 50

@@ -615,3 +615,125 @@ def test_table_copies_the_ids_it_keeps():
     assert table.contains(np.array([1, 42])).tolist() == [True, False]
     assert table.export_since(0).ids.tolist() == [1]
     assert sorted(table.export_since(0).evicted.tolist()) == [2, 3]
+
+
+class _Hook:
+    """A lock whose ``at``-th acquisition first runs ``act``: a writer that gets in between
+    the chunks of a snapshot or an export."""
+
+    def __init__(self, at: int, act) -> None:
+        self.n, self.at, self.act = 0, at, act
+
+    def __enter__(self):
+        self.n += 1
+        if self.n == self.at:
+            self.act()
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_an_id_evicted_after_its_row_was_copied_stays_evicted_after_restore():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(1, 9), now=0.0)
+    buf = io.BytesIO()  # acquisition 3: after chunk 0 (rows 0-3, id 2 among them) was copied
+    table.snapshot(buf, _Hook(3, lambda: table.evict(np.array([2]))), chunk_rows=4)
+    buf.seek(0)
+    restored = EmbeddingTable.restore(buf)
+    assert restored.contains(np.array([2, 1, 3])).tolist() == [False, True, True]
+    assert restored.export_since(0).evicted.tolist() == [2]
+
+
+def test_a_delta_never_holds_an_id_both_changed_and_evicted():
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(1, 9), now=0.0)
+    v0 = table.version
+    table.evict(np.array([1]))
+    table.lookup_train(np.array([1]), now=0.0)  # evicted and admitted again after v0
+    delta = table.export_since(v0, _Hook(3, lambda: table.evict(np.array([1]))), chunk_rows=4)
+    assert delta.evicted.tolist() == [1] and 1 not in delta.ids.tolist()
+
+
+def test_a_full_table_refuses_new_ids_and_changes_nothing(monkeypatch):
+    from monolith_ray.table import embedding
+
+    monkeypatch.setattr(embedding, "MAX_ROWS", 64)
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(60), now=0.0)
+    before = table_state(table)
+    with pytest.raises(MemoryError, match="at most 64 rows"):
+        table.lookup_train(np.arange(100), now=1.0)
+    assert_same_state(before, table_state(table))
+    table.evict(np.arange(10))
+    table.lookup_train(np.arange(100, 114), now=1.0)  # 10 free rows + 4 fresh: fits
+    assert len(table) == 64
+
+
+def test_a_table_is_not_pickled():
+    import pickle
+
+    with pytest.raises(TypeError, match="snapshot"):
+        pickle.dumps(EmbeddingTable(make_slot()))
+
+
+@pytest.mark.parametrize("header", [
+    {"rows": float("inf")}, {"rows": "many"},
+    {"admission": {"sketch_width": 2**44, "sketch_depth": 4}},
+])
+def test_restore_turns_hostile_headers_into_value_errors(header):
+    table = build_busy_table("sgd")
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    buf.seek(0)
+    real = json.loads(np.lib.format.read_array(buf).tobytes())
+    rest = buf.read()
+    bad = io.BytesIO()
+    np.lib.format.write_array(bad, np.frombuffer(json.dumps({**real, **header}).encode(),
+                                                 np.uint8))
+    bad.write(rest)
+    bad.seek(0)
+    with pytest.raises(ValueError, match="snapshot"):
+        EmbeddingTable.restore(bad)
+
+
+def test_a_header_row_count_is_only_a_hint():
+    table = build_busy_table("sgd")
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    buf.seek(0)
+    real = json.loads(np.lib.format.read_array(buf).tobytes())
+    lying = io.BytesIO()
+    np.lib.format.write_array(lying, np.frombuffer(json.dumps({**real, "rows": 10**13})
+                                                   .encode(), np.uint8))
+    lying.write(buf.read())
+    lying.seek(0)
+    assert_tables_identical(table, EmbeddingTable.restore(lying))
+
+
+def test_restore_refuses_a_deeply_nested_header():
+    bomb = io.BytesIO()
+    np.lib.format.write_array(bomb, np.frombuffer(b"[" * 200_000, np.uint8))
+    bomb.seek(0)
+    with pytest.raises(ValueError, match="snapshot"):
+        EmbeddingTable.restore(bomb)
+
+
+def test_a_snapshot_of_the_earlier_npz_format_still_restores():
+    """``fixtures/table_v1.npz`` was written by the format-/1 table (adagrad, 50 ids trained,
+    4 and 7 evicted, 100 and 101 added); ``table_v1_rows.npy`` holds its serving rows of
+    ids -2..109."""
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    table = EmbeddingTable.restore_npz(str(fixtures / "table_v1.npz"))
+    np.testing.assert_array_equal(table.lookup_serve(np.arange(-2, 110)),
+                                  np.load(fixtures / "table_v1_rows.npy"))
+    assert len(table) == 50 and sorted(table.export_since(0).evicted.tolist()) == [4, 7]
+    table.lookup_train(np.arange(200, 300), now=7.0)  # and it keeps working
+    assert len(table) == 150
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    buf.seek(0)
+    assert_tables_identical(table, EmbeddingTable.restore(buf))
+    with pytest.raises(ValueError, match="not a table snapshot"):
+        EmbeddingTable.restore_npz(io.BytesIO(b"PK\x03\x04 not really a zip"))
