@@ -37,6 +37,8 @@ class ServeConfig:
     - ``poll_interval_s``: how often a replica asks the sync actor for newer versions; a
       training update is served at most ``sparse_sync_interval_s + poll_interval_s`` later.
     - ``store_dtype``: serving rows as ``float16`` (half the memory) or ``float32``.
+    - ``sync_log_mb``: the sync's change log, in MB of changed ids (8 bytes an id) kept for
+      replicas to catch up from; a replica further behind receives the whole state.
     - ``user_slot``, ``item_slot``: the slots that hold a request's user id and item id.
     - ``candidate_pool``: JSON-lines file of items (``{"item_id": .., "slots": {..}}`` per
       line) that ``/recommend`` draws ``pool_draw`` candidates from when a request names none;
@@ -64,6 +66,7 @@ class ServeConfig:
     dense_sync_interval_s: float = 86400.0
     poll_interval_s: float = 1.0
     store_dtype: Literal["float16", "float32"] = "float16"
+    sync_log_mb: float = 256.0
     user_slot: str = "user_id"
     item_slot: str = "item_id"
     candidate_pool: str = ""
@@ -84,6 +87,7 @@ class ServeConfig:
         _require(self, "sparse_sync_interval_s", gt=0)
         _require(self, "dense_sync_interval_s", gt=0)
         _require(self, "poll_interval_s", gt=0)
+        _require(self, "sync_log_mb", gt=0)
         _require(self, "pool_draw", ge=1)
         _require(self, "max_candidates", ge=1)
         _require(self, "max_k", ge=1)

@@ -60,6 +60,12 @@ class _Change(NamedTuple):
     evicted: dict[str, np.ndarray]
 
 
+def _change_bytes(change: _Change) -> int:
+    """Bytes of the ids a logged change holds."""
+    return sum(a.nbytes for a in change.changed.values()) + \
+        sum(a.nbytes for a in change.evicted.values())
+
+
 class Updates(NamedTuple):
     """An answer to :meth:`ParameterSync.updates`: each part ``None`` if the caller is
     current. ``dense`` is ``(params, dense_version)``; ``epoch`` names the sync actor's
@@ -77,7 +83,7 @@ class ParameterSync:
 
     def __init__(self, slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any, *,
                  sparse_interval_s: float = 60.0, dense_interval_s: float = 86400.0,
-                 dtype: str = "float16", keep_versions: int = 600,
+                 dtype: str = "float16", log_bytes: int = 256 << 20,
                  call_timeout_s: float = 60.0, start: bool = True,
                  forget_evictions: bool = True) -> None:
         if sparse_interval_s <= 0 or dense_interval_s <= 0:
@@ -92,7 +98,14 @@ class ParameterSync:
         self.store = SparseStore(slots, dtype)
         self._shard_versions = [dict.fromkeys(self.names, 0) for _ in self.shards]
         self._incarnations: list[str | None] = [None] * len(self.shards)
-        self._log: collections.deque[_Change] = collections.deque(maxlen=keep_versions)
+        # The change log: changed and evicted ids per version, oldest first, at most
+        # ``log_bytes`` of ids (8 bytes each: 256 MB is 33M changed ids; at 1M changed rows a
+        # version, 33 versions), never fewer than the newest version. A replica further
+        # behind than the log reaches gets the whole state instead.
+        if log_bytes < 1:
+            raise ValueError(f"log_bytes must be >= 1, got {log_bytes}")
+        self._log: collections.deque[_Change] = collections.deque()
+        self._log_bytes, self._log_limit = 0, int(log_bytes)
         self.dense_params: Any = None
         self.dense_version = 0
         self._trained_dense_version: tuple[str, int] | None = None  # (incarnation, version)
@@ -180,7 +193,7 @@ class ParameterSync:
                 n_evicted = sum(a.size for a in change.evicted.values())
                 if n_rows or n_evicted:
                     self.store.version = change.version
-                    self._log.append(change)
+                    self._append(change)
                 self.counters["rows_synced"] += int(n_rows)
                 self.counters["ids_evicted"] += int(n_evicted)
                 metrics.SYNC_ROWS.inc(int(n_rows + n_evicted))
@@ -192,6 +205,14 @@ class ParameterSync:
                           for k in read])
         if failures:
             raise RuntimeError("sparse sync could not read " + "; ".join(failures))
+
+    def _append(self, change: _Change) -> None:
+        """Log ``change``, dropping the oldest versions while the log holds more than
+        ``log_bytes`` of ids (the newest always stays)."""
+        self._log.append(change)
+        self._log_bytes += _change_bytes(change)
+        while len(self._log) > 1 and self._log_bytes > self._log_limit:
+            self._log_bytes -= _change_bytes(self._log.popleft())
 
     def _sync_dense(self) -> None:
         calls = self._dense_calls
@@ -295,4 +316,5 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
                         sparse_interval_s=serve_cfg.sparse_sync_interval_s,
                         dense_interval_s=serve_cfg.dense_sync_interval_s,
                         dtype=serve_cfg.store_dtype, call_timeout_s=call_timeout_s,
+                        log_bytes=int(serve_cfg.sync_log_mb * 2**20),
                         forget_evictions=forget_evictions)

@@ -5,8 +5,8 @@ A snapshot root is a local folder or any ``pyarrow.fs`` URI (``file:///...``,
 
     <root>/
       snap-000012-20261127T210000Z/   number (one more than any before) and UTC time taken
-        shard-0/<slot>.npz            shard K's tables (``EmbeddingTable.snapshot`` format)
-        shard-1/<slot>.npz
+        shard-0/<slot>.table          shard K's tables (``EmbeddingTable.snapshot`` format)
+        shard-1/<slot>.table
         dense.npz                     dense parameters ``params[...]``, optax state
                                       ``opt[...]`` (named by pytree path), ``version``
         offsets.json                  online runs: {"topic": ..., "offsets": {"<p>": offset}}

@@ -99,10 +99,12 @@ def test_replica_gets_whole_state_then_only_what_changed(training) -> None:
 
 def test_a_replica_too_far_behind_gets_the_whole_state(training) -> None:
     client, dense = training
-    sync = ParameterSync(CFG.slots, client.shards, dense, start=False, keep_versions=2)
+    # Each sync changes one item row: 8 bytes of ids a version, so 16 bytes keep two.
+    sync = ParameterSync(CFG.slots, client.shards, dense, start=False, log_bytes=16)
     for k in range(4):
         _train(client, "item_id", [k])
         sync.sync_now("sparse")
+    assert [c.version for c in sync._log] == [3, 4]
     assert sync.updates(3, 1, sync.epoch).sparse.reset is False
     assert sync.updates(1, 1, sync.epoch).sparse.reset is True
     assert sync.updates(99, 1, sync.epoch).sparse.reset is True  # ahead: a restarted sync
