@@ -25,6 +25,9 @@ class TrainConfig:
     - ``epochs``: passes over a finite (Parquet) source; a stream ignores it.
     - ``seed``: seed of the dense parameters' initialization.
     - ``stats_every``: steps between table-size reports (each costs a call per shard).
+    - ``expire_every_s``: event-time seconds between a trainer's expiry passes, which evict
+      rows not updated for their slot's ``expire_s`` on every shard (only if some slot sets
+      ``expire_s``). Each pass scans every table, a chunk at a time beside training.
     - ``n_trainers``: trainer actors, each fed its own split of the data. With a dense
       parameter server, ``dense_pull_every`` is how many of its own steps a trainer goes
       between parameter pulls (the staleness bound, see ``monolith_ray.ps.dense``).
@@ -71,6 +74,7 @@ class TrainConfig:
     epochs: int = 1
     seed: int = 0
     stats_every: int = 100
+    expire_every_s: float = 3600.0
     n_trainers: int = 1
     dense_pull_every: int = 1
     trainer_cpus: float = 0.25
@@ -104,6 +108,7 @@ class TrainConfig:
         _require(self, "n_shards", ge=1)
         _require(self, "epochs", ge=1)
         _require(self, "stats_every", ge=1)
+        _require(self, "expire_every_s", gt=0)
         if self.dense_optimizer.kind == "ftrl":
             raise ConfigError("dense_optimizer.kind", "ftrl is for embedding rows only; use "
                               "sgd, adagrad or adam")

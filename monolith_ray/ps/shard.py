@@ -205,10 +205,12 @@ class ShardServer:
         return _like(ids, {name: self._table(name).lookup_serve(_writable(a))
                            for name, a in _arrays(ids).items()})
 
-    @_serialized
     def evict_expired(self, now: float) -> dict[str, np.ndarray]:
-        """Evict rows idle for their slot's ``expire_s`` -> per slot the evicted ids int64."""
-        return {name: t.evict_expired(now) for name, t in self.tables.items()}
+        """Evict rows idle for their slot's ``expire_s`` -> per slot the evicted ids int64.
+        Tables are scanned a chunk at a time under the shard's lock, beside training."""
+        with self._lock:
+            tables = dict(self.tables)
+        return {name: t.evict_expired(now, self._lock) for name, t in tables.items()}
 
     @_serialized
     def evict(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

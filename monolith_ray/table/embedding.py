@@ -263,14 +263,29 @@ class EmbeddingTable:
         self._rows["version"][rows] = self.version
         return int(rows.size)
 
-    def evict_expired(self, now: float) -> np.ndarray:
-        """Evict rows not updated for the slot's ``expire_s`` seconds -> evicted ids int64."""
+    def evict_expired(self, now: float, lock: Lock | None = None,
+                      chunk_rows: int = EXPORT_CHUNK_ROWS) -> np.ndarray:
+        """Evict rows not updated for the slot's ``expire_s`` seconds before ``now`` ->
+        evicted ids int64. With a ``lock`` (the one every writer holds) the rows are scanned
+        ``chunk_rows`` at a time and each chunk's stale ids evicted under it, so writers go
+        on meanwhile; a row updated between the scan and the eviction of its chunk cannot
+        happen (both under one hold)."""
         if self.slot.expire_s <= 0:
             return np.empty(0, dtype=np.int64)
-        bound = self._map.row_bound
-        ids = self._rows["ids"][:bound]
-        stale = (ids != EMPTY) & (self._rows["updated_at"][:bound] < now - self.slot.expire_s)
-        return self.evict(ids[stale])
+        lock = lock or contextlib.nullcontext()
+        with lock:
+            bound = self._map.row_bound
+        gone = []
+        for start in range(0, bound, chunk_rows):
+            with lock:
+                stop = min(start + chunk_rows, self._map.row_bound)
+                ids = self._rows["ids"][start:stop]
+                stale = (ids != EMPTY) & (self._rows["updated_at"][start:stop]
+                                          < now - self.slot.expire_s)
+                if stale.any():
+                    gone.append(self.evict(ids[stale]))
+            time.sleep(0)
+        return _concat(gone)
 
     def evict(self, ids: np.ndarray) -> np.ndarray:
         """Remove these ids' rows (freed for reuse) -> the ids that had rows, int64."""

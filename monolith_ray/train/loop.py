@@ -111,6 +111,9 @@ class TrainLoop:
             self.params, self.dense_version = self.dense.pull()
         self.steps = 0
         self.table_rows: dict[str, int] = {}
+        self.expired = dict.fromkeys(self.names, 0)  # ids this loop's expiry passes evicted
+        self._expires = any(s.expire_s > 0 for s in slots)
+        self._expired_at: float | None = None  # event time of the last expiry pass
         self._held: tuple[Routes, dict[str, np.ndarray], float] | None = None
         self._padded_rows = dict.fromkeys(self.names, 0)
 
@@ -224,6 +227,7 @@ class TrainLoop:
         self._held = (step.routes, grads, batch.now)
         if self.steps % self.train_cfg.stats_every == 0:
             self.table_rows = {n: s["rows"] for n, s in self.client.stats().items()}
+        self._expire(batch.now)
         self.steps += 1
         seconds = time.perf_counter() - start
         metrics.EXAMPLES_TRAINED.inc(len(batch))
@@ -231,6 +235,20 @@ class TrainLoop:
         return {"step": self.steps, "loss": float(step.loss), "examples": len(batch),
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
+
+    def _expire(self, now: float) -> None:
+        """Every ``train.expire_every_s`` of event time, evict the rows on every shard that
+        no update touched for their slot's ``expire_s`` (slots with ``expire_s`` 0 keep
+        theirs): how tables forget stale ids. The first batch only starts the clock."""
+        if not self._expires:
+            return
+        if self._expired_at is None or now < self._expired_at:
+            self._expired_at = now
+            return
+        if now - self._expired_at >= self.train_cfg.expire_every_s:
+            for name, ids in self.client.evict_expired(now).items():
+                self.expired[name] += int(ids.size)
+            self._expired_at = now
 
     def _pull_with_held_push(self, batch: Batch, routes: Routes) -> Pending:
         """Issue ``batch``'s pull (its fids routed as ``routes``), carrying the gradients of

@@ -737,3 +737,20 @@ def test_a_snapshot_of_the_earlier_npz_format_still_restores():
     assert_tables_identical(table, EmbeddingTable.restore(buf))
     with pytest.raises(ValueError, match="not a table snapshot"):
         EmbeddingTable.restore_npz(io.BytesIO(b"PK\x03\x04 not really a zip"))
+
+
+def test_evict_expired_in_chunks_under_a_lock_equals_one_pass():
+    tables = [EmbeddingTable(make_slot(expire_s=10.0)) for _ in range(2)]
+    for t in tables:
+        t.lookup_train(np.arange(100), now=0.0)
+        t.apply_gradients(np.arange(0, 100, 3), grads_for(range(34), 1), now=20.0)
+    whole = tables[0].evict_expired(now=25.0)
+    chunked = tables[1].evict_expired(now=25.0, lock=threading.RLock(), chunk_rows=7)
+    assert sorted(whole.tolist()) == sorted(chunked.tolist()) == \
+        sorted(set(range(100)) - set(range(0, 100, 3)))
+    # The same rows stay (versions differ: each chunk's eviction is a change of its own).
+    np.testing.assert_array_equal(tables[0].lookup_serve(ALL_IDS),
+                                  tables[1].lookup_serve(ALL_IDS))
+    assert len(tables[0]) == len(tables[1]) == 34
+    assert sorted(tables[0].export_since(0).evicted.tolist()) == \
+        sorted(tables[1].export_since(0).evicted.tolist())

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 import pyarrow as pa
@@ -175,3 +177,35 @@ def test_idle_finishes_the_step_in_flight_without_waiting_for_the_next_batch():
     # Step k is reported while batch k is the last drawn: no read-ahead past an IDLE.
     assert seen == [(1, 1), (2, 2), (3, 3)]
     assert loop.steps == len(data)
+
+
+def test_trainers_forget_ids_idle_for_their_slots_expire_s():
+    """Users 0-9 are seen at event time 0..63, users 10-19 from 10,000 on: with user rows
+    expiring after 1,000 s and a pass every 500 s, the first users' rows are evicted and the
+    later ones' kept; items (no expire_s) keep every row."""
+    slots = (dataclasses.replace(SLOTS[0], expire_s=1000.0), *SLOTS[1:])
+    client = ShardClient([ShardServer(slots, ADMISSION) for _ in range(2)],
+                         [s.name for s in slots])
+    loop = TrainLoop(slots, client, ModelConfig(hidden=(8,)),
+                     TrainConfig(batch_size=BATCH, expire_every_s=500.0))
+    early, late = synthetic(n=BATCH), synthetic(n=3 * BATCH, seed=1)
+    early = early.set_column(early.schema.get_field_index("user"), "user",
+                             pa.array(np.arange(BATCH) % 10))
+    late = late.set_column(late.schema.get_field_index("user"), "user",
+                           pa.array(10 + np.arange(3 * BATCH) % 10))
+    late = late.set_column(0, "time", pa.array(10_000 + np.arange(3 * BATCH), pa.int64()))
+    list(loop.train([*iter_batches(early, slots, BATCH), *iter_batches(late, slots, BATCH)]))
+    assert loop.expired["user"] == 10 and loop.expired["item"] == 0
+    held = client.stats()
+    assert held["user"]["rows"] == 10 and held["user"]["evicted"] == 10
+    assert held["item"]["evicted"] == 0
+
+
+def test_no_expiry_pass_without_an_expiring_slot():
+    loop = make_loop()
+    calls = []
+    loop.client.evict_expired = lambda now: calls.append(now) or {}
+    data = [dataclasses.replace(b, time=np.full_like(b.time, i * 10**7))  # far apart
+            for i, b in enumerate(iter_batches(synthetic(n=256), SLOTS, BATCH))]
+    list(loop.train(data))
+    assert calls == []
