@@ -20,12 +20,13 @@ Phases, training running through all but the last:
    ``throughput_full_vs_start``; the median step time of this window is the baseline of the
    two ratios below. Each shard's per-slot versions are recorded at its start.
 4. **snapshot**: ``take_snapshot`` of every shard and the dense server into a local folder
-   while the trainer trains: ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
+   while the trainer trains, each shard capped at ``SNAPSHOT_MB_PER_S`` (the
+   ``SNAPSHOT_MB_PER_S`` environment variable, default 50; ``data.snapshot_mb_per_s``): ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
    (bytes of the folder / seconds), ``step_p99_during_snapshot_vs_median`` (the 99th
    percentile of the steps that ended while it ran or within 2 s after it, which it may have
    slowed too / the full window's median).
 5. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
-   the versions recorded at the start of phase 3 (``changes_since``, all shards at once),
+   the versions recorded at the start of phase 3 (``changes_since``, one shard at a time),
    while the trainer trains: ``sync_rows`` (rows changed), ``sync_s``,
    ``step_p99_during_sync_vs_median``. The sync's publish to serving replicas is not part of
    it (replicas holding whole tables of this size are the serving tier's subject).
@@ -81,6 +82,7 @@ WINDOW_STEPS = 40
 POLL_S = 5.0
 OBJECT_STORE_BYTES = 512 * 1024**2
 PREFETCH = 3
+SNAPSHOT_MB_PER_S = float(os.environ.get("SNAPSHOT_MB_PER_S", 50.0))  # per shard
 
 
 class ScaleTrainer(Trainer):
@@ -273,7 +275,8 @@ def main() -> None:
                   f"{full_median * 1e3:.0f} ms", file=err)
 
             t0 = time.time()
-            location = take_snapshot(f"{out}/snapshots", shards, dense)
+            location = take_snapshot(f"{out}/snapshots", shards, dense,
+                                     mb_per_s=SNAPSHOT_MB_PER_S)
             t1 = time.time()
             snapshot_s = t1 - t0
             snapshot_bytes = folder_bytes(location)
@@ -284,8 +287,8 @@ def main() -> None:
                   f"{len(during_snapshot)} steps meanwhile", file=err)
 
             t0 = time.time()
-            changes = ray.get([s.changes_since.remote(v, inc)
-                               for s, v, inc in zip(shards, versions, incarnations)])
+            changes = [ray.get(s.changes_since.remote(v, inc))  # one shard at a time, as the
+                       for s, v, inc in zip(shards, versions, incarnations)]  # sync reads them
             t1 = time.time()
             sync_s = t1 - t0
             sync_rows = sum(d.ids.size for _, deltas in changes for d in deltas.values())
@@ -334,6 +337,7 @@ def main() -> None:
         "restore_s": restore_s,
         "call_timeouts": int(result["call_timeouts"]),
         "ids_target": IDS_TARGET,
+        "snapshot_mb_per_s_cap": SNAPSHOT_MB_PER_S * SHARDS,
         "slots": len(workload.slots),
         "batch_size": BATCH,
         "new_ids_per_example": workload.new_ids_per_example(),

@@ -24,6 +24,9 @@ class DataConfig:
       nodes it must be storage every node reaches (an object store, a shared mount): each
       shard actor writes its own tables there. Its filesystem is resolved when a job starts.
     - ``snapshot_keep``: complete snapshots kept; older ones are deleted after each new one.
+    - ``snapshot_mb_per_s``: most MB a second each shard writes its snapshot at; 0 = as
+      fast as it can. A cap leaves CPU and disk to training where shards share a node with
+      trainers (the snapshot takes longer).
     """
 
     train: str = ""
@@ -32,8 +35,10 @@ class DataConfig:
     output_dir: str = "runs/train"
     snapshot_root: str = ""
     snapshot_keep: int = 3
+    snapshot_mb_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ConfigError("output_dir", "must not be empty")
         _require(self, "snapshot_keep", ge=1)
+        _require(self, "snapshot_mb_per_s", ge=0)

@@ -261,15 +261,18 @@ class ShardServer:
         for name, version in versions.items():
             self._table(name).forget_evictions(version)
 
-    def snapshot(self, location: str | os.PathLike[str]) -> dict[str, float]:
+    def snapshot(self, location: str | os.PathLike[str], mb_per_s: float = 0.0
+                 ) -> dict[str, float]:
         """Write every slot's table to ``<location>/<slot>.table``, a local folder or any
         ``pyarrow.fs`` URI, resolved here, on this actor's node and with its credentials ->
         {rows, bytes, seconds}. Each table is copied a chunk at a time under the shard's lock
         and written outside it (``EmbeddingTable.snapshot``: a fuzzy cut), so trainers' calls
         wait at most one chunk's copy, never the write. Files are written in place: a reader
         learns they are whole from the manifest that ``monolith_ray.train.snapshots`` writes
-        after every shard has returned."""
+        after every shard has returned. ``mb_per_s`` > 0 caps this shard's write rate
+        (``data.snapshot_mb_per_s``), leaving CPU and disk to training."""
         t0 = time.perf_counter()
+        pace = _Pace(mb_per_s * 1e6) if mb_per_s > 0 else None
         fs, folder = filesystem_and_path(location)
         fs.create_dir(folder, recursive=True)
         with self._lock:
@@ -278,7 +281,7 @@ class ShardServer:
         for name, table in tables.items():
             with fs.open_output_stream(f"{folder}/{name}{TABLE_SUFFIX}", compression=None,
                                        buffer_size=1 << 22) as f:
-                rows += table.snapshot(f, self._lock)
+                rows += table.snapshot(f, self._lock, pace=pace)
                 n_bytes += f.tell()
         return {"rows": rows, "bytes": n_bytes, "seconds": time.perf_counter() - t0}
 
@@ -316,6 +319,20 @@ class ShardServer:
         except KeyError:
             raise KeyError(f"no slot {name!r} on this shard; slots: "
                            f"{', '.join(self.tables)}") from None
+
+
+class _Pace:
+    """Called with the bytes just written; sleeps so that writing goes no faster than
+    ``bytes_per_s`` on average since the first call."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.rate, self.written, self.start = bytes_per_s, 0, time.perf_counter()
+
+    def __call__(self, n_bytes: int) -> None:
+        self.written += n_bytes
+        ahead = self.written / self.rate - (time.perf_counter() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def _node_address() -> str:

@@ -157,16 +157,13 @@ class ParameterSync:
 
     def _sync_sparse(self) -> None:
         calls = self._calls
-        handles, failures = {}, []
+        failures, results = [], []
+        # One shard at a time: a delta of millions of rows costs its shard CPU to gather and
+        # serialize, and shards sharing a node with trainers would all take it at once.
         for k, shard in enumerate(self.shards):  # one shard down holds up none of the others
             try:
-                handles[k] = calls.submit(shard, "changes_since", self._shard_versions[k],
-                                          self._incarnations[k])
-            except Exception as err:  # noqa: BLE001 - reported below, after the others
-                failures.append(f"shard {k}: {err}")
-        results = []
-        for k, handle in handles.items():
-            try:
+                handle = calls.submit(shard, "changes_since", self._shard_versions[k],
+                                      self._incarnations[k])
                 results.append((k, *calls.gather([handle])[0]))
             except Exception as err:  # noqa: BLE001 - reported below, after the others
                 failures.append(f"shard {k}: {err}")

@@ -50,7 +50,7 @@ import dataclasses
 import json
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
 import numba as nb
@@ -264,7 +264,7 @@ class EmbeddingTable:
         return int(rows.size)
 
     def evict_expired(self, now: float, lock: Lock | None = None,
-                      chunk_rows: int = EXPORT_CHUNK_ROWS) -> np.ndarray:
+                      chunk_rows: int | None = None) -> np.ndarray:
         """Evict rows not updated for the slot's ``expire_s`` seconds before ``now`` ->
         evicted ids int64. With a ``lock`` (the one every writer holds) the rows are scanned
         ``chunk_rows`` at a time and each chunk's stale ids evicted under it, so writers go
@@ -273,6 +273,7 @@ class EmbeddingTable:
         if self.slot.expire_s <= 0:
             return np.empty(0, dtype=np.int64)
         lock = lock or contextlib.nullcontext()
+        chunk_rows = chunk_rows or EXPORT_CHUNK_ROWS
         with lock:
             bound = self._map.row_bound
         gone = []
@@ -303,7 +304,7 @@ class EmbeddingTable:
     # ------------------------------------------------------------------ sync
 
     def export_since(self, version: int, lock: Lock | None = None,
-                     chunk_rows: int = EXPORT_CHUNK_ROWS) -> TableDelta:
+                     chunk_rows: int | None = None) -> TableDelta:
         """Rows changed and ids evicted after ``version`` (the parameter-sync delta).
 
         With a ``lock`` (the one every writer of this table holds), the rows are scanned
@@ -313,6 +314,7 @@ class EmbeddingTable:
         after it wait for the next delta, so a reader that applies deltas in order converges.
         """
         lock = lock or contextlib.nullcontext()
+        chunk_rows = chunk_rows or EXPORT_CHUNK_ROWS
         with lock:
             upto, bound = self.version, self._map.row_bound
         ids_parts, weight_parts = [], []
@@ -359,16 +361,19 @@ class EmbeddingTable:
                 "bytes": self._map.nbytes + row_bytes + self._filter.nbytes, **self.counters}
 
     def snapshot(self, file: str | BinaryIO, lock: Lock | None = None,
-                 chunk_rows: int = SNAPSHOT_CHUNK_ROWS) -> int:
+                 chunk_rows: int | None = None,
+                 pace: Callable[[int], None] | None = None) -> int:
         """Write the table to ``file`` (a path or a writable binary stream) -> rows written.
 
         With a ``lock`` (the one every writer of this table holds), each chunk of
         ``chunk_rows`` rows is copied under it and written after releasing it: a fuzzy cut
-        (see the module docstring), and writers wait at most one chunk's copy."""
+        (see the module docstring), and writers wait at most one chunk's copy. ``pace``, if
+        given, is called with each chunk's bytes once it is written (to slow the writer)."""
         if isinstance(file, str):
             with open(file, "wb") as f:
-                return self.snapshot(f, lock, chunk_rows)
+                return self.snapshot(f, lock, chunk_rows, pace)
         lock = lock or contextlib.nullcontext()
+        chunk_rows = chunk_rows or SNAPSHOT_CHUNK_ROWS
         with lock:
             bound, live = self._map.row_bound, len(self)
         fields = self._fields()
@@ -391,6 +396,8 @@ class EmbeddingTable:
             for k in fields:
                 _write_frame(file, chunk[k])
             written += n
+            if pace is not None:
+                pace(sum(a.nbytes for a in chunk.values()))
             time.sleep(0)  # let the shard's other threads (trainers' calls) take the GIL
         with lock:
             trailer = {"version": self.version, "counters": dict(self.counters)}

@@ -108,16 +108,21 @@ class RunSnapshot:
 
 
 def take_snapshot(target: Config | Location, shards: Sequence[Any], dense: Any,
-                  offsets: Mapping[str, Any] | None = None, keep: int | None = None) -> str:
+                  offsets: Mapping[str, Any] | None = None, keep: int | None = None,
+                  mb_per_s: float | None = None) -> str:
     """Write a new snapshot of the ``shards`` and ``dense`` actors (and the Kafka ``offsets``
     trained up to, if given) under a root, then prune the root -> the new snapshot's folder.
 
     ``target`` is a config (root :func:`snapshot_root`, ``keep`` default
-    ``data.snapshot_keep``) or a root (``keep`` default ``DataConfig.snapshot_keep``)."""
+    ``data.snapshot_keep``, ``mb_per_s`` default ``data.snapshot_mb_per_s``) or a root
+    (defaults from ``DataConfig``). ``mb_per_s`` > 0 caps each shard's write rate."""
     if isinstance(target, Config):
         root, default_keep = snapshot_root(target), target.data.snapshot_keep
+        default_rate = target.data.snapshot_mb_per_s
     else:
         root, default_keep = absolute_location(target).rstrip("/"), DataConfig.snapshot_keep
+        default_rate = DataConfig.snapshot_mb_per_s
+    mb_per_s = default_rate if mb_per_s is None else mb_per_s
     keep = default_keep if keep is None else keep
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -126,7 +131,8 @@ def take_snapshot(target: Config | Location, shards: Sequence[Any], dense: Any,
     taken_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     location = f"{root}/snap-{number:06d}-{taken_at.strftime(_STAMP)}"
     nbytes = _write(location, shards, dense, offsets, {"number": number,
-                                                       "taken_at": taken_at.isoformat()})
+                                                       "taken_at": taken_at.isoformat()},
+                    mb_per_s)
     prune(root, keep)
     metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
     metrics.SNAPSHOT_BYTES.set(nbytes)
@@ -233,7 +239,8 @@ def read_manifest(location: Location) -> dict[str, Any] | None:
 
 
 def _write(location: str, shards: Sequence[Any], dense: Any,
-           offsets: Mapping[str, Any] | None, header: Mapping[str, Any]) -> int:
+           offsets: Mapping[str, Any] | None, header: Mapping[str, Any],
+           mb_per_s: float = 0.0) -> int:
     """Write one snapshot folder: the shards' tables, the dense state, the offsets, then the
     manifest listing them (``header`` plus format, shards, dense version and files) -> the
     bytes of the files listed."""
@@ -241,7 +248,7 @@ def _write(location: str, shards: Sequence[Any], dense: Any,
 
     fs, path = filesystem_and_path(location)
     fs.create_dir(path, recursive=True)
-    *_, version = ray.get([s.snapshot.remote(f"{location}/shard-{k}")
+    *_, version = ray.get([s.snapshot.remote(f"{location}/shard-{k}", mb_per_s)
                            for k, s in enumerate(shards)] + [dense.snapshot.remote(location)])
     if offsets is not None:
         with fs.open_output_stream(f"{path}/{OFFSETS_FILE}", compression=None) as f:

@@ -153,3 +153,30 @@ def test_a_shard_restores_a_folder_of_the_earlier_npz_format(tmp_path):
     shard = ShardServer([SlotConfig(name="s", slot_id=3, dim=3)], ADMISSION)
     shard.restore(str(tmp_path))
     assert shard.stats()["s"]["rows"] == 50
+
+
+def test_a_capped_snapshot_sleeps_to_stay_under_its_rate(tmp_path, monkeypatch):
+    """``mb_per_s`` paces the writer: the sleeps it asks for plus the time it worked add up
+    to at least the bytes over the rate (the rows are all still written)."""
+    import time
+
+    from monolith_ray.ps import shard as shard_module
+    from monolith_ray.table import embedding
+
+    monkeypatch.setattr(embedding, "SNAPSHOT_CHUNK_ROWS", 512)
+    server = ShardServer(SLOTS, ADMISSION)
+    server.pull({"user": make_fids(1, np.arange(20_000)), "item": make_fids(2, np.arange(5))},
+                now=1.0)
+    slept = []
+    monkeypatch.setattr(shard_module.time, "sleep", lambda s: slept.append(s))
+    start = time.perf_counter()
+    out = server.snapshot(str(tmp_path / "s"), mb_per_s=0.5)
+    worked = time.perf_counter() - start
+    row_bytes = 20_000 * (4 * 4 * 2 + 8 + 8 + 4 + 8)  # adam state: m, v (4 wide), step (1)
+    assert out["rows"] == 20_005
+    assert sum(slept) + worked >= 0.9 * row_bytes / 0.5e6
+    assert sum(s > 0 for s in slept) > 10  # paced chunk by chunk, not once at the end
+    uncapped = []
+    monkeypatch.setattr(shard_module.time, "sleep", lambda s: uncapped.append(s))
+    server.snapshot(str(tmp_path / "t"))
+    assert not any(uncapped)  # only the zero-second yields between chunks
