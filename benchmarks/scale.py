@@ -21,12 +21,14 @@ Phases, training running through all but the last:
    two ratios below. Each shard's per-slot versions are recorded at its start.
 4. **snapshot**: ``take_snapshot`` of every shard and the dense server into a local folder
    while the trainer trains, each shard capped at ``SNAPSHOT_MB_PER_S`` (the
-   ``SNAPSHOT_MB_PER_S`` environment variable, default 50; ``data.snapshot_mb_per_s``): ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
+   ``SNAPSHOT_MB_PER_S`` environment variable, default 25, so 100 MB/s in all, an object
+   store's speed; ``data.snapshot_mb_per_s``): ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
    (bytes of the folder / seconds), ``step_p99_during_snapshot_vs_median`` (the 99th
    percentile of the steps that ended while it ran or within 2 s after it, which it may have
    slowed too / the full window's median).
 5. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
-   the versions recorded at the start of phase 3 (``changes_since``, one shard at a time),
+   versions recorded ``SYNC_AFTER_S`` (5 s) of training before (``changes_since``, one shard
+   at a time, as the sync reads them; at least a million rows change in that time here),
    while the trainer trains: ``sync_rows`` (rows changed), ``sync_s``,
    ``step_p99_during_sync_vs_median``. The sync's publish to serving replicas is not part of
    it (replicas holding whole tables of this size are the serving tier's subject).
@@ -82,7 +84,8 @@ WINDOW_STEPS = 40
 POLL_S = 5.0
 OBJECT_STORE_BYTES = 512 * 1024**2
 PREFETCH = 3
-SNAPSHOT_MB_PER_S = float(os.environ.get("SNAPSHOT_MB_PER_S", 50.0))  # per shard
+SNAPSHOT_MB_PER_S = float(os.environ.get("SNAPSHOT_MB_PER_S", 25.0))  # per shard
+SYNC_AFTER_S = 5.0
 
 
 class ScaleTrainer(Trainer):
@@ -263,9 +266,6 @@ def main() -> None:
                       f" B/id, {rate:.0f} examples/s, peak RSS {sampler.peak / 1e9:.1f} GB",
                       file=err)
 
-            versions = [{slot: t["version"] for slot, t in st.items()}
-                        for st in ray.get([s.stats.remote() for s in shards])]
-            incarnations = ray.get([s.incarnation.remote() for s in shards])
             first = len(ray.get(trainer.timings.remote()))
             steps = wait_steps(trainer, first + WINDOW_STEPS)
             full_rate, full_median = window(steps[first:first + WINDOW_STEPS])
@@ -286,6 +286,10 @@ def main() -> None:
             print(f"snapshot: {snapshot_bytes / 1e9:.2f} GB in {snapshot_s:.1f} s, "
                   f"{len(during_snapshot)} steps meanwhile", file=err)
 
+            versions = [{slot: t["version"] for slot, t in st.items()}
+                        for st in ray.get([s.stats.remote() for s in shards])]
+            incarnations = ray.get([s.incarnation.remote() for s in shards])
+            time.sleep(SYNC_AFTER_S)  # the rows trained meanwhile are the sync's delta
             t0 = time.time()
             changes = [ray.get(s.changes_since.remote(v, inc))  # one shard at a time, as the
                        for s, v, inc in zip(shards, versions, incarnations)]  # sync reads them
@@ -320,6 +324,10 @@ def main() -> None:
     def p99_ratio(seconds: np.ndarray) -> float:
         return float(np.percentile(seconds, 99) / full_median) if seconds.size else float("nan")
 
+    def pct(seconds: np.ndarray, q: float) -> float:
+        return float(np.percentile(seconds, q) / full_median) if seconds.size else float("nan")
+
+    full_steps = np.array([s[1] for s in steps[first:first + WINDOW_STEPS]])
     figures = {
         "ids": ids,
         "shards": SHARDS,
@@ -337,6 +345,11 @@ def main() -> None:
         "restore_s": restore_s,
         "call_timeouts": int(result["call_timeouts"]),
         "ids_target": IDS_TARGET,
+        "step_p99_full_vs_median": pct(full_steps, 99),
+        "step_p50_during_snapshot_vs_median": pct(during_snapshot, 50),
+        "step_p90_during_snapshot_vs_median": pct(during_snapshot, 90),
+        "step_max_during_snapshot_vs_median": pct(during_snapshot, 100),
+        "step_p90_during_sync_vs_median": pct(during_sync, 90),
         "snapshot_mb_per_s_cap": SNAPSHOT_MB_PER_S * SHARDS,
         "slots": len(workload.slots),
         "batch_size": BATCH,

@@ -22,15 +22,17 @@ so calls from both and from several trainers run one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from math import prod
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -247,8 +249,9 @@ class ShardServer:
             current, tables = self._incarnation, dict(self.tables)
         if incarnation != current:
             versions = {}
-        return current, {name: t.export_since(versions.get(name, 0), self._lock)
-                         for name, t in tables.items()}
+        with _quick_gil_handover():
+            return current, {name: t.export_since(versions.get(name, 0), self._lock)
+                             for name, t in tables.items()}
 
     @_serialized
     def forget_evictions(self, versions: Mapping[str, int], incarnation: str | None = None
@@ -278,11 +281,17 @@ class ShardServer:
         with self._lock:
             tables = dict(self.tables)
         rows = n_bytes = 0
-        for name, table in tables.items():
-            with fs.open_output_stream(f"{folder}/{name}{TABLE_SUFFIX}", compression=None,
-                                       buffer_size=1 << 22) as f:
-                rows += table.snapshot(f, self._lock, pace=pace)
-                n_bytes += f.tell()
+        with _quick_gil_handover():
+            for name, table in tables.items():
+                path = f"{folder}/{name}{TABLE_SUFFIX}"
+                if isinstance(fs, pafs.LocalFileSystem):
+                    with open(path, "wb", buffering=1 << 22) as f:
+                        rows += table.snapshot(f, self._lock, pace=_Uncached(f, pace))
+                        n_bytes += f.tell()
+                else:
+                    with fs.open_output_stream(path, compression=None, buffer_size=1 << 22) as f:
+                        rows += table.snapshot(f, self._lock, pace=pace)
+                        n_bytes += f.tell()
         return {"rows": rows, "bytes": n_bytes, "seconds": time.perf_counter() - t0}
 
     @_serialized
@@ -319,6 +328,52 @@ class ShardServer:
         except KeyError:
             raise KeyError(f"no slot {name!r} on this shard; slots: "
                            f"{', '.join(self.tables)}") from None
+
+
+_handovers = 0
+_handover_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quick_gil_handover(seconds: float = 0.0005) -> Iterator[None]:
+    """While a long snapshot or export runs on one thread, have Python hand the GIL to a
+    waiting thread (a trainer's call on its channel) after ``seconds`` instead of the default
+    5 ms, so calls are not held up by the writer's Python work."""
+    global _handovers
+    with _handover_lock:
+        _handovers += 1
+        if _handovers == 1:
+            _quick_gil_handover.saved = sys.getswitchinterval()  # type: ignore[attr-defined]
+            sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        with _handover_lock:
+            _handovers -= 1
+            if _handovers == 0:
+                sys.setswitchinterval(_quick_gil_handover.saved)  # type: ignore[attr-defined]
+
+
+class _Uncached:
+    """A pace callback for a local file that also drops the file's written pages from the
+    page cache every ``every`` bytes (after writing them out): a snapshot of gigabytes would
+    otherwise fill the node's memory with cache, and the kernel would reclaim it while
+    trainers and shards wait for pages. Calls ``pace`` too, if given."""
+
+    def __init__(self, file: BinaryIO, pace: Callable[[int], None] | None,
+                 every: int = 64 << 20) -> None:
+        self.file, self.pace, self.every, self.pending = file, pace, every, 0
+
+    def __call__(self, n_bytes: int) -> None:
+        if self.pace is not None:
+            self.pace(n_bytes)
+        self.pending += n_bytes
+        if self.pending >= self.every and hasattr(os, "posix_fadvise"):
+            self.file.flush()
+            fd = self.file.fileno()
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            self.pending = 0
 
 
 class _Pace:
