@@ -101,7 +101,7 @@ def test_a_shard_that_cannot_tell_whether_it_restarted_refuses_to_start(ray_sess
 
 def test_training_calls_go_on_while_a_snapshot_is_written(tmp_path, monkeypatch):
     """The shard's lock is held while a chunk is copied, never while it is written: with a
-    storage that takes 50 ms a write, pulls and pushes are answered while the snapshot is
+    storage that takes 10 ms a write, pulls and pushes are answered while the snapshot is
     still being written, and the snapshot then restores (a fuzzy cut of a live table)."""
     import threading
     import time
@@ -118,7 +118,7 @@ def test_training_calls_go_on_while_a_snapshot_is_written(tmp_path, monkeypatch)
 
     def slow_write(file, array):
         writing.set()
-        time.sleep(0.05)
+        time.sleep(0.01)
         real_write(file, array)
 
     monkeypatch.setattr(embedding, "_write_frame", slow_write)
