@@ -676,38 +676,33 @@ def test_a_table_is_not_pickled():
         pickle.dumps(EmbeddingTable(make_slot()))
 
 
+def with_header(table: EmbeddingTable, changes: dict) -> io.BytesIO:
+    """``table``'s snapshot stream with ``changes`` merged into its header, ready to read."""
+    buf = io.BytesIO()
+    table.snapshot(buf)
+    buf.seek(0)
+    real = json.loads(np.lib.format.read_array(buf).tobytes())
+    out = io.BytesIO()
+    np.lib.format.write_array(out, np.frombuffer(json.dumps({**real, **changes}).encode(),
+                                                 np.uint8))
+    out.write(buf.read())
+    out.seek(0)
+    return out
+
+
 @pytest.mark.parametrize("header", [
     {"rows": float("inf")}, {"rows": "many"},
     {"admission": {"sketch_width": 2**44, "sketch_depth": 4}},
 ])
 def test_restore_turns_hostile_headers_into_value_errors(header):
-    table = build_busy_table("sgd")
-    buf = io.BytesIO()
-    table.snapshot(buf)
-    buf.seek(0)
-    real = json.loads(np.lib.format.read_array(buf).tobytes())
-    rest = buf.read()
-    bad = io.BytesIO()
-    np.lib.format.write_array(bad, np.frombuffer(json.dumps({**real, **header}).encode(),
-                                                 np.uint8))
-    bad.write(rest)
-    bad.seek(0)
     with pytest.raises(ValueError, match="snapshot"):
-        EmbeddingTable.restore(bad)
+        EmbeddingTable.restore(with_header(build_busy_table("sgd"), header))
 
 
 def test_a_header_row_count_is_only_a_hint():
     table = build_busy_table("sgd")
-    buf = io.BytesIO()
-    table.snapshot(buf)
-    buf.seek(0)
-    real = json.loads(np.lib.format.read_array(buf).tobytes())
-    lying = io.BytesIO()
-    np.lib.format.write_array(lying, np.frombuffer(json.dumps({**real, "rows": 10**13})
-                                                   .encode(), np.uint8))
-    lying.write(buf.read())
-    lying.seek(0)
-    assert_tables_identical(table, EmbeddingTable.restore(lying))
+    assert_tables_identical(table, EmbeddingTable.restore(with_header(table,
+                                                                      {"rows": 10**13})))
 
 
 def test_restore_refuses_a_deeply_nested_header():
