@@ -12,6 +12,8 @@ column          type             meaning
                 nulls
 ``<slot>``      int64            one column per single-valued slot, named after the slot
 ``<slot>``      list<int64>      one column per multi-valued slot (``max_values > 1``)
+``<dense>``     float32          one column per dense feature (config ``dense``), after the
+                                 slots; the raw value, null where the example has none
 ==============  ===============  ==========================================================
 
 Slot columns hold *raw value ids*, not fids: integers as they are, strings hashed with
@@ -48,28 +50,43 @@ class _Slot(Protocol):
     max_values: int
 
 
+class _Dense(Protocol):
+    name: str
+
+
 SlotSpec = Union[tuple[str, bool], _Slot]
 
 
-def example_schema(slots: Sequence[SlotSpec]) -> pa.Schema:
+def example_schema(slots: Sequence[SlotSpec], dense: Sequence[str | _Dense] = ()) -> pa.Schema:
     """Arrow schema of examples with the given slots, each ``(name, multi_valued)`` or an
-    object with ``.name`` and ``.max_values`` (a ``SlotConfig``)."""
+    object with ``.name`` and ``.max_values`` (a ``SlotConfig``), then the dense features,
+    each a name or an object with ``.name`` (a ``DenseFeature``)."""
     fields = list(_BASE_FIELDS)
     for slot in slots:
         name, multi = slot if isinstance(slot, tuple) else (slot.name, slot.max_values > 1)
         if name in (f.name for f in fields):
             raise SchemaError(f"column {name!r}: slot name repeats or clashes with a base column")
         fields.append(pa.field(name, pa.list_(pa.int64()) if multi else pa.int64()))
+    for feature in dense:
+        name = feature if isinstance(feature, str) else feature.name
+        if name in (f.name for f in fields):
+            raise SchemaError(f"column {name!r}: dense feature name repeats or clashes with "
+                              "another column")
+        fields.append(pa.field(name, pa.float32()))
     return pa.schema(fields)
 
 
 def validate_examples(table: pa.Table, schema: pa.Schema) -> None:
     """Raise :class:`SchemaError` unless ``table`` has every column of ``schema`` with its
-    type and no nulls where the schema forbids them. Extra columns are ignored."""
+    type and no nulls where the schema forbids them (a dense feature's column may be any
+    numeric type). Extra columns are ignored."""
     for field in schema:
         if field.name not in table.column_names:
             raise SchemaError(f"column {field.name!r}: missing (expected {field.type})")
         column = table.column(field.name)
+        if field.type == pa.float32() and (pa.types.is_floating(column.type)
+                                           or pa.types.is_integer(column.type)):
+            continue  # a dense feature: any numeric column, cast when batched
         if column.type != field.type:
             raise SchemaError(f"column {field.name!r}: expected {field.type}, got {column.type}")
         if not field.nullable and column.null_count:

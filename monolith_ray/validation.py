@@ -18,6 +18,9 @@ event time          int unix seconds in [``limits.min_event_time_s``, wall clock
                     ``limits.max_event_skew_s``]: a message from the far future would move
                     the joiner's event-time clock and expire every impression
 label, weight       finite numbers; label in [0, 1], weight in (0, ``MAX_WEIGHT``]
+dense features      an object of at most ``MAX_DENSE`` names, each a dense feature of the
+                    config when it is known, -> a finite int or float within the feature's
+                    ``max_abs`` (``DEFAULT_MAX_ABS`` when unknown), or null (= its default)
 context             a JSON object nested at most ``limits.max_context_depth`` deep, at most
                     ``limits.max_context_bytes`` encoded, UTF-8 encodable, no NaN/Infinity
 ==================  ==========================================================================
@@ -36,13 +39,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from monolith_ray.config import LimitsConfig, SlotConfig
+    from monolith_ray.config import DenseFeature, LimitsConfig, SlotConfig
 
 MAX_TEXT_CHARS = 256
 MAX_ID_CHARS = 128
 MAX_VALUES = 1024
 MAX_SLOTS = 256
 MAX_WEIGHT = 1.0e6
+MAX_DENSE = 256
+DEFAULT_MAX_ABS = 1.0e12
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_ID_CHARS)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
@@ -165,6 +170,38 @@ def _plain_list(values: list[Any]) -> bool:
         elif kind is not str or not 0 < len(v) <= MAX_TEXT_CHARS or not v.isascii():
             return False
     return True
+
+
+def dense(value: Any, known: Mapping[str, DenseFeature] | None = None,
+          where: str = "dense") -> dict[str, float | None]:
+    """A message's or request's dense features: absent (None) or an object of at most
+    ``MAX_DENSE`` name -> number or null. With ``known`` (name -> its config; empty when the
+    model has none) every name must be a known feature and every number finite and within
+    its ``max_abs``; without, within ``DEFAULT_MAX_ABS``. Booleans are not numbers."""
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise MessageError(f"{where}: expected an object of feature name -> number, got "
+                           f"{_short(value)}")
+    if len(value) > MAX_DENSE:
+        raise MessageError(f"{where}: {len(value)} entries, more than {MAX_DENSE}")
+    for name, v in value.items():
+        if known is None:
+            bound = DEFAULT_MAX_ABS
+        else:
+            feature = known.get(name)
+            if feature is None:
+                names = ", ".join(known) if known else "none"
+                raise MessageError(f"{where}.{_name(name)}: not a dense feature of the model; "
+                                   f"dense features: {names}")
+            bound = feature.max_abs
+        if v is None:
+            continue
+        kind = type(v)
+        if (kind is not float and kind is not int) or not abs(v) <= bound:
+            raise MessageError(f"{where}.{_name(name)}: expected a finite number within "
+                               f"±{bound:g} or null, got {_short(v)}")
+    return value
 
 
 def request_id(value: Any, where: str = "request_id") -> str:

@@ -1,7 +1,7 @@
 """Typed configuration loaded from YAML, with errors that name the offending key.
 
 One module per job: ``loader`` (the generic strict loader: :class:`ConfigError`,
-:func:`from_dict`, YAML files and ``--set`` overrides), one module per section (``slots``,
+:func:`from_dict`, YAML files and ``--set`` overrides), one module per section (``slots``, ``dense``,
 ``model``, ``train``, ``data``, ``kafka``, ``joiner``, ``online``, ``serve``, ``limits``, ``supervision``),
 ``root`` (:class:`Config`, one field per section, and :func:`load_config`) and ``inputs``
 (the check, at a job's start, that the paths it reads exist). The names the rest of the
@@ -9,6 +9,7 @@ package imports are re-exported here.
 """
 
 from monolith_ray.config.data import DataConfig
+from monolith_ray.config.dense import DenseFeature
 from monolith_ray.config.joiner import JoinerConfig
 from monolith_ray.config.kafka import KafkaConfig, KafkaTopics
 from monolith_ray.config.limits import LimitsConfig
@@ -31,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DenseFeature",
     "InitializerConfig",
     "JoinerConfig",
     "KafkaConfig",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from monolith_ray.config.data import DataConfig
+from monolith_ray.config.dense import MAX_DENSE, DenseFeature
 from monolith_ray.config.joiner import JoinerConfig
 from monolith_ray.config.kafka import KafkaConfig
 from monolith_ray.config.limits import LimitsConfig
@@ -33,6 +34,7 @@ class Config:
     module's dataclass)."""
 
     slots: tuple[SlotConfig, ...]
+    dense: tuple[DenseFeature, ...] = ()
     admission: AdmissionConfig = dataclasses.field(default_factory=AdmissionConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -56,6 +58,15 @@ class Config:
                     raise ConfigError(
                         f"slots[{i}].{attr}", f"duplicate {value!r}, already used by slots[{j}]"
                     )
+        if len(self.dense) > MAX_DENSE:
+            raise ConfigError("dense", f"{len(self.dense)} features, more than {MAX_DENSE}")
+        taken = {name: "a base column" for name in ("time", "label", "weight")}
+        taken.update((s.name, "a slot") for s in self.slots)
+        for i, feature in enumerate(self.dense):
+            if feature.name in taken or feature.name.startswith("_"):
+                raise ConfigError(f"dense[{i}].name", f"{feature.name!r} is already "
+                                  f"{taken.get(feature.name, 'a reserved column name')}")
+            taken[feature.name] = "a dense feature"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
