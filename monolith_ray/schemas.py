@@ -34,6 +34,7 @@ from monolith_ray.features import hash_str
 
 TIME, LABEL, WEIGHT = "time", "label", "weight"
 _DECIMAL = re.compile(r"-?[0-9]{1,18}")
+_DENSE = {b"kind": b"dense"}  # field metadata of a dense feature's column
 _BASE_FIELDS = (
     pa.field(TIME, pa.int64(), nullable=False),
     pa.field(LABEL, pa.float32(), nullable=False),
@@ -72,7 +73,7 @@ def example_schema(slots: Sequence[SlotSpec], dense: Sequence[str | _Dense] = ()
         if name in (f.name for f in fields):
             raise SchemaError(f"column {name!r}: dense feature name repeats or clashes with "
                               "another column")
-        fields.append(pa.field(name, pa.float32()))
+        fields.append(pa.field(name, pa.float32(), metadata=_DENSE))
     return pa.schema(fields)
 
 
@@ -84,8 +85,8 @@ def validate_examples(table: pa.Table, schema: pa.Schema) -> None:
         if field.name not in table.column_names:
             raise SchemaError(f"column {field.name!r}: missing (expected {field.type})")
         column = table.column(field.name)
-        if field.type == pa.float32() and (pa.types.is_floating(column.type)
-                                           or pa.types.is_integer(column.type)):
+        if field.metadata == _DENSE and (pa.types.is_floating(column.type)
+                                         or pa.types.is_integer(column.type)):
             continue  # a dense feature: any numeric column, cast when batched
         if column.type != field.type:
             raise SchemaError(f"column {field.name!r}: expected {field.type}, got {column.type}")

@@ -27,6 +27,10 @@ class DataConfig:
     - ``snapshot_mb_per_s``: most MB a second each shard writes its snapshot at; 0 = as
       fast as it can. A cap leaves CPU and disk to training where shards share a node with
       trainers (the snapshot takes longer).
+    - ``dense_fit_rows``: examples a fresh job reads first to fit the standardization of the
+      dense features (``dense[].transform``): the head of ``data.train`` for the batch job,
+      the first examples of its start for the online job. A job restored from a snapshot
+      keeps the snapshot's.
     """
 
     train: str = ""
@@ -36,9 +40,11 @@ class DataConfig:
     snapshot_root: str = ""
     snapshot_keep: int = 3
     snapshot_mb_per_s: float = 0.0
+    dense_fit_rows: int = 65536
 
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ConfigError("output_dir", "must not be empty")
         _require(self, "snapshot_keep", ge=1)
         _require(self, "snapshot_mb_per_s", ge=0)
+        _require(self, "dense_fit_rows", ge=1)

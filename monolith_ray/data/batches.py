@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monolith_ray.config import SlotConfig
+from monolith_ray.config import DenseFeature, SlotConfig
+from monolith_ray.data.dense_values import dense_matrix
 from monolith_ray.features import make_fids
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, SchemaError, example_schema, validate_examples
 
@@ -29,6 +30,8 @@ class Batch:
     - ``idx[slot]``: int32 (B, L_s), row of ``fids[slot]`` for each value of each example,
       -1 where there is none; L_s is 1 for a single-valued slot, else its ``max_values``.
     - ``labels``, ``weights``: float32 (B,); ``time``: int64 (B,), event time in seconds.
+    - ``dense``: float32 (B, n_dense), the dense features after their host-side transform
+      (``monolith_ray.data.dense_values``); (B, 0) when the config has none.
     """
 
     fids: dict[str, np.ndarray]
@@ -36,6 +39,11 @@ class Batch:
     labels: np.ndarray
     weights: np.ndarray
     time: np.ndarray
+    dense: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.dense is None:
+            object.__setattr__(self, "dense", np.zeros((self.labels.shape[0], 0), np.float32))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -60,32 +68,38 @@ class Batch:
             labels=np.pad(self.labels, (0, extra)),
             weights=np.pad(self.weights, (0, extra)),
             time=np.pad(self.time, (0, extra), mode="edge" if len(self) else "constant"),
+            dense=np.pad(self.dense, ((0, extra), (0, 0))),
         )
 
 
-def make_batch(examples: pa.Table | pa.RecordBatch, slots: Sequence[SlotConfig]) -> Batch:
-    """The :class:`Batch` of all rows of ``examples`` for ``slots``.
+def make_batch(examples: pa.Table | pa.RecordBatch, slots: Sequence[SlotConfig],
+               dense: Sequence[DenseFeature] = ()) -> Batch:
+    """The :class:`Batch` of all rows of ``examples`` for ``slots`` and ``dense`` features.
 
     Raises :class:`~monolith_ray.schemas.SchemaError` naming the column if a column is
-    missing, mistyped, null where it may not be, or holds more values than ``max_values``.
-    A null slot value (or list) means the example has no value in that slot.
+    missing, mistyped, null where it may not be, or holds more values than ``max_values``,
+    or a dense value is NaN, infinite or beyond its ``max_abs``. A null slot value (or list)
+    means the example has no value in that slot; a null dense value takes its default.
     """
     table = pa.Table.from_batches([examples]) if isinstance(examples, pa.RecordBatch) else examples
-    validate_examples(table, example_schema(slots))
+    validate_examples(table, example_schema(slots, dense))
     values = {slot.name: slot_values(table.column(slot.name).combine_chunks(), slot)
               for slot in slots}
     return batch_of_values(values, slots, _numpy(table.column(LABEL), np.float32),
                            _numpy(table.column(WEIGHT), np.float32),
-                           _numpy(table.column(TIME), np.int64))
+                           _numpy(table.column(TIME), np.int64),
+                           dense_matrix(table, dense) if dense else None)
 
 
 SlotValues = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def batch_of_values(values: Mapping[str, SlotValues], slots: Sequence[SlotConfig],
-                    labels: np.ndarray, weights: np.ndarray, time: np.ndarray) -> Batch:
+                    labels: np.ndarray, weights: np.ndarray, time: np.ndarray,
+                    dense: np.ndarray | None = None) -> Batch:
     """The :class:`Batch` of B = ``labels.size`` examples given, per slot, its values as
-    :func:`slot_values` returns them (raw value ids, example rows, positions)."""
+    :func:`slot_values` returns them (raw value ids, example rows, positions), and the dense
+    matrix float32 (B, n_dense) (None: no dense features)."""
     n = labels.shape[0]
     fids, idx = {}, {}
     for slot in slots:
@@ -94,16 +108,16 @@ def batch_of_values(values: Mapping[str, SlotValues], slots: Sequence[SlotConfig
         matrix = np.full((n, slot.max_values), -1, dtype=np.int32)
         matrix[rows, pos] = inverse.ravel()
         fids[slot.name], idx[slot.name] = unique, matrix
-    return Batch(fids=fids, idx=idx, labels=labels, weights=weights, time=time)
+    return Batch(fids=fids, idx=idx, labels=labels, weights=weights, time=time, dense=dense)
 
 
 def iter_batches(examples: pa.Table, slots: Sequence[SlotConfig],
-                 batch_size: int) -> Iterator[Batch]:
+                 batch_size: int, dense: Sequence[DenseFeature] = ()) -> Iterator[Batch]:
     """Consecutive batches of ``batch_size`` rows (the last may be shorter), in table order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, examples.num_rows, batch_size):
-        yield make_batch(examples.slice(start, batch_size), slots)
+        yield make_batch(examples.slice(start, batch_size), slots, dense)
 
 
 def slot_values(column: pa.Array, slot: SlotConfig) -> SlotValues:

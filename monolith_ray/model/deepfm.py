@@ -6,6 +6,8 @@ parts. The logit is
 
     bias + Σ_s w_s + Σ_{s<t} <v_s, v_t> + MLP([v_1 … v_S, dense]) + dense · w_dense
 
+where `dense` are the dense features standardized with the fitted `params["dense_norm"]`.
+
 Only the dense parameters (global bias, MLP, dense-feature weights) live in `params`; the
 embedding rows come from the parameter servers, so the train step returns their gradients
 instead of updating them.
@@ -39,7 +41,8 @@ class DeepFMConfig:
 
 def init(key: jax.Array, cfg: DeepFMConfig) -> Params:
     """Dense parameters: He-normal hidden layers, Glorot-normal output layer, zero biases,
-    zero global bias and (if `cfg.n_dense`) zero dense-feature linear weights."""
+    zero global bias and (if `cfg.n_dense`) zero dense-feature linear weights and an identity
+    `dense_norm` (mean 0, inv_std 1: see `normalize_dense`)."""
     widths = (cfg.n_slots * cfg.dim + cfg.n_dense, *cfg.hidden, 1)
     keys = jax.random.split(key, len(widths) - 1)
     mlp = []
@@ -57,7 +60,20 @@ def init(key: jax.Array, cfg: DeepFMConfig) -> Params:
     params: Params = {"bias": jnp.zeros((), jnp.float32), "mlp": mlp}
     if cfg.n_dense:
         params["dense_w"] = jnp.zeros((cfg.n_dense,), jnp.float32)
+        params["dense_norm"] = {"mean": jnp.zeros((cfg.n_dense,), jnp.float32),
+                                "inv_std": jnp.ones((cfg.n_dense,), jnp.float32)}
     return params
+
+
+def normalize_dense(params: Params, dense: jax.Array | None) -> jax.Array | None:
+    """`(dense - mean) * inv_std` with `params["dense_norm"]` (fitted on a sample when a job
+    starts: `monolith_ray.data.dense_values.fit_norm`); `dense (B, n_dense)`. The fitted
+    numbers are constants to the loss (no gradient reaches them), so every dense optimizer
+    leaves them as they are, and they travel with the parameters to snapshots and serving."""
+    if dense is None or "dense_norm" not in params:
+        return dense
+    norm = jax.lax.stop_gradient(params["dense_norm"])
+    return (dense - norm["mean"]) * norm["inv_std"]
 
 
 def fm_interaction(vectors: jax.Array) -> jax.Array:
@@ -98,7 +114,7 @@ def _logits(
 ) -> jax.Array:
     """Pool every slot and apply the model: `(B,)` logits."""
     pooled = [pool(r, i, c) for r, i, c in zip(slot_rows, slot_idx, combiners, strict=True)]
-    return apply(params, jnp.stack(pooled, axis=1), dense, cfg)
+    return apply(params, jnp.stack(pooled, axis=1), normalize_dense(params, dense), cfg)
 
 
 def _loss_and_logits(

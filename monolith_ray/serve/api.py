@@ -48,6 +48,8 @@ SlotValue = Scalar | Annotated[list[Scalar], Field(max_length=validation.MAX_VAL
 SlotName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_SLOT_NAME_CHARS),
                      AfterValidator(_encodable)]
 Features = Annotated[dict[SlotName, SlotValue], Field(max_length=validation.MAX_SLOTS)]
+DenseValue = Annotated[float, Field(strict=True, allow_inf_nan=False)] | StrictInt | None
+Dense = Annotated[dict[SlotName, DenseValue], Field(max_length=validation.MAX_DENSE)]
 RequestId = Annotated[StrictStr, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
 
 
@@ -59,6 +61,10 @@ class UserIn(_Strict):
     id: Scalar = Field(description="The user's id (the value of the user slot).")
     features: Features = Field(default_factory=dict,
                                description="Other slots of the user, by slot name.")
+    dense: Dense = Field(default_factory=dict,
+                         description="Dense features of the user (config dense), by name; "
+                                     "an item's own values take precedence; missing or null: "
+                                     "the feature's default.")
 
 
 class ItemIn(_Strict):
@@ -66,6 +72,9 @@ class ItemIn(_Strict):
     features: Features = Field(
         default_factory=dict,
         description="Slots of the item; a pool item's own features fill the ones left out.")
+    dense: Dense = Field(default_factory=dict,
+                         description="Dense features of the item (config dense), by name; "
+                                     "missing or null: the user's, else the default.")
 
 
 class RecommendIn(_Strict):

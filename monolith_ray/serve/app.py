@@ -80,6 +80,7 @@ class Recommender:
         BodyLimit.limit = cfg.serve.max_body_bytes
         self.tokens = FeedbackTokens(cfg.serve.feedback_key)
         self.slot_names = {s.name for s in cfg.slots}
+        self.dense_known = {f.name: f for f in cfg.dense}
         self.pool = pool if pool is not None else CandidatePool.configured(cfg)
         self.pool_rows = SlotRows.of(
             [{**self.pool.slots[item_id], cfg.serve.item_slot: item_id}
@@ -105,6 +106,7 @@ class Recommender:
         if body.k > cfg.max_k:
             raise BadRequest(f"k: at most {cfg.max_k} (serve.max_k), got {body.k}")
         user = self._user_slots(body.user, "user")
+        user_dense = self._dense(body.user.dense, "user.dense")
         try:
             context = validation.context(body.context, self.cfg.limits)
         except MessageError as err:
@@ -118,6 +120,7 @@ class Recommender:
                                         replace=False)
             ids = [self.pool.ids[i] for i in take.tolist()]
             item_slots = None  # the pool's own, built below for the logged items only
+            item_dense: list[dict[str, Any]] = [{}] * len(ids)
             items, which = self.pool_rows, take
         else:
             if not body.candidates:
@@ -129,12 +132,16 @@ class Recommender:
             # An item listed twice (e.g. by two retrieval sources) is ranked, returned and
             # logged once, as its first listing.
             first = {item_id: i for i, (item_id, _) in reversed(list(enumerate(given)))}
-            given = [given[i] for i in sorted(first.values())]
+            kept = sorted(first.values())
+            given = [given[i] for i in kept]
             ids = [item_id for item_id, _ in given]
             item_slots = [slots for _, slots in given]
-            items, which = self._slot_rows(item_slots), None
+            item_dense = [self._dense(body.candidates[i].dense, f"candidates[{i}].dense")
+                          if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
+            items, which = self._slot_rows(item_slots, item_dense), None
         now = int(time.time())
-        scores, version = self._score(items, self._slot_rows([user]), which, now)
+        scores, version = self._score(items, self._slot_rows([user], [user_dense]), which,
+                                      now)
         top = np.argsort(-scores, kind="stable")[:body.k].tolist()
         request_id = self.tokens.new_request_id()
         if self.log is not None:
@@ -143,9 +150,12 @@ class Recommender:
                 request_id.encode(), now, encode(body.user.id), context)
             for i in top:
                 slots = self._item(ids[i], "")[1] if item_slots is None else item_slots[i]
+                dense = ({**user_dense, **{k: v for k, v in item_dense[i].items()
+                                           if v is not None}} if self.cfg.dense else None)
                 self.log.send(self.cfg.kafka.topics.features, request_id,
-                              head + b',"item_id":%s,"slots":%s}' % (
-                                  encode(ids[i]), encode({**user, **slots})))
+                              head + b',"item_id":%s,"slots":%s%s}' % (
+                                  encode(ids[i]), encode({**user, **slots}),
+                                  b',"dense":%s' % encode(dense) if dense else b""))
             self.log.poll()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)
@@ -164,7 +174,13 @@ class Recommender:
         rows = [{**self._user_slots(p.user, f"pairs[{i}].user"),
                  **self._item(p.item, f"pairs[{i}].item")[1]}
                 for i, p in enumerate(body.pairs)]
-        scores, version = self._score(self._slot_rows(rows), None, None, int(time.time()))
+        dense = [{**self._dense(p.user.dense, f"pairs[{i}].user.dense"),
+                  **{k: v for k, v in (self._dense(p.item.dense, f"pairs[{i}].item.dense")
+                                       if isinstance(p.item, ItemIn) else {}).items()
+                     if v is not None}}
+                 for i, p in enumerate(body.pairs)]
+        scores, version = self._score(self._slot_rows(rows, dense), None, None,
+                                      int(time.time()))
         self.served["predict"] += 1
         return JSONResponse({"scores": scores.tolist(), "model_version": version})
 
@@ -207,16 +223,27 @@ class Recommender:
 
     # -- internals
 
-    def _slot_rows(self, rows: Sequence[Mapping[str, Any]]) -> SlotRows:
+    def _slot_rows(self, rows: Sequence[Mapping[str, Any]],
+                   dense: Sequence[Mapping[str, Any]] | None = None) -> SlotRows:
         try:
-            return SlotRows.of(rows, self.cfg.slots)
+            return SlotRows.of(rows, self.cfg.slots, dense, self.cfg.dense)
         except MessageError as err:
             raise BadRequest(f"features: {err}") from None
 
+    def _dense(self, given: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """A request's dense object checked against the config's dense features."""
+        try:
+            return validation.dense(given, self.dense_known, where)
+        except MessageError as err:
+            raise BadRequest(str(err)) from None
+
     def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,
                now: int) -> tuple[np.ndarray, dict[str, int]]:
-        with self._lock:
-            return self.model.score(items, user, which, now), self.model.versions
+        try:
+            with self._lock:
+                return self.model.score(items, user, which, now), self.model.versions
+        except MessageError as err:
+            raise BadRequest(str(err)) from None
 
     def _user_slots(self, user: UserIn, where: str) -> dict[str, Any]:
         self._check_features(user.features, f"{where}.features")

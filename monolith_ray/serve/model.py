@@ -18,10 +18,12 @@ import jax
 import numpy as np
 
 from monolith_ray import metrics
-from monolith_ray.config import Config, SlotConfig
+from monolith_ray.config import Config, DenseFeature, SlotConfig
 from monolith_ray.data.batches import Batch, SlotValues, batch_of_values, slot_values
+from monolith_ray.data.dense_values import transformed
 from monolith_ray.data.slot_columns import examples_table
 from monolith_ray.model import init, make_predict
+from monolith_ray.validation import MessageError
 from monolith_ray.model.pooling import bucket_size, pad_rows
 from monolith_ray.serve.store import SparseStore
 from monolith_ray.serve.sync import Updates
@@ -32,17 +34,24 @@ MIN_ROWS = 16
 
 class SlotRows:
     """Slot values of ``m`` examples (items, or a user) as raw value ids, per slot in CSR
-    form: example ``i``'s values are ``values[offsets[i]:offsets[i+1]]``. Built once per
-    candidate pool, so a request only gathers arrays."""
+    form: example ``i``'s values are ``values[offsets[i]:offsets[i+1]]``; and their raw
+    dense values float64 (m, n_dense), NaN where not given (None: none given at all). Built
+    once per candidate pool, so a request only gathers arrays."""
 
-    def __init__(self, m: int, csr: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(self, m: int, csr: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                 dense: np.ndarray | None = None) -> None:
         self.m = m
         self.csr = dict(csr)
+        self.dense = dense
 
     @classmethod
-    def of(cls, rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig]) -> SlotRows:
-        """From one mapping slot name -> raw value per example (missing slots: no value).
-        MessageError naming the slot if a value does not fit it."""
+    def of(cls, rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig],
+           dense: Sequence[Mapping[str, Any]] | None = None,
+           features: Sequence[DenseFeature] = ()) -> SlotRows:
+        """From one mapping slot name -> raw value per example (missing slots: no value),
+        and optionally one mapping dense feature name -> number per example (validated by
+        ``validation.dense``; missing or None: not given). MessageError naming the slot if
+        a value does not fit it."""
         table = examples_table(rows, slots, 0)
         csr = {}
         for slot in slots:
@@ -50,7 +59,15 @@ class SlotRows:
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(np.bincount(where, minlength=len(rows)), out=offsets[1:])
             csr[slot.name] = offsets, raw.astype(np.int64)
-        return cls(len(rows), csr)
+        matrix = None
+        if dense is not None and features and any(dense):
+            index = {f.name: j for j, f in enumerate(features)}
+            matrix = np.full((len(rows), len(features)), np.nan)
+            for i, given in enumerate(dense):
+                for name, value in given.items():
+                    if value is not None:
+                        matrix[i, index[name]] = value
+        return cls(len(rows), csr, matrix)
 
     def __len__(self) -> int:
         return self.m
@@ -73,7 +90,8 @@ class ServingModel:
 
     def __init__(self, cfg: Config) -> None:
         self.slots = cfg.slots
-        self.model_cfg = deepfm_config(cfg.slots, cfg.model)
+        self.dense = cfg.dense
+        self.model_cfg = deepfm_config(cfg.slots, cfg.model, cfg.dense)
         self._predict = make_predict(self.model_cfg, tuple(s.combiner for s in cfg.slots))
         # Until the first dense sync: the initial parameters training starts from.
         self.params = jax.tree.map(np.asarray,
@@ -106,7 +124,8 @@ class ServingModel:
               take: np.ndarray | None = None, now: int | None = None) -> np.ndarray:
         """Click probabilities float32 (n,) of ``items`` (rows ``take``, default all): each
         example is an item's slots, and for every slot an item has no value in, the ``user``'s
-        (a one-row ``SlotRows``) if it has one."""
+        (a one-row ``SlotRows``) if it has one; the same for each dense feature, then its
+        default. MessageError naming the feature if a dense value is beyond its bound."""
         now = int(time.time()) if now is None else now
         take = np.arange(len(items)) if take is None else np.asarray(take, dtype=np.int64)
         n = take.size
@@ -121,8 +140,15 @@ class ServingModel:
                     rows = np.concatenate([rows, np.repeat(lacking, mine.size)])
                     pos = np.concatenate([pos, np.tile(np.arange(mine.size), lacking.size)])
             values[slot.name] = raw, rows, pos
+        dense = None
+        if self.dense:
+            raw = (np.full((n, len(self.dense)), np.nan) if items.dense is None
+                   else items.dense[take])
+            if user is not None and user.dense is not None:
+                raw = np.where(np.isnan(raw), user.dense[0], raw)
+            dense = request_matrix_of(raw, self.dense)
         batch = batch_of_values(values, self.slots, np.zeros(n, np.float32),
-                                np.zeros(n, np.float32), np.full(n, now, np.int64))
+                                np.zeros(n, np.float32), np.full(n, now, np.int64), dense)
         return self.predict(batch)
 
     def predict(self, batch: Batch) -> np.ndarray:
@@ -136,7 +162,8 @@ class ServingModel:
             found = self.store.lookup(slot.name, padded.fids[slot.name])
             slot_rows.append(pad_rows(found, bucket_size(idx.size)))
             slot_idx.append(idx)
-        probs = self._predict(self.params, tuple(slot_rows), tuple(slot_idx), None)
+        probs = self._predict(self.params, tuple(slot_rows), tuple(slot_idx),
+                              padded.dense if self.dense else None)
         return np.asarray(probs)[:n]
 
     def warm_up(self, max_rows: int) -> None:
@@ -148,6 +175,15 @@ class ServingModel:
             if size >= max_rows:
                 return
             size = padded_size(size + 1)
+
+
+def request_matrix_of(raw: np.ndarray, features: Sequence[DenseFeature]) -> np.ndarray:
+    """Raw dense values (n, n_dense), NaN where not given -> the model's float32 matrix;
+    MessageError naming the feature for a value beyond its ``max_abs``."""
+    try:
+        return transformed(raw, features)
+    except ValueError as err:
+        raise MessageError(f"dense.{err}") from None
 
 
 def padded_size(n: int) -> int:

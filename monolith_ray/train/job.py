@@ -25,19 +25,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import ray.exceptions
 
 from monolith_ray.config import Config
 from monolith_ray.config.inputs import check_inputs
 from monolith_ray.data.batches import Batch, make_batch
+from monolith_ray.data.dense_values import dense_matrix, fit_norm, identity_norm
 from monolith_ray.data.offsets import PARTITION, OffsetCoverage
 from monolith_ray.data.parquet_rows import read_positioned
+from monolith_ray.files import filesystem_and_path
 from monolith_ray.model import DeepFMConfig, init
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
@@ -56,18 +60,45 @@ logger = logging.getLogger(__name__)
 INPUTS = ("data.train", "data.valid", "data.test")
 
 
-def dense_server_args(cfg: Config) -> tuple[Any, Any]:
-    """``DenseServer`` arguments: how to make fresh DeepFM parameters (seed ``train.seed``) and
-    the dense optax optimizer. A maker rather than the arrays: Ray keeps an actor's creation
-    arguments to restart it, and arrays this large would live in the object store, where a
-    restart cannot count on finding them."""
-    maker = functools.partial(fresh_params, cfg.train.seed, deepfm_config(cfg.slots, cfg.model))
+def dense_server_args(cfg: Config, norm: Mapping[str, np.ndarray] | None = None
+                      ) -> tuple[Any, Any]:
+    """``DenseServer`` arguments: how to make fresh DeepFM parameters (seed ``train.seed``,
+    the dense features' fitted ``norm``) and the dense optax optimizer. A maker rather than
+    the arrays: Ray keeps an actor's creation arguments to restart it, and arrays this large
+    would live in the object store, where a restart cannot count on finding them (``norm`` is
+    two floats per dense feature)."""
+    small = None if norm is None else {k: np.asarray(v).tolist() for k, v in norm.items()}
+    maker = functools.partial(fresh_params, cfg.train.seed,
+                              deepfm_config(cfg.slots, cfg.model, cfg.dense), small)
     return maker, dense_optimizer(cfg.train.dense_optimizer)
 
 
-def fresh_params(seed: int, model: DeepFMConfig) -> Any:
-    """DeepFM dense parameters initialized from ``seed``."""
-    return init(jax.random.key(seed), model)
+def fresh_params(seed: int, model: DeepFMConfig,
+                 norm: Mapping[str, Sequence[float]] | None = None) -> Any:
+    """DeepFM dense parameters initialized from ``seed``, with the dense features' fitted
+    ``norm`` (``dense_values.fit_norm``; None: identity)."""
+    params = init(jax.random.key(seed), model)
+    if norm is not None and model.n_dense:
+        params["dense_norm"] = {k: np.asarray(v, np.float32) for k, v in norm.items()}
+    return params
+
+
+def fit_dense(cfg: Config, sample: pa.Table | None) -> dict[str, np.ndarray] | None:
+    """The dense features' standardization fitted on ``sample`` (example rows; None or empty:
+    identity) -> ``params["dense_norm"]``, or None when the config has no dense features."""
+    if not cfg.dense:
+        return None
+    if sample is None or sample.num_rows == 0:
+        return identity_norm(len(cfg.dense))
+    return fit_norm(dense_matrix(sample, cfg.dense), cfg.dense)
+
+
+def parquet_head(location: str, rows: int, columns: Sequence[str]) -> pa.Table:
+    """The first ``rows`` rows (``columns`` only) of the Parquet file or folder at
+    ``location`` (hive-partitioned folders too)."""
+    fs, path = filesystem_and_path(location)
+    return pads.dataset(path, filesystem=fs, format="parquet",
+                        partitioning="hive").head(rows, columns=list(columns))
 
 
 class Trainer:
@@ -93,7 +124,7 @@ class Trainer:
         client = ShardClient(shards, [s.name for s in cfg.slots], calls=calls)
         self._publish_to = dense if local_dense else None
         self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train,
-                              dense_server=None if local_dense else dense)
+                              dense_server=None if local_dense else dense, dense=cfg.dense)
         if local_dense:
             self.loop.params, self.loop.dense_version = call(dense, "pull")
         self._lock = threading.Lock()
@@ -169,7 +200,7 @@ class Trainer:
             if queued is not None:
                 queued.append(OffsetCoverage.of_table(table) if PARTITION in table.column_names
                               else OffsetCoverage())
-            yield make_batch(table, self.cfg.slots)
+            yield make_batch(table, self.cfg.slots, self.cfg.dense)
 
 
 def trainer_options(cfg: Config) -> dict[str, Any]:
@@ -193,10 +224,12 @@ def trainer_options(cfg: Config) -> dict[str, Any]:
                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}}}
 
 
-def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[Any], Any]:
+def start_servers(cfg: Config, started_from: str | None = None,
+                  norm: Mapping[str, np.ndarray] | None = None) -> tuple[list[Any], Any]:
     """Start the shard actors and the dense-server actor -> (shard handles, dense handle).
     ``started_from``: the snapshot (folder or root) the caller is about to restore them from,
-    which a shard restarted before this run's first snapshot goes back to."""
+    which a shard restarted before this run's first snapshot goes back to. ``norm``: the
+    dense features' fitted standardization (:func:`fit_dense`)."""
     import datetime as dt
 
     import ray
@@ -222,7 +255,7 @@ def start_servers(cfg: Config, started_from: str | None = None) -> tuple[list[An
     dense = ray.remote(DenseServer).options(
         num_cpus=cfg.train.shard_cpus, resources=cfg.train.resources("dense"),
         **actor_options(cfg.supervision),
-        **_named(cfg, "dense")).remote(*dense_server_args(cfg),
+        **_named(cfg, "dense")).remote(*dense_server_args(cfg, norm),
                                        RunSnapshot(root, since, started_from))
     return shards, dense
 
@@ -296,7 +329,9 @@ class BatchRun:
         from monolith_ray.supervision import Supervisor
 
         self.cfg = cfg
-        self.shards, self.dense = start_servers(cfg)
+        sample = (parquet_head(cfg.data.train, cfg.data.dense_fit_rows,
+                               [f.name for f in cfg.dense]) if cfg.dense else None)
+        self.shards, self.dense = start_servers(cfg, norm=fit_dense(cfg, sample))
         self.supervisor = Supervisor(cfg.supervision)
         self.supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(self.shards)},
                                    "dense": self.dense})

@@ -42,7 +42,13 @@ import numpy as np
 import optax
 
 from monolith_ray import metrics
-from monolith_ray.config import ModelConfig, OptimizerConfig, SlotConfig, TrainConfig
+from monolith_ray.config import (
+    DenseFeature,
+    ModelConfig,
+    OptimizerConfig,
+    SlotConfig,
+    TrainConfig,
+)
 from monolith_ray.data.batches import Batch
 from monolith_ray.model import (
     DeepFMConfig,
@@ -70,13 +76,16 @@ def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     raise ValueError(f"dense optimizer {cfg.kind!r} is not supported; use sgd, adagrad or adam")
 
 
-def deepfm_config(slots: Sequence[SlotConfig], model: ModelConfig) -> DeepFMConfig:
-    """The DeepFM shape for ``slots``: one field per slot, the slots' shared dim."""
+def deepfm_config(slots: Sequence[SlotConfig], model: ModelConfig,
+                  dense: Sequence[DenseFeature] = ()) -> DeepFMConfig:
+    """The DeepFM shape for ``slots`` and ``dense`` features: one field per slot, the slots'
+    shared dim, one MLP input per dense feature."""
     dims = {s.dim for s in slots}
     if len(dims) != 1:
         raise ValueError("DeepFM needs one dim for all slots, got "
                          + ", ".join(f"{s.name}={s.dim}" for s in slots))
-    return DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden)
+    return DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden,
+                        n_dense=len(dense))
 
 
 IDLE = object()
@@ -87,17 +96,18 @@ class TrainLoop:
     """DeepFM dense parameters and their optimizer, trained against ``client``'s shards.
 
     All ``slots`` must share one ``dim`` D; their table rows are D + 1 wide (see
-    ``monolith_ray.ps.shard``).
+    ``monolith_ray.ps.shard``). ``dense``: the config's dense features, which every batch
+    carries (``Batch.dense``).
     """
 
     def __init__(self, slots: Sequence[SlotConfig], client: ShardClient,
                  model: ModelConfig = ModelConfig(), train: TrainConfig = TrainConfig(),
-                 dense_server: Any = None) -> None:
+                 dense_server: Any = None, dense: Sequence[DenseFeature] = ()) -> None:
         self.slots = tuple(slots)
         self.names = tuple(s.name for s in slots)
         self.client = client
         self.train_cfg = train
-        self.model_cfg = deepfm_config(slots, model)
+        self.model_cfg = deepfm_config(slots, model, dense)
         combiners = tuple(s.combiner for s in slots)
         optimizer = dense_optimizer(train.dense_optimizer)
         self.params = init(jax.random.key(train.seed), self.model_cfg)
@@ -173,7 +183,8 @@ class TrainLoop:
         """Click probabilities float32 (B,) of ``batch`` given its rows per slot (U_s, D+1)."""
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
-        return np.asarray(self._predict(self.params, slot_rows, slot_idx, None))[:len(batch)]
+        return np.asarray(self._predict(self.params, slot_rows, slot_idx,
+                                        self._dense(padded)))[:len(batch)]
 
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
         """AUC and log loss (example-weighted) of ``batches`` with serving lookups, which never
@@ -207,10 +218,11 @@ class TrainLoop:
         if self.dense is None:
             self.params, self.opt_state, row_grads, loss, _ = self._step(
                 self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights,
-                None)
+                self._dense(padded))
             return _Step(batch, pending.routes, row_grads, loss, None)
         param_grads, row_grads, loss, _ = self._grad_step(
-            self.params, slot_rows, slot_idx, padded.labels, padded.weights, None)
+            self.params, slot_rows, slot_idx, padded.labels, padded.weights,
+            self._dense(padded))
         return _Step(batch, pending.routes, row_grads, loss, param_grads)
 
     def _finish(self, step: _Step, start: float) -> dict:
@@ -273,6 +285,15 @@ class TrainLoop:
             fresh = self.dense.drain()
             if fresh is not None:
                 self.params, self.dense_version = fresh
+
+    def _dense(self, batch: Batch) -> np.ndarray | None:
+        """The batch's dense matrix (B, n_dense), None when the model has no dense inputs."""
+        if not self.model_cfg.n_dense:
+            return None
+        if batch.dense.shape[1] != self.model_cfg.n_dense:
+            raise ValueError(f"the batch has {batch.dense.shape[1]} dense features, the model "
+                             f"{self.model_cfg.n_dense}: make batches with the config's dense")
+        return batch.dense
 
     def _pad(self, batch: Batch) -> Batch:
         size = self.train_cfg.batch_size

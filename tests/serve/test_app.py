@@ -65,18 +65,23 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(deploy_recommender) -> Iterator[Deployment]:
     with deploy_recommender(APP, "/", ["serve.poll_interval_s=0.2", "serve.max_candidates=256",
-                                       "serve.max_k=20", "serve.max_body_bytes=65536"],
+                                       "serve.max_k=20", "serve.max_body_bytes=65536",
+                                       "dense=[{name: price, transform: log1p, max_abs: 1000},"
+                                       " {name: views, default: 3}]"],
                             range(100, 400)) as app:
         client = ShardClient(app.shards, [s.name for s in app.cfg.slots])
         yield Deployment(app.url, app.cfg, client, app.shards, app.dense, app.sync)
 
 
-def _train_item(dep: Deployment, item: int, scale: float) -> np.ndarray:
+def _train_item(dep: Deployment, item: int, scale: float, steps: int = 1) -> np.ndarray:
+    """Push ``steps`` gradients of ``scale`` to ``item``'s row (Adagrad moves each element by
+    about the learning rate a step, whatever the scale)."""
     slot = dep.cfg.slot("item_id")
     fids = make_fids(slot.slot_id, np.array([item], dtype=np.int64))
     dep.client.pull({"item_id": fids}, 100.0)
-    dep.client.push({"item_id": fids}, {"item_id": np.full((1, slot.dim + 1), scale, np.float32)},
-                    100.0)
+    for _ in range(steps):
+        dep.client.push({"item_id": fids},
+                        {"item_id": np.full((1, slot.dim + 1), scale, np.float32)}, 100.0)
     return fids
 
 
@@ -91,7 +96,7 @@ def _expected_score(dep: Deployment) -> float:
 def test_trained_row_is_served_after_a_sparse_sync_then_evicted(deployment) -> None:
     dep = deployment
     before = dep.predict()
-    fids = _train_item(dep, ITEM["id"], scale=-40.0)
+    fids = _train_item(dep, ITEM["id"], scale=-40.0, steps=20)
     assert dep.predict() == before  # not served before a sync
     ray.get(dep.sync.sync_now.remote("sparse"))
     after = dep.wait_for("sparse", before["model_version"]["sparse"] + 1)
@@ -163,6 +168,17 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
      422, "genres"),
     ("/recommend", {"user": USER, "surprise": 1}, 422, "surprise: Extra inputs"),
     ("/predict", {"pairs": []}, 422, "pairs"),
+    ("/predict", {"pairs": [{"user": {"id": 1, "dense": {"prize": 1}}, "item": 2}]}, 422,
+     "pairs[0].user.dense.prize: not a dense feature of the model; dense features: price, "
+     "views"),
+    ("/predict", {"pairs": [{"user": {"id": 1}, "item": {"id": 2, "dense": {"price": 1001}}}]},
+     422, "pairs[0].item.dense.price: expected a finite number within ±1000"),
+    ("/predict", {"pairs": [{"user": {"id": 1, "dense": {"price": True}}, "item": 2}]}, 422,
+     "price"),
+    ("/recommend", {"user": {"id": 1, "dense": {"views": "7"}}, "candidates": [1]}, 422,
+     "views"),
+    ("/recommend", {"user": USER, "candidates": [{"id": 1, "dense": {"price": -1e9}}]}, 422,
+     "candidates[0].dense.price"),
     ("/recommend", {"user": USER, "context": {"a": "x" * 5000}}, 422,
      "more than limits.max_context_bytes 4096"),
     ("/feedback", {"request_id": "r", "item_id": 1, "action": "stare", "token": "0" * 32}, 422,
@@ -258,6 +274,29 @@ def test_impressions_are_logged_with_the_features_they_were_scored_with(deployme
         time.sleep(0.1)
     assert len(logged) == 1
     assert logged[0]["slots"] == {"user_id": 31, "age": 40, "item_id": 5, "genres": ["War"]}
+
+
+def test_dense_features_reach_the_score_and_the_logged_impression(deployment) -> None:
+    dep = deployment
+    plain = dep.predict()["scores"][0]
+    assert dep.predict(user={**USER, "dense": {"views": 3}})["scores"][0] == plain  # default 3
+    assert dep.predict(user={**USER, "dense": {"views": None}})["scores"][0] == plain
+    pricey = dep.predict(user={**USER, "dense": {"price": 900}})["scores"][0]
+    assert pricey != plain
+    # An item's own value takes precedence over the user's.
+    assert dep.predict(user={**USER, "dense": {"price": 900}},
+                       item={**ITEM, "dense": {"price": 0}})["scores"][0] == plain
+    body = dep.post("/recommend", {"user": {"id": 33, "dense": {"price": 5, "views": 1}},
+                                   "k": 2, "candidates": [{"id": 8, "dense": {"price": 7}}, 9]})
+    assert body.status_code == 200, body.text
+    rid = body.json()["request_id"]
+    deadline, logged = time.monotonic() + 30, []
+    while len(logged) < 2 and time.monotonic() < deadline:
+        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
+                  if f["request_id"] == rid]
+        time.sleep(0.1)
+    dense = {f["item_id"]: f["dense"] for f in logged}
+    assert dense == {8: {"price": 7, "views": 1}, 9: {"price": 5, "views": 1}}
 
 
 def test_an_item_listed_twice_is_ranked_returned_and_logged_once(deployment) -> None:

@@ -209,3 +209,41 @@ def test_no_expiry_pass_without_an_expiring_slot():
             for i, b in enumerate(iter_batches(synthetic(n=256), SLOTS, BATCH))]
     list(loop.train(data))
     assert calls == []
+
+
+def test_dense_features_are_learned_and_their_fitted_norm_never_moves():
+    """Clicks depend only on a dense feature (a price far from the user's budget), which the
+    sparse slots cannot see: the model learns it through the dense inputs, standardized with
+    the fitted numbers, which training leaves as they are."""
+    from monolith_ray.config import DenseFeature
+    from monolith_ray.data.dense_values import dense_matrix, fit_norm
+
+    features = (DenseFeature("price", transform="log1p_standardize"),
+                DenseFeature("noise", transform="standardize"))
+    rng = np.random.default_rng(1)
+    table = synthetic(n=2048, seed=1)
+    price = rng.lognormal(3.0, 1.0, table.num_rows)
+    table = (table.set_column(1, "label", pa.array((price > 20).astype(np.float32)))
+             .append_column("price", pa.array(price))
+             .append_column("noise", pa.array(rng.normal(50, 10, table.num_rows))))
+    norm = fit_norm(dense_matrix(table, features), features)
+    loop = make_loop_with_dense(features)
+    loop.params["dense_norm"] = {k: np.asarray(v) for k, v in norm.items()}
+    data = list(iter_batches(table, SLOTS, BATCH, features))
+    for _ in range(4):
+        list(loop.train(data))
+    assert loop.evaluate(data)["auc"] > 0.97
+    for key in ("mean", "inv_std"):
+        np.testing.assert_array_equal(np.asarray(loop.params["dense_norm"][key]), norm[key])
+    blind = make_loop()  # the same data without its dense features
+    for _ in range(4):
+        list(blind.train(iter_batches(table, SLOTS, BATCH)))
+    assert blind.evaluate(iter_batches(table, SLOTS, BATCH))["auc"] < 0.7
+
+
+def make_loop_with_dense(features):
+    client = ShardClient([ShardServer(SLOTS, ADMISSION) for _ in range(2)],
+                         [s.name for s in SLOTS])
+    train = TrainConfig(batch_size=BATCH, stats_every=4,
+                        dense_optimizer=OptimizerConfig(kind="adam", learning_rate=1e-2))
+    return TrainLoop(SLOTS, client, ModelConfig(hidden=(8,)), train, dense=features)
