@@ -90,9 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--rate", type=_positive, default=20.0,
                       help="simulated /recommend requests per second (default: 20)")
 
-    data = _command(sub, "data", run_data, "fetch MovieLens-100K and write its Parquet splits",
-                    config=None, address=False)
+    data = _command(sub, "data", run_data, "fetch MovieLens-100K and write its Parquet splits "
+                    "(data synth: write a synthetic stream)", config=None, address=False)
     data.add_argument("--dest", default="data", help="data folder (default: data)")
+    synth = _command(data.add_subparsers(dest="source", metavar="SOURCE"), "synth", run_synth,
+                     "a Criteo-shaped synthetic stream to Parquet or Kafka",
+                     config=(str(SYNTH_CONFIG), "the embedded synthetic-stream config"),
+                     address=False)
+    synth.add_argument("--out", default=None, metavar="PATH",
+                       help="write hour-partitioned Parquet here")
+    synth.add_argument("--examples", type=int, required=True, metavar="N",
+                       help="how many examples")
+    synth.add_argument("--start", type=int, default=0, metavar="INDEX",
+                       help="first example's index (a later range is a held-out set)")
+    synth.add_argument("--seed", type=int, default=0, help="the stream's seed (default: 0)")
+    synth.add_argument("--drift", type=float, default=0.0,
+                       help="radians an event hour the hidden model turns (default: 0)")
+    synth.add_argument("--kafka", choices=("examples", "joiner"), default=None,
+                       help="produce to the config's Kafka: the examples topic, or features "
+                            "and click actions for the joiner")
 
     args = parser.parse_args(argv)
     try:
@@ -370,7 +386,46 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_synth(args: argparse.Namespace) -> int:
+    """Write --examples examples of the synthetic Criteo-shaped stream
+    (monolith_ray.data.synth) as hour-partitioned Parquet under --out, and/or with --kafka
+    produce them to the config's kafka.bootstrap_servers (examples: the examples topic;
+    joiner: features, and clicks within joiner.window_s, for the joiner); print a JSON
+    summary (examples, positive rate, the hidden model's AUC, files or topics, seconds)."""
+    import dataclasses
+    import time
+
+    from monolith_ray.data import synth
+
+    if args.out is None and args.kafka is None:
+        print("monolith-ray data synth: give --out, --kafka or both", file=sys.stderr)
+        return 2
+    spec = synth.SynthSpec(seed=args.seed, drift=args.drift)
+    began = time.perf_counter()
+    summary: dict[str, Any] = {}
+    if args.out is not None:
+        summary.update(synth.write_parquet(spec, args.out, args.examples, args.start),
+                       out=args.out)
+    if args.kafka is not None:
+        cfg = load_config(args.config, args.set)
+        if not cfg.kafka.bootstrap_servers:
+            print("monolith-ray data synth: kafka.bootstrap_servers is empty (start one with "
+                  "monolith-ray broker and --set kafka.bootstrap_servers=HOST:PORT)",
+                  file=sys.stderr)
+            return 2
+        spec = dataclasses.replace(spec, click_delay_s=max(1, min(spec.click_delay_s,
+                                                                  cfg.joiner.window_s)))
+        produced = synth.produce(spec, cfg.kafka, args.examples, args.kafka, args.start)
+        summary.update({k: v for k, v in produced.items() if k != "seconds"})
+    seconds = time.perf_counter() - began
+    summary["positive_rate"] = summary["positives"] / max(1, args.examples)
+    print(json.dumps({**summary, "seconds": round(seconds, 3),
+                      "examples_per_s": round(args.examples / seconds)}))
+    return 0
+
+
 MOVIELENS_CONFIG = (str(DEFAULT_CONFIG), "the embedded MovieLens-100K config")
+SYNTH_CONFIG = DEFAULT_CONFIG.parent / "synth.yaml"
 
 
 def _command(sub: argparse._SubParsersAction, name: str, run: Callable[..., int], summary: str,
