@@ -24,7 +24,13 @@ class JoinerConfig:
     - ``spill_after_s`` (event time): features waiting longer than this move from memory to
       the on-disk store (and are still joined from there).
     - ``max_in_memory``: most waiting features kept in memory; beyond it the oldest move to
-      the on-disk store whatever their age (a backlog may be read ahead on one topic).
+      the on-disk store whatever their age (a backlog may be read ahead on one topic). A cap
+      on top of ``memory_budget_mb``, which bounds them by their bytes.
+    - ``memory_budget_mb``: what the joiner's state may take in memory (MiB): the waiting
+      impressions it holds (their messages plus ~400 B each) and the on-disk store's key
+      filter and page cache (three eighths of it). Beyond it the oldest impressions move to
+      the on-disk store, which keeps orphan actions and the per-offset records of commits
+      too, so the state in memory stays within the budget however many impressions wait.
     - ``idle_partition_s`` (wall clock): a partition read to its end with no record for this
       long stops holding back the event-time clock (until its next record).
     - ``negative_rate``: probability of keeping a negative example (by a stable hash of its
@@ -43,6 +49,7 @@ class JoinerConfig:
     allowed_lateness_s: int = 30
     spill_after_s: int = 120
     max_in_memory: int = 200_000
+    memory_budget_mb: int = 256
     idle_partition_s: float = 5.0
     negative_rate: float = 1.0
     n_joiners: int = 1
@@ -58,6 +65,7 @@ class JoinerConfig:
         _require(self, "allowed_lateness_s", ge=0)
         _require(self, "spill_after_s", ge=0)
         _require(self, "max_in_memory", ge=0)
+        _require(self, "memory_budget_mb", ge=16)
         _require(self, "idle_partition_s", ge=0)
         _require(self, "negative_rate", gt=0, le=1)
         _require(self, "n_joiners", ge=1)

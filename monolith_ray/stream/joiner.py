@@ -38,9 +38,8 @@ from confluent_kafka import (
 
 from monolith_ray import metrics
 from monolith_ray.config import Config, JoinerConfig, KafkaConfig, LimitsConfig, SlotConfig
-from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner
+from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner, spill_store
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
-from monolith_ray.stream.spill import SpillStore
 
 __all__ = ["JoinerActor", "StreamJoiner", "run_joiners", "start_joiners"]
 
@@ -106,7 +105,8 @@ class StreamJoiner:
         store = None
         if cfg.spill_dir:
             os.makedirs(cfg.spill_dir, exist_ok=True)
-            store = SpillStore(os.path.join(cfg.spill_dir, f"joiner-{index}-of-{count}.sqlite"))
+            store = spill_store(cfg, os.path.join(cfg.spill_dir,
+                                                  f"joiner-{index}-of-{count}.sqlite"))
         self._core = Joiner(cfg, kafka.topics, store, slots, limits)
         self._kinds = self._assign()
         self._n_examples = len(self._partitions(self._topics.examples))

@@ -1,63 +1,153 @@
-"""The joiner's on-disk store of waiting impressions.
+"""The joiner's on-disk store: what waits beyond its memory budget, and what it must remember
+to commit offsets.
 
-Impressions waiting longer than ``spill_after_s`` (event time) move to an on-disk
-store, and so do the oldest beyond ``max_in_memory`` (a backlog read faster on the features
-topic than on the actions topic holds impressions ahead of the clock). The store is SQLite
-from the standard library: a B-tree keyed by (request id, item id) with an index
-on time, so a late action finds its impression in one lookup and expiry is one range scan;
-it needs no server, no new dependency and no tuning, and is among the most tested storage
-engines. It is a cache, not state: a restarted joiner starts with it empty and re-reads from
-Kafka what was pending (see *Offsets*), so journaling and fsync are off.
+Three tables in SQLite from the standard library (no server, no new dependency, no tuning,
+among the most tested storage engines):
+
+- ``pending``: impressions moved out of memory (older than ``spill_after_s``, or beyond the
+  memory budget), keyed by (request id, item id), indexed on time (expiry is one range scan)
+  and on (partition, offset) (the oldest waiting offset is one ``MIN()`` over the index);
+- ``orphans``: positive actions waiting for their impression, the same keys and indexes;
+- ``joined``: per joined impression, (its partition and offset, the action's partition and
+  offset), indexed both ways: the commit drops the rows below a partition's commit point by a
+  range delete and finds each action partition's oldest still needed offset by a ``MIN()``.
+
+So no per-key or per-offset state of the store is in Python: it holds only counts and
+:class:`KeyFilter`, a fixed-size filter that answers "certainly not stored" for most keys
+without a query. It is a cache, not state: a restarted joiner starts with it empty and
+re-reads from Kafka what was pending (see *Offsets* in ``stream/join.py``), so journaling and
+fsync are off.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 Key = tuple[str, str]
 """(request id, item id as text): what an impression and its actions are joined on."""
 
+_CHUNK = 10_000  # rows a scan of expired impressions reads at a time
 
-class SpillStore:
-    """Impressions waiting on disk (SQLite): (request id, item id) -> partition, offset, time
-    and the features message as read.
 
-    A cache that Kafka can rebuild after a restart, so it is emptied when opened and written
-    with journaling and fsync off. The keys stay in memory too (a set, a tenth of an
-    impression's size), so the common miss costs no query. ``path=None`` uses SQLite's private
-    temporary database: in memory while small, then a temp file, deleted when closed.
+class KeyFilter:
+    """A counting Bloom filter of keys (two one-byte counters a key, from Python's ``hash``):
+    :meth:`may_hold` is False for a key never added or added and removed as often, and True
+    for a stored key; a key not stored passes with probability about ``(1 - exp(-2n/m))**2``
+    (n keys, m counters: 0.8% at 3 million keys in 64 million counters, 7% at 10 million).
+    A false pass costs one indexed query, so a full filter slows lookups and never makes them
+    wrong. Counters stop at 255 and then stay there (the key they count stays "maybe").
+
+    Why a filter and not SQLite's index alone: every impression read asks whether its key is
+    already waiting and whether an action waits for it; at 50k impressions/s one B-tree
+    descent each (a few µs, pages read from disk) would take a large share of a core, the
+    filter's answer takes ~0.3 µs. Unlike a Python set of the keys (~100 B a key), its size
+    is fixed. ``hash`` is salted per process, which is fine for a store emptied when opened.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, n_counters: int) -> None:
+        self._m = max(int(n_counters), 1)
+        # Anonymous memory: pages are zero until touched, so a large filter costs nothing
+        # to make (and its indexing is as fast as a bytearray's).
+        self._counts = mmap.mmap(-1, self._m)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of counters."""
+        return self._m
+
+    def add(self, key: Key) -> None:
+        h, m, counts = hash(key), self._m, self._counts
+        i, j = h % m, (h >> 29) % m
+        if counts[i] < 255:
+            counts[i] += 1
+        if counts[j] < 255:
+            counts[j] += 1
+
+    def remove(self, key: Key) -> None:
+        """Forget one :meth:`add` of ``key`` (which must have been added)."""
+        h, m, counts = hash(key), self._m, self._counts
+        i, j = h % m, (h >> 29) % m
+        if counts[i] < 255:
+            counts[i] -= 1
+        if counts[j] < 255:
+            counts[j] -= 1
+
+    def may_hold(self, key: Key) -> bool:
+        h, m, counts = hash(key), self._m, self._counts
+        return counts[h % m] > 0 and counts[(h >> 29) % m] > 0
+
+    def close(self) -> None:
+        """Free the counters."""
+        self._counts.close()
+
+
+class SpillStore:
+    """Impressions, orphan actions and join records on disk (SQLite); see the module docstring.
+
+    ``memory_bytes``: what the store may hold in this process: two thirds go to the
+    :class:`KeyFilter`'s counters, one third to SQLite's page cache. It is emptied when opened
+    and written with journaling and fsync off. ``path=None`` uses SQLite's private temporary
+    database (a temp file deleted when closed).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None,
+                 memory_bytes: int = 48 << 20) -> None:
         self.path = "" if path is None else os.fspath(path)
+        self.memory_bytes = int(memory_bytes)
+        self._filter = KeyFilter(self.memory_bytes * 2 // 3)
+        cache_kib = max((self.memory_bytes - self._filter.nbytes) >> 10, 64)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._keys: set[Key] = set()
+        self._n = self.orphans = 0
         self._db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-            "DROP TABLE IF EXISTS pending;"
+            f"PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-{cache_kib};"
+            "PRAGMA temp_store=FILE;"
+            "DROP TABLE IF EXISTS pending; DROP TABLE IF EXISTS orphans;"
+            "DROP TABLE IF EXISTS joined;"
             "CREATE TABLE pending (rid TEXT NOT NULL, item TEXT NOT NULL, part INTEGER NOT NULL,"
-            " off INTEGER NOT NULL, time INTEGER NOT NULL, raw BLOB NOT NULL,"
-            " PRIMARY KEY (rid, item)) WITHOUT ROWID;"
-            "CREATE INDEX pending_time ON pending (time);")
+            " off INTEGER NOT NULL, time INTEGER NOT NULL, raw BLOB NOT NULL);"
+            "CREATE UNIQUE INDEX pending_key ON pending (rid, item);"
+            "CREATE INDEX pending_time ON pending (time);"
+            "CREATE INDEX pending_offset ON pending (part, off);"
+            "CREATE TABLE orphans (rid TEXT NOT NULL, item TEXT NOT NULL, part INTEGER NOT NULL,"
+            " off INTEGER NOT NULL, time INTEGER NOT NULL, PRIMARY KEY (rid, item))"
+            " WITHOUT ROWID;"
+            "CREATE INDEX orphans_time ON orphans (time);"
+            "CREATE INDEX orphans_offset ON orphans (part, off);"
+            "CREATE TABLE joined (fpart INTEGER NOT NULL, foff INTEGER NOT NULL,"
+            " apart INTEGER NOT NULL, aoff INTEGER NOT NULL, PRIMARY KEY (fpart, foff))"
+            " WITHOUT ROWID;"
+            "CREATE INDEX joined_action ON joined (apart, aoff);")
+
+    # -- pending impressions -----------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._keys)
+        """Impressions stored."""
+        return self._n
+
+    def may_hold(self, key: Key) -> bool:
+        """False if neither an impression nor an orphan is stored under ``key``; True if one
+        is (and, rarely, if none is): the filter, no query."""
+        return self._filter.may_hold(key)
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._keys
+        return self.get(key) is not None
 
     def put_many(self, rows: Sequence[tuple[str, str, int, int, int, bytes]]) -> None:
         """Store (request id, item id, partition, offset, time, message) rows; the keys must
         not be stored yet."""
         if rows:
             self._db.executemany("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._keys.update((row[0], row[1]) for row in rows)
+            add = self._filter.add
+            for row in rows:
+                add((row[0], row[1]))
+            self._n += len(rows)
 
     def get(self, key: Key) -> tuple[int, int, int, bytes] | None:
         """(partition, offset, time, message) stored under ``key``, or None."""
-        if key not in self._keys:
+        if not self._n or not self._filter.may_hold(key):
             return None
         return self._db.execute("SELECT part, off, time, raw FROM pending "
                                 "WHERE rid = ? AND item = ?", key).fetchone()
@@ -65,21 +155,99 @@ class SpillStore:
     def delete(self, key: Key) -> None:
         """Forget ``key``, which must be stored."""
         self._db.execute("DELETE FROM pending WHERE rid = ? AND item = ?", key)
-        self._keys.discard(key)
+        self._filter.remove(key)
+        self._n -= 1
 
-    def pop_older(self, before: int | None) -> list[tuple[str, int, int, int, bytes, str]]:
-        """Remove and return (request id, partition, offset, time, message, item id) of
-        every row with time < ``before`` (None: every row), oldest first."""
-        if not self._keys:
-            return []
+    def pop_older(self, before: int | None) -> Iterator[tuple[str, int, int, int, bytes, str]]:
+        """Remove and yield (request id, partition, offset, time, message, item id) of every
+        row with time < ``before`` (None: every row), oldest first, reading
+        a few thousand at a time."""
         where, args = ("", ()) if before is None else (" WHERE time < ?", (before,))
-        rows = self._db.execute(f"SELECT rid, part, off, time, raw, item FROM pending{where} "
-                                f"ORDER BY time", args).fetchall()
+        query = (f"SELECT rid, part, off, time, raw, item, rowid FROM pending{where} "
+                 f"ORDER BY time LIMIT {_CHUNK}")
+        remove = self._filter.remove
+        while self._n:
+            rows = self._db.execute(query, args).fetchall()
+            if not rows:
+                return
+            self._db.executemany("DELETE FROM pending WHERE rowid = ?",
+                                 [(row[6],) for row in rows])
+            self._n -= len(rows)
+            for row in rows:
+                remove((row[0], row[5]))
+                yield row[:6]
+
+    def oldest_offset(self, partition: int) -> int | None:
+        """The lowest offset of an impression of ``partition`` stored, or None."""
+        if not self._n:
+            return None
+        return self._db.execute("SELECT MIN(off) FROM pending WHERE part = ?",
+                                (partition,)).fetchone()[0]
+
+    # -- orphan actions ----------------------------------------------------------------------
+
+    def add_orphan(self, key: Key, partition: int, offset: int, time: int) -> bool:
+        """Keep a positive action waiting for its impression -> False (and nothing stored)
+        if one already waits under ``key``."""
+        if self.orphans and self._filter.may_hold(key):
+            stored = self._db.execute("INSERT OR IGNORE INTO orphans VALUES (?, ?, ?, ?, ?)",
+                                      (*key, partition, offset, time)).rowcount
+            if not stored:
+                return False
+        else:
+            self._db.execute("INSERT INTO orphans VALUES (?, ?, ?, ?, ?)",
+                             (*key, partition, offset, time))
+        self._filter.add(key)
+        self.orphans += 1
+        return True
+
+    def take_orphan(self, key: Key) -> tuple[int, int, int] | None:
+        """Remove and return the (partition, offset, time) of the action waiting under
+        ``key``, or None."""
+        if not self.orphans or not self._filter.may_hold(key):
+            return None
+        row = self._db.execute("DELETE FROM orphans WHERE rid = ? AND item = ? "
+                               "RETURNING part, off, time", key).fetchone()
+        if row is not None:
+            self._filter.remove(key)
+            self.orphans -= 1
+        return row
+
+    def drop_orphans(self, before: float) -> int:
+        """Forget the orphans with time < ``before`` -> how many."""
+        if not self.orphans:
+            return 0
+        keys = self._db.execute("DELETE FROM orphans WHERE time < ? RETURNING rid, item",
+                                (before,)).fetchall()
+        for key in keys:
+            self._filter.remove(tuple(key))
+        self.orphans -= len(keys)
+        return len(keys)
+
+    def oldest_orphan(self, partition: int) -> int | None:
+        """The lowest offset of an orphan of actions ``partition``, or None."""
+        if not self.orphans:
+            return None
+        return self._db.execute("SELECT MIN(off) FROM orphans WHERE part = ?",
+                                (partition,)).fetchone()[0]
+
+    # -- join records ------------------------------------------------------------------------
+
+    def add_joined(self, rows: Sequence[tuple[int, int, int, int]]) -> None:
+        """Record (features partition, offset, actions partition, offset) of joins."""
         if rows:
-            self._db.execute(f"DELETE FROM pending{where}", args)
-            self._keys.difference_update((row[0], row[5]) for row in rows)
-        return rows
+            self._db.executemany("INSERT INTO joined VALUES (?, ?, ?, ?)", rows)
+
+    def drop_joined(self, partition: int, below: int) -> None:
+        """Forget the joins of features ``partition`` at offsets below ``below``."""
+        self._db.execute("DELETE FROM joined WHERE fpart = ? AND foff < ?", (partition, below))
+
+    def oldest_joining(self, partition: int) -> int | None:
+        """The lowest offset of actions ``partition`` that joined a recorded impression."""
+        return self._db.execute("SELECT MIN(aoff) FROM joined WHERE apart = ?",
+                                (partition,)).fetchone()[0]
 
     def close(self) -> None:
         """Close the database (a temporary one is deleted)."""
         self._db.close()
+        self._filter.close()

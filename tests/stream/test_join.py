@@ -3,10 +3,15 @@ negative sampling and its calibration, dead letters, and the offsets it lets com
 
 from __future__ import annotations
 
+import gc
 import json
+import math
+import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from monolith_ray.config import ConfigError, JoinerConfig, KafkaTopics, load_config
 from monolith_ray.messages import encode, parse_example
@@ -70,7 +75,8 @@ def test_click_joins_at_once_and_silence_becomes_negative_after_the_window() -> 
     feed.advance()
     assert feed.labels() == {"a": 1.0}
     assert feed.examples[0] == {"request_id": "a", "time": 100, "label": 1.0, "weight": 1.0,
-                                "slots": {"user_id": 1, "item_id": 7, "genres": ["Drama", "War"]}}
+                                "slots": {"user_id": 1, "item_id": 7, "genres": ["Drama", "War"]},
+                                "dense": {}}
     feed.send(ACTIONS, [action("x", 165)])
     feed.advance()
     assert feed.labels() == {"a": 1.0}, "watermark 160 = 100 + window: b and c may still click"
@@ -352,3 +358,175 @@ def test_slots_the_model_does_not_have_or_values_it_cannot_take_are_dead_letters
     assert [json.loads(d)["offset"] for d in dead] == [1, 2, 3, 4, 5]
     assert "slots.gender" in reasons[0] and "slots.colour: not a slot" in reasons[1]
     assert "max_values" in reasons[2] and "UTF-8" in reasons[3] and "JSON" in reasons[4]
+
+
+def test_joiner_config_memory_budget_defaults_and_is_validated() -> None:
+    assert load_config().joiner.memory_budget_mb == JoinerConfig().memory_budget_mb == 256
+    assert load_config(overrides=["joiner.memory_budget_mb=64"]).joiner.memory_budget_mb == 64
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["joiner.memory_budget_mb=8"])
+    assert err.value.key == "joiner.memory_budget_mb"
+
+
+def test_memory_stays_within_the_budget_while_many_impressions_wait() -> None:
+    """120k impressions wait (no clock passes their window): the joiner's memory grows by at
+    most its budget, and a click on a spilled impression still labels it and holds the commit
+    offsets where the in-memory joiner would."""
+    n, budget = 120_000, 16
+    feed = Feed()
+    feed.joiner = joiner = Joiner(
+        JoinerConfig(memory_budget_mb=budget, max_in_memory=10**9, window_s=1000,
+                     allowed_lateness_s=0, spill_after_s=10**6), slots=load_config().slots)
+    room = (budget << 20) - joiner._store.memory_bytes
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for start in range(0, n, 5000):
+            feed.send(FEATURES, [b'{"request_id":"r%d","time":%d,"user_id":1,"item_id":7,'
+                                 b'"slots":{"user_id":1,"item_id":7,"genres":["Drama"]}}'
+                                 % (i, 100 + i // 1000) for i in range(start, start + 5000)])
+            feed.advance()
+            assert joiner.held_bytes() <= room
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < budget << 20, f"{grown / 2**20:.1f} MiB traced for a {budget} MiB budget"
+    assert joiner.counters["pending"] == n and joiner.counters["spilled"] > n * 3 // 4
+    assert len(joiner._memory) < n // 4
+    feed.send(ACTIONS, [action("r0", 150), action("r1", 150), action("r60000", 180),
+                        action("r1", 181)])
+    feed.advance()
+    assert feed.labels() == {"r0": 1.0, "r1": 1.0, "r60000": 1.0}
+    assert joiner.commit_offsets() == {(FEATURES, 0): 2, (ACTIONS, 0): 2}
+    feed.send(ACTIONS, [action("x", 2000)])
+    joiner.advance()
+    examples, _ = joiner.take_output()
+    assert len(examples) == n - 3 and all(b'"label":0.0' in v for _, v in examples)
+    assert joiner.commit_offsets() == {(FEATURES, 0): n, (ACTIONS, 0): 4}, "x waits"
+
+
+class Reference:
+    """The join rules of the module docstring, brute force (dicts of everything, commits by a
+    walk over every feature's fate): the oracle of the commit offsets and labels."""
+
+    def __init__(self, window: int, lateness: int) -> None:
+        self.window, self.lateness = window, lateness
+        self.waiting: dict = {}  # key -> (partition, offset, time)
+        self.orphans: dict = {}  # key -> (partition, offset, time)
+        self.fate: dict = {}  # (partition, offset) -> "waiting" | None | (a partition, offset)
+        self.next: dict = {}
+        self.newest: dict = {}
+        self.clock = None
+        self.labels: list = []
+
+    def feature(self, p: int, o: int, rid: str, t: int, item: int) -> None:
+        self.next[FEATURES, p] = o + 1
+        key = (rid, str(item))
+        if key in self.waiting:
+            return
+        self.newest[FEATURES, p] = max(self.newest.get((FEATURES, p), t), t)
+        orphan = self.orphans.pop(key, None)
+        if orphan is not None and orphan[2] - t <= self.window:
+            self.fate[p, o] = orphan[:2]
+            self.labels.append((rid, item, 1.0))
+        elif self.clock is not None and t < self.clock - self.lateness - self.window:
+            self.fate[p, o] = None
+            self.labels.append((rid, item, 0.0))
+        else:
+            self.waiting[key] = (p, o, t)
+            self.fate[p, o] = "waiting"
+
+    def action(self, p: int, o: int, rid: str, t: int, item: int, kind: str) -> None:
+        self.next[ACTIONS, p] = o + 1
+        self.newest[ACTIONS, p] = max(self.newest.get((ACTIONS, p), t), t)
+        key = (rid, str(item))
+        if kind != "click":
+            return
+        if key in self.waiting:
+            fp, fo, ft = self.waiting[key]
+            if t - ft <= self.window:
+                del self.waiting[key]
+                self.fate[fp, fo] = (p, o)
+                self.labels.append((rid, item, 1.0))
+        elif key not in self.orphans:
+            self.orphans[key] = (p, o, t)
+
+    def advance(self, drain: bool = False) -> None:
+        if self.newest:
+            self.clock = max(self.clock or -1, *self.newest.values())
+        if self.clock is None and not drain:
+            return
+        before = math.inf if drain else self.clock - self.lateness - self.window
+        for key, (fp, fo, ft) in list(self.waiting.items()):
+            if ft < before:
+                del self.waiting[key]
+                self.fate[fp, fo] = None
+                self.labels.append((key[0], int(key[1]), 0.0))
+        self.orphans = {k: v for k, v in self.orphans.items() if v[2] >= before + self.window}
+
+    def commit_offsets(self) -> dict:
+        out = {}
+        for (kind, p), nxt in self.next.items():
+            if kind == FEATURES:
+                out[kind, p] = min([o for (fp, o), f in self.fate.items()
+                                    if fp == p and f == "waiting"], default=nxt)
+        for (kind, p), nxt in self.next.items():
+            if kind == ACTIONS:
+                needed = [f[1] for (fp, o), f in self.fate.items() if isinstance(f, tuple)
+                          and f[0] == p and o >= out[FEATURES, fp]]
+                needed += [v[1] for v in self.orphans.values() if v[0] == p]
+                out[kind, p] = min([nxt, *needed])
+        return out
+
+
+_step = st.one_of(
+    st.tuples(st.just(FEATURES), st.integers(0, 1), st.integers(0, 11), st.integers(0, 40),
+              st.integers(7, 8)),
+    st.tuples(st.just(ACTIONS), st.integers(0, 1), st.integers(0, 11), st.integers(0, 40),
+              st.integers(7, 8), st.sampled_from(["click", "click", "skip"])),
+    st.just(("advance",)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_step, max_size=60), spill_after_s=st.integers(0, 20),
+       max_in_memory=st.integers(0, 4))
+def test_commit_offsets_and_labels_match_a_brute_force_reference(
+        steps: list, spill_after_s: int, max_in_memory: int) -> None:
+    """Random interleavings of impressions, clicks, skips and clock moves, with spilling by age
+    and by count: the joiner commits the offsets and emits the labels the brute-force
+    reference does, after every step and after the drain."""
+    window, lateness = 10, 2
+    feed = Feed(window_s=window, allowed_lateness_s=lateness, spill_after_s=spill_after_s,
+                max_in_memory=max_in_memory)
+    ref = Reference(window, lateness)
+    seen: list = []
+
+    def joined() -> list:
+        return sorted((e["request_id"], e["slots"]["item_id"], e["label"])
+                      for e in feed.examples)
+
+    for step in steps:
+        if step[0] == FEATURES:
+            _, p, r, t, item = step
+            [o] = feed.send(FEATURES, [feature(f"r{r}", 1000 + t, item=item)], partition=p)
+            ref.feature(p, o, f"r{r}", 1000 + t, item)
+        elif step[0] == ACTIONS:
+            _, p, r, t, item, kind = step
+            [o] = feed.send(ACTIONS, [action(f"r{r}", 1000 + t, item=item, kind=kind)],
+                            partition=p)
+            ref.action(p, o, f"r{r}", 1000 + t, item, kind)
+        else:
+            feed.advance()
+            ref.advance()
+        seen.append(step)
+        assert feed.joiner.commit_offsets() == ref.commit_offsets(), seen
+    feed.advance()
+    ref.advance()
+    assert feed.joiner.commit_offsets() == ref.commit_offsets()
+    assert joined() == sorted(ref.labels)
+    feed.drain()
+    ref.advance(drain=True)
+    assert joined() == sorted(ref.labels)
+    assert feed.joiner.commit_offsets() == ref.commit_offsets()
