@@ -24,16 +24,17 @@ renumbered without rewriting data. Columns not in the schema are allowed and ign
 
 from __future__ import annotations
 
-import re
+from itertools import repeat
 from typing import Iterable, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from monolith_ray.features import hash_str
 
 TIME, LABEL, WEIGHT = "time", "label", "weight"
-_DECIMAL = re.compile(r"-?[0-9]{1,18}")
+_DECIMAL = "^-?[0-9]{1,18}$"  # RE2: $ is the end of the text only
 _DENSE = {b"kind": b"dense"}  # field metadata of a dense feature's column
 _BASE_FIELDS = (
     pa.field(TIME, pa.int64(), nullable=False),
@@ -100,18 +101,31 @@ def value_ids(values: Iterable[str | int]) -> np.ndarray:
     Integers, and strings that spell a decimal integer, are kept as that integer, so ``25``
     from JSON and ``"25"`` from a text file are the same value; other strings are hashed with
     :func:`hash_str`. Hashes are 48-bit, so they seldom meet the small integers of real data.
+
+    Vectorized: ints and decimal strings are converted in Arrow and numpy, without a Python
+    loop per value; only the strings that are hashed are taken one by one (BLAKE2b, by
+    :func:`hash_str`). A value that is neither an int nor a string raises (TypeError or
+    OverflowError, as ``int`` would), as does an int beyond int64.
     """
-    values = list(values)
-    out = np.empty(len(values), dtype=np.int64)
-    text_at = []
-    for i, v in enumerate(values):
-        if isinstance(v, str):
-            if _DECIMAL.fullmatch(v):
-                out[i] = int(v)
-            else:
-                text_at.append(i)
-        else:
-            out[i] = int(v)
-    if text_at:
-        out[text_at] = hash_str([values[i] for i in text_at])
+    values = values if isinstance(values, (list, tuple, np.ndarray)) else list(values)
+    try:
+        ids = pa.array(values, type=pa.int64())
+    except (TypeError, ValueError):  # strings among them (or a bad value: decided below)
+        pass
+    else:
+        if ids.null_count:
+            raise TypeError("value_ids: a value is None")
+        return ids.to_numpy()
+    objects = np.empty(len(values), dtype=object)
+    objects[:] = values
+    text = np.fromiter(map(isinstance, objects, repeat(str)), dtype=bool, count=len(objects))
+    out = np.empty(len(objects), dtype=np.int64)
+    out[~text] = objects[~text].astype(np.int64)
+    strings = pa.array(objects[text], type=pa.string())
+    decimal = pc.match_substring_regex(strings, _DECIMAL).to_numpy(zero_copy_only=False)
+    at = np.flatnonzero(text)
+    out[at[decimal]] = pc.cast(strings.filter(decimal), pa.int64()).to_numpy()
+    hashed = strings.filter(~decimal).to_pylist()
+    if hashed:
+        out[at[~decimal]] = hash_str(hashed)
     return out

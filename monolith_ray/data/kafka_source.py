@@ -54,28 +54,35 @@ a start that retention deleted raises rather than silently reading elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from monolith_ray import metrics
-from monolith_ray.config import KafkaConfig, LimitsConfig, SlotConfig
+from monolith_ray.config import DenseFeature, KafkaConfig, LimitsConfig, SlotConfig
 from monolith_ray.data.dead_letters import DeadLetterWriter
 from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
-from monolith_ray.data.slot_columns import list_column, scalar_column
-from monolith_ray.messages import MessageError, decode, parse_example, refusal_reason
-from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema
+from monolith_ray.data.slot_columns import ExampleDecoder
+from monolith_ray.messages import refusal_reason
+from monolith_ray.schemas import example_schema
+from monolith_ray.stream.kafka import librdkafka_config
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +90,20 @@ _KEPT_ERRORS = 10
 _LOGGED_ERRORS = 5
 _PARTITION_FETCH_BYTES = 1 << 20
 _FETCH_BYTES = 8 << 20
+_QUEUED_KBYTES = 16 << 10  # librdkafka's prefetch queue (64 MiB by default)
+# librdkafka postpones a partition's next fetch this long once its prefetch queue is full
+# (1 s by default): the reader would drain the queue and then wait (see stream/joiner.py).
+_FETCH_QUEUE_BACKOFF_MS = 10
+_METADATA_TIMEOUT_S = 30.0
 
 Stops = Mapping[int, int] | Literal["end"] | None
 
 
-def source_schema(slots: Sequence[SlotConfig]) -> pa.Schema:
-    """The example schema of ``slots`` plus the source columns ``_partition`` (int32),
-    ``_offset`` and ``_from_offset`` (int64)."""
-    schema = example_schema(slots)
+def source_schema(slots: Sequence[SlotConfig], dense: Sequence[DenseFeature] = ()
+                  ) -> pa.Schema:
+    """The example schema of ``slots`` and ``dense`` plus the source columns ``_partition``
+    (int32), ``_offset`` and ``_from_offset`` (int64)."""
+    schema = example_schema(slots, dense)
     for field in SOURCE_FIELDS:
         schema = schema.append(field)
     return schema
@@ -107,6 +120,8 @@ class StreamSpec:
       counting time the reader waits for its consumer to take a micro-batch).
     - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
       long a poll waits for them.
+    - ``dense``: the model's dense features: their columns follow the slots' (null where a
+      message does not give one); a message naming another is refused.
     - ``limits``: the bounds records are validated against (event times); None: the
       defaults of ``LimitsConfig``.
     - ``stage``: names the reader in its dead letters (``source`` for training, ``dump``).
@@ -126,6 +141,7 @@ class StreamSpec:
     limits: LimitsConfig | None = None
     stage: str = "source"
     heartbeats: bool = False
+    dense: tuple[DenseFeature, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.starts:
@@ -153,7 +169,7 @@ def earliest_offsets(kafka: KafkaConfig, topic: str) -> dict[int, int]:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             raise ValueError(f"unknown topic {topic!r}")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [KafkaTopicPartition(topic, p) for p in sorted(partitions)]
         return {tp.partition: int(offset) for tp, offset in consumer.beginning_offsets(tps).items()}
     finally:
         consumer.close()
@@ -175,13 +191,13 @@ class KafkaExampleReader:
                  ) -> None:
         self.spec = spec
         self.report = report
-        self.schema = source_schema(spec.slots)
+        self.schema = source_schema(spec.slots, spec.dense)
         self.positions = {int(p): int(o) for p, o in spec.starts.items()}
         self.records = 0
         self.malformed = 0
         self.dead_letters_failed = 0
         self.errors: deque[tuple[int, int, str]] = deque(maxlen=_KEPT_ERRORS)
-        self._known = {s.name: s for s in spec.slots}
+        self._decoder = ExampleDecoder(spec.slots, spec.dense, spec.limits)
         self._dead: DeadLetterWriter | None = None
         self._failed_before = 0  # dead letters not written by earlier passes
 
@@ -194,10 +210,7 @@ class KafkaExampleReader:
 
     def __iter__(self) -> Iterator[pa.Table]:
         spec = self.spec
-        consumer = KafkaConsumer(
-            **spec.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-            auto_offset_reset="none", fetch_max_wait_ms=spec.poll_timeout_ms,
-            max_partition_fetch_bytes=_PARTITION_FETCH_BYTES, fetch_max_bytes=_FETCH_BYTES)
+        consumer = Consumer(consumer_config(spec.kafka, spec.poll_timeout_ms))
         self._dead = DeadLetterWriter(spec.kafka, spec.stage)
         try:
             tps = self._assign(consumer)
@@ -211,19 +224,20 @@ class KafkaExampleReader:
         if self.report is not None:
             self.report(self.stats())
 
-    def _assign(self, consumer: KafkaConsumer) -> dict[int, TopicPartition]:
-        known = consumer.partitions_for_topic(self.spec.topic) or set()
+    def _assign(self, consumer: Consumer) -> dict[int, TopicPartition]:
+        topic = consumer.list_topics(self.spec.topic, timeout=_METADATA_TIMEOUT_S
+                                     ).topics.get(self.spec.topic)
+        known = set() if topic is None else set(topic.partitions)
         missing = sorted(set(self.positions) - known)
         if missing:
             raise ValueError(f"topic {self.spec.topic!r} has no partitions {missing} "
                              f"(it has {sorted(known)})")
         tps = {p: TopicPartition(self.spec.topic, p) for p in self.positions}
-        consumer.assign(list(tps.values()))
-        for p, tp in tps.items():
-            consumer.seek(tp, self.positions[p])
+        consumer.assign([TopicPartition(self.spec.topic, p, self.positions[p])
+                         for p in self.positions])
         return tps
 
-    def _poll_loop(self, consumer: KafkaConsumer, tps: dict[int, TopicPartition]
+    def _poll_loop(self, consumer: Consumer, tps: dict[int, TopicPartition]
                    ) -> Iterator[pa.Table]:
         spec = self.spec
         if spec.stops == "end":
@@ -235,6 +249,7 @@ class KafkaExampleReader:
         # Per partition, the offset after the last record that became a row: a row accounts
         # for every offset from there to its own (the refused ones in between included).
         uncovered = dict(self.positions)
+        paused: set[int] = set()
         heard = reported = time.monotonic()
         while True:
             active = [p for p in tps if not _reached(self.positions[p], stops, p)]
@@ -247,25 +262,23 @@ class KafkaExampleReader:
                     return
             if spec.idle_timeout_s is not None and time.monotonic() - heard > spec.idle_timeout_s:
                 return
-            consumer.pause(*(tp for p, tp in tps.items() if p not in active))
-            polled = consumer.poll(timeout_ms=spec.poll_timeout_ms, max_records=budget)
-            rows, now = _Rows(spec.slots), time.time()
-            for tp, records in polled.items():
-                p, stop = tp.partition, stops.get(tp.partition)
-                for record in records:
-                    if stop is not None and record.offset >= stop:
-                        break
-                    self._take(rows, p, record, now)
+            done = [tps[p] for p in tps if p not in active and p not in paused]
+            if done:
+                consumer.pause(done)
+                paused.update(tp.partition for tp in done)
+            messages = _consume(consumer, budget, spec.poll_timeout_ms / 1000)
+            with _gc_paused():
+                rows = self._take(messages, stops, time.time())
+                table = self._table(rows, uncovered) if rows is not None and len(rows) else None
             if stops and None in stops.values():
                 for p, tp in tps.items():
                     if stops[p] is None:
-                        stops[p] = consumer.highwater(tp)
-            table = self._table(rows, uncovered) if len(rows) else None
+                        stops[p] = _end_offset(consumer, tp)
             self._flush_dead_letters()
             if time.monotonic() - reported >= metrics.REPORT_EVERY_S:
                 reported = time.monotonic()
                 self._report_lag(consumer, tps)
-            if polled:
+            if rows is not None:
                 heard = time.monotonic()
                 if self.report is not None:
                     self.report(self.stats())
@@ -279,25 +292,44 @@ class KafkaExampleReader:
             elif spec.heartbeats:
                 yield self.schema.empty_table()
 
-    def _report_lag(self, consumer: KafkaConsumer, tps: dict[int, TopicPartition]) -> None:
+    def _report_lag(self, consumer: Consumer, tps: dict[int, TopicPartition]) -> None:
         """Record each partition's Kafka lag: its end offset as of the consumer's last fetch
         (no broker round trip) minus the read position."""
         for p, tp in tps.items():
-            end = consumer.highwater(tp)
+            end = _end_offset(consumer, tp)
             if end is not None:
                 metrics.KAFKA_LAG.set(max(end - self.positions[p], 0), process="source",
                                       topic=tp.topic, partition=p)
 
-    def _take(self, rows: _Rows, partition: int, record: Any, now: float) -> None:
-        """Validate ``record`` into ``rows``, or refuse it."""
-        self.positions[partition] = record.offset + 1
-        try:
-            if record.value is None:
-                raise MessageError("no value (a tombstone)")
-            example = parse_example(decode(record.value), self._known, self.spec.limits, now)
-            rows.add(example, partition, record.offset, record.value)
-        except Exception as err:  # noqa: BLE001 - one bad record never fails its micro-batch
-            self._refuse(partition, record.offset, record.value, err)
+    def _take(self, messages: list[Message], stops: dict[int, int | None], now: float
+              ) -> _Rows | None:
+        """The records of ``messages`` before their partitions' stops, validated at wall
+        clock ``now`` into rows (None if there was no record); the others refused. Moves
+        ``positions`` past them."""
+        records = _records(messages)
+        if not records:
+            return None
+        partitions = np.fromiter(map(Message.partition, records), np.int32, len(records))
+        offsets = np.fromiter(map(Message.offset, records), np.int64, len(records))
+        keep = np.ones(len(records), dtype=bool)
+        for p in np.unique(partitions).tolist():
+            at = partitions == p
+            if stops.get(p) is not None:
+                keep[at] = offsets[at] < stops[p]
+            if keep[at].any():
+                self.positions[p] = int(offsets[at & keep].max()) + 1
+        if not keep.all():
+            records = [records[i] for i in np.flatnonzero(keep)]
+            partitions, offsets = partitions[keep], offsets[keep]
+        raws = list(map(Message.value, records))
+        examples, refused = self._decoder.decode(raws, now)
+        for i, err in refused:
+            self._refuse(int(partitions[i]), int(offsets[i]), raws[i], err)
+        rows = _Rows(self._decoder, examples, partitions, offsets, raws)
+        if refused:
+            kept = np.fromiter(map(operator.is_not, examples, repeat(None)), bool, len(examples))
+            rows = rows.select(np.flatnonzero(kept).tolist())
+        return rows
 
     def _table(self, rows: _Rows, uncovered: dict[int, int]) -> pa.Table | None:
         """The table of ``rows``; if building it raises, the table of the rows that convert
@@ -335,56 +367,98 @@ class KafkaExampleReader:
         self.dead_letters_failed = self._failed_before + self._dead.failed
 
 
+def consumer_config(kafka: KafkaConfig, fetch_wait_ms: int) -> dict[str, Any]:
+    """The librdkafka settings of a source's consumer: ``kafka``'s brokers and security, no
+    commits and no offset reset (a start that retention deleted is an error), fetches that
+    wait at most ``fetch_wait_ms`` for records, a bounded prefetch queue. The group id is
+    librdkafka's requirement only: partitions are assigned, never subscribed, so no group
+    is joined."""
+    return {**librdkafka_config(kafka), "group.id": "monolith_ray-source",
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "error", "fetch.wait.max.ms": fetch_wait_ms,
+            "max.partition.fetch.bytes": _PARTITION_FETCH_BYTES,
+            "fetch.max.bytes": _FETCH_BYTES, "queued.max.messages.kbytes": _QUEUED_KBYTES,
+            "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS}
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (if on) while a micro-batch is converted: the
+    tuples and lists of its values form no cycles and are gone after it, but the collections
+    their allocation triggers walked the process's objects, 40% of the conversion's time."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _consume(consumer: Consumer, budget: int, timeout_s: float) -> list[Message]:
+    """At most ``budget`` messages: those the consumer holds, else as soon as one arrives
+    (waiting at most ``timeout_s``) with those that came with it."""
+    messages = consumer.consume(budget, 0)
+    if messages:
+        return messages
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(budget - 1, 0)] if budget > 1 else [first]
+
+
+def _records(messages: list[Message]) -> list[Message]:
+    """``messages`` without the end-of-partition events; KafkaException at any other
+    error (such as a start offset out of range)."""
+    if not any(map(Message.error, messages)):
+        return messages
+    for message in messages:
+        err = message.error()
+        if err is not None and err.code() != KafkaError._PARTITION_EOF:
+            raise KafkaException(err)
+    return [m for m in messages if m.error() is None]
+
+
+def _end_offset(consumer: Consumer, tp: TopicPartition) -> int | None:
+    """``tp``'s end offset as of the consumer's last fetch from it (None before one)."""
+    high = consumer.get_watermark_offsets(tp, cached=True)[1]
+    return None if high < 0 else int(high)
+
+
 def _reached(position: int, stops: dict[int, int | None], partition: int) -> bool:
     stop = stops.get(partition)
     return stop is not None and position >= stop
 
 
 class _Rows:
-    """Validated examples of one micro-batch, gathered per column and built into a table with
-    one ``value_ids`` call per slot."""
+    """Validated examples of one micro-batch (structs of an ``ExampleDecoder``) with the
+    partition, offset and raw message of each, built into a table a column at a time."""
 
-    def __init__(self, slots: Sequence[SlotConfig]) -> None:
-        self.slots = tuple(slots)
-        self._names = [(s.name, s.max_values > 1) for s in self.slots]
-        self.base: list[tuple[int, float, float, int, int]] = []
-        self.values: list[list[Any]] = [[] for _ in self.slots]
-        self.raw: list[bytes] = []
+    def __init__(self, decoder: ExampleDecoder, examples: list[Any], partitions: np.ndarray,
+                 offsets: np.ndarray, raws: list[bytes]) -> None:
+        self.decoder, self.examples, self.raws = decoder, examples, raws
+        self.partitions, self.offsets = partitions, offsets
 
     def __len__(self) -> int:
-        return len(self.base)
-
-    def add(self, example: Mapping[str, Any], partition: int, offset: int, raw: bytes) -> None:
-        """Append ``example``, as ``parse_example`` returns it given these slots (so every
-        value fits its slot; a bare value of a multi-valued slot becomes a list of one)."""
-        given = example["slots"]
-        for (name, multi), column in zip(self._names, self.values):
-            value = given.get(name)
-            column.append([value] if multi and value is not None and type(value) is not list
-                          else value)
-        self.base.append((example["time"], example["label"], example["weight"], partition,
-                          offset))
-        self.raw.append(raw)
+        return len(self.examples)
 
     def source(self, i: int) -> tuple[int, int, bytes]:
         """Row ``i``'s partition, offset and raw message."""
-        return self.base[i][3], self.base[i][4], self.raw[i]
+        return int(self.partitions[i]), int(self.offsets[i]), self.raws[i]
 
     def select(self, indices: Sequence[int]) -> _Rows:
         """The rows at ``indices``, in that order."""
-        out = _Rows(self.slots)
-        out.base = [self.base[i] for i in indices]
-        out.values = [[column[i] for i in indices] for column in self.values]
-        out.raw = [self.raw[i] for i in indices]
-        return out
+        at = np.asarray(indices, dtype=np.int64)
+        return _Rows(self.decoder, [self.examples[i] for i in indices], self.partitions[at],
+                     self.offsets[at], [self.raws[i] for i in indices])
 
     def table(self, schema: pa.Schema, uncovered: dict[int, int]) -> pa.Table:
         """The rows as a table of ``schema``. ``uncovered`` (partition -> the offset after
         its last row so far) gives each partition's first row its ``_from_offset`` and, once
         the table is built, moves past the last row (rows of a partition are in offset
         order)."""
-        time_, label, weight, partition, offset = (np.asarray(c) for c in zip(*self.base))
-        partition, offset = partition.astype(np.int32), offset.astype(np.int64)
+        partition, offset = self.partitions, self.offsets
         from_offset = np.empty_like(offset)
         ends = {}
         for p in np.unique(partition).tolist():
@@ -392,12 +466,7 @@ class _Rows:
             from_offset[at[0]] = uncovered[p]
             from_offset[at[1:]] = offset[at[:-1]] + 1
             ends[p] = int(offset[at[-1]]) + 1
-        columns = {TIME: pa.array(time_.astype(np.int64)),
-                   LABEL: pa.array(label.astype(np.float32)),
-                   WEIGHT: pa.array(weight.astype(np.float32))}
-        for slot, values in zip(self.slots, self.values):
-            columns[slot.name] = (list_column(values) if slot.max_values > 1
-                                  else scalar_column(values))
+        columns = self.decoder.columns(self.examples)
         columns[PARTITION] = pa.array(partition)
         columns[OFFSET] = pa.array(offset)
         columns[FROM_OFFSET] = pa.array(from_offset)
@@ -451,7 +520,7 @@ class KafkaExamplesDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        schema = source_schema(self.spec.slots)
+        schema = source_schema(self.spec.slots, self.spec.dense)
         unknown = BlockMetadata(num_rows=None, size_bytes=None, input_files=None,
                                 exec_stats=None)
         return [ReadTask(functools.partial(_read, self.spec.for_partitions(group), k,
