@@ -404,8 +404,12 @@ def run_synth(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     summary: dict[str, Any] = {}
     if args.out is not None:
-        summary.update(synth.write_parquet(spec, args.out, args.examples, args.start),
-                       out=args.out)
+        try:
+            summary.update(synth.write_parquet(spec, args.out, args.examples, args.start),
+                           out=args.out)
+        except FileExistsError as err:
+            print(f"monolith-ray data synth: {err}", file=sys.stderr)
+            return 2
     if args.kafka is not None:
         cfg = load_config(args.config, args.set)
         if not cfg.kafka.bootstrap_servers:

@@ -21,16 +21,15 @@ whatever the chunking, and a held-out set is just a later index range. Per examp
                    + interaction * sum_{a < b in interaction_slots} <v_a(id_a, t), v_b(id_b, t)>
                    + dense_effect * (sum_j a_j tanh(z_j) / sqrt(n_dense) + tanh(z_0) tanh(z_1))
 
-  where ``w`` and the entries of ``v`` (``interaction_rank`` of them) are uniform with
-  mean 0 and variance 1, hashed from
-  (seed, slot, id), so nothing of a slot's cardinality is stored; ``h(r) = effect_head /
-  (effect_head + r)`` lets rarely seen catalogue ids matter less, as a model cannot learn
-  them in one pass (fresh ids have ``h = 1``: learning them quickly is what real-time
-  training is for); each term less its mean over the slot's popular ids, so that the
-  positive rate hardly moves with the seed; ``z_j`` is
-  ``log1p(x_j)`` standardised with the feature's own ``(mu, sigma)``, a missing value counted
-  as its default 0. With ``drift`` > 0 each ``w`` and ``v`` turns from one hashed draw to
-  another, ``cos(drift t) w1 + sin(drift t) w2`` with ``t`` in event hours since
+  where ``w`` and the entries of ``v`` (``interaction_rank`` of them), uniform with mean 0
+  and variance 1, are hashed from (seed, slot, id), so nothing of a slot's cardinality is
+  stored; ``h(r) = effect_head / (effect_head + r)`` lets rarely seen catalogue ids matter
+  less, as no model learns them in one pass (fresh ids have ``h = 1``: learning them quickly
+  is what real-time training is for); each term is taken less its mean over the slot's
+  popular ids, so the positive rate (about 21%) hardly moves with the seed. ``z_j`` is
+  ``log1p(x_j)`` standardised with the feature's own ``(mu, sigma)``, a missing value
+  counted as its default 0. With ``drift`` > 0 each ``w`` and ``v`` turns from one hashed
+  draw to another, ``cos(drift t) w1 + sin(drift t) w2`` with ``t`` in event hours since
   ``start_time``: what each id means changes slowly and recurs.
 
 The hidden model reads only an example's columns (:func:`probability`), so
@@ -55,6 +54,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from monolith_ray.config import KafkaConfig
@@ -244,10 +244,12 @@ def _chunks(spec: SynthSpec, start: int, n: int, size: int = _CHUNK
 
 
 def _event_times(spec: SynthSpec, index: np.ndarray) -> np.ndarray:
+    """Event times (unix s) of examples (n,) -> int64 (n,)."""
     return spec.start_time + np.floor(index / spec.rate_per_s).astype(np.int64)
 
 
 def _chunk(spec: SynthSpec, start: int, n: int) -> tuple[pa.Table, np.ndarray]:
+    """Examples ``start .. start + n - 1`` -> (table, the hidden model's probabilities)."""
     index = np.arange(start, start + n, dtype=np.int64)
     times = _event_times(spec, index)
     columns: dict[str, Any] = {TIME: times}
@@ -382,19 +384,17 @@ def auc_ceiling(spec: SynthSpec, table: pa.Table) -> float:
 # Outputs
 
 
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-
-
 def write_parquet(spec: SynthSpec, path: str, n: int, start: int = 0,
                   rows_per_write: int = 262_144) -> dict[str, Any]:
     """Write examples ``start .. start + n - 1`` under ``path`` (a local folder or any
     ``pyarrow.fs`` URI) as hive-style ``dt=YYYY-MM-DD/hour=HH/part-*.parquet`` (UTC event
     time, as a dump of the ``examples`` topic), ``rows_per_write`` rows a file at most ->
-    ``{"examples", "positives", "auc_ceiling", "files"}``."""
+    ``{"examples", "positives", "auc_ceiling", "files"}``. ``path`` must not exist or be
+    empty, as for a dump."""
     fs, root = filesystem_and_path(path)
+    if fs.get_file_info(root).type != pafs.FileType.NotFound and fs.get_file_info(
+            pafs.FileSelector(root, recursive=False)):
+        raise FileExistsError(f"synthetic examples folder {path} is not empty")
     truth = _Truth()
     files = 0
     for k, (table, p) in enumerate(_chunks(spec, start, n, rows_per_write)):

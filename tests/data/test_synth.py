@@ -225,6 +225,7 @@ def test_cli_writes_parquet_and_prints_a_summary(tmp_path: Path,
     assert summary["examples"] == 5_000 and summary["out"] == str(out)
     assert 0.1 < summary["positive_rate"] < 0.3 and summary["auc_ceiling"] > 0.7
     assert pads.dataset(out, format="parquet", partitioning="hive").count_rows() == 5_000
+    assert main(["data", "synth", "--out", str(out), "--examples", "5"]) == 2  # not empty
     assert main(["data", "synth", "--examples", "5"]) == 2
     assert main(["data", "synth", "--examples", "5", "--kafka", "joiner",
                  "--set", "kafka.bootstrap_servers="]) == 2
