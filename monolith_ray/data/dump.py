@@ -58,7 +58,7 @@ def dump_examples(cfg: Config, path: str, starts: Mapping[int, int] | None = Non
     topic = cfg.kafka.topics.examples
     starts = dict(starts) if starts is not None else earliest_offsets(cfg.kafka, topic)
     reader = KafkaExampleReader(StreamSpec(cfg.kafka, topic, cfg.slots, starts, stops=stops,
-                                           limits=cfg.limits, stage="dump"))
+                                           limits=cfg.limits, stage="dump", dense=cfg.dense))
     fs.create_dir(root, recursive=True)
     pending: list[pa.Table] = []
     writes = 0

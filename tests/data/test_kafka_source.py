@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import ray
 
-from monolith_ray.config import KafkaConfig, KafkaTopics, SlotConfig
+from monolith_ray.config import DenseFeature, KafkaConfig, KafkaTopics, SlotConfig
 from monolith_ray.data import slot_columns
 from monolith_ray.data.batches import make_batch
 from monolith_ray.data.kafka_source import (
@@ -221,6 +221,28 @@ def test_a_record_that_fails_its_batch_conversion_is_refused_alone(kafka, produc
     [letter] = dead_letters(kafka)
     assert (letter["offset"], letter["reason"]) == (12, "ValueError: cannot hash boom")
     assert json.loads(letter["payload"])["slots"]["item_id"] == "boom"
+
+
+def test_dense_features_are_columns_null_where_a_message_has_none(kafka, produce) -> None:
+    dense = (DenseFeature("price", max_abs=1000.0), DenseFeature("views"))
+    payloads = [example_with(0, dense={"price": 2.5, "views": 3}), example_with(1),
+                example_with(2, dense={"price": None}), example_with(3, dense={"price": 1e9}),
+                example_with(4, dense={"mood": 1.0}), example_with(5, dense={"views": 7}),
+                example_with(6, dense={"price": "12"})]
+    kafka, _ = poison_topic(kafka, produce, "dense", payloads, [0] * len(payloads))
+    reader = KafkaExampleReader(StreamSpec(kafka, "dense", SLOTS, {0: 0}, stops="end",
+                                           dense=dense))
+    table = pa.concat_tables(list(reader))
+    assert table.schema == source_schema(SLOTS, dense)
+    assert table["_offset"].to_pylist() == [0, 1, 2, 5]
+    assert table["price"].to_pylist() == [2.5, None, None, None]
+    assert table["views"].to_pylist() == [3.0, None, None, 7.0]
+    assert table["user_id"].to_pylist() == [0, 1, 2, 5]
+    reasons = {o: reason for _, o, reason in reader.errors}
+    assert sorted(reasons) == [3, 4, 6]
+    assert "dense.price" in reasons[3] and "±1000" in reasons[3]
+    assert "not a dense feature" in reasons[4] and "dense.price" in reasons[6]
+    assert len(make_batch(table, SLOTS, dense)) == 4
 
 
 def test_dataset_feeds_two_consumers_with_streaming_split(ray_session, kafka, topic) -> None:
