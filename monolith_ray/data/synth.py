@@ -120,7 +120,7 @@ class SynthSpec:
     click_delay_s: int = 60
     bias: float = -1.85
     id_effect: float = 0.3
-    effect_head: int = 1_000
+    effect_head: int = 300
     interaction: float = 0.35
     interaction_slots: tuple[int, ...] = (0, 1, 11, 15)
     interaction_rank: int = 4
@@ -551,9 +551,12 @@ def produce(spec: SynthSpec, kafka: KafkaConfig, n: int, mode: Mode = "examples"
 
 def config(spec: SynthSpec) -> dict[str, Any]:
     """The ``slots`` (dim 16, adagrad) and ``dense`` (``log1p_standardize``) config sections
-    of ``spec``'s examples, as YAML would give them."""
+    of ``spec``'s examples, as YAML would give them. With ``defaults/synth.yaml`` (these
+    sections, the default model), one pass over 2M examples of ``SynthSpec()`` reached a
+    held-out AUC of 0.787 against the ceiling's 0.816 (adagrad at 0.05: 0.786 against 0.827
+    with ``effect_head`` 1,000)."""
     slots = [{"name": name, "slot_id": k + 1, "dim": 16,
-              "optimizer": {"kind": "adagrad", "learning_rate": 0.05},
+              "optimizer": {"kind": "adagrad", "learning_rate": 0.15},
               "initializer": {"kind": "normal", "scale": 0.01}}
              for k, name in enumerate(spec.slot_names)]
     dense = [{"name": name, "transform": "log1p_standardize"} for name in spec.dense_names]
