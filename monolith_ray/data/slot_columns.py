@@ -111,8 +111,8 @@ class ExampleDecoder:
     a tombstone, not JSON, an unknown or nested field, a number it cannot compare exactly —
     goes on its own to ``messages.decode`` and ``parse_example``, which decide and name the
     reason, so a bad message is refused with the same text as ever; a valid one becomes a
-    struct like the others. A batch pays for this only for its own such messages (and one
-    Python decode per message of a batch that has one).
+    struct like the others. A batch pays for this only for its own such messages, and for
+    decoding its other messages again one at a time to find them.
     """
 
     def __init__(self, slots: Sequence[SlotConfig], dense: Sequence[DenseFeature] = (),
@@ -127,7 +127,8 @@ class ExampleDecoder:
         self._Dense = _struct("_Dense", [(f.name, _dense_type(f.max_abs)) for f in self.dense])
         self._Example = msgspec.defstruct("_Example", [
             ("time", _Int64), ("label", _Label), ("weight", _Weight, 1.0),
-            ("slots", self._Slots), ("dense", self._Dense, msgspec.field(default_factory=self._Dense)),
+            ("slots", self._Slots),
+            ("dense", self._Dense, msgspec.field(default_factory=self._Dense)),
             ("request_id", _RequestId), ("user_id", _Scalar | None, None),
             ("item_id", _Scalar | None, None), ("context", _Context | None, None),
         ], kw_only=True, forbid_unknown_fields=True, gc=False)
