@@ -66,6 +66,7 @@ from monolith_ray.config.inputs import check_inputs
 from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.data.dump import read_dump_offsets
 from monolith_ray.data.kafka_source import (
+    KafkaExampleReader,
     SourceMonitor,
     StreamSpec,
     drop_filler,
@@ -75,7 +76,14 @@ from monolith_ray.data.kafka_source import (
 from monolith_ray.data.offsets import OffsetCoverage
 from monolith_ray.metrics import TableReporter
 from monolith_ray.supervision import Supervisor, actor_options
-from monolith_ray.train.job import Trainer, shut_down_splits, start_servers, trainer_options
+from monolith_ray.train.job import (
+    Trainer,
+    fit_dense,
+    parquet_head,
+    shut_down_splits,
+    start_servers,
+    trainer_options,
+)
 from monolith_ray.train.loop import IDLE
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
 
@@ -138,7 +146,7 @@ class StreamTrainer(Trainer):
         for table, short in timely_batches(source, self.cfg.train.batch_size,
                                            self.cfg.online.max_batch_wait_s):
             self._queued.append((OffsetCoverage.of_table(table), short))
-            yield make_batch(table, self.cfg.slots)
+            yield make_batch(table, self.cfg.slots, self.cfg.dense)
             if short:  # the stream is quiet: step and commit what came without waiting
                 yield IDLE
 
@@ -228,7 +236,8 @@ class OnlineTraining:
         self.topic = cfg.kafka.topics.examples
         self.snapshot_root = snapshot_root(cfg)
         self.last_snapshot: str | None = None
-        self.shards, self.dense = start_servers(cfg, where if kind == "snapshot" else None)
+        self.shards, self.dense = start_servers(cfg, where if kind == "snapshot" else None,
+                                                self._dense_norm(kind, where))
         self.supervisor = Supervisor(cfg.supervision)
         self.tables = TableReporter()
         self.trainers: list[Any] = []
@@ -248,6 +257,23 @@ class OnlineTraining:
         except BaseException:
             self.close()
             raise
+
+    def _dense_norm(self, kind: str, where: str) -> dict[str, Any] | None:
+        """The dense features' standardization for fresh parameters, fitted on the first
+        ``data.dense_fit_rows`` examples of the start: the dump's head, or the topic's
+        earliest examples (as many as are there; none: identity). None after a snapshot,
+        whose parameters carry theirs, or without dense features."""
+        if not self.cfg.dense or kind == "snapshot":
+            return None
+        rows, names = self.cfg.data.dense_fit_rows, [f.name for f in self.cfg.dense]
+        if kind == "dump":
+            return fit_dense(self.cfg, parquet_head(where, rows, names))
+        spec = StreamSpec(self.cfg.kafka, self.topic, self.cfg.slots,
+                          earliest_offsets(self.cfg.kafka, self.topic), stops="end",
+                          max_records=rows, idle_timeout_s=2.0, limits=self.cfg.limits,
+                          dense=self.cfg.dense, stage="dense-fit")
+        tables = [t.select(names) for t in KafkaExampleReader(spec)]
+        return fit_dense(self.cfg, pa.concat_tables(tables) if tables else None)
 
     def _start_trainers(self) -> list[Any]:
         actor = ray.remote(StreamTrainer).options(**trainer_options(self.cfg),
@@ -341,7 +367,7 @@ class OnlineTraining:
             stops="end" if online.stop == "end" else None,
             idle_timeout_s=online.idle_timeout_s or None,
             poll_records=online.poll_records, poll_timeout_ms=online.poll_timeout_ms,
-            limits=self.cfg.limits)
+            limits=self.cfg.limits, dense=self.cfg.dense)
         return read_kafka_examples(spec, read_tasks=online.read_tasks,
                                    block_bytes=online.block_bytes,
                                    buffer_bytes=online.buffer_bytes,

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from monolith_ray.config import Config, load_config
@@ -25,6 +26,8 @@ slots:
   - {name: user_id, slot_id: 1, dim: 4}
   - {name: item_id, slot_id: 2, dim: 4}
   - {name: genres, slot_id: 3, dim: 4, max_values: 2, combiner: mean}
+dense:
+  - {name: price, transform: log1p_standardize}
 model: {hidden: [8]}
 train: {batch_size: 32, n_trainers: 2, n_shards: 1, epochs: 1}
 online: {stop: end, snapshot_every_s: 0.3, commit_every_steps: 2, poll_records: 100,
@@ -42,7 +45,13 @@ def example(i: int) -> bytes:
     """Example i, a minute of event time after example i - 1 (so a few hours in all)."""
     return encode({"request_id": f"r{i}", "time": T0 + 60 * i, "label": float(i % 4 == 0),
                    "slots": {"user_id": i % 40, "item_id": f"item{i % 25}",
-                             "genres": ["drama", f"g{i % 3}"][: 1 + i % 2]}})
+                             "genres": ["drama", f"g{i % 3}"][: 1 + i % 2]},
+                   **({"dense": {"price": price(i)}} if i % 5 else {})})
+
+
+def price(i: int) -> float:
+    """Example i's price (examples i % 5 == 0 have none: the default, 0)."""
+    return float(i % 7) * 10.0 if i % 5 else 0.0
 
 
 def written(produced: list[tuple[int, int]]) -> dict[int, int]:
@@ -82,6 +91,13 @@ def test_dump_then_stream_trains_every_example_once(ray_session, kafka_bootstrap
     assert metrics["snapshot"] == latest(tmp_path / "run" / "snapshots")
     saved = json.loads((Path(metrics["snapshot"]) / "offsets.json").read_text())
     assert saved == {"topic": "examples-switch", "offsets": {str(p): o for p, o in end.items()}}
+    # The dense standardization was fitted on the dump's examples and never moved.
+    with np.load(Path(metrics["snapshot"]) / "dense.npz") as params:
+        mean = next(params[k] for k in params.files if "dense_norm" in k and "mean" in k)
+        inv_std = next(params[k] for k in params.files if "dense_norm" in k and "inv_std" in k)
+    logged = np.log1p([price(i) for i in range(300)])
+    np.testing.assert_allclose(mean, [logged.mean()], rtol=1e-5)
+    np.testing.assert_allclose(inv_std, [1 / logged.std()], rtol=1e-4)
 
 
 def _trickle(cfg: Config, topic: str, produce, produced: list) -> threading.Thread:
