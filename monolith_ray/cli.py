@@ -401,6 +401,15 @@ def run_synth(args: argparse.Namespace) -> int:
         print("monolith-ray data synth: give --out, --kafka or both", file=sys.stderr)
         return 2
     spec = synth.SynthSpec(seed=args.seed, drift=args.drift)
+    if args.kafka is not None:
+        cfg = load_config(args.config, args.set)
+        if not cfg.kafka.bootstrap_servers:
+            print("monolith-ray data synth: kafka.bootstrap_servers is empty (start one with "
+                  "monolith-ray broker and --set kafka.bootstrap_servers=HOST:PORT)",
+                  file=sys.stderr)
+            return 2
+        spec = dataclasses.replace(spec, click_delay_s=max(1, min(spec.click_delay_s,
+                                                                  cfg.joiner.window_s)))
     began = time.perf_counter()
     summary: dict[str, Any] = {}
     if args.out is not None:
@@ -411,14 +420,6 @@ def run_synth(args: argparse.Namespace) -> int:
             print(f"monolith-ray data synth: {err}", file=sys.stderr)
             return 2
     if args.kafka is not None:
-        cfg = load_config(args.config, args.set)
-        if not cfg.kafka.bootstrap_servers:
-            print("monolith-ray data synth: kafka.bootstrap_servers is empty (start one with "
-                  "monolith-ray broker and --set kafka.bootstrap_servers=HOST:PORT)",
-                  file=sys.stderr)
-            return 2
-        spec = dataclasses.replace(spec, click_delay_s=max(1, min(spec.click_delay_s,
-                                                                  cfg.joiner.window_s)))
         produced = synth.produce(spec, cfg.kafka, args.examples, args.kafka, args.start)
         summary.update({k: v for k, v in produced.items() if k != "seconds"})
     seconds = time.perf_counter() - began

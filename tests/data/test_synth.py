@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+from kafka.partitioner import DefaultPartitioner
 
 from monolith_ray.cli import SYNTH_CONFIG, main
 from monolith_ray.config import Config, KafkaConfig, KafkaTopics, load_config
@@ -20,6 +21,7 @@ from monolith_ray.data.synth import SynthSpec
 from monolith_ray.messages import Reader, decode, parse_action, parse_example, parse_feature
 from monolith_ray.model.metrics import auc
 from monolith_ray.schemas import validate_examples
+from monolith_ray.stream.kafka import read_range
 
 SPEC = SynthSpec()
 SMALL = SynthSpec(seed=3, cardinalities=(1000, 300, 10), n_dense=2, rate_per_s=50.0,
@@ -196,10 +198,6 @@ def test_config_sections_match_the_embedded_config() -> None:
 
 
 def test_produce_writes_keyed_messages_the_joiner_can_pair(kafka_bootstrap: str) -> None:
-    from kafka.partitioner import DefaultPartitioner
-
-    from monolith_ray.stream.kafka import read_range
-
     topics = KafkaTopics(features="synth-f", actions="synth-a", examples="synth-e",
                          dead_letter="synth-d")
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, partitions=3, topics=topics)
@@ -215,6 +213,23 @@ def test_produce_writes_keyed_messages_the_joiner_can_pair(kafka_bootstrap: str)
                 placed.setdefault(record.key, set()).add(partition)
     assert len(placed) == 1_000 and all(len(p) == 1 for p in placed.values())
     assert synth.produce(SMALL, kafka, 200, "examples")["topics"] == {"synth-e": 200}
+
+
+def test_cli_produces_for_the_joiner(kafka_bootstrap: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [f"kafka.bootstrap_servers={kafka_bootstrap}", "kafka.topics.features=cli-f",
+            "kafka.topics.actions=cli-a", "joiner.window_s=5"]
+    assert main(["data", "synth", "--examples", "300", "--kafka", "joiner",
+                 *[arg for kv in sets for arg in ("--set", kv)]]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["topics"] == {"cli-f": 300, "cli-a": summary["positives"]}
+    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    clicks = [decode(r.value) for p in range(kafka.partitions)
+              for r in read_range(kafka, "cli-a", p, 0)]
+    impressions = synth.examples(SPEC, 0, 300).column("time").to_pylist()
+    assert len(clicks) == summary["positives"] > 0
+    assert all(1 <= c["time"] - impressions[int(c["request_id"].rsplit("-", 1)[1])] <= 5
+               for c in clicks)  # the click delay kept within joiner.window_s
 
 
 def test_cli_writes_parquet_and_prints_a_summary(tmp_path: Path,
