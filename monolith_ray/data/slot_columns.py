@@ -68,9 +68,13 @@ def list_column(values: Sequence[Any]) -> pa.Array:
     of scalars, bare scalars (a list of one) or None: lists of ints in one Arrow conversion;
     others flattened and converted by :func:`value_ids`."""
     try:
-        return pa.array(values, type=_INT_LISTS)
+        column = pa.array(values, type=_INT_LISTS)
     except (TypeError, ValueError, OverflowError):  # strings or bare scalars among them
         pass
+    else:
+        if column.values.null_count:
+            raise TypeError("list_column: a value in a list is None")
+        return column
     lists = [v if v is None or type(v) is list else [v] for v in values]
     lengths = np.fromiter(map(len, (v for v in lists if v is not None)), dtype=np.int32)
     null = np.fromiter(map(operator.is_, lists, repeat(None)), dtype=bool, count=len(lists))

@@ -66,6 +66,9 @@ def test_columns_of_ints_strings_bare_scalars_and_nulls() -> None:
     assert list_column([[1, 2], None, [], 7, ["8", "y"]]).to_pylist() == [
         [1, 2], None, [], [7], [8, one_at_a_time("y")]]
     assert list_column(([1], None)).to_pylist() == [[1], None]
+    for bad in ([[1, None]], [None, ["a", None]]):
+        with pytest.raises(TypeError):
+            list_column(bad)
 
 
 # Hostile messages: each field valid or not, of every JSON type, at and past its bounds.
