@@ -225,7 +225,7 @@ def _check_batch(raws: list[bytes | None]) -> None:
     assert got == [row for _, row in expected if row is not None]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages, min_size=1, max_size=6))
 def test_decoder_agrees_with_the_parser_on_hostile_messages(batch) -> None:
     _check_batch([_encoded(m) for m in batch])
