@@ -439,8 +439,8 @@ def messages(spec: SynthSpec, start: int, n: int, mode: Mode = "examples",
     one, an ``actions`` click ``1 .. click_delay_s`` event seconds later, in the first list
     whose impressions reach that time (so a click never precedes its impression, and lists
     are in event-time order up to one list). A missing dense value is null (its default).
-    Arrow builds the JSON texts column by column (no Python object a value): 0.5 M
-    messages/s."""
+    Arrow builds the JSON texts column by column (no Python object a value): about 230k
+    impressions a second, their generation included (2 shared cores)."""
     return (out for out, _, _ in _messages(spec, start, n, mode, batch))
 
 
