@@ -267,3 +267,14 @@ def test_an_unknown_dense_feature_is_refused_and_a_missing_one_is_null() -> None
     assert columns["price"].to_pylist() == [1.5, None]
     assert columns["views"].to_pylist() == [None, None]
     assert math.isclose(columns["weight"].to_pylist()[0], 1.0)
+
+
+def test_string_lengths_are_counted_in_characters_on_both_paths() -> None:
+    batch = []
+    for n in (255, 256, 257):
+        for char in ("😀", "é", "a"):
+            message = {"request_id": "r", "time": 1_700_000_000, "label": 1,
+                       "slots": {"item": char * n, "tags": [char * n]}}
+            batch += [json.dumps(message).encode(),
+                      json.dumps(message, ensure_ascii=False).encode()]
+    _check_batch(batch)
