@@ -17,6 +17,7 @@ from kafka.partitioner import DefaultPartitioner
 from monolith_ray.cli import SYNTH_CONFIG, main
 from monolith_ray.config import Config, KafkaConfig, KafkaTopics, load_config
 from monolith_ray.data import synth
+from monolith_ray.data.slot_columns import ExampleDecoder
 from monolith_ray.data.synth import SynthSpec
 from monolith_ray.messages import Reader, decode, parse_action, parse_example, parse_feature
 from monolith_ray.model.metrics import auc
@@ -162,6 +163,16 @@ def test_messages_parse_as_the_topics_messages_and_match_the_rows() -> None:
         assert msg["time"] == row["time"] and msg["label"] == row["label"]
         assert msg["slots"] == {name: row[name] for name in SMALL.slot_names}
         assert msg["dense"] == {k: row[k] for k in SMALL.dense_names}  # None: missing
+
+
+def test_examples_messages_decode_to_the_rows_of_the_table() -> None:
+    decoder = ExampleDecoder(SMALL_CONFIG.slots, SMALL_CONFIG.dense)  # the Kafka source's
+    raws = [value for batch in synth.messages(SMALL, 0, 1_000) for _, _, value in batch]
+    decoded, refused = decoder.decode(raws, now=2e9)
+    assert refused == []
+    columns = decoder.columns(decoded)
+    for name, column in synth.examples(SMALL, 0, 1_000).to_pydict().items():
+        assert pa.array(columns[name]).to_pylist() == column
 
 
 def test_joiner_messages_click_after_their_impression_within_the_delay() -> None:
