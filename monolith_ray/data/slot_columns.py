@@ -278,14 +278,20 @@ def _columns(rows: list[tuple[Any, ...]], fields: Sequence[int], type_: pa.DataT
     each column by ``convert``."""
     if not fields:
         return []
-    pick = operator.itemgetter(*fields) if len(fields) < len(rows[0]) else None
+    if len(fields) == 1:
+        picked = list(map(operator.itemgetter(fields[0]), rows))
+    elif len(fields) == len(rows[0]):
+        picked = rows
+    else:
+        picked = list(map(operator.itemgetter(*fields), rows))
     try:
-        flat = pa.array(list(chain.from_iterable(rows if pick is None else map(pick, rows))
-                             if len(fields) > 1 else map(pick, rows)), type=type_)
+        flat = (pa.array(picked, type=type_) if len(fields) == 1
+                else pa.array(picked, type=pa.list_(type_, len(fields))).flatten())
     except (TypeError, ValueError, OverflowError):  # other values among them: column by column
         return [convert(list(map(operator.itemgetter(i), rows))) for i in fields]
-    shape = (len(rows), len(fields))
-    values = np.frombuffer(flat.buffers()[1], type_.to_pandas_dtype(), len(flat)).reshape(shape)
+    shape, dtype = (len(rows), len(fields)), np.dtype(type_.to_pandas_dtype())
+    values = np.frombuffer(flat.buffers()[1], dtype, len(flat),
+                           flat.offset * dtype.itemsize).reshape(shape)
     if not flat.null_count:
         return [pa.array(values[:, j]) for j in range(shape[1])]
     null = flat.is_null().to_numpy(zero_copy_only=False).reshape(shape)
