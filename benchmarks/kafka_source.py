@@ -10,14 +10,14 @@ memory, K at a time. Figures per second of wall clock and per second of the proc
 time (the machine may be shared; the reader's CPU time includes librdkafka's threads). Ends
 with one JSON line of its figures.
 
-Measured on the 2-core development machine, shared (load 5-10, so wall figures swing; CPU
-figures hold), 200,000 messages of 912 B, micro-batches of 2,000: the reader 122-129k
-examples per CPU second, where the kafka-python reader with a ``parse_example`` a record
-before it made 29-30k (same broker, messages and poll size, runs alternated); the conversion
-alone 209k messages per CPU second against 68k for the parser a record; the bare consumer
-623k records per CPU second (kafka-python's poll: 152k/s wall, on an earlier, quieter run).
-On Criteo-shaped messages of 445 B (small ids) and a quieter machine the reader made
-187-206k examples/s wall, the kafka-python one 31-35k.
+Measured on the 2-core development machine, shared (load 2-10, so wall figures swing; CPU
+figures hold better), 200,000 messages of 912 B, micro-batches of 2,000: the reader 150k
+examples/s (114-148k in alternated runs with the kafka-python reader that parsed a record at
+a time, which made 28-31k on the same broker, messages and poll size); the conversion alone
+239-250k messages per CPU second, against 72k for ``parse_example`` a record; the bare
+consumer 750-790k records per CPU second (kafka-python's poll: 119k per CPU second, below
+the source's target on its own). On Criteo-shaped messages of 445 B (small ids) the reader
+made 187-206k examples/s, the kafka-python one 31-35k.
 """
 
 from __future__ import annotations
