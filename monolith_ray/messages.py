@@ -158,36 +158,46 @@ def dead_letter(topic: str, partition: int, offset: int, reason: str, raw: bytes
 # A request id's characters (printable ASCII but space: validation's pattern) are checked after
 # the decode with str methods: a msgspec pattern calls back into Python's re, which took 40% of
 # a features message's decode.
-_Int64 = Annotated[int, msgspec.Meta(ge=validation.INT64_MIN, le=validation.INT64_MAX)]
-_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
-_RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_ID_CHARS)]
-_Scalar = _Int64 | _Text
+Int64 = Annotated[int, msgspec.Meta(ge=validation.INT64_MIN, le=validation.INT64_MAX)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_ID_CHARS)]
+PlainScalar = Int64 | Text
+# A dense value's bound in a typed decode: at most 2**52, below which every integer is a
+# double, so a JSON integer compares with max_abs exactly as validation.dense compares it.
+_EXACT = float(2 ** 52)
 
 
 class _Action(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    request_id: _RequestId
-    item_id: _Scalar
+    request_id: RequestId
+    item_id: PlainScalar
     time: int
     action: Literal[ACTIONS]  # type: ignore[valid-type]
 
 
-def _slot_type(max_values: int) -> Any:
-    """A slot's plainly valid values: null or a scalar, or for a multi-valued slot a list of
-    at most ``max_values`` scalars too (validation.slot_value's shapes)."""
+def plain_slot_type(max_values: int) -> Any:
+    """A slot's plainly valid values as a msgspec type: null or a scalar, or for a
+    multi-valued slot a list of at most ``max_values`` scalars too (validation.slot_value's
+    shapes)."""
     if max_values == 1:
-        return _Scalar | None
+        return PlainScalar | None
     limit = min(max_values, validation.MAX_VALUES)
-    return _Scalar | Annotated[list[_Scalar], msgspec.Meta(max_length=limit)] | None
+    return PlainScalar | Annotated[list[PlainScalar], msgspec.Meta(max_length=limit)] | None
+
+
+def plain_dense_type(max_abs: float) -> Any:
+    """A dense feature's plainly valid values as a msgspec type: null or a number within
+    ``max_abs`` (msgspec takes a JSON int for a float field; JSON has no NaN or Infinity)."""
+    bound = min(max_abs, _EXACT)
+    return Annotated[float, msgspec.Meta(ge=-bound, le=bound)] | None
 
 
 def _dense_type(dense: Mapping[str, DenseFeature]) -> Any:
     """The plainly valid ``dense`` objects of a model's features: each known name at most
-    once, a finite number within its ``max_abs`` or null (validation.dense's rules; msgspec
-    takes a JSON int for a float field and JSON has no NaN or Infinity)."""
+    once (validation.dense's rules)."""
     names = [f"d{i}" for i in range(len(dense))]
     return msgspec.defstruct(
-        "_Dense", [(n, Annotated[float, msgspec.Meta(ge=-f.max_abs, le=f.max_abs)] | None,
-                    msgspec.UNSET) for n, f in zip(names, dense.values())],
+        "_Dense", [(n, plain_dense_type(f.max_abs), msgspec.UNSET)
+                   for n, f in zip(names, dense.values())],
         rename=dict(zip(names, dense)), forbid_unknown_fields=True, gc=False)
 
 
@@ -213,11 +223,11 @@ class Reader:
         if known is not None and len(known) <= validation.MAX_SLOTS:
             names = [f"s{i}" for i in range(len(known))]
             slots = msgspec.defstruct(
-                "_Slots", [(n, _slot_type(s.max_values), msgspec.UNSET)
+                "_Slots", [(n, plain_slot_type(s.max_values), msgspec.UNSET)
                            for n, s in zip(names, known.values())],
                 rename=dict(zip(names, known)), forbid_unknown_fields=True, gc=False)
-            fields = [("request_id", _RequestId), ("time", int), ("user_id", _Scalar),
-                      ("item_id", _Scalar), ("slots", slots), ("context", None, None)]
+            fields = [("request_id", RequestId), ("time", int), ("user_id", PlainScalar),
+                      ("item_id", PlainScalar), ("slots", slots), ("context", None, None)]
             if dense:
                 fields.append(("dense", _dense_type(dense) | None, None))
             feature = msgspec.defstruct("_Feature", fields, forbid_unknown_fields=True,

@@ -22,7 +22,16 @@ from msgspec.structs import astuple
 
 from monolith_ray import validation
 from monolith_ray.config import DenseFeature, LimitsConfig, SlotConfig
-from monolith_ray.messages import MessageError, decode, parse_example
+from monolith_ray.messages import (
+    Int64,
+    MessageError,
+    PlainScalar,
+    RequestId,
+    decode,
+    parse_example,
+    plain_dense_type,
+    plain_slot_type,
+)
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, value_ids
 
 def examples_table(rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig], time: int,
@@ -127,14 +136,14 @@ class ExampleDecoder:
         self._limits = limits
         defaults = LimitsConfig() if limits is None else limits
         self._min_time, self._skew = defaults.min_event_time_s, defaults.max_event_skew_s
-        self._Slots = _struct("_Slots", [(s.name, _slot_type(s.max_values)) for s in self.slots])
-        self._Dense = _struct("_Dense", [(f.name, _dense_type(f.max_abs)) for f in self.dense])
+        self._Slots = _struct("_Slots", [(s.name, plain_slot_type(s.max_values)) for s in self.slots])
+        self._Dense = _struct("_Dense", [(f.name, plain_dense_type(f.max_abs)) for f in self.dense])
         self._Example = msgspec.defstruct("_Example", [
-            ("time", _Int64), ("label", _Label), ("weight", _Weight, 1.0),
+            ("time", Int64), ("label", _Label), ("weight", _Weight, 1.0),
             ("slots", self._Slots),
             ("dense", self._Dense, msgspec.field(default_factory=self._Dense)),
-            ("request_id", _RequestId), ("user_id", _Scalar | None, None),
-            ("item_id", _Scalar | None, None), ("context", _Context | None, None),
+            ("request_id", RequestId), ("user_id", PlainScalar | None, None),
+            ("item_id", PlainScalar | None, None), ("context", _Context | None, None),
         ], kw_only=True, forbid_unknown_fields=True, gc=False)
         fast = len(self.slots) <= validation.MAX_SLOTS and len(self.dense) <= validation.MAX_DENSE
         self._decode = msgspec.json.Decoder(self._Example).decode if fast else None
@@ -231,35 +240,11 @@ class ExampleDecoder:
 # The plainly valid values of an example, as msgspec types: validation's bounds. A string's
 # length is counted in characters, as Python's len; msgspec refuses lone surrogates and
 # invalid UTF-8 in strings, and numbers JSON cannot hold as a double, as orjson does.
-_Int64 = Annotated[int, msgspec.Meta(ge=validation.INT64_MIN, le=validation.INT64_MAX)]
-_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
-_RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_ID_CHARS)]
-_Scalar = _Int64 | _Text
 _Label = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 _Weight = Annotated[float, msgspec.Meta(gt=0.0, le=validation.MAX_WEIGHT)]
-_Context = dict[str, _Int64 | str | float | bool | None]
-# A dense value's bound on the fast path: at most 2**52, below which every integer is a
-# double, so a JSON integer compares with max_abs exactly as the parser compares it.
-_EXACT = float(2 ** 52)
-
+_Context = dict[str, Int64 | str | float | bool | None]
 _TIME, _LABEL, _WEIGHT = (operator.attrgetter(f) for f in ("time", "label", "weight"))
 _SLOTS, _DENSE, _REQUEST_ID = (operator.attrgetter(f) for f in ("slots", "dense", "request_id"))
-
-
-def _slot_type(max_values: int) -> Any:
-    """A slot's plainly valid values: null or a scalar, or for a multi-valued slot a list of
-    at most ``max_values`` scalars too."""
-    if max_values == 1:
-        return _Scalar | None
-    limit = min(max_values, validation.MAX_VALUES)
-    return _Scalar | Annotated[list[_Scalar], msgspec.Meta(max_length=limit)] | None
-
-
-def _dense_type(max_abs: float) -> Any:
-    """A dense feature's plainly valid values: null or a number within ``max_abs`` (msgspec
-    takes a JSON int for a float field and JSON has no NaN or Infinity)."""
-    bound = min(max_abs, _EXACT)
-    return Annotated[float, msgspec.Meta(ge=-bound, le=bound)] | None
 
 
 def _struct(name: str, fields: Sequence[tuple[str, Any]]) -> type:
