@@ -413,10 +413,19 @@ class Joiner:
         self.counters["pending"] = len(memory) + len(self._store)
         self.counters["orphans"] = self._store.orphans
 
+    def _drop_front_husks(self) -> None:
+        """Drop the husks at the front of each queue (the oldest offsets leave memory first:
+        spilled or expired), so that each front is its partition's oldest offset held."""
+        for queue in self._queues.values():
+            while queue and queue[0][4] is None:
+                queue.popleft()
+                self._queued -= 1
+
     def _shed_husks(self) -> None:
-        """Rebuild the heap and the queues without husks once those outnumber the entries
-        held (so each husk costs O(1) amortized and they never hold more than about half of
-        :meth:`held_bytes`)."""
+        """:meth:`_drop_front_husks`, then rebuild the heap and the queues without husks once
+        those outnumber the entries held. Each husk costs O(1) amortized, and they never hold
+        more than about half of :meth:`held_bytes`."""
+        self._drop_front_husks()
         live = len(self._memory)
         if len(self._by_time) > 2 * live + _HUSKS_KEPT:
             self._by_time = [e for e in self._by_time if e[4] is not None]
@@ -440,7 +449,7 @@ class Joiner:
         needed (see the module docstring).
 
         Not a walk over what waits: per features partition, the oldest entry of its queue
-        (after dropping the husks in front of it, each once), one ``MIN()`` over the spill
+        (after dropping the husks in front, each once), one ``MIN()`` over the spill
         store's offset index and one range delete of the join records below the commit
         point; per actions partition, two ``MIN()`` over indexes. So a commit costs
         O(partitions x log n) plus the join records it retires (each once, ~2 µs): at 10^7
@@ -449,10 +458,8 @@ class Joiner:
         5 s, whatever the backlog."""
         out: dict[tuple[str, int], int] = {}
         store = self._store
+        self._drop_front_husks()
         for partition, queue in self._queues.items():
-            while queue and queue[0][4] is None:
-                queue.popleft()
-                self._queued -= 1
             oldest = [o for o in (queue[0][2] if queue else None,
                                   store.oldest_offset(partition)) if o is not None]
             out[FEATURES, partition] = low = min(oldest, default=self._next[FEATURES, partition])

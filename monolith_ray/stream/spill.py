@@ -89,8 +89,10 @@ class SpillStore:
 
     ``memory_bytes``: what the store may hold in this process: two thirds go to the
     :class:`KeyFilter`'s counters, one third to SQLite's page cache. It is emptied when opened
-    and written with journaling and fsync off. ``path=None`` uses SQLite's private temporary
-    database (a temp file deleted when closed).
+    and written with journaling and fsync off, in one transaction open until :meth:`close`
+    (committing each write would write its pages out: 40 µs an impression instead of 10;
+    SQLite moves dirty pages to the file when its cache is full). ``path=None`` uses
+    SQLite's private temporary database (a temp file deleted when closed).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None,
@@ -102,8 +104,8 @@ class SpillStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._n = self.orphans = 0
         self._db.executescript(
-            f"PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-{cache_kib};"
-            "PRAGMA temp_store=FILE;"
+            f"PRAGMA page_size=16384; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            f"PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=FILE;"
             "DROP TABLE IF EXISTS pending; DROP TABLE IF EXISTS orphans;"
             "DROP TABLE IF EXISTS joined;"
             "CREATE TABLE pending (rid TEXT NOT NULL, item TEXT NOT NULL, part INTEGER NOT NULL,"
@@ -119,7 +121,8 @@ class SpillStore:
             "CREATE TABLE joined (fpart INTEGER NOT NULL, foff INTEGER NOT NULL,"
             " apart INTEGER NOT NULL, aoff INTEGER NOT NULL, PRIMARY KEY (fpart, foff))"
             " WITHOUT ROWID;"
-            "CREATE INDEX joined_action ON joined (apart, aoff);")
+            "CREATE INDEX joined_action ON joined (apart, aoff);"
+            "BEGIN;")
 
     # -- pending impressions -----------------------------------------------------------------
 
@@ -249,5 +252,7 @@ class SpillStore:
 
     def close(self) -> None:
         """Close the database (a temporary one is deleted)."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
         self._db.close()
         self._filter.close()
