@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from monolith_ray.config import DenseFeature
 from monolith_ray.schemas import SchemaError
@@ -61,12 +60,13 @@ def dense_matrix(table: pa.Table, features: Sequence[DenseFeature]) -> np.ndarra
     raw = np.empty((n, len(features)), dtype=np.float64)
     for j, feature in enumerate(features):
         column = table.column(feature.name)
+        values = column.to_numpy().astype(np.float64, copy=False)  # nulls read NaN
         if pa.types.is_floating(column.type):
-            nan = pc.sum(pc.is_nan(column)).as_py() if n else 0
+            nan = int(np.isnan(values).sum()) - column.null_count
             if nan:
                 raise SchemaError(f"column {feature.name!r}: {nan} NaN values (a missing value "
                                   "is a null)")
-        raw[:, j] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        raw[:, j] = values
     try:
         return transformed(raw, features)
     except ValueError as err:
