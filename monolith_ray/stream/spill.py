@@ -88,8 +88,8 @@ class SpillStore:
     """Impressions, orphan actions and join records on disk (SQLite); see the module docstring.
 
     ``memory_bytes``: what the store may hold in this process: two thirds go to the
-    :class:`KeyFilter`'s counters, one third to SQLite's page cache. It is emptied when opened
-    and written with journaling and fsync off, in one transaction open until :meth:`close`
+    :class:`KeyFilter`'s counters, one third to SQLite's page cache. Its file is deleted when
+    opened and written with journaling and fsync off, in one transaction open until :meth:`close`
     (committing each write would write its pages out: 40 µs an impression instead of 10;
     SQLite moves dirty pages to the file when its cache is full). ``path=None`` uses
     SQLite's private temporary database (a temp file deleted when closed).
@@ -98,6 +98,8 @@ class SpillStore:
     def __init__(self, path: str | os.PathLike[str] | None = None,
                  memory_bytes: int = 48 << 20) -> None:
         self.path = "" if path is None else os.fspath(path)
+        if self.path and os.path.exists(self.path):
+            os.remove(self.path)  # a store left open by a crash may be torn: start afresh
         self.memory_bytes = int(memory_bytes)
         self._filter = KeyFilter(self.memory_bytes * 2 // 3)
         cache_kib = max((self.memory_bytes - self._filter.nbytes) >> 10, 64)
@@ -106,8 +108,6 @@ class SpillStore:
         self._db.executescript(
             f"PRAGMA page_size=16384; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
             f"PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=FILE;"
-            "DROP TABLE IF EXISTS pending; DROP TABLE IF EXISTS orphans;"
-            "DROP TABLE IF EXISTS joined;"
             "CREATE TABLE pending (rid TEXT NOT NULL, item TEXT NOT NULL, part INTEGER NOT NULL,"
             " off INTEGER NOT NULL, time INTEGER NOT NULL, raw BLOB NOT NULL);"
             "CREATE UNIQUE INDEX pending_key ON pending (rid, item);"

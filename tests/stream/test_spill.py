@@ -88,3 +88,15 @@ def test_join_records_give_the_oldest_needed_action_offset() -> None:
     store.drop_joined(0, 11)
     assert store.oldest_joining(0) == 7 and store.oldest_joining(2) is None
     store.close()
+
+
+def test_a_store_left_by_another_run_is_started_afresh(tmp_path) -> None:
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(b"torn by a crash" * 1000)
+    store = SpillStore(path, memory_bytes=1 << 20)
+    store.put_many([("a", "1", 0, 0, 100, b"{}")])
+    assert store.get(("a", "1")) == (0, 0, 100, b"{}")
+    store.close()
+    again = SpillStore(path, memory_bytes=1 << 20)
+    assert len(again) == 0 and again.get(("a", "1")) is None
+    again.close()
