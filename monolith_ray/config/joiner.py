@@ -27,7 +27,7 @@ class JoinerConfig:
       the on-disk store whatever their age (a backlog may be read ahead on one topic). A cap
       on top of ``memory_budget_mb``, which bounds them by their bytes.
     - ``memory_budget_mb``: what the joiner's state may take in memory (MiB): the waiting
-      impressions it holds (their messages plus ~400 B each) and the on-disk store's key
+      impressions it holds (their messages plus ~450 B each) and the on-disk store's key
       filter and page cache (three eighths of it). Beyond it the oldest impressions move to
       the on-disk store, which keeps orphan actions and the per-offset records of commits
       too, so the state in memory stays within the budget however many impressions wait.

@@ -44,9 +44,11 @@ store (its key filter and SQLite page cache, fixed sizes), the rest to the impre
 counted as they come and go (their message, request id and item id bytes plus
 ``ENTRY_BYTES`` each: :meth:`Joiner.held_bytes`). Each :meth:`Joiner.advance` moves the oldest
 beyond it to the store. Nothing else grows with what waits: orphan actions and the join
-records the action offsets need are in the store from the start, and no per-offset record
-is kept for an impression not held (a partition's oldest waiting offset is the front of its
-in-memory queue or a ``MIN()`` over the store's index). So however many impressions wait, the
+records the action offsets need are in the store from the start, and the per-offset records
+in memory are those of the impressions held (a partition's oldest waiting offset is the front
+of its in-memory queue of them or a ``MIN()`` over the store's index; the husks an impression
+leaving memory leaves in that queue and the time heap are dropped lazily, never more than
+about as many as are held, and counted). So however many impressions wait, the
 joiner holds the budget plus at most one batch read between two advances; the store on disk
 holds the rest (its message plus ~150 B of rows and indexes an impression).
 
@@ -69,13 +71,15 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from heapq import heapify, heappop, heappush
-from typing import Any
 
 import numpy as np
 
 from monolith_ray.config import JoinerConfig, KafkaTopics, LimitsConfig, SlotConfig
 from monolith_ray.messages import POSITIVE_ACTIONS, Reader, dead_letter, encode, refusal_reason
 from monolith_ray.stream.spill import Key, SpillStore
+
+Entry = tuple[int, int, int, Key, bytes]
+"""An impression held in memory: (time, partition, offset, key, features message)."""
 
 __all__ = ["ACTIONS", "COUNTERS", "FEATURES", "Joiner", "log_odds_correction", "spill_store",
            "stable_unit"]
@@ -123,13 +127,14 @@ def _labelled(feature: bytes, label_weight: bytes) -> bytes:
 
 
 # Bytes an impression held in memory takes beyond its message, request id and item id texts:
-# its list [time, partition, offset, key, message], the key tuple, the bytes and str headers,
-# two ints, its dict slot and its heap and queue pointers. Measured with tracemalloc over 200k
-# impressions held (benchmarks.joiner_replay's messages, 315 B of text each): 416 B. A husk
-# (the list left in the heap or a queue after its impression left memory, with its two ints):
-# 176 B, counted once per reference (so twice while both hold it: an overestimate).
-ENTRY_BYTES = 416
-HUSK_BYTES = 176
+# its tuple (time, partition, offset, key, message), the key tuple, the bytes and str headers,
+# two ints, its dict slot, its heap pointer and its queue's (offset, key) pair. Measured with
+# tracemalloc over 200k impressions held (benchmarks.joiner_replay's messages, 315 B of text
+# each): 456 B. A husk in a queue (the pair left after its impression left memory, with the
+# key and offset it keeps alive): 262 B with that benchmark's 13 B of ids, ~290 B with a
+# 36-character UUID request id.
+ENTRY_BYTES = 456
+QUEUE_HUSK_BYTES = 300
 _HUSKS_KEPT = 4096  # husks always tolerated before the heap and queues are rebuilt
 
 
@@ -166,14 +171,16 @@ class Joiner:
         self._window = cfg.window_s
         self._weight = 1.0 / cfg.negative_rate
         self._negative_tail = b',"label":0.0,"weight":%s}' % encode(self._weight)
-        # Impressions waiting in memory: key -> [time, partition, offset, key, message bytes];
-        # the same list in a heap by time and in its partition's queue by offset. Leaving
-        # memory (joined, emitted or spilled) empties key and message, and the heap and queue
-        # drop such husks lazily (see held_bytes).
-        self._memory: dict[Key, list[Any]] = {}
-        self._by_time: list[list[Any]] = []
-        self._queues: dict[int, deque[list[Any]]] = {}
-        self._queued = 0  # entries in the queues, husks included
+        # Impressions waiting in memory: key -> (time, partition, offset, key, message bytes),
+        # the same tuple in a heap by time, and (offset, key) in its partition's queue by
+        # offset. An impression leaves memory (joined, emitted or spilled) by leaving the
+        # dict; what it leaves in the heap or its queue (a husk) is dropped lazily (see
+        # held_bytes). Tuples of ints, strs and bytes, which Python's cyclic collector stops
+        # tracking: lists would be traversed by every full collection.
+        self._memory: dict[Key, Entry] = {}
+        self._by_time: list[Entry] = []
+        self._queues: dict[int, deque[tuple[int, Key]]] = {}
+        self._queued = 0  # (offset, key) pairs in the queues, husks included
         self._text_bytes = 0  # message, request id and item id bytes of the entries in memory
         self._next: dict[tuple[str, int], int] = {}
         self._newest: dict[tuple[str, int], int] = {}
@@ -184,11 +191,13 @@ class Joiner:
 
     def held_bytes(self) -> int:
         """The estimated bytes of the impressions held in memory: their texts plus
-        ``ENTRY_BYTES`` each, plus ``HUSK_BYTES`` per husk left in the heap or a queue (the
-        memory budget minus the spill store's share bounds it after each :meth:`advance`)."""
+        ``ENTRY_BYTES`` each, a husk in the heap (a joined impression, whole) as much as the
+        mean impression, and ``QUEUE_HUSK_BYTES`` per husk in a queue. The memory budget
+        minus the spill store's share bounds it after each :meth:`advance`."""
         live = len(self._memory)
-        husks = len(self._by_time) + self._queued - 2 * live
-        return self._text_bytes + live * ENTRY_BYTES + husks * HUSK_BYTES
+        entry = ENTRY_BYTES + (self._text_bytes // live if live else 0)
+        return (live * entry + (len(self._by_time) - live) * entry
+                + (self._queued - live) * QUEUE_HUSK_BYTES)
 
     # -- input -------------------------------------------------------------------------------
 
@@ -262,10 +271,10 @@ class Joiner:
                 counters["late_features"] += 1
                 self._negative(partition, rid, value)
                 continue
-            entry = [t, partition, offset, key, value]
+            entry = (t, partition, offset, key, value)
             memory[key] = entry
             heappush(heap, entry)
-            queue.append(entry)
+            queue.append((offset, key))
             queued += 1
             text_bytes += len(value) + len(rid) + len(key[1])
         store.add_joined(joins)
@@ -303,7 +312,6 @@ class Joiner:
                     continue
                 del memory[key]
                 freed += len(raw) + len(rid) + len(key[1])
-                waiting[3] = waiting[4] = None
             else:
                 spilled = store.get(key)
                 if spilled is None:
@@ -382,21 +390,22 @@ class Joiner:
         """Emit as negatives the impressions with time < ``expire_before``, spill the others
         with time < ``spill_before`` and the oldest beyond ``max_in_memory`` or the memory
         budget, and drop the orphans behind the watermark (``expire_before + window_s``)."""
-        memory, heap, spill = self._memory, self._by_time, []
+        self._shed_husks()
+        memory, spill = self._memory, []
+        heap = self._by_time
         limit = max(expire_before, spill_before)
         cap, room = self.cfg.max_in_memory, self._room
         while heap:
             entry = heap[0]
-            if entry[4] is not None and entry[0] >= limit and len(memory) <= cap \
-                    and self.held_bytes() <= room:
+            t, partition, offset, key, raw = entry
+            held = memory.get(key) is entry
+            if held and t >= limit and len(memory) <= cap and self.held_bytes() <= room:
                 break
             heappop(heap)
-            t, partition, offset, key, raw = entry
-            if raw is None:
+            if not held:
                 continue
             del memory[key]
             self._text_bytes -= len(raw) + len(key[0]) + len(key[1])
-            entry[3] = entry[4] = None
             if t < expire_before:
                 self._negative(partition, key[0], raw)
             else:
@@ -409,30 +418,38 @@ class Joiner:
                 self._negative(partition, rid, raw)
             self.counters["unmatched_actions"] += self._store.drop_orphans(
                 expire_before + self._window)
-        self._shed_husks()
+        self._drop_front_husks()
         self.counters["pending"] = len(memory) + len(self._store)
         self.counters["orphans"] = self._store.orphans
 
     def _drop_front_husks(self) -> None:
         """Drop the husks at the front of each queue (the oldest offsets leave memory first:
         spilled or expired), so that each front is its partition's oldest offset held."""
-        for queue in self._queues.values():
-            while queue and queue[0][4] is None:
+        memory = self._memory
+        for partition, queue in self._queues.items():
+            before = len(queue)
+            while queue:
+                offset, key = queue[0]
+                entry = memory.get(key)
+                if entry is not None and entry[2] == offset and entry[1] == partition:
+                    break
                 queue.popleft()
-                self._queued -= 1
+            self._queued -= before - len(queue)
 
     def _shed_husks(self) -> None:
-        """:meth:`_drop_front_husks`, then rebuild the heap and the queues without husks once
-        those outnumber the entries held. Each husk costs O(1) amortized, and they never hold
-        more than about half of :meth:`held_bytes`."""
-        self._drop_front_husks()
-        live = len(self._memory)
-        if len(self._by_time) > 2 * live + _HUSKS_KEPT:
-            self._by_time = [e for e in self._by_time if e[4] is not None]
+        """Rebuild the heap without husks once they are over a quarter of the entries held, and
+        the queues once theirs outnumber them. Each husk costs O(1) amortized, and they
+        never hold more than about half of :meth:`held_bytes`."""
+        memory = self._memory
+        live = len(memory)
+        if len(self._by_time) > live + live // 4 + _HUSKS_KEPT:
+            self._by_time = [e for e in self._by_time if memory.get(e[3]) is e]
             heapify(self._by_time)
         if self._queued > 2 * live + _HUSKS_KEPT:
             for partition, queue in self._queues.items():
-                self._queues[partition] = deque(e for e in queue if e[4] is not None)
+                self._queues[partition] = deque(
+                    (offset, key) for offset, key in queue
+                    if (e := memory.get(key)) is not None and e[2] == offset and e[1] == partition)
             self._queued = live
 
     def drain(self) -> None:
@@ -460,7 +477,7 @@ class Joiner:
         store = self._store
         self._drop_front_husks()
         for partition, queue in self._queues.items():
-            oldest = [o for o in (queue[0][2] if queue else None,
+            oldest = [o for o in (queue[0][0] if queue else None,
                                   store.oldest_offset(partition)) if o is not None]
             out[FEATURES, partition] = low = min(oldest, default=self._next[FEATURES, partition])
             store.drop_joined(partition, low)

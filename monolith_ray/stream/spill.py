@@ -102,6 +102,10 @@ class SpillStore:
             os.remove(self.path)  # a store left open by a crash may be torn: start afresh
         self.memory_bytes = int(memory_bytes)
         self._filter = KeyFilter(self.memory_bytes * 2 // 3)
+        # may_hold(key): False if neither an impression nor an orphan is stored under key;
+        # True if one is (and, rarely, if none is). The filter's own method, no query: one
+        # Python call a features message when anything is stored.
+        self.may_hold = self._filter.may_hold
         cache_kib = max((self.memory_bytes - self._filter.nbytes) >> 10, 64)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._n = self.orphans = 0
@@ -129,11 +133,6 @@ class SpillStore:
     def __len__(self) -> int:
         """Impressions stored."""
         return self._n
-
-    def may_hold(self, key: Key) -> bool:
-        """False if neither an impression nor an orphan is stored under ``key``; True if one
-        is (and, rarely, if none is): the filter, no query."""
-        return self._filter.may_hold(key)
 
     def __contains__(self, key: Key) -> bool:
         return self.get(key) is not None
