@@ -196,8 +196,7 @@ class Joiner:
         minus the spill store's share bounds it after each :meth:`advance`."""
         live = len(self._memory)
         entry = ENTRY_BYTES + (self._text_bytes // live if live else 0)
-        return (live * entry + (len(self._by_time) - live) * entry
-                + (self._queued - live) * QUEUE_HUSK_BYTES)
+        return len(self._by_time) * entry + (self._queued - live) * QUEUE_HUSK_BYTES
 
     # -- input -------------------------------------------------------------------------------
 

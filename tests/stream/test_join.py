@@ -482,9 +482,9 @@ class Reference:
 
 
 _step = st.one_of(
-    st.tuples(st.just(FEATURES), st.integers(0, 1), st.integers(0, 11), st.integers(0, 40),
+    st.tuples(st.just(FEATURES), st.integers(0, 1), st.integers(0, 7), st.integers(0, 40),
               st.integers(7, 8)),
-    st.tuples(st.just(ACTIONS), st.integers(0, 1), st.integers(0, 11), st.integers(0, 40),
+    st.tuples(st.just(ACTIONS), st.integers(0, 1), st.integers(0, 7), st.integers(0, 40),
               st.integers(7, 8), st.sampled_from(["click", "click", "skip"])),
     st.just(("advance",)))
 
