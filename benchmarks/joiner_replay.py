@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from monolith_ray.config import JoinerConfig, SlotConfig
+from monolith_ray.config import DenseFeature, JoinerConfig, SlotConfig
 from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner
 
 N_IMPRESSIONS = 10_000_000
@@ -141,15 +141,17 @@ def _reset_peak() -> bool:
 
 def replay(messages: Iterable[Batch], budget_mb: int = JoinerConfig.memory_budget_mb,
            cfg: JoinerConfig | None = None, slots: Sequence[SlotConfig] | None = None,
-           commit_interval_s: float = 5.0) -> dict[str, Any]:
+           commit_interval_s: float = 5.0,
+           dense: Sequence[DenseFeature] | None = None) -> dict[str, Any]:
     """Feed ``messages`` to a Joiner with ``cfg`` (default: the default config) and memory
     budget ``budget_mb``, as ``StreamJoiner`` would -> the figures of the module docstring.
-    ``slots``: the slots the messages use (default :func:`production_slots`)."""
+    ``slots``, ``dense``: the slots and dense features the messages use (default
+    :func:`production_slots`, none)."""
     cfg = dataclasses.replace(cfg or JoinerConfig(), memory_budget_mb=budget_mb)
     reset = _reset_peak()
     base_kib = _status_kib("VmRSS") or 0
     base_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    joiner = Joiner(cfg, slots=production_slots() if slots is None else slots)
+    joiner = Joiner(cfg, slots=production_slots() if slots is None else slots, dense=dense)
     seen: list[tuple[str, int]] = []
     examples = held = 0
     commit_max = 0.0

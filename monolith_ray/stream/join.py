@@ -74,7 +74,13 @@ from heapq import heapify, heappop, heappush
 
 import numpy as np
 
-from monolith_ray.config import JoinerConfig, KafkaTopics, LimitsConfig, SlotConfig
+from monolith_ray.config import (
+    DenseFeature,
+    JoinerConfig,
+    KafkaTopics,
+    LimitsConfig,
+    SlotConfig,
+)
 from monolith_ray.messages import POSITIVE_ACTIONS, Reader, dead_letter, encode, refusal_reason
 from monolith_ray.stream.spill import Key, SpillStore
 
@@ -160,10 +166,12 @@ class Joiner:
 
     def __init__(self, cfg: JoinerConfig, topics: KafkaTopics | None = None,
                  store: SpillStore | None = None, slots: Sequence[SlotConfig] | None = None,
-                 limits: LimitsConfig | None = None) -> None:
+                 limits: LimitsConfig | None = None,
+                 dense: Sequence[DenseFeature] | None = None) -> None:
         self.cfg = cfg
         known = None if slots is None else {s.name: s for s in slots}
-        self._reader = Reader(known, limits if limits is not None else LimitsConfig())
+        self._reader = Reader(known, limits if limits is not None else LimitsConfig(),
+                              None if dense is None else {f.name: f for f in dense})
         topics = topics or KafkaTopics()
         self._topic = {FEATURES: topics.features, ACTIONS: topics.actions}
         self._store = store if store is not None else spill_store(cfg)

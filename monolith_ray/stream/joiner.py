@@ -37,7 +37,14 @@ from confluent_kafka import (
 )
 
 from monolith_ray import metrics
-from monolith_ray.config import Config, JoinerConfig, KafkaConfig, LimitsConfig, SlotConfig
+from monolith_ray.config import (
+    Config,
+    DenseFeature,
+    JoinerConfig,
+    KafkaConfig,
+    LimitsConfig,
+    SlotConfig,
+)
 from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner, spill_store
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
 
@@ -93,7 +100,8 @@ class StreamJoiner:
     def __init__(self, kafka: KafkaConfig, cfg: JoinerConfig, index: int = 0,
                  count: int | None = None, timeout_s: float = 30.0,
                  slots: Sequence[SlotConfig] | None = None,
-                 limits: LimitsConfig | None = None) -> None:
+                 limits: LimitsConfig | None = None,
+                 dense: Sequence[DenseFeature] | None = None) -> None:
         count = cfg.n_joiners if count is None else count
         if not 0 <= index < count:
             raise ValueError(f"joiner index must be in [0, {count}), got {index}")
@@ -107,7 +115,7 @@ class StreamJoiner:
             os.makedirs(cfg.spill_dir, exist_ok=True)
             store = spill_store(cfg, os.path.join(cfg.spill_dir,
                                                   f"joiner-{index}-of-{count}.sqlite"))
-        self._core = Joiner(cfg, kafka.topics, store, slots, limits)
+        self._core = Joiner(cfg, kafka.topics, store, slots, limits, dense)
         self._kinds = self._assign()
         self._n_examples = len(self._partitions(self._topics.examples))
         self._caught_up = dict.fromkeys(self._kinds, False)
@@ -306,7 +314,8 @@ def start_joiners(cfg: Config, n: int | None = None) -> list[Any]:
 
     n = cfg.joiner.n_joiners if n is None else n
     return [JoinerActor.options(num_cpus=cfg.joiner.cpus, **actor_options(cfg.supervision))
-            .remote(cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits)
+            .remote(cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits,
+                    dense=cfg.dense)
             for k in range(n)]
 
 
