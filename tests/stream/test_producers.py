@@ -49,7 +49,7 @@ def test_movielens_replay_matches_the_parquet_examples() -> None:
         else:
             assert value_ids(raw).tolist() == parquet[name]
     for f in features[:100]:
-        assert parse_feature(f) == {**f, "context": {}}
+        assert parse_feature(f) == {**f, "context": {}, "dense": {}}
     clicks = {e.key: e for e in events if e.topic == ACTIONS}
     labels = [float(f["request_id"] in clicks) for f in features]
     assert labels == parquet["label"]
