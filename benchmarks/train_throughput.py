@@ -154,16 +154,22 @@ class ThroughputTrainer(Trainer):
         return len(batches)
 
     def epoch(self) -> dict[str, Any]:
-        """One pass over the loaded batches -> examples, steps, wall seconds and per call kind
-        the seconds spent submitting and waiting."""
+        """One pass over the loaded batches -> examples, steps, wall seconds, per call kind
+        the seconds spent submitting and waiting, and the first step's seconds and examples
+        (as ``Trainer.fit`` reports them)."""
         before = self._call_seconds()
         start, examples, steps = time.perf_counter(), 0, 0
+        first: tuple[float, int] | None = None
         for m in self.loop.train(self.batches):
             examples += m["examples"]
             steps += 1
+            if first is None:
+                first = (time.perf_counter() - start, examples)
         seconds = time.perf_counter() - start
         calls = {k: v - before.get(k, 0.0) for k, v in self._call_seconds().items()}
-        return {"examples": examples, "steps": steps, "seconds": seconds, "calls": calls}
+        first_s, first_examples = first if first is not None else (seconds, examples)
+        return {"examples": examples, "steps": steps, "seconds": seconds, "calls": calls,
+                "first_step_s": first_s, "first_step_examples": first_examples}
 
     def _call_seconds(self) -> dict[str, float]:
         out: dict[str, float] = {}

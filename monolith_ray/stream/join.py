@@ -17,7 +17,8 @@ are never encoded again.
 clock is the oldest of these over the *active* partitions: those with unread records (so a
 backlog read faster on one topic than the other cannot expire impressions whose actions are
 merely unread) or with a record in the last ``idle_partition_s`` (so a live topic that
-arrives a little behind the other holds the clock back too). When none is active, it is the
+arrives a little behind the other holds the clock back too; a partition the joiner has not
+heard from yet counts as heard from when it starts). When none is active, it is the
 newest over all partitions, so a partition that has gone quiet stops nothing. The watermark is
 the clock minus ``allowed_lateness_s``. Windows never read the wall clock, so a backlog
 replayed at any speed gives the same examples; the wall clock only decides when a partition

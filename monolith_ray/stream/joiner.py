@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import threading
 import time
@@ -119,7 +118,10 @@ class StreamJoiner:
         self._kinds = self._assign()
         self._n_examples = len(self._partitions(self._topics.examples))
         self._caught_up = dict.fromkeys(self._kinds, False)
-        self._last_record = dict.fromkeys(self._kinds, -math.inf)
+        # A partition with no record yet counts as heard from at the start, so it holds the
+        # clock back for idle_partition_s: a first poll that finds only actions (their
+        # features not fetched yet) must not move the clock past the impressions to come.
+        self._last_record = dict.fromkeys(self._kinds, time.monotonic())
         self._last_commit = self._last_report = time.monotonic()
         self._reported = metrics.Deltas()
         self._read_to: dict[tuple[str, int], int] = {}  # the offset after the last one read

@@ -134,9 +134,12 @@ class Trainer:
 
     def fit(self, split: Any, epochs: int) -> dict[str, Any]:
         """Train ``epochs`` passes over ``split`` (a Ray ``DataIterator``) -> a summary:
-        steps, examples, seconds, examples_per_s (over the whole fit) and the last loss. The
-        positions stepped on start empty with each call."""
+        steps, examples, seconds, examples_per_s (over the whole fit), the last loss, and
+        ``first_step_s`` / ``first_step_examples``: seconds until the first step was done (the
+        dataset starting and the first batch arriving included) and its examples, which
+        steady-state rates leave out. The positions stepped on start empty with each call."""
         start, examples, loss = time.perf_counter(), 0, float("nan")
+        first: tuple[float, int] | None = None
         queued: collections.deque[OffsetCoverage] = collections.deque()
         with self._lock:
             self._fitting, self._stepped, self._landed = True, OffsetCoverage(), OffsetCoverage()
@@ -146,6 +149,8 @@ class Trainer:
                     self._stepped.update(queued.popleft())
                     examples += m["examples"]
                     loss = m["loss"]
+                    if first is None:
+                        first = (time.perf_counter() - start, examples)
                     if self._asked.is_set():
                         self._land()
             self._land()
@@ -154,8 +159,10 @@ class Trainer:
                 self._fitting = False
             self._answered.set()
         seconds = time.perf_counter() - start
+        first_s, first_examples = first if first is not None else (seconds, examples)
         return {"steps": self.loop.steps, "examples": examples, "seconds": seconds,
                 "examples_per_s": examples / max(seconds, 1e-9), "loss": loss,
+                "first_step_s": first_s, "first_step_examples": first_examples,
                 "dense_version": getattr(self.loop, "dense_version", None)}
 
     def landed(self) -> dict[int, list[tuple[int, int]]]:
@@ -175,15 +182,21 @@ class Trainer:
     def _land(self) -> None:
         """Wait for every push in flight, publish the local dense state: every step so far is
         in the servers, and its positions have landed."""
+        self._publish()
+        with self._lock:
+            self._landed.update(self._stepped)
+            self._asked.clear()
+        self._answered.set()
+
+    def _publish(self) -> None:
+        """Wait for every push in flight and, when this trainer owns the dense parameters,
+        publish them with their optimizer state to the dense server (where snapshots and
+        serving read them): every step so far is then in the servers."""
         self.loop.flush()
         if self._publish_to is not None:
             self.loop.dense_version = self.loop.steps
             call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
                  jax.tree.map(np.asarray, self.loop.opt_state), self.loop.steps)
-        with self._lock:
-            self._landed.update(self._stepped)
-            self._asked.clear()
-        self._answered.set()
 
     def evaluate(self, dataset: Any) -> dict[str, float]:
         """AUC and log loss on a Ray ``Dataset`` with the newest dense parameters."""

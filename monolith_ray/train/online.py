@@ -24,7 +24,9 @@ Why a restore never skips an example (offsets never run ahead of the parameters)
 
 1. A trainer counts a batch's offsets (``monolith_ray.data.offsets``) as committed only once
    its pushes have landed: every ``online.commit_every_steps`` steps it waits for the pushes
-   in flight (``TrainLoop.flush``) and commits the offsets of the steps before.
+   in flight (``TrainLoop.flush``) and commits the offsets of the steps before. A job's only
+   trainer owns the dense parameters, as the batch job's does (no dense round trip a step),
+   and publishes them to the dense server before each such commit.
 2. A snapshot first collects the offsets every trainer has committed, then writes the
    parameters (which by then hold at least those steps) and the offsets: for each partition
    the end of the run of trained offsets from its start, so a block still in flight at another
@@ -98,8 +100,8 @@ class StreamTrainer(Trainer):
     runs two calls at once (``max_concurrency=2``): ``consume`` trains while
     ``drain_committed`` hands the committed offsets to a snapshot."""
 
-    def __init__(self, cfg: Config, shards: Any, dense: Any) -> None:
-        super().__init__(cfg, shards, dense)
+    def __init__(self, cfg: Config, shards: Any, dense: Any, local_dense: bool = False) -> None:
+        super().__init__(cfg, shards, dense, local_dense)
         self._lock = threading.Lock()
         self._committed = OffsetCoverage()
         self._stepped = OffsetCoverage()
@@ -108,23 +110,31 @@ class StreamTrainer(Trainer):
     def consume(self, source: Any, epochs: int = 1) -> dict[str, Any]:
         """Train ``epochs`` passes over ``source`` (a Ray ``DataIterator`` of rows with the
         source columns: a Kafka stream or a dump), committing offsets as the module docstring
-        says -> ``{"steps", "examples", "seconds", "examples_per_s", "loss"}`` of this call
-        (all committed when it returns)."""
+        says -> ``{"steps", "examples", "seconds", "examples_per_s", "loss", "first_step_s",
+        "first_step_examples"}`` of this call (all committed when it returns);
+        ``first_step_s``: seconds until the first step was done (the source starting and the
+        first batch arriving included), which steady-state rates leave out."""
         every = self.cfg.online.commit_every_steps
         start, steps, examples, loss = time.perf_counter(), 0, 0, float("nan")
+        first: tuple[float, int] | None = None
         self._queued.clear()
         for _ in range(epochs):
             for m in self.loop.train(self._tracked(source)):
                 offsets, short = self._queued.popleft()
                 self._stepped.update(offsets)
                 steps, examples, loss = steps + 1, examples + m["examples"], m["loss"]
+                if first is None:
+                    first = (time.perf_counter() - start, examples)
                 if steps % every == 0 or short:
-                    self.loop.flush()
+                    self._publish()
                     self._commit()
+            self._publish()
             self._commit()
         seconds = time.perf_counter() - start
+        first_s, first_examples = first if first is not None else (seconds, examples)
         return {"steps": steps, "examples": examples, "seconds": seconds,
-                "examples_per_s": examples / max(seconds, 1e-9), "loss": loss}
+                "examples_per_s": examples / max(seconds, 1e-9), "loss": loss,
+                "first_step_s": first_s, "first_step_examples": first_examples}
 
     def drain_committed(self) -> dict[int, list[tuple[int, int]]]:
         """The offset ranges committed since the last call (and forget them)."""
@@ -278,7 +288,9 @@ class OnlineTraining:
     def _start_trainers(self) -> list[Any]:
         actor = ray.remote(StreamTrainer).options(**trainer_options(self.cfg),
                                                   max_concurrency=2)
-        return [actor.remote(self.cfg, self.shards, self.dense)
+        # A single trainer owns the dense parameters, as in the batch job: no dense round trip
+        # a step; it publishes them to the dense server before each commit of offsets.
+        return [actor.remote(self.cfg, self.shards, self.dense, self.cfg.train.n_trainers == 1)
                 for _ in range(self.cfg.train.n_trainers)]
 
     def offsets(self) -> dict[int, int]:

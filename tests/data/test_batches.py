@@ -84,3 +84,22 @@ def test_iter_batches_slices_in_order():
     sizes = [len(b) for b in iter_batches(table, SLOTS, 5)]
     assert sizes == [5, 5, 2]
     assert example_schema(SLOTS).names == ["time", "label", "weight", "user", "tags"]
+
+
+def test_batches_of_many_full_slots_match_a_per_slot_reference():
+    """Single-valued slots that every example fills are hashed and ranked together; the
+    result is what each slot alone gives: its sorted distinct fids and each example's row."""
+    rng = np.random.default_rng(3)
+    slots = tuple(SlotConfig(name=f"s{k}", slot_id=k + 1, dim=4) for k in range(6))
+    n = 300
+    columns = {"time": pa.array(np.arange(n), pa.int64()),
+               "label": pa.array(np.zeros(n, np.float32)),
+               "weight": pa.array(np.ones(n, np.float32))}
+    for k, slot in enumerate(slots):
+        columns[slot.name] = pa.array(rng.zipf(1.3, n) % (10 ** k + 1), pa.int64())
+    batch = make_batch(pa.table(columns), slots)
+    for slot in slots:
+        fids = make_fids(slot.slot_id, columns[slot.name].to_numpy())
+        unique, inverse = np.unique(fids, return_inverse=True)
+        np.testing.assert_array_equal(batch.fids[slot.name], unique)
+        np.testing.assert_array_equal(batch.idx[slot.name][:, 0], inverse)
