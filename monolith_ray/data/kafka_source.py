@@ -64,10 +64,8 @@ Tansu, under-reports: ``monolith_ray.stream.kafka``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import gc
 import logging
 import operator
 import time
@@ -90,6 +88,7 @@ from monolith_ray.config import DenseFeature, KafkaConfig, LimitsConfig, SlotCon
 from monolith_ray.data.dead_letters import DeadLetterWriter
 from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, SOURCE_FIELDS
 from monolith_ray.data.slot_columns import ExampleDecoder
+from monolith_ray.gc_pause import gc_paused
 from monolith_ray.messages import refusal_reason
 from monolith_ray.schemas import example_schema
 from monolith_ray.stream.kafka import librdkafka_config
@@ -277,7 +276,7 @@ class KafkaExampleReader:
                 consumer.pause(done)
                 paused.update(tp.partition for tp in done)
             messages = _consume(consumer, budget, spec.poll_timeout_ms / 1000)
-            with _gc_paused():
+            with gc_paused():
                 rows = self._take(messages, stops, time.time())
                 table = self._table(rows, uncovered) if rows is not None and len(rows) else None
             if stops and None in stops.values():
@@ -389,21 +388,6 @@ def consumer_config(kafka: KafkaConfig, fetch_wait_ms: int) -> dict[str, Any]:
             "max.partition.fetch.bytes": _PARTITION_FETCH_BYTES,
             "fetch.max.bytes": _FETCH_BYTES, "queued.max.messages.kbytes": _QUEUED_KBYTES,
             "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS}
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector (if on) while a micro-batch is converted: the
-    tuples and lists of its values form no cycles and are gone after it, but the collections
-    their allocation triggers walked the process's objects, 40% of the conversion's time."""
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _consume(consumer: Consumer, budget: int, timeout_s: float) -> list[Message]:

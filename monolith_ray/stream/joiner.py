@@ -17,8 +17,6 @@ takes partitions p with ``p % n == k`` of both, and every join is local to one j
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import threading
 import time
@@ -44,27 +42,11 @@ from monolith_ray.config import (
     LimitsConfig,
     SlotConfig,
 )
+from monolith_ray.gc_pause import gc_paused
 from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner, spill_store
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
 
 __all__ = ["JoinerActor", "StreamJoiner", "run_joiners", "start_joiners"]
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector (if on) for a poll. A batch's consumer messages
-    and records live until it is joined and form no cycles, but a collection in the middle
-    moves them to older generations, whose full collections (of every object in the process)
-    took a fifth of the joiner's time; after the poll they are gone and the impressions kept
-    (tuples of ints and bytes) are untracked by the next young collection."""
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
 
 
 # librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1000 ms by
@@ -164,8 +146,8 @@ class StreamJoiner:
 
         A batch is what the consumer holds, up to ``max_poll_records``: waiting for a full one
         would hold the last records of a burst for the whole timeout. Python's cyclic garbage
-        collector pauses meanwhile (see :func:`_gc_paused`)."""
-        with _gc_paused():
+        collector pauses meanwhile (see :func:`monolith_ray.gc_pause.gc_paused`)."""
+        with gc_paused():
             consume, limit = self._consumer.consume, self.cfg.max_poll_records
             messages = consume(limit, 0)
             if not messages:
