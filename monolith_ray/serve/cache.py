@@ -18,19 +18,23 @@ Design:
   rows densely and reuses erased ones, and never holds more than ``capacity_rows`` keys, so its
   rows are the entries themselves and stay below the bound.
 - **Policies**: ``"lru"``, least recently used out first: a doubly linked list over the
-  entries (two int32 arrays), O(1) per id. ``"tinylfu"``: the same LRU list, with TinyLFU
-  admission (Einziger, Friedman & Manes 2017): a count-min sketch (4 rows of saturating uint8
-  counters, 4 to 8 bytes per cached row) counts every looked-up id and is halved every 10
-  counts per counter of a row (10 to 20 x ``capacity_rows``), so that popularity ages; once the cache is full a missed id is
-  cached only if it has been seen more often than the LRU victim it would replace, so a burst
-  of one-off ids cannot flush the rows that are asked for again and again.
+  entries (int32 links), O(1) per id. ``"tinylfu"``, W-TinyLFU (Einziger, Friedman & Manes
+  2017, as in Caffeine but with a fixed window and a plain LRU main list): new rows enter a
+  window LRU of 1% of the rows; the window's oldest then competes for the main LRU list with
+  that list's oldest, and the one a frequency sketch has seen more often stays. The sketch
+  is a count-min sketch (4 rows of 2**ceil(log2 capacity) counters, uint8 saturating at 15,
+  conservative update: 4 to 8 bytes per row) counting every looked-up id, halved after 4
+  counts per counter of a row so that old popularity fades. A burst of one-off ids passes
+  through the window and cannot flush the rows asked for again and again; an id that turns
+  hot earns its place within a few halvings.
 - **Memory**: every array is allocated at construction for ``capacity_rows`` and never grows;
-  ``nbytes`` is what is allocated: rows, entry keys, the LRU links, the map (16 bytes a row
-  at its 0.8 maximum load) and the sketch.
+  ``nbytes`` is what is allocated: rows, entry keys, the LRU links and list flags, the map (16
+  bytes a row at its 0.8 maximum load, its free list allocated up front) and the sketch.
+  float16 rows of dim 16: about 70 bytes a row for lru, 76 for tinylfu.
 - **Cost**: per id, a lookup is one map find (a cache line), a gather of one row and an LRU
   relink (plus four sketch counters for tinylfu); a fill adds a map insert. No Python runs per
-  id: each call is a few NumPy operations and Numba loops over the batch, so a request costs a
-  fixed ~10 µs of calls plus well under 1 µs per id (``python -m benchmarks.cache_policy``).
+  id: each call is a fixed number of NumPy operations and Numba loops over the batch
+  (``python -m benchmarks.cache_policy`` measures µs per id at 200k and 1M rows).
 
 Threads: every method, ``lookup`` included, mutates shared state (the LRU order, the sketch,
 the counters). The caller must hold one lock around each call (the replica's lock around
@@ -55,9 +59,12 @@ Policy = Literal["lru", "tinylfu"]
 POLICIES: tuple[str, ...] = ("lru", "tinylfu")
 
 _MAP_LOAD = 0.8  # the index is sized so capacity_rows keys fill it to this load: it never grows
+_MAP_MIN = 256  # keys the index is sized for at least: a tiny map can fail to place a key
 _SKETCH_DEPTH = 4
+_COUNT_MAX = 15  # counters saturate here, as 4-bit ones: a once-hot id fades in a few halvings
 _SKETCH_MIN_BITS = 10  # a sketch row has 2**bits counters, one or two per cached row
-_AGE_EVERY = 10  # the sketch is halved after this many counts per sketch row's counter
+_WINDOW = 0.01  # W-TinyLFU's window: this share of the rows, admitted without a test
+_AGE_EVERY = 4  # the sketch is halved after this many counts per counter of a sketch row
 _HASH = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                   0xD6E8FEB86659FD93], dtype=np.uint64)
 
@@ -71,31 +78,39 @@ def _unlink(prev: np.ndarray, nxt: np.ndarray, e: np.int64) -> None:
     nxt[e] = -1
 
 
+@nb.njit(inline="always")
+def _push(prev: np.ndarray, nxt: np.ndarray, e: np.int64, head: np.int64) -> None:
+    first = nxt[head]
+    nxt[e] = first
+    prev[e] = head
+    prev[first] = e
+    nxt[head] = e
+
+
 @nb.njit(cache=True, nogil=True)
-def _touch(prev: np.ndarray, nxt: np.ndarray, entries: np.ndarray) -> None:
-    """Move each entry >= 0 to the most recent end (linking it if it is not in the list).
-    The list's head is the sentinel ``len - 1``: nxt[head] is the newest, prev[head] the
-    oldest."""
-    head = prev.shape[0] - 1
+def _touch(prev: np.ndarray, nxt: np.ndarray, main: np.ndarray, entries: np.ndarray) -> None:
+    """Move each entry >= 0 to the most recent end of its list (linking it if it is in
+    none). Two lists share the links: the window's head is the sentinel ``C`` and the main
+    one's ``C + 1`` (``C`` entries); nxt[head] is a list's newest entry, prev[head] its
+    oldest. ``main[e]`` says which list entry e is in."""
+    window = main.shape[0]
     for i in range(entries.shape[0]):
         e = entries[i]
-        if e < 0:
-            continue
-        if prev[e] >= 0:
-            _unlink(prev, nxt, e)
-        first = nxt[head]
-        nxt[e] = first
-        prev[e] = head
-        prev[first] = e
-        nxt[head] = e
+        if e >= 0:
+            if prev[e] >= 0:
+                _unlink(prev, nxt, e)
+            _push(prev, nxt, e, window + main[e])
 
 
 @nb.njit(cache=True, nogil=True)
-def _drop(prev: np.ndarray, nxt: np.ndarray, entries: np.ndarray) -> None:
+def _drop(prev: np.ndarray, nxt: np.ndarray, main: np.ndarray, in_window: np.ndarray,
+          entries: np.ndarray) -> None:
     """Unlink each entry >= 0 (erased from the index)."""
     for i in range(entries.shape[0]):
-        if entries[i] >= 0:
-            _unlink(prev, nxt, entries[i])
+        e = entries[i]
+        if e >= 0:
+            _unlink(prev, nxt, e)
+            in_window[0] -= 1 - main[e]
 
 
 @nb.njit(inline="always")
@@ -105,7 +120,7 @@ def _cell(key: np.int64, d: int, shift: np.uint64) -> np.int64:
 
 @nb.njit(inline="always")
 def _estimate(sketch: np.ndarray, key: np.int64, shift: np.uint64) -> np.int64:
-    low = np.int64(255)
+    low = np.int64(_COUNT_MAX)
     for d in range(_SKETCH_DEPTH):
         low = min(low, np.int64(sketch[d, _cell(key, d, shift)]))
     return low
@@ -119,7 +134,7 @@ def _count(sketch: np.ndarray, shift: np.uint64, counted: np.ndarray, keys: np.n
     sketch is uint8 (depth, 2**(64 - shift))."""
     for i in range(keys.shape[0]):
         low = _estimate(sketch, keys[i], shift)
-        if low < 255:
+        if low < _COUNT_MAX:
             for d in range(_SKETCH_DEPTH):
                 c = _cell(keys[i], d, shift)
                 if sketch[d, c] == low:
@@ -133,29 +148,53 @@ def _count(sketch: np.ndarray, shift: np.uint64, counted: np.ndarray, keys: np.n
 
 
 @nb.njit(cache=True, nogil=True)
-def _admit(prev: np.ndarray, nxt: np.ndarray, entry_key: np.ndarray, sketch: np.ndarray,
-           shift: np.uint64, keys: np.ndarray, free: np.int64, admitted: np.ndarray,
+def _admit(prev: np.ndarray, nxt: np.ndarray, main: np.ndarray, in_window: np.ndarray,
+           window_cap: np.int64, entry_key: np.ndarray, sketch: np.ndarray, shift: np.uint64,
+           keys: np.ndarray, free: np.int64, admitted: np.ndarray,
            victims: np.ndarray) -> np.int64:
-    """Decide which of ``keys`` (absent, distinct) enter: the first ``free`` do, then each
-    takes the LRU victim's entry if the sketch (when it has one) has seen it more often than
-    the victim. Victims are unlinked and their keys written to ``victims`` -> victim count."""
-    head = prev.shape[0] - 1
+    """Decide which of ``keys`` (absent, distinct) enter the window; victims are unlinked and
+    their keys written to ``victims`` -> victim count. While there is room every key enters,
+    and the window's oldest moves to the main list past ``window_cap``. Then, without a
+    sketch (LRU), each key takes the window's oldest entry. With one (W-TinyLFU), the
+    window's oldest (or, if the window is empty, the key itself) is a candidate for the main
+    list against the main list's oldest: the one the sketch has seen more often stays (a tie
+    keeps the resident). Keys of this call are linked only after it, so they never evict
+    each other: one with no window entry to displace and no main victim is refused."""
+    window, main_head = main.shape[0], main.shape[0] + 1
     lfu = sketch.shape[1] > 0
     n_victims = 0
     for i in range(keys.shape[0]):
+        admitted[i] = True
+        oldest = prev[window]
         if free > 0:
             free -= 1
-            admitted[i] = True
+            in_window[0] += 1
+            if in_window[0] > window_cap and oldest != window:
+                _unlink(prev, nxt, oldest)
+                main[oldest] = 1
+                _push(prev, nxt, oldest, main_head)
+                in_window[0] -= 1
             continue
-        victim = prev[head]
-        if victim == head or (lfu and _estimate(sketch, keys[i], shift)
-                              <= _estimate(sketch, entry_key[victim], shift)):
-            admitted[i] = False
-            continue
-        _unlink(prev, nxt, victim)
+        victim = prev[main_head]
+        if oldest == window:
+            if (victim == main_head or not lfu
+                    or _estimate(sketch, keys[i], shift)
+                    <= _estimate(sketch, entry_key[victim], shift)):
+                admitted[i] = False
+                continue
+            _unlink(prev, nxt, victim)
+            in_window[0] += 1
+        elif (lfu and victim != main_head and _estimate(sketch, entry_key[oldest], shift)
+              > _estimate(sketch, entry_key[victim], shift)):
+            _unlink(prev, nxt, victim)
+            _unlink(prev, nxt, oldest)
+            main[oldest] = 1
+            _push(prev, nxt, oldest, main_head)
+        else:
+            victim = oldest
+            _unlink(prev, nxt, victim)
         victims[n_victims] = entry_key[victim]
         n_victims += 1
-        admitted[i] = True
     return n_victims
 
 
@@ -181,8 +220,12 @@ class RowCache:
         self._slot_ids = {s.name: s.slot_id for s in slots}
         self._rows = np.zeros((self.capacity, max(self.widths.values())), dtype=self.dtype)
         self._keys = np.zeros(self.capacity, dtype=np.int64)
-        self._prev = np.empty(self.capacity + 1, dtype=np.int32)
-        self._next = np.empty(self.capacity + 1, dtype=np.int32)
+        self._prev = np.empty(self.capacity + 2, dtype=np.int32)
+        self._next = np.empty(self.capacity + 2, dtype=np.int32)
+        self._main = np.zeros(self.capacity, dtype=np.int8)
+        self._in_window = np.zeros(1, dtype=np.int64)
+        self._window_cap = (max(1, int(_WINDOW * self.capacity)) if policy == "tinylfu"
+                            else self.capacity)
         bits = (max(_SKETCH_MIN_BITS, int(np.ceil(np.log2(self.capacity))))
                 if policy == "tinylfu" else 0)
         self._sketch = np.zeros((_SKETCH_DEPTH if bits else 0, (1 << bits) if bits else 0),
@@ -194,7 +237,7 @@ class RowCache:
 
     def clear(self) -> None:
         """Drop every row (the version, sketch and counters are kept)."""
-        self._index = CuckooMap(capacity=self.capacity, max_load=_MAP_LOAD)
+        self._index = CuckooMap(capacity=max(self.capacity, _MAP_MIN), max_load=_MAP_LOAD)
         # Every entry handed out once and erased: the map's free list is allocated now at its
         # full size, not grown later by erasures (which only ever erase held keys).
         placeholders = np.arange(self.capacity, dtype=np.int64)
@@ -202,7 +245,9 @@ class RowCache:
         self._index.erase(placeholders)
         self._prev[:] = -1
         self._next[:] = -1
-        self._prev[-1] = self._next[-1] = self.capacity
+        for head in (self.capacity, self.capacity + 1):
+            self._prev[head] = self._next[head] = head
+        self._in_window[0] = 0
 
     def __len__(self) -> int:
         return self._index.size
@@ -211,7 +256,7 @@ class RowCache:
     def nbytes(self) -> int:
         """Bytes allocated: rows, entry keys, LRU links, index and sketch."""
         return (self._rows.nbytes + self._keys.nbytes + self._prev.nbytes + self._next.nbytes
-                + self._index.nbytes + self._sketch.nbytes)
+                + self._main.nbytes + self._index.nbytes + self._sketch.nbytes)
 
     def lookup(self, slot: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cached rows of ``slot``'s fids int64 (n,) -> (float32 (n, D+1), hit bool (n,));
@@ -221,7 +266,7 @@ class RowCache:
         hit = at >= 0
         out = np.zeros((keys.shape[0], self.widths[slot]), dtype=np.float32)
         out[hit] = self._rows[at[hit], :self.widths[slot]]
-        _touch(self._prev, self._next, at)
+        _touch(self._prev, self._next, self._main, at)
         if self._sketch.size:
             _count(self._sketch, self._shift, self._counted, keys,
                    _AGE_EVERY * self._sketch.shape[1])
@@ -240,19 +285,21 @@ class RowCache:
         at = self._index.find(keys)
         held = at >= 0
         self._rows[at[held], :self.widths[slot]] = rows[held]
-        _touch(self._prev, self._next, at)
+        _touch(self._prev, self._next, self._main, at)
         new, first = np.unique(keys[~held], return_index=True)
         order = np.argsort(first)  # the fill's own order: its last id is the most recent
         new, first = new[order], first[order]
         admitted = np.empty(new.shape[0], dtype=np.bool_)
         victims = np.empty(new.shape[0], dtype=np.int64)
-        n_victims = _admit(self._prev, self._next, self._keys, self._sketch, self._shift, new,
+        n_victims = _admit(self._prev, self._next, self._main, self._in_window,
+                           self._window_cap, self._keys, self._sketch, self._shift, new,
                            self.capacity - len(self), admitted, victims)
         self._index.erase(victims[:n_victims])
         entries, _ = self._index.find_or_insert(new[admitted])
         self._rows[entries, :self.widths[slot]] = rows[~held][first[admitted]]
         self._keys[entries] = new[admitted]
-        _touch(self._prev, self._next, entries)
+        self._main[entries] = 0
+        _touch(self._prev, self._next, self._main, entries)
         self.evictions += int(n_victims)
         self.rejected += int(new.shape[0] - entries.shape[0])
         return int(entries.shape[0])
@@ -265,7 +312,7 @@ class RowCache:
         for slot, gone in update.evicted.items():
             keys = self._keys_of(slot, gone)
             held = np.unique(keys[self._index.find(keys) >= 0])
-            _drop(self._prev, self._next, self._index.erase(held))
+            _drop(self._prev, self._next, self._main, self._in_window, self._index.erase(held))
             self.dropped += int(held.shape[0])
         for slot, ids in update.ids.items():
             keys = self._keys_of(slot, ids)
