@@ -176,3 +176,16 @@ def test_stats_add_up() -> None:
     assert stats["rejected"] == 1
     assert stats["rows"] == 9 - stats["evictions"] - stats["rejected"]
     assert stats["bytes"] == cache.nbytes >= 5 * 5 * 2
+
+
+def test_tinylfu_window_takes_a_new_id_when_full() -> None:
+    cache = RowCache(SLOTS, 200, "float32", "tinylfu")
+    old = _fids(2, range(200))
+    for _ in range(3):
+        cache.lookup("item_id", old)
+    cache.fill("item_id", old, _rows_for(old))
+    new = _fids(2, [1000])
+    cache.lookup("item_id", new)
+    assert cache.fill("item_id", new, _rows_for(new)) == 1  # into the window, seen once
+    assert cache.lookup("item_id", new)[1][0] and len(cache) == 200
+    assert cache.stats()["evictions"] == 1
