@@ -38,8 +38,10 @@ Design:
 
 Threads: every method, ``lookup`` included, mutates shared state (the LRU order, the sketch,
 the counters). The caller must hold one lock around each call (the replica's lock around
-scoring and apply); a lookup and the ``fill`` of its misses need not share one hold, since
-another call between them only changes which rows are cached.
+scoring and apply). A lookup and the ``fill`` of its misses need not share one hold (the
+shard fetch between them should not run under the lock), provided ``fill`` is told the sync
+version the shards answered at: an ``apply`` in between skips the ids not yet cached, so rows
+read before it are not cached.
 """
 
 from __future__ import annotations
@@ -233,6 +235,7 @@ class RowCache:
         self._shift = np.uint64(64 - bits)
         self._counted = np.zeros(1, dtype=np.int64)
         self.hits = self.misses = self.evictions = self.rejected = self.dropped = 0
+        self.stale = 0
         self.clear()
 
     def clear(self) -> None:
@@ -275,13 +278,19 @@ class RowCache:
         self.misses += keys.shape[0] - n_hits
         return out, hit
 
-    def fill(self, slot: str, ids: np.ndarray, rows: np.ndarray) -> int:
+    def fill(self, slot: str, ids: np.ndarray, rows: np.ndarray,
+             version: int | None = None) -> int:
         """Cache fetched rows (k, D+1) of ``slot``'s fids (k,): cached ids are rewritten, the
         policy decides which others enter and what they evict -> ids newly cached. Ids of one
         fill do not evict each other: past the free room and the rows held before it, the
-        rest are not cached."""
+        rest are not cached. ``version``: the sync version the rows were read at; rows read
+        before the cache's ``version`` are not cached at all (an update applied since may
+        have changed them, and it passed over ids the cache did not hold)."""
         keys = self._keys_of(slot, ids)
         rows = self._rows_of(slot, keys, rows)
+        if version is not None and version < self.version:
+            self.stale += keys.shape[0]
+            return 0
         at = self._index.find(keys)
         held = at >= 0
         self._rows[at[held], :self.widths[slot]] = rows[held]
@@ -324,13 +333,14 @@ class RowCache:
 
     def stats(self) -> dict[str, float | int | str]:
         """Rows and bytes held, the bound, and counts since construction: ``hits`` and
-        ``misses`` of lookups, ``evictions`` by the policy, ``rejected`` fills (tinylfu's
-        admission said no), ``dropped`` by sync evictions."""
+        ``misses`` of lookups, ``evictions`` by the policy, ids of fills ``rejected`` (by
+        tinylfu's admission, or past what one fill can place) or ``stale`` (read before the
+        cache's version), ``dropped`` by sync evictions."""
         asked = self.hits + self.misses
         return {"rows": len(self), "bytes": self.nbytes, "capacity": self.capacity,
                 "policy": self.policy, "version": self.version, "hits": self.hits,
                 "misses": self.misses, "hit_rate": self.hits / asked if asked else 0.0,
-                "evictions": self.evictions, "rejected": self.rejected,
+                "evictions": self.evictions, "rejected": self.rejected, "stale": self.stale,
                 "dropped": self.dropped}
 
     def _keys_of(self, slot: str, ids: np.ndarray) -> np.ndarray:

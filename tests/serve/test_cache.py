@@ -189,3 +189,15 @@ def test_tinylfu_window_takes_a_new_id_when_full() -> None:
     assert cache.fill("item_id", new, _rows_for(new)) == 1  # into the window, seen once
     assert cache.lookup("item_id", new)[1][0] and len(cache) == 200
     assert cache.stats()["evictions"] == 1
+
+
+def test_rows_read_before_the_caches_version_are_not_cached() -> None:
+    cache = RowCache(SLOTS, 10, "float32")
+    ids = _fids(2, range(2))
+    cache.fill("item_id", ids[:1], _rows_for(ids[:1]), version=0)
+    cache.apply(_update(4, ids, np.full((2, 5), 9.0, np.float32)))  # ids[1] not cached: passed
+    assert cache.fill("item_id", ids, _rows_for(ids), version=3) == 0  # fetched before it
+    rows, hit = cache.lookup("item_id", ids)
+    np.testing.assert_array_equal(hit, [True, False])
+    assert rows[0, 0] == 9.0 and cache.stats()["stale"] == 2
+    assert cache.fill("item_id", ids[1:], np.full((1, 5), 9.0, np.float32), version=4) == 1
