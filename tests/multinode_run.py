@@ -117,7 +117,10 @@ def main(out: Path) -> dict[str, Any]:
     snapshots = out / "snapshots"
 
     def complete() -> int:
-        return len(list(snapshots.glob("snap-*/_COMPLETE")))
+        """The number of the newest complete snapshot (0 before any; 1 for the first): a
+        count of folders would stop at data.snapshot_keep, as older ones are pruned."""
+        return max((int(p.parent.name.split("-")[1]) + 1
+                    for p in snapshots.glob("snap-*/_COMPLETE")), default=0)
 
     def placed() -> bool:
         now = actors()
