@@ -132,7 +132,7 @@ def batch_side(cfg: Config, spec: synth.SynthSpec, parts: dict[str, tuple[int, i
 
     path = f"{out}/parquet-B"
     synth.write_parquet(spec, path, parts["B"][1], start=parts["B"][0])
-    split = read_positioned(path, num_cpus=cfg.train.read_cpus).streaming_split(1)[0]
+    split = read_positioned(path, num_cpus=cfg.train.read_cpus, min_tasks=4).streaming_split(1)[0]
     parquet = ray.get(trainer.fit.remote(split, 1))
 
     test = f"{out}/parquet-T"

@@ -8,14 +8,14 @@ same :class:`~monolith_ray.data.offsets.OffsetCoverage` that says which Kafka of
 trained says which rows were, and a read given that coverage (``done``) skips those rows.
 
 Ray's own ``read_parquet`` does not number rows, hence this reader: the input is cut into
-pieces of at most ``piece_rows`` rows of one row group, one read task per ``TASK_PIECES``
-(4) pieces of a row group, which decodes the group once and hands on each of its pieces as a
-block. A group is decoded whole, so a task per piece decoded a 262k-row group 32 times
-(measured: the Parquet path ran at under half the pre-built batches' speed); a task per row
-group decoded it once, but left a file of one row group to one task, whose blocks
-``streaming_split`` then gave to one trainer of two. Four pieces a task decode a 262k-row group
-8 times and keep several tasks per trainer. A task holds one decoded row group (pyarrow
-writes groups of up to 1M rows by default; ``row_group_size`` sets it).
+pieces of at most ``piece_rows`` rows of one row group; a read task takes the pieces of one
+row group, decodes the group once and hands on each piece as a block. A group is decoded
+whole, so a task per piece decoded a 262k-row group 32 times (measured: the Parquet path ran
+at under half the pre-built batches' speed). Pieces are what ``streaming_split`` hands to
+trainers, and a file of one row group read by one task fed one trainer of two: a read asks
+for at least ``min_tasks`` tasks (the batch job: four per trainer), cutting the largest in
+halves, each cut costing one more decode of its group. A task holds one decoded row group
+(pyarrow writes groups of up to 1M rows by default; ``row_group_size`` sets it).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from monolith_ray.data.offsets import FROM_OFFSET, OFFSET, PARTITION, OffsetCove
 from monolith_ray.files import filesystem_and_path
 
 PIECE_ROWS = 8192
-TASK_PIECES = 4
 
 
 class Piece(NamedTuple):
@@ -68,10 +67,12 @@ def pieces(location: str, piece_rows: int = PIECE_ROWS) -> list[Piece]:
 
 
 def read_positioned(location: str, done: OffsetCoverage | None = None,
-                    num_cpus: float = 1.0, piece_rows: int = PIECE_ROWS) -> Any:
+                    num_cpus: float = 1.0, piece_rows: int = PIECE_ROWS,
+                    min_tasks: int = 1) -> Any:
     """A Ray ``Dataset`` of the examples at ``location`` with their positions, leaving out
     those ``done`` covers (its ranges travel with each read task: a handful per file once
-    merged); ``num_cpus`` per read task. None if ``done`` covers every row."""
+    merged); ``num_cpus`` per read task, at least ``min_tasks`` of them where there are
+    pieces enough (see the module docstring). None if ``done`` covers every row."""
     import ray
 
     done = done or OffsetCoverage()
@@ -82,11 +83,25 @@ def read_positioned(location: str, done: OffsetCoverage | None = None,
             groups.setdefault((p.index, p.group), []).append(p._asdict())
     if not groups:
         return None
-    todo = [{"pieces": json.dumps(group[k:k + TASK_PIECES])}
-            for group in groups.values() for k in range(0, len(group), TASK_PIECES)]
+    todo = [{"pieces": json.dumps(task)} for task in _tasks(list(groups.values()), min_tasks)]
     return ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
         _read, fn_kwargs={"done": ranges}, batch_size=1, num_cpus=num_cpus,
         batch_format="pyarrow")
+
+
+def _tasks(groups: list[list[dict[str, Any]]], min_tasks: int) -> list[list[dict[str, Any]]]:
+    """Read tasks of the pieces of each row group: a whole group per task (decoded once),
+    and while there are fewer than ``min_tasks``, the task of most pieces cut in two (its
+    group then decoded twice). At most one cut per piece: bounded by the pieces' count."""
+    tasks = [group for group in groups if group]
+    while len(tasks) < min_tasks:
+        k = max(range(len(tasks)), key=lambda i: len(tasks[i]))
+        task = tasks[k]
+        if len(task) < 2:
+            break
+        half = len(task) // 2
+        tasks[k:k + 1] = [task[:half], task[half:]]
+    return tasks
 
 
 def _read(items: pa.Table, done: dict[int, list[tuple[int, int]]]) -> Iterator[pa.Table]:

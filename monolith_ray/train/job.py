@@ -401,7 +401,8 @@ class BatchRun:
         epoch, done = 0, OffsetCoverage()
         self._snapshot(epoch, done)
         while epoch < self.cfg.train.epochs:
-            dataset = read_positioned(self.cfg.data.train, done, self.cfg.train.read_cpus)
+            dataset = read_positioned(self.cfg.data.train, done, self.cfg.train.read_cpus,
+                                      min_tasks=4 * len(self.trainers))
             if dataset is None:  # the snapshot of a recovery had the whole epoch
                 self.resumed_rows += done.count()
                 epoch, done = epoch + 1, OffsetCoverage()

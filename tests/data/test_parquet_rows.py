@@ -43,3 +43,14 @@ def test_a_read_leaves_out_the_rows_done_covers(ray_session, folder):
     table = rows(read_positioned(f"file://{folder}", done, piece_rows=20))
     assert table["x"].to_pylist() == [45, 46, 47, 48, 49, *range(100, 110), *range(120, 150)]
     assert read_positioned(str(folder), OffsetCoverage({0: [(0, 100)], 1: [(0, 50)]})) is None
+
+
+def test_read_tasks_take_whole_row_groups_unless_too_few():
+    from monolith_ray.data.parquet_rows import _tasks
+
+    one_group = [[{"p": k} for k in range(10)]]
+    tasks = _tasks(one_group, 4)
+    assert len(tasks) == 4 and [p for t in tasks for p in t] == one_group[0]
+    many = [[{"g": g, "p": k} for k in range(3)] for g in range(5)]
+    assert _tasks(many, 4) == many  # enough tasks: each group decoded once
+    assert len(_tasks([[{"p": 0}]], 8)) == 1  # a single piece cannot be cut
