@@ -50,15 +50,6 @@ def make_fids(slot_id: int, values: np.ndarray) -> np.ndarray:
     return hashed | np.int64(slot_id << VALUE_BITS)
 
 
-def make_fids_matrix(slot_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Fids of raw int64 values (S, n), row s in slot ``slot_ids[s]`` (S, 1) -> int64 (S, n):
-    :func:`make_fids` of each row, in one pass."""
-    for slot_id in np.ravel(slot_ids).tolist():
-        _check_slot(slot_id)
-    hashed = (mix64(values) & np.uint64(VALUE_MASK)).astype(np.int64)
-    return hashed | (np.asarray(slot_ids, dtype=np.int64) << VALUE_BITS)
-
-
 def slot_of(fids: np.ndarray) -> np.ndarray:
     """Slot id of each fid (n,) -> int64 (n,)."""
     return np.asarray(fids, dtype=np.int64) >> VALUE_BITS

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from monolith_ray.config import DenseFeature, SlotConfig
 from monolith_ray.data.dense_values import dense_matrix
-from monolith_ray.features import make_fids, make_fids_matrix
+from monolith_ray.features import make_fids
 from monolith_ray.schemas import LABEL, TIME, WEIGHT, SchemaError, example_schema, validate_examples
 
 
@@ -108,40 +108,16 @@ def batch_of_values(values: Mapping[str, SlotValues], slots: Sequence[SlotConfig
     matrix float32 (B, n_dense) (None: no dense features)."""
     n = labels.shape[0]
     fids, idx = {}, {}
-    full = [s for s in slots if s.max_values == 1 and values[s.name][1].size == n]
-    if len(full) > 1 and n:
-        fids, idx = _full_slots(values, full, n)
     for slot in slots:
-        if slot.name in fids:
-            continue
         raw, rows, pos = values[slot.name]
         inverse, unique = pd.factorize(make_fids(slot.slot_id, raw), sort=True)
-        matrix = np.full((n, slot.max_values), -1, dtype=np.int32)
-        matrix[rows, pos] = inverse
+        if rows.size == n and slot.max_values == 1:  # every example has its one value
+            matrix = inverse.astype(np.int32).reshape(n, 1)
+        else:
+            matrix = np.full((n, slot.max_values), -1, dtype=np.int32)
+            matrix[rows, pos] = inverse
         fids[slot.name], idx[slot.name] = unique, matrix
     return Batch(fids=fids, idx=idx, labels=labels, weights=weights, time=time, dense=dense)
-
-
-def _full_slots(values: Mapping[str, SlotValues], slots: Sequence[SlotConfig], n: int
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Distinct fids and index columns of single-valued slots where every example has a
-    value, all S slots at once: an (S, n) matrix hashed, sorted per row and ranked in a dozen
-    NumPy calls instead of a dozen per slot (the batch is made in the trainer's thread)."""
-    raw = np.stack([values[s.name][0] for s in slots])
-    ids = np.array([s.slot_id for s in slots], dtype=np.int64)[:, None]
-    fid = make_fids_matrix(ids, raw)
-    order = np.argsort(fid, axis=1)
-    ranked = np.take_along_axis(fid, order, axis=1)
-    new = np.ones(ranked.shape, dtype=bool)
-    new[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-    rank = np.cumsum(new, axis=1, dtype=np.int32) - 1
-    inverse = np.empty_like(rank)
-    np.put_along_axis(inverse, order, rank, axis=1)
-    fids, idx = {}, {}
-    for k, slot in enumerate(slots):
-        fids[slot.name] = ranked[k][new[k]]
-        idx[slot.name] = inverse[k].reshape(n, 1)
-    return fids, idx
 
 
 def iter_batches(examples: pa.Table, slots: Sequence[SlotConfig],

@@ -87,8 +87,8 @@ def test_iter_batches_slices_in_order():
 
 
 def test_batches_of_many_full_slots_match_a_per_slot_reference():
-    """Single-valued slots that every example fills are hashed and ranked together; the
-    result is what each slot alone gives: its sorted distinct fids and each example's row."""
+    """Single-valued slots that every example fills: each slot's batch arrays are its sorted
+    distinct fids and each example's row among them, as np.unique gives them."""
     rng = np.random.default_rng(3)
     slots = tuple(SlotConfig(name=f"s{k}", slot_id=k + 1, dim=4) for k in range(6))
     n = 300

@@ -267,11 +267,7 @@ def test_impressions_are_logged_with_the_features_they_were_scored_with(deployme
     body = dep.post("/recommend", {"user": {"id": 31, "features": {"age": 40}}, "k": 1,
                                    "candidates": [{"id": 5, "features": {"genres": ["War"]}}]})
     rid = body.json()["request_id"]
-    deadline, logged = time.monotonic() + 30, []
-    while not logged and time.monotonic() < deadline:
-        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
-                  if f["request_id"] == rid]
-        time.sleep(0.1)
+    logged = _logged(dep, rid, 1)
     assert len(logged) == 1
     assert logged[0]["slots"] == {"user_id": 31, "age": 40, "item_id": 5, "genres": ["War"]}
 
@@ -290,11 +286,7 @@ def test_dense_features_reach_the_score_and_the_logged_impression(deployment) ->
                                    "k": 2, "candidates": [{"id": 8, "dense": {"price": 7}}, 9]})
     assert body.status_code == 200, body.text
     rid = body.json()["request_id"]
-    deadline, logged = time.monotonic() + 30, []
-    while len(logged) < 2 and time.monotonic() < deadline:
-        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
-                  if f["request_id"] == rid]
-        time.sleep(0.1)
+    logged = _logged(dep, rid, 2)
     dense = {f["item_id"]: f["dense"] for f in logged}
     assert dense == {8: {"price": 7, "views": 1}, 9: {"price": 5, "views": 1}}
 
@@ -308,16 +300,24 @@ def test_an_item_listed_twice_is_ranked_returned_and_logged_once(deployment) -> 
     items = body.json()["items"]
     assert sorted(i["item_id"] for i in items) == [5, 6, 7]
     rid = body.json()["request_id"]
-    deadline, logged = time.monotonic() + 30, []
-    while len(logged) < 3 and time.monotonic() < deadline:
-        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
-                  if f["request_id"] == rid]
-        time.sleep(0.1)
+    logged = _logged(dep, rid, 3)
     time.sleep(0.5)  # a fourth impression, if one were logged, would have arrived by now
     logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
               if f["request_id"] == rid]
     assert sorted(f["item_id"] for f in logged) == [5, 6, 7]
     assert next(f for f in logged if f["item_id"] == 5)["slots"]["genres"] == ["War"]  # first
+
+
+def _logged(dep: Deployment, rid: str, at_least: int, timeout_s: float = 30.0
+            ) -> list[dict[str, Any]]:
+    """The impressions logged for request ``rid``, polled until ``at_least`` are there (or
+    ``timeout_s`` passes)."""
+    deadline, logged = time.monotonic() + timeout_s, []
+    while len(logged) < at_least and time.monotonic() < deadline:
+        logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
+                  if f["request_id"] == rid]
+        time.sleep(0.1)
+    return logged
 
 
 def _read(kafka: KafkaConfig, topic: str) -> list[dict[str, Any]]:
