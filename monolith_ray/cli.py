@@ -218,6 +218,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from monolith_ray.serve.app import build_app
+    from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.serve.sync import start_parameter_sync
     from monolith_ray.supervision import RestartLimitError, Supervisor
     from monolith_ray.train.job import find_servers, start_servers
@@ -245,11 +246,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.snapshot:
         restore_snapshot(args.snapshot, shards, dense)
     # Syncing from a job another process owns: leave its eviction records to its own sync.
+    serving = (start_serving_shards(cfg, args.snapshot) if cfg.serve.store == "sharded"
+               else [])
     sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve,
                                 forget_evictions=not args.training,
-                                supervision=cfg.supervision)
+                                supervision=cfg.supervision, serving=serving)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg, sync), name="monolith_ray", route_prefix="/")
+    serve.run(build_app(cfg, sync, serving=serving), name="monolith_ray", route_prefix="/")
     print(json.dumps({"url": f"http://{cfg.serve.host}:{cfg.serve.port}",
                       "versions": ray.get(sync.versions.remote())}), flush=True)
     supervisor = Supervisor(cfg.supervision)

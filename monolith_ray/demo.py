@@ -201,6 +201,7 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     from ray import serve
 
     from monolith_ray.serve.app import CandidatePool, build_app
+    from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.serve.sync import start_parameter_sync
     from monolith_ray.stream.joiner import start_joiners
     from monolith_ray.train.online import OnlineTraining
@@ -208,11 +209,12 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     # Few enough users and items that a few minutes of clicks teach the model something.
     sim = UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed)
     training = OnlineTraining(cfg)
+    serving = start_serving_shards(cfg) if cfg.serve.store == "sharded" else []
     sync = start_parameter_sync(cfg.slots, training.shards, training.dense, cfg.serve,
-                                supervision=cfg.supervision)
+                                supervision=cfg.supervision, serving=serving)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     pool = CandidatePool([(i, {}) for i in range(sim.n_items)])
-    serve.run(build_app(cfg, sync, pool), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(cfg, sync, pool, serving), name=APP_NAME, route_prefix="/")
     joiners = start_joiners(cfg)
     training.supervisor.watch_all({"sync": sync, **{f"joiner-{k}": j
                                                     for k, j in enumerate(joiners)}})

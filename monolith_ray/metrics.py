@@ -19,6 +19,8 @@ step, or at most once a second (:data:`REPORT_EVERY_S`), never per message.
 
 from __future__ import annotations
 
+import os
+
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -221,3 +223,12 @@ class TableReporter:
         except (ray.exceptions.RayError, TimeoutError):
             return False
         return True
+
+
+def rss_bytes() -> int:
+    """This process's resident set size in bytes (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

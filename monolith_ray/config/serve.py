@@ -55,9 +55,19 @@ class ServeConfig:
       replica; ``replica_resources``: custom Ray resources a replica needs, e.g.
       ``{serving: 1}`` to place replicas only on nodes that offer ``serving``
       (``cluster.yaml``'s serving workers).
-    - ``sync_resources``: custom Ray resources the parameter-sync actor needs. It keeps a copy
-      of every table (``monolith_ray.serve.sync``), so it belongs where that memory is, e.g.
-      ``{sync: 1}`` for ``cluster.yaml``'s head, not beside the shards it copies.
+    - ``sync_resources``: custom Ray resources the parameter-sync actor needs. With
+      ``store: replica`` it keeps a copy of every table (``monolith_ray.serve.sync``), so it
+      belongs where that memory is, e.g. ``{sync: 1}`` for ``cluster.yaml``'s head, not
+      beside the shards it copies.
+    - ``store``: where a replica's embedding rows come from. ``replica`` (default, for
+      small models): every replica and the sync actor hold the whole table. ``sharded``:
+      serving shards (``serve.serving_shard``, one per training shard, placed by
+      ``shard_resources``) hold the rows; each replica keeps a cache of ``cache_rows`` rows
+      under ``cache_policy`` (``tinylfu`` or ``lru``, ``serve.cache``) and fetches misses, one
+      call a shard a request, waiting at most ``shard_timeout_s`` (then a miss reads the
+      default row); the sync keeps no copy, only its change log with the rows.
+    - ``max_full_loads``: replicas given a whole table at the same time (``store:
+      replica``); the others wait and keep serving what they hold.
     """
 
     host: str = "127.0.0.1"
@@ -81,6 +91,12 @@ class ServeConfig:
     replica_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     sync_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
+    store: Literal["replica", "sharded"] = "replica"
+    cache_rows: int = 1_000_000
+    cache_policy: Literal["tinylfu", "lru"] = "tinylfu"
+    shard_timeout_s: float = 0.25
+    shard_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    max_full_loads: int = 1
 
     def __post_init__(self) -> None:
         _require(self, "port", ge=0, le=65535)
@@ -96,3 +112,7 @@ class ServeConfig:
         _require(self, "max_ongoing_requests", ge=1)
         _require_resources(self, "replica_resources")
         _require_resources(self, "sync_resources")
+        _require_resources(self, "shard_resources")
+        _require(self, "cache_rows", ge=1)
+        _require(self, "shard_timeout_s", gt=0)
+        _require(self, "max_full_loads", ge=1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import sys
 import threading
@@ -83,6 +84,7 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
 TABLE_SUFFIX = ".table"  # a slot's snapshot file: <folder>/<slot>.table
+POSITION_FILE = "position.json"  # the incarnation and table versions a snapshot starts from
 
 
 def restore_if_restarted(server: Any, restore_on_restart: Callable[[], str | None] | None
@@ -273,13 +275,19 @@ class ShardServer:
         wait at most one chunk's copy, never the write. Files are written in place: a reader
         learns they are whole from the manifest that ``monolith_ray.train.snapshots`` writes
         after every shard has returned. ``mb_per_s`` > 0 caps this shard's write rate
-        (``data.snapshot_mb_per_s``), leaving CPU and disk to training."""
+        (``data.snapshot_mb_per_s``), leaving CPU and disk to training. ``position.json``
+        beside the tables names this shard's incarnation and each table's version when the
+        copy began: a serving shard restored from the files asks for the changes since."""
         t0 = time.perf_counter()
         pace = _Pace(mb_per_s * 1e6) if mb_per_s > 0 else None
         fs, folder = filesystem_and_path(location)
         fs.create_dir(folder, recursive=True)
         with self._lock:
             tables = dict(self.tables)
+            # Every change after these versions may be missing from the fuzzy cut: a serving
+            # shard restored from it asks for the changes since them (``serve.shards``).
+            position = {"incarnation": self._incarnation,
+                        "versions": {name: t.version for name, t in tables.items()}}
         rows = n_bytes = 0
         with _quick_gil_handover():
             for name, table in tables.items():
@@ -292,6 +300,8 @@ class ShardServer:
                     with fs.open_output_stream(path, compression=None, buffer_size=1 << 22) as f:
                         rows += table.snapshot(f, self._lock, pace=pace)
                         n_bytes += f.tell()
+        with fs.open_output_stream(f"{folder}/{POSITION_FILE}") as f:
+            f.write(json.dumps(position).encode())
         return {"rows": rows, "bytes": n_bytes, "seconds": time.perf_counter() - t0}
 
     @_serialized

@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from monolith_ray import validation
+from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.serve.api import (
@@ -74,7 +75,8 @@ logger = logging.getLogger(__name__)
 class Recommender:
     """One replica: the model at the synced versions, the candidate pool, the Kafka log."""
 
-    def __init__(self, cfg: Config, sync: Any, pool: CandidatePool | None = None) -> None:
+    def __init__(self, cfg: Config, sync: Any, pool: CandidatePool | None = None,
+                 serving: Sequence[Any] = ()) -> None:
         self.cfg, self.sync = cfg, sync
         self.serve_cfg = cfg.serve
         BodyLimit.limit = cfg.serve.max_body_bytes
@@ -86,13 +88,15 @@ class Recommender:
             [{**self.pool.slots[item_id], cfg.serve.item_slot: item_id}
              for item_id in self.pool.ids],
             cfg.slots)
-        self.model = ServingModel(cfg)
+        self.model = ServingModel(cfg, serving)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
         self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0}
         self.updated_at = 0.0
-        self._pull_updates()  # the latest versions before any request
+        while not self._pull_updates():  # the latest versions before any request
+            time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
         self.log = FeatureLog(cfg) if self.serve_cfg.log_features else None
         self._stop = threading.Event()
         threading.Thread(target=self._poll_updates, name="sync-poll", daemon=True).start()
@@ -140,8 +144,8 @@ class Recommender:
                           if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
             items, which = self._slot_rows(item_slots, item_dense), None
         now = int(time.time())
-        scores, version = self._score(items, self._slot_rows([user], [user_dense]), which,
-                                      now)
+        scores, version = await self._score(items, self._slot_rows([user], [user_dense]),
+                                            which, now)
         top = np.argsort(-scores, kind="stable")[:body.k].tolist()
         request_id = self.tokens.new_request_id()
         if self.log is not None:
@@ -179,8 +183,8 @@ class Recommender:
                                        if isinstance(p.item, ItemIn) else {}).items()
                      if v is not None}}
                  for i, p in enumerate(body.pairs)]
-        scores, version = self._score(self._slot_rows(rows, dense), None, None,
-                                      int(time.time()))
+        scores, version = await self._score(self._slot_rows(rows, dense), None, None,
+                                            int(time.time()))
         self.served["predict"] += 1
         return JSONResponse({"scores": scores.tolist(), "model_version": version})
 
@@ -210,12 +214,15 @@ class Recommender:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         """Liveness and what this replica serves with."""
-        with self._lock:
-            versions, rows = self.model.versions, self.model.store.rows_per_slot()
-            nbytes = self.model.store.nbytes
-        return {"status": "ok", "pid": os.getpid(),
-                "replica": serve.get_replica_context().replica_id.unique_id,
-                "model_version": versions, "rows": rows, "store_bytes": nbytes,
+        cache = self.model.cache_stats()
+        with self.model.lock:
+            versions = self.model.versions
+            store = self.model.store
+            rows = store.rows_per_slot() if store is not None else {}
+            nbytes = store.nbytes if store is not None else cache["bytes"]
+        return {"status": "ok", "pid": os.getpid(), "replica": self.replica_id,
+                "model_version": versions, "store": self.serve_cfg.store, "rows": rows,
+                "store_bytes": nbytes, "cache": cache, "rss_bytes": rss_bytes(),
                 "store_dtype": self.serve_cfg.store_dtype,
                 "updated_s_ago": round(time.time() - self.updated_at, 3),
                 "served": dict(self.served),
@@ -237,11 +244,10 @@ class Recommender:
         except MessageError as err:
             raise BadRequest(str(err)) from None
 
-    def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,
-               now: int) -> tuple[np.ndarray, dict[str, int]]:
+    async def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,
+                     now: int) -> tuple[np.ndarray, dict[str, int]]:
         try:
-            with self._lock:
-                return self.model.score(items, user, which, now), self.model.versions
+            return await self.model.score_async(items, user, which, now)
         except MessageError as err:
             raise BadRequest(str(err)) from None
 
@@ -262,14 +268,19 @@ class Recommender:
             raise BadRequest(f"{where}.{unknown[0]}: not a slot of the model; slots: "
                              f"{', '.join(sorted(self.slot_names))}")
 
-    def _pull_updates(self) -> None:
+    def _pull_updates(self) -> bool:
+        """Take newer versions from the sync, a whole table built aside (``stage``) and
+        swapped in (``commit``) -> False if a whole table is due but deferred (other
+        replicas are loading one)."""
         versions = self.model.versions
         updates = ray.get(self.sync.updates.remote(versions["sparse"], versions["dense"],
-                                                   self.model.sync_epoch))
+                                                   self.model.sync_epoch, self.replica_id))
+        if updates.deferred:
+            return False
         if updates.sparse is not None or updates.dense is not None:
-            with self._lock:
-                self.model.apply(updates)
+            self.model.commit(self.model.stage(updates))
         self.updated_at = time.time()
+        return True
 
     def _poll_updates(self) -> None:
         while not self._stop.wait(self.serve_cfg.poll_interval_s):
@@ -303,11 +314,16 @@ def recommender_deployment(cfg: Config) -> Any:
     )
 
 
-def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None) -> Any:
+def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
+              serving: Sequence[Any] = ()) -> Any:
     """The Serve application of the recommender, reading parameters from the ``sync`` actor
-    (a ``ParameterSync`` handle); candidates from ``pool``, else ``serve.candidate_pool``.
-    Without ``serve.feedback_key`` every replica of this application shares a random one."""
+    (a ``ParameterSync`` handle) and, with ``serve.store: sharded``, rows from the
+    ``serving`` shards (``start_serving_shards``); candidates from ``pool``, else
+    ``serve.candidate_pool``. Without ``serve.feedback_key`` every replica of this
+    application shares a random one."""
+    if cfg.serve.store == "sharded" and not serving:
+        raise ValueError("serve.store is 'sharded': build the app with the serving shards")
     if not cfg.serve.feedback_key:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(
             cfg.serve, feedback_key=FeedbackTokens.new_key()))
-    return recommender_deployment(cfg).bind(cfg, sync, pool)
+    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving))

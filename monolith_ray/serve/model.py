@@ -10,6 +10,7 @@ are converted once (:class:`SlotRows`) and a request only gathers them.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from monolith_ray.data.slot_columns import examples_table
 from monolith_ray.model import init, make_predict
 from monolith_ray.validation import MessageError
 from monolith_ray.model.pooling import bucket_size, pad_rows
+from monolith_ray.serve.sharded_rows import ShardedRows
 from monolith_ray.serve.store import SparseStore
 from monolith_ray.serve.sync import Updates
 from monolith_ray.train.loop import deepfm_config
@@ -88,7 +90,9 @@ class SlotRows:
 class ServingModel:
     """Click probabilities of slot-value rows with the synced parameters."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, serving: Sequence[Any] = ()) -> None:
+        """``serving``: the serving shards, with ``serve.store: sharded`` (rows through a
+        :class:`ShardedRows` cache); else the replica holds every row (a ``SparseStore``)."""
         self.slots = cfg.slots
         self.dense = cfg.dense
         self.model_cfg = deepfm_config(cfg.slots, cfg.model, cfg.dense)
@@ -96,29 +100,72 @@ class ServingModel:
         # Until the first dense sync: the initial parameters training starts from.
         self.params = jax.tree.map(np.asarray,
                                    init(jax.random.key(cfg.train.seed), self.model_cfg))
-        self.store = SparseStore(cfg.slots, cfg.serve.store_dtype)
+        serve = cfg.serve
+        if serve.store == "sharded":
+            if not serving:
+                raise ValueError("serve.store is 'sharded': give the serving shards")
+            self.store: SparseStore | None = None
+            self.rows: ShardedRows | None = ShardedRows(
+                cfg.slots, serving, serve.cache_rows, serve.cache_policy, serve.store_dtype,
+                serve.shard_timeout_s)
+        else:
+            self.store, self.rows = SparseStore(cfg.slots, serve.store_dtype), None
         self.dense_version = 0
         self.sync_epoch = ""  # the ParameterSync incarnation the versions come from
+        # Taken around reading the store (or the dense parameters) and around swapping or
+        # changing them; scoring itself runs outside it, on what it read.
+        self.lock = threading.Lock()
 
     @property
     def versions(self) -> dict[str, int]:
         """``{"dense": .., "sparse": ..}`` of the parameters answers use now."""
-        return {"dense": self.dense_version, "sparse": self.store.version}
+        sparse = self.store.version if self.store is not None else self.rows.version
+        return {"dense": self.dense_version, "sparse": sparse}
 
-    def apply(self, updates: Updates) -> bool:
-        """Take a sync's updates -> whether anything changed."""
-        self.sync_epoch = updates.epoch
+    def stage(self, updates: Updates) -> Updates:
+        """The part of applying ``updates`` done outside the lock: a whole table (``reset``,
+        replica store) is built into a new store here, so requests are answered meanwhile
+        -> the updates to :meth:`commit`, the new store in place of its sparse part."""
+        sparse = updates.sparse
+        if sparse is not None and sparse.reset and self.store is not None:
+            fresh = SparseStore(self.slots, str(self.store.dtype))
+            fresh.apply(sparse)
+            return updates._replace(sparse=fresh)
+        return updates
+
+    def commit(self, staged: Updates) -> bool:
+        """Take staged updates, under :attr:`lock` for a moment -> whether anything changed."""
         changed = False
-        if updates.sparse is not None:
-            self.store.apply(updates.sparse)
-            changed = True
-        if updates.dense is not None:
-            params, version = updates.dense
-            self.params, self.dense_version = params, int(version)
-            changed = True
-        for kind, version in self.versions.items():
+        with self.lock:
+            self.sync_epoch = staged.epoch
+            if isinstance(staged.sparse, SparseStore):
+                self.store = staged.sparse
+                changed = True
+            elif staged.sparse is not None:
+                if self.store is not None:
+                    self.store.apply(staged.sparse)
+                else:
+                    self.rows.apply(staged.sparse)
+                changed = True
+            if staged.dense is not None:
+                params, version = staged.dense
+                self.params, self.dense_version = params, int(version)
+                changed = True
+            versions = self.versions
+        for kind, version in versions.items():
             metrics.SERVING_VERSION.set(version, kind=kind)
         return changed
+
+    def apply(self, updates: Updates) -> bool:
+        """Take a sync's updates (:meth:`stage` then :meth:`commit`) -> whether anything
+        changed."""
+        if updates.deferred:
+            return False
+        return self.commit(self.stage(updates))
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        """The replica cache's stats (``ShardedRows.stats``); None with a whole-table store."""
+        return None if self.rows is None else self.rows.stats()
 
     def score(self, items: SlotRows, user: SlotRows | None = None,
               take: np.ndarray | None = None, now: int | None = None) -> np.ndarray:
@@ -126,6 +173,28 @@ class ServingModel:
         example is an item's slots, and for every slot an item has no value in, the ``user``'s
         (a one-row ``SlotRows``) if it has one; the same for each dense feature, then its
         default. MessageError naming the feature if a dense value is beyond its bound."""
+        return self.predict(self.batch_of(items, user, take, now))
+
+    async def score_async(self, items: SlotRows, user: SlotRows | None = None,
+                          take: np.ndarray | None = None, now: int | None = None
+                          ) -> tuple[np.ndarray, dict[str, int]]:
+        """:meth:`score` on an event loop, where cache misses are fetched without blocking it
+        -> (probabilities, the versions that produced them)."""
+        batch = self.batch_of(items, user, take, now)
+        n = len(batch)
+        padded = batch.padded(padded_size(n))
+        if self.rows is None:
+            found, params, versions = self._store_rows(padded)
+        else:
+            with self.lock:
+                params, dense_version = self.params, self.dense_version
+            found, sparse = await self.rows.lookup(padded.fids)
+            versions = {"dense": dense_version, "sparse": sparse}
+        return self._run(padded, found, params)[:n], versions
+
+    def batch_of(self, items: SlotRows, user: SlotRows | None = None,
+                 take: np.ndarray | None = None, now: int | None = None) -> Batch:
+        """The examples :meth:`score` scores, as a batch."""
         now = int(time.time()) if now is None else now
         take = np.arange(len(items)) if take is None else np.asarray(take, dtype=np.int64)
         n = take.size
@@ -147,24 +216,39 @@ class ServingModel:
             if user is not None and user.dense is not None:
                 raw = np.where(np.isnan(raw), user.dense[0], raw)
             dense = request_matrix_of(raw, self.dense)
-        batch = batch_of_values(values, self.slots, np.zeros(n, np.float32),
-                                np.zeros(n, np.float32), np.full(n, now, np.int64), dense)
-        return self.predict(batch)
+        return batch_of_values(values, self.slots, np.zeros(n, np.float32),
+                               np.zeros(n, np.float32), np.full(n, now, np.int64), dense)
 
     def predict(self, batch: Batch) -> np.ndarray:
         """Click probabilities float32 (B,) of ``batch``, padded to :func:`padded_size`
         examples and its rows to the most such a batch can have: one compile per size."""
         n = len(batch)
         padded = batch.padded(padded_size(n))
+        if self.rows is None:
+            found, params, _ = self._store_rows(padded)
+        else:
+            with self.lock:
+                params = self.params
+            found, _ = self.rows.lookup_blocking(padded.fids)
+        return self._run(padded, found, params)[:n]
+
+    def _store_rows(self, padded: Batch) -> tuple[dict[str, np.ndarray], Any, dict[str, int]]:
+        """The whole-table store's rows of ``padded``'s fids, with the parameters and
+        versions they go with, read under the lock (lookups copy)."""
+        with self.lock:
+            found = {slot.name: self.store.lookup(slot.name, padded.fids[slot.name])
+                     for slot in self.slots}
+            return found, self.params, self.versions
+
+    def _run(self, padded: Batch, found: Mapping[str, np.ndarray], params: Any) -> np.ndarray:
         slot_rows, slot_idx = [], []
         for slot in self.slots:
             idx = padded.idx[slot.name]
-            found = self.store.lookup(slot.name, padded.fids[slot.name])
-            slot_rows.append(pad_rows(found, bucket_size(idx.size)))
+            slot_rows.append(pad_rows(found[slot.name], bucket_size(idx.size)))
             slot_idx.append(idx)
-        probs = self._predict(self.params, tuple(slot_rows), tuple(slot_idx),
+        probs = self._predict(params, tuple(slot_rows), tuple(slot_idx),
                               padded.dense if self.dense else None)
-        return np.asarray(probs)[:n]
+        return np.asarray(probs)
 
     def warm_up(self, max_rows: int) -> None:
         """Compile the scorer for every padded batch size up to ``max_rows`` (about a

@@ -46,8 +46,10 @@ import numpy as np
 from monolith_ray import metrics
 from monolith_ray.config import SlotConfig, SupervisionConfig
 from monolith_ray.ps.client import calls_for
+from monolith_ray.serve.serving_shard import Position
 from monolith_ray.serve.store import SparseStore, SparseUpdate
 from monolith_ray.supervision import actor_options
+from monolith_ray.table import TableDelta
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +60,18 @@ class _Change(NamedTuple):
     version: int
     changed: dict[str, np.ndarray]
     evicted: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray] | None = None  # sharded: the changed ids' rows, store dtype
+    reset: bool = False  # sharded: a training shard was read whole; caches start over
+
+
+_ENTRY_BYTES = 1024  # counted per logged version besides its arrays: empty versions cost too
 
 
 def _change_bytes(change: _Change) -> int:
-    """Bytes of the ids a logged change holds."""
-    return sum(a.nbytes for a in change.changed.values()) + \
-        sum(a.nbytes for a in change.evicted.values())
+    """Bytes a logged change holds: ids, rows (sharded) and a fixed overhead."""
+    parts = [*change.changed.values(), *change.evicted.values(),
+             *(change.rows or {}).values()]
+    return _ENTRY_BYTES + sum(a.nbytes for a in parts)
 
 
 class Updates(NamedTuple):
@@ -74,6 +82,7 @@ class Updates(NamedTuple):
     sparse: SparseUpdate | None
     dense: tuple[Any, int] | None
     epoch: str = ""
+    deferred: bool = False  # a whole state is due but others are loading one: ask again
 
 
 class ParameterSync:
@@ -85,17 +94,35 @@ class ParameterSync:
                  sparse_interval_s: float = 60.0, dense_interval_s: float = 86400.0,
                  dtype: str = "float16", log_bytes: int = 256 << 20,
                  call_timeout_s: float = 60.0, start: bool = True,
-                 forget_evictions: bool = True) -> None:
+                 forget_evictions: bool = True, serving: Sequence[Any] = (),
+                 max_full_loads: int = 1, full_load_timeout_s: float = 120.0) -> None:
         if sparse_interval_s <= 0 or dense_interval_s <= 0:
             raise ValueError("sync intervals must be > 0 seconds")
+        if serving and len(serving) != len(shards):
+            raise ValueError(f"{len(serving)} serving shards for {len(shards)} training "
+                             f"shards: serving shard k holds training shard k's rows")
+        if max_full_loads < 1:
+            raise ValueError(f"max_full_loads must be >= 1, got {max_full_loads}")
         self.names = tuple(s.name for s in slots)
+        self.dtype = np.dtype(dtype)
+        self._widths = {s.name: s.dim + 1 for s in slots}
         self.epoch = uuid.uuid4().hex
         self._forget = forget_evictions  # False when other readers share the shards' records
         self.shards, self.dense = list(shards), dense
         self.sparse_interval_s, self.dense_interval_s = sparse_interval_s, dense_interval_s
         self._calls = calls_for(self.shards, method="export_since", timeout_s=call_timeout_s)
         self._dense_calls = calls_for([dense], method="pull", timeout_s=call_timeout_s)
-        self.store = SparseStore(slots, dtype)
+        # Sharded: no copy here; serving shard k holds training shard k's rows and its own
+        # position (``serving_shard.Position``), which this actor learns from it.
+        self.serving = list(serving)
+        self._serving_calls = calls_for(self.serving, method="apply", timeout_s=call_timeout_s)
+        self._positions: list[Position | None] = [None] * len(self.serving)
+        self.store = None if self.serving else SparseStore(slots, dtype)
+        self._version = self._serving_version() if self.serving else 0
+        # Whole states handed to replicas and not yet confirmed (caller -> monotonic time):
+        # at most ``max_full_loads`` at a time, so replicas never all load at once.
+        self.max_full_loads, self.full_load_timeout_s = max_full_loads, full_load_timeout_s
+        self._loading: dict[str, float] = {}
         self._shard_versions = [dict.fromkeys(self.names, 0) for _ in self.shards]
         self._incarnations: list[str | None] = [None] * len(self.shards)
         # The change log: changed and evicted ids per version, oldest first, at most
@@ -111,7 +138,8 @@ class ParameterSync:
         self._trained_dense_version: tuple[str, int] | None = None  # (incarnation, version)
         self.counters = {"sparse_syncs": 0, "dense_swaps": 0, "dense_syncs": 0,
                          "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0,
-                         "shard_resets": 0}
+                         "shard_resets": 0, "serving_refusals": 0, "full_loads": 0,
+                         "full_loads_deferred": 0}
         self.last_sync = {"sparse": 0.0, "dense": 0.0}  # unix seconds
         self._lock = threading.Lock()  # store, log, versions: a sync's apply vs updates()
         self._sync_lock = threading.Lock()  # one sync at a time: on demand vs schedule
@@ -156,6 +184,100 @@ class ParameterSync:
                 metrics.SYNC_FAILURES.inc(kind=kind)
 
     def _sync_sparse(self) -> None:
+        if self.serving:
+            self._sync_sharded()
+        else:
+            self._sync_replicated()
+
+    def _serving_version(self) -> int:
+        """The newest version any reachable serving shard holds (a restarted sync goes on
+        from there); their positions are learnt as each is next synced."""
+        calls = self._serving_calls
+        found = 0
+        for shard in self.serving:
+            try:
+                found = max(found, int(calls.gather([calls.submit(shard, "state")])[0][0]))
+            except Exception as err:  # noqa: BLE001 - asked again at its next sync
+                logger.warning("serving shard unreachable at the sync's start: %s", err)
+        return found
+
+    def _sync_sharded(self) -> None:
+        """Read each training shard's changes since its serving shard's position and apply
+        them there, one pair at a time; then log them under a new version (every round that
+        reached a serving shard makes one, so a version names the rows a shard serves: a
+        replica's cache tells a fetched row's age by it)."""
+        version = self._version + 1
+        changed = {n: [np.empty(0, np.int64)] for n in self.names}
+        evicted = {n: [np.empty(0, np.int64)] for n in self.names}
+        rows = {n: [self._no_rows(n)] for n in self.names}
+        failures, reached, reset = [], [], False
+        for k in range(len(self.shards)):
+            try:
+                applied = self._sync_pair(k, version)
+            except Exception as err:  # noqa: BLE001 - one pair down holds up none of the others
+                self._positions[k] = None  # asked again next time
+                failures.append(f"shard {k}: {err}")
+                continue
+            reached.append(k)
+            if applied is None:  # read whole: caches start over
+                reset = True
+                continue
+            for name, delta in applied.items():
+                changed[name].append(delta.ids)
+                evicted[name].append(delta.evicted)
+                rows[name].append(delta.weights)
+        with self._lock:
+            if reached:
+                change = _Change(
+                    version, {n: np.concatenate(a) for n, a in changed.items()},
+                    {n: np.concatenate(a) for n, a in evicted.items()},
+                    {n: np.concatenate(a) for n, a in rows.items()}, reset)
+                self._version = version
+                self._append(change)
+                n_rows = sum(a.size for a in change.changed.values())
+                n_evicted = sum(a.size for a in change.evicted.values())
+                self.counters["rows_synced"] += int(n_rows)
+                self.counters["ids_evicted"] += int(n_evicted)
+                metrics.SYNC_ROWS.inc(int(n_rows + n_evicted))
+            self.counters["sparse_syncs"] += 1
+            self.last_sync["sparse"] = time.time()
+        if failures:
+            raise RuntimeError("sparse sync could not move " + "; ".join(failures))
+
+    def _sync_pair(self, k: int, version: int) -> dict[str, TableDelta] | None:
+        """Move training shard ``k``'s changes to serving shard ``k`` at ``version`` -> the
+        deltas applied (rows in the store dtype), None if it was a whole state. A serving
+        shard that stands elsewhere than this actor thought (it restarted) says where, and
+        is read from there at once."""
+        calls, serving = self._calls, self._serving_calls
+        for _ in range(2):
+            position = self._positions[k]
+            if position is None:
+                position = serving.gather([serving.submit(self.serving[k], "state")])[0][1]
+                if position is None:
+                    raise RuntimeError("its serving shard is loading a snapshot")
+            incarnation, deltas = calls.gather([calls.submit(
+                self.shards[k], "changes_since", position.versions, position.incarnation)])[0]
+            whole = incarnation != position.incarnation
+            if whole and position.incarnation is not None:
+                self.counters["shard_resets"] += 1
+            compact = {name: TableDelta(d.ids, d.weights.astype(self.dtype), d.evicted,
+                                        d.version) for name, d in deltas.items()}
+            upto = Position(incarnation, {name: d.version for name, d in deltas.items()})
+            ok, now = serving.gather([serving.submit(self.serving[k], "apply", version,
+                                                     position, upto, compact, whole)])[0]
+            self._positions[k] = upto if ok else now
+            if ok:
+                if self._forget:
+                    calls.gather([calls.submit(self.shards[k], "forget_evictions",
+                                               upto.versions, incarnation)])
+                return None if whole else compact
+            self.counters["serving_refusals"] += 1
+            if now is None:
+                raise RuntimeError("its serving shard is loading a snapshot")
+        raise RuntimeError("its serving shard refused the delta twice")
+
+    def _sync_replicated(self) -> None:
         calls = self._calls
         failures, results = [], []
         # One shard at a time: a delta of millions of rows costs its shard CPU to gather and
@@ -229,23 +351,51 @@ class ParameterSync:
 
     # ------------------------------------------------------------------ replicas
 
-    def updates(self, sparse_version: int, dense_version: int, epoch: str = "") -> Updates:
+    def updates(self, sparse_version: int, dense_version: int, epoch: str = "",
+                caller: str = "") -> Updates:
         """What a replica holding these versions, got from incarnation ``epoch`` of this
         actor, needs to be current: everything if they came from another incarnation (a
-        restarted actor counts its versions from 1 again)."""
+        restarted actor counts its versions from 1 again). A replica that names itself
+        (``caller``) gets a whole table only while fewer than ``max_full_loads`` others are
+        loading one (a load ends when its replica asks again, or after
+        ``full_load_timeout_s``); else ``deferred`` and nothing else."""
         with self._lock:
+            now = time.monotonic()
+            self._loading.pop(caller, None)
+            for other, since in list(self._loading.items()):
+                if now - since > self.full_load_timeout_s:
+                    del self._loading[other]
             if epoch != self.epoch:
                 sparse_version, dense_version = 0, -1
+            if self.store is not None and caller and self._whole_due(sparse_version):
+                if len(self._loading) >= self.max_full_loads:
+                    self.counters["full_loads_deferred"] += 1
+                    return Updates(None, None, "", deferred=True)
+                self._loading[caller] = now
+                self.counters["full_loads"] += 1
             dense = None
             if self.dense_params is not None and dense_version != self.dense_version:
                 dense = (self.dense_params, self.dense_version)
             return Updates(self._sparse_since(sparse_version), dense, self.epoch)
 
+    def _whole_due(self, version: int) -> bool:
+        """Whether a replica at sparse ``version`` needs the whole state (or, sharded, a
+        cache reset): new, ahead, or behind what the log holds."""
+        current = self._sparse_version
+        return version != current and (version <= 0 or version > current or not self._log
+                                       or version < self._log[0].version - 1)
+
+    @property
+    def _sparse_version(self) -> int:
+        return self._version if self.store is None else self.store.version
+
     def _sparse_since(self, version: int) -> SparseUpdate | None:
-        current = self.store.version
-        if version == current:
+        if version == self._sparse_version:
             return None
-        if version <= 0 or version > current or not self._log or version < self._log[0].version - 1:
+        if self.store is None:
+            return self._sharded_since(version)
+        current = self.store.version
+        if self._whole_due(version):
             return self.store.everything()
         newer = [c for c in self._log if c.version > version]
         ids, rows, evicted = {}, {}, {}
@@ -256,9 +406,45 @@ class ParameterSync:
             evicted[name] = gone[~self.store.contains(name, gone)]
         return SparseUpdate(current, False, ids, rows, evicted)
 
+    def _sharded_since(self, version: int) -> SparseUpdate:
+        """Sharded: the rows changed and ids evicted after ``version``, each id's last event
+        across the versions (ids evicted then trained again are rows; rows evicted later
+        are evictions); a reset without rows if the log does not reach back, or a training
+        shard was read whole since."""
+        current = self._version
+        empty = {n: np.empty(0, np.int64) for n in self.names}
+        reset = SparseUpdate(current, True, empty, {n: self._no_rows(n) for n in self.names},
+                             empty)
+        if self._whole_due(version):
+            return reset
+        newer = [c for c in self._log if c.version > version]
+        if any(c.reset for c in newer):
+            return reset
+        ids, rows, evicted = {}, {}, {}
+        for name in self.names:
+            events = np.concatenate([a for c in newer for a in (c.changed[name],
+                                                                c.evicted[name])])
+            is_row = np.concatenate([np.full(a.size, r) for c in newer
+                                     for a, r in ((c.changed[name], True),
+                                                  (c.evicted[name], False))])
+            # events' rows, in order: the k-th row event's row is held_rows[k]
+            held_rows = [c.rows[name] for c in newer if c.changed[name].size]
+            row_at = np.cumsum(is_row) - 1
+            _, first_back = np.unique(events[::-1], return_index=True)
+            last = events.size - 1 - first_back  # each id's last event
+            kept = last[is_row[last]]
+            ids[name] = events[kept]
+            rows[name] = (np.concatenate(held_rows)[row_at[kept]] if held_rows
+                          else self._no_rows(name))
+            evicted[name] = events[last[~is_row[last]]]
+        return SparseUpdate(current, False, ids, rows, evicted)
+
+    def _no_rows(self, name: str) -> np.ndarray:
+        return np.empty((0, self._widths[name]), self.dtype)
+
     def versions(self) -> dict[str, int]:
         """``{"sparse": .., "dense": ..}``: the versions a current replica holds."""
-        return {"sparse": self.store.version, "dense": self.dense_version}
+        return {"sparse": self._sparse_version, "dense": self.dense_version}
 
     def status(self) -> dict[str, Any]:
         """Versions, counters, last sync times (unix s), intervals and the store's size."""
@@ -267,7 +453,11 @@ class ParameterSync:
                     "last_sync": dict(self.last_sync),
                     "sparse_interval_s": self.sparse_interval_s,
                     "dense_interval_s": self.dense_interval_s,
-                    "rows": self.store.rows_per_slot(), "bytes": self.store.nbytes}
+                    "store": "replica" if self.store is not None else "sharded",
+                    "rows": {} if self.store is None else self.store.rows_per_slot(),
+                    "bytes": self._log_bytes if self.store is None else self.store.nbytes,
+                    "log_bytes": self._log_bytes, "log_versions": len(self._log),
+                    "loading_replicas": len(self._loading)}
 
     def stop(self) -> None:
         """End the schedules (a sync in progress finishes)."""
@@ -299,7 +489,8 @@ class ParameterSync:
 def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any,
                          serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None,
                          forget_evictions: bool = True,
-                         supervision: SupervisionConfig = SupervisionConfig()) -> Any:
+                         supervision: SupervisionConfig = SupervisionConfig(),
+                         serving: Sequence[Any] = ()) -> Any:
     """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals, store dtype and custom
     resources (``sync_resources``; a ``ServeConfig``); restarted by Ray if its process dies, up to
     ``supervision.max_restarts`` times (it rebuilds its store from the shards, and replicas
@@ -314,4 +505,5 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
                         dense_interval_s=serve_cfg.dense_sync_interval_s,
                         dtype=serve_cfg.store_dtype, call_timeout_s=call_timeout_s,
                         log_bytes=int(serve_cfg.sync_log_mb * 2**20),
-                        forget_evictions=forget_evictions)
+                        forget_evictions=forget_evictions, serving=serving,
+                        max_full_loads=serve_cfg.max_full_loads)

@@ -454,6 +454,31 @@ class EmbeddingTable:
             table._drop_evicted_after_copy(ev_ids, ev_versions)
         return table
 
+    @staticmethod
+    def snapshot_rows(file: BinaryIO) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The live rows of a ``snapshot`` stream a chunk at a time -> (ids int64 (n,),
+        weights float32 (n, dim)), without building a table (a serving copy needs neither the
+        optimizer state nor the map of a training one). A fuzzy snapshot may hold an id twice;
+        its later copy comes later. ValueError for another format or a corrupt stream."""
+        try:
+            header = _read_json(file)
+        except ValueError:
+            raise ValueError("not a table snapshot: expected a monolith_ray table "
+                             "snapshot stream") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            got = header.get("format") if isinstance(header, dict) else None
+            raise ValueError(f"not a table snapshot: format {got!r}, expected {FORMAT!r}")
+        try:
+            fields = {k: (int(w), np.dtype(dt)) for k, (w, dt) in header["fields"].items()}
+            if set(fields) < {"ids", "weights"} or fields["ids"] != (0, np.dtype(np.int64)) \
+                    or fields["weights"][1] != np.dtype(np.float32):
+                raise ValueError(f"unexpected fields {header['fields']}")
+            for chunk in _read_chunks(file, fields):
+                yield chunk["ids"], chunk["weights"]
+        except (KeyError, TypeError, EOFError, AttributeError, OverflowError,
+                RecursionError, MemoryError) as err:
+            raise ValueError(f"corrupt table snapshot: {type(err).__name__}: {err}") from None
+
     @classmethod
     def restore_npz(cls, file: str | BinaryIO) -> "EmbeddingTable":
         """Read a table written in the earlier format ``monolith_ray.table/1`` (an ``.npz``

@@ -20,6 +20,7 @@ class Recommender:
     shards: list[Any]
     dense: Any
     sync: Any
+    serving: list[Any] = dataclasses.field(default_factory=list)  # serving shards, if sharded
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,7 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
 
     from monolith_ray.config import KafkaConfig, KafkaTopics, load_config
     from monolith_ray.serve.app import CandidatePool, build_app
+    from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.serve.sync import start_parameter_sync
     from monolith_ray.stream import ensure_topics
     from monolith_ray.train.job import start_servers
@@ -53,16 +55,17 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
             "serve.store_dtype=float32", "train.shard_cpus=0", *overrides])
         cfg = dataclasses.replace(cfg, kafka=kafka)
         shards, dense = start_servers(cfg)
-        sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve)
+        serving = start_serving_shards(cfg) if cfg.serve.store == "sharded" else []
+        sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve, serving=serving)
         pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
                               for i in pool_items])
-        serve.run(build_app(cfg, sync, pool), name=name, route_prefix=prefix)
+        serve.run(build_app(cfg, sync, pool, serving), name=name, route_prefix=prefix)
         try:
             yield Recommender(serve_url + ("" if prefix == "/" else prefix), cfg, shards,
-                              dense, sync)
+                              dense, sync, serving)
         finally:
             serve.delete(name)
-            for actor in [*shards, dense, sync]:
+            for actor in [*shards, dense, sync, *serving]:
                 ray.kill(actor)
 
     return deploy

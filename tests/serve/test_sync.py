@@ -14,7 +14,7 @@ from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.store import SparseStore
-from monolith_ray.serve.sync import ParameterSync
+from monolith_ray.serve.sync import _ENTRY_BYTES, ParameterSync
 from monolith_ray.train.job import dense_server_args
 
 CFG = load_config(overrides=["serve.store_dtype=float32"])
@@ -99,8 +99,9 @@ def test_replica_gets_whole_state_then_only_what_changed(training) -> None:
 
 def test_a_replica_too_far_behind_gets_the_whole_state(training) -> None:
     client, dense = training
-    # Each sync changes one item row: 8 bytes of ids a version, so 16 bytes keep two.
-    sync = ParameterSync(CFG.slots, client.shards, dense, start=False, log_bytes=16)
+    # Each sync changes one item row: 8 bytes of ids and a version's overhead, two kept.
+    sync = ParameterSync(CFG.slots, client.shards, dense, start=False,
+                         log_bytes=2 * (_ENTRY_BYTES + 8))
     for k in range(4):
         _train(client, "item_id", [k])
         sync.sync_now("sparse")
@@ -254,3 +255,35 @@ def test_evictions_are_forgotten_only_by_the_incarnation_they_were_read_from(tra
     assert shard.export_since(0)["item_id"].evicted.size == mine.size  # still there to read
     shard.forget_evictions({"item_id": deltas["item_id"].version}, "restored-since")
     assert shard.export_since(0)["item_id"].evicted.size == 0
+
+
+def test_whole_tables_go_to_max_full_loads_replicas_at_a_time(training) -> None:
+    client, dense = training
+    sync = ParameterSync(CFG.slots, client.shards, dense, start=False, dtype="float32",
+                         max_full_loads=1)
+    _train(client, "item_id", [1, 2])
+    sync.sync_now("sparse")
+    first = sync.updates(0, 0, "", caller="replica-a")
+    assert first.sparse.reset and not first.deferred
+    second = sync.updates(0, 0, "", caller="replica-b")
+    assert second.deferred and second.sparse is None and second.epoch == ""
+    # replica-a asks again once loaded: its load is over, replica-b's may start
+    assert sync.updates(first.sparse.version, first.dense[1], first.epoch,
+                        caller="replica-a").sparse is None
+    assert sync.updates(0, 0, "", caller="replica-b").sparse.reset
+    assert sync.counters["full_loads"] == 2 and sync.counters["full_loads_deferred"] == 1
+    assert not sync.updates(0, 0, "").deferred  # an unnamed caller is never held back
+
+
+def test_a_replica_builds_a_whole_table_aside_and_swaps_it_in(training) -> None:
+    client, dense = training
+    sync = _sync(client, dense)
+    fids, rows = _train(client, "item_id", [1, 2, 3])
+    sync.sync_now("sparse")
+    model = ServingModel(CFG)
+    old_store = model.store
+    staged = model.stage(sync.updates(0, 0, sync.epoch))
+    assert model.store is old_store and len(old_store) == 0  # built aside, not yet served
+    model.commit(staged)
+    assert model.store is not old_store
+    np.testing.assert_array_equal(model.store.lookup("item_id", fids), rows)

@@ -1,0 +1,178 @@
+"""ShardedRows: a replica's embedding rows with ``serve.store: sharded``: a bounded
+:class:`RowCache` over the serving shards.
+
+A lookup takes what the cache holds, then fetches the misses (distinct fids only) from the
+serving shards that own them (``ps.routing.shard_of``), one batched call per shard per
+request, all at once, and waits at most ``timeout_s``. A shard that does not answer in time,
+fails, or is not ready (starting, loading a snapshot) gives the default row (zeros, as an id
+no table holds) for its misses, is counted, and is not asked again for ``retry_s``: a request
+never fails and never waits long for a shard. Fetched rows fill the cache tagged with the
+version the shard served them at, so rows read before an update the cache has applied since
+are used once but not kept (``RowCache.fill``).
+
+Memory: the cache's arrays are allocated once at their bound (``RowCache.nbytes``); a
+request adds its own rows, nothing that grows with the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from monolith_ray.config import SlotConfig
+from monolith_ray.ps.routing import shard_of
+from monolith_ray.serve.cache import RowCache
+from monolith_ray.serve.serving_shard import Fetched
+from monolith_ray.serve.store import SparseUpdate
+
+
+class _Lookup(NamedTuple):
+    rows: dict[str, np.ndarray]  # per slot float32 (n, D+1), misses zero so far
+    version: int  # the cache's sync version at the lookup
+    # per slot (distinct missed fids, each miss's index into them, the misses' positions)
+    misses: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    asks: dict[int, dict[str, np.ndarray]]  # shard -> slot -> its fids to fetch
+
+
+class ShardedRows:
+    """Rows of ``slots`` from ``shards`` (``ServingShard`` actor handles or objects) through a
+    cache of ``cache_rows`` rows."""
+
+    def __init__(self, slots: Sequence[SlotConfig], shards: Sequence[Any], cache_rows: int,
+                 policy: str = "tinylfu", dtype: str = "float16", timeout_s: float = 0.25,
+                 retry_s: float = 1.0) -> None:
+        if not shards:
+            raise ValueError("sharded rows need at least one serving shard")
+        self.cache = RowCache(slots, cache_rows, dtype, policy)  # type: ignore[arg-type]
+        self.shards = list(shards)
+        self.timeout_s, self.retry_s = timeout_s, retry_s
+        self._remote = hasattr(getattr(self.shards[0], "get", None), "remote")
+        self._down_until = [0.0] * len(self.shards)
+        self._lock = threading.Lock()  # the cache: requests' lookups and fills vs applies
+        self.counters = {"fetches": 0, "ids_fetched": 0, "default_rows": 0,
+                         "shard_failures": 0, "shard_timeouts": 0, "not_ready": 0}
+
+    @property
+    def version(self) -> int:
+        """The sync version the cache follows."""
+        return self.cache.version
+
+    def apply(self, update: SparseUpdate) -> None:
+        """Follow a sync update (``RowCache.apply``)."""
+        with self._lock:
+            self.cache.apply(update)
+
+    async def lookup(self, fids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Rows of per slot fids int64 (n,) -> (per slot float32 (n, D+1), the cache's version
+        at the lookup), fetching misses from the shards on this event loop."""
+        found = self._begin(fids)
+        shards = list(found.asks)
+        futures = [asyncio.wrap_future(self.shards[k].get.remote(found.asks[k]).future())
+                   if self._remote else _done(self.shards[k].get(found.asks[k]))
+                   for k in shards]
+        answers: list[Fetched | BaseException | None] = [None] * len(shards)
+        if futures:
+            done, _ = await asyncio.wait(futures, timeout=self.timeout_s)
+            for i, future in enumerate(futures):
+                if future in done:
+                    answers[i] = future.exception() or future.result()
+                else:
+                    future.cancel()
+        return self._finish(found, dict(zip(shards, answers))), found.version
+
+    def lookup_blocking(self, fids: Mapping[str, np.ndarray]
+                        ) -> tuple[dict[str, np.ndarray], int]:
+        """:meth:`lookup` for a caller outside an event loop (waits on Ray directly)."""
+        found = self._begin(fids)
+        answers: dict[int, Fetched | BaseException | None] = {}
+        if self._remote:
+            import ray
+
+            refs = {k: self.shards[k].get.remote(ask) for k, ask in found.asks.items()}
+            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs),
+                                timeout=self.timeout_s)
+            for k, ref in refs.items():
+                try:
+                    answers[k] = ray.get(ref) if ref in ready else None
+                except Exception as err:  # noqa: BLE001 - counted as a shard failure
+                    answers[k] = err
+        else:
+            for k, ask in found.asks.items():
+                try:
+                    answers[k] = self.shards[k].get(ask)
+                except Exception as err:  # noqa: BLE001 - counted as a shard failure
+                    answers[k] = err
+        return self._finish(found, answers), found.version
+
+    def stats(self) -> dict[str, Any]:
+        """The cache's stats (rows, bytes, hit rate...) and the fetch counters."""
+        with self._lock:
+            return {**self.cache.stats(), **self.counters,
+                    "shards_down": sum(t > time.monotonic() for t in self._down_until)}
+
+    # ------------------------------------------------------------------ internals
+
+    def _begin(self, fids: Mapping[str, np.ndarray]) -> _Lookup:
+        rows, misses = {}, {}
+        with self._lock:
+            version = self.cache.version
+            for name, ids in fids.items():
+                rows[name], hit = self.cache.lookup(name, ids)
+                if not hit.all():
+                    miss_at = np.flatnonzero(~hit)
+                    misses[name] = (*np.unique(ids[miss_at], return_inverse=True), miss_at)
+        asks: dict[int, dict[str, np.ndarray]] = {}
+        now = time.monotonic()
+        for name, (distinct, _, _) in misses.items():
+            owner = shard_of(distinct, len(self.shards))
+            for k in np.unique(owner).tolist():
+                if self._down_until[k] > now:
+                    continue
+                asks.setdefault(k, {})[name] = distinct[owner == k]
+        return _Lookup(rows, version, misses, asks)
+
+    def _finish(self, found: _Lookup, answers: Mapping[int, Fetched | BaseException | None]
+                ) -> dict[str, np.ndarray]:
+        """Fill the cache with the answers and the lookup's rows with fetched rows."""
+        fetched: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        now = time.monotonic()
+        with self._lock:
+            for k, answer in answers.items():
+                if not isinstance(answer, Fetched):
+                    key = "shard_timeouts" if answer is None else "shard_failures"
+                    self.counters[key] += 1
+                    self._down_until[k] = now + self.retry_s
+                    continue
+                if not answer.ready:
+                    self.counters["not_ready"] += 1
+                    continue
+                self.counters["fetches"] += 1
+                for name, ids in found.asks[k].items():
+                    got = answer.rows[name]
+                    self.counters["ids_fetched"] += int(ids.size)
+                    self.cache.fill(name, ids, got, version=answer.version)
+                    fetched.setdefault(name, []).append((ids, got))
+        for name, (distinct, inverse, miss_at) in found.misses.items():
+            parts = fetched.get(name, [])
+            width = found.rows[name].shape[1]
+            held = np.zeros((distinct.size, width), dtype=np.float32)
+            got_any = np.zeros(distinct.size, dtype=bool)
+            for ids, got in parts:
+                at = np.searchsorted(distinct, ids)
+                held[at] = got
+                got_any[at] = True
+            self.counters["default_rows"] += int(distinct.size - got_any.sum())
+            found.rows[name][miss_at] = held[inverse]
+        return found.rows
+
+
+def _done(value: Any) -> asyncio.Future:
+    """A finished future holding ``value`` (plain shard objects answer at once)."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
