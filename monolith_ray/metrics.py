@@ -20,7 +20,6 @@ step, or at most once a second (:data:`REPORT_EVERY_S`), never per message.
 from __future__ import annotations
 
 import os
-
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
