@@ -10,7 +10,7 @@
 - ``POST /feedback``: request id, item id, the item's token, action -> the ``actions`` topic.
   A token that is not the one this service issued for that request and item gets 422
   (``serve/tokens.py``), so feedback lands only on impressions that were served.
-- ``GET /healthz``: the replica's versions, rows held, process id.
+- ``GET /healthz``: the replica's versions, rows or cache held, memory, process id.
 - ``GET /openapi.json``, ``GET /docs``: the schema, FastAPI's.
 
 Bad input never reaches the model: a malformed body, a field of the wrong type or out of its
@@ -20,10 +20,14 @@ each with ``{"error": "<field>: <problem>"}``. Unknown users and items are score
 default (zero) embedding, never refused.
 
 Endpoints are ``async``: scoring is a few milliseconds of CPU, run on the replica's event loop
-without a thread hop; replicas, not threads, give parallelism. Each replica holds its own copy
-of the parameters (``ServingModel``) and pulls newer versions
-from the ``ParameterSync`` actor every ``serve.poll_interval_s`` on a thread; a replica loads
-the latest versions in its constructor, before Serve routes it any request.
+without a thread hop; replicas, not threads, give parallelism. Each replica holds the dense
+parameters and either every embedding row (``serve.store: replica``) or a bounded cache of
+them over the serving shards (``sharded``: misses are awaited on the event loop, so other
+requests go on meanwhile; ``ServingModel``), and pulls newer versions from the
+``ParameterSync`` actor every ``serve.poll_interval_s`` on a thread; a replica loads the
+latest versions in its constructor, before Serve routes it any request. ``/healthz`` shows
+the store (``store_bytes``; ``cache``: rows, bytes, capacity, hit rate, fetch counters) and
+the process's ``rss_bytes``.
 """
 
 # No ``from __future__ import annotations`` here: Serve's ingress hands FastAPI the endpoint

@@ -1,8 +1,11 @@
 """ServingModel: a replica's DeepFM, scoring requests with the versions the sync handed it.
 
-It holds the dense parameters and a :class:`SparseStore` and changes only through
-:meth:`apply` (an ``Updates`` from the ``ParameterSync`` actor), so each answer is computed
-with exactly the versions :attr:`versions` reports. Scoring builds examples from slot values
+It holds the dense parameters and either a :class:`SparseStore` of every row or a
+:class:`ShardedRows` cache over the serving shards (``serve.store``), and changes only through
+:meth:`apply` (an ``Updates`` from the ``ParameterSync`` actor; a whole table is built aside
+by :meth:`stage` and swapped in by :meth:`commit`), so each answer is computed with the
+versions it reports. (With a cache, a row fetched from a shard may be newer than the cache's
+version, never older: ``RowCache.fill``.) Scoring builds examples from slot values
 with the steps of training's ``make_batch`` (``examples_table``, ``slot_values``,
 ``batch_of_values``), so an id means the same row on both sides; a candidate pool's values
 are converted once (:class:`SlotRows`) and a request only gathers them.

@@ -29,6 +29,30 @@ version: the whole table through the controller each minute) or ``broadcast`` (a
 replica that starts mid-broadcast misses it), pulling lets a replica that starts late load
 the latest versions in its constructor, before it takes traffic, and keeps the sync off the
 request path: if this actor dies, replicas keep answering with the versions they hold.
+A whole table goes to at most ``max_full_loads`` named replicas at a time (the others are
+told ``deferred`` and keep serving what they hold), so a restart of this actor never has
+every replica loading at once; a replica builds it aside and swaps it in.
+
+Two stores (``serve.store``):
+
+- ``replica`` (above): this actor and every replica hold every row. Its change log holds
+  changed ids only (8 bytes each), the rows are read from its store when a replica asks.
+- ``sharded``: serving shards (``serve.serving_shard``) hold the rows, pair ``k`` with
+  training shard ``k``; this actor keeps no copy. Each round it reads training shard ``k``'s
+  changes since serving shard ``k``'s *position* and applies them there, pair by pair, then
+  logs the changed ids *with their rows* (store dtype) and the evicted ids under a new
+  version, so replicas' caches update in place without asking the shards. Every round that
+  reached a serving shard makes a version, even an empty one: a shard's version then names
+  exactly which changes its rows include, and a replica's cache can tell a row fetched
+  before an update it has applied (``RowCache.fill``). A training shard read whole (it
+  restarted) logs a reset: caches start over. A replica new or further behind than the log
+  gets a reset (an empty cache), never a table. After a restart this actor resumes from the
+  serving shards' versions and positions: no shard is read whole again.
+
+The change log is bounded in bytes (``log_bytes``, ``serve.sync_log_mb``): ids, rows and
+1 kB a version; the newest version always stays. At 1M changed rows a version (dim 16,
+float16: 42 MB with ids) 256 MB keep six versions, about six minutes at the default
+interval; a replica more than that behind starts over.
 """
 
 from __future__ import annotations
@@ -125,10 +149,10 @@ class ParameterSync:
         self._loading: dict[str, float] = {}
         self._shard_versions = [dict.fromkeys(self.names, 0) for _ in self.shards]
         self._incarnations: list[str | None] = [None] * len(self.shards)
-        # The change log: changed and evicted ids per version, oldest first, at most
-        # ``log_bytes`` of ids (8 bytes each: 256 MB is 33M changed ids; at 1M changed rows a
-        # version, 33 versions), never fewer than the newest version. A replica further
-        # behind than the log reaches gets the whole state instead.
+        # The change log: changed and evicted ids (and, sharded, rows) per version, oldest
+        # first, at most ``log_bytes`` (see the module docstring), never fewer than the
+        # newest version. A replica further behind than the log reaches gets the whole
+        # state (sharded: a reset) instead.
         if log_bytes < 1:
             raise ValueError(f"log_bytes must be >= 1, got {log_bytes}")
         self._log: collections.deque[_Change] = collections.deque()
