@@ -32,7 +32,8 @@ def test_snapshot_restores_bit_exact(tmp_path, as_uri):
     location = (tmp_path / "s").as_uri() if as_uri else str(tmp_path / "s")
     shard = trained_shard()
     shard.snapshot(location)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["item.table", "user.table"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "item.table", "position.json", "user.table"]
     fresh = ShardServer(SLOTS, ADMISSION)
     fresh.restore(location)
     for name, stats in shard.stats().items():  # bytes aside: the restored map is rebuilt

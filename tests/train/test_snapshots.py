@@ -83,7 +83,8 @@ def test_take_then_restore_is_bit_identical(servers, tmp_path, as_uri):
     manifest = read_manifest(taken)
     assert manifest["number"] == 1 and manifest["shards"] == 2
     assert sorted(manifest["files"]) == ["dense.npz", "offsets.json", "shard-0/item_id.table",
-                                         "shard-0/user_id.table", "shard-1/item_id.table",
+                                         "shard-0/position.json", "shard-0/user_id.table",
+                                         "shard-1/item_id.table", "shard-1/position.json",
                                          "shard-1/user_id.table"]
 
     fresh_shards, fresh_dense = servers(cfg)
@@ -100,9 +101,18 @@ def test_take_then_restore_is_bit_identical(servers, tmp_path, as_uri):
             assert {**ray.get(new.stats.remote())[name], "bytes": 0} == {**stats, "bytes": 0}
         for name, rows in ray.get(old.lookup.remote(ids)).items():
             np.testing.assert_array_equal(rows, ray.get(new.lookup.remote(ids))[name])
-    # The restored actors snapshot to the very same bytes.
+    # The restored actors snapshot to the very same bytes, but for the incarnation each
+    # shard's position names (a restore starts a new one).
     again = take_snapshot(tmp_path / "again", fresh_shards, fresh_dense, OFFSETS)
-    assert files(again) == files(folder)
+    positions = {}
+    for taken_files in (files(again), files(folder)):
+        for k in range(2):
+            position = json.loads(taken_files.pop(f"shard-{k}/position.json"))
+            positions.setdefault(k, []).append(position.pop("incarnation"))
+            assert position == {"versions": {"user_id": 2, "item_id": 2}}
+        positions.setdefault("rest", []).append(taken_files)
+    assert positions["rest"][0] == positions["rest"][1]
+    assert positions[0][0] != positions[0][1]
 
 
 def test_pruning_keeps_the_newest_complete_ones(servers, tmp_path):
