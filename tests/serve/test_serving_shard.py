@@ -221,3 +221,25 @@ def test_replica_memory_is_bounded_as_the_table_grows_tenfold() -> None:
         stats = model.cache_stats()
         assert stats["rows"] <= 1000 and stats["bytes"] == bound
     assert sum(s.stats()["bytes"] for s in serving) > 5 * bound
+
+
+def test_snapshot_files_are_checked_and_a_bad_one_leaves_the_shard_empty(sharded,
+                                                                          tmp_path) -> None:
+    client, serving, sync = sharded
+    _train(client, list(range(10)))
+    folder = tmp_path / "shard-0"
+    client.shards[0].snapshot(folder)
+    (folder / "position.json").unlink()  # a snapshot from before positions: read whole
+    store, position = read_snapshot(str(folder), CFG.slots, "float32")
+    assert position is START and len(store) == client.shards[0].stats()["item_id"]["rows"]
+    (folder / "position.json").write_text('{"incarnation": 1}')
+    with pytest.raises(ValueError, match="position.json"):
+        read_snapshot(str(folder), CFG.slots, "float32")
+    (folder / "item_id.table").write_bytes(b"\x93NUMPY not a table at all")
+    with pytest.raises(ValueError, match="table snapshot"):
+        read_snapshot(str(folder), CFG.slots, "float32")
+    shard = ServingShard(CFG.slots, "float32")
+    shard.load_snapshot(str(folder))
+    stats = shard.stats()
+    assert stats["load_error"] and not stats["ready"] and stats["restored_from"] is None
+    assert shard.state() == (0, START)  # the sync then reads its training shard whole
