@@ -14,6 +14,7 @@ from typing import Any
 
 from monolith_ray.config.data import DataConfig
 from monolith_ray.config.dense import MAX_DENSE, DenseFeature
+from monolith_ray.config.history import HistoryConfig
 from monolith_ray.config.joiner import JoinerConfig
 from monolith_ray.config.kafka import KafkaConfig
 from monolith_ray.config.limits import LimitsConfig
@@ -45,6 +46,7 @@ class Config:
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     supervision: SupervisionConfig = dataclasses.field(default_factory=SupervisionConfig)
+    history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -67,6 +69,10 @@ class Config:
                 raise ConfigError(f"dense[{i}].name", f"{feature.name!r} is already "
                                   f"{taken.get(feature.name, 'a reserved column name')}")
             taken[feature.name] = "a dense feature"
+        try:
+            self.history.check_slots(self.slots)
+        except ConfigError as err:
+            raise err.under("history") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:

@@ -1,0 +1,108 @@
+"""The ``history`` section: real-time user-history slots (``monolith_ray.history``).
+
+A history slot holds a user's last ``max_len`` positive values of a source slot — the item
+id (``recent_items``) or an item slot such as ``genres`` (``recent_genres``) — newest first,
+each younger than ``expire_s``, and only from actions whose event time is strictly before
+the impression's. It is also an ordinary multi-valued slot of ``slots`` (same tables, same
+pooling, same model input as ``genres``), so its ``max_values`` must hold ``max_len``::
+
+    history:
+      user_slot: user_id
+      max_users: 1000000
+      slots:
+        - {name: recent_items, source: item_id, max_len: 20, expire_s: 2592000}
+        - {name: recent_genres, source: genres, max_len: 30}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal
+
+from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.slots import SlotConfig
+from monolith_ray.messages import ACTIONS, POSITIVE_ACTIONS
+
+Action = Literal[ACTIONS]  # type: ignore[valid-type]
+MAX_LEN = 1024  # the most values any slot may hold (``validation``'s list bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistorySlot:
+    """One history slot.
+
+    - ``name``: the slot it fills, a multi-valued slot of ``slots`` with ``max_values >=
+      max_len``.
+    - ``source``: the slot of the impression whose values a positive action records (the
+      item id, or an item slot such as ``genres``: each of its values is one entry).
+    - ``max_len``: N, the most recent entries kept and read per user.
+    - ``expire_s``: an entry older than this at the reading time is left out; 0 = never.
+    - ``actions``: the actions (``actions`` topic) that make an impression positive.
+    - ``min_label``: an example (Parquet, ``examples`` topic) is positive when its label is
+      at least this.
+    """
+
+    name: str
+    source: str
+    max_len: int = 20
+    expire_s: float = 0.0
+    actions: tuple[Action, ...] = POSITIVE_ACTIONS
+    min_label: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self, "max_len", ge=1, le=MAX_LEN)
+        _require(self, "expire_s", ge=0)
+        _require(self, "min_label", gt=0, le=1)
+        if not self.actions:
+            raise ConfigError("actions", "must list at least one action")
+        if self.source == self.name:
+            raise ConfigError("source", f"must differ from the slot itself, got {self.source!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryConfig:
+    """Where the user id comes from, how many users the store holds, and the history slots.
+
+    - ``user_slot``: the single-valued slot holding the user id.
+    - ``max_users``: the most users a store holds; past it the least recently active are
+      dropped (``history.store``).
+    """
+
+    user_slot: str = "user_id"
+    max_users: int = 1_000_000
+    slots: tuple[HistorySlot, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self, "max_users", ge=1)
+        seen: dict[str, int] = {}
+        for i, slot in enumerate(self.slots):
+            j = seen.setdefault(slot.name, i)
+            if j != i:
+                raise ConfigError(f"slots[{i}].name", f"duplicate {slot.name!r}, already used "
+                                                      f"by slots[{j}]")
+
+    def check_slots(self, slots: Sequence[SlotConfig]) -> None:
+        """ConfigError (key relative to this section) unless every name it uses is a fitting
+        slot of ``slots``: the user slot single-valued, each history slot multi-valued with
+        room for ``max_len`` values, each source a slot that is not a history slot."""
+        by_name = {s.name: s for s in slots}
+        names = ", ".join(by_name)
+        history = {h.name for h in self.slots}
+        if not self.slots:
+            return
+        user = by_name.get(self.user_slot)
+        if user is None or user.max_values != 1:
+            raise ConfigError("user_slot", f"{self.user_slot!r} is not a single-valued slot; "
+                                           f"slots: {names}")
+        for i, h in enumerate(self.slots):
+            slot = by_name.get(h.name)
+            if slot is None:
+                raise ConfigError(f"slots[{i}].name", f"{h.name!r} is not a slot; slots: {names}")
+            if slot.max_values < max(2, h.max_len):
+                raise ConfigError(f"slots[{i}].name", f"slot {h.name!r} must be multi-valued "
+                                  f"with max_values >= max_len {h.max_len}, has "
+                                  f"{slot.max_values}")
+            if h.source not in by_name or h.source in history or h.source == self.user_slot:
+                raise ConfigError(f"slots[{i}].source", f"{h.source!r} is not an item slot; "
+                                  f"slots: {names}")
