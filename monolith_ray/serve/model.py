@@ -1,4 +1,5 @@
-"""ServingModel: a replica's DeepFM, scoring requests with the versions the sync handed it.
+"""ServingModel: a replica's model (``model.kind``), scoring requests with the versions the sync
+handed it.
 
 It holds the dense parameters and either a :class:`SparseStore` of every row or a
 :class:`ShardedRows` cache over the serving shards (``serve.store``), and changes only through
@@ -26,13 +27,12 @@ from monolith_ray.config import Config, DenseFeature, SlotConfig
 from monolith_ray.data.batches import Batch, SlotValues, batch_of_values, slot_values
 from monolith_ray.data.dense_values import transformed
 from monolith_ray.data.slot_columns import examples_table
-from monolith_ray.model import init, make_predict
+from monolith_ray.model import build, init_params, make_predict, spec_of
 from monolith_ray.validation import MessageError
 from monolith_ray.model.pooling import bucket_size, pad_rows
 from monolith_ray.serve.sharded_rows import ShardedRows
 from monolith_ray.serve.store import SparseStore
 from monolith_ray.serve.sync import Updates
-from monolith_ray.train.loop import deepfm_config
 
 MIN_ROWS = 16
 
@@ -98,11 +98,11 @@ class ServingModel:
         :class:`ShardedRows` cache); else the replica holds every row (a ``SparseStore``)."""
         self.slots = cfg.slots
         self.dense = cfg.dense
-        self.model_cfg = deepfm_config(cfg.slots, cfg.model, cfg.dense)
-        self._predict = make_predict(self.model_cfg, tuple(s.combiner for s in cfg.slots))
+        model, self.spec = build(cfg.model), spec_of(cfg.slots, cfg.model, cfg.dense)
+        self._predict = make_predict(model, self.spec)
         # Until the first dense sync: the initial parameters training starts from.
         self.params = jax.tree.map(np.asarray,
-                                   init(jax.random.key(cfg.train.seed), self.model_cfg))
+                                   init_params(model, self.spec, jax.random.key(cfg.train.seed)))
         serve = cfg.serve
         if serve.store == "sharded":
             if not serving:
@@ -251,7 +251,7 @@ class ServingModel:
             slot_idx.append(idx)
         probs = self._predict(params, tuple(slot_rows), tuple(slot_idx),
                               padded.dense if self.dense else None)
-        return np.asarray(probs)
+        return np.asarray(probs[self.spec.tasks[0]])
 
     def warm_up(self, max_rows: int) -> None:
         """Compile the scorer for every padded batch size up to ``max_rows`` (about a

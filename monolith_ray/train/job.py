@@ -3,7 +3,7 @@
 ``run_batch_training(cfg)`` is what ``jobs/train_batch.py`` and ``monolith-ray train`` run:
 
 1. ``n_shards`` ``EmbeddingShard`` actors (``ShardServer``) and one ``DenseParameterServer``
-   actor (``DenseServer``, holding the DeepFM dense parameters and their optax state).
+   actor (``DenseServer``, holding the model's dense parameters and their optax state).
 2. ``n_trainers`` ``TrainerActor``\\ s, each fed its own split of the examples with their
    positions (``monolith_ray.data.parquet_rows``, ``streaming_split(n)``); every trainer
    pulls rows from and pushes sparse gradients to all shards, and pushes dense gradients to
@@ -42,11 +42,11 @@ from monolith_ray.data.dense_values import dense_matrix, fit_norm, identity_norm
 from monolith_ray.data.offsets import PARTITION, OffsetCoverage
 from monolith_ray.data.parquet_rows import read_positioned
 from monolith_ray.files import filesystem_and_path
-from monolith_ray.model import DeepFMConfig, init
+from monolith_ray.model import ModelSpec, build, init_params, spec_of
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
-from monolith_ray.train.loop import TrainLoop, deepfm_config, dense_optimizer
+from monolith_ray.train.loop import TrainLoop, dense_optimizer
 from monolith_ray.train.snapshots import (  # noqa: F401 - restore_snapshot re-exported
     restore_snapshot,
     snapshot_root,
@@ -62,23 +62,23 @@ INPUTS = ("data.train", "data.valid", "data.test")
 
 def dense_server_args(cfg: Config, norm: Mapping[str, np.ndarray] | None = None
                       ) -> tuple[Any, Any]:
-    """``DenseServer`` arguments: how to make fresh DeepFM parameters (seed ``train.seed``,
+    """``DenseServer`` arguments: how to make the model's fresh parameters (seed ``train.seed``,
     the dense features' fitted ``norm``) and the dense optax optimizer. A maker rather than
     the arrays: Ray keeps an actor's creation arguments to restart it, and arrays this large
     would live in the object store, where a restart cannot count on finding them (``norm`` is
     two floats per dense feature)."""
     small = None if norm is None else {k: np.asarray(v).tolist() for k, v in norm.items()}
     maker = functools.partial(fresh_params, cfg.train.seed,
-                              deepfm_config(cfg.slots, cfg.model, cfg.dense), small)
+                              spec_of(cfg.slots, cfg.model, cfg.dense), small)
     return maker, dense_optimizer(cfg.train.dense_optimizer)
 
 
-def fresh_params(seed: int, model: DeepFMConfig,
+def fresh_params(seed: int, spec: ModelSpec,
                  norm: Mapping[str, Sequence[float]] | None = None) -> Any:
-    """DeepFM dense parameters initialized from ``seed``, with the dense features' fitted
-    ``norm`` (``dense_values.fit_norm``; None: identity)."""
-    params = init(jax.random.key(seed), model)
-    if norm is not None and model.n_dense:
+    """Dense parameters of the model ``spec.model`` names, initialized from ``seed``, with the
+    dense features' fitted ``norm`` (``dense_values.fit_norm``; None: identity)."""
+    params = init_params(build(spec.model), spec, jax.random.key(seed))
+    if norm is not None and spec.n_dense:
         params["dense_norm"] = {k: np.asarray(v, np.float32) for k, v in norm.items()}
     return params
 

@@ -2,9 +2,10 @@
 
 A step pulls the batch's unique rows (one call per shard, all slots), pads each slot's rows
 to a bucketed count (``model.bucket_size``, kept at its high-water mark so the step compiles
-a handful of times per run), runs the jitted DeepFM step (which updates the dense parameters
-with optax, or with a dense server, pushes their gradients to it), and pushes each slot's row
-gradients ``[:U_s]`` back.
+a handful of times per run), runs the jitted step of the config's model (``model.kind``, built
+by ``monolith_ray.model.build``; the loop never names one), which updates the dense parameters
+with optax, or with a dense server, pushes their gradients to it, and pushes each slot's row
+gradients ``[:U_s]`` back. Slots may have different dims: each slot's rows are its own width.
 
 Shorter batches are padded to ``batch_size`` with weight-0 examples, so B never changes.
 
@@ -51,15 +52,16 @@ from monolith_ray.config import (
 )
 from monolith_ray.data.batches import Batch
 from monolith_ray.model import (
-    DeepFMConfig,
     StreamingAUC,
     StreamingLogLoss,
     bucket_size,
-    init,
+    build,
+    init_params,
     make_grad_step,
     make_predict,
     make_train_step,
     pad_rows,
+    spec_of,
 )
 from monolith_ray.ps.client import Pending, Routes, ShardClient, calls_for
 
@@ -76,28 +78,16 @@ def dense_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     raise ValueError(f"dense optimizer {cfg.kind!r} is not supported; use sgd, adagrad or adam")
 
 
-def deepfm_config(slots: Sequence[SlotConfig], model: ModelConfig,
-                  dense: Sequence[DenseFeature] = ()) -> DeepFMConfig:
-    """The DeepFM shape for ``slots`` and ``dense`` features: one field per slot, the slots'
-    shared dim, one MLP input per dense feature."""
-    dims = {s.dim for s in slots}
-    if len(dims) != 1:
-        raise ValueError("DeepFM needs one dim for all slots, got "
-                         + ", ".join(f"{s.name}={s.dim}" for s in slots))
-    return DeepFMConfig(n_slots=len(slots), dim=dims.pop(), hidden=model.hidden,
-                        n_dense=len(dense))
-
-
 IDLE = object()
 """In the batches given to :meth:`TrainLoop.train`: no batch is coming soon."""
 
 
 class TrainLoop:
-    """DeepFM dense parameters and their optimizer, trained against ``client``'s shards.
+    """The dense parameters of the model ``model`` names and their optimizer, trained
+    against ``client``'s shards.
 
-    All ``slots`` must share one ``dim`` D; their table rows are D + 1 wide (see
-    ``monolith_ray.ps.shard``). ``dense``: the config's dense features, which every batch
-    carries (``Batch.dense``).
+    Slot ``s``'s table rows are ``dim_s + 1`` wide (see ``monolith_ray.ps.shard``).
+    ``dense``: the config's dense features, which every batch carries (``Batch.dense``).
     """
 
     def __init__(self, slots: Sequence[SlotConfig], client: ShardClient,
@@ -107,14 +97,14 @@ class TrainLoop:
         self.names = tuple(s.name for s in slots)
         self.client = client
         self.train_cfg = train
-        self.model_cfg = deepfm_config(slots, model, dense)
-        combiners = tuple(s.combiner for s in slots)
+        self.model = build(model)
+        self.spec = spec_of(slots, model, dense)
         optimizer = dense_optimizer(train.dense_optimizer)
-        self.params = init(jax.random.key(train.seed), self.model_cfg)
+        self.params = init_params(self.model, self.spec, jax.random.key(train.seed))
         self.opt_state = optimizer.init(self.params)
-        self._step = make_train_step(self.model_cfg, combiners, optimizer)
-        self._grad_step = make_grad_step(self.model_cfg, combiners)
-        self._predict = make_predict(self.model_cfg, combiners)
+        self._step = make_train_step(self.model, self.spec, optimizer)
+        self._grad_step = make_grad_step(self.model, self.spec)
+        self._predict = make_predict(self.model, self.spec)
         self.dense = None if dense_server is None else _DenseLink(dense_server,
                                                                   train.call_timeout_s)
         if self.dense is not None:
@@ -180,11 +170,12 @@ class TrainLoop:
             self._finish_push()
 
     def predict(self, batch: Batch, rows: dict[str, np.ndarray]) -> np.ndarray:
-        """Click probabilities float32 (B,) of ``batch`` given its rows per slot (U_s, D+1)."""
+        """Click probabilities float32 (B,) of ``batch`` given its rows per slot
+        (U_s, dim_s + 1)."""
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
-        return np.asarray(self._predict(self.params, slot_rows, slot_idx,
-                                        self._dense(padded)))[:len(batch)]
+        probs = self._predict(self.params, slot_rows, slot_idx, self._dense(padded))
+        return np.asarray(probs[self.spec.tasks[0]])[:len(batch)]
 
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
         """AUC and log loss (example-weighted) of ``batches`` with serving lookups, which never
@@ -288,11 +279,11 @@ class TrainLoop:
 
     def _dense(self, batch: Batch) -> np.ndarray | None:
         """The batch's dense matrix (B, n_dense), None when the model has no dense inputs."""
-        if not self.model_cfg.n_dense:
+        if not self.spec.n_dense:
             return None
-        if batch.dense.shape[1] != self.model_cfg.n_dense:
+        if batch.dense.shape[1] != self.spec.n_dense:
             raise ValueError(f"the batch has {batch.dense.shape[1]} dense features, the model "
-                             f"{self.model_cfg.n_dense}: make batches with the config's dense")
+                             f"{self.spec.n_dense}: make batches with the config's dense")
         return batch.dense
 
     def _pad(self, batch: Batch) -> Batch:

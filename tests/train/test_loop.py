@@ -133,12 +133,6 @@ def test_evaluate_does_not_insert_unseen_ids():
     assert loop.client.stats()["user"]["rows"] == rows
 
 
-def test_slots_must_share_one_dim():
-    slots = (SLOTS[0], SlotConfig(name="item", slot_id=2, dim=8))
-    with pytest.raises(ValueError, match="user=4, item=8"):
-        make_loop(slots)
-
-
 def test_model_and_train_sections_load_from_yaml():
     cfg = load_config("slots:\n  - {name: user, slot_id: 1, dim: 4}\n"
                       "model: {hidden: [16, 8]}\n"
