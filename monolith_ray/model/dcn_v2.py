@@ -15,8 +15,8 @@ run in *parallel* with the MLP (``model.hidden``) over the same ``x0``:
 MLP's). Why parallel rather than stacked (cross, then MLP): each branch reaches the logit
 in one hop, so neither starves the other's gradient at the start, and the deep branch is
 exactly DeepFM's, so comparing the two models compares the cross network with the FM term.
-Cost per example: cross_layers · d² multiply-adds (d ≈ 90 for MovieLens' five slots of
-dim 16 and one dense feature).
+Cost per example: cross_layers · d² multiply-adds and as many parameters (d = 136 for the
+MovieLens config's eight slots of dim 16: 55k multiply-adds with the default 3 layers).
 """
 
 from __future__ import annotations
