@@ -65,10 +65,6 @@ class ModelSpec:
     tasks: tuple[str, ...] = TASKS
     model: ModelConfig = ModelConfig()
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.slots)
-
 
 class Model(Protocol):
     """A model: a module or an object with these two pure functions (see the module doc)."""
