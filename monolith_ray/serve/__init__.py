@@ -2,8 +2,11 @@
 
 - ``store``: ``SparseStore``, serving's compact copy of the embedding rows.
 - ``sync``: ``ParameterSync``, the actor moving rows (every minute) and dense weights
-  (daily) from the training servers to the replicas.
-- ``model``: ``ServingModel``, a replica's DeepFM at the synced versions.
+  (daily) from the training servers to the replicas (or to the serving shards).
+- ``serving_shard``: ``ServingShard``, with ``serve.store: sharded`` the serving copy of one
+  training shard's rows; ``cache``: ``RowCache``, a replica's bounded hot-row cache;
+  ``sharded_rows``: ``ShardedRows``, the cache over the serving shards.
+- ``model``: ``ServingModel``, a replica's model (``model.kind``) at the synced versions.
 - ``api``: the HTTP schema: request and response models with their bounds, error answers,
   the body-size limit.
 - ``tokens``: ``FeedbackTokens``, the request ids and HMAC feedback tokens the service issues.
