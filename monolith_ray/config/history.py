@@ -1,9 +1,9 @@
 """The ``history`` section: real-time user-history slots (``monolith_ray.history``).
 
-A history slot holds a user's last ``max_len`` positive values of a source slot — the item
-id (``recent_items``) or an item slot such as ``genres`` (``recent_genres``) — newest first,
-each younger than ``expire_s``, and only from actions whose event time is strictly before
-the impression's. It is also an ordinary multi-valued slot of ``slots`` (same tables, same
+A history slot holds a user's last ``max_len`` values of a source slot from their positive
+examples (or, by its label range, other ones) — the item id (``recent_items``) or an item slot
+such as ``genres`` (``recent_genres``) — newest first, each younger than ``expire_s``, and
+only from actions whose event time is strictly before the impression's. It is also an ordinary multi-valued slot of ``slots`` (same tables, same
 pooling, same model input as ``genres``), so its ``max_values`` must hold ``max_len``::
 
     history:
@@ -12,19 +12,17 @@ pooling, same model input as ``genres``), so its ``max_values`` must hold ``max_
       slots:
         - {name: recent_items, source: item_id, max_len: 20, expire_s: 2592000}
         - {name: recent_genres, source: genres, max_len: 30}
+        - {name: recent_passed_items, source: item_id, max_len: 20, min_label: 0, max_label: 0}
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
 
 from monolith_ray.config.loader import ConfigError, _require
 from monolith_ray.config.slots import SlotConfig
-from monolith_ray.messages import ACTIONS, POSITIVE_ACTIONS
 
-Action = Literal[ACTIONS]  # type: ignore[valid-type]
 MAX_LEN = 1024  # the most values any slot may hold (``validation``'s list bound)
 
 
@@ -38,24 +36,24 @@ class HistorySlot:
       item id, or an item slot such as ``genres``: each of its values is one entry).
     - ``max_len``: N, the most recent entries kept and read per user.
     - ``expire_s``: an entry older than this at the reading time is left out; 0 = never.
-    - ``actions``: the actions (``actions`` topic) that make an impression positive.
-    - ``min_label``: an example (Parquet, ``examples`` topic) is positive when its label is
-      at least this.
+    - ``min_label``, ``max_label``: an example (Parquet, ``examples`` topic) counts when its
+      label is within [min_label, max_label]; the default [1, 1] is the positives (the
+      joiner's label 1 = a positive action, ``messages.POSITIVE_ACTIONS``). A slot of what a
+      user passed over sets [0, 0].
     """
 
     name: str
     source: str
     max_len: int = 20
     expire_s: float = 0.0
-    actions: tuple[Action, ...] = POSITIVE_ACTIONS
     min_label: float = 1.0
+    max_label: float = 1.0
 
     def __post_init__(self) -> None:
         _require(self, "max_len", ge=1, le=MAX_LEN)
         _require(self, "expire_s", ge=0)
-        _require(self, "min_label", gt=0, le=1)
-        if not self.actions:
-            raise ConfigError("actions", "must list at least one action")
+        _require(self, "min_label", ge=0, le=1)
+        _require(self, "max_label", ge=self.min_label, le=1)
         if self.source == self.name:
             raise ConfigError("source", f"must differ from the slot itself, got {self.source!r}")
 

@@ -26,12 +26,14 @@ from monolith_ray.schemas import LABEL, TIME
 
 def entries(table: pa.Table, slot: HistorySlot, user_slot: str
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The history entries the positive examples of ``table`` make for ``slot``: one per
-    value of its source column in an example whose label is at least ``slot.min_label`` and
-    whose user is set -> int64 (e,) (rows, users, times, values), in row order and, within a
-    row, in the source's value order."""
+    """The history entries the examples of ``table`` make for ``slot``: one per value of its
+    source column in an example whose label is within [``slot.min_label``,
+    ``slot.max_label``] (the positives by default) and whose user is set -> int64 (e,)
+    (rows, users, times, values), in row order and, within a row, in the source's order."""
     users = table.column(user_slot).combine_chunks()
-    positive = (pc.greater_equal(table.column(LABEL), slot.min_label).to_numpy()
+    label = table.column(LABEL)
+    counted = (pc.and_(pc.greater_equal(label, slot.min_label),
+                        pc.less_equal(label, slot.max_label)).to_numpy()
                 & users.is_valid().to_numpy(zero_copy_only=False))
     source = table.column(slot.source).combine_chunks()
     if pa.types.is_list(source.type):
@@ -39,7 +41,7 @@ def entries(table: pa.Table, slot: HistorySlot, user_slot: str
         source = pc.list_flatten(source)
     else:
         rows = np.arange(len(source), dtype=np.int64)
-    keep = positive[rows] & source.is_valid().to_numpy(zero_copy_only=False)
+    keep = counted[rows] & source.is_valid().to_numpy(zero_copy_only=False)
     rows = rows[keep]
     values = source.fill_null(0).to_numpy(zero_copy_only=False)[keep].astype(np.int64)
     user_ids = users.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -19,7 +19,7 @@ history:
   max_users: 1000
   slots:
     - {name: recent_items, source: item_id, max_len: 20, expire_s: 86400}
-    - {name: recent_genres, source: genres, max_len: 30, actions: [like], min_label: 0.5}
+    - {name: recent_genres, source: genres, max_len: 30, min_label: 0.5}
 """
 
 
@@ -27,8 +27,7 @@ def test_loads() -> None:
     history = load_config(SLOTS).history
     assert history.user_slot == "user_id" and history.max_users == 1000
     assert history.slots[0] == HistorySlot("recent_items", "item_id", 20, 86400.0)
-    assert history.slots[1].actions == ("like",) and history.slots[1].min_label == 0.5
-    assert history.slots[0].actions == ("click", "like", "share", "finish")
+    assert (history.slots[1].min_label, history.slots[1].max_label) == (0.5, 1.0)
 
 
 def test_no_history_by_default() -> None:
@@ -57,11 +56,9 @@ def test_bad_section_values_name_the_key(override: str, message: str) -> None:
     ("{name: recent_items, source: item_id, max_len: 0}",
      r"^history.slots\[0\].max_len: must be >= 1 and <= 1024, got 0$"),
     ("{name: recent_items, source: item_id, expire_s: -1}", r"^history.slots\[0\].expire_s:"),
-    ("{name: recent_items, source: item_id, min_label: 0}", r"^history.slots\[0\].min_label:"),
-    ("{name: recent_items, source: item_id, actions: [skipped]}",
-     r"^history.slots\[0\].actions\[0\]:"),
-    ("{name: recent_items, source: item_id, actions: []}",
-     r"^history.slots\[0\].actions: must list"),
+    ("{name: recent_items, source: item_id, min_label: -0.5}", r"^history.slots\[0\].min_label:"),
+    ("{name: recent_items, source: item_id, min_label: 0.5, max_label: 0.4}",
+     r"^history.slots\[0\].max_label: must be >= 0.5 and <= 1, got 0.4$"),
     ("{name: recent_items, source: item_id, max_lenn: 3}",
      r"^history.slots\[0\].max_lenn: unknown key"),
 ])

@@ -32,7 +32,8 @@ def brute_force(table: pa.Table, slot: HistorySlot) -> list[list[int]]:
     for row in rows:
         found: list[tuple[int, int, int, int]] = []  # (time, row, position, value)
         for j, other in enumerate(rows):
-            if (other["user_id"] != row["user_id"] or other["label"] < slot.min_label
+            if (other["user_id"] != row["user_id"]
+                    or not slot.min_label <= other["label"] <= slot.max_label
                     or not other["time"] < row["time"]):
                 continue
             if slot.expire_s and not other["time"] > row["time"] - slot.expire_s:
@@ -48,33 +49,43 @@ def brute_force(table: pa.Table, slot: HistorySlot) -> list[list[int]]:
 row = st.tuples(st.integers(0, 40), st.integers(0, 3), st.sampled_from([0.0, 1.0]),
                 st.integers(0, 9), st.lists(st.integers(100, 105), max_size=3))
 slot_settings = st.tuples(st.sampled_from(["item_id", "genres"]), st.integers(1, 5),
-                          st.sampled_from([0.0, 5.0, 12.5]))
+                          st.sampled_from([0.0, 5.0, 12.5]),
+                          st.sampled_from([(1.0, 1.0), (0.0, 0.0), (0.0, 1.0)]))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(row, max_size=40), slot_settings)
 def test_replay_is_the_brute_force_reference(rows, setting) -> None:
-    source, max_len, expire_s = setting
-    slot = HistorySlot("recent", source, max_len=max_len, expire_s=expire_s)
+    source, max_len, expire_s, (low, high) = setting
+    slot = HistorySlot("recent", source, max_len=max_len, expire_s=expire_s, min_label=low,
+                       max_label=high)
     table = examples(rows)
     got = replay_slot(table, slot, "user_id").to_pylist()
     assert got == brute_force(table, slot)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(row, max_size=40), st.integers(1, 5), st.sampled_from([0.0, 5.0, 12.5]))
+def test_never_an_action_at_or_after_the_impression(rows, max_len, expire_s) -> None:
+    """Each item is its row number, so every value names the action it came from."""
+    rows = [(t, user, label, i, []) for i, (t, user, label, _, _) in enumerate(rows)]
+    slot = HistorySlot("recent", "item_id", max_len=max_len, expire_s=expire_s)
+    got = replay_slot(examples(rows), slot, "user_id").to_pylist()
     for values, (t, user, *_) in zip(got, rows):
         assert len(values) <= max_len
-        # never an action at or after the impression's time
-        later = {r[3] if source == "item_id" else g for r in rows
-                 if r[1] == user and r[0] >= t for g in (r[4] or [None])}
-        earlier = {r[3] if source == "item_id" else g for r in rows
-                   if r[1] == user and r[0] < t and r[2] == 1.0 for g in (r[4] or [None])}
-        assert set(values) <= earlier or not set(values) & (later - earlier)
+        for action in (rows[v] for v in values):
+            assert action[0] < t and action[1] == user and action[2] == 1.0
+            assert not expire_s or action[0] > t - expire_s
+        assert [rows[v][0] for v in values] == sorted((rows[v][0] for v in values), reverse=True)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(row, max_size=40), slot_settings)
 def test_live_store_in_event_time_order_matches_replay(rows, setting) -> None:
     """Reading each second's impressions before observing them gives the replayed values."""
-    source, max_len, expire_s = setting
-    config = HistoryConfig(slots=(HistorySlot("recent", source, max_len, expire_s),))
+    source, max_len, expire_s, (low, high) = setting
+    config = HistoryConfig(slots=(HistorySlot("recent", source, max_len, expire_s,
+                                              min_label=low, max_label=high),))
     table = examples(rows).sort_by("time")
     live = UserHistory(config)
     got: list[list[int]] = []
@@ -129,3 +140,16 @@ def test_movielens_sized_replay_takes_well_under_seconds() -> None:
     column = replay_slot(table, slot, "user_id")
     assert time.perf_counter() - start < 3.0
     assert pa.compute.max(pa.compute.list_value_length(column)).as_py() == 20
+
+
+def test_the_experiments_history_slots_make_a_valid_config() -> None:
+    from monolith_ray.config import Config, load_config
+    from monolith_ray.experiments.history import history_config, history_slots
+
+    base = load_config()
+    history = history_config(100)
+    config = Config(slots=history_slots(base.slots, history), history=history)
+    assert {s.name: s.max_values for s in config.slots[-4:]} == {
+        "recent_items": 100, "recent_genres": 200, "recent_passed_items": 100,
+        "recent_passed_genres": 200}
+    assert {s.dim for s in config.slots} == {base.slots[0].dim}
