@@ -78,6 +78,10 @@ class SlotConfig:
     - ``expire_s``: rows not updated for this many seconds are evicted; 0 = never.
     - ``combiner``: how a multi-valued slot pools its values' embeddings.
     - ``max_values``: most values per example in this slot (1 = single-valued).
+    - ``online``: the row optimizer once training goes online (the online job, the stream of
+      ``benchmarks.online_vs_batch``), e.g. Adagrad at a rate that learns a fresh id from its
+      first few examples; unset: ``optimizer`` throughout. Same kind as ``optimizer``: rows
+      keep their state; another kind: every row's state starts afresh.
     """
 
     name: str
@@ -90,6 +94,7 @@ class SlotConfig:
     expire_s: float = 0.0
     combiner: Combiner = "sum"
     max_values: int = 1
+    online: OptimizerConfig | None = None
 
     def __post_init__(self) -> None:
         if not _SLOT_NAME.fullmatch(self.name):

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 import numpy as np
 import pyarrow.fs as pafs
 
-from monolith_ray.config import AdmissionConfig, SlotConfig
+from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig
 from monolith_ray.files import filesystem_and_path
 from monolith_ray.table import EmbeddingTable, TableDelta
 
@@ -221,6 +221,14 @@ class ShardServer:
         """Evict the given ids now, per slot (absent ones are ignored) -> per slot the ids
         evicted int64."""
         return {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
+
+    @_serialized
+    def set_optimizers(self, optimizers: Mapping[str, OptimizerConfig]) -> None:
+        """Switch each named slot's table to its optimizer from now on (e.g. the slots'
+        ``online`` settings once batch training ends; ``EmbeddingTable.set_optimizer``)."""
+        tables = {name: self._table(name) for name in optimizers}
+        for name, cfg in optimizers.items():
+            tables[name].set_optimizer(cfg)
 
     @_serialized
     def stats(self) -> dict[str, dict[str, int]]:

@@ -56,7 +56,7 @@ from typing import BinaryIO, NamedTuple
 import numba as nb
 import numpy as np
 
-from monolith_ray.config import AdmissionConfig, SlotConfig, from_dict
+from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig, from_dict
 from monolith_ray.table.admission import AdmissionFilter
 from monolith_ray.table.cuckoo import EMPTY, CuckooMap
 from monolith_ray.table.initializers import fill_rows
@@ -227,6 +227,28 @@ class EmbeddingTable:
         return rows
 
     # ------------------------------------------------------------------ updates
+
+    def set_optimizer(self, cfg: OptimizerConfig) -> None:
+        """Train on with ``cfg`` from now on, e.g. the slot's ``online`` optimizer once batch
+        training ends. Weights stay. The same kind keeps every row's state (Adam at a new
+        rate keeps each row's moments); another kind starts every live row's state afresh,
+        as for a new row (FTRL's ``z`` matched to the weights). The table's slot config
+        records ``cfg``, so a snapshot restores with it (the format is unchanged)."""
+        new = make_optimizer(cfg)
+        same = new.state_spec(self.dim) == self._optimizer.state_spec(self.dim)
+        self._optimizer = new
+        self.slot = dataclasses.replace(self.slot, optimizer=cfg)
+        if same:
+            return
+        n = self._rows["ids"].shape[0]
+        for key in [k for k in self._rows if k.startswith("state/")]:
+            del self._rows[key]
+        for key, (width, dtype) in self._fields().items():
+            if key not in self._rows:
+                array = reserve(MAX_ROWS, width, dtype) if self._reserved else None
+                self._rows[key] = np.zeros((n, width), dtype) if array is None else array
+        live = np.flatnonzero(self._rows["ids"][:self._map.row_bound] != EMPTY)
+        new.init_state_rows(self._weights, self._state, live)
 
     def apply_gradients(self, ids: np.ndarray, grads: np.ndarray, now: float) -> int:
         """Apply the slot's optimizer: ids (n,) int64, grads float32 (n, dim) -> rows updated.
