@@ -18,10 +18,12 @@ Every topic carries UTF-8 JSON objects (never pickle). Times are event times in 
 ``examples`` (the online joiner writes one per joined or expired impression)::
 
     {"request_id": "r-1", "time": 1700000000, "slots": {...}, "dense": {...},
-     "label": 1.0, "weight": 1.0}             # dense: optional
+     "label": 1.0, "weight": 1.0,
+     "labels": {"click": 1.0, "like": 0.0}}   # labels: optional, with several tasks
 
 (the joiner's are the impression's ``features`` message with label and weight added, so its
-other fields ride along; :func:`parse_example` ignores them).
+other fields ride along; :func:`parse_example` ignores them). ``label`` is the first task's;
+with several tasks (config ``tasks``) ``labels`` holds every task's.
 
 ``dead_letter`` (anything that failed validation)::
 
@@ -132,8 +134,24 @@ def parse_example(value: Any, known: Known = None, limits: LimitsConfig | None =
             "slots": validation.slots(msg.get("slots"), known),
             "dense": validation.dense(msg.get("dense"), dense),
             "label": validation.number(msg.get("label"), "label", 0.0, 1.0),
+            "labels": _labels(msg.get("labels")),
             "weight": validation.number(msg.get("weight", 1.0), "weight", 0.0,
                                         validation.MAX_WEIGHT, low_open=True)}
+
+
+def _labels(value: Any) -> dict[str, float] | None:
+    """An example's per-task ``labels``: None, or an object of at most 32 task names
+    (strings) to labels in [0, 1]."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > 32:
+        raise MessageError("labels: expected an object of at most 32 task labels")
+    out = {}
+    for task, label in value.items():
+        if not isinstance(task, str) or len(task) > 32:
+            raise MessageError("labels: a task name must be a string of at most 32 characters")
+        out[task] = validation.number(label, f"labels.{task}", 0.0, 1.0)
+    return out
 
 
 def refusal_reason(err: Exception) -> str:

@@ -14,7 +14,13 @@ column          type             meaning
 ``<slot>``      list<int64>      one column per multi-valued slot (``max_values > 1``)
 ``<dense>``     float32          one column per dense feature (config ``dense``), after the
                                  slots; the raw value, null where the example has none
+``label_<t>``   float32          one column per task ``t`` after the first (config
+                                 ``tasks``), last; null where the example has no label for
+                                 it. Optional: data without it has no labels for ``t``
 ==============  ===============  ==========================================================
+
+``label`` is the first task's label (``click`` unless ``tasks`` says otherwise), so data and
+readers of one task are unchanged by multi-task configs.
 
 Slot columns hold *raw value ids*, not fids: integers as they are, strings hashed with
 :func:`monolith_ray.features.hash_str` (see :func:`value_ids`). The trainer turns them into
@@ -37,6 +43,7 @@ from monolith_ray.features import hash_str
 TIME, LABEL, WEIGHT = "time", "label", "weight"
 _DECIMAL = "^-?[0-9]{1,18}$"  # RE2: $ is the end of the text only
 _DENSE = {b"kind": b"dense"}  # field metadata of a dense feature's column
+_TASK_LABEL = {b"kind": b"task_label"}  # field metadata of a task's label column (optional)
 _BASE_FIELDS = (
     pa.field(TIME, pa.int64(), nullable=False),
     pa.field(LABEL, pa.float32(), nullable=False),
@@ -60,10 +67,18 @@ class _Dense(Protocol):
 SlotSpec = Union[tuple[str, bool], _Slot]
 
 
-def example_schema(slots: Sequence[SlotSpec], dense: Sequence[str | _Dense] = ()) -> pa.Schema:
+def label_column(tasks: Sequence[str], index: int) -> str:
+    """The column of task ``tasks[index]``'s labels: ``label`` for the first, else
+    ``label_<task>``."""
+    return LABEL if index == 0 else f"{LABEL}_{tasks[index]}"
+
+
+def example_schema(slots: Sequence[SlotSpec], dense: Sequence[str | _Dense] = (),
+                   tasks: Sequence[str] = ()) -> pa.Schema:
     """Arrow schema of examples with the given slots, each ``(name, multi_valued)`` or an
     object with ``.name`` and ``.max_values`` (a ``SlotConfig``), then the dense features,
-    each a name or an object with ``.name`` (a ``DenseFeature``)."""
+    each a name or an object with ``.name`` (a ``DenseFeature``), then the label columns of
+    the ``tasks`` (names) after the first."""
     fields = list(_BASE_FIELDS)
     for slot in slots:
         name, multi = slot if isinstance(slot, tuple) else (slot.name, slot.max_values > 1)
@@ -76,21 +91,30 @@ def example_schema(slots: Sequence[SlotSpec], dense: Sequence[str | _Dense] = ()
             raise SchemaError(f"column {name!r}: dense feature name repeats or clashes with "
                               "another column")
         fields.append(pa.field(name, pa.float32(), metadata=_DENSE))
+    for i in range(1, len(tasks)):
+        name = label_column(tasks, i)
+        if name in (f.name for f in fields):
+            raise SchemaError(f"column {name!r}: task label column clashes with another column")
+        fields.append(pa.field(name, pa.float32(), metadata=_TASK_LABEL))
     return pa.schema(fields)
 
 
 def validate_examples(table: pa.Table, schema: pa.Schema) -> None:
     """Raise :class:`SchemaError` unless ``table`` has every column of ``schema`` with its
     type and no nulls where the schema forbids them (a dense feature's column may be any
-    numeric type). Extra columns are ignored. Runs once per training batch: about 50 µs for
+    numeric type). A task's label column may be missing (that task has no labels) or of any
+    floating type. Extra columns are ignored. Runs once per training batch: about 50 µs for
     42 columns (types compared by name, nulls counted only where forbidden)."""
     have = dict(zip(table.schema.names, table.schema.types))
-    for field, dense in _fields(schema):
+    for field, dense, task in _fields(schema):
         kind = have.get(field.name)
         if kind is None:
+            if task:
+                continue
             raise SchemaError(f"column {field.name!r}: missing (expected {field.type})")
         if kind != field.type and not (dense and (pa.types.is_floating(kind)
-                                                  or pa.types.is_integer(kind))):
+                                                  or pa.types.is_integer(kind))
+                                       or task and pa.types.is_floating(kind)):
             raise SchemaError(f"column {field.name!r}: expected {field.type}, got {kind}")
         if not field.nullable:
             nulls = table.column(field.name).null_count
@@ -99,9 +123,11 @@ def validate_examples(table: pa.Table, schema: pa.Schema) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _fields(schema: pa.Schema) -> tuple[tuple[pa.Field, bool], ...]:
-    """Each field of ``schema`` and whether it is a dense feature's (its metadata says so)."""
-    return tuple((field, field.metadata == _DENSE) for field in schema)
+def _fields(schema: pa.Schema) -> tuple[tuple[pa.Field, bool, bool], ...]:
+    """Each field of ``schema``, whether it is a dense feature's and whether a task label's
+    (its metadata says so)."""
+    return tuple((field, field.metadata == _DENSE, field.metadata == _TASK_LABEL)
+                 for field in schema)
 
 
 def value_ids(values: Iterable[str | int]) -> np.ndarray:

@@ -24,7 +24,9 @@ from monolith_ray.config.online import OnlineConfig
 from monolith_ray.config.serve import ServeConfig
 from monolith_ray.config.slots import AdmissionConfig, SlotConfig
 from monolith_ray.config.supervision import SupervisionConfig
+from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig, check_tasks, parse_score
 from monolith_ray.config.train import TrainConfig
+from monolith_ray.schemas import label_column
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "defaults" / "movielens.yaml"
 
@@ -47,6 +49,7 @@ class Config:
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     supervision: SupervisionConfig = dataclasses.field(default_factory=SupervisionConfig)
     history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
+    tasks: tuple[TaskConfig, ...] = DEFAULT_TASKS
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -62,7 +65,17 @@ class Config:
                     )
         if len(self.dense) > MAX_DENSE:
             raise ConfigError("dense", f"{len(self.dense)} features, more than {MAX_DENSE}")
-        taken = {name: "a base column" for name in ("time", "label", "weight")}
+        try:
+            check_tasks(self.tasks)
+        except ConfigError as err:
+            raise err.under("tasks") from None
+        taken = {label_column(self.task_names, i): f"the label column of tasks[{i}]"
+                 for i in range(1, len(self.tasks))}
+        for i, slot in enumerate(self.slots):
+            if slot.name in taken:
+                raise ConfigError(f"slots[{i}].name", f"{slot.name!r} is already "
+                                                      f"{taken[slot.name]}")
+        taken.update((name, "a base column") for name in ("time", "label", "weight"))
         taken.update((s.name, "a slot") for s in self.slots)
         for i, feature in enumerate(self.dense):
             if feature.name in taken or feature.name.startswith("_"):
@@ -73,6 +86,15 @@ class Config:
             self.history.check_slots(self.slots)
         except ConfigError as err:
             raise err.under("history") from None
+        try:
+            parse_score(self.serve.score, self.task_names)
+        except ConfigError as err:
+            raise err.under("serve.score") from None
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks' names in config order (the first is the ``label`` column's)."""
+        return tuple(t.name for t in self.tasks)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:

@@ -69,6 +69,10 @@ class ServeConfig:
       default row); the sync keeps no copy, only its change log with the rows.
     - ``max_full_loads``: replicas given a whole table at the same time (``store:
       replica``); the others wait and keep serving what they hold.
+    - ``score``: what ``/recommend`` ranks by and ``/predict`` returns as ``scores``: an
+      expression over the tasks' probabilities, e.g. ``click + 0.5 * like`` (task names,
+      numbers, ``+ - *``, parentheses: ``config.tasks.parse_score``); empty = the first
+      task's probability.
     """
 
     host: str = "127.0.0.1"
@@ -98,6 +102,7 @@ class ServeConfig:
     shard_timeout_s: float = 0.25
     shard_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     max_full_loads: int = 1
+    score: str = ""
 
     def __post_init__(self) -> None:
         _require(self, "port", ge=0, le=65535)

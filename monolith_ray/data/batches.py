@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,15 @@ import pyarrow.compute as pc
 from monolith_ray.config import DenseFeature, SlotConfig
 from monolith_ray.data.dense_values import dense_matrix
 from monolith_ray.features import make_fids
-from monolith_ray.schemas import LABEL, TIME, WEIGHT, SchemaError, example_schema, validate_examples
+from monolith_ray.schemas import (
+    LABEL,
+    TIME,
+    WEIGHT,
+    SchemaError,
+    example_schema,
+    label_column,
+    validate_examples,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,9 @@ class Batch:
     - ``labels``, ``weights``: float32 (B,); ``time``: int64 (B,), event time in seconds.
     - ``dense``: float32 (B, n_dense), the dense features after their host-side transform
       (``monolith_ray.data.dense_values``); (B, 0) when the config has none.
+    - ``task_labels[task]``: float32 (B,), the labels of each task after the first (whose
+      labels are ``labels``), NaN where an example has none; a task absent from it has no
+      labels in this batch (see :meth:`targets`).
     """
 
     fids: dict[str, np.ndarray]
@@ -46,6 +57,7 @@ class Batch:
     weights: np.ndarray
     time: np.ndarray
     dense: np.ndarray | None = None
+    task_labels: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dense is None:
@@ -53,6 +65,23 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def targets(self, tasks: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, weights), float32 (T, B), of the ``tasks`` (names; the first's are
+        :attr:`labels`): an example without a label for a task weighs 0 in that task's row, so
+        a task missing from the data trains nothing."""
+        labels = np.empty((len(tasks), len(self)), np.float32)
+        weights = np.empty_like(labels)
+        labels[0], weights[0] = self.labels, self.weights
+        for t, task in enumerate(tasks[1:], 1):
+            given = self.task_labels.get(task)
+            if given is None:
+                labels[t], weights[t] = 0.0, 0.0
+            else:
+                known = ~np.isnan(given)
+                labels[t] = np.where(known, given, 0.0)
+                weights[t] = np.where(known, self.weights, 0.0)
+        return labels, weights
 
     @property
     def now(self) -> float:
@@ -75,12 +104,15 @@ class Batch:
             weights=np.pad(self.weights, (0, extra)),
             time=np.pad(self.time, (0, extra), mode="edge" if len(self) else "constant"),
             dense=np.pad(self.dense, ((0, extra), (0, 0))),
+            task_labels={t: np.pad(a, (0, extra)) for t, a in self.task_labels.items()},
         )
 
 
 def make_batch(examples: pa.Table | pa.RecordBatch, slots: Sequence[SlotConfig],
-               dense: Sequence[DenseFeature] = ()) -> Batch:
-    """The :class:`Batch` of all rows of ``examples`` for ``slots`` and ``dense`` features.
+               dense: Sequence[DenseFeature] = (), tasks: Sequence[str] = ()) -> Batch:
+    """The :class:`Batch` of all rows of ``examples`` for ``slots`` and ``dense`` features,
+    with the labels of the ``tasks`` (names) after the first read from their ``label_<task>``
+    columns where the table has them (null: NaN).
 
     Raises :class:`~monolith_ray.schemas.SchemaError` naming the column if a column is
     missing, mistyped, null where it may not be, or holds more values than ``max_values``,
@@ -88,13 +120,20 @@ def make_batch(examples: pa.Table | pa.RecordBatch, slots: Sequence[SlotConfig],
     means the example has no value in that slot; a null dense value takes its default.
     """
     table = pa.Table.from_batches([examples]) if isinstance(examples, pa.RecordBatch) else examples
-    validate_examples(table, _schema(tuple(slots), tuple(dense)))
+    tasks = tuple(tasks)
+    validate_examples(table, _schema(tuple(slots), tuple(dense), tasks))
     values = {slot.name: slot_values(table.column(slot.name).combine_chunks(), slot)
               for slot in slots}
-    return batch_of_values(values, slots, _numpy(table.column(LABEL), np.float32),
-                           _numpy(table.column(WEIGHT), np.float32),
-                           _numpy(table.column(TIME), np.int64),
-                           dense_matrix(table, dense) if dense else None)
+    batch = batch_of_values(values, slots, _numpy(table.column(LABEL), np.float32),
+                            _numpy(table.column(WEIGHT), np.float32),
+                            _numpy(table.column(TIME), np.int64),
+                            dense_matrix(table, dense) if dense else None)
+    names = table.schema.names
+    task_labels = {task: pc.fill_null(table.column(column), np.nan).to_numpy()
+                   .astype(np.float32, copy=False)
+                   for i, task in enumerate(tasks[1:], 1)
+                   if (column := label_column(tasks, i)) in names}
+    return replace(batch, task_labels=task_labels) if task_labels else batch
 
 
 SlotValues = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -121,12 +160,13 @@ def batch_of_values(values: Mapping[str, SlotValues], slots: Sequence[SlotConfig
 
 
 def iter_batches(examples: pa.Table, slots: Sequence[SlotConfig],
-                 batch_size: int, dense: Sequence[DenseFeature] = ()) -> Iterator[Batch]:
+                 batch_size: int, dense: Sequence[DenseFeature] = (),
+                 tasks: Sequence[str] = ()) -> Iterator[Batch]:
     """Consecutive batches of ``batch_size`` rows (the last may be shorter), in table order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, examples.num_rows, batch_size):
-        yield make_batch(examples.slice(start, batch_size), slots, dense)
+        yield make_batch(examples.slice(start, batch_size), slots, dense, tasks)
 
 
 def slot_values(column: pa.Array, slot: SlotConfig) -> SlotValues:
@@ -155,8 +195,9 @@ def slot_values(column: pa.Array, slot: SlotConfig) -> SlotValues:
 
 
 @functools.lru_cache(maxsize=16)
-def _schema(slots: tuple[SlotConfig, ...], dense: tuple[DenseFeature, ...]) -> pa.Schema:
-    return example_schema(slots, dense)
+def _schema(slots: tuple[SlotConfig, ...], dense: tuple[DenseFeature, ...],
+            tasks: tuple[str, ...] = ()) -> pa.Schema:
+    return example_schema(slots, dense, tasks)
 
 
 def _numpy(column: pa.ChunkedArray, dtype: type) -> np.ndarray:

@@ -58,7 +58,8 @@ def dump_examples(cfg: Config, path: str, starts: Mapping[int, int] | None = Non
     topic = cfg.kafka.topics.examples
     starts = dict(starts) if starts is not None else earliest_offsets(cfg.kafka, topic)
     reader = KafkaExampleReader(StreamSpec(cfg.kafka, topic, cfg.slots, starts, stops=stops,
-                                           limits=cfg.limits, stage="dump", dense=cfg.dense))
+                                           limits=cfg.limits, stage="dump", dense=cfg.dense,
+                                           tasks=cfg.task_names))
     fs.create_dir(root, recursive=True)
     pending: list[pa.Table] = []
     writes = 0

@@ -108,11 +108,11 @@ _METADATA_TIMEOUT_S = 30.0
 Stops = Mapping[int, int] | Literal["end"] | None
 
 
-def source_schema(slots: Sequence[SlotConfig], dense: Sequence[DenseFeature] = ()
-                  ) -> pa.Schema:
-    """The example schema of ``slots`` and ``dense`` plus the source columns ``_partition``
-    (int32), ``_offset`` and ``_from_offset`` (int64)."""
-    schema = example_schema(slots, dense)
+def source_schema(slots: Sequence[SlotConfig], dense: Sequence[DenseFeature] = (),
+                  tasks: Sequence[str] = ()) -> pa.Schema:
+    """The example schema of ``slots``, ``dense`` and ``tasks`` plus the source columns
+    ``_partition`` (int32), ``_offset`` and ``_from_offset`` (int64)."""
+    schema = example_schema(slots, dense, tasks)
     for field in SOURCE_FIELDS:
         schema = schema.append(field)
     return schema
@@ -136,6 +136,8 @@ class StreamSpec:
     - ``stage``: names the reader in its dead letters (``source`` for training, ``dump``).
     - ``heartbeats``: after a poll that made no row, yield an empty table, so that the one
       iterating can act on time passing (:func:`read_kafka_examples` flushes blocks so).
+    - ``tasks``: the config's task names: each after the first has a ``label_<task>`` column,
+      from the message's ``labels`` (null where it has none).
     """
 
     kafka: KafkaConfig
@@ -151,6 +153,7 @@ class StreamSpec:
     stage: str = "source"
     heartbeats: bool = False
     dense: tuple[DenseFeature, ...] = ()
+    tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.starts:
@@ -200,13 +203,13 @@ class KafkaExampleReader:
                  ) -> None:
         self.spec = spec
         self.report = report
-        self.schema = source_schema(spec.slots, spec.dense)
+        self.schema = source_schema(spec.slots, spec.dense, spec.tasks)
         self.positions = {int(p): int(o) for p, o in spec.starts.items()}
         self.records = 0
         self.malformed = 0
         self.dead_letters_failed = 0
         self.errors: deque[tuple[int, int, str]] = deque(maxlen=_KEPT_ERRORS)
-        self._decoder = ExampleDecoder(spec.slots, spec.dense, spec.limits)
+        self._decoder = ExampleDecoder(spec.slots, spec.dense, spec.limits, spec.tasks)
         self._dead: DeadLetterWriter | None = None
         self._failed_before = 0  # dead letters not written by earlier passes
 
@@ -514,7 +517,7 @@ class KafkaExamplesDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        schema = source_schema(self.spec.slots, self.spec.dense)
+        schema = source_schema(self.spec.slots, self.spec.dense, self.spec.tasks)
         unknown = BlockMetadata(num_rows=None, size_bytes=None, input_files=None,
                                 exec_stats=None)
         return [ReadTask(functools.partial(_read, self.spec.for_partitions(group), k,

@@ -32,7 +32,7 @@ from monolith_ray.messages import (
     plain_dense_type,
     plain_slot_type,
 )
-from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, value_ids
+from monolith_ray.schemas import LABEL, TIME, WEIGHT, example_schema, label_column, value_ids
 
 def examples_table(rows: Sequence[Mapping[str, Any]], slots: Sequence[SlotConfig], time: int,
                    label: float = 0.0, weight: float = 1.0) -> pa.Table:
@@ -129,8 +129,8 @@ class ExampleDecoder:
     """
 
     def __init__(self, slots: Sequence[SlotConfig], dense: Sequence[DenseFeature] = (),
-                 limits: LimitsConfig | None = None) -> None:
-        self.slots, self.dense = tuple(slots), tuple(dense)
+                 limits: LimitsConfig | None = None, tasks: Sequence[str] = ()) -> None:
+        self.slots, self.dense, self.tasks = tuple(slots), tuple(dense), tuple(tasks)
         self._known = {s.name: s for s in self.slots}
         self._known_dense = {f.name: f for f in self.dense}
         self._limits = limits
@@ -144,6 +144,7 @@ class ExampleDecoder:
             ("dense", self._Dense, msgspec.field(default_factory=self._Dense)),
             ("request_id", RequestId), ("user_id", PlainScalar | None, None),
             ("item_id", PlainScalar | None, None), ("context", _Context | None, None),
+            ("labels", _Labels | None, None),
         ], kw_only=True, forbid_unknown_fields=True, gc=False)
         fast = len(self.slots) <= validation.MAX_SLOTS and len(self.dense) <= validation.MAX_DENSE
         self._decode = msgspec.json.Decoder(self._Example).decode if fast else None
@@ -169,8 +170,9 @@ class ExampleDecoder:
         return examples, refused
 
     def columns(self, examples: Sequence[Any]) -> dict[str, pa.Array]:
-        """The example columns (``time``, ``label``, ``weight``, each slot's and each dense
-        feature's, by name) of ``examples`` (structs of :meth:`decode`), n >= 1 of them."""
+        """The example columns (``time``, ``label``, ``weight``, each slot's, each dense
+        feature's and each task's after the first, by name) of ``examples`` (structs of
+        :meth:`decode`), n >= 1 of them."""
         n = len(examples)
         columns = {TIME: pa.array(np.fromiter(map(_TIME, examples), np.int64, n)),
                    LABEL: pa.array(np.fromiter(map(_LABEL, examples), np.float64, n)
@@ -191,6 +193,11 @@ class ExampleDecoder:
                     values, range(len(self.dense)), pa.float32(),
                     functools.partial(pa.array, type=pa.float32()))):
                 columns[feature.name] = column
+        for i in range(1, len(self.tasks)):
+            task = self.tasks[i]
+            columns[label_column(self.tasks, i)] = pa.array(
+                [None if e.labels is None else e.labels.get(task) for e in examples],
+                type=pa.float32())
         return columns
 
     def _decode_one(self, raw: bytes | None) -> Any:
@@ -234,7 +241,7 @@ class ExampleDecoder:
             slots=self._Slots(*map(given.get, self._known)),
             dense=self._Dense(*(None if dense.get(f) is None else float(dense[f])
                                 for f in self._known_dense)),
-            request_id=example["request_id"])
+            request_id=example["request_id"], labels=example["labels"])
 
 
 # The plainly valid values of an example, as msgspec types: validation's bounds. A string's
@@ -243,6 +250,8 @@ class ExampleDecoder:
 _Label = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 _Weight = Annotated[float, msgspec.Meta(gt=0.0, le=validation.MAX_WEIGHT)]
 _Context = dict[str, Int64 | str | float | bool | None]
+_Labels = Annotated[dict[Annotated[str, msgspec.Meta(max_length=32)], _Label],
+                    msgspec.Meta(max_length=32)]
 _TIME, _LABEL, _WEIGHT = (operator.attrgetter(f) for f in ("time", "label", "weight"))
 _SLOTS, _DENSE, _REQUEST_ID = (operator.attrgetter(f) for f in ("slots", "dense", "request_id"))
 

@@ -6,7 +6,7 @@ A model is pure JAX, two functions:
   The key ``"dense_norm"`` is reserved: the framework adds the dense features' fitted
   standardization there and applies it before the model sees ``dense``.
 - ``apply(params, embeddings, dense) -> {task: logits (B,)}`` for every task of
-  ``spec.tasks`` (today the one task ``"click"``).
+  ``spec.tasks`` (the config's ``tasks``; by default the one task ``"click"``).
 
 ``embeddings`` maps each slot's name to its pooled row, ``(B, dim_s + 1)`` float32, in the
 order of ``spec.slots`` (the steps build the dict in that order inside the jitted function;
@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import jax
 
 from monolith_ray.config import DenseFeature, ModelConfig, SlotConfig
+from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig
 from monolith_ray.model.pooling import Combiner
 
 Params = dict[str, Any]
@@ -57,13 +58,20 @@ class SlotSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything a model's ``init`` needs: the slots in input order, the number of dense
-    features, the tasks it scores, and the ``model`` config section (its own options:
-    ``hidden``, ``cross_layers``, ...)."""
+    features, the tasks it scores (names, the first is the ``label`` column's) and their
+    weights in the loss, and the ``model`` config section (its own options: ``hidden``,
+    ``cross_layers``, ...)."""
 
     slots: tuple[SlotSpec, ...]
     n_dense: int = 0
     tasks: tuple[str, ...] = TASKS
     model: ModelConfig = ModelConfig()
+    task_weights: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if len(self.task_weights) != len(self.tasks):
+            raise ValueError(f"{len(self.task_weights)} task weights for {len(self.tasks)} "
+                             "tasks")
 
 
 class Model(Protocol):
@@ -76,7 +84,10 @@ class Model(Protocol):
 
 
 def spec_of(slots: Sequence[SlotConfig], model: ModelConfig = ModelConfig(),
-            dense: Sequence[DenseFeature] = ()) -> ModelSpec:
-    """The spec of a config's ``slots``, ``model`` section and ``dense`` features."""
+            dense: Sequence[DenseFeature] = (),
+            tasks: Sequence[TaskConfig] = DEFAULT_TASKS) -> ModelSpec:
+    """The spec of a config's ``slots``, ``model`` section, ``dense`` features and
+    ``tasks``."""
     return ModelSpec(slots=tuple(SlotSpec(s.name, s.dim, s.combiner) for s in slots),
-                     n_dense=len(dense), model=model)
+                     n_dense=len(dense), model=model, tasks=tuple(t.name for t in tasks),
+                     task_weights=tuple(float(t.weight) for t in tasks))

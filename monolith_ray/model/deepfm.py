@@ -16,6 +16,10 @@ which is the interaction a recommender most needs; a projection costs dim_s × K
 parameters per such slot and nothing when every slot has one dim, where DeepFM is exactly
 the classic model (no ``fm_proj`` at all). The deep part concatenates every slot's vector,
 whatever its dim.
+
+Several tasks (``spec.tasks``) share everything but the MLP's output layer, one column (and
+bias) per task: task t's logit is the shared bias, first-order and FM terms plus MLP column t.
+With one task this is the single-task DeepFM exactly.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from monolith_ray.model.api import TASKS, ModelSpec, Params
-from monolith_ray.model.layers import mlp_apply, mlp_init
+from monolith_ray.model.api import ModelSpec, Params
+from monolith_ray.model.layers import mlp_apply, mlp_init, named_logits, task_heads
 
 
 def init(key: jax.Array, spec: ModelSpec) -> Params:
     """Dense parameters: the MLP (``layers.mlp_init``, input every slot's vector and the dense
     features), zero global bias, zero dense-feature weights (if ``spec.n_dense``) and the FM
     projections of the slots narrower than the widest (zero-padding identity)."""
-    widths = (sum(s.dim for s in spec.slots) + spec.n_dense, *spec.model.hidden, 1)
-    params: Params = {"bias": jnp.zeros((), jnp.float32), "mlp": mlp_init(key, widths)}
+    widths = (sum(s.dim for s in spec.slots) + spec.n_dense, *spec.model.hidden,
+              len(spec.tasks))
+    params: Params = {"bias": jnp.zeros((), jnp.float32), "mlp": mlp_init(key, widths),
+                      **task_heads(spec.tasks)}
     if spec.n_dense:
         params["dense_w"] = jnp.zeros((spec.n_dense,), jnp.float32)
     fm_dim = max(s.dim for s in spec.slots)
@@ -54,7 +60,7 @@ def fm_interaction(vectors: jax.Array) -> jax.Array:
 
 def apply(params: Params, embeddings: Mapping[str, jax.Array],
           dense: jax.Array) -> dict[str, jax.Array]:
-    """``{"click": logits (B,)}`` from the pooled rows ``embeddings`` (name -> (B, dim_s + 1),
+    """``{task: logits (B,)}`` from the pooled rows ``embeddings`` (name -> (B, dim_s + 1),
     in spec order) and the standardized ``dense (B, n_dense)``."""
     if (dense.shape[-1] > 0) != ("dense_w" in params):
         raise ValueError(f"dense features must be given iff the model was made with n_dense > 0 "
@@ -67,8 +73,9 @@ def apply(params: Params, embeddings: Mapping[str, jax.Array],
     if dense.shape[-1]:
         x = jnp.concatenate([x, dense], axis=-1)
         linear = linear + dense @ params["dense_w"]
-    deep = mlp_apply(params["mlp"], x)[:, 0]
+    deep = mlp_apply(params["mlp"], x)
     projections = params.get("fm_proj", {})
     fm_vectors = jnp.stack([v @ projections[n] if n in projections else v
                             for n, v in zip(names, vectors)], axis=1)
-    return {TASKS[0]: linear + fm_interaction(fm_vectors) + deep}
+    shared = linear + fm_interaction(fm_vectors)
+    return {task: shared + logits for task, logits in named_logits(params, deep).items()}

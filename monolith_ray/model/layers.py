@@ -1,4 +1,5 @@
-"""Building blocks the built-in models share: an MLP as a list of dense layers."""
+"""Building blocks the built-in models share: an MLP as a list of dense layers, and the
+per-task heads of a model of several tasks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,32 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from monolith_ray.model.api import TASKS, Params
+
 Layer = dict[str, jax.Array]
+
+
+def task_heads(tasks: Sequence[str]) -> dict[str, Layer]:
+    """Per-task parameters of a built-in model scoring ``tasks``: ``{task: {"b": 0.0}}``, a
+    bias each (and, by its keys, the tasks' names, which ``apply`` has no other way to know);
+    none for the default one task ``click``, whose model is the single-task one as before."""
+    if tuple(tasks) == TASKS:
+        return {}
+    return {"heads": {task: {"b": jnp.zeros((), jnp.float32)} for task in tasks}}
+
+
+def head_names(params: Params) -> list[str]:
+    """The tasks of a built-in model's ``params``, in the order of its output columns: sorted
+    (as a pytree's dict keys are, whatever order they were made in)."""
+    return sorted(params["heads"]) if "heads" in params else list(TASKS)
+
+
+def named_logits(params: Params, logits: jax.Array) -> dict[str, jax.Array]:
+    """``{task: logits[:, i] + its head's bias}`` of ``logits (B, T)``, columns in
+    :func:`head_names` order."""
+    heads = params.get("heads", {})
+    return {task: logits[:, i] + heads[task]["b"] if task in heads else logits[:, i]
+            for i, task in enumerate(head_names(params))}
 
 
 def mlp_init(key: jax.Array, widths: Sequence[int]) -> list[Layer]:

@@ -2,8 +2,9 @@
 standardize the dense features, apply the model, and the loss, gradients and updates.
 
 Nothing here names a model: every step takes the model (a module or object with
-``init``/``apply``) and its :class:`~monolith_ray.model.api.ModelSpec`. The loss is the
-weighted binary cross-entropy of the spec's first task (``"click"``) from its logits.
+``init``/``apply``) and its :class:`~monolith_ray.model.api.ModelSpec`. The loss is the sum
+over the spec's tasks of ``task_weights[t]`` times task t's weighted mean binary
+cross-entropy (one task, ``"click"``, by default).
 
 Slot inputs, per slot ``s`` in spec order: ``slot_rows[s] (U_s, dim_s + 1)``, the unique
 rows of the batch (padded: ``pooling.pad_slots``), and ``slot_idx[s] (B, L_s)`` int32 into
@@ -76,14 +77,25 @@ def loss_fn(model: Model, spec: ModelSpec, params: Params,
             slot_rows: tuple[jax.Array, ...], slot_idx: tuple[jax.Array, ...],
             labels: jax.Array, weights: jax.Array, dense: jax.Array | None
             ) -> tuple[jax.Array, jax.Array]:
-    """(Weighted mean binary cross-entropy Σ w·bce / Σ w of the first task, its logits (B,)).
-    ``labels``, ``weights`` are ``(B,)``; an example of weight 0 (batch padding) does not
-    count."""
-    logits = logits_of(model, spec, params, slot_rows, slot_idx, dense)[spec.tasks[0]]
-    losses = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
-    weights = weights.astype(logits.dtype)
-    loss = (weights * losses).sum() / jnp.maximum(weights.sum(), 1e-12)
-    return loss, logits
+    """(Σ_t task_weights[t] · Σ_b w·bce / Σ_b w over the tasks, the first task's logits (B,)).
+
+    ``labels``, ``weights`` are ``(T, B)`` in ``spec.tasks`` order (``Batch.targets``), or
+    ``(B,)``: the first task's only. An example of weight 0 (batch padding, or no label for
+    that task) does not count, and a task of no weight in the batch adds 0."""
+    out = logits_of(model, spec, params, slot_rows, slot_idx, dense)
+    if labels.ndim == 1:
+        labels, weights = labels[None], weights[None]
+    loss = None
+    for t, (task, task_weight) in enumerate(zip(spec.tasks, spec.task_weights)):
+        if t >= labels.shape[0] or task_weight == 0:
+            continue
+        logits = out[task]
+        losses = optax.sigmoid_binary_cross_entropy(logits, labels[t].astype(logits.dtype))
+        w = weights[t].astype(logits.dtype)
+        term = (w * losses).sum() / jnp.maximum(w.sum(), 1e-12)
+        term = term if task_weight == 1.0 else task_weight * term
+        loss = term if loss is None else loss + term
+    return (jnp.zeros((), jnp.float32) if loss is None else loss), out[spec.tasks[0]]
 
 
 def make_grad_step(model: Model, spec: ModelSpec

@@ -69,7 +69,7 @@ def dense_server_args(cfg: Config, norm: Mapping[str, np.ndarray] | None = None
     two floats per dense feature)."""
     small = None if norm is None else {k: np.asarray(v).tolist() for k, v in norm.items()}
     maker = functools.partial(fresh_params, cfg.train.seed,
-                              spec_of(cfg.slots, cfg.model, cfg.dense), small)
+                              spec_of(cfg.slots, cfg.model, cfg.dense, cfg.tasks), small)
     return maker, dense_optimizer(cfg.train.dense_optimizer)
 
 
@@ -124,7 +124,8 @@ class Trainer:
         client = ShardClient(shards, [s.name for s in cfg.slots], calls=calls)
         self._publish_to = dense if local_dense else None
         self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train,
-                              dense_server=None if local_dense else dense, dense=cfg.dense)
+                              dense_server=None if local_dense else dense, dense=cfg.dense,
+                              tasks=cfg.tasks)
         if local_dense:
             self.loop.params, self.loop.dense_version = call(dense, "pull")
         self._lock = threading.Lock()
@@ -214,7 +215,7 @@ class Trainer:
             if queued is not None:
                 queued.append(OffsetCoverage.of_table(table) if PARTITION in table.column_names
                               else OffsetCoverage())
-            yield make_batch(table, self.cfg.slots, self.cfg.dense)
+            yield make_batch(table, self.cfg.slots, self.cfg.dense, self.cfg.task_names)
 
 
 def rebatched(blocks: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:

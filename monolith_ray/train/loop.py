@@ -50,6 +50,7 @@ from monolith_ray.config import (
     SlotConfig,
     TrainConfig,
 )
+from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig
 from monolith_ray.data.batches import Batch
 from monolith_ray.model import (
     StreamingAUC,
@@ -88,17 +89,20 @@ class TrainLoop:
 
     Slot ``s``'s table rows are ``dim_s + 1`` wide (see ``monolith_ray.ps.shard``).
     ``dense``: the config's dense features, which every batch carries (``Batch.dense``).
+    ``tasks``: the config's tasks; each step's loss is their weighted sum
+    (``model.steps.loss_fn``) over the labels ``Batch.targets`` gives.
     """
 
     def __init__(self, slots: Sequence[SlotConfig], client: ShardClient,
                  model: ModelConfig = ModelConfig(), train: TrainConfig = TrainConfig(),
-                 dense_server: Any = None, dense: Sequence[DenseFeature] = ()) -> None:
+                 dense_server: Any = None, dense: Sequence[DenseFeature] = (),
+                 tasks: Sequence[TaskConfig] = DEFAULT_TASKS) -> None:
         self.slots = tuple(slots)
         self.names = tuple(s.name for s in slots)
         self.client = client
         self.train_cfg = train
         self.model = build(model)
-        self.spec = spec_of(slots, model, dense)
+        self.spec = spec_of(slots, model, dense, tasks)
         optimizer = dense_optimizer(train.dense_optimizer)
         self.params = init_params(self.model, self.spec, jax.random.key(train.seed))
         self.opt_state = optimizer.init(self.params)
@@ -170,25 +174,44 @@ class TrainLoop:
             self._finish_push()
 
     def predict(self, batch: Batch, rows: dict[str, np.ndarray]) -> np.ndarray:
-        """Click probabilities float32 (B,) of ``batch`` given its rows per slot
+        """The first task's probabilities float32 (B,) of ``batch`` given its rows per slot
         (U_s, dim_s + 1)."""
+        return self.predict_tasks(batch, rows)[self.spec.tasks[0]]
+
+    def predict_tasks(self, batch: Batch, rows: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """Every task's probabilities, ``{task: float32 (B,)}``, of ``batch`` given its rows
+        per slot (U_s, dim_s + 1)."""
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
         probs = self._predict(self.params, slot_rows, slot_idx, self._dense(padded))
-        return np.asarray(probs[self.spec.tasks[0]])[:len(batch)]
+        return {task: np.asarray(probs[task])[:len(batch)] for task in self.spec.tasks}
 
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
         """AUC and log loss (example-weighted) of ``batches`` with serving lookups, which never
-        insert: ids the tables lack read zeros -> ``{"auc", "logloss", "examples"}``."""
-        auc, logloss, n = StreamingAUC(), StreamingLogLoss(), 0
+        insert: ids the tables lack read zeros -> ``{"auc", "logloss", "examples"}`` of the
+        first task, and with several tasks ``auc_<task>`` and ``logloss_<task>`` of each
+        (an example without a task's label weighs 0 in it; NaN when no example has one)."""
+        tasks = self.spec.tasks
+        aucs = {t: StreamingAUC() for t in tasks}
+        loglosses = {t: StreamingLogLoss() for t in tasks}
+        n = 0
         for batch, rows, prefetch in self._prefetched(
                 batches, lambda b: self.client.lookup_async(b.fids)):
             prefetch()
-            probs = self.predict(batch, rows)
-            auc.update(probs, batch.labels, batch.weights)
-            logloss.update(probs, batch.labels, batch.weights)
+            probs = self.predict_tasks(batch, rows)
+            labels, weights = batch.targets(tasks)
+            for t, task in enumerate(tasks):
+                aucs[task].update(probs[task], labels[t], weights[t])
+                loglosses[task].update(probs[task], labels[t], weights[t])
             n += len(batch)
-        return {"auc": auc.result(), "logloss": logloss.result(), "examples": n}
+        out = {"auc": aucs[tasks[0]].result(), "logloss": loglosses[tasks[0]].result(),
+               "examples": n}
+        if len(tasks) > 1:
+            for task in tasks:
+                out[f"auc_{task}"] = aucs[task].result()
+                out[f"logloss_{task}"] = loglosses[task].result()
+        return out
 
     def flush(self) -> None:
         """Wait for every push in flight, sparse and dense: once it returns, every step taken
@@ -206,14 +229,14 @@ class TrainLoop:
         rows = self.client.wait(pending)
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
+        labels, weights = self._targets(padded)
         if self.dense is None:
             self.params, self.opt_state, row_grads, loss, _ = self._step(
-                self.params, self.opt_state, slot_rows, slot_idx, padded.labels, padded.weights,
+                self.params, self.opt_state, slot_rows, slot_idx, labels, weights,
                 self._dense(padded))
             return _Step(batch, pending.routes, row_grads, loss, None)
         param_grads, row_grads, loss, _ = self._grad_step(
-            self.params, slot_rows, slot_idx, padded.labels, padded.weights,
-            self._dense(padded))
+            self.params, slot_rows, slot_idx, labels, weights, self._dense(padded))
         return _Step(batch, pending.routes, row_grads, loss, param_grads)
 
     def _finish(self, step: _Step, start: float) -> dict:
@@ -285,6 +308,13 @@ class TrainLoop:
             raise ValueError(f"the batch has {batch.dense.shape[1]} dense features, the model "
                              f"{self.spec.n_dense}: make batches with the config's dense")
         return batch.dense
+
+    def _targets(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """The step's labels and weights: (B,) with one task (as they always were), else
+        (T, B) (``Batch.targets``)."""
+        if len(self.spec.tasks) == 1:
+            return batch.labels, batch.weights
+        return batch.targets(self.spec.tasks)
 
     def _pad(self, batch: Batch) -> Batch:
         size = self.train_cfg.batch_size

@@ -156,7 +156,7 @@ class StreamTrainer(Trainer):
         for table, short in timely_batches(source, self.cfg.train.batch_size,
                                            self.cfg.online.max_batch_wait_s):
             self._queued.append((OffsetCoverage.of_table(table), short))
-            yield make_batch(table, self.cfg.slots, self.cfg.dense)
+            yield make_batch(table, self.cfg.slots, self.cfg.dense, self.cfg.task_names)
             if short:  # the stream is quiet: step and commit what came without waiting
                 yield IDLE
 
@@ -379,7 +379,7 @@ class OnlineTraining:
             stops="end" if online.stop == "end" else None,
             idle_timeout_s=online.idle_timeout_s or None,
             poll_records=online.poll_records, poll_timeout_ms=online.poll_timeout_ms,
-            limits=self.cfg.limits, dense=self.cfg.dense)
+            limits=self.cfg.limits, dense=self.cfg.dense, tasks=self.cfg.task_names)
         return read_kafka_examples(spec, read_tasks=online.read_tasks,
                                    block_bytes=online.block_bytes,
                                    buffer_bytes=online.buffer_bytes,
