@@ -24,16 +24,18 @@ from monolith_ray.history import with_history
 FIRST_SLOT_ID = 101
 
 
-def history_config(max_len: int) -> HistoryConfig:
-    """The four history slots of the experiment, items at most ``max_len`` and genres at
-    most ``2 * max_len`` (a movie has 1.7 genres on average)."""
-    passed = {"min_label": 0.0, "max_label": 0.0}
-    return HistoryConfig(slots=(
-        HistorySlot("recent_items", "item_id", max_len),
-        HistorySlot("recent_genres", "genres", 2 * max_len),
-        HistorySlot("recent_passed_items", "item_id", max_len, **passed),
-        HistorySlot("recent_passed_genres", "genres", 2 * max_len, **passed),
-    ))
+def history_config(max_len: int, passed: bool = True) -> HistoryConfig:
+    """The history slots of the experiment, items at most ``max_len`` and genres at most
+    ``2 * max_len`` (a movie has 1.7 genres on average): the positives' and, if ``passed``,
+    the passed-over ones'."""
+    positive = (HistorySlot("recent_items", "item_id", max_len),
+                HistorySlot("recent_genres", "genres", 2 * max_len))
+    if not passed:
+        return HistoryConfig(slots=positive)
+    labels = {"min_label": 0.0, "max_label": 0.0}
+    return HistoryConfig(slots=positive + (
+        HistorySlot("recent_passed_items", "item_id", max_len, **labels),
+        HistorySlot("recent_passed_genres", "genres", 2 * max_len, **labels)))
 
 
 def history_slots(base: tuple[SlotConfig, ...], history: HistoryConfig) -> tuple[SlotConfig, ...]:
