@@ -141,7 +141,9 @@ class ParameterSync:
         self.serving = list(serving)
         self._serving_calls = calls_for(self.serving, method="apply", timeout_s=call_timeout_s)
         self._positions: list[Position | None] = [None] * len(self.serving)
+        self._unsure = [False] * len(self.serving)  # an apply sent, its answer not back
         self.store = None if self.serving else SparseStore(slots, dtype)
+        self._floor = 0  # the highest version a serving shard was seen holding
         self._version = self._serving_version() if self.serving else 0
         # Whole states handed to replicas and not yet confirmed (caller -> monotonic time):
         # at most ``max_full_loads`` at a time, so replicas never all load at once.
@@ -187,9 +189,15 @@ class ParameterSync:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         with self._sync_lock:
+            failed: list[Exception] = []
             for part, sync in (("sparse", self._sync_sparse), ("dense", self._sync_dense)):
                 if kind in (part, "both"):
-                    self._measured(part, sync)
+                    try:
+                        self._measured(part, sync)
+                    except Exception as err:  # noqa: BLE001 - the other part still runs
+                        failed.append(err)
+            if failed:
+                raise failed[0]
         return self.versions()
 
     def _measured(self, kind: str, sync: Callable[[], None]) -> None:
@@ -223,6 +231,7 @@ class ParameterSync:
                 found = max(found, int(calls.gather([calls.submit(shard, "state")])[0][0]))
             except Exception as err:  # noqa: BLE001 - asked again at its next sync
                 logger.warning("serving shard unreachable at the sync's start: %s", err)
+        self._floor = max(self._floor, found)
         return found
 
     def _sync_sharded(self) -> None:
@@ -230,7 +239,9 @@ class ParameterSync:
         them there, one pair at a time; then log them under a new version (every round that
         reached a serving shard makes one, so a version names the rows a shard serves: a
         replica's cache tells a fetched row's age by it)."""
-        version = self._version + 1
+        # Past any version a serving shard was seen holding: a shard slow to answer at this
+        # actor's start may hold a later one, and a version must never name two states.
+        version = max(self._version, self._floor) + 1
         changed = {n: [np.empty(0, np.int64)] for n in self.names}
         evicted = {n: [np.empty(0, np.int64)] for n in self.names}
         rows = {n: [self._no_rows(n)] for n in self.names}
@@ -241,6 +252,10 @@ class ParameterSync:
             except Exception as err:  # noqa: BLE001 - one pair down holds up none of the others
                 self._positions[k] = None  # asked again next time
                 failures.append(f"shard {k}: {err}")
+                if self._unsure[k]:  # it may hold rows no version logs: caches start over
+                    self._unsure[k] = False
+                    reached.append(k)
+                    reset = True
                 continue
             reached.append(k)
             if applied is None:  # read whole: caches start over
@@ -277,7 +292,11 @@ class ParameterSync:
         for _ in range(2):
             position = self._positions[k]
             if position is None:
-                position = serving.gather([serving.submit(self.serving[k], "state")])[0][1]
+                held, position = serving.gather([serving.submit(self.serving[k], "state")])[0]
+                if held >= version:  # it holds a later version than this actor knew
+                    self._floor = max(self._floor, int(held))
+                    raise RuntimeError(f"its serving shard holds version {held}: the next "
+                                       f"round is numbered past it")
                 if position is None:
                     raise RuntimeError("its serving shard is loading a snapshot")
             incarnation, deltas = calls.gather([calls.submit(
@@ -288,13 +307,18 @@ class ParameterSync:
             compact = {name: TableDelta(d.ids, d.weights.astype(self.dtype), d.evicted,
                                         d.version) for name, d in deltas.items()}
             upto = Position(incarnation, {name: d.version for name, d in deltas.items()})
+            self._unsure[k] = True
             ok, now = serving.gather([serving.submit(self.serving[k], "apply", version,
                                                      position, upto, compact, whole)])[0]
+            self._unsure[k] = False
             self._positions[k] = upto if ok else now
             if ok:
                 if self._forget:
-                    calls.gather([calls.submit(self.shards[k], "forget_evictions",
-                                               upto.versions, incarnation)])
+                    try:
+                        calls.gather([calls.submit(self.shards[k], "forget_evictions",
+                                                   upto.versions, incarnation)])
+                    except Exception as err:  # noqa: BLE001 - applied: logged anyway
+                        logger.warning("shard %d: eviction records kept: %s", k, err)
                 return None if whole else compact
             self.counters["serving_refusals"] += 1
             if now is None:
