@@ -2,7 +2,8 @@
 
 One module per job: ``loader`` (the generic strict loader: :class:`ConfigError`,
 :func:`from_dict`, YAML files and ``--set`` overrides), one module per section (``slots``, ``dense``,
-``model``, ``train``, ``data``, ``kafka``, ``joiner``, ``online``, ``serve``, ``limits``, ``supervision``),
+``model``, ``train``, ``data``, ``kafka``, ``joiner``, ``online``, ``serve``, ``limits``, ``supervision``,
+``history``),
 ``root`` (:class:`Config`, one field per section, and :func:`load_config`) and ``inputs``
 (the check, at a job's start, that the paths it reads exist). The names the rest of the
 package imports are re-exported here.
