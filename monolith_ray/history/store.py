@@ -98,6 +98,9 @@ class HistoryStore:
         event time strictly before t (and younger than ``expire_s`` at t), newest first:
         a list<int64> array of q lists of at most ``max_len`` values."""
         users, times = (np.atleast_1d(np.asarray(a, dtype=np.int64)) for a in (users, times))
+        if users.shape != times.shape or users.ndim != 1:
+            raise ValueError(f"users and times must be equal (q,) arrays, got {users.shape}, "
+                             f"{times.shape}")
         rows = self._map.find(users)
         known = rows >= 0
         t = np.full((users.size, self.max_len), EMPTY, dtype=np.int64)
@@ -147,15 +150,15 @@ class HistoryStore:
 
     def _rows_for(self, users: np.ndarray) -> np.ndarray:
         """Rows of ``users``, inserting new ones (after making room for them)."""
-        found = self._map.find(users)
-        new = np.unique(users[found < 0])
-        room = self.max_users - len(self)
-        if new.size > self.max_users:
-            raise ValueError(f"{new.size} new users in one batch, more than max_users "
+        distinct = np.unique(users)
+        if distinct.size > self.max_users:
+            raise ValueError(f"{distinct.size} users in one batch, more than max_users "
                              f"{self.max_users}")
+        new = distinct[self._map.find(distinct) < 0]
+        room = self.max_users - len(self)
         if new.size > room:
             self._evict_least_active(max(new.size - room, self.max_users // _EVICT_FRACTION),
-                                     keep=users)
+                                     keep=distinct)
         rows, _ = self._map.find_or_insert(users)
         bound = self._map.row_bound
         if bound > self.times.shape[0]:

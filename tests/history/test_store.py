@@ -52,9 +52,13 @@ def test_users_are_bounded_and_the_least_recently_active_go_first() -> None:
     assert store.times.shape[0] <= 32
 
 
-def test_a_batch_of_more_new_users_than_the_bound_is_refused() -> None:
-    with pytest.raises(ValueError, match="more than max_users 4"):
-        HistoryStore(max_len=2, max_users=4).add(np.arange(5), np.zeros(5), np.zeros(5))
+def test_a_batch_of_more_users_than_the_bound_is_refused() -> None:
+    store = HistoryStore(max_len=2, max_users=4)
+    with pytest.raises(ValueError, match="5 users in one batch, more than max_users 4"):
+        store.add(np.arange(5), np.zeros(5), np.zeros(5))
+    store.add(np.arange(4), np.zeros(4), np.zeros(4))
+    store.add([9], [2], [9])  # one new: the least active goes
+    assert len(store) == 4 and read(store, 9, 3) == [9]
 
 
 def test_matches_a_per_user_reference_over_random_batches() -> None:
@@ -63,7 +67,8 @@ def test_matches_a_per_user_reference_over_random_batches() -> None:
     held: dict[int, list[tuple[int, int]]] = {}
     for _ in range(30):
         m = int(rng.integers(1, 40))
-        users, times, values = rng.integers(0, 20, m), rng.integers(0, 1000, m), rng.integers(0, 99, m)
+        users, times = rng.integers(0, 20, m), rng.integers(0, 1000, m)
+        values = rng.integers(0, 99, m)
         store.add(users, times, values)
         for u, t, v in zip(users, times, values):
             held.setdefault(int(u), []).append((int(t), int(v)))
@@ -89,6 +94,8 @@ def test_bad_input() -> None:
     store = HistoryStore(max_len=3, max_users=10)
     with pytest.raises(ValueError, match="equal"):
         store.add([1, 2], [1], [1, 2])
+    with pytest.raises(ValueError, match="equal"):
+        store.values_before([1, 2], [1])
     with pytest.raises(ValueError, match="reserved"):
         store.add([1], [np.iinfo(np.int64).min], [1])
     with pytest.raises(ValueError):
