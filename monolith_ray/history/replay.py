@@ -4,8 +4,9 @@ For each example at time t of user u, a history slot's value is the source value
 examples that count for it (the positives by default) with event time strictly before t
 (ties excluded: an action in the same second is not yet known), younger than ``expire_s``
 at t, the newest ``max_len`` of them, newest first (entries of one user in the same second
-in row order, then value order, before reversing) — what :class:`~monolith_ray.history.live.UserHistory` returns at t when fed the
-same examples in event-time order. The table may be in any order; each example's columns
+in row order, then value order, before reversing) — what
+:class:`~monolith_ray.history.live.UserHistory` returns at t when fed the same examples in
+event-time order. The table may be in any order; each example's columns
 come out in its own row. An entry's time is its example's ``time``: the action's own time for
 MovieLens ratings; for the joiner's examples, the impression's (the action comes up to
 ``joiner.window_s`` later).
