@@ -127,16 +127,19 @@ def parse_action(value: Any, limits: LimitsConfig | None = None,
 def parse_example(value: Any, known: Known = None, limits: LimitsConfig | None = None,
                   now: float | None = None, dense: KnownDense = None) -> dict[str, Any]:
     """An ``examples`` message, validated (``dense`` of the result: name -> number or None,
-    only the features the message gives)."""
+    only the features the message gives; ``labels``: task -> label, only if it has some)."""
     msg = _object(value)
-    return {"request_id": validation.request_id(msg.get("request_id")),
+    out = {"request_id": validation.request_id(msg.get("request_id")),
             "time": validation.event_time(msg.get("time"), limits, now),
             "slots": validation.slots(msg.get("slots"), known),
             "dense": validation.dense(msg.get("dense"), dense),
             "label": validation.number(msg.get("label"), "label", 0.0, 1.0),
-            "labels": _labels(msg.get("labels")),
             "weight": validation.number(msg.get("weight", 1.0), "weight", 0.0,
                                         validation.MAX_WEIGHT, low_open=True)}
+    labels = _labels(msg.get("labels"))
+    if labels is not None:
+        out["labels"] = labels
+    return out
 
 
 def _labels(value: Any) -> dict[str, float] | None:

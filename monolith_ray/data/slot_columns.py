@@ -241,7 +241,7 @@ class ExampleDecoder:
             slots=self._Slots(*map(given.get, self._known)),
             dense=self._Dense(*(None if dense.get(f) is None else float(dense[f])
                                 for f in self._known_dense)),
-            request_id=example["request_id"], labels=example["labels"])
+            request_id=example["request_id"], labels=example.get("labels"))
 
 
 # The plainly valid values of an example, as msgspec types: validation's bounds. A string's

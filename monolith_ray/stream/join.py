@@ -13,6 +13,14 @@ only counted. An example is its impression's ``features`` message with ``"label"
 ``item_id`` and ``context`` ride along), spliced into the message's bytes so that the slots
 are never encoded again.
 
+**Tasks.** That is the one default task, ``click`` (config ``tasks``). With several, each
+names the actions that make it positive (``stream/labels.py``), and an impression collects
+the tasks of the actions joined to it within the window (as bits, in memory or in the store
+with it): it is emitted at once when every task is positive, else when its window closes,
+positive (weight 1) if any task is. Its example carries ``"labels"``, every task's label, and
+``"label"``, the first task's. An action that adds no new task to its impression is counted
+as unmatched; actions waiting for their impression (orphans) merge their tasks into one.
+
 **Event-time clock.** Each (topic, partition) keeps the newest event time read from it. The
 clock is the oldest of these over the *active* partitions: those with unread records (so a
 backlog read faster on one topic than the other cannot expire impressions whose actions are
@@ -82,7 +90,9 @@ from monolith_ray.config import (
     LimitsConfig,
     SlotConfig,
 )
-from monolith_ray.messages import POSITIVE_ACTIONS, Reader, dead_letter, encode, refusal_reason
+from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig
+from monolith_ray.messages import Reader, dead_letter, encode, refusal_reason
+from monolith_ray.stream.labels import TaskLabels
 from monolith_ray.stream.spill import Key, SpillStore
 
 Entry = tuple[int, int, int, Key, bytes]
@@ -119,9 +129,6 @@ def log_odds_correction(logit: np.ndarray | float, negative_rate: float) -> np.n
     if not 0.0 < negative_rate <= 1.0:
         raise ValueError(f"negative_rate must be in (0, 1], got {negative_rate}")
     return logit + np.log(negative_rate)
-
-
-_POSITIVE = b',"label":1.0,"weight":1.0}'
 
 
 def _labelled(feature: bytes, label_weight: bytes) -> bytes:
@@ -162,13 +169,15 @@ class Joiner:
     letters; ``slots`` (the config's) makes a features message naming another slot, or a
     value that does not fit its slot, a dead letter, as the trainer would refuse it;
     ``limits`` bounds event times and contexts; ``store`` defaults to
-    :func:`spill_store` ``(cfg)``. Rules: see the module docstring; memory: *Memory* there.
+    :func:`spill_store` ``(cfg)``; ``tasks`` (the config's) say which actions make which task
+    positive. Rules: see the module docstring; memory: *Memory* there.
     """
 
     def __init__(self, cfg: JoinerConfig, topics: KafkaTopics | None = None,
                  store: SpillStore | None = None, slots: Sequence[SlotConfig] | None = None,
                  limits: LimitsConfig | None = None,
-                 dense: Sequence[DenseFeature] | None = None) -> None:
+                 dense: Sequence[DenseFeature] | None = None,
+                 tasks: Sequence[TaskConfig] = DEFAULT_TASKS) -> None:
         self.cfg = cfg
         known = None if slots is None else {s.name: s for s in slots}
         self._reader = Reader(known, limits if limits is not None else LimitsConfig(),
@@ -179,7 +188,10 @@ class Joiner:
         self._room = (cfg.memory_budget_mb << 20) - self._store.memory_bytes
         self._window = cfg.window_s
         self._weight = 1.0 / cfg.negative_rate
-        self._negative_tail = b',"label":0.0,"weight":%s}' % encode(self._weight)
+        self._labels = TaskLabels(tasks, self._weight)
+        # Task bits of the impressions in memory that some but not every task's action has
+        # joined (only with several tasks; a few dozen bytes each, within ENTRY_BYTES' margin).
+        self._partial: dict[Key, int] = {}
         # Impressions waiting in memory: key -> (time, partition, offset, key, message bytes),
         # the same tuple in a heap by time, and (offset, key) in its partition's queue by
         # offset. An impression leaves memory (joined, emitted or spilled) by leaving the
@@ -247,6 +259,7 @@ class Joiner:
         expire_before = self._expire_before()
         newest = self._newest.get((FEATURES, partition), -1)
         read, now = self._reader.feature, time.time()
+        full, tail, partial = self._labels.full, self._labels.tail, self._partial
         # Only _expire spills and only _add_actions adds orphans: an empty store stays empty.
         stored = len(store) > 0 or store.orphans > 0
         count = positives = queued = text_bytes = 0
@@ -266,19 +279,25 @@ class Joiner:
             count += 1
             if t > newest:
                 newest = t
+            labels = 0
             if maybe:
-                orphan = store.take_orphan(key)
+                orphan = store.take_labelled_orphan(key)
                 if orphan is not None:
                     if orphan[2] - t <= window:
                         joins.append((partition, offset, orphan[0], orphan[1]))
-                        positives += 1
-                        examples.append((partition, _labelled(value, _POSITIVE)))
-                        continue
-                    counters["unmatched_actions"] += 1
+                        labels = orphan[3]
+                        if labels == full:
+                            positives += 1
+                            examples.append((partition, _labelled(value, tail(labels))))
+                            continue
+                    else:
+                        counters["unmatched_actions"] += 1
             if expire_before is not None and t < expire_before:
                 counters["late_features"] += 1
-                self._negative(partition, rid, value)
+                self._emit(partition, rid, value, labels)
                 continue
+            if labels:
+                partial[key] = labels
             entry = (t, partition, offset, key, value)
             memory[key] = entry
             heappush(heap, entry)
@@ -298,6 +317,8 @@ class Joiner:
         examples = self._examples
         newest = self._newest.get((ACTIONS, partition), -1)
         read, now = self._reader.action, time.time()
+        action_bits, full, tail, partial = (self._labels.bits, self._labels.full,
+                                            self._labels.tail, self._partial)
         count = positives = freed = 0
         joins = []
         for offset, value in records:
@@ -309,31 +330,45 @@ class Joiner:
             count += 1
             if t > newest:
                 newest = t
-            if action not in POSITIVE_ACTIONS:
+            bits = action_bits.get(action)
+            if bits is None:
                 continue
             key = (rid, str(item))
             waiting = memory.get(key)
             if waiting is not None:
                 ft, fp, fo, _, raw = waiting
-                if t - ft > window:
+                had = partial.get(key, 0)
+                labels = had | bits
+                if t - ft > window or labels == had:
                     counters["unmatched_actions"] += 1
                     continue
+                joins.append((fp, fo, partition, offset))
+                if labels != full:
+                    partial[key] = labels
+                    continue
+                if had:
+                    del partial[key]
                 del memory[key]
                 freed += len(raw) + len(rid) + len(key[1])
             else:
                 spilled = store.get(key)
                 if spilled is None:
-                    if not store.add_orphan(key, partition, offset, t):
+                    if not store.add_orphan(key, partition, offset, t, bits):
                         counters["unmatched_actions"] += 1
                     continue
                 fp, fo, ft, raw = spilled
-                if t - ft > window:
+                had = store.labels(key) if full > 1 else 0
+                labels = had | bits
+                if t - ft > window or labels == had:
                     counters["unmatched_actions"] += 1
                     continue
+                joins.append((fp, fo, partition, offset))
+                if labels != full:
+                    store.set_labels(key, labels)
+                    continue
                 store.delete(key)
-            joins.append((fp, fo, partition, offset))
             positives += 1
-            examples.append((fp, _labelled(raw, _POSITIVE)))
+            examples.append((fp, _labelled(raw, tail(labels))))
         store.add_joined(joins)
         self._text_bytes -= freed
         self._newest[ACTIONS, partition] = newest
@@ -348,11 +383,16 @@ class Joiner:
 
     # -- output ------------------------------------------------------------------------------
 
-    def _negative(self, partition: int, rid: str, feature: bytes) -> None:
-        """Emit a negative with weight 1/r, or drop it (kept with probability r)."""
-        if self._weight == 1.0 or stable_unit(rid) < self.cfg.negative_rate:
+    def _emit(self, partition: int, rid: str, feature: bytes, labels: int) -> None:
+        """Emit an impression whose window has closed with the tasks ``labels`` (bits) its
+        actions made positive: a positive if any is, else a negative with weight 1/r, or
+        dropped (a negative is kept with probability r)."""
+        if labels:
+            self.counters["positives"] += 1
+            self._examples.append((partition, _labelled(feature, self._labels.tail(labels))))
+        elif self._weight == 1.0 or stable_unit(rid) < self.cfg.negative_rate:
             self.counters["negatives"] += 1
-            self._examples.append((partition, _labelled(feature, self._negative_tail)))
+            self._examples.append((partition, _labelled(feature, self._labels.tail(0))))
         else:
             self.counters["sampled_out"] += 1
 
@@ -414,16 +454,17 @@ class Joiner:
                 continue
             del memory[key]
             self._text_bytes -= len(raw) + len(key[0]) + len(key[1])
+            labels = self._partial.pop(key, 0) if self._partial else 0
             if t < expire_before:
-                self._negative(partition, key[0], raw)
+                self._emit(partition, key[0], raw, labels)
             else:
-                spill.append((*key, partition, offset, t, raw))
+                spill.append((*key, partition, offset, t, raw, labels))
         self._store.put_many(spill)
         self.counters["spilled"] += len(spill)
         if expire_before > -math.inf:
             before = None if expire_before == math.inf else int(expire_before)
-            for rid, partition, _, _, raw, _ in self._store.pop_older(before):
-                self._negative(partition, rid, raw)
+            for rid, partition, _, _, raw, _, labels in self._store.pop_older(before):
+                self._emit(partition, rid, raw, labels)
             self.counters["unmatched_actions"] += self._store.drop_orphans(
                 expire_before + self._window)
         self._drop_front_husks()

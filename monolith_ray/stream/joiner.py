@@ -42,6 +42,7 @@ from monolith_ray.config import (
     LimitsConfig,
     SlotConfig,
 )
+from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig
 from monolith_ray.gc_pause import gc_paused
 from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner, spill_store
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
@@ -82,7 +83,8 @@ class StreamJoiner:
                  count: int | None = None, timeout_s: float = 30.0,
                  slots: Sequence[SlotConfig] | None = None,
                  limits: LimitsConfig | None = None,
-                 dense: Sequence[DenseFeature] | None = None) -> None:
+                 dense: Sequence[DenseFeature] | None = None,
+                 tasks: Sequence[TaskConfig] = DEFAULT_TASKS) -> None:
         count = cfg.n_joiners if count is None else count
         if not 0 <= index < count:
             raise ValueError(f"joiner index must be in [0, {count}), got {index}")
@@ -96,7 +98,7 @@ class StreamJoiner:
             os.makedirs(cfg.spill_dir, exist_ok=True)
             store = spill_store(cfg, os.path.join(cfg.spill_dir,
                                                   f"joiner-{index}-of-{count}.sqlite"))
-        self._core = Joiner(cfg, kafka.topics, store, slots, limits, dense)
+        self._core = Joiner(cfg, kafka.topics, store, slots, limits, dense, tasks)
         self._kinds = self._assign()
         self._n_examples = len(self._partitions(self._topics.examples))
         self._caught_up = dict.fromkeys(self._kinds, False)
@@ -299,7 +301,7 @@ def start_joiners(cfg: Config, n: int | None = None) -> list[Any]:
     n = cfg.joiner.n_joiners if n is None else n
     return [JoinerActor.options(num_cpus=cfg.joiner.cpus, **actor_options(cfg.supervision))
             .remote(cfg.kafka, cfg.joiner, k, n, slots=cfg.slots, limits=cfg.limits,
-                    dense=cfg.dense)
+                    dense=cfg.dense, tasks=cfg.tasks)
             for k in range(n)]
 
 

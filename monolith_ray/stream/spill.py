@@ -6,11 +6,14 @@ among the most tested storage engines):
 
 - ``pending``: impressions moved out of memory (older than ``spill_after_s``, or beyond the
   memory budget), keyed by (request id, item id), indexed on time (expiry is one range scan)
-  and on (partition, offset) (the oldest waiting offset is one ``MIN()`` over the index);
-- ``orphans``: positive actions waiting for their impression, the same keys and indexes;
-- ``joined``: per joined impression, (its partition and offset, the action's partition and
-  offset), indexed both ways: the commit drops the rows below a partition's commit point by a
-  range delete and finds each action partition's oldest still needed offset by a ``MIN()``.
+  and on (partition, offset) (the oldest waiting offset is one ``MIN()`` over the index),
+  with the task labels their actions so far set (``labels``, a bit a task: multi-task joins);
+- ``orphans``: positive actions waiting for their impression, the same keys and indexes (one
+  row a key: a later action for the same key adds its task bits to the row's ``labels``);
+- ``joined``: per action joined to an impression, (the impression's partition and offset, the
+  action's partition and offset), indexed both ways: the commit drops the rows below a
+  partition's commit point by a range delete and finds each action partition's oldest still
+  needed offset by a ``MIN()``.
 
 So no per-key or per-offset state of the store is in Python: it holds only counts and
 :class:`KeyFilter`, a fixed-size filter that answers "certainly not stored" for most keys
@@ -113,18 +116,19 @@ class SpillStore:
             f"PRAGMA page_size=16384; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
             f"PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=FILE;"
             "CREATE TABLE pending (rid TEXT NOT NULL, item TEXT NOT NULL, part INTEGER NOT NULL,"
-            " off INTEGER NOT NULL, time INTEGER NOT NULL, raw BLOB NOT NULL);"
+            " off INTEGER NOT NULL, time INTEGER NOT NULL, raw BLOB NOT NULL,"
+            " labels INTEGER NOT NULL DEFAULT 0);"
             "CREATE UNIQUE INDEX pending_key ON pending (rid, item);"
             "CREATE INDEX pending_time ON pending (time);"
             "CREATE INDEX pending_offset ON pending (part, off);"
             "CREATE TABLE orphans (rid TEXT NOT NULL, item TEXT NOT NULL, part INTEGER NOT NULL,"
-            " off INTEGER NOT NULL, time INTEGER NOT NULL, PRIMARY KEY (rid, item))"
-            " WITHOUT ROWID;"
+            " off INTEGER NOT NULL, time INTEGER NOT NULL, labels INTEGER NOT NULL DEFAULT 1,"
+            " PRIMARY KEY (rid, item)) WITHOUT ROWID;"
             "CREATE INDEX orphans_time ON orphans (time);"
             "CREATE INDEX orphans_offset ON orphans (part, off);"
             "CREATE TABLE joined (fpart INTEGER NOT NULL, foff INTEGER NOT NULL,"
-            " apart INTEGER NOT NULL, aoff INTEGER NOT NULL, PRIMARY KEY (fpart, foff))"
-            " WITHOUT ROWID;"
+            " apart INTEGER NOT NULL, aoff INTEGER NOT NULL,"
+            " PRIMARY KEY (fpart, foff, apart, aoff)) WITHOUT ROWID;"
             "CREATE INDEX joined_action ON joined (apart, aoff);"
             "BEGIN;")
 
@@ -137,11 +141,15 @@ class SpillStore:
     def __contains__(self, key: Key) -> bool:
         return self.get(key) is not None
 
-    def put_many(self, rows: Sequence[tuple[str, str, int, int, int, bytes]]) -> None:
-        """Store (request id, item id, partition, offset, time, message) rows; the keys must
-        not be stored yet."""
+    def put_many(self, rows: Sequence[tuple]) -> None:
+        """Store (request id, item id, partition, offset, time, message) rows, or in one call
+        rows of those and their task ``labels`` bits (0 when not given); the keys must not be
+        stored yet."""
         if rows:
-            self._db.executemany("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)"
+                                 if len(rows[0]) == 7 else
+                                 "INSERT INTO pending (rid, item, part, off, time, raw) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
             add = self._filter.add
             for row in rows:
                 add((row[0], row[1]))
@@ -154,18 +162,30 @@ class SpillStore:
         return self._db.execute("SELECT part, off, time, raw FROM pending "
                                 "WHERE rid = ? AND item = ?", key).fetchone()
 
+    def labels(self, key: Key) -> int:
+        """The task bits the actions joined so far set on the impression stored under
+        ``key`` (which must be stored)."""
+        return self._db.execute("SELECT labels FROM pending WHERE rid = ? AND item = ?",
+                                key).fetchone()[0]
+
+    def set_labels(self, key: Key, labels: int) -> None:
+        """Set the task bits of the impression stored under ``key``."""
+        self._db.execute("UPDATE pending SET labels = ? WHERE rid = ? AND item = ?",
+                         (labels, *key))
+
     def delete(self, key: Key) -> None:
         """Forget ``key``, which must be stored."""
         self._db.execute("DELETE FROM pending WHERE rid = ? AND item = ?", key)
         self._filter.remove(key)
         self._n -= 1
 
-    def pop_older(self, before: int | None) -> Iterator[tuple[str, int, int, int, bytes, str]]:
-        """Remove and yield (request id, partition, offset, time, message, item id) of every
-        row with time < ``before`` (None: every row), oldest first, reading
+    def pop_older(self, before: int | None
+                  ) -> Iterator[tuple[str, int, int, int, bytes, str, int]]:
+        """Remove and yield (request id, partition, offset, time, message, item id, task
+        labels) of every row with time < ``before`` (None: every row), oldest first, reading
         a few thousand at a time."""
         where, args = ("", ()) if before is None else (" WHERE time < ?", (before,))
-        query = (f"SELECT rid, part, off, time, raw, item, rowid FROM pending{where} "
+        query = (f"SELECT rid, part, off, time, raw, item, labels, rowid FROM pending{where} "
                  f"ORDER BY time LIMIT {_CHUNK}")
         remove = self._filter.remove
         while self._n:
@@ -173,11 +193,11 @@ class SpillStore:
             if not rows:
                 return
             self._db.executemany("DELETE FROM pending WHERE rowid = ?",
-                                 [(row[6],) for row in rows])
+                                 [(row[7],) for row in rows])
             self._n -= len(rows)
             for row in rows:
                 remove((row[0], row[5]))
-                yield row[:6]
+                yield row[:7]
 
     def oldest_offset(self, partition: int) -> int | None:
         """The lowest offset of an impression of ``partition`` stored, or None."""
@@ -188,17 +208,22 @@ class SpillStore:
 
     # -- orphan actions ----------------------------------------------------------------------
 
-    def add_orphan(self, key: Key, partition: int, offset: int, time: int) -> bool:
-        """Keep a positive action waiting for its impression -> False (and nothing stored)
-        if one already waits under ``key``."""
+    def add_orphan(self, key: Key, partition: int, offset: int, time: int,
+                   labels: int = 1) -> bool:
+        """Keep a positive action (setting task bits ``labels``) waiting for its impression
+        -> False (and nothing stored) if one already waits under ``key`` and this one sets
+        no new bit; one that does adds its bits to the waiting one's (which keeps its
+        offset, the older, and its time)."""
         if self.orphans and self._filter.may_hold(key):
-            stored = self._db.execute("INSERT OR IGNORE INTO orphans VALUES (?, ?, ?, ?, ?)",
-                                      (*key, partition, offset, time)).rowcount
+            stored = self._db.execute("INSERT OR IGNORE INTO orphans VALUES (?, ?, ?, ?, ?, ?)",
+                                      (*key, partition, offset, time, labels)).rowcount
             if not stored:
-                return False
+                return self._db.execute(
+                    "UPDATE orphans SET labels = labels | ? WHERE rid = ? AND item = ? "
+                    "AND labels | ? != labels", (labels, *key, labels)).rowcount > 0
         else:
-            self._db.execute("INSERT INTO orphans VALUES (?, ?, ?, ?, ?)",
-                             (*key, partition, offset, time))
+            self._db.execute("INSERT INTO orphans VALUES (?, ?, ?, ?, ?, ?)",
+                             (*key, partition, offset, time, labels))
         self._filter.add(key)
         self.orphans += 1
         return True
@@ -206,10 +231,16 @@ class SpillStore:
     def take_orphan(self, key: Key) -> tuple[int, int, int] | None:
         """Remove and return the (partition, offset, time) of the action waiting under
         ``key``, or None."""
+        row = self.take_labelled_orphan(key)
+        return None if row is None else row[:3]
+
+    def take_labelled_orphan(self, key: Key) -> tuple[int, int, int, int] | None:
+        """Remove and return the (partition, offset, time, task labels) of the action(s)
+        waiting under ``key``, or None."""
         if not self.orphans or not self._filter.may_hold(key):
             return None
         row = self._db.execute("DELETE FROM orphans WHERE rid = ? AND item = ? "
-                               "RETURNING part, off, time", key).fetchone()
+                               "RETURNING part, off, time, labels", key).fetchone()
         if row is not None:
             self._filter.remove(key)
             self.orphans -= 1
