@@ -116,7 +116,9 @@ class ModelVersion(BaseModel):
 
 class ScoredItem(BaseModel):
     item_id: Scalar
-    score: float
+    score: float = Field(description="What items are ranked by: serve.score of the tasks' "
+                                     "probabilities.")
+    probs: dict[str, float] = Field(description="Each task's probability.")
     token: str = Field(description="Send it with /feedback on this item.")
 
 
@@ -127,7 +129,8 @@ class RecommendOut(BaseModel):
 
 
 class PredictOut(BaseModel):
-    scores: list[float]
+    scores: list[float] = Field(description="serve.score of each pair.")
+    probs: dict[str, list[float]] = Field(description="Each task's probability of each pair.")
     model_version: ModelVersion
 
 

@@ -3,10 +3,12 @@
 - ``POST /recommend``: a user (id and features), optional context, optional candidates (else
   ``serve.pool_draw`` drawn from the candidate pool) and ``k`` -> the top ``k`` items with
   their scores and feedback tokens, the request id the service issued and the model version
-  (dense, sparse) used. Every returned item is an impression: its features go to the
+  (dense, sparse) used. Items are ranked by ``serve.score``, a combination of the tasks'
+  probabilities (default: the first task's); each item carries every task's (``probs``). Every returned item is an impression: its features go to the
   ``features`` topic under the request id, so feedback on it joins into a training example
   (serve -> feedback -> join -> train -> sync).
-- ``POST /predict``: (user, item) pairs -> their click probabilities.
+- ``POST /predict``: (user, item) pairs -> their scores (``serve.score``) and each task's
+  probabilities (``probs``: task -> one per pair).
 - ``POST /feedback``: request id, item id, the item's token, action -> the ``actions`` topic.
   A token that is not the one this service issued for that request and item gets 422
   (``serve/tokens.py``), so feedback lands only on impressions that were served.
@@ -49,6 +51,7 @@ from ray import serve
 from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config
+from monolith_ray.config.tasks import parse_score
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.serve.api import (
     ERRORS,
@@ -93,6 +96,7 @@ class Recommender:
              for item_id in self.pool.ids],
             cfg.slots)
         self.model = ServingModel(cfg, serving)
+        self.score_of = parse_score(cfg.serve.score, cfg.task_names)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
         self._lock = threading.Lock()
@@ -148,8 +152,9 @@ class Recommender:
                           if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
             items, which = self._slot_rows(item_slots, item_dense), None
         now = int(time.time())
-        scores, version = await self._score(items, self._slot_rows([user], [user_dense]),
-                                            which, now)
+        probs, version = await self._score(items, self._slot_rows([user], [user_dense]),
+                                           which, now)
+        scores = self.score_of(probs)
         top = np.argsort(-scores, kind="stable")[:body.k].tolist()
         request_id = self.tokens.new_request_id()
         if self.log is not None:
@@ -170,12 +175,14 @@ class Recommender:
         # A Response skips FastAPI's second validation of what is built here to the schema.
         return JSONResponse({"request_id": request_id, "model_version": version,
                              "items": [{"item_id": ids[i], "score": float(scores[i]),
+                                        "probs": {t: float(p[i]) for t, p in probs.items()},
                                         "token": self.tokens.token(request_id, ids[i])}
                                        for i in top]})
 
     @api.post("/predict", response_model=PredictOut, responses=ERRORS)
     async def predict(self, body: PredictIn) -> JSONResponse:
-        """Click probabilities of (user, item) pairs, in order."""
+        """Scores (``serve.score``) and each task's probabilities of (user, item) pairs, in
+        order."""
         if len(body.pairs) > self.serve_cfg.max_candidates:
             raise BadRequest(f"pairs: at most {self.serve_cfg.max_candidates} "
                              f"(serve.max_candidates), got {len(body.pairs)}")
@@ -187,10 +194,12 @@ class Recommender:
                                        if isinstance(p.item, ItemIn) else {}).items()
                      if v is not None}}
                  for i, p in enumerate(body.pairs)]
-        scores, version = await self._score(self._slot_rows(rows, dense), None, None,
-                                            int(time.time()))
+        probs, version = await self._score(self._slot_rows(rows, dense), None, None,
+                                           int(time.time()))
         self.served["predict"] += 1
-        return JSONResponse({"scores": scores.tolist(), "model_version": version})
+        return JSONResponse({"scores": self.score_of(probs).tolist(),
+                             "probs": {t: p.tolist() for t, p in probs.items()},
+                             "model_version": version})
 
     @api.post("/feedback", response_model=FeedbackOut, responses=ERRORS)
     async def feedback(self, body: FeedbackIn) -> FeedbackOut:
@@ -249,9 +258,10 @@ class Recommender:
             raise BadRequest(str(err)) from None
 
     async def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,
-                     now: int) -> tuple[np.ndarray, dict[str, int]]:
+                     now: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """({task: probabilities (n,)}, versions) of the examples."""
         try:
-            return await self.model.score_async(items, user, which, now)
+            return await self.model.score_tasks_async(items, user, which, now)
         except MessageError as err:
             raise BadRequest(str(err)) from None
 

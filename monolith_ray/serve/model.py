@@ -91,14 +91,16 @@ class SlotRows:
 
 
 class ServingModel:
-    """Click probabilities of slot-value rows with the synced parameters."""
+    """Each task's probabilities of slot-value rows with the synced parameters (``score``,
+    ``predict``: the first task's)."""
 
     def __init__(self, cfg: Config, serving: Sequence[Any] = ()) -> None:
         """``serving``: the serving shards, with ``serve.store: sharded`` (rows through a
         :class:`ShardedRows` cache); else the replica holds every row (a ``SparseStore``)."""
         self.slots = cfg.slots
         self.dense = cfg.dense
-        model, self.spec = build(cfg.model), spec_of(cfg.slots, cfg.model, cfg.dense)
+        model = build(cfg.model)
+        self.spec = spec_of(cfg.slots, cfg.model, cfg.dense, cfg.tasks)
         self._predict = make_predict(model, self.spec)
         # Until the first dense sync: the initial parameters training starts from.
         self.params = jax.tree.map(np.asarray,
@@ -172,10 +174,11 @@ class ServingModel:
 
     def score(self, items: SlotRows, user: SlotRows | None = None,
               take: np.ndarray | None = None, now: int | None = None) -> np.ndarray:
-        """Click probabilities float32 (n,) of ``items`` (rows ``take``, default all): each
-        example is an item's slots, and for every slot an item has no value in, the ``user``'s
-        (a one-row ``SlotRows``) if it has one; the same for each dense feature, then its
-        default. MessageError naming the feature if a dense value is beyond its bound."""
+        """The first task's probabilities float32 (n,) of ``items`` (rows ``take``, default
+        all): each example is an item's slots, and for every slot an item has no value in, the
+        ``user``'s (a one-row ``SlotRows``) if it has one; the same for each dense feature,
+        then its default. MessageError naming the feature if a dense value is beyond its
+        bound."""
         return self.predict(self.batch_of(items, user, take, now))
 
     async def score_async(self, items: SlotRows, user: SlotRows | None = None,
@@ -183,6 +186,14 @@ class ServingModel:
                           ) -> tuple[np.ndarray, dict[str, int]]:
         """:meth:`score` on an event loop, where cache misses are fetched without blocking it
         -> (probabilities, the versions that produced them)."""
+        probs, versions = await self.score_tasks_async(items, user, take, now)
+        return probs[self.spec.tasks[0]], versions
+
+    async def score_tasks_async(self, items: SlotRows, user: SlotRows | None = None,
+                                take: np.ndarray | None = None, now: int | None = None
+                                ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """:meth:`score_async` of every task -> ({task: probabilities float32 (n,)}, the
+        versions that produced them)."""
         batch = self.batch_of(items, user, take, now)
         n = len(batch)
         padded = batch.padded(padded_size(n))
@@ -193,7 +204,7 @@ class ServingModel:
                 params, dense_version = self.params, self.dense_version
             found, sparse = await self.rows.lookup(padded.fids)
             versions = {"dense": dense_version, "sparse": sparse}
-        return self._run(padded, found, params)[:n], versions
+        return {task: p[:n] for task, p in self._run(padded, found, params).items()}, versions
 
     def batch_of(self, items: SlotRows, user: SlotRows | None = None,
                  take: np.ndarray | None = None, now: int | None = None) -> Batch:
@@ -223,7 +234,7 @@ class ServingModel:
                                np.zeros(n, np.float32), np.full(n, now, np.int64), dense)
 
     def predict(self, batch: Batch) -> np.ndarray:
-        """Click probabilities float32 (B,) of ``batch``, padded to :func:`padded_size`
+        """The first task's probabilities float32 (B,) of ``batch``, padded to :func:`padded_size`
         examples and its rows to the most such a batch can have: one compile per size."""
         n = len(batch)
         padded = batch.padded(padded_size(n))
@@ -233,7 +244,7 @@ class ServingModel:
             with self.lock:
                 params = self.params
             found, _ = self.rows.lookup_blocking(padded.fids)
-        return self._run(padded, found, params)[:n]
+        return self._run(padded, found, params)[self.spec.tasks[0]][:n]
 
     def _store_rows(self, padded: Batch) -> tuple[dict[str, np.ndarray], Any, dict[str, int]]:
         """The whole-table store's rows of ``padded``'s fids, with the parameters and
@@ -243,7 +254,9 @@ class ServingModel:
                      for slot in self.slots}
             return found, self.params, self.versions
 
-    def _run(self, padded: Batch, found: Mapping[str, np.ndarray], params: Any) -> np.ndarray:
+    def _run(self, padded: Batch, found: Mapping[str, np.ndarray], params: Any
+             ) -> dict[str, np.ndarray]:
+        """``{task: probabilities float32 (B,)}`` of the padded batch given its rows."""
         slot_rows, slot_idx = [], []
         for slot in self.slots:
             idx = padded.idx[slot.name]
@@ -251,7 +264,7 @@ class ServingModel:
             slot_idx.append(idx)
         probs = self._predict(params, tuple(slot_rows), tuple(slot_idx),
                               padded.dense if self.dense else None)
-        return np.asarray(probs[self.spec.tasks[0]])
+        return {task: np.asarray(probs[task]) for task in self.spec.tasks}
 
     def warm_up(self, max_rows: int) -> None:
         """Compile the scorer for every padded batch size up to ``max_rows`` (about a
