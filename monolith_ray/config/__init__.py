@@ -3,7 +3,7 @@
 One module per job: ``loader`` (the generic strict loader: :class:`ConfigError`,
 :func:`from_dict`, YAML files and ``--set`` overrides), one module per section (``slots``, ``dense``,
 ``model``, ``train``, ``data``, ``kafka``, ``joiner``, ``online``, ``serve``, ``limits``, ``supervision``,
-``history``),
+``history``, ``tasks``),
 ``root`` (:class:`Config`, one field per section, and :func:`load_config`) and ``inputs``
 (the check, at a job's start, that the paths it reads exist). The names the rest of the
 package imports are re-exported here.
@@ -25,6 +25,7 @@ from monolith_ray.config.slots import (
     SlotConfig,
 )
 from monolith_ray.config.supervision import SupervisionConfig
+from monolith_ray.config.tasks import TaskConfig
 from monolith_ray.config.train import TrainConfig
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "OptimizerConfig",
     "SlotConfig",
     "SupervisionConfig",
+    "TaskConfig",
     "TrainConfig",
     "from_dict",
     "load_config",
