@@ -76,8 +76,9 @@ class Score:
         return f"Score({self.text!r})"
 
 
-_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
-                    r"|([A-Za-z_][A-Za-z0-9_]*)|([-+*()]))")
+_TOKEN = re.compile(r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+                    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>[-+*()])|(?P<space>\s+)"
+                    r"|(?P<bad>.)", re.DOTALL)
 MAX_SCORE_CHARS = 256
 
 
@@ -100,24 +101,16 @@ def parse_score(text: str, tasks: Sequence[str]) -> Score:
 
 def _tokens(text: str, tasks: set[str]) -> list[tuple[str, object, int]]:
     """(kind: num | name | op, value, position) of each token."""
-    out, at = [], 0
-    while text[at:].strip():
-        m = _TOKEN.match(text, at)
-        if m is None:
-            raise ConfigError("", f"{text!r}: unexpected {text[at:].strip()[:1]!r} at "
-                                  f"character {len(text) - len(text[at:].lstrip()) + 1}")
-        start = m.start(m.lastindex or 0)
-        number, name, op = m.groups()
-        if number is not None:
-            out.append(("num", float(number), start))
-        elif name is not None:
-            if name not in tasks:
-                raise ConfigError("", f"{text!r}: {name!r} is not a task; tasks: "
-                                      f"{', '.join(sorted(tasks))}")
-            out.append(("name", name, start))
-        else:
-            out.append(("op", op, start))
-        at = m.end()
+    out: list[tuple[str, object, int]] = []
+    for m in _TOKEN.finditer(text):
+        kind, value = m.lastgroup, m.group()
+        if kind == "bad":
+            raise ConfigError("", f"{text!r}: unexpected {value!r} at character {m.start() + 1}")
+        if kind == "name" and value not in tasks:
+            raise ConfigError("", f"{text!r}: {value!r} is not a task; tasks: "
+                                  f"{', '.join(sorted(tasks))}")
+        if kind != "space":
+            out.append((kind, float(value) if kind == "num" else value, m.start()))
     return out
 
 
