@@ -42,6 +42,11 @@ class OnlineConfig:
       this many bytes are read (or the read ends), so it bounds latency at low rates.
     - ``buffer_bytes``: object-store bytes the stream may hold ahead of the trainers; beyond
       it the read tasks pause (backpressure).
+    - ``batch_size``: examples per online step (micro-batches: a fresh id is learned from its
+      first few examples only if steps come that often); 0: ``train.batch_size``.
+    - ``dense_rate``: the dense optimizer's learning rate online, as a multiple of
+      ``train.dense_optimizer``'s (below 1 slows the dense parameters' drift over small
+      micro-batches). Each slot's own online optimizer is its ``online`` key.
     """
 
     start: str = "earliest"
@@ -55,6 +60,8 @@ class OnlineConfig:
     poll_timeout_ms: int = 200
     block_bytes: int = 256 * 1024
     buffer_bytes: int = 64 * 1024 * 1024
+    batch_size: int = 0
+    dense_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if not _ONLINE_START.fullmatch(self.start):
@@ -69,3 +76,5 @@ class OnlineConfig:
         _require(self, "poll_timeout_ms", ge=1)
         _require(self, "block_bytes", ge=1024)
         _require(self, "buffer_bytes", ge=1024)
+        _require(self, "batch_size", ge=0)
+        _require(self, "dense_rate", gt=0)
