@@ -231,15 +231,19 @@ class EmbeddingTable:
     def set_optimizer(self, cfg: OptimizerConfig) -> None:
         """Train on with ``cfg`` from now on, e.g. the slot's ``online`` optimizer once batch
         training ends. Weights stay. The same kind keeps every row's state (Adam at a new
-        rate keeps each row's moments); another kind starts every live row's state afresh,
-        as for a new row (FTRL's ``z`` matched to the weights). The table's slot config
-        records ``cfg``, so a snapshot restores with it (the format is unchanged)."""
-        new = make_optimizer(cfg)
-        same = new.state_spec(self.dim) == self._optimizer.state_spec(self.dim)
+        rate keeps each row's moments); another kind starts every live row's state as for a
+        new row (FTRL's ``z`` matched to the weights), except that Adagrad's and FTRL's
+        accumulators take each row's sum of squared gradients so far, as the previous kind's
+        state tells it (``RowOptimizer.squared_sums``): rows trained long keep small steps,
+        fresh ids take the new rate in full. The table's slot config records ``cfg``, so a
+        snapshot restores with it (the format is unchanged)."""
+        new, old = make_optimizer(cfg), self._optimizer
         self._optimizer = new
         self.slot = dataclasses.replace(self.slot, optimizer=cfg)
-        if same:
+        if new.state_spec(self.dim) == old.state_spec(self.dim):
             return
+        live = np.flatnonzero(self._rows["ids"][:self._map.row_bound] != EMPTY)
+        squared_sums = old.squared_sums(self._state, live)
         n = self._rows["ids"].shape[0]
         for key in [k for k in self._rows if k.startswith("state/")]:
             del self._rows[key]
@@ -247,8 +251,7 @@ class EmbeddingTable:
             if key not in self._rows:
                 array = reserve(MAX_ROWS, width, dtype) if self._reserved else None
                 self._rows[key] = np.zeros((n, width), dtype) if array is None else array
-        live = np.flatnonzero(self._rows["ids"][:self._map.row_bound] != EMPTY)
-        new.init_state_rows(self._weights, self._state, live)
+        new.init_state_rows(self._weights, self._state, live, squared_sums)
 
     def apply_gradients(self, ids: np.ndarray, grads: np.ndarray, now: float) -> int:
         """Apply the slot's optimizer: ids (n,) int64, grads float32 (n, dim) -> rows updated.

@@ -62,12 +62,29 @@ class RowOptimizer:
             self._update(weights, state, rows, grads)
 
     def init_state_rows(self, weights: np.ndarray, state: dict[str, np.ndarray],
-                        rows: np.ndarray) -> None:
-        """Reset the state of freshly initialized ``rows`` (int64 (n,)) to match ``weights``."""
+                        rows: np.ndarray, squared_sums: np.ndarray | None = None) -> None:
+        """Reset the state of freshly initialized ``rows`` (int64 (n,)) to match ``weights``.
+
+        ``squared_sums`` float64 (n, D), given when a table switches optimizer: each row's
+        sums of squared gradients so far (:meth:`squared_sums` of the previous optimizer),
+        which Adagrad and FTRL add to their accumulators, so rows that trained long keep
+        small steps while fresh ones take the new rate in full; the other kinds ignore it."""
         rows = np.asarray(rows, dtype=np.int64)
         self._check(weights, state, rows)
         for name, (_, fill) in self.state_spec(weights.shape[1]).items():
             state[name][rows] = fill
+        accumulator = self._ACCUMULATOR
+        if squared_sums is not None and accumulator is not None:
+            state[accumulator][rows] += squared_sums
+
+    _ACCUMULATOR: str | None = None  # the state matrix summing squared gradients, if any
+
+    def squared_sums(self, state: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray | None:
+        """Float64 (n, D): per row of ``rows`` and coordinate, the sum of the squared
+        gradients it has taken as far as the state tells (None: it keeps no such record)."""
+        if self._ACCUMULATOR is None:
+            return None
+        return state[self._ACCUMULATOR][rows].astype(np.float64) - self.cfg.initial_accumulator
 
     def _check(self, weights: np.ndarray, state: dict[str, np.ndarray], rows: np.ndarray) -> None:
         """Raise unless the arrays fit the kernels: float32 tables of matching shape, rows in range."""
@@ -99,6 +116,8 @@ class Sgd(RowOptimizer):
 class Adagrad(RowOptimizer):
     """``a += g**2; w -= lr * g / (sqrt(a) + eps)``."""
 
+    _ACCUMULATOR = "accum"
+
     def state_spec(self, dim: int) -> dict[str, tuple[int, float]]:
         return {"accum": (dim, self.cfg.initial_accumulator)}
 
@@ -110,16 +129,20 @@ class Adagrad(RowOptimizer):
 class Ftrl(RowOptimizer):
     """Per-coordinate FTRL-Proximal (McMahan et al. 2013, Algorithm 1), alpha = learning_rate."""
 
+    _ACCUMULATOR = "n"
+
     def state_spec(self, dim: int) -> dict[str, tuple[int, float]]:
         return {"z": (dim, 0.0), "n": (dim, self.cfg.initial_accumulator)}
 
     def init_state_rows(self, weights: np.ndarray, state: dict[str, np.ndarray],
-                        rows: np.ndarray) -> None:
-        super().init_state_rows(weights, state, rows)
+                        rows: np.ndarray, squared_sums: np.ndarray | None = None) -> None:
+        super().init_state_rows(weights, state, rows, squared_sums)
         rows = np.asarray(rows, dtype=np.int64)
         c = self.cfg
         w0 = weights[rows].astype(np.float64)
-        denom = (c.beta + np.sqrt(np.float64(c.initial_accumulator))) / c.learning_rate + c.l2
+        n = (np.float64(c.initial_accumulator) if squared_sums is None
+             else state["n"][rows].astype(np.float64))
+        denom = (c.beta + np.sqrt(n)) / c.learning_rate + c.l2
         state["z"][rows] = -w0 * denom - np.sign(w0) * c.l1
 
     def _update(self, weights, state, rows, grads):
@@ -133,6 +156,12 @@ class Adam(RowOptimizer):
 
     def state_spec(self, dim: int) -> dict[str, tuple[int, float]]:
         return {"m": (dim, 0.0), "v": (dim, 0.0), "step": (1, 0.0)}
+
+    def squared_sums(self, state: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """The bias-corrected mean of the squared gradients (``v``) times the row's steps."""
+        t = state["step"][rows].astype(np.float64)
+        corrected = np.where(t > 0, 1.0 - self.cfg.beta2 ** t, 1.0)
+        return state["v"][rows].astype(np.float64) / corrected * t
 
     def _update(self, weights, state, rows, grads):
         c = self.cfg

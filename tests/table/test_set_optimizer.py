@@ -28,22 +28,36 @@ def trained_table(optimizer: OptimizerConfig = ADAM) -> EmbeddingTable:
     return table
 
 
-def adagrad_step(w: np.ndarray, g: np.ndarray, cfg: OptimizerConfig) -> np.ndarray:
-    """One Adagrad step from fresh state, in float64."""
+def adagrad_step(w: np.ndarray, g: np.ndarray, cfg: OptimizerConfig,
+                 squared_sums: np.ndarray | float = 0.0) -> np.ndarray:
+    """One Adagrad step from an accumulator of ``initial_accumulator + squared_sums``, in
+    float64."""
     w, g = w.astype(np.float64), g.astype(np.float64)
-    return w - cfg.learning_rate * g / (np.sqrt(cfg.initial_accumulator + g * g) + cfg.eps)
+    accum = np.float32(cfg.initial_accumulator + squared_sums) + g * g
+    return w - cfg.learning_rate * g / (np.sqrt(accum) + cfg.eps)
 
 
-def test_fresh_and_old_ids_step_with_the_online_kind_and_rate() -> None:
+def adam_squared_sums(table: EmbeddingTable, ids: np.ndarray) -> np.ndarray:
+    """Adam's record of each row's squared gradients: bias-corrected ``v`` times its steps."""
+    rows = table._map.find(ids).astype(np.int64)
+    t = table._state["step"][rows].astype(np.float64)
+    return table._state["v"][rows] / (1 - ADAM.beta2 ** t) * t
+
+
+def test_fresh_ids_take_the_online_rate_and_old_ones_keep_their_record() -> None:
     table = trained_table()
-    table.set_optimizer(ONLINE)
     old, fresh = np.array([2], np.int64), np.array([99], np.int64)
+    sums = adam_squared_sums(table, old)
+    table.set_optimizer(ONLINE)
     before = {"old": table.lookup_serve(old), "fresh": table.lookup_train(fresh, 2.0)}
     grad = np.full((1, DIM), 0.2, np.float32)
     table.apply_gradients(np.concatenate([old, fresh]), np.concatenate([grad, grad]), 2.0)
-    for name, ids in (("old", old), ("fresh", fresh)):
-        np.testing.assert_allclose(table.lookup_serve(ids), adagrad_step(before[name], grad,
-                                                                         ONLINE), rtol=1e-6)
+    np.testing.assert_allclose(table.lookup_serve(fresh),
+                               adagrad_step(before["fresh"], grad, ONLINE), rtol=1e-6)
+    np.testing.assert_allclose(table.lookup_serve(old),
+                               adagrad_step(before["old"], grad, ONLINE, sums), rtol=1e-6)
+    old_step = np.abs(table.lookup_serve(old) - before["old"])
+    assert (old_step < np.abs(table.lookup_serve(fresh) - before["fresh"])).all()
     assert table.slot.optimizer == ONLINE
 
 
@@ -53,7 +67,19 @@ def test_switch_keeps_weights_and_leaves_other_tables_alone() -> None:
     table.set_optimizer(ONLINE)
     np.testing.assert_array_equal(table.lookup_serve(ids), other.lookup_serve(ids))
     assert set(table._state) == {"accum"} and set(other._state) == {"m", "v", "step"}
-    np.testing.assert_array_equal(table._state["accum"][table._map.find(ids)], np.float32(0.1))
+    np.testing.assert_allclose(table._state["accum"][table._map.find(ids)],
+                               0.1 + adam_squared_sums(other, ids), rtol=1e-6)
+
+
+def test_switch_to_ftrl_keeps_the_weights_it_steps_from() -> None:
+    """FTRL's ``z`` is matched to each row's weight and carried accumulator: a zero gradient
+    leaves the weights as they were."""
+    table = trained_table()
+    ids = np.arange(5, dtype=np.int64)
+    before = table.lookup_serve(ids)
+    table.set_optimizer(OptimizerConfig(kind="ftrl", learning_rate=0.1))
+    table.apply_gradients(ids, np.zeros((5, DIM), np.float32), 2.0)
+    np.testing.assert_allclose(table.lookup_serve(ids), before, rtol=1e-5)
 
 
 def test_same_kind_keeps_each_rows_state_at_the_new_rate() -> None:
