@@ -26,6 +26,13 @@ first update would snap a randomly initialized row to the FTRL solution of z = 0
 (With beta = l2 = initial_accumulator = 0 the denominator is 0 and no z reproduces w0; z is
 then -sign(w0) * l1, and the first real gradient still steps from w0, as ``sigma * w`` uses the
 stored weight.)
+
+Switching kind (``EmbeddingTable.set_optimizer``, e.g. to a slot's ``online`` optimizer after
+batch training): every live row's state starts as a new row's, except that Adagrad's
+``accum`` and FTRL's ``n`` also take the row's sum of squared gradients so far as the previous
+kind records it (``squared_sums``: Adagrad's and FTRL's own accumulators, Adam's
+bias-corrected ``v`` times the row's steps; SGD keeps none). FTRL's ``z`` is then matched to
+that ``n``, so no weight moves at the switch.
 """
 
 from __future__ import annotations
