@@ -9,23 +9,30 @@ Protocol, per seed of ``movielens_quality.SEEDS``, the experiment of
 1. Batch: train on train (the first 80% by time) with the config's embedding optimizer,
    initializer scale, batch size and epochs (``sync_interval.batch_model``: 2 in-process
    ``ShardServer`` shards, ``TrainLoop``, shuffled epochs, everything seeded).
-2. Stream: valid then test (the last 20%, time order) cut into ``WINDOWS`` equal windows. Each
-   window is first predicted by every serving replica, then trained on once, in order, by the
-   online trainer: the batch model's own loop and shards, optimizer states included
-   (prequential: no window is scored by parameters that trained on it; ``sync_interval.replay``).
-3. Serving replicas hold a copy of the trainer's parameters taken at sync points only:
+2. Going online (``sync_interval.go_online``): the same shards switch each slot to its
+   ``online`` optimizer, and the online trainer steps micro-batches of ``online.batch_size``
+   examples with the dense parameters at ``online.dense_rate`` of their batch rate (the
+   shipped config: 0, frozen). These settings were chosen on the valid half of the stream
+   only (README, *Online vs batch*).
+3. Stream: valid then test (the last 20%, time order), one micro-batch at a time: first
+   scored by every serving replica, then trained on once, in order (prequential: no example
+   is scored by parameters that trained on it; ``sync_interval.replay``). AUCs are taken
+   per window of 1% of the stream (``WINDOWS``).
+4. Serving replicas hold a copy of the trainer's parameters taken at sync points only:
    serving's own code in process (``sync_interval.SyncedReplica``: a ``ParameterSync``
    collecting ``export_since`` deltas, rows changed and ids evicted since its last sync, and
    the dense parameters, applied to a ``ServingModel``; float32 rows). All replicas sync
-   before the first window, so each starts as the batch model; ``batch`` never syncs again,
-   ``online_short``/``mid``/``long`` sync embedding rows every ``SYNC_EVERY`` windows and the
-   dense parameters daily (event time), Monolith's separate schedules; the ``*_dense``
-   replicas copy the dense parameters at every sync too, for comparison.
+   before the stream, so each starts as the batch model; ``batch`` never syncs again,
+   ``online_k10``/``k100``/``k1000`` sync embedding rows every 10, 100, 1000 stream examples
+   and ``online_short``/``mid``/``long`` every 1%, 5%, 10% of the stream, all with the dense
+   parameters daily (event time), Monolith's separate schedules; the ``*_dense`` replicas
+   copy the dense parameters at every sync too, for comparison.
 
-Figures: per model the mean of the per-window AUCs (``auc_*``) and the AUC over all stream
-predictions at once (``auc_overall_*``), example-weighted, averaged over the seeds; per seed
-too. At the end of each seed a final sync must reproduce the trainer's rows exactly, a check
-of the sync path itself.
+Figures: per model the mean of the per-window AUCs (``auc_*``), also over the valid and the
+test half of the stream apart (``auc_valid_half``, ``auc_test_half``), and the AUC over all
+stream predictions at once (``auc_overall_*``), example-weighted, averaged over the seeds;
+per seed too. At the end of each seed a final sync must reproduce the trainer's rows exactly,
+a check of the sync path itself.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from monolith_ray.experiments import (
     WINDOWS,
     batch_model,
     compilation_cache,
+    go_online,
     load_splits,
     replay,
     SyncedReplica,
@@ -60,11 +68,12 @@ def run_seed(seed: int, config: Config, splits: dict[str, pa.Table]) -> dict[str
     figures: dict[str, Any] = {"seed": seed, "batch_valid_auc": valid_auc,
                                "batch_seconds": time.perf_counter() - start}
     stream = stream_of(splits)
-    replicas = {name: SyncedReplica(trainer, config) for name in SYNC_EVERY}
-    figures.update(replay(trainer, stream, replicas))
+    online = go_online(trainer, config)
+    replicas = {name: SyncedReplica(online, config) for name in SYNC_EVERY}
+    figures.update(replay(online, stream, replicas, SYNC_EVERY))
     figures["seconds"] = time.perf_counter() - start
 
-    check = replicas["online_short"]
+    check = replicas["online_k10"]
     check.sync()
     fids = make_batch(pa.concat_tables([splits["train"], stream]), trainer.slots).fids
     trained = trainer.client.lookup(fids)
@@ -107,23 +116,32 @@ def experiment() -> dict[str, Any]:
         figures[f"auc_{name}"] = mean(name, "auc")
     for name in SYNC_EVERY:
         figures[f"auc_overall_{name}"] = mean(name, "auc_overall")
+    half = WINDOWS // 2  # valid and test are 10% of MovieLens each: the stream's halves
+    for part, span in (("valid", slice(None, half)), ("test", slice(half, None))):
+        figures[f"auc_{part}_half"] = {
+            short(n): round(float(np.mean([np.nanmean(s[n]["auc_by_window"][span])
+                                           for s in seeds])), 4) for n in SYNC_EVERY}
     for name in SYNC_EVERY:
         figures[f"auc_{short(name)}_by_seed"] = [round(s[name]["auc"], 4) for s in seeds]
     window, hours = seeds[0]["window_examples"], seeds[0]["stream_hours"]
     figures.update({
         "windows": WINDOWS,
         "window_examples": round(window, 1),
-        "sync_interval_examples": {short(n): round(e * window) for n, e in SYNC_EVERY.items()
+        "sync_interval_examples": {short(n): e for n, e in SYNC_EVERY.items()
                                    if e is not None},
         "rows_per_sync": {short(n): round(np.mean([s[n]["rows_per_sync"] for s in seeds]))
                           for n in SYNC_EVERY if SYNC_EVERY[n] is not None},
-        "sync_interval_hours_mean": {short(n): round(e * hours / WINDOWS, 1)
+        "sync_interval_hours_mean": {short(n): round(e * hours / seeds[0]["stream_examples"], 2)
                                      for n, e in SYNC_EVERY.items() if e is not None},
         "windows_scored_min": min(s[n]["windows_scored"] for s in seeds for n in SYNC_EVERY),
         "stream_examples": seeds[0]["stream_examples"],
         "seeds": list(SEEDS),
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
+        "online_batch_size": config.online.batch_size or config.train.batch_size,
+        "online_dense_rate": config.online.dense_rate,
+        "online_optimizers": {s.name: f"{s.online.kind} {s.online.learning_rate:g}"
+                              for s in config.slots if s.online is not None},
         "seconds": round(time.perf_counter() - start, 1),
     })
     return figures

@@ -20,6 +20,7 @@ from monolith_ray.experiments.sync_interval import (
     Replica as Replica,
     SyncedReplica as SyncedReplica,
     batch_model as batch_model,
+    go_online as go_online,
     replay as replay,
     stream_of as stream_of,
 )

@@ -2,10 +2,13 @@
 the first 80% of MovieLens-100K (by time), against online models that keep training on the
 last 20% as it streams and are served from copies synced at several intervals.
 
-The stream (valid then test, in time order) is cut into equal windows. Each window is first
-predicted by every serving copy, then trained on once by the online trainer — the batch
-model's own loop and shards, optimizer states included — so no window is scored by
-parameters that trained on it (prequential). The serving copies are passed in (anything with
+Going online (:func:`go_online`), the batch model's shards switch each slot to its own
+``online`` optimizer, and the online trainer — a loop over the same shards, from the batch
+model's dense parameters and optimizer state — steps micro-batches of ``online.batch_size``
+at ``online.dense_rate`` times the dense learning rate. The stream (valid then test, in time
+order) goes by one micro-batch at a time: first predicted by every serving copy, then
+trained on once, so no example is scored by parameters that trained on it (prequential).
+AUCs are taken per window, equal spans of the stream. The serving copies are passed in (anything with
 ``sync`` and ``predict``, see :class:`Replica`); :class:`SyncedReplica` is serving's own
 code run in process: a ``ParameterSync`` and a ``ServingModel``.
 """
@@ -21,21 +24,24 @@ import numpy as np
 import pyarrow as pa
 
 from monolith_ray.config import Config
-from monolith_ray.data.batches import Batch, iter_batches
+from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.experiments.training import setting_of, train
 from monolith_ray.model import StreamingAUC, StreamingLogLoss
 from monolith_ray.serve.model import ServingModel
 from monolith_ray.serve.sync import ParameterSync
 from monolith_ray.train import TrainLoop
 
-WINDOWS = 100  # 1% of the stream each
-# Windows between sparse syncs per replica (1%, 5%, 10% of the stream); None: only before
-# the stream. Replicas named "*_dense" also copy the dense parameters at every sparse sync;
-# the others follow Monolith's schedule: sparse rows at the interval, dense parameters every
-# DENSE_SYNC_S of event time (daily, the default of ParameterSync).
-SYNC_EVERY: dict[str, int | None] = {"batch": None, "online_short": 1, "online_mid": 5,
-                                     "online_long": 10, "online_short_dense": 1,
-                                     "online_mid_dense": 5, "online_long_dense": 10}
+WINDOWS = 100  # 1% of the stream each, the spans AUCs are taken over
+# Stream examples between sparse syncs per replica; None: only before the stream. The
+# ``online_k*`` replicas sync every 10, 100, 1000 examples; ``online_short``, ``_mid`` and
+# ``_long`` every 1%, 5%, 10% of the stream (200, 1000, 2000 examples of MovieLens' 20,000).
+# Replicas named "*_dense" also copy the dense parameters at every sparse sync; the others
+# follow Monolith's schedule: sparse rows at the interval, dense parameters every DENSE_SYNC_S
+# of event time (daily, the default of ParameterSync).
+SYNC_EVERY: dict[str, int | None] = {
+    "batch": None, "online_k10": 10, "online_k100": 100, "online_k1000": 1000,
+    "online_short": 200, "online_mid": 1000, "online_long": 2000,
+    "online_short_dense": 200, "online_mid_dense": 1000, "online_long_dense": 2000}
 DENSE_SYNC_S = 86_400
 
 
@@ -104,14 +110,35 @@ def stream_of(splits: dict[str, pa.Table]) -> pa.Table:
     return pa.concat_tables([splits["valid"], splits["test"]])
 
 
+def go_online(trainer: TrainLoop, config: Config) -> TrainLoop:
+    """The online trainer after batch training, with ``config``'s online settings:
+    ``trainer``'s shards switched to each slot's ``online`` optimizer (slots without one keep
+    theirs), and a loop over the same shards stepping ``online.batch_size`` examples at a
+    time (0: the batch size) from ``trainer``'s dense parameters and optimizer state, its
+    dense learning rate scaled by ``online.dense_rate``."""
+    for shard in trainer.client.shards:
+        shard.set_optimizers({s.name: s.online for s in config.slots if s.online is not None})
+    batch_cfg = trainer.train_cfg
+    dense = batch_cfg.dense_optimizer
+    cfg = dataclasses.replace(
+        batch_cfg, batch_size=config.online.batch_size or batch_cfg.batch_size,
+        dense_optimizer=dataclasses.replace(
+            dense, learning_rate=dense.learning_rate * config.online.dense_rate))
+    loop = TrainLoop(trainer.slots, trainer.client, config.model, cfg)
+    loop.params, loop.opt_state = trainer.params, trainer.opt_state
+    return loop
+
+
 def replay(trainer: TrainLoop, stream: pa.Table, replicas: Mapping[str, Replica],
            sync_every: Mapping[str, int | None] = SYNC_EVERY, windows: int = WINDOWS,
            dense_sync_s: int = DENSE_SYNC_S) -> dict[str, Any]:
-    """Sync every replica, then for each of ``windows`` equal windows of ``stream``: sync the
-    replicas due (replica ``name`` every ``sync_every[name]`` windows, never if None; dense
-    parameters at every sync for names ending in ``_dense``, else once ``dense_sync_s`` of
-    event time has passed since the last), score the window with every replica, and train
-    ``trainer`` on it.
+    """Sync every replica, then go through ``stream`` in time order a micro-batch of
+    ``trainer``'s batch size at a time: sync the replicas due (replica ``name`` once
+    ``sync_every[name]`` stream examples have passed since its last sync, never if None;
+    dense parameters at every sync for names ending in ``_dense``, else once ``dense_sync_s``
+    of event time has passed since the last), score the micro-batch with every replica, and
+    train ``trainer`` on it. Micro-batches never straddle the ``windows`` equal windows the
+    AUCs are taken over.
 
     -> per replica name ``{"auc"`` (mean of the window AUCs), ``"auc_by_window"``,
     ``"auc_by_decile"``, ``"auc_overall"`` and ``"logloss_overall"`` (over all predictions),
@@ -128,37 +155,39 @@ def replay(trainer: TrainLoop, stream: pa.Table, replicas: Mapping[str, Replica]
     overall = {name: (StreamingAUC(), StreamingLogLoss()) for name in replicas}
     times = stream.column("time").to_numpy()
     dense_synced_at = {name: int(times[0]) for name in replicas}
+    synced_at = dict.fromkeys(replicas, 0)
     for k in range(windows):
-        now = int(times[bounds[k]])
-        for name, replica in replicas.items():
-            every = sync_every[name]
-            if every is not None and k > 0 and k % every == 0:
-                dense = name.endswith("_dense") or now - dense_synced_at[name] >= dense_sync_s
-                if dense:
-                    dense_synced_at[name] = now
-                synced[name].append(replica.sync(dense=dense))
-        batches = list(iter_batches(stream.slice(bounds[k], bounds[k + 1] - bounds[k]),
-                                    trainer.slots, size))
-        for name, replica in replicas.items():
-            auc = StreamingAUC()
-            for batch in batches:
+        aucs = {name: StreamingAUC() for name in replicas}
+        for at in range(bounds[k], bounds[k + 1], size):
+            batch = make_batch(stream.slice(at, min(size, bounds[k + 1] - at)), trainer.slots)
+            now = int(times[at])
+            for name, replica in replicas.items():
+                every = sync_every[name]
+                if every is not None and at - synced_at[name] >= every:
+                    synced_at[name] = at
+                    dense = (name.endswith("_dense")
+                             or now - dense_synced_at[name] >= dense_sync_s)
+                    if dense:
+                        dense_synced_at[name] = now
+                    synced[name].append(replica.sync(dense=dense))
                 probs = replica.predict(batch)
-                for metric in (auc, *overall[name]):
+                for metric in (aucs[name], *overall[name]):
                     metric.update(probs, batch.labels, batch.weights)
-            window_auc[name].append(auc.result())
-        for _ in trainer.train(batches):
-            pass
+            for _ in trainer.train([batch]):
+                pass
+        for name in replicas:
+            window_auc[name].append(aucs[name].result())
 
     figures: dict[str, Any] = {}
     for name in replicas:
-        aucs = np.array(window_auc[name])
+        aucs_ = np.array(window_auc[name])
         figures[name] = {
-            "auc": float(np.nanmean(aucs)),
-            "auc_by_window": aucs.tolist(),
+            "auc": float(np.nanmean(aucs_)),
+            "auc_by_window": aucs_.tolist(),
             "auc_overall": overall[name][0].result(),
             "logloss_overall": overall[name][1].result(),
-            "windows_scored": int(np.isfinite(aucs).sum()),
-            "auc_by_decile": [float(np.nanmean(d)) for d in np.array_split(aucs, 10)],
+            "windows_scored": int(np.isfinite(aucs_).sum()),
+            "auc_by_decile": [float(np.nanmean(d)) for d in np.array_split(aucs_, 10)],
             "syncs": len(synced[name]),
             "rows_per_sync": float(np.mean(synced[name])) if synced[name] else 0.0,
         }
