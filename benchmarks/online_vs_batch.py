@@ -11,9 +11,10 @@ Protocol, per seed of ``movielens_quality.SEEDS``, the experiment of
    ``ShardServer`` shards, ``TrainLoop``, shuffled epochs, everything seeded).
 2. Going online (``sync_interval.go_online``): the same shards switch each slot to its
    ``online`` optimizer, and the online trainer steps micro-batches of ``online.batch_size``
-   examples with the dense parameters at ``online.dense_rate`` of their batch rate (the
-   shipped config: 0, frozen). These settings were chosen on the valid half of the stream
-   only (README, *Online vs batch*).
+   examples with the dense learning rate scaled by ``online.dense_rate`` (the shipped
+   config: user_id FTRL 0.15, the other slots Adam 3e-5, micro-batches of 10, dense rate 1).
+   These settings were chosen on the valid half of the stream only (README, *Figures* of
+   online training).
 3. Stream: valid then test (the last 20%, time order), one micro-batch at a time: first
    scored by every serving replica, then trained on once, in order (prequential: no example
    is scored by parameters that trained on it; ``sync_interval.replay``). AUCs are taken
