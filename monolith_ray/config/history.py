@@ -3,8 +3,10 @@
 A history slot holds a user's last ``max_len`` values of a source slot from their positive
 examples (or, by its label range, other ones) — the item id (``recent_items``) or an item slot
 such as ``genres`` (``recent_genres``) — newest first, each younger than ``expire_s``, and
-only from actions whose event time is strictly before the impression's. It is also an ordinary multi-valued slot of ``slots`` (same tables, same
-pooling, same model input as ``genres``), so its ``max_values`` must hold ``max_len``::
+only from actions whose event time is strictly before the impression's. It is also an
+ordinary multi-valued slot of ``slots`` (same tables, same pooling, same model input as
+``genres``), so its ``max_values`` must hold ``max_len``. Serving reads it from the history
+actor (``history.server``) at most ``read_timeout_s`` per request::
 
     history:
       user_slot: user_id
@@ -65,14 +67,18 @@ class HistoryConfig:
     - ``user_slot``: the single-valued slot holding the user id.
     - ``max_users``: the most users a store holds; past it the least recently active are
       dropped (``history.store``).
+    - ``read_timeout_s``: how long serving waits for the history actor per request; past it
+      the request is served without history (``history.server``).
     """
 
     user_slot: str = "user_id"
     max_users: int = 1_000_000
     slots: tuple[HistorySlot, ...] = ()
+    read_timeout_s: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self, "max_users", ge=1)
+        _require(self, "read_timeout_s", gt=0)
         seen: dict[str, int] = {}
         for i, slot in enumerate(self.slots):
             j = seen.setdefault(slot.name, i)

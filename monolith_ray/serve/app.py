@@ -4,9 +4,10 @@
   ``serve.pool_draw`` drawn from the candidate pool) and ``k`` -> the top ``k`` items with
   their scores and feedback tokens, the request id the service issued and the model version
   (dense, sparse) used. Items are ranked by ``serve.score``, a combination of the tasks'
-  probabilities (default: the first task's); each item carries every task's (``probs``). Every returned item is an impression: its features go to the
-  ``features`` topic under the request id, so feedback on it joins into a training example
-  (serve -> feedback -> join -> train -> sync).
+  probabilities (default: the first task's); each item carries every task's (``probs``).
+  Every returned item is an impression: its features go to the ``features`` topic under
+  the request id, so feedback on it joins into a training example (serve -> feedback ->
+  join -> train -> sync).
 - ``POST /predict``: (user, item) pairs -> their scores (``serve.score``) and each task's
   probabilities (``probs``: task -> one per pair).
 - ``POST /feedback``: request id, item id, the item's token, action -> the ``actions`` topic.
@@ -14,6 +15,14 @@
   (``serve/tokens.py``), so feedback lands only on impressions that were served.
 - ``GET /healthz``: the replica's versions, rows or cache held, memory, process id.
 - ``GET /openapi.json``, ``GET /docs``: the schema, FastAPI's.
+
+**History slots** (config ``history``): with a history actor (``history.server``), the user's
+history slots are read from it at the request's time, strictly before it (one call per
+request, ``history.read_timeout_s`` at most), put among the user's slots before scoring, and
+logged with each impression, so the joined example holds the values the model saw. A read that
+fails or times out serves the request without them (``served.history_failed`` in
+``/healthz``). A request that sets a history slot itself gets 422: its values come from the
+server.
 
 Bad input never reaches the model: a malformed body, a field of the wrong type or out of its
 bounds, an unknown feature name, too many candidates, a too large ``k``, a context too deep or
@@ -35,6 +44,7 @@ the process's ``rss_bytes``.
 # No ``from __future__ import annotations`` here: Serve's ingress hands FastAPI the endpoint
 # methods through wrappers whose globals are not this module's, so annotations must be
 # objects, not strings, for FastAPI to see the request models.
+import asyncio
 import dataclasses
 import logging
 import os
@@ -53,6 +63,7 @@ from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config
 from monolith_ray.config.tasks import parse_score
 from monolith_ray.messages import MessageError, encode
+from monolith_ray.schemas import value_ids
 from monolith_ray.serve.api import (
     ERRORS,
     BadRequest,
@@ -80,11 +91,14 @@ logger = logging.getLogger(__name__)
 @serve.deployment
 @serve.ingress(api)
 class Recommender:
-    """One replica: the model at the synced versions, the candidate pool, the Kafka log."""
+    """One replica: the model at the synced versions, the candidate pool, the Kafka log and,
+    with history slots, the history actor (``HistoryActor``) they are read from."""
 
     def __init__(self, cfg: Config, sync: Any, pool: CandidatePool | None = None,
-                 serving: Sequence[Any] = ()) -> None:
+                 serving: Sequence[Any] = (), history: Any = None) -> None:
         self.cfg, self.sync = cfg, sync
+        self.history = history if cfg.history.slots else None
+        self.history_slots = {s.name for s in cfg.history.slots}
         self.serve_cfg = cfg.serve
         BodyLimit.limit = cfg.serve.max_body_bytes
         self.tokens = FeedbackTokens(cfg.serve.feedback_key)
@@ -101,7 +115,8 @@ class Recommender:
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
-        self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0}
+        self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0,
+                       "history_failed": 0}
         self.updated_at = 0.0
         while not self._pull_updates():  # the latest versions before any request
             time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
@@ -152,6 +167,7 @@ class Recommender:
                           if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
             items, which = self._slot_rows(item_slots, item_dense), None
         now = int(time.time())
+        await self._add_history([user], now)
         probs, version = await self._score(items, self._slot_rows([user], [user_dense]),
                                            which, now)
         scores = self.score_of(probs)
@@ -186,16 +202,17 @@ class Recommender:
         if len(body.pairs) > self.serve_cfg.max_candidates:
             raise BadRequest(f"pairs: at most {self.serve_cfg.max_candidates} "
                              f"(serve.max_candidates), got {len(body.pairs)}")
-        rows = [{**self._user_slots(p.user, f"pairs[{i}].user"),
-                 **self._item(p.item, f"pairs[{i}].item")[1]}
-                for i, p in enumerate(body.pairs)]
+        users = [self._user_slots(p.user, f"pairs[{i}].user") for i, p in enumerate(body.pairs)]
+        now = int(time.time())
+        await self._add_history(users, now)
+        rows = [{**user, **self._item(p.item, f"pairs[{i}].item")[1]}
+                for i, (user, p) in enumerate(zip(users, body.pairs))]
         dense = [{**self._dense(p.user.dense, f"pairs[{i}].user.dense"),
                   **{k: v for k, v in (self._dense(p.item.dense, f"pairs[{i}].item.dense")
                                        if isinstance(p.item, ItemIn) else {}).items()
                      if v is not None}}
                  for i, p in enumerate(body.pairs)]
-        probs, version = await self._score(self._slot_rows(rows, dense), None, None,
-                                           int(time.time()))
+        probs, version = await self._score(self._slot_rows(rows, dense), None, None, now)
         self.served["predict"] += 1
         return JSONResponse({"scores": self.score_of(probs).tolist(),
                              "probs": {t: p.tolist() for t, p in probs.items()},
@@ -281,6 +298,34 @@ class Recommender:
         if unknown:
             raise BadRequest(f"{where}.{unknown[0]}: not a slot of the model; slots: "
                              f"{', '.join(sorted(self.slot_names))}")
+        history = sorted(self.history_slots.intersection(features))
+        if history:
+            raise BadRequest(f"{where}.{history[0]}: a history slot, filled by the server from "
+                             f"the user's actions; a request cannot set it")
+
+    async def _add_history(self, users: Sequence[dict[str, Any]], now: int) -> None:
+        """Put into each user's slots their history slots' values held strictly before
+        ``now`` (one call to the history actor for the distinct users; a slot with no value
+        is left out). A failed or late read leaves them out and is counted."""
+        key = self.cfg.history.user_slot
+        known = [u for u in users if isinstance(u.get(key), (int, str))]
+        if self.history is None or not known:
+            return
+        ids = value_ids([u[key] for u in known]).tolist()
+        distinct = sorted(set(ids))
+        try:
+            values = await asyncio.wait_for(
+                self.history.read.remote(distinct, [now] * len(distinct)),
+                self.cfg.history.read_timeout_s)
+        except Exception as err:  # noqa: BLE001 - a request never fails for its history
+            self.served["history_failed"] += 1
+            logger.warning("served without history: reading it failed: %r", err)
+            return
+        at = {user_id: i for i, user_id in enumerate(distinct)}
+        for user, user_id in zip(known, ids):
+            for name, lists in values.items():
+                if lists[at[user_id]]:
+                    user[name] = lists[at[user_id]]
 
     def _pull_updates(self) -> bool:
         """Take newer versions from the sync, a whole table built aside (``stage``) and
@@ -329,15 +374,16 @@ def recommender_deployment(cfg: Config) -> Any:
 
 
 def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
-              serving: Sequence[Any] = ()) -> Any:
+              serving: Sequence[Any] = (), history: Any = None) -> Any:
     """The Serve application of the recommender, reading parameters from the ``sync`` actor
     (a ``ParameterSync`` handle) and, with ``serve.store: sharded``, rows from the
     ``serving`` shards (``start_serving_shards``); candidates from ``pool``, else
-    ``serve.candidate_pool``. Without ``serve.feedback_key`` every replica of this
-    application shares a random one."""
+    ``serve.candidate_pool``; history slots from the ``history`` actor
+    (``start_history_server``), none without it. Without ``serve.feedback_key`` every
+    replica of this application shares a random one."""
     if cfg.serve.store == "sharded" and not serving:
         raise ValueError("serve.store is 'sharded': build the app with the serving shards")
     if not cfg.serve.feedback_key:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(
             cfg.serve, feedback_key=FeedbackTokens.new_key()))
-    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving))
+    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), history)

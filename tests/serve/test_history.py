@@ -1,0 +1,134 @@
+"""History slots in the live loop on real Ray Serve and Kafka: serving reads the history actor
+strictly before the request's time, logs what it read with the impression, the joiner writes
+it into the example unchanged, and the history actor, following the examples topic, learns
+the clicked item for the user's next request. A client cannot set a history slot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import ray
+import requests
+import yaml
+
+from monolith_ray.config import DEFAULT_CONFIG, JoinerConfig
+from monolith_ray.config.loader import load_yaml
+from monolith_ray.stream import read_range
+from monolith_ray.stream.joiner import run_joiners
+
+APP, PREFIX = "history-test", "/history-test"
+USER = 901
+
+
+def history_overrides() -> list[str]:
+    """The default config plus ``recent_items``: a user's last 5 positive item ids."""
+    slots = load_yaml(DEFAULT_CONFIG)["slots"] + [
+        {"name": "recent_items", "slot_id": 101, "dim": 16, "max_values": 5}]
+    history = {"slots": [{"name": "recent_items", "source": "item_id", "max_len": 5}],
+               "read_timeout_s": 2.0}
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1 << 20)}"
+            for key, value in (("slots", slots), ("history", history))]
+
+
+@pytest.fixture(scope="module")
+def app(deploy_recommender) -> Iterator[Any]:
+    with deploy_recommender(APP, PREFIX, history_overrides(), range(100, 200)) as deployed:
+        yield deployed
+
+
+def post(app: Any, path: str, body: Any) -> requests.Response:
+    return requests.post(app.url + path, json=body, timeout=30)
+
+
+def read(kafka: Any, topic: str, request_ids: set[str], at_least: int,
+         timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """The messages of ``topic`` for ``request_ids``, polled until ``at_least`` are there."""
+    deadline, found = time.monotonic() + timeout_s, []
+    while len(found) < at_least and time.monotonic() < deadline:
+        found = [m for p in range(kafka.partitions)
+                 for m in map(json.loads, (r.value for r in read_range(kafka, topic, p, 0)))
+                 if m["request_id"] in request_ids]
+        time.sleep(0.1)
+    return found
+
+
+def recommend(app: Any, user: int) -> tuple[str, list[dict[str, Any]]]:
+    r = post(app, "/recommend", {"user": {"id": user}, "k": 2, "candidates": [5, 6, 7]})
+    assert r.status_code == 200, r.text
+    return r.json()["request_id"], r.json()["items"]
+
+
+def join(app: Any) -> None:
+    """Run one joiner over what the app logged, closing every window at the end."""
+    cfg = dataclasses.replace(app.cfg, joiner=JoinerConfig(
+        window_s=60, allowed_lateness_s=5, commit_interval_s=0.3, cpus=0,
+        group_id=f"{APP}-joiner"))
+    run_joiners(cfg, 1, stop_when_idle_s=1.0, drain=True)
+
+
+def test_served_history_is_logged_joined_and_learned_from_the_stream(app) -> None:
+    now = int(time.time())
+    # Held before the request: two past actions, and one dated after it, which no read at
+    # the request's time may return.
+    ray.get(app.history.observe.remote(pa.table({
+        "time": pa.array([now - 100, now - 50, now + 3600], pa.int64()),
+        "label": pa.array([1.0, 1.0, 1.0], pa.float32()),
+        "user_id": pa.array([USER] * 3, pa.int64()),
+        "item_id": pa.array([11, 12, 13], pa.int64())})))
+    rid, items = recommend(app, USER)
+    kafka, topics = app.cfg.kafka, app.cfg.kafka.topics
+    logged = read(kafka, topics.features, {rid}, 2)
+    assert len(logged) == 2
+    t0 = logged[0]["time"]
+    held = ray.get(app.history.read.remote([USER], [t0]))["recent_items"][0]
+    assert held == [12, 11]
+    assert all(f["slots"]["recent_items"] == held for f in logged)
+
+    # A click joins into an example holding the served value, which the history actor then
+    # reads from the examples topic: the user's next request (a later second) sees the item.
+    clicked = items[0]
+    r = post(app, "/feedback", {"request_id": rid, "item_id": clicked["item_id"],
+                                "token": clicked["token"], "action": "click"})
+    assert r.status_code == 200, r.text
+    join(app)
+    examples = read(kafka, topics.examples, {rid}, 2)
+    assert sorted(e["label"] for e in examples) == [0.0, 1.0]
+    assert all(e["slots"]["recent_items"] == held for e in examples)
+    deadline = time.monotonic() + 30
+    while ray.get(app.history.stats.remote())["observed"] < 3 + 2:  # fed, then joined
+        assert time.monotonic() < deadline, ray.get(app.history.stats.remote())
+        time.sleep(0.2)
+    while int(time.time()) <= t0:
+        time.sleep(0.1)
+    second, _ = recommend(app, USER)
+    logged = read(kafka, topics.features, {second}, 2)
+    assert logged and all(f["slots"]["recent_items"] == [clicked["item_id"], 12, 11]
+                          for f in logged)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/recommend", {"user": {"id": 1, "features": {"recent_items": [5]}}},
+     "user.features.recent_items"),
+    ("/recommend", {"user": {"id": 1}, "candidates": [{"id": 5, "features": {
+        "recent_items": [5]}}]}, "candidates[0].features.recent_items"),
+    ("/predict", {"pairs": [{"user": {"id": 1, "features": {"recent_items": []}}, "item": 5}]},
+     "pairs[0].user.features.recent_items"),
+])
+def test_a_client_cannot_set_a_history_slot(app, path, body, field) -> None:
+    r = post(app, path, body)
+    assert r.status_code == 422 and r.json()["error"].startswith(f"{field}: a history slot"), \
+        r.text
+
+
+def test_without_the_history_actor_requests_are_served_and_the_failure_counted(app) -> None:
+    ray.kill(app.history, no_restart=True)
+    rid, items = recommend(app, USER)
+    assert len(items) == 2
+    health = requests.get(app.url + "/healthz", timeout=30).json()
+    assert health["served"]["history_failed"] >= 1
