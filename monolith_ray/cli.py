@@ -217,6 +217,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from monolith_ray.history.server import start_history_server
     from monolith_ray.serve.app import build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.serve.sync import start_parameter_sync
@@ -252,11 +253,15 @@ def run_serve(args: argparse.Namespace) -> int:
                                 forget_evictions=not args.training,
                                 supervision=cfg.supervision, serving=serving)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg, sync, serving=serving), name="monolith_ray", route_prefix="/")
+    history = start_history_server(cfg)  # None without history slots
+    serve.run(build_app(cfg, sync, serving=serving, history=history), name="monolith_ray",
+              route_prefix="/")
     print(json.dumps({"url": f"http://{cfg.serve.host}:{cfg.serve.port}",
                       "versions": ray.get(sync.versions.remote())}), flush=True)
     supervisor = Supervisor(cfg.supervision)
     supervisor.watch("sync", sync)
+    if history is not None:
+        supervisor.watch("history", history)
     if not args.training:  # another job's servers are that job's to watch
         supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(shards)},
                               "dense": dense})

@@ -173,6 +173,7 @@ class Loop:
     users: SimulatedUsers
     trainer_thread: threading.Thread
     training_error: list[BaseException] = dataclasses.field(default_factory=list)
+    history: Any = None  # the history actor, with history slots
 
     def progress(self) -> dict[str, Any]:
         """One snapshot of every part's counters; raises what ended training, if it ended
@@ -200,6 +201,7 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     """Start every part on the running Ray with ``cfg.kafka`` reachable -> the :class:`Loop`."""
     from ray import serve
 
+    from monolith_ray.history.server import start_history_server
     from monolith_ray.serve.app import CandidatePool, build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.serve.sync import start_parameter_sync
@@ -214,10 +216,12 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
                                 supervision=cfg.supervision, serving=serving)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     pool = CandidatePool([(i, {}) for i in range(sim.n_items)])
-    serve.run(build_app(cfg, sync, pool, serving), name=APP_NAME, route_prefix="/")
+    history = start_history_server(cfg)  # None without history slots (the demo's default)
+    serve.run(build_app(cfg, sync, pool, serving, history), name=APP_NAME, route_prefix="/")
     joiners = start_joiners(cfg)
     training.supervisor.watch_all({"sync": sync, **{f"joiner-{k}": j
-                                                    for k, j in enumerate(joiners)}})
+                                                    for k, j in enumerate(joiners)},
+                                   **({"history": history} if history is not None else {})})
     runs = [j.run.remote() for j in joiners]
     errors: list[BaseException] = []
     trainer_thread = threading.Thread(target=_train, args=(training, errors),
@@ -226,7 +230,7 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
                            seed=cfg.train.seed)
     users.start()
-    return Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors)
+    return Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors, history)
 
 
 def stop(loop: Loop) -> None:
@@ -248,6 +252,8 @@ def stop(loop: Loop) -> None:
     loop.trainer_thread.join(timeout=30)
     serve.delete(APP_NAME)
     ray.kill(loop.sync)
+    if loop.history is not None:
+        ray.kill(loop.history)
 
 
 def _train(training: Any, errors: list[BaseException]) -> None:

@@ -3,7 +3,9 @@
 
 ``store`` keeps one slot's entries live (``HistoryStore``), ``live`` all slots of a config
 (``UserHistory``), ``replay`` builds the same columns for a table by replaying its event time
-(``with_history``). A value at time t uses only actions with event time strictly before t.
+(``with_history``), ``server`` holds a ``UserHistory`` in a Ray actor fed from the examples
+topic and read by serving (``HistoryServer``, ``start_history_server``; imported from
+``monolith_ray.history.server``, so that replay needs no Ray). A value at time t uses only actions with event time strictly before t.
 """
 
 from monolith_ray.history.live import UserHistory as UserHistory

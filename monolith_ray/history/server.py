@@ -136,11 +136,12 @@ beside the thread following the stream (a lock guards the store)."""
 
 
 def start_history_server(cfg: Config) -> Any:
-    """Start the history actor of ``cfg`` (following its examples topic), restarted by Ray
-    like the other actors (``supervision``) -> its handle, or None if the config has no
-    history slots."""
+    """Start the history actor of ``cfg``, following its examples topic if
+    ``kafka.bootstrap_servers`` is set, restarted by Ray like the other actors
+    (``supervision``) -> its handle, or None if the config has no history slots."""
     from monolith_ray.supervision import actor_options
 
     if not cfg.history.slots:
         return None
-    return HistoryActor.options(num_cpus=0, **actor_options(cfg.supervision)).remote(cfg)
+    return HistoryActor.options(num_cpus=0, **actor_options(cfg.supervision)).remote(
+        cfg, follow=bool(cfg.kafka.bootstrap_servers))

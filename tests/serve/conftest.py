@@ -70,7 +70,8 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
                               dense, sync, serving, history)
         finally:
             serve.delete(name)
-            for actor in [*shards, dense, sync, *serving, *([history] if history else [])]:
+            extra = [] if history is None else [history]
+            for actor in [*shards, dense, sync, *serving, *extra]:
                 ray.kill(actor)
 
     return deploy
