@@ -54,8 +54,8 @@ class HistoryServer:
         self.counts = {"observed": 0, "reads": 0, "reader_errors": 0, "evicted": 0}
         self._reader: Any = None
         if follow:
-            self._reader = self._examples_reader(poll_records)
-            threading.Thread(target=self._follow, name="history-follow", daemon=True).start()
+            threading.Thread(target=self._follow, args=(poll_records,), name="history-follow",
+                             daemon=True).start()
 
     def observe(self, examples: pa.Table) -> int:
         """Record the examples that count for each slot (columns: time, label, the user slot,
@@ -106,10 +106,14 @@ class HistoryServer:
             limits=cfg.limits, stage="history", heartbeats=True, dense=tuple(cfg.dense),
             tasks=tuple(cfg.task_names)))
 
-    def _follow(self) -> None:
+    def _follow(self, poll_records: int) -> None:
+        """Observe the examples topic until :meth:`stop`; the reader is made here, not in the
+        constructor, so that brokers down at start-up delay the history, not the actor."""
         evicted_at = time.monotonic()
         while not self._stop.is_set():
             try:
+                if self._reader is None:
+                    self._reader = self._examples_reader(poll_records)
                 for table in self._reader:  # resumes from the reader's positions
                     if table.num_rows:
                         self.observe(table)
