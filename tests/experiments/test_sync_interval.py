@@ -37,7 +37,7 @@ def config() -> Config:
 def stream(n: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     return pa.table({"time": pa.array(np.arange(n) * 60, pa.int64()),
-                     "label": pa.array(rng.integers(0, 2, n), pa.float32()),
+                     "label": pa.array(np.arange(n) % 2, pa.float32()),  # both in every window
                      "weight": pa.array(np.ones(n), pa.float32()),
                      "user_id": pa.array(rng.integers(0, 8, n), pa.int64()),
                      "item_id": pa.array(rng.integers(0, 20, n), pa.int64())})
