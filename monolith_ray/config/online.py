@@ -46,7 +46,9 @@ class OnlineConfig:
       first few examples only if steps come that often); 0: ``train.batch_size``.
     - ``dense_rate``: the dense optimizer's learning rate online, as a multiple of
       ``train.dense_optimizer``'s (below 1 slows the dense parameters' drift over small
-      micro-batches). Each slot's own online optimizer is its ``online`` key.
+      micro-batches). Each slot's own online optimizer is its ``online`` key. The online
+      phase of ``benchmarks.online_vs_batch`` (``experiments.sync_interval.go_online``)
+      reads these three; the online job does not yet.
     """
 
     start: str = "earliest"
