@@ -78,10 +78,10 @@ class SlotConfig:
     - ``expire_s``: rows not updated for this many seconds are evicted; 0 = never.
     - ``combiner``: how a multi-valued slot pools its values' embeddings.
     - ``max_values``: most values per example in this slot (1 = single-valued).
-    - ``online``: the row optimizer once training goes online (the online job, the stream of
-      ``benchmarks.online_vs_batch``), e.g. Adagrad at a rate that learns a fresh id from its
-      first few examples; unset: ``optimizer`` throughout. Same kind as ``optimizer``: rows
-      keep their state; another kind: every row's state starts afresh.
+    - ``online``: the row optimizer once training goes online, e.g. FTRL at a rate that
+      learns a fresh id from its first few examples; unset: ``optimizer`` throughout (see
+      ``EmbeddingTable.set_optimizer`` for the state a switch keeps). Used by the online
+      phase of ``benchmarks.online_vs_batch``; the online job does not switch yet.
     """
 
     name: str
