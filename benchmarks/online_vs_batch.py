@@ -12,7 +12,7 @@ Protocol, per seed of ``movielens_quality.SEEDS``, the experiment of
 2. Going online (``sync_interval.go_online``): the same shards switch each slot to its
    ``online`` optimizer, and the online trainer steps micro-batches of ``online.batch_size``
    examples with the dense learning rate scaled by ``online.dense_rate`` (the shipped
-   config: user_id FTRL 0.04, the other slots Adam 3e-5, micro-batches of 10, dense rate 1).
+   config: user_id FTRL 0.04, the other slots Adam 3e-5, micro-batches of 10, dense rate 0.25).
    These settings were chosen on the valid half of the stream only (README, *Figures* of
    online training).
 3. Stream: valid then test (the last 20%, time order), one micro-batch at a time: first
