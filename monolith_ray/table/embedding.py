@@ -444,14 +444,7 @@ class EmbeddingTable:
         if isinstance(file, str):
             with open(file, "rb") as f:
                 return cls.restore(f)
-        try:
-            header = _read_json(file)
-        except ValueError:
-            raise ValueError("not a table snapshot: expected a monolith_ray table "
-                             "snapshot stream") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            got = header.get("format") if isinstance(header, dict) else None
-            raise ValueError(f"not a table snapshot: format {got!r}, expected {FORMAT!r}")
+        header = _read_header(file)
         try:
             table = cls(from_dict(SlotConfig, header["slot"]),
                         from_dict(AdmissionConfig, header["admission"]), capacity=1)
@@ -485,14 +478,7 @@ class EmbeddingTable:
         weights float32 (n, dim)), without building a table (a serving copy needs neither the
         optimizer state nor the map of a training one). A fuzzy snapshot may hold an id twice;
         its later copy comes later. ValueError for another format or a corrupt stream."""
-        try:
-            header = _read_json(file)
-        except ValueError:
-            raise ValueError("not a table snapshot: expected a monolith_ray table "
-                             "snapshot stream") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            got = header.get("format") if isinstance(header, dict) else None
-            raise ValueError(f"not a table snapshot: format {got!r}, expected {FORMAT!r}")
+        header = _read_header(file)
         try:
             fields = {k: (int(w), np.dtype(dt)) for k, (w, dt) in header["fields"].items()}
             if set(fields) < {"ids", "weights"} or fields["ids"] != (0, np.dtype(np.int64)) \
@@ -625,6 +611,19 @@ def _read_json(file: BinaryIO) -> dict:
         return json.loads(raw.tobytes().decode())
     except (UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"corrupt table snapshot metadata: {type(err).__name__}") from None
+
+
+def _read_header(file: BinaryIO) -> dict:
+    """A snapshot stream's JSON header, checked to be of this format (ValueError if not)."""
+    try:
+        header = _read_json(file)
+    except ValueError:
+        raise ValueError("not a table snapshot: expected a monolith_ray table "
+                         "snapshot stream") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else None
+        raise ValueError(f"not a table snapshot: format {got!r}, expected {FORMAT!r}")
+    return header
 
 
 def _read_chunks(file: BinaryIO, fields: dict[str, tuple[int, np.dtype]]
