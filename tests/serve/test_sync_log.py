@@ -29,8 +29,9 @@ Runs in about 5 s (50 examples of 15 to 60 steps); ``--hypothesis-show-statistic
 what the examples reached (stale fills, evictions dropping cached rows, resets, the log dropping
 versions).
 
-The last four tests pin bugs found in review: each fails on the code as it is, and passes
-with the fix its docstring gives.
+The last four tests pin failures found in review and since fixed in the sync: rows applied
+but never logged (eviction cleanup failed, an apply's answer lost), a version numbered twice
+after a sync restart, the dense half skipped when the sparse half fails.
 """
 
 from __future__ import annotations
@@ -541,108 +542,49 @@ def _world_with_cached_items() -> tuple[World, dict[str, np.ndarray]]:
     return world, items
 
 
+def _replica_serves_the_training_rows(world: World, items: dict[str, np.ndarray],
+                                      message: str) -> None:
+    """The first replica, once it has pulled the sync's updates, reads ``items`` exactly as
+    the training shards hold them."""
+    replica = world.replicas[0]
+    replica.pull(world.sync)
+    rows, _ = replica.rows.lookup_blocking(items)
+    np.testing.assert_array_equal(rows["item_id"], world.client.lookup(items)["item_id"],
+                                  err_msg=message)
+
+
 def test_rows_applied_by_a_pair_whose_forget_evictions_failed_are_logged() -> None:
-    """BUG: ``_sync_pair`` applies the delta on the serving shard, then a failing
-    ``forget_evictions`` call raises out of it; ``_sync_sharded`` counts the pair as failed
-    and logs none of what the serving shard applied (its position moved on, so no later round
-    reads it again): caches keep the old rows of those ids for good.
-
-    Fix (monolith_ray/serve/sync.py, ``_sync_pair``): the apply has happened, so a failure
-    to drop the eviction records (dropped next round: versions only grow) must not fail it::
-
-                if ok:
-                    if self._forget:
-                        try:
-                            calls.gather([calls.submit(self.shards[k], "forget_evictions",
-                                                       upto.versions, incarnation)])
-                        except Exception as err:  # noqa: BLE001 - applied: logged anyway
-                            logger.warning("shard %d: eviction records kept: %s", k, err)
-                    return None if whole else compact
-    """
+    """A pair whose serving shard applied its delta is logged even if dropping the training
+    shard's eviction records fails afterwards (the serving shard's position moved on, so no
+    later round would read those changes again): a replica's cached rows follow."""
     world, items = _world_with_cached_items()
     world.train("item_id", list(range(8)), 5.0)
     world.flaky[0].forget_evictions = _fails(world.training[0].forget_evictions)
     _sync_may_fail(world.sync)
     world.sync.sync_now("sparse")
-    replica = world.replicas[0]
-    replica.pull(world.sync)
-    rows, _ = replica.rows.lookup_blocking(items)
-    np.testing.assert_array_equal(
-        rows["item_id"], world.client.lookup(items)["item_id"],
-        err_msg="a pair applied on its serving shard, then failed on forget_evictions: its "
-                "rows were never logged, so the replica's cached rows stay stale")
+    _replica_serves_the_training_rows(
+        world, items, "a pair applied on its serving shard, then failed on forget_evictions: "
+                      "its rows were never logged, so the replica's cached rows stay stale")
 
 
 def test_an_apply_whose_answer_was_lost_resets_the_caches() -> None:
-    """BUG: the serving shard applied the delta (version v, position moved) but its answer
-    never came back (a call timeout): ``_sync_sharded`` counts the pair as failed and logs
-    nothing of it; the next round reads from the shard's new position, so those changes are
-    in no version: caches keep the old rows.
-
-    Fix (monolith_ray/serve/sync.py): while an apply is in flight the shard may hold rows no
-    version logs; if it fails then, log a reset (caches start over; if the shard had not
-    applied it, its version stays behind and replicas do not cache its rows until it is
-    synced)::
-
-        # __init__, after self._positions:
-        self._unsure = [False] * len(self.serving)  # an apply sent, its answer not back
-
-        # _sync_pair, around the apply call:
-                self._unsure[k] = True
-                ok, now = serving.gather([serving.submit(self.serving[k], "apply", version,
-                                                         position, upto, compact, whole)])[0]
-                self._unsure[k] = False
-
-        # _sync_sharded, in the except branch after failures.append(...):
-                if self._unsure[k]:  # it may hold rows no version logs: caches start over
-                    self._unsure[k] = False
-                    reached.append(k)
-                    reset = True
-    """
+    """A serving shard that applied a delta whose answer never came back may hold rows no
+    version logs: the round logs a reset, so caches start over and refill from the shards."""
     world, items = _world_with_cached_items()
     world.train("item_id", list(range(8)), 5.0)
     for shard in world.serving:  # whichever shard holds an item: answer lost after applying
         shard.apply = _answer_lost_once(shard.apply)
     _sync_may_fail(world.sync)
     world.sync.sync_now("sparse")
-    replica = world.replicas[0]
-    replica.pull(world.sync)
-    rows, _ = replica.rows.lookup_blocking(items)
-    np.testing.assert_array_equal(
-        rows["item_id"], world.client.lookup(items)["item_id"],
-        err_msg="a serving shard applied a delta whose answer was lost: no version logs it, "
-                "so the replica's cached rows stay stale")
+    _replica_serves_the_training_rows(
+        world, items, "a serving shard applied a delta whose answer was lost: no version logs "
+                      "it, so the replica's cached rows stay stale")
 
 
 def test_a_serving_shards_version_never_goes_back_after_a_sync_restart() -> None:
-    """BUG: a restarted sync goes on from the highest version of the serving shards it could
-    reach (``_serving_version``). One it could not reach (slow, not dead: a dead one comes
-    back at version 0) may hold a higher version; the sync's next rounds then give it lower
-    versions than it had. A replica's cache, at one of those lower versions, takes a row the
-    shard served before a round changed it, tagged with the old higher version, after
-    applying that round: ``RowCache.fill`` keeps it, stale, for good.
-
-    Fix (monolith_ray/serve/sync.py): learn a shard's version with its position, and never
-    number a round at or below any version a shard holds::
-
-        # __init__: in place of ``self._version = self._serving_version() if ...``:
-        self._floor = 0  # the highest version a serving shard was seen holding
-        self._version = self._serving_version() if self.serving else 0
-
-        # _serving_version: ``found = max(found, ...)`` as now, then before returning:
-        self._floor = max(self._floor, found)
-
-        # _sync_sharded: ``version = max(self._version, self._floor) + 1``
-
-        # _sync_pair, where it asks the shard's state:
-                if position is None:
-                    held, position = serving.gather([serving.submit(self.serving[k],
-                                                                    "state")])[0]
-                    if held >= version:  # it holds a later version than this actor knew
-                        self._floor = max(self._floor, int(held))
-                        raise RuntimeError(f"its serving shard holds version {held}: the "
-                                           f"next round is numbered past it")
-    """
+    """A restarted sync numbers its rounds past any version a serving shard holds, also one it
+    could not reach at its start (slow, not dead): a version never names two states, so a
+    cache never keeps a row a shard served before a round changed it."""
     world, items = _world_with_cached_items()
     # Pair 0 is down for three rounds: serving shard 1 runs ahead of serving shard 0.
     for _ in range(3):
@@ -710,27 +652,8 @@ def _answer_lost_once(method: Any) -> Any:
 
 
 def test_a_sync_started_while_a_pair_is_down_still_syncs_the_dense_weights() -> None:
-    """BUG (both stores; likelier sharded, where a serving shard loading its snapshot after a
-    restart fails the pair): ``sync_now("both")`` runs the dense part only if the sparse part
-    did not raise. The constructor's first sync then leaves ``dense_params`` None, and the
-    schedule's next dense sync is ``dense_sync_interval_s`` (a day by default) later:
-    replicas serve the initial dense weights until then.
-
-    Fix (monolith_ray/serve/sync.py, ``sync_now``): run each part, then raise the first
-    failure::
-
-            with self._sync_lock:
-                failed: list[Exception] = []
-                for part, sync in (("sparse", self._sync_sparse), ("dense", self._sync_dense)):
-                    if kind in (part, "both"):
-                        try:
-                            self._measured(part, sync)
-                        except Exception as err:  # noqa: BLE001 - the other part still runs
-                            failed.append(err)
-                if failed:
-                    raise failed[0]
-            return self.versions()
-    """
+    """``sync_now("both")`` runs the dense part even when the sparse part fails (a pair down at
+    the sync's start): replicas get the trained dense weights at once, not a day later."""
     world = World(1 << 20)
     world.flaky[1].down = True
     sync = ParameterSync(CFG.slots, world.flaky, Dense(), start=False, dtype="float32",
