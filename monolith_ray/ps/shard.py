@@ -296,8 +296,9 @@ class ShardServer:
             # shard restored from it asks for the changes since them (``serve.shards``).
             position = {"incarnation": self._incarnation,
                         "versions": {name: t.version for name, t in tables.items()}}
-        rows = n_bytes = 0
-        with _quick_gil_handover():
+
+        def write() -> tuple[int, int]:
+            rows = n_bytes = 0
             for name, table in tables.items():
                 path = f"{folder}/{name}{TABLE_SUFFIX}"
                 if isinstance(fs, pafs.LocalFileSystem):
@@ -308,6 +309,10 @@ class ShardServer:
                     with fs.open_output_stream(path, compression=None, buffer_size=1 << 22) as f:
                         rows += table.snapshot(f, self._lock, pace=pace)
                         n_bytes += f.tell()
+            return rows, n_bytes
+
+        with _quick_gil_handover():
+            rows, n_bytes = _on_background_thread(write)
         with fs.open_output_stream(f"{folder}/{POSITION_FILE}") as f:
             f.write(json.dumps(position).encode())
         return {"rows": rows, "bytes": n_bytes, "seconds": time.perf_counter() - t0}
@@ -370,6 +375,42 @@ def _quick_gil_handover(seconds: float = 0.0005) -> Iterator[None]:
             _handovers -= 1
             if _handovers == 0:
                 sys.setswitchinterval(_quick_gil_handover.saved)  # type: ignore[attr-defined]
+
+
+T = TypeVar("T")
+
+#: How much lower than the shard's other threads a snapshot writer runs (Linux nice steps):
+#: on a node whose cores trainers keep busy, the writer takes the CPU they leave instead of
+#: time slices from the threads answering their calls.
+WRITER_NICENESS = 10
+
+
+def _on_background_thread(work: Callable[[], T], niceness: int = WRITER_NICENESS) -> T:
+    """Run ``work`` on a new thread of its own with ``niceness`` added to its scheduling
+    priority (Linux schedules threads apart; elsewhere, or if refused, at the usual one) and
+    return its result or raise its error. A thread of its own because an unprivileged
+    process cannot raise a thread's priority back: the actor's call threads stay as they
+    are."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+        except (AttributeError, OSError):
+            pass
+        try:
+            result.append(work())
+        except BaseException as e:  # handed to the caller below
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="snapshot-writer", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 class _Uncached:

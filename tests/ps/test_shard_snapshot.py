@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -181,3 +183,33 @@ def test_a_capped_snapshot_sleeps_to_stay_under_its_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(shard_module.time, "sleep", lambda s: uncapped.append(s))
     server.snapshot(str(tmp_path / "t"))
     assert not any(uncapped)  # only the zero-second yields between chunks
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are POSIX")
+def test_the_snapshot_writer_runs_below_the_threads_answering_calls(tmp_path, monkeypatch):
+    from monolith_ray.ps import shard as shard_module
+
+    seen: list[int] = []
+    write_table = shard_module.EmbeddingTable.snapshot
+
+    def observed(self, *args, **kwargs):
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread
+        return write_table(self, *args, **kwargs)
+
+    monkeypatch.setattr(shard_module.EmbeddingTable, "snapshot", observed)
+    caller = os.getpriority(os.PRIO_PROCESS, 0)
+    shard = trained_shard()
+    shard.snapshot(tmp_path)
+    assert seen and all(p == min(caller + shard_module.WRITER_NICENESS, 19) for p in seen)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == caller  # the caller's thread is untouched
+
+
+def test_a_failed_snapshot_write_raises_in_the_caller(tmp_path, monkeypatch):
+    from monolith_ray.ps import shard as shard_module
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shard_module.EmbeddingTable, "snapshot", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trained_shard().snapshot(tmp_path)
