@@ -2,8 +2,9 @@
 monolith_ray.model.examples:make`` trains and serves, and a template to copy.
 
 A plain deep network: an MLP (``model.hidden``) over every slot's whole pooled row and the
-dense features, concatenated, with no FM or cross term: ``logit = MLP([row_1 … row_S, dense])``.
-The embedding rows train through it like any model's.
+dense features, concatenated, with no FM or cross term: ``logits = MLP([row_1 … row_S, dense])``,
+one output per task of ``spec.tasks`` (a shared network, a head column each). The embedding
+rows train through it like any model's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 
 from monolith_ray.config import ModelConfig
 from monolith_ray.model.api import ModelSpec, Params
-from monolith_ray.model.layers import mlp_apply, mlp_init
+from monolith_ray.model.layers import mlp_apply, mlp_init, named_logits, task_heads
 
 
 class PlainMLP:
@@ -26,13 +27,16 @@ class PlainMLP:
         self.hidden = tuple(hidden)
 
     def init(self, key: jax.Array, spec: ModelSpec) -> Params:
+        # ``task_heads`` records the tasks' names in the parameters: ``apply`` is given
+        # nothing else (a serving replica calls it with parameters it did not init).
         width = sum(s.width for s in spec.slots) + spec.n_dense
-        return {"mlp": mlp_init(key, (width, *self.hidden, 1))}
+        return {"mlp": mlp_init(key, (width, *self.hidden, len(spec.tasks))),
+                **task_heads(spec.tasks)}
 
     def apply(self, params: Params, embeddings: Mapping[str, jax.Array],
               dense: jax.Array) -> dict[str, jax.Array]:
         x = jnp.concatenate([*embeddings.values(), dense], axis=-1)
-        return {"click": mlp_apply(params["mlp"], x)[:, 0]}
+        return named_logits(params, mlp_apply(params["mlp"], x))  # {task: (B,)}
 
 
 def make(cfg: ModelConfig) -> PlainMLP:

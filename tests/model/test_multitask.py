@@ -49,15 +49,17 @@ def make_loop(cfg):
                      cfg.train, tasks=cfg.tasks)
 
 
-@pytest.mark.parametrize("kind", ["deepfm", "dcn_v2"])
-def test_two_tasks_that_differ_both_train(kind):
+@pytest.mark.parametrize("kind,epochs", [("deepfm", 5), ("dcn_v2", 5),
+                                         # no FM or cross term: the XOR of click takes longer
+                                         ("monolith_ray.model.examples:make", 25)])
+def test_two_tasks_that_differ_both_train(kind, epochs):
     cfg = load_config(YAML, [f"model.kind={kind}"])
     loop = make_loop(cfg)
     data = list(iter_batches(synthetic(), cfg.slots, 64, tasks=cfg.task_names))
     first = loop.evaluate(data)
     assert set(first) == {"auc", "logloss", "examples", "auc_click", "logloss_click",
                           "auc_like", "logloss_like"}
-    losses = [m["loss"] for _ in range(5) for m in loop.train(data)]
+    losses = [m["loss"] for _ in range(epochs) for m in loop.train(data)]
     last = loop.evaluate(data)
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
     assert last["auc"] == last["auc_click"] > 0.95
