@@ -1,0 +1,199 @@
+"""Serving policies: pick ``k`` of ``n`` scored candidates, in order, each with its propensity.
+
+A policy takes ranking values in logit units (``values``: float (n,)) and returns a
+:class:`Choice`: the chosen candidates' indices (int64 (k,), slot order) and each one's
+propensity, the probability the policy put that item in that slot given the items of the
+earlier slots (float64 (k,)). The product of a choice's propensities is the probability of
+the whole list, so logs of them evaluate other policies offline (``policy.ope``).
+
+- ``greedy``: the top ``k`` (stable order); propensity 1.
+- ``epsilon``: per slot, with probability ``epsilon`` a uniform pick among the remaining
+  candidates, else the best remaining; exact propensity ``(1 - eps)·[best] + eps/remaining``.
+- ``thompson``: per slot a fresh draw ``values + Normal(0, sigma_i)``, the best remaining;
+  propensity estimated by Monte Carlo with ``draws`` more draws of that slot (see
+  :class:`Thompson`).
+- ``ucb``: the top ``k`` of ``values + sigma_i`` (deterministic; propensity 1).
+
+Uncertainty ``sigma_i = scale / sqrt(1 + shows_i)`` in logit units, where ``shows_i`` is the
+number of impressions of item ``i`` this replica has made (:class:`ShowCounts`): an item the
+replica rarely showed has little feedback in the model yet, so its score is less certain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from monolith_ray.features import mix64
+from monolith_ray.schemas import value_ids
+
+__all__ = ["POLICIES", "Choice", "EpsilonGreedy", "Greedy", "Policy", "ShowCounts",
+           "Thompson", "UCB", "make_policy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A policy's pick: ``indices`` int64 (k,) into the candidates, in slot order, and
+    ``propensities`` float64 (k,), each in (0, 1]."""
+
+    indices: np.ndarray
+    propensities: np.ndarray
+
+
+class ShowCounts:
+    """Impressions per item, in ``buckets`` int64 counters (8 bytes each: 8 MB at the default
+    2**20) indexed by a stable hash of the item id (``schemas.value_ids``: ``7`` and ``"7"``
+    are one item); bounded whatever the catalogue, items
+    sharing a bucket share a count (so at most over-count shows)."""
+
+    def __init__(self, buckets: int = 1 << 20) -> None:
+        if buckets < 1:
+            raise ValueError(f"buckets: must be >= 1, got {buckets}")
+        self.counts = np.zeros(buckets, dtype=np.int64)
+
+    def _slots(self, items: Sequence[int | str]) -> np.ndarray:
+        return (mix64(value_ids(items)) % np.uint64(len(self.counts))).astype(np.int64)
+
+    def get(self, items: Sequence[int | str]) -> np.ndarray:
+        """Shows of each item -> int64 (n,)."""
+        return self.counts[self._slots(items)]
+
+    def add(self, items: Sequence[int | str]) -> None:
+        """Count one impression of each item (repeats count each time)."""
+        np.add.at(self.counts, self._slots(items), 1)
+
+
+class Policy(Protocol):
+    """What serving calls: ``choose(values, k, rng, shows)`` -> :class:`Choice`; ``shows``
+    (int64 (n,), the candidates' impression counts) is read by the policies that use
+    uncertainty and ignored by the others."""
+
+    name: str
+
+    def choose(self, values: np.ndarray, k: int, rng: np.random.Generator,
+               shows: np.ndarray | None = None) -> Choice: ...
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-values, kind="stable")[:k].astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """The top ``k`` by value; ties keep candidate order. Propensity 1."""
+
+    name: str = "greedy"
+
+    def choose(self, values: np.ndarray, k: int, rng: np.random.Generator,
+               shows: np.ndarray | None = None) -> Choice:
+        top = _top(np.asarray(values, dtype=np.float64), k)
+        return Choice(top, np.ones(len(top)))
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonGreedy:
+    """Per slot: with probability ``epsilon`` a uniform pick among the remaining candidates,
+    else the best remaining (ties: the first). Exact propensities."""
+
+    epsilon: float = 0.1
+    name: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon: must be in [0, 1], got {self.epsilon}")
+
+    def choose(self, values: np.ndarray, k: int, rng: np.random.Generator,
+               shows: np.ndarray | None = None) -> Choice:
+        order = _top(np.asarray(values, dtype=np.float64), len(values))
+        remaining = list(order.tolist())  # best first
+        k = min(k, len(remaining))
+        explore = rng.random(k) < self.epsilon
+        picks = rng.random(k)
+        indices, props = np.empty(k, np.int64), np.empty(k)
+        for slot in range(k):
+            left = len(remaining)
+            at = int(picks[slot] * left) if explore[slot] else 0
+            indices[slot] = remaining.pop(at)
+            props[slot] = (1.0 - self.epsilon) * (at == 0) + self.epsilon / left
+        return Choice(indices, props)
+
+
+def _sigma(scale: float, shows: np.ndarray | None, n: int) -> np.ndarray:
+    counts = np.zeros(n) if shows is None else np.asarray(shows, dtype=np.float64)
+    return scale / np.sqrt(1.0 + counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thompson:
+    """Sequential Thompson sampling over the score's uncertainty: for each slot, one draw
+    ``values + Normal(0, sigma_i)`` over the remaining candidates, whose best is shown.
+
+    The propensity of a slot's pick given the earlier slots is estimated by Monte Carlo:
+    ``draws`` further draws of that slot (a bounded number, ``draws · n`` normals a slot),
+    counting, with the draw that chose it, how often the pick was the best remaining:
+    ``(1 + hits) / (1 + draws)``, never 0; its standard error is about
+    ``sqrt(p(1-p)/draws)``. Not exact: say so wherever these propensities are used."""
+
+    scale: float = 1.0
+    draws: int = 128
+    name: str = "thompson"
+
+    def __post_init__(self) -> None:
+        if not self.scale >= 0:
+            raise ValueError(f"scale: must be >= 0, got {self.scale}")
+        if self.draws < 1:
+            raise ValueError(f"draws: must be >= 1, got {self.draws}")
+
+    def choose(self, values: np.ndarray, k: int, rng: np.random.Generator,
+               shows: np.ndarray | None = None) -> Choice:
+        values = np.asarray(values, dtype=np.float64)
+        sigma = _sigma(self.scale, shows, len(values))
+        remaining = np.arange(len(values))
+        k = min(k, len(values))
+        indices, props = np.empty(k, np.int64), np.empty(k)
+        for slot in range(k):
+            v, s = values[remaining], sigma[remaining]
+            noisy = v + s * rng.standard_normal((1 + self.draws, len(v)))
+            best = np.argmax(noisy, axis=1)
+            at = int(best[0])
+            indices[slot] = remaining[at]
+            props[slot] = np.count_nonzero(best == at) / (1 + self.draws)
+            remaining = np.delete(remaining, at)
+        return Choice(indices, props)
+
+
+@dataclasses.dataclass(frozen=True)
+class UCB:
+    """The top ``k`` of ``values + sigma_i`` (an optimistic bound on the logit);
+    deterministic, propensity 1."""
+
+    scale: float = 1.0
+    name: str = "ucb"
+
+    def __post_init__(self) -> None:
+        if not self.scale >= 0:
+            raise ValueError(f"scale: must be >= 0, got {self.scale}")
+
+    def choose(self, values: np.ndarray, k: int, rng: np.random.Generator,
+               shows: np.ndarray | None = None) -> Choice:
+        values = np.asarray(values, dtype=np.float64)
+        top = _top(values + _sigma(self.scale, shows, len(values)), k)
+        return Choice(top, np.ones(len(top)))
+
+
+POLICIES: dict[str, type] = {"greedy": Greedy, "epsilon": EpsilonGreedy, "thompson": Thompson,
+                             "ucb": UCB}
+"""The policies by name (config ``policy.kind``)."""
+
+
+def make_policy(kind: str, **params: Any) -> Policy:
+    """The policy called ``kind`` with the parameters it takes out of ``params`` (others are
+    ignored, so one config mapping serves every kind); KeyError naming the kinds."""
+    if kind not in POLICIES:
+        raise KeyError(f"unknown policy {kind!r}; policies: {', '.join(POLICIES)}")
+    cls = POLICIES[kind]
+    names = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    return cls(**{k: v for k, v in params.items() if k in names})
