@@ -21,6 +21,12 @@ from monolith_ray.config.limits import LimitsConfig
 from monolith_ray.config.loader import ConfigError, from_dict, load_yaml
 from monolith_ray.config.model import ModelConfig
 from monolith_ray.config.online import OnlineConfig
+from monolith_ray.config.policy import (
+    ExperimentConfig,
+    PolicyConfig,
+    check_experiments,
+    uses_satiation,
+)
 from monolith_ray.config.serve import ServeConfig
 from monolith_ray.config.slots import AdmissionConfig, SlotConfig
 from monolith_ray.config.supervision import SupervisionConfig
@@ -50,6 +56,8 @@ class Config:
     supervision: SupervisionConfig = dataclasses.field(default_factory=SupervisionConfig)
     history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
     tasks: tuple[TaskConfig, ...] = DEFAULT_TASKS
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    experiments: tuple[ExperimentConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -90,6 +98,15 @@ class Config:
             parse_score(self.serve.score, self.task_names)
         except ConfigError as err:
             raise err.under("serve.score") from None
+        try:
+            check_experiments(self.experiments)
+        except ConfigError as err:
+            raise err.under("experiments") from None
+        category = self.policy.satiation.category_slot
+        if (uses_satiation(self.policy, self.experiments)
+                and category not in {s.name for s in self.slots}):
+            raise ConfigError("policy.satiation.category_slot", f"{category!r} is not a slot; "
+                              f"slots: {', '.join(s.name for s in self.slots)}")
 
     @property
     def task_names(self) -> tuple[str, ...]:

@@ -1,0 +1,157 @@
+"""The ``policy`` and ``experiments`` sections: how ``/recommend`` picks the k items it shows
+from the ranked candidates (``monolith_ray.policy``), and A/B experiments over that choice::
+
+    policy:
+      kind: epsilon            # greedy | epsilon | thompson | ucb
+      epsilon: 0.1
+      satiation: {enabled: true, category_slot: genres, gammas: [0.5, 0.7, 0.9]}
+    experiments:
+      - name: explore
+        arms:
+          - {name: control, weight: 1}
+          - {name: eps, weight: 1, policy: {kind: epsilon, epsilon: 0.2}}
+          - {name: sated, weight: 1, satiation: true}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from monolith_ray.config.loader import ConfigError, _require
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyChoice:
+    """One policy (``policy.policies``).
+
+    - ``kind``: ``greedy`` (the top k), ``epsilon`` (per slot a uniform pick among the rest
+      with probability ``epsilon``), ``thompson`` (per slot the best of the values plus
+      Normal(0, sigma_i), propensities by Monte Carlo with ``draws`` draws a slot), ``ucb``
+      (the top k of values plus sigma_i).
+    - ``scale``: c in sigma_i = c / sqrt(1 + impressions of item i by the replica), logit
+      units (``thompson``, ``ucb``).
+    """
+
+    kind: Literal["greedy", "epsilon", "thompson", "ucb"] = "greedy"
+    epsilon: float = 0.1
+    scale: float = 1.0
+    draws: int = 128
+
+    def __post_init__(self) -> None:
+        _require(self, "epsilon", ge=0, le=1)
+        _require(self, "scale", ge=0)
+        _require(self, "draws", ge=1, le=10_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class SatiationConfig:
+    """Satiation-aware re-ranking (``policy.satiation``): the logit of an item whose category
+    the user was shown in recent requests is lowered by lambda * s.
+
+    - ``enabled``: apply it to requests outside experiments (an arm sets its own).
+    - ``category_slot``: the item slot naming an item's category (its first value counts),
+      e.g. ``genres``.
+    - ``gammas``: the decay per request step to choose from (each in [0, 1)).
+    - ``max_users``, ``max_categories``: the most users a replica holds states for, and
+      categories per user; ``ttl_s``: a user silent this long (event time) starts over.
+    - ``learning_rate``, ``min_feedback``: the online fit's Adagrad step, and the
+      impressions it sees before any penalty applies.
+    - ``feedback_window_s``: how long a shown item waits for a click before it counts as
+      not clicked; ``max_pending``: requests held meanwhile per replica.
+    """
+
+    enabled: bool = False
+    category_slot: str = "genres"
+    gammas: tuple[float, ...] = (0.5, 0.7, 0.9)
+    max_users: int = 100_000
+    max_categories: int = 32
+    ttl_s: float = 86_400.0
+    learning_rate: float = 0.1
+    min_feedback: int = 100
+    feedback_window_s: float = 600.0
+    max_pending: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.gammas or len(self.gammas) > 16:
+            raise ConfigError("gammas", f"1 to 16 values, got {len(self.gammas)}")
+        for i, gamma in enumerate(self.gammas):
+            if not 0 <= gamma < 1:
+                raise ConfigError(f"gammas[{i}]", f"must be >= 0 and < 1, got {gamma!r}")
+        _require(self, "max_users", ge=1)
+        _require(self, "max_categories", ge=1, le=10_000)
+        _require(self, "ttl_s", gt=0)
+        _require(self, "learning_rate", gt=0)
+        _require(self, "min_feedback", ge=0)
+        _require(self, "feedback_window_s", gt=0)
+        _require(self, "max_pending", ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig(PolicyChoice):
+    """The policy of requests outside experiments, the satiation re-ranking, and
+    ``show_count_buckets``: the int64 counters of impressions per item a replica keeps for
+    sigma_i (8 bytes each; items sharing a counter share a count)."""
+
+    show_count_buckets: int = 1 << 20
+    satiation: SatiationConfig = dataclasses.field(default_factory=SatiationConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self, "show_count_buckets", ge=1, le=1 << 28)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmConfig:
+    """One arm: its ``name``, ``weight`` (its share of the experiment's users is weight /
+    sum of weights), ``policy`` (none = the section ``policy``'s) and ``satiation``
+    (whether its requests are re-ranked for satiation; none = ``policy.satiation.enabled``)."""
+
+    name: str
+    weight: float = 1.0
+    policy: PolicyChoice | None = None
+    satiation: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= 64:
+            raise ConfigError("name", f"1 to 64 characters, got {self.name!r}")
+        _require(self, "weight", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """An A/B experiment: its ``name`` (the assignment hashes it with the user id: renaming
+    reshuffles) and its ``arms``. Experiments are mutually exclusive: each user is in one."""
+
+    name: str
+    arms: tuple[ArmConfig, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= 64:
+            raise ConfigError("name", f"1 to 64 characters, got {self.name!r}")
+        if not 1 <= len(self.arms) <= 32:
+            raise ConfigError("arms", f"1 to 32 arms, got {len(self.arms)}")
+        _unique(self.arms, "arms", "arms")
+
+
+def _unique(entries: tuple, key: str, label: str) -> None:
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        j = seen.setdefault(entry.name, i)
+        if j != i:
+            raise ConfigError(f"{key}[{i}].name", f"duplicate {entry.name!r}, already used "
+                                                  f"by {label}[{j}]")
+
+
+def check_experiments(experiments: tuple[ExperimentConfig, ...]) -> None:
+    """ConfigError (key relative to the ``experiments`` list) for duplicate names or more
+    than 16 experiments."""
+    if len(experiments) > 16:
+        raise ConfigError("", f"at most 16 experiments, got {len(experiments)}")
+    _unique(experiments, "", "experiments")
+
+
+def uses_satiation(policy: PolicyConfig, experiments: tuple[ExperimentConfig, ...]) -> bool:
+    """Whether any request may be re-ranked for satiation."""
+    return policy.satiation.enabled or any(
+        arm.satiation for e in experiments for arm in e.arms)
