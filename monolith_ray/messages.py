@@ -9,7 +9,14 @@ Every topic carries UTF-8 JSON objects (never pickle). Times are event times in 
     {"request_id": "r-1", "time": 1700000000, "user_id": 7, "item_id": 42,
      "slots": {"user_id": 7, "item_id": 42, "gender": "M", "genres": ["Drama", "War"]},
      "dense": {"price": 12.5, "views": 3},    # dense: optional (config ``dense``)
-     "context": {"page": "home"}}            # context: optional, free-form
+     "context": {"page": "home"},            # context: optional, free-form
+     "policy": "epsilon", "arm": "explore/eps", "propensity": 0.925}  # optional, see below
+
+``policy``, ``arm`` and ``propensity`` are the serving decision (``monolith_ray.policy``): the
+policy that chose the item, the experiment arm of the request (``experiment/arm``) and the
+probability the policy showed the item in its slot given the earlier slots. Absent (or null):
+greedy, no arm, propensity 1. Serving logs them only when a policy other than greedy,
+satiation or experiments are configured; they ride along into the joined example.
 
 ``actions`` (one per user action)::
 
@@ -108,6 +115,7 @@ def parse_feature(value: Any, known: Known = None, limits: LimitsConfig | None =
     else:
         validation.context(context, limits)
         out["context"] = context
+    out.update(validation.decision(msg))
     return out
 
 
@@ -139,6 +147,7 @@ def parse_example(value: Any, known: Known = None, limits: LimitsConfig | None =
     labels = _labels(msg.get("labels"))
     if labels is not None:
         out["labels"] = labels
+    out.update(validation.decision(msg))
     return out
 
 
@@ -183,6 +192,8 @@ Int64 = Annotated[int, msgspec.Meta(ge=validation.INT64_MIN, le=validation.INT64
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_ID_CHARS)]
 PlainScalar = Int64 | Text
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_NAME_CHARS)]
+Propensity = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 # A dense value's bound in a typed decode: at most 2**52, below which every integer is a
 # double, so a JSON integer compares with max_abs exactly as validation.dense compares it.
 _EXACT = float(2 ** 52)
@@ -248,7 +259,9 @@ class Reader:
                            for n, s in zip(names, known.values())],
                 rename=dict(zip(names, known)), forbid_unknown_fields=True, gc=False)
             fields = [("request_id", RequestId), ("time", int), ("user_id", PlainScalar),
-                      ("item_id", PlainScalar), ("slots", slots), ("context", None, None)]
+                      ("item_id", PlainScalar), ("slots", slots), ("context", None, None),
+                      ("policy", Name | None, None), ("arm", Name | None, None),
+                      ("propensity", Propensity | None, None)]
             if dense:
                 fields.append(("dense", _dense_type(dense) | None, None))
             feature = msgspec.defstruct("_Feature", fields, forbid_unknown_fields=True,
@@ -272,7 +285,8 @@ class Reader:
             except Exception:  # noqa: BLE001 - not plainly valid: the parser decides
                 pass
             else:
-                if msg.slots != self._no_slots and self._plain(msg.request_id, msg.time, now):
+                if (msg.slots != self._no_slots and self._plain(msg.request_id, msg.time, now)
+                        and _plain_name(msg.policy) and _plain_name(msg.arm)):
                     return msg.request_id, msg.time, msg.item_id
         out = parse_feature(decode(raw or b""), self._known, self._limits, now, self._dense)
         return out["request_id"], out["time"], out["item_id"]
@@ -289,6 +303,12 @@ class Reader:
                 return msg.request_id, msg.item_id, msg.time, msg.action
         out = parse_action(decode(raw or b""), self._limits, now)
         return out["request_id"], out["item_id"], out["time"], out["action"]
+
+
+def _plain_name(name: str | None) -> bool:
+    """Whether a typed-decoded policy or arm name passes as it is: absent, or printable
+    ASCII without spaces (validation.decision's rule)."""
+    return name is None or (name.isascii() and name.isprintable() and " " not in name)
 
 
 def _object(value: Any) -> dict[str, Any]:

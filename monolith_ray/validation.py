@@ -23,6 +23,9 @@ dense features      an object of at most ``MAX_DENSE`` names, each a dense featu
                     ``max_abs`` (``DEFAULT_MAX_ABS`` when unknown), or null (= its default)
 context             a JSON object nested at most ``limits.max_context_depth`` deep, at most
                     ``limits.max_context_bytes`` encoded, UTF-8 encodable, no NaN/Infinity
+policy, arm         (the serving decision, optional) printable ASCII without spaces,
+                    1..``MAX_NAME_CHARS`` characters (an arm: ``experiment/arm``), or null
+propensity          (optional) a number in (0, 1], or null
 ==================  ==========================================================================
 
 Checks test exact types first (``type(v) is int``): JSON gives nothing else, and slot values
@@ -47,9 +50,11 @@ MAX_VALUES = 1024
 MAX_SLOTS = 256
 MAX_WEIGHT = 1.0e6
 MAX_DENSE = 256
+MAX_NAME_CHARS = 129
 DEFAULT_MAX_ABS = 1.0e12
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_ID_CHARS)
+_NAME = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_NAME_CHARS)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 Scalar = int | str
@@ -238,6 +243,23 @@ def number(value: Any, where: str, low: float, high: float, *, low_open: bool = 
         raise MessageError(f"{where}: expected a number in {bracket}{low:g}, {high:g}], "
                            f"got {_short(value)}")
     return float(value)
+
+
+def decision(message: Mapping[str, Any]) -> dict[str, Any]:
+    """The serving decision an impression may carry: ``policy`` and ``arm`` (names) and
+    ``propensity`` (in (0, 1]) -> those of them the message gives and are not null."""
+    out: dict[str, Any] = {}
+    for name in ("policy", "arm"):
+        value = message.get(name)
+        if value is not None:
+            if type(value) is not str or not _NAME.fullmatch(value):
+                raise MessageError(f"{name}: expected 1 to {MAX_NAME_CHARS} printable ASCII "
+                                   f"characters without spaces, got {_short(value)}")
+            out[name] = value
+    if message.get("propensity") is not None:
+        out["propensity"] = number(message["propensity"], "propensity", 0.0, 1.0,
+                                   low_open=True)
+    return out
 
 
 def context(value: Any, limits: LimitsConfig | None = None, where: str = "context") -> bytes:
