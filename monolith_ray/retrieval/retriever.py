@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from monolith_ray.model import two_tower
-from monolith_ray.model.api import Params
+from monolith_ray.model.api import Params, SlotSpec
 from monolith_ray.model.two_tower import TwoTowerSpec
 from monolith_ray.retrieval.index import IndexConfig, ItemIndex
 
@@ -118,7 +118,7 @@ class Retriever:
                                         _only(item_rows, self.spec.item)))
 
 
-def _only(rows: SlotRows, slots: tuple[two_tower.SlotSpec, ...]) -> dict[str, np.ndarray]:
+def _only(rows: SlotRows, slots: tuple[SlotSpec, ...]) -> dict[str, np.ndarray]:
     """The rows of ``slots``, float32, checked present and of their width."""
     out = {}
     for s in slots:

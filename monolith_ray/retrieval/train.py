@@ -2,9 +2,9 @@
 batches, with its embedding rows on the same parameter servers.
 
 **Tables of its own.** Each slot a tower reads gets a table of its own in the same shards,
-named ``tower_<slot>`` (:func:`tower_slots`), keyed by the *same* fids as the ranking slot's
-table (same ``slot_id``, so a request's fids reach both), with its own rows and optimizer
-state. Why not share the ranking model's rows: the two objectives want different geometry
+named ``tower_<slot>`` (``retrieval.tables.tower_slots``), keyed by the *same* fids as the
+ranking slot's table (same ``slot_id``, so a request's fids reach both), with its own rows and
+optimizer state. Why not share the ranking model's rows: the two objectives want different geometry
 (the towers' rows feed a softmax over cosines, DeepFM's an FM dot product and a logistic
 loss), two trainers pushing into one row would step one Adam state with two losses'
 gradients, and the ranking figures measured elsewhere stay as they are. The price: one more
@@ -23,38 +23,18 @@ positive items before its loss reads their log q.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from monolith_ray.config import SlotConfig
 from monolith_ray.data.batches import Batch
 from monolith_ray.model import two_tower
-from monolith_ray.model.pooling import bucket_size, pad_rows, pool
+from monolith_ray.model.pooling import bucket_size, pad_rows
 from monolith_ray.model.two_tower import TwoTowerSpec
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.retrieval.frequency import StreamingFrequency
-
-TOWER_PREFIX = "tower_"
-
-
-def table_name(slot: str) -> str:
-    """The name of the tower table of ranking slot ``slot``."""
-    return TOWER_PREFIX + slot
-
-
-def tower_slots(slots: Sequence[SlotConfig], names: Sequence[str],
-                **overrides: object) -> tuple[SlotConfig, ...]:
-    """The tower tables of the ``slots`` named in ``names``: the same settings (``slot_id``,
-    dim, combiner ...) under :func:`table_name`, with ``overrides`` (e.g. ``optimizer=``,
-    ``initializer=``) replaced. Give them to the ``ShardServer``s beside the ranking slots."""
-    by_name = {s.name: s for s in slots}
-    return tuple(dataclasses.replace(by_name[n], name=table_name(n), **overrides)
-                 for n in names)
-
+from monolith_ray.retrieval.tables import table_name
 
 @dataclasses.dataclass(frozen=True)
 class Pairs:
@@ -101,9 +81,9 @@ def positive_pairs(batch: Batch, spec: TwoTowerSpec, size: int) -> Pairs | None:
 
 class TowerTrainer:
     """The two-tower model's dense parameters and their optimizer, trained against the tower
-    tables (:func:`tower_slots`) that ``client``'s shards hold. ``batch_size``: the most
-    positives a batch can hold (the ranking batch size); ``client``'s slots must include
-    every tower slot's :func:`table_name`."""
+    tables (``retrieval.tables.tower_slots``) that ``client``'s shards hold. ``batch_size``:
+    the most positives a batch can hold (the ranking batch size); ``client``'s slots must
+    include every tower slot's ``table_name``."""
 
     def __init__(self, spec: TwoTowerSpec, client: ShardClient, batch_size: int,
                  optimizer: optax.GradientTransformation | None = None, seed: int = 0,
@@ -153,19 +133,4 @@ class TowerTrainer:
                           for n, f in pairs.fids.items()}, batch.now)
         self.steps += 1
         return float(loss)
-
-
-def pooled_rows(client: ShardClient, batch: Batch, slots: Sequence[two_tower.SlotSpec]
-                ) -> dict[str, np.ndarray]:
-    """Serving lookups (no inserts; unknown fids read zeros) of ``batch``'s fids in the tower
-    tables of ``slots``, pooled per example -> slot name -> float32 (B, dim_s + 1), what
-    :func:`two_tower.user_vectors` / ``item_vectors`` and the ``Retriever`` take."""
-    rows = client.lookup({table_name(s.name): batch.fids[s.name] for s in slots})
-    return {s.name: np.asarray(_pool(jnp.asarray(pad_rows(rows[table_name(s.name)],
-                                                          max(batch.fids[s.name].size, 1))),
-                                     batch.idx[s.name], s.combiner))
-            for s in slots}
-
-
-_pool = jax.jit(pool, static_argnames="combiner")
 

@@ -90,8 +90,8 @@ def test_training_uses_its_own_tables_and_the_loss_falls():
     # users now rank their group's items first
     users = np.arange(N_GROUPS * PER_GROUP)
     items = np.arange(N_GROUPS * PER_GROUP)
-    user_rows = pooled_rows(client, _examples(users, np.zeros_like(users), 400), SPEC.user)
-    item_rows = pooled_rows(client, _examples(np.zeros_like(items), items, 400), SPEC.item)
+    user_rows = pooled_rows(client.lookup, _examples(users, np.zeros_like(users), 400), SPEC.user)
+    item_rows = pooled_rows(client.lookup, _examples(np.zeros_like(items), items, 400), SPEC.item)
     u = np.asarray(two_tower.user_vectors(trainer.params, SPEC, user_rows))
     v = np.asarray(two_tower.item_vectors(trainer.params, SPEC, item_rows))
     top = np.argsort(-(u @ v.T), axis=1)[:, :PER_GROUP]

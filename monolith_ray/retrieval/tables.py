@@ -1,0 +1,55 @@
+"""The tower tables: each slot a two-tower model reads has a table of its own beside the
+ranking slots' in the same shards, named ``tower_<slot>`` and keyed by the same fids (same
+``slot_id``, so a request's fids reach both). Why not share the ranking model's rows: see
+``monolith_ray.retrieval.train``. Also how to pool a batch's rows of those tables, for the
+trainer's evaluation and for serving alike."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from monolith_ray.config import SlotConfig
+from monolith_ray.data.batches import Batch
+from monolith_ray.model.api import SlotSpec
+from monolith_ray.model.pooling import pad_rows, pool
+
+TOWER_PREFIX = "tower_"
+
+Lookup = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+"""Rows of fids: table name -> fids int64 (n,) in, table name -> rows float (n, dim + 1) out
+(``ShardClient.lookup``; serving: its store's lookup per table)."""
+
+
+def table_name(slot: str) -> str:
+    """The name of the tower table of ranking slot ``slot``."""
+    return TOWER_PREFIX + slot
+
+
+def tower_slots(slots: Sequence[SlotConfig], names: Sequence[str],
+                **overrides: object) -> tuple[SlotConfig, ...]:
+    """The tower tables of the ``slots`` named in ``names``: the same settings (``slot_id``,
+    dim, combiner ...) under :func:`table_name`, with ``overrides`` (e.g. ``optimizer=``,
+    ``initializer=``) replaced. Give them to the ``ShardServer``s beside the ranking slots."""
+    by_name = {s.name: s for s in slots}
+    return tuple(dataclasses.replace(by_name[n], name=table_name(n), **overrides)
+                 for n in names)
+
+
+def pooled_rows(lookup: Lookup, batch: Batch, slots: Sequence[SlotSpec]
+                ) -> dict[str, np.ndarray]:
+    """``batch``'s rows in the tower tables of ``slots`` (one ``lookup`` call), pooled per
+    example with each slot's combiner -> slot name -> float32 (B, dim_s + 1), what the towers
+    and the ``Retriever`` take. Use a serving lookup (unknown fids read zeros)."""
+    rows = lookup({table_name(s.name): batch.fids[s.name] for s in slots})
+    return {s.name: np.asarray(_pool(
+        jnp.asarray(pad_rows(np.asarray(rows[table_name(s.name)], np.float32),
+                             max(batch.fids[s.name].size, 1))),
+        batch.idx[s.name], s.combiner)) for s in slots}
+
+
+_pool = jax.jit(pool, static_argnames="combiner")
