@@ -1,5 +1,5 @@
 """Impression streams for the ``features`` and ``actions`` topics: a MovieLens-100K replay and
-a synthetic user simulator with drifting preferences.
+a synthetic user simulator with drifting preferences and, optionally, satiation.
 
 Both yield :class:`Event` s in event-time order: one ``features`` message per impression and,
 for a positive outcome, an ``actions`` message "click" ``click_delay_s`` later (event time).
@@ -34,10 +34,12 @@ from monolith_ray.messages import encode
 
 __all__ = [
     "Event",
+    "SatiatedUsers",
     "UserSimulator",
     "movielens_events",
     "publish",
     "replay_movielens",
+    "satiation_step",
     "simulate_stream",
     "simulated_events",
 ]
@@ -99,18 +101,39 @@ def movielens_events(src: Path | str, *, fraction: tuple[float, float] = (0.0, 1
 
 
 class UserSimulator:
-    """Users and items with latent vectors; each user's preference drifts with event time.
+    """Users and items with latent vectors; each user's preference drifts with event time, and
+    each user tires of a category of items as it is shown (satiation, off by default).
 
     User u at time t has vector ``cos(w t + phi_u) a_u + sin(w t + phi_u) b_u`` (``a_u``,
     ``b_u`` drawn once, ``w = 2 pi / drift_period_s``): it turns a full circle every period,
     so what a user likes changes smoothly and recurs. Click probability is
-    ``sigmoid(scale * u(t) . v_i + item_bias_i + bias)``. Everything is a function of the seed
-    and the arguments only, so answers do not depend on call order or process.
+    ``sigmoid(scale * u(t) . v_i + item_bias_i + bias - lambda_c * s)``, where ``s`` is the
+    user's satiation with the item's category ``c`` (0 unless given).
+
+    Each item has one of ``n_categories`` categories: the nearest (by cosine) of as many random
+    directions in the latent space, so a category groups items that the same users like.
+    Satiation follows rebounding bandits (Leqi et al., NeurIPS 2021, arXiv 2011.06741): the
+    hidden truths are ``satiation_gamma`` (n_categories,), the share of satiation kept per
+    request, drawn uniformly from ``satiation_memory``, and ``satiation_lambda``
+    (n_categories,), the logit lost per unit of satiation, ``satiation`` times a uniform draw
+    from [0.5, 1.5]. The state itself depends on what was shown, so it lives in
+    :class:`SatiatedUsers`; this class stays a function of the seed and the arguments only,
+    so answers do not depend on call order or process. Categories and satiation are drawn from
+    a random stream of their own: the other draws, hence every answer without satiation, are
+    those of a simulator without them.
     """
 
     def __init__(self, n_users: int = 1000, n_items: int = 500, dim: int = 8,
                  drift_period_s: float = 7 * 86400.0, scale: float = 2.0, bias: float = -1.5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, n_categories: int = 8, satiation: float = 0.0,
+                 satiation_memory: tuple[float, float] = (0.5, 0.9)) -> None:
+        lo, hi = satiation_memory
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ValueError(f"satiation_memory must satisfy 0 <= lo <= hi < 1, got "
+                             f"{satiation_memory}")
+        if satiation < 0 or n_categories < 1:
+            raise ValueError(f"need satiation >= 0 and n_categories >= 1, got {satiation}, "
+                             f"{n_categories}")
         rng = np.random.default_rng(seed)
         self.n_users, self.n_items, self.seed = n_users, n_items, seed
         self.drift_period_s, self.scale, self.bias = drift_period_s, scale, bias
@@ -120,6 +143,13 @@ class UserSimulator:
         self._phase = rng.uniform(0.0, 2.0 * np.pi, n_users)
         self._items = rng.normal(0.0, 1.0, (n_items, dim))
         self._item_bias = rng.normal(0.0, 0.5, n_items)
+        hidden = np.random.default_rng([seed, 1])
+        directions = hidden.normal(0.0, 1.0, (n_categories, dim))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        self.n_categories = n_categories
+        self.categories: np.ndarray = np.argmax(self._items @ directions.T, axis=1)
+        self.satiation_gamma: np.ndarray = hidden.uniform(lo, hi, n_categories)
+        self.satiation_lambda: np.ndarray = satiation * hidden.uniform(0.5, 1.5, n_categories)
 
     def user_vectors(self, user_ids: np.ndarray, time: np.ndarray | int) -> np.ndarray:
         """Latent vectors of users (n,) at event times (n,) or one time -> float64 (n, dim)."""
@@ -129,15 +159,22 @@ class UserSimulator:
         return np.cos(angle)[:, None] * self._a[u] + np.sin(angle)[:, None] * self._b[u]
 
     def click_probability(self, user_ids: np.ndarray, item_ids: np.ndarray,
-                          time: np.ndarray | int) -> np.ndarray:
-        """P(click) of each (user, item) pair (n,) at event time(s) -> float64 (n,)."""
+                          time: np.ndarray | int,
+                          satiation: np.ndarray | None = None) -> np.ndarray:
+        """P(click) of each (user, item) pair (n,) at event time(s) -> float64 (n,).
+
+        ``satiation`` (n,): each user's satiation with the item's category (None: none)."""
         i = np.asarray(item_ids, dtype=np.int64)
         score = np.einsum("nd,nd->n", self.user_vectors(user_ids, time), self._items[i])
-        return 1.0 / (1.0 + np.exp(-(self.scale * score + self._item_bias[i] + self.bias)))
+        logit = self.scale * score + self._item_bias[i] + self.bias
+        if satiation is not None:
+            logit = logit - self.satiation_lambda[self.categories[i]] * satiation
+        return 1.0 / (1.0 + np.exp(-logit))
 
     def respond(self, user_ids: np.ndarray, item_ids: np.ndarray,
-                time: np.ndarray | int) -> np.ndarray:
-        """Whether each user clicks the item shown at event time(s) -> bool (n,).
+                time: np.ndarray | int, satiation: np.ndarray | None = None) -> np.ndarray:
+        """Whether each user clicks the item shown at event time(s) -> bool (n,);
+        ``satiation`` as in :meth:`click_probability`.
 
         The coin of a (user, item, time) is a fixed hash of the three and the seed, so the same
         question always gets the same answer."""
@@ -147,7 +184,64 @@ class UserSimulator:
         h = mix64(mix64(mix64(u, self.seed).view(np.int64) ^ i, self.seed).view(np.int64) ^ t,
                   self.seed)
         coin = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-        return coin < self.click_probability(u, i, t)
+        return coin < self.click_probability(u, i, t, satiation)
+
+
+class SatiatedUsers:
+    """The satiation state of every user of ``sim`` per category: float64 (n_users,
+    n_categories), all 0 at the start.
+
+    Time is each user's own requests, not event time: at a request of user u, the items
+    shown are answered with u's current state, then ``s[u, c] <- gamma_c * s[u, c] +
+    1[an item of category c was shown]`` for every category c. So a category rests (decays by
+    gamma) at each request of the user that does not show it, and the truth does not depend
+    on how fast requests arrive or how many other users are served in between (a benchmark
+    paced by the wall clock sees the same dynamics as an offline run).
+    """
+
+    def __init__(self, sim: UserSimulator) -> None:
+        self.sim = sim
+        self.state = np.zeros((sim.n_users, sim.n_categories))
+
+    def satiation(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """Each user's current satiation with the item's category, pairs (n,) -> float64 (n,)."""
+        u = np.asarray(user_ids, dtype=np.int64)
+        i = np.asarray(item_ids, dtype=np.int64)
+        return self.state[u, self.sim.categories[i]]
+
+    def click_probability(self, user_ids: np.ndarray, item_ids: np.ndarray,
+                          time: np.ndarray | int) -> np.ndarray:
+        """The true P(click) of each (user, item) pair (n,) if shown now -> float64 (n,)."""
+        return self.sim.click_probability(user_ids, item_ids, time,
+                                          self.satiation(user_ids, item_ids))
+
+    def show(self, user_ids: np.ndarray, item_ids: np.ndarray,
+             time: np.ndarray | int) -> np.ndarray:
+        """One request each of distinct users (B,), shown items (B, k) at event time(s) (B,)
+        -> whether each item is clicked, bool (B, k); then each user's state takes a step."""
+        u = np.asarray(user_ids, dtype=np.int64)
+        items = np.asarray(item_ids, dtype=np.int64).reshape(len(u), -1)
+        if len(np.unique(u)) != len(u):
+            raise ValueError("show takes one request per user at a time")
+        k = items.shape[1]
+        t = np.repeat(np.broadcast_to(np.asarray(time, dtype=np.int64), u.shape), k)
+        users = np.repeat(u, k)
+        clicked = self.sim.respond(users, items.ravel(), t,
+                                   self.satiation(users, items.ravel())).reshape(items.shape)
+        satiation_step(self.state, self.sim.satiation_gamma, u, self.sim.categories[items])
+        return clicked
+
+
+def satiation_step(state: np.ndarray, gamma: np.ndarray | float, user_ids: np.ndarray,
+                   shown_categories: np.ndarray) -> None:
+    """One request each of distinct users (B,) shown items of categories (B, k): in place,
+    ``state[u, c] <- gamma_c * state[u, c] + 1[c among the u's row]`` for state (n_users,
+    n_categories) and gamma (n_categories,) or one for all."""
+    u = np.asarray(user_ids, dtype=np.int64)
+    shown_categories = np.asarray(shown_categories, dtype=np.int64).reshape(len(u), -1)
+    shown = np.zeros((len(u), state.shape[1]))
+    shown[np.repeat(np.arange(len(u)), shown_categories.shape[1]), shown_categories.ravel()] = 1
+    state[u] = gamma * state[u] + shown
 
 
 def simulated_events(sim: UserSimulator, n_requests: int, *, start_time: int = 1_700_000_000,
@@ -155,7 +249,8 @@ def simulated_events(sim: UserSimulator, n_requests: int, *, start_time: int = 1
                      click_delay_s: int = DEFAULT_CLICK_DELAY_S) -> Iterator[Event]:
     """``n_requests`` requests of a random user, each shown ``items_per_request`` random
     distinct items, ``requests_per_s`` of them per event-time second from ``start_time``;
-    clicks as :meth:`UserSimulator.respond` says. Slots: ``user_id`` and ``item_id``."""
+    clicks as :meth:`UserSimulator.respond` says, with each user's satiation from the requests
+    before (:class:`SatiatedUsers`) if ``sim`` has any. Slots: ``user_id`` and ``item_id``."""
     rng = np.random.default_rng(seed)
     users = rng.integers(0, sim.n_users, n_requests)
     times = start_time + (np.arange(n_requests) / requests_per_s).astype(np.int64)
@@ -164,8 +259,13 @@ def simulated_events(sim: UserSimulator, n_requests: int, *, start_time: int = 1
     else:
         items = np.stack([rng.choice(sim.n_items, items_per_request, replace=False)
                           for _ in range(n_requests)])
-    clicked = sim.respond(np.repeat(users, items_per_request), items.ravel(),
-                          np.repeat(times, items_per_request)).reshape(items.shape)
+    if np.any(sim.satiation_lambda):
+        satiated = SatiatedUsers(sim)
+        clicked = np.concatenate([satiated.show(users[r:r + 1], items[r:r + 1], times[r])
+                                  for r in range(n_requests)])
+    else:
+        clicked = sim.respond(np.repeat(users, items_per_request), items.ravel(),
+                              np.repeat(times, items_per_request)).reshape(items.shape)
 
     def impressions() -> Iterator[tuple[dict[str, Any], bool]]:
         for r, (u, t) in enumerate(zip(users.tolist(), times.tolist())):
