@@ -7,6 +7,7 @@ import re
 from typing import Literal
 
 from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.train import TrainConfig
 
 _ONLINE_START = re.compile(r"earliest|(dump|snapshot):.+")
 
@@ -30,10 +31,11 @@ class OnlineConfig:
       as committed every this many steps; a restore retrains at most this many steps per
       trainer.
     - ``max_batch_wait_s`` (wall clock): longest a read task holds rows for a block to fill
-      (``block_bytes``) and a trainer waits for a batch to fill (``train.batch_size``
-      examples); then they go on with what they have (the trainer trains it padded and
-      commits). At low rates this bounds how far training runs behind the stream and how long
-      an example waits to be committed; at high rates blocks and batches fill first.
+      (``block_bytes``) and a trainer waits for a batch to fill (``batch_size`` examples
+      online, ``train.batch_size`` on a dump); then they go on with what they have (the
+      trainer trains it padded and commits). At low rates this bounds how far training runs
+      behind the stream and how long an example waits to be committed; at high rates blocks
+      and batches fill first.
     - ``read_tasks``: Ray Data read tasks, each reading its share of the partitions; every
       one runs for the whole stream, so all must fit in the cluster at once.
     - ``poll_records``, ``poll_timeout_ms``: most records per poll (one micro-batch) and how
@@ -47,8 +49,9 @@ class OnlineConfig:
     - ``dense_rate``: the dense optimizer's learning rate online, as a multiple of
       ``train.dense_optimizer``'s (below 1 slows the dense parameters' drift over small
       micro-batches). Each slot's own online optimizer is its ``online`` key. The online
-      phase of ``benchmarks.online_vs_batch`` (``experiments.sync_interval.go_online``)
-      reads these three; the online job does not yet.
+      job's stream phase (``monolith_ray.train.online``) and the online phase of
+      ``benchmarks.online_vs_batch`` (``experiments.sync_interval.go_online``) use these
+      three; :meth:`trainer_settings` applies the first two to a ``TrainConfig``.
     """
 
     start: str = "earliest"
@@ -80,3 +83,13 @@ class OnlineConfig:
         _require(self, "buffer_bytes", ge=1024)
         _require(self, "batch_size", ge=0)
         _require(self, "dense_rate", gt=0)
+
+    def trainer_settings(self, train: TrainConfig) -> TrainConfig:
+        """``train`` as trainers take it online: ``batch_size`` examples a step (``train``'s
+        if 0) and the dense learning rate ``dense_rate`` times ``train``'s; the dense
+        optimizer's kind and other fields, hence the structure of its state, stay."""
+        dense = train.dense_optimizer
+        return dataclasses.replace(
+            train, batch_size=self.batch_size or train.batch_size,
+            dense_optimizer=dataclasses.replace(
+                dense, learning_rate=dense.learning_rate * self.dense_rate))

@@ -54,6 +54,20 @@ class DenseServer:
         self._incarnation = uuid.uuid4().hex  # new on every start and restore
         self.restored_from = restore_if_restarted(self, restore_on_restart)
 
+    def set_optimizer(self, optimizer: optax.GradientTransformation) -> None:
+        """Apply pushes with ``optimizer`` from now on, keeping the optimizer state: e.g. the
+        same kind at another learning rate (the online job's ``online.dense_rate``), whose
+        state (Adam's moments and step count) carries on. ValueError, and nothing changed,
+        if ``optimizer``'s state has another structure than the one held. A restarted server
+        comes back with the optimizer it was started with."""
+        held = jax.tree.structure(self._opt_state)
+        wanted = jax.tree.structure(optimizer.init(self.params))
+        if wanted != held:
+            raise ValueError(f"the new optimizer's state {wanted} is not the one held {held}: "
+                             "only an optimizer of the same kind can take it over")
+        self._optimizer = optimizer
+        self._update = jax.jit(self._apply)  # traced again: the old trace holds the old one
+
     def _apply(self, params: Params, opt_state: Any, grads: Params) -> tuple[Params, Any]:
         updates, opt_state = self._optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state

@@ -107,7 +107,10 @@ class Trainer:
     With ``local_dense`` the trainer is the dense parameters' only writer: it updates them in
     its own jitted step (no dense round trip, no staleness) and publishes parameters and
     optimizer state to the dense server whenever its position lands (:meth:`landed`) and at
-    the end of each ``fit``, where snapshots and serving read them. The batch job uses it
+    the end of each ``fit``, where snapshots and serving read them. It starts from the dense
+    server's parameters and optimizer state, so a trainer started after a restore, or in
+    place of another, goes on with the state its predecessor published (its optimizer is
+    ``cfg.train.dense_optimizer``: the same kind as the server's). The batch job uses it
     when it runs a single trainer.
 
     Position: rows that carry source columns (``monolith_ray.data.offsets``; the batch job's
@@ -126,8 +129,8 @@ class Trainer:
         self.loop = TrainLoop(cfg.slots, client, cfg.model, cfg.train,
                               dense_server=None if local_dense else dense, dense=cfg.dense,
                               tasks=cfg.tasks)
-        if local_dense:
-            self.loop.params, self.loop.dense_version = call(dense, "pull")
+        if local_dense:  # parameters and optimizer state as last published or restored
+            self.loop.params, self.loop.opt_state, self.loop.dense_version = call(dense, "state")
         self._lock = threading.Lock()
         self._asked, self._answered = threading.Event(), threading.Event()
         self._fitting = False

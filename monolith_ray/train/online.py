@@ -34,6 +34,25 @@ Why a restore never skips an example (offsets never run ahead of the parameters)
 
 What came after the snapshot is trained again after a restore: at least once, never skipped.
 
+Online settings. The run has a ``dump`` phase when it starts from a dump, then a ``stream``
+phase; after ``earliest`` or ``snapshot:`` the stream phase is the whole run (parameters
+restored from a snapshot go on online, whatever the job that wrote it). As the stream phase
+starts, the job switches every shard's slots that set an ``online`` optimizer to it
+(``ShardServer.set_optimizers``; the others keep the one their table has), sets the dense
+server's learning rate to ``online.dense_rate`` times ``train.dense_optimizer``'s
+(``DenseServer.set_optimizer``, keeping its state), and runs trainers that step
+micro-batches of ``online.batch_size`` examples with that dense rate
+(``OnlineConfig.trainer_settings``; a single trainer owns the dense parameters and steps
+them at that rate itself). After a dump phase the trainers are replaced by such trainers
+(unless the settings are the same); a single new trainer takes the dense parameters and
+optimizer state its predecessor published. Replaced trainers take the phase's settings. A
+shard or dense server that Ray restarts comes back as its snapshot was written, or with the
+batch settings if none was written since the run started: when the job's check next sees the
+restart (every ``supervision.check_every_s``) it switches that server again, so at most that
+long of a restarted server's updates use its batch settings. Each phase's settings are in
+the metrics (``phases[name]["settings"]``; ``phases["stream"]["reapplied"]``: the servers
+switched again after a restart).
+
 Supervision (``monolith_ray.supervision``): Ray restarts a shard, the dense server or the
 source monitor whose process dies. A trainer that dies cannot hand its split of the stream to
 a new process, so the job replaces it: it collects the offsets the trainers have committed
@@ -86,7 +105,7 @@ from monolith_ray.train.job import (
     start_servers,
     trainer_options,
 )
-from monolith_ray.train.loop import IDLE
+from monolith_ray.train.loop import IDLE, dense_optimizer
 from monolith_ray.train.snapshots import restore_snapshot, snapshot_root, take_snapshot
 
 logger = logging.getLogger(__name__)
@@ -256,9 +275,16 @@ class OnlineTraining:
         self.coverage = OffsetCoverage()
         self._lock = threading.Lock()
         self._closed = False
+        # The trainers' config: the batch settings for a dump phase, then the online ones.
+        self.trainer_cfg = cfg
+        self.online = False
+        self._settled: dict[str, int] = {}  # restarts per server when last switched online
+        self.reapplied: dict[str, int] = {}
         try:
             self.starts = self._starting_offsets(kind, where)
-            # Trainers start after a restore: each takes the dense parameters as it starts.
+            if kind != "dump":
+                self._go_online()
+            # Trainers start after a restore: each takes the dense state as it starts.
             self.trainers = self._start_trainers()
             self.monitor = ray.remote(SourceMonitor).options(
                 num_cpus=0, **actor_options(cfg.supervision)).remote()
@@ -290,8 +316,66 @@ class OnlineTraining:
                                                   max_concurrency=2)
         # A single trainer owns the dense parameters, as in the batch job: no dense round trip
         # a step; it publishes them to the dense server before each commit of offsets.
-        return [actor.remote(self.cfg, self.shards, self.dense, self.cfg.train.n_trainers == 1)
+        return [actor.remote(self.trainer_cfg, self.shards, self.dense,
+                             self.cfg.train.n_trainers == 1)
                 for _ in range(self.cfg.train.n_trainers)]
+
+    def settings(self) -> dict[str, Any]:
+        """The settings trainers and servers train with now: examples a step, the dense
+        optimizer, and per slot the row optimizer the job set (online: the slot's
+        ``online`` one if it has one, else its ``optimizer``)."""
+        train = self.trainer_cfg.train
+        return {"batch_size": train.batch_size,
+                "dense_optimizer": dataclasses.asdict(train.dense_optimizer),
+                "slot_optimizers": {
+                    s.name: dataclasses.asdict(s.online if self.online and s.online else
+                                               s.optimizer) for s in self.cfg.slots}}
+
+    def _go_online(self) -> None:
+        """Switch the servers and the trainers' config to the online settings (see the
+        module docstring); trainers already running are replaced if their settings change."""
+        self.online = True
+        self._switch_servers({"dense": self.dense,
+                              **{f"shard-{k}": s for k, s in enumerate(self.shards)}})
+        self._settled = self.supervisor.counts()
+        online = dataclasses.replace(
+            self.cfg, train=self.cfg.online.trainer_settings(self.cfg.train))
+        if online == self.trainer_cfg:
+            return
+        self.trainer_cfg = online
+        if self.trainers:  # they have published their dense state: the new ones take it
+            for t in self.trainers:
+                ray.kill(t)
+            self.trainers = self._start_trainers()
+
+    def _switch_servers(self, servers: Mapping[str, Any]) -> None:
+        """Set the online optimizers on ``servers`` (names ``shard-K`` and ``dense``)."""
+        optimizers = {s.name: s.online for s in self.cfg.slots if s.online is not None}
+        dense = dense_optimizer(self.cfg.online.trainer_settings(self.cfg.train).dense_optimizer)
+        refs = [handle.set_optimizer.remote(dense) if name == "dense"
+                else handle.set_optimizers.remote(optimizers)
+                for name, handle in servers.items()]
+        ray.get(refs, timeout=self.cfg.train.call_timeout_s)
+
+    def _check_servers(self) -> None:
+        """Check the watched actors (RestartLimitError if one is dead for good); online,
+        switch a shard or the dense server that Ray restarted since it was last switched
+        again: it came back with the settings of the snapshot it restored, or the batch
+        ones."""
+        counts = self.supervisor.check()
+        if not self.online:
+            return
+        servers = {"dense": self.dense, **{f"shard-{k}": s for k, s in enumerate(self.shards)}}
+        restarted = {name: handle for name, handle in servers.items()
+                     if counts.get(name, 0) > self._settled.get(name, 0)}
+        if not restarted:
+            return
+        logger.warning("monolith_ray: switching %s to the online settings again after a "
+                       "restart", ", ".join(restarted))
+        self._switch_servers(restarted)
+        for name in restarted:
+            self._settled[name] = counts[name]
+            self.reapplied[name] = self.reapplied.get(name, 0) + 1
 
     def offsets(self) -> dict[int, int]:
         """Per partition where reading resumes: the end of the committed offsets from its
@@ -307,14 +391,18 @@ class OnlineTraining:
         if self.dump is not None:
             dataset = ray.data.read_parquet(self.dump["path"], file_extensions=["parquet"],
                                             num_cpus=self.cfg.train.read_cpus)
+            settings = self.settings()
             phases["dump"] = self._phase(lambda: dataset, self.cfg.train.epochs)
+            phases["dump"]["settings"] = settings
             with self._lock:
                 # The whole dump is trained: its offsets count even where it holds no row.
                 for partition, end in self.dump["end"].items():
                     self.coverage.add(partition, self.dump["start"][partition], end)
-        stream_starts = self.offsets()
+            self._go_online()
+        stream_starts, settings = self.offsets(), self.settings()
         phases["stream"] = self._phase(lambda: self._stream(self.offsets()), 1)
-        phases["stream"]["start_offsets"] = stream_starts
+        phases["stream"].update(start_offsets=stream_starts, settings=settings,
+                                reapplied=dict(self.reapplied))
         offsets = self.snapshot()
         return {"phases": phases,
                 "examples": sum(p["examples"] for p in phases.values()),
@@ -431,10 +519,10 @@ class OnlineTraining:
                                      timeout=max(wake - time.monotonic(), 0.0))
             ray.get(done)
             now = time.monotonic()
-            if now >= check_due:
+            if now >= check_due or not pending:
                 with self._lock:
                     self._collect()
-                self.supervisor.check()
+                self._check_servers()
                 self.tables.poll(self.shards, timeout_s=check_every)
                 check_due = time.monotonic() + check_every
             if now >= due:
