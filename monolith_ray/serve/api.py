@@ -120,6 +120,12 @@ class ScoredItem(BaseModel):
                                      "probabilities.")
     probs: dict[str, float] = Field(description="Each task's probability.")
     token: str = Field(description="Send it with /feedback on this item.")
+    policy: str = Field(description="The policy that chose it (config policy or the arm's).")
+    arm: str | None = Field(description="The request's experiment arm, experiment/arm; null "
+                                        "outside experiments.")
+    propensity: float = Field(description="The probability the policy showed this item in "
+                                          "this slot given the earlier slots (Thompson: a "
+                                          "Monte Carlo estimate).")
 
 
 class RecommendOut(BaseModel):
@@ -132,6 +138,33 @@ class PredictOut(BaseModel):
     scores: list[float] = Field(description="serve.score of each pair.")
     probs: dict[str, list[float]] = Field(description="Each task's probability of each pair.")
     model_version: ModelVersion
+
+
+class ArmOut(BaseModel):
+    name: str
+    arm: str = Field(description="experiment/arm, as items and logs name it.")
+    share: float = Field(description="Its share of the experiment's users (weight / total).")
+    policy: str
+    satiation: bool
+    impressions: int
+    clicks: int = Field(description="click actions.")
+    ctr: float
+    ctr_low: float = Field(description="Wilson 95% interval of the CTR.")
+    ctr_high: float
+    rewards: int = Field(description="Positive actions (click, like, share, finish).")
+    reward: float = Field(description="Mean reward per impression.")
+    reward_low: float = Field(description="Normal-approximation 95% interval.")
+    reward_high: float | None
+
+
+class ExperimentOut(BaseModel):
+    name: str
+    arms: list[ArmOut]
+
+
+class ExperimentsOut(BaseModel):
+    experiments: list[ExperimentOut] = Field(
+        description="Counts of every replica, at most about a second old.")
 
 
 class FeedbackOut(BaseModel):

@@ -13,8 +13,20 @@
 - ``POST /feedback``: request id, item id, the item's token, action -> the ``actions`` topic.
   A token that is not the one this service issued for that request and item gets 422
   (``serve/tokens.py``), so feedback lands only on impressions that were served.
-- ``GET /healthz``: the replica's versions, rows or cache held, memory, process id.
+- ``GET /experiments``: per experiment arm, impressions, clicks, CTR and mean reward with
+  their intervals, summed over every replica (``ExperimentStats``).
+- ``GET /healthz``: the replica's versions, rows or cache held, memory, process id, and its
+  satiation fit.
 - ``GET /openapi.json``, ``GET /docs``: the schema, FastAPI's.
+
+**The serving decision** (config ``policy``, ``experiments``; ``monolith_ray.policy``): the
+ranked candidates' scores, as logits, lose the satiation penalty of the user's arm, and the
+arm's policy (else ``policy``) picks the ``k`` shown, in order. Each item answers with its
+``policy``, ``arm`` (``experiment/arm`` or null) and ``propensity``, and so does its logged
+impression unless the deployment is plain greedy (no satiation, no experiments: then their
+absence means greedy, no arm, propensity 1). The arm is named in
+the request id (``<id>.<experiment>.<arm>``), so feedback on any replica counts for it;
+replicas send their per-arm counts to one ``ExperimentStats`` actor every second.
 
 **History slots** (config ``history``): with a history actor (``history.server``), the user's
 history slots are read from it at the request's time, strictly before it (one call per
@@ -63,11 +75,14 @@ from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config
 from monolith_ray.config.tasks import parse_score
 from monolith_ray.messages import MessageError, encode
+from monolith_ray.policy import ArmCounts, report
+from monolith_ray.policy.decisions import Decisions, first_values
 from monolith_ray.schemas import value_ids
 from monolith_ray.serve.api import (
     ERRORS,
     BadRequest,
     BodyLimit,
+    ExperimentsOut,
     FeedbackIn,
     FeedbackOut,
     ItemIn,
@@ -83,9 +98,32 @@ from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pool import CandidatePool
 from monolith_ray.serve.tokens import FeedbackTokens
 
-__all__ = ["CandidatePool", "Recommender", "build_app", "recommender_deployment"]
+__all__ = ["CandidatePool", "ExperimentStats", "Recommender", "build_app",
+           "recommender_deployment"]
 
 logger = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 1.0
+
+
+@ray.remote(num_cpus=0)
+class ExperimentStats:
+    """The per-arm counts of every replica of an application, summed: each replica sends
+    what it counted since its last report every ``REPORT_INTERVAL_S`` (a few arms' three
+    ints), so ``/experiments`` on any replica reads every replica's counts, at most a second
+    old. Held in memory: a restarted actor starts from zero."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, ArmCounts] = {}
+
+    def add(self, delta: dict[str, tuple[int, int, int]]) -> None:
+        """Add a replica's counts since its last report: arm label -> (impressions, clicks,
+        rewards)."""
+        for label, counts in delta.items():
+            self._counts[label] = self._counts.get(label, ArmCounts()) + ArmCounts(*counts)
+
+    def counts(self) -> dict[str, tuple[int, int, int]]:
+        return {label: (c.impressions, c.clicks, c.rewards) for label, c in self._counts.items()}
 
 
 @serve.deployment
@@ -95,8 +133,9 @@ class Recommender:
     with history slots, the history actor (``HistoryActor``) they are read from."""
 
     def __init__(self, cfg: Config, sync: Any, pool: CandidatePool | None = None,
-                 serving: Sequence[Any] = (), history: Any = None) -> None:
-        self.cfg, self.sync = cfg, sync
+                 serving: Sequence[Any] = (), history: Any = None,
+                 stats: Any = None) -> None:
+        self.cfg, self.sync, self.stats = cfg, sync, stats
         self.history = history if cfg.history.slots else None
         self.history_slots = {s.name for s in cfg.history.slots}
         self.serve_cfg = cfg.serve
@@ -110,6 +149,12 @@ class Recommender:
              for item_id in self.pool.ids],
             cfg.slots)
         self.model = ServingModel(cfg, serving)
+        self.decisions = Decisions(cfg.policy, cfg.experiments)
+        category = cfg.policy.satiation.category_slot
+        # Each pool item's category; the [None] keeps an array of objects, never of lists.
+        values = first_values([self.pool.slots[item_id].get(category)
+                               for item_id in self.pool.ids])
+        self.pool_categories = np.array(values + [None], dtype=object)[:-1]
         self.score_of = parse_score(cfg.serve.score, cfg.task_names)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
@@ -123,6 +168,8 @@ class Recommender:
         self.log = FeatureLog(cfg) if self.serve_cfg.log_features else None
         self._stop = threading.Event()
         threading.Thread(target=self._poll_updates, name="sync-poll", daemon=True).start()
+        if self.stats is not None:
+            threading.Thread(target=self._report_counts, name="arm-counts", daemon=True).start()
 
     # -- endpoints
 
@@ -139,6 +186,9 @@ class Recommender:
         except MessageError as err:
             raise BadRequest(str(err)) from None
         if body.candidates is None:
+            # RETRIEVAL HOOK: without candidates, retrieval over the whole catalogue plugs in
+            # here (its N candidates replace this random draw from the pool); a given
+            # candidate list (below) skips it.
             if not len(self.pool):
                 raise BadRequest("candidates: none given, and no candidate pool is configured "
                                  "(serve.candidate_pool)")
@@ -171,20 +221,34 @@ class Recommender:
         probs, version = await self._score(items, self._slot_rows([user], [user_dense]),
                                            which, now)
         scores = self.score_of(probs)
-        top = np.argsort(-scores, kind="stable")[:body.k].tolist()
-        request_id = self.tokens.new_request_id()
+        categories = None
+        if self.decisions.satiation is not None:
+            category = self.cfg.policy.satiation.category_slot
+            categories = (self.pool_categories[which].tolist() if item_slots is None else
+                          first_values([slots.get(category) for slots in item_slots]))
+        decision, states = self.decisions.decide(body.user.id, ids, categories, scores,
+                                                 body.k, now)
+        top = decision.indices.tolist()
+        propensities = decision.propensities.tolist()
+        request_id = self.tokens.new_request_id() + decision.suffix
+        if states is not None:
+            self.decisions.held(request_id, now, [ids[i] for i in top], states, scores[top])
+        chosen = b""
+        if self.decisions.logged:
+            chosen = b',"policy":%s,"arm":%s' % (encode(decision.policy), encode(decision.arm))
         if self.log is not None:
             # The context and the user part are encoded once per request, not per impression.
             head = b'{"request_id":"%s","time":%d,"user_id":%s,"context":%s' % (
                 request_id.encode(), now, encode(body.user.id), context)
-            for i in top:
+            for i, propensity in zip(top, propensities):
                 slots = self._item(ids[i], "")[1] if item_slots is None else item_slots[i]
                 dense = ({**user_dense, **{k: v for k, v in item_dense[i].items()
                                            if v is not None}} if self.cfg.dense else None)
+                decided = chosen and chosen + b',"propensity":%s' % encode(propensity)
                 self.log.send(self.cfg.kafka.topics.features, request_id,
-                              head + b',"item_id":%s,"slots":%s%s}' % (
+                              head + b',"item_id":%s,"slots":%s%s%s}' % (
                                   encode(ids[i]), encode({**user, **slots}),
-                                  b',"dense":%s' % encode(dense) if dense else b""))
+                                  b',"dense":%s' % encode(dense) if dense else b"", decided))
             self.log.poll()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)
@@ -192,8 +256,10 @@ class Recommender:
         return JSONResponse({"request_id": request_id, "model_version": version,
                              "items": [{"item_id": ids[i], "score": float(scores[i]),
                                         "probs": {t: float(p[i]) for t, p in probs.items()},
-                                        "token": self.tokens.token(request_id, ids[i])}
-                                       for i in top]})
+                                        "token": self.tokens.token(request_id, ids[i]),
+                                        "policy": decision.policy, "arm": decision.arm,
+                                        "propensity": p}
+                                       for i, p in zip(top, propensities)]})
 
     @api.post("/predict", response_model=PredictOut, responses=ERRORS)
     async def predict(self, body: PredictIn) -> JSONResponse:
@@ -238,8 +304,38 @@ class Recommender:
                   "time": event_time, "action": body.action}
         self.log.send(self.cfg.kafka.topics.actions, body.request_id, action)
         self.log.poll()
+        self.decisions.feedback(body.request_id, body.item_id, body.action, event_time)
         self.served["feedback"] += 1
         return FeedbackOut(accepted=True, request_id=body.request_id)
+
+    @api.get("/experiments", response_model=ExperimentsOut)
+    async def experiments(self) -> JSONResponse:
+        """Per experiment and arm: impressions, clicks, CTR (Wilson interval) and mean
+        reward per impression (normal interval), over every replica."""
+        counts: dict[str, tuple[int, int, int]] = {}
+        if self.stats is not None:
+            try:
+                delta = self.decisions.take_counts()
+                if delta:
+                    await asyncio.wait_for(self.stats.add.remote(delta), 5.0)
+                counts = await asyncio.wait_for(self.stats.counts.remote(), 5.0)
+            except Exception as err:  # noqa: BLE001 - answer 503, never a 500
+                return JSONResponse({"error": f"experiments: the statistics actor did not "
+                                              f"answer: {type(err).__name__}"}, 503)
+        out = []
+        for e in self.cfg.experiments:
+            total = sum(a.weight for a in e.arms)
+            arms = []
+            for a in e.arms:
+                label = f"{e.name}/{a.name}"
+                policy = (a.policy or self.cfg.policy).kind
+                satiation = (self.cfg.policy.satiation.enabled if a.satiation is None
+                             else a.satiation)
+                arms.append({"name": a.name, "arm": label, "share": a.weight / total,
+                             "policy": policy, "satiation": satiation,
+                             **report(ArmCounts(*counts.get(label, (0, 0, 0))))})
+            out.append({"name": e.name, "arms": arms})
+        return JSONResponse({"experiments": out})
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -255,7 +351,7 @@ class Recommender:
                 "store_bytes": nbytes, "cache": cache, "rss_bytes": rss_bytes(),
                 "store_dtype": self.serve_cfg.store_dtype,
                 "updated_s_ago": round(time.time() - self.updated_at, 3),
-                "served": dict(self.served),
+                "served": dict(self.served), "policy": self.decisions.stats(),
                 "kafka_failed": 0 if self.log is None else self.log.failed}
 
     # -- internals
@@ -348,6 +444,17 @@ class Recommender:
             except Exception as err:  # noqa: BLE001 - serving must outlive a sync outage
                 logger.warning("could not pull parameter updates: %s", err)
 
+    def _report_counts(self) -> None:
+        """Every ``REPORT_INTERVAL_S`` send the per-arm counts since the last report to the
+        statistics actor; counts it cannot take are lost (logged), serving goes on."""
+        while not self._stop.wait(REPORT_INTERVAL_S):
+            delta = self.decisions.take_counts()
+            if delta:
+                try:
+                    ray.get(self.stats.add.remote(delta), timeout=5.0)
+                except Exception as err:  # noqa: BLE001 - serving outlives the counts
+                    logger.warning("per-arm counts of %d arms lost: %r", len(delta), err)
+
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)
         if stop is not None:
@@ -355,7 +462,6 @@ class Recommender:
         log = getattr(self, "log", None)
         if log is not None:
             log.flush()
-
 
 
 def recommender_deployment(cfg: Config) -> Any:
@@ -380,10 +486,12 @@ def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
     ``serving`` shards (``start_serving_shards``); candidates from ``pool``, else
     ``serve.candidate_pool``; history slots from the ``history`` actor
     (``start_history_server``), none without it. Without ``serve.feedback_key`` every
-    replica of this application shares a random one."""
+    replica of this application shares a random one. With ``experiments`` configured, an
+    ``ExperimentStats`` actor (owned by the caller) sums the replicas' per-arm counts."""
     if cfg.serve.store == "sharded" and not serving:
         raise ValueError("serve.store is 'sharded': build the app with the serving shards")
     if not cfg.serve.feedback_key:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(
             cfg.serve, feedback_key=FeedbackTokens.new_key()))
-    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), history)
+    stats = ExperimentStats.remote() if cfg.experiments else None
+    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), history, stats)

@@ -1,0 +1,191 @@
+"""A replica's serving decision, as config says (``policy``, ``experiments``): for each
+request the arm of its user, satiation re-ranking and the arm's policy; feedback to the
+satiation fit; per-arm counts to report. Pure (no Ray): ``serve/app.py`` calls it.
+
+An arm is named in the request id the service issues: ``<random id>.<experiment>.<arm>``
+(indices into the config's lists). The feedback token is an HMAC of the request id, so a
+client cannot move feedback to another arm, and any replica can count a click for the arm
+that served it without shared state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from monolith_ray.config.policy import (
+    ExperimentConfig,
+    PolicyChoice,
+    PolicyConfig,
+    uses_satiation,
+)
+from monolith_ray.messages import POSITIVE_ACTIONS
+from monolith_ray.policy.experiments import ArmCounts, arm_of, experiment_of
+from monolith_ray.policy.policies import Policy, ShowCounts, make_policy
+from monolith_ray.policy.satiation import PendingShows, SatiationModel
+
+__all__ = ["Decision", "Decisions", "first_values", "logits_of"]
+
+_UNCERTAIN = ("thompson", "ucb")
+
+
+def logits_of(scores: np.ndarray) -> np.ndarray:
+    """Ranking scores (probabilities, ``serve.score``) -> logits, float64 (n,); scores are
+    clipped to [1e-6, 1 - 1e-6] first, so a combined score beyond 1 ranks as 1 - 1e-6."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def first_values(values: Sequence[Any]) -> list[Any]:
+    """Each slot value's first value (an item's category: the first of its genres), None
+    for an empty list or None."""
+    return [(v[0] if v else None) if isinstance(v, list) else v for v in values]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arm:
+    label: str | None  # "experiment/arm", None outside experiments
+    policy: Policy
+    satiation: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a request showed: ``indices`` int64 (k,) into its candidates in slot order,
+    their ``propensities`` (k,), the ``policy`` name, the ``arm`` label (or None) and the
+    request-id ``suffix`` that names the arm."""
+
+    indices: np.ndarray
+    propensities: np.ndarray
+    policy: str
+    arm: str | None
+    suffix: str
+
+
+def _policy(choice: PolicyChoice) -> Policy:
+    return make_policy(choice.kind, epsilon=choice.epsilon, scale=choice.scale,
+                       draws=choice.draws)
+
+
+class Decisions:
+    """The serving decision of one replica (not thread-safe but for :meth:`take_counts`:
+    call the rest from the event loop)."""
+
+    def __init__(self, policy: PolicyConfig, experiments: Sequence[ExperimentConfig] = (),
+                 seed: int | None = None) -> None:
+        self.experiments = tuple(experiments)
+        default = _Arm(None, _policy(policy), policy.satiation.enabled)
+        self._default = default
+        self._arms = [[_Arm(f"{e.name}/{a.name}",
+                            default.policy if a.policy is None else _policy(a.policy),
+                            default.satiation if a.satiation is None else a.satiation)
+                       for a in e.arms] for e in self.experiments]
+        self._weights = [[a.weight for a in e.arms] for e in self.experiments]
+        self.logged = bool(self.experiments) or policy.kind != "greedy" or uses_satiation(
+            policy, self.experiments)
+        sat = policy.satiation
+        self.satiation = (SatiationModel(sat.gammas, sat.max_users, sat.max_categories,
+                                         sat.ttl_s, sat.learning_rate, sat.min_feedback)
+                          if uses_satiation(policy, self.experiments) else None)
+        self.pending = PendingShows(sat.feedback_window_s, sat.max_pending)
+        uncertain = policy.kind in _UNCERTAIN or any(
+            a.policy is not None and a.policy.kind in _UNCERTAIN
+            for e in self.experiments for a in e.arms)
+        self.shows = ShowCounts(policy.show_count_buckets) if uncertain else None
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._counts: dict[str, ArmCounts] = {}
+
+    def arm_of(self, user_id: int | str) -> tuple[int, int] | None:
+        """(experiment, arm) indices of a user, None without experiments."""
+        if not self.experiments:
+            return None
+        e = experiment_of(len(self.experiments), user_id)
+        return e, arm_of(self.experiments[e].name, self._weights[e], user_id)
+
+    def _from_suffix(self, request_id: str) -> _Arm | None:
+        parts = request_id.split(".")
+        if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+            return None
+        e, a = int(parts[1]), int(parts[2])
+        if e >= len(self._arms) or a >= len(self._arms[e]):
+            return None
+        return self._arms[e][a]
+
+    def decide(self, user_id: int | str, items: Sequence[int | str],
+               categories: Sequence[Hashable | None] | None, scores: np.ndarray, k: int,
+               now: float) -> tuple[Decision, np.ndarray | None]:
+        """Choose ``k`` of the ``items`` for a user: satiation penalty (if the arm has it)
+        on the logits of ``scores`` (n,), then the arm's policy. Records the shows. ->
+        (the decision, the shown items' satiation states (k, G) or None)."""
+        at = self.arm_of(user_id)
+        arm = self._default if at is None else self._arms[at[0]][at[1]]
+        values = logits_of(scores)
+        states = None
+        if self.satiation is not None and categories is not None:
+            states = self.satiation.states(user_id, categories, now)
+            if arm.satiation:
+                values = values - self.satiation.penalties(states)
+        shows = self.shows.get(items) if self.shows is not None else None
+        choice = arm.policy.choose(values, k, self._rng, shows)
+        chosen = choice.indices.tolist()
+        shown = [items[i] for i in chosen]
+        if self.shows is not None:
+            self.shows.add(shown)
+        if states is not None:
+            self.satiation.show(user_id, [categories[i] for i in chosen], now)
+        if arm.label is not None:
+            with self._lock:
+                self._counts.setdefault(arm.label, ArmCounts()).impressions += len(chosen)
+        suffix = "" if at is None else f".{at[0]}.{at[1]}"
+        decision = Decision(choice.indices, choice.propensities, arm.policy.name, arm.label,
+                            suffix)
+        return decision, None if states is None else states[choice.indices]
+
+    def held(self, request_id: str, now: float, items: Sequence[int | str],
+             states: np.ndarray, scores: np.ndarray) -> None:
+        """Hold a request's shown items (their satiation states (k, G) and model
+        ``scores`` (k,)) for the satiation fit until feedback or their window ends."""
+        self.pending.add(request_id, now, items, states, logits_of(scores))
+        self._learn_expired(now)
+
+    def feedback(self, request_id: str, item_id: int | str, action: str, now: float) -> None:
+        """Count an action for the arm named in ``request_id``; a positive action teaches
+        the satiation fit if this replica holds the impression."""
+        arm = self._from_suffix(request_id)
+        positive = action in POSITIVE_ACTIONS
+        if arm is not None and arm.label is not None:
+            with self._lock:
+                counts = self._counts.setdefault(arm.label, ArmCounts())
+                counts.clicks += action == "click"
+                counts.rewards += positive
+        if self.satiation is not None:
+            if positive:
+                held = self.pending.click(request_id, item_id)
+                if held is not None:
+                    self.satiation.observe(held[0][None], np.array([held[1]]), np.ones(1))
+            self._learn_expired(now)
+
+    def _learn_expired(self, now: float) -> None:
+        states, logits = self.pending.expired(now)
+        if len(logits) and self.satiation is not None:
+            self.satiation.observe(states, logits, np.zeros(len(logits)))
+
+    def take_counts(self) -> dict[str, tuple[int, int, int]]:
+        """The per-arm counts since the last call (arm label -> impressions, clicks,
+        rewards), reset."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        return {label: (c.impressions, c.clicks, c.rewards) for label, c in counts.items()}
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's satiation fit and holdings, for ``/healthz``."""
+        sat = self.satiation
+        if sat is None:
+            return {"satiation": None}
+        return {"satiation": {"gamma": sat.gamma, "lambda": sat.lam, "observed": sat.observed,
+                              "users": len(sat), "pending_requests": len(self.pending)}}

@@ -1,0 +1,98 @@
+"""A replica's serving decision from config: greedy by default, the arm's policy and
+satiation per user, arms named in request ids for feedback counts, the satiation fit fed by
+feedback and expiry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monolith_ray.config import load_config
+from monolith_ray.policy.decisions import Decisions, logits_of
+
+CONFIG = """
+slots:
+  - {name: user_id, slot_id: 1, dim: 4}
+  - {name: item_id, slot_id: 2, dim: 4}
+  - {name: genres, slot_id: 3, dim: 4, max_values: 4}
+policy:
+  satiation: {gammas: [0.5], min_feedback: 0, feedback_window_s: 10}
+experiments:
+  - name: exp
+    arms:
+      - {name: greedy}
+      - {name: eps, policy: {kind: epsilon, epsilon: 1.0}}
+      - {name: sated, satiation: true}
+"""
+SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+ITEMS = [10, 11, 12, 13, 14]
+
+
+def decisions(text: str = CONFIG) -> Decisions:
+    cfg = load_config(text)
+    return Decisions(cfg.policy, cfg.experiments, seed=0)
+
+
+def user_in(d: Decisions, arm: int) -> int:
+    return next(u for u in range(1000) if d.arm_of(u) == (0, arm))
+
+
+def test_default_config_is_greedy_unlogged_without_arms() -> None:
+    d = Decisions(load_config().policy)
+    decision, states = d.decide(5, ITEMS, None, SCORES[::-1], 3, 0.0)
+    assert decision.indices.tolist() == [4, 3, 2] and decision.propensities.tolist() == [1] * 3
+    assert (decision.policy, decision.arm, decision.suffix) == ("greedy", None, "")
+    assert states is None and not d.logged and d.satiation is None
+    assert d.take_counts() == {}
+
+
+def test_each_arm_decides_with_its_policy_and_counts_feedback_by_request_id() -> None:
+    d = decisions()
+    assert d.logged and d.satiation is not None
+    greedy, eps = user_in(d, 0), user_in(d, 1)
+    first, _ = d.decide(greedy, ITEMS, [None] * 5, SCORES, 2, 0.0)
+    assert (first.arm, first.policy, first.suffix) == ("exp/greedy", "greedy", ".0.0")
+    second, _ = d.decide(eps, ITEMS, [None] * 5, SCORES, 2, 0.0)
+    assert (second.arm, second.policy) == ("exp/eps", "epsilon")
+    assert second.propensities.tolist() == pytest.approx([1 / 5, 1 / 4])
+    d.feedback("abc" + first.suffix, 10, "click", 1.0)
+    d.feedback("abc" + first.suffix, 11, "like", 1.0)
+    d.feedback("abc" + second.suffix, 11, "skip", 1.0)
+    d.feedback("abc.7.0", 11, "click", 1.0)  # no such experiment: not counted
+    assert d.take_counts() == {"exp/greedy": (2, 1, 2), "exp/eps": (2, 0, 0)}
+    assert d.take_counts() == {}
+
+
+def test_the_sated_arm_lowers_what_the_user_just_saw() -> None:
+    d = decisions()
+    d.satiation.params[:, 2] = 10.0  # a known λ: a category shown once is pushed down
+    user = user_in(d, 2)
+    cats = ["a", "a", "b", "c", "d"]
+    first, states = d.decide(user, ITEMS, cats, SCORES, 1, 0.0)
+    assert first.indices.tolist() == [0] and states.tolist() == [[0.0]]
+    again, states = d.decide(user, ITEMS, cats, SCORES, 1, 1.0)
+    assert again.indices.tolist() == [2]  # "a" is sated: item 11 too
+    assert states.tolist() == [[0.0]]
+    other = user_in(d, 0)  # the greedy arm keeps states but does not apply them
+    d.decide(other, ITEMS, cats, SCORES, 1, 0.0)
+    assert d.decide(other, ITEMS, cats, SCORES, 1, 1.0)[0].indices.tolist() == [0]
+
+
+def test_feedback_and_silence_teach_the_satiation_fit() -> None:
+    d = decisions()
+    user = user_in(d, 2)
+    decision, states = d.decide(user, ITEMS, list("abcde"), SCORES, 2, 0.0)
+    shown = [ITEMS[i] for i in decision.indices]
+    d.held("r1.0.2", 0.0, shown, states, SCORES[decision.indices])
+    d.feedback("r1.0.2", shown[0], "click", 1.0)
+    assert d.satiation.observed == 1
+    d.feedback("r1.0.2", shown[0], "click", 2.0)  # the same click again teaches nothing
+    assert d.satiation.observed == 1
+    d.feedback("r2", 99, "skip", 20.0)  # past the window: the unclicked one is a non-click
+    assert d.satiation.observed == 2
+    assert d.stats()["satiation"]["observed"] == 2
+
+
+def test_logits_of_scores() -> None:
+    assert logits_of(np.array([0.5, 0.0, 2.0])).tolist() == pytest.approx(
+        [0.0, np.log(1e-6 / (1 - 1e-6)), np.log((1 - 1e-6) / 1e-6)])

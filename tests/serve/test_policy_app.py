@@ -1,0 +1,139 @@
+"""The serving decision over real Serve HTTP: each item's policy, arm and propensity (exact
+for greedy and epsilon-greedy), arms stable per user, the logged impressions and joined
+examples carry them, /experiments counts move with recommend and feedback; bad policy or
+experiment config is refused when it loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from monolith_ray.config import ConfigError, JoinerConfig, load_config
+from monolith_ray.policy.decisions import Decisions
+from monolith_ray.stream import read_range
+from monolith_ray.stream.joiner import run_joiners
+
+EPS = 0.5
+EXPERIMENT = ("experiments=[{name: ab, arms: [{name: greedy}, "
+              f"{{name: eps, policy: {{kind: epsilon, epsilon: {EPS}}}}}, "
+              "{name: sated, satiation: true}]}]")
+POOL = range(100, 120)
+
+
+@pytest.fixture(scope="module")
+def app(deploy_recommender) -> Iterator[Any]:
+    with deploy_recommender("policy-test", "/policy", ["serve.max_k=20", EXPERIMENT],
+                            POOL) as deployed:
+        yield deployed
+
+
+def users_in(cfg: Any, arm: str, count: int) -> list[int]:
+    decisions = Decisions(cfg.policy, cfg.experiments)
+    index = [a.name for a in cfg.experiments[0].arms].index(arm)
+    return [u for u in range(10_000) if decisions.arm_of(u) == (0, index)][:count]
+
+
+def recommend(app: Any, user: int, k: int) -> dict[str, Any]:
+    r = requests.post(app.url + "/recommend", json={"user": {"id": user}, "k": k}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def experiments(app: Any) -> dict[str, dict[str, Any]]:
+    r = requests.get(app.url + "/experiments", timeout=30)
+    assert r.status_code == 200, r.text
+    return {a["arm"]: a for e in r.json()["experiments"] for a in e["arms"]}
+
+
+def test_items_carry_exact_propensities_and_arms_are_stable(app) -> None:
+    greedy_user = users_in(app.cfg, "greedy", 1)[0]
+    body = recommend(app, greedy_user, 20)
+    items = body["items"]
+    assert body["request_id"].endswith(".0.0")
+    assert {(i["policy"], i["arm"], i["propensity"]) for i in items} == {
+        ("greedy", "ab/greedy", 1.0)}
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True) and len(items) == len(POOL)
+    for user in users_in(app.cfg, "eps", 3):
+        answers = [recommend(app, user, 20)["items"] for _ in range(2)]
+        assert {i["arm"] for a in answers for i in a} == {"ab/eps"}  # stable per user
+        for items in answers:  # k = the whole pool: each slot's remaining items are visible
+            for slot, item in enumerate(items):
+                left = len(items) - slot
+                best = item["score"] >= max(i["score"] for i in items[slot:])
+                high, low = 1 - EPS + EPS / left, EPS / left
+                assert item["policy"] == "epsilon"
+                # the best remaining (of tied scores, the first in candidate order) has the
+                # high propensity, any other the low one
+                assert item["propensity"] == pytest.approx(high if best else low) or (
+                    best and item["propensity"] == pytest.approx(low))
+
+
+def test_experiments_count_impressions_and_feedback_over_http(app) -> None:
+    before = experiments(app)
+    assert set(before) == {"ab/greedy", "ab/eps", "ab/sated"}
+    assert before["ab/eps"]["policy"] == "epsilon" and before["ab/sated"]["satiation"]
+    user = users_in(app.cfg, "sated", 1)[0]
+    body = recommend(app, user, 3)
+    item = body["items"][0]
+    r = requests.post(app.url + "/feedback", timeout=30, json={
+        "request_id": body["request_id"], "item_id": item["item_id"], "action": "click",
+        "token": item["token"]})
+    assert r.status_code == 200, r.text
+    after = experiments(app)["ab/sated"]
+    was = before["ab/sated"]
+    assert (after["impressions"], after["clicks"], after["rewards"]) == (
+        was["impressions"] + 3, was["clicks"] + 1, was["rewards"] + 1)
+    assert after["ctr_low"] <= after["ctr"] <= after["ctr_high"]
+    assert after["reward_low"] <= after["reward"] <= after["reward_high"]
+    assert experiments(app)["ab/greedy"]["impressions"] == before["ab/greedy"]["impressions"]
+    health = requests.get(app.url + "/healthz", timeout=30).json()
+    assert health["policy"]["satiation"]["users"] >= 1
+
+
+def test_logged_impressions_and_joined_examples_carry_the_decision(app) -> None:
+    served = {}
+    for arm in ("greedy", "eps"):
+        body = recommend(app, users_in(app.cfg, arm, 1)[0], 4)
+        served[body["request_id"]] = {i["item_id"]: (i["policy"], i["arm"], i["propensity"])
+                                      for i in body["items"]}
+    cfg = dataclasses.replace(app.cfg, joiner=JoinerConfig(
+        window_s=60, allowed_lateness_s=5, commit_interval_s=0.3, cpus=0,
+        group_id="policy-test-joiner"))
+
+    def read(topic: str) -> list[dict[str, Any]]:
+        return [m for p in range(cfg.kafka.partitions)
+                for m in map(lambda r: json.loads(r.value), read_range(cfg.kafka, topic, p, 0))
+                if m["request_id"] in served]
+
+    deadline = time.monotonic() + 30
+    while len(features := read(cfg.kafka.topics.features)) < 8:
+        assert time.monotonic() < deadline, features
+        time.sleep(0.2)
+    decided = {(f["request_id"], f["item_id"]): (f["policy"], f["arm"], f["propensity"])
+               for f in features}
+    want = {(rid, item): d for rid, items in served.items() for item, d in items.items()}
+    assert decided == want
+    run_joiners(cfg, 1, stop_when_idle_s=1.0, drain=True)
+    examples = read(cfg.kafka.topics.examples)
+    assert {(e["request_id"], e["item_id"]): (e["policy"], e["arm"], e["propensity"])
+            for e in examples} == want
+
+
+@pytest.mark.parametrize("override, key", [
+    ("policy.kind=bandit", "policy.kind"),
+    ("policy.epsilon=-0.1", "policy.epsilon"),
+    ("experiments=[{name: ab, arms: [{name: a, weight: -1}]}]", "experiments[0].arms[0].weight"),
+    ("experiments=[{name: ab, arms: [{name: a, policy: {kind: epsilon, epsilon: 2}}]}]",
+     "experiments[0].arms[0].policy.epsilon"),
+])
+def test_bad_policy_or_experiment_config_is_refused_at_load(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert err.value.key == key
