@@ -240,14 +240,16 @@ class SatiationEstimate:
 
 
 class ItemModel:
-    """A Bayesian linear regression per item of clicks on the user's features at request
-    time, ``x = [u(t), 1]`` (the simulator's drifting user vector: features the recommender
-    knows), with prior N(0, I / prior) and noise ``noise``. Items it never showed score 0 with
-    the prior's spread, so a greedy policy rarely learns them: exploring is a real trade-off.
-    """
+    """A Bayesian linear regression per item of clicks less ``base`` on the user's features
+    at request time, ``x = [u(t), 1]`` (the simulator's drifting user vector: features the
+    recommender knows), with prior N(0, I / prior) and noise ``noise``. An item it never
+    showed scores ``base`` (a typical click rate) with the prior's spread, below the items
+    it learned a user likes, so a greedy policy seldom learns it: exploring is a real
+    trade-off."""
 
-    def __init__(self, sim: UserSimulator, prior: float = 1.0, noise: float = 0.5) -> None:
-        self.sim, self.noise = sim, noise
+    def __init__(self, sim: UserSimulator, prior: float = 1.0, noise: float = 0.5,
+                 base: float = 0.2) -> None:
+        self.sim, self.noise, self.base = sim, noise, base
         dim = sim.user_vectors(np.zeros(1, dtype=np.int64), 0).shape[1] + 1
         self._precision = np.tile(np.eye(dim) * prior, (sim.n_items, 1, 1))
         self._cov = np.tile(np.eye(dim) / prior, (sim.n_items, 1, 1))
@@ -263,7 +265,7 @@ class ItemModel:
               time: int) -> tuple[np.ndarray, np.ndarray]:
         """Users (B,) and their candidates (B, C) -> posterior mean and std (B, C)."""
         x = self.features(user_ids, time)
-        mean = np.einsum("bd,bcd->bc", x, self._theta[candidates])
+        mean = self.base + np.einsum("bd,bcd->bc", x, self._theta[candidates])
         var = np.einsum("bd,bcde,be->bc", x, self._cov[candidates], x)
         return mean, self.noise * np.sqrt(np.maximum(var, 0.0))
 
@@ -274,7 +276,7 @@ class ItemModel:
         x = np.repeat(self.features(user_ids, time), k, axis=0)
         items = item_ids.ravel()
         np.add.at(self._precision, items, x[:, :, None] * x[:, None, :])
-        np.add.at(self._b, items, x * clicks.ravel()[:, None])
+        np.add.at(self._b, items, x * (clicks.ravel()[:, None] - self.base))
         touched = np.unique(items)
         self._cov[touched] = np.linalg.inv(self._precision[touched])
         self._theta[touched] = np.einsum("nde,ne->nd", self._cov[touched], self._b[touched])
