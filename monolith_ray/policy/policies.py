@@ -156,7 +156,8 @@ class Thompson:
         indices, props = np.empty(k, np.int64), np.empty(k)
         for slot in range(k):
             v, s = values[remaining], sigma[remaining]
-            noisy = v + s * rng.standard_normal((1 + self.draws, len(v)))
+            noise = rng.standard_normal((1 + self.draws, len(v)), dtype=np.float32)
+            noisy = v.astype(np.float32) + s.astype(np.float32) * noise
             best = np.argmax(noisy, axis=1)
             at = int(best[0])
             indices[slot] = remaining[at]
