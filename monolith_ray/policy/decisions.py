@@ -152,6 +152,8 @@ class Decisions:
         ``scores`` (k,)) for the satiation fit until feedback or their window ends."""
         self.pending.add(request_id, now, items, states, logits_of(scores))
         self._learn_expired(now)
+        if self.satiation is not None:
+            self.satiation.evict_expired(now)
 
     def feedback(self, request_id: str, item_id: int | str, action: str, now: float) -> None:
         """Count an action for the arm named in ``request_id``; a positive action teaches

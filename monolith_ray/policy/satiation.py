@@ -140,11 +140,17 @@ class SatiationModel:
             record.states[category] = (record.step, state)
 
     def evict_expired(self, now: float) -> int:
-        """Drop users silent for more than ``ttl_s`` at event time ``now`` -> how many."""
-        old = [u for u, r in self._users.items() if now - r.time > self.ttl_s]
-        for user in old:
+        """Drop users silent for more than ``ttl_s`` at event time ``now``, least recently
+        used first, up to the first that is not -> how many. Users are kept in the order of
+        their requests, so this costs O(dropped): serving calls it on every request."""
+        dropped = 0
+        while self._users:
+            user, record = next(iter(self._users.items()))
+            if now - record.time <= self.ttl_s:
+                break
             del self._users[user]
-        return len(old)
+            dropped += 1
+        return dropped
 
     def observe(self, states: np.ndarray, logits: np.ndarray, clicked: np.ndarray) -> None:
         """Learn from impressions: ``states`` (m, G) at their show, the model's ``logits``

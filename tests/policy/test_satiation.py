@@ -88,3 +88,11 @@ def test_pending_shows_become_clicks_or_non_clicks() -> None:
         pending.add(f"q{i}", 20.0, [i], np.array([[float(i)]]), np.array([0.0]))
     assert len(pending) == 2  # the oldest is pushed out, a non-click at once
     assert pending.expired(20.0)[0].tolist() == [[0.0]]
+
+
+def test_expired_users_are_dropped_oldest_first() -> None:
+    model = SatiationModel(ttl_s=100)
+    for user, t in ((0, 0.0), (1, 50.0), (2, 200.0)):
+        model.states(user, [], t)
+    assert model.evict_expired(160.0) == 2 and len(model) == 1
+    assert model.evict_expired(300.0) == 0  # user 2 was last seen at 200
