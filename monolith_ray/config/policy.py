@@ -64,7 +64,7 @@ class SatiationConfig:
     enabled: bool = False
     category_slot: str = "genres"
     gammas: tuple[float, ...] = (0.5, 0.7, 0.9)
-    max_users: int = 100_000
+    max_users: int = 20_000
     max_categories: int = 32
     ttl_s: float = 86_400.0
     learning_rate: float = 0.1
