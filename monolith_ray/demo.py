@@ -38,7 +38,7 @@ import requests
 
 from monolith_ray.config import Config
 from monolith_ray.model.metrics import auc
-from monolith_ray.stream.producers import UserSimulator
+from monolith_ray.stream.producers import SatiatedUsers, UserSimulator
 
 DEMO_CONFIG = Path(__file__).parent / "defaults" / "demo.yaml"
 APP_NAME = "monolith_ray"
@@ -59,10 +59,23 @@ class SimulatedUsers(threading.Thread):
 
     def __init__(self, url: str, sim: UserSimulator, rate_per_s: float = 20.0, k: int = 5,
                  click_delay_s: int = 1, window: int = 2000, explore: float = 0.2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, requests_limit: int | None = None,
+                 keep_log: bool = False, sim_origin: float | None = None) -> None:
         super().__init__(name="simulated-users", daemon=True)
         self.url, self.sim, self.k = url, sim, k
         self.rate_per_s, self.click_delay_s, self.explore = rate_per_s, click_delay_s, explore
+        # Users tire of categories shown to them when the simulator has satiation.
+        self.satiated = SatiatedUsers(sim) if np.any(sim.satiation_lambda) else None
+        self.requests_limit = requests_limit
+        # With ``keep_log``, every answered request: (wall s, user, clicks per item (k,),
+        # each item's propensity, policy, arm); a benchmark's horizon, bounded by
+        # ``requests_limit``.
+        self.log: list[tuple[float, int, list[bool], list[float], str, str | None]] | None = (
+            [] if keep_log else None)
+        self.done = threading.Event()  # set once ``requests_limit`` requests were sent
+        # The simulator's clock (its users' drift): the wall clock, or ``sim_origin`` plus the
+        # seconds since this thread started, so runs at different hours see the same users.
+        self.sim_origin, self._sim_started = sim_origin, time.time()
         self.stop_event = threading.Event()
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -81,9 +94,15 @@ class SimulatedUsers(threading.Thread):
         session = requests.Session()
         period = 1.0 / self.rate_per_s
         due = time.monotonic()
+        self._sim_started = time.time()
+        sent = 0
         while not self.stop_event.is_set():
+            if self.requests_limit is not None and sent >= self.requests_limit:
+                self.done.set()
+                return
             due += period
             self._one(session)
+            sent += 1
             self.stop_event.wait(max(0.0, due - time.monotonic()))
 
     def _one(self, session: requests.Session) -> None:
@@ -120,7 +139,11 @@ class SimulatedUsers(threading.Thread):
         items = np.array([i["item_id"] for i in answer["items"]], dtype=np.int64)
         tokens = {i["item_id"]: i["token"] for i in answer["items"]}
         scores = [i["score"] for i in answer["items"]]
-        clicked = self.sim.respond(np.full(items.size, user), items, int(now))
+        at = int(now if self.sim_origin is None else self.sim_origin + now - self._sim_started)
+        if self.satiated is not None:
+            clicked = self.satiated.show(np.array([user]), items[None, :], at)[0]
+        else:
+            clicked = self.sim.respond(np.full(items.size, user), items, at)
         for item in items[clicked].tolist():
             try:
                 session.post(self.url + "/feedback", timeout=10, json={
@@ -135,6 +158,11 @@ class SimulatedUsers(threading.Thread):
             (self.explored if explore else self.ranked).extend(zip(scores, clicked.tolist()))
             self.totals["impressions"] += int(items.size)
             self.totals["clicks"] += int(clicked.sum())
+            if self.log is not None and answer["items"]:
+                first = answer["items"][0]
+                self.log.append((now, user, clicked.tolist(),
+                                 [float(i.get("propensity", 1.0)) for i in answer["items"]],
+                                 str(first.get("policy", "greedy")), first.get("arm")))
 
     def stats(self, window_s: float = 30.0) -> dict[str, Any]:
         """Rolling quality over the last impressions, and QPS and latency (ms) over the last
@@ -197,8 +225,21 @@ class Loop:
                 "restarts": restarts}
 
 
-def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
-    """Start every part on the running Ray with ``cfg.kafka`` reachable -> the :class:`Loop`."""
+def demo_simulator(cfg: Config) -> UserSimulator:
+    """The demo's users: few enough users and items that a few minutes of clicks teach the
+    model something."""
+    return UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed)
+
+
+def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = None,
+          explore: float = 0.2, requests_limit: int | None = None,
+          keep_log: bool = False, sim_origin: float | None = None) -> Loop:
+    """Start every part on the running Ray with ``cfg.kafka`` reachable -> the :class:`Loop`.
+
+    ``sim`` (default :func:`demo_simulator`) answers as the users; with a slot named
+    ``category`` in the config, the candidate pool gives each item its simulated category
+    there. ``explore``, ``requests_limit``, ``keep_log`` and ``sim_origin`` go to
+    :class:`SimulatedUsers`."""
     from ray import serve
 
     from monolith_ray.history.server import start_history_server
@@ -208,14 +249,15 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
     from monolith_ray.stream.joiner import start_joiners
     from monolith_ray.train.online import OnlineTraining
 
-    # Few enough users and items that a few minutes of clicks teach the model something.
-    sim = UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed)
+    sim = sim if sim is not None else demo_simulator(cfg)
     training = OnlineTraining(cfg)
     serving = start_serving_shards(cfg) if cfg.serve.store == "sharded" else []
     sync = start_parameter_sync(cfg.slots, training.shards, training.dense, cfg.serve,
                                 supervision=cfg.supervision, serving=serving)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    pool = CandidatePool([(i, {}) for i in range(sim.n_items)])
+    with_category = any(s.name == "category" for s in cfg.slots)
+    pool = CandidatePool([(i, {"category": int(sim.categories[i])} if with_category else {})
+                          for i in range(sim.n_items)])
     history = start_history_server(cfg)  # None without history slots (the demo's default)
     serve.run(build_app(cfg, sync, pool, serving, history), name=APP_NAME, route_prefix="/")
     joiners = start_joiners(cfg)
@@ -228,7 +270,9 @@ def start(cfg: Config, rate_per_s: float = 20.0) -> Loop:
                                       name="online-training", daemon=True)
     trainer_thread.start()
     users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
-                           seed=cfg.train.seed)
+                           seed=cfg.train.seed, explore=explore,
+                           requests_limit=requests_limit, keep_log=keep_log,
+                           sim_origin=sim_origin)
     users.start()
     return Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors, history)
 
