@@ -106,12 +106,12 @@ logger = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 1.0
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class ExperimentStats:
     """The per-arm counts of every replica of an application, summed: each replica sends
     what it counted since its last report every ``REPORT_INTERVAL_S`` (a few arms' three
     ints), so ``/experiments`` on any replica reads every replica's counts, at most a second
-    old. Held in memory: a restarted actor starts from zero."""
+    old. Held in memory: Ray restarts it if its process dies, and it starts from zero."""
 
     def __init__(self) -> None:
         self._counts: dict[str, ArmCounts] = {}
