@@ -12,7 +12,8 @@ over the model's posterior) know each candidate's probability of being in the sl
 marginal), which :func:`off_policy` needs; :class:`Serving` runs any of serving's own
 (``monolith_ray.policy``: per-slot choices on logits, uncertainty from impression counts) in
 the same loop. :class:`SatiationAware` wraps either, ranking by the scores after each user's
-satiation (:class:`SatiationEstimate`).
+satiation as a :class:`Belief` has it: the hidden truth (:class:`SatiationEstimate`) or
+serving's online fit (:class:`SatiationFit`).
 
 The users and candidates of each round come from a random stream of the seed alone, and a
 click is a fixed hash of (user, item, time), so runs of different policies with the same seed
@@ -29,16 +30,17 @@ probability) for measuring the estimates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from monolith_ray.policy import Estimate, arm_of, ips, snips
+from monolith_ray.policy import Estimate, SatiationModel, arm_of, ips, snips
 from monolith_ray.policy import Policy as ServingPolicy
 from monolith_ray.stream.producers import SatiatedUsers, UserSimulator, satiation_step
 
 __all__ = [
+    "Belief",
     "EpsilonGreedy",
     "Greedy",
     "ItemModel",
@@ -48,6 +50,7 @@ __all__ = [
     "Run",
     "SatiationAware",
     "SatiationEstimate",
+    "SatiationFit",
     "Scores",
     "Serving",
     "Slate",
@@ -166,8 +169,8 @@ class Thompson:
 
 @dataclasses.dataclass(frozen=True)
 class SatiationAware:
-    """``base`` run on the satiated scores: each candidate's mean after the user's estimated
-    satiation with its category (:class:`SatiationEstimate`)."""
+    """``base`` run on the satiated scores: each candidate's mean after the user's
+    satiation with its category, as the run's :class:`Belief` has it."""
 
     base: Policy
 
@@ -202,14 +205,36 @@ class Serving:
                      np.stack([c.propensities for c in choices]), None)
 
 
+def _lowered(mean: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """Click probabilities (B, C) after ``penalty`` (B, C) of logit: the mean less the drop
+    from p to ``sigmoid(logit(p) - penalty)``, p the mean clipped to a probability (the
+    model's means are linear and may leave [0, 1]); unchanged where the penalty is 0."""
+    p = np.clip(mean, 1e-4, 1 - 1e-4)
+    drop = p - 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) - penalty)))
+    return mean - np.where(penalty > 0, drop, 0.0)
+
+
+class Belief(Protocol):
+    """What a satiation-aware policy believes of users' satiation, asked once per round:
+    ``satiated`` for the round's requests, then ``show`` with what they were shown."""
+
+    def satiated(self, user_ids: np.ndarray, candidates: np.ndarray, mean: np.ndarray,
+                 time: int) -> np.ndarray:
+        """Distinct users (B,), candidates (B, C) and their click probabilities (B, C) at
+        event time -> after each user's satiation with each candidate's category, (B, C)."""
+        ...
+
+    def show(self, user_ids: np.ndarray, item_ids: np.ndarray, clicks: np.ndarray,
+             time: int) -> None:
+        """The same requests were shown items (B, k) and clicked (B, k)."""
+        ...
+
+
 class SatiationEstimate:
-    """What a satiation-aware policy believes: each user's satiation per category, stepped
-    like the simulator's (:func:`satiation_step`, once per request of the user) with its own
-    ``gamma`` and ``lam`` (per category or one for all), and the click probability after it:
-    the mean less the drop from p to ``sigmoid(logit(p) - lam_c * s)``, p the mean clipped
-    to a probability (the model's means are linear and may leave [0, 1]); unchanged where
-    the penalty is 0. :meth:`of` gives the simulator's hidden values (an oracle); other
-    values measure what a wrong estimate costs."""
+    """A belief with known ``gamma`` and ``lam`` (per category or one for all): each user's
+    satiation per category, stepped like the simulator's (:func:`satiation_step`, once per
+    request of the user), lowering the logit by ``lam_c * s``. :meth:`of` gives the
+    simulator's hidden values (an oracle); other values measure what a wrong belief costs."""
 
     def __init__(self, n_users: int, categories: np.ndarray, gamma: np.ndarray | float,
                  lam: np.ndarray | float) -> None:
@@ -224,19 +249,52 @@ class SatiationEstimate:
         """The simulator's own gamma and lambda."""
         return cls(sim.n_users, sim.categories, sim.satiation_gamma, sim.satiation_lambda)
 
-    def satiated(self, user_ids: np.ndarray, candidates: np.ndarray,
-                 mean: np.ndarray) -> np.ndarray:
-        """Users (B,), candidates (B, C) and their click probabilities (B, C) -> after each
-        user's satiation with each candidate's category, (B, C)."""
+    def satiated(self, user_ids: np.ndarray, candidates: np.ndarray, mean: np.ndarray,
+                 time: int = 0) -> np.ndarray:
         c = self.categories[candidates]
-        penalty = self.lam[c] * self.state[np.asarray(user_ids)[:, None], c]
-        p = np.clip(mean, 1e-4, 1 - 1e-4)
-        drop = p - 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) - penalty)))
-        return mean - np.where(penalty > 0, drop, 0.0)
+        return _lowered(mean, self.lam[c] * self.state[np.asarray(user_ids)[:, None], c])
 
-    def show(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-        """One request each of distinct users (B,) shown items (B, k)."""
+    def show(self, user_ids: np.ndarray, item_ids: np.ndarray,
+             clicks: np.ndarray | None = None, time: int = 0) -> None:
         satiation_step(self.state, self.gamma, user_ids, self.categories[item_ids])
+
+
+class SatiationFit:
+    """Serving's online satiation fit (``monolith_ray.policy.SatiationModel``: states over a
+    grid of gamma, and gamma and lambda fitted from the clicks) as a belief, called as
+    serving calls it: per request the user's step advances and the candidates' states are
+    read, each logit is lowered by the fit's penalty, and what was shown is recorded and its
+    clicks observed (with the states and the model's logits at the show)."""
+
+    def __init__(self, categories: np.ndarray, model: SatiationModel | None = None) -> None:
+        self.categories = np.asarray(categories, dtype=np.int64)
+        self.model = SatiationModel() if model is None else model
+        self._shown: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def of(cls, sim: UserSimulator) -> SatiationFit:
+        """A fit with serving's defaults over the simulator's item categories."""
+        return cls(sim.categories)
+
+    def satiated(self, user_ids: np.ndarray, candidates: np.ndarray, mean: np.ndarray,
+                 time: int) -> np.ndarray:
+        penalty = np.zeros(mean.shape)
+        p = np.clip(mean, 1e-4, 1 - 1e-4)
+        logits = np.log(p / (1 - p))
+        self._shown = {}
+        for row, (u, items) in enumerate(zip(np.asarray(user_ids).tolist(), candidates)):
+            states = self.model.states(u, self.categories[items].tolist(), time)
+            penalty[row] = self.model.penalties(states)
+            self._shown[u] = (items, states, logits[row])
+        return _lowered(mean, penalty)
+
+    def show(self, user_ids: np.ndarray, item_ids: np.ndarray, clicks: np.ndarray,
+             time: int) -> None:
+        for u, items, clicked in zip(np.asarray(user_ids).tolist(), item_ids, clicks):
+            candidates, states, logits = self._shown[u]
+            at = np.argmax(candidates[:, None] == items[None, :], axis=0)
+            self.model.show(u, self.categories[items].tolist(), time)
+            self.model.observe(states[at], logits[at], clicked.astype(np.float64))
 
 
 class ItemModel:
@@ -350,18 +408,18 @@ class Run:
 def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int = 200,
         users_per_round: int = 50, n_candidates: int = 50, k: int = 5, seed: int = 0,
         round_s: float = 60.0, experiment: str = "policies",
-        belief: tuple[np.ndarray | float, np.ndarray | float] | None = None) -> Run:
+        belief: Callable[[UserSimulator], Belief] = SatiationEstimate.of) -> Run:
     """Serve ``rounds`` rounds of ``users_per_round`` distinct random users, each shown ``k``
     of ``n_candidates`` random items, round r at event time ``START_TIME + r * round_s``;
     the model learns from each round's clicks before the next. ``arms``: one policy, or arm
-    name -> policy with users split evenly by serving's ``arm_of(experiment, ...)``. ``belief``: the satiation-aware
-    policies' (gamma, lambda) (default: the simulator's hidden ones, an oracle). The model is
-    a fresh :class:`ItemModel`. Deterministic for a seed."""
+    name -> policy with users split evenly by serving's ``arm_of(experiment, ...)``.
+    ``belief`` makes the satiation-aware policies' fresh :class:`Belief` (default: the
+    simulator's hidden gamma and lambda, an oracle). The model is a fresh
+    :class:`ItemModel`. Deterministic for a seed."""
     arms = {getattr(arms, "name"): arms} if not isinstance(arms, Mapping) else dict(arms)
     names = tuple(arms)
     model = ItemModel(sim)
-    estimate = SatiationEstimate.of(sim) if belief is None else SatiationEstimate(
-        sim.n_users, sim.categories, *belief)
+    estimate = belief(sim)
     users_state = SatiatedUsers(sim)
     arm_of_user = np.array([arm_of(experiment, [1.0] * len(names), u)
                             for u in range(sim.n_users)])
@@ -381,7 +439,7 @@ def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int 
         candidates = np.argsort(requests.random((users_per_round, sim.n_items)),
                                 axis=1)[:, :n_candidates]
         mean, std = model.score(users, candidates, t)
-        satiated = estimate.satiated(users, candidates, mean)
+        satiated = estimate.satiated(users, candidates, mean, t)
         truth = users_state.click_probability(np.repeat(users, n_candidates),
                                               candidates.ravel(), t).reshape(candidates.shape)
         arm = arm_of_user[users]
@@ -402,7 +460,7 @@ def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int 
         np.add.at(impressions[r], arm, k)
         np.add.at(expected[r], arm, shown_truth.sum(axis=1))
         model.update(users, items, clicked, t)
-        estimate.show(users, items)
+        estimate.show(users, items, clicked, t)
         policy_of = np.array([arms[name].name for name in names])
         for key, value in (("user", np.repeat(users, k)), ("item", items.ravel()),
                            ("propensity", propensity.ravel()), ("click", clicked.ravel()),
@@ -432,15 +490,15 @@ class OffPolicy(NamedTuple):
     truth: float
 
 
-def off_policy(log: Log, target: Policy, *, estimate: SatiationEstimate | None = None,
+def off_policy(log: Log, target: Policy, *, estimate: Belief | None = None,
                seed: int = 0, z: float = 1.96) -> OffPolicy:
     """Replay ``log`` request by request and estimate what ``target`` would have earned.
 
     For each request, the target's marginals pi_t over the logged candidates are computed
-    from the logged scores (and, for a satiation-aware target, ``estimate`` replayed through
-    the logged impressions: a fresh one with the policy's gamma and lambda; it is stepped
-    here); the log's propensities must be marginals too (``log.marginal``). Each shown item
-    weighs ``w = pi_t / propensity``, and ``monolith_ray.policy.ope`` estimates the clicks per
+    from the logged scores (and, for a satiation-aware target, ``estimate``, a fresh
+    :class:`Belief`, replayed through the logged impressions and clicks); the log's
+    propensities must be marginals too (``log.marginal``). Each shown item weighs
+    ``w = pi_t / propensity``, and ``monolith_ray.policy.ope`` estimates the clicks per
     impression, IPS ``mean(w * click)`` and SNIPS ``sum(w * click) / sum(w)``; times k, per
     request. Both aim at the target's value when an item's click does not depend on the
     other items of its slate, as in the simulator. Their intervals treat impressions as
@@ -459,8 +517,9 @@ def off_policy(log: Log, target: Policy, *, estimate: SatiationEstimate | None =
         req = np.flatnonzero(log.request_round == r)
         users = log.request_user[req]
         mean = log.mean[req]
+        t = int(log.request_time[req[0]])
         satiated = mean if estimate is None else estimate.satiated(
-            users, log.candidates[req], mean)
+            users, log.candidates[req], mean, t)
         shows = np.zeros(mean.shape, dtype=np.int64)
         slate = target(Scores(mean, log.std[req], satiated, shows), k, rng)
         if slate.marginal is None:
@@ -468,7 +527,7 @@ def off_policy(log: Log, target: Policy, *, estimate: SatiationEstimate | None =
         pi[req] = np.take_along_axis(slate.marginal, positions[req], axis=1)
         truth[req] = (slate.marginal * log.candidate_truth[req]).sum(axis=1)
         if estimate is not None:
-            estimate.show(users, shown[req])
+            estimate.show(users, shown[req], log.click.reshape(n_requests, k)[req], t)
     per_request = []
     for estimator in (ips, snips):
         e = estimator(log.click.astype(np.float64), log.propensity, pi.ravel(), z=z)
@@ -486,13 +545,11 @@ def compare(sim: UserSimulator, logging: Policy, targets: Mapping[str, Policy], 
     on_policy_expected (the same from the hidden truth); and "logging": the logging policy's
     on_policy and on_policy_expected."""
     logged = run(sim, logging, seed=seed, **kwargs)
-    belief = kwargs.get("belief")
+    belief = kwargs.get("belief", SatiationEstimate.of)
     out = {"logging": {"on_policy": logged.reward(),
                        "on_policy_expected": logged.expected_reward()}}
     for name, target in targets.items():
-        estimate = SatiationEstimate.of(sim) if belief is None else SatiationEstimate(
-            sim.n_users, sim.categories, *belief)
-        est = off_policy(logged.log, target, estimate=estimate, seed=seed)
+        est = off_policy(logged.log, target, estimate=belief(sim), seed=seed)
         own = run(sim, target, seed=seed, **kwargs)
         out[name] = {"ips": est.ips.value, "ips_low": est.ips.low, "ips_high": est.ips.high,
                      "snips": est.snips.value, "snips_low": est.snips.low,

@@ -16,6 +16,7 @@ from monolith_ray.experiments.policies import (
     Greedy,
     SatiationAware,
     SatiationEstimate,
+    SatiationFit,
     Scores,
     Serving,
     Thompson,
@@ -143,8 +144,27 @@ def test_satiation_aware_beats_greedy_when_satiation_is_strong() -> None:
     aware = run(sim, SatiationAware(Greedy()), rounds=100)
     assert aware.expected_reward() > 1.15 * greedy.expected_reward()
     assert aware.reward() > greedy.reward()
-    wrong = run(sim, SatiationAware(Greedy()), rounds=100, belief=(0.0, 0.0))
+    wrong = run(sim, SatiationAware(Greedy()), rounds=100,
+                belief=lambda sim: SatiationEstimate(sim.n_users, sim.categories, 0.0, 0.0))
     np.testing.assert_array_equal(wrong.log.item, greedy.log.item)
+
+
+def test_serving_satiation_fit_learns_lambda_and_beats_greedy() -> None:
+    """Serving's online fit of gamma and lambda, fed the run's clicks, finds a penalty near
+    the hidden one and wins part of what the oracle wins."""
+    sim = _sim(satiation=2.0)
+    fits: list[SatiationFit] = []
+
+    def fit(sim: UserSimulator) -> SatiationFit:
+        fits.append(SatiationFit.of(sim))
+        return fits[-1]
+
+    greedy = run(sim, Greedy(), rounds=100).expected_reward()
+    fitted = run(sim, SatiationAware(Greedy()), rounds=100, belief=fit).expected_reward()
+    assert fitted > 1.08 * greedy
+    hidden = sim.satiation_lambda.mean()
+    assert 0.5 * hidden < fits[0].model.lam < 1.5 * hidden
+    assert fits[0].model.observed == 100 * 50 * 5
 
 
 def test_exploring_beats_greedy() -> None:
