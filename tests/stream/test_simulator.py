@@ -69,6 +69,21 @@ def test_without_satiation_every_answer_is_unchanged() -> None:
     assert events == list(simulated_events(zero, 400, items_per_request=3, seed=2))
 
 
+def test_answers_without_satiation_are_those_before_satiation_existed() -> None:
+    """Pinned from the simulator as it was before categories and satiation: benchmarks and
+    tests that use the simulator without satiation get the same users, clicks and streams."""
+    sim = UserSimulator(seed=11)
+    u, i = np.array([0, 7, 999, 500]), np.array([3, 499, 0, 250])
+    t = np.array([1_700_000_000, 0, 123456789, 1_700_003_600])
+    assert sim.click_probability(u, i, t).tolist() == [
+        0.01525307136934597, 0.17515555723637088, 0.1196359065162893, 0.06235482258439598]
+    users = np.arange(1000)
+    clicked = sim.respond(users, (users * 37) % 500, 1_700_000_000 + users * 13)
+    assert int(clicked.sum()) == 268
+    assert np.flatnonzero(clicked)[:20].tolist() == [4, 5, 6, 9, 10, 14, 24, 27, 30, 38, 39,
+                                                     44, 45, 54, 55, 63, 67, 70, 83, 85]
+
+
 def test_satiation_rises_when_shown_and_decays_by_gamma_at_rest() -> None:
     sim = UserSimulator(n_users=10, n_items=200, n_categories=4, satiation=1.0, seed=3)
     users = SatiatedUsers(sim)
