@@ -423,6 +423,7 @@ def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int 
     users_state = SatiatedUsers(sim)
     arm_of_user = np.array([arm_of(experiment, [1.0] * len(names), u)
                             for u in range(sim.n_users)])
+    policy_of = np.array([arms[name].name for name in names])
     shows = np.zeros(sim.n_items, dtype=np.int64)
     marginal = True
     requests = np.random.default_rng([seed, 0])
@@ -461,7 +462,6 @@ def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int 
         np.add.at(expected[r], arm, shown_truth.sum(axis=1))
         model.update(users, items, clicked, t)
         estimate.show(users, items, clicked, t)
-        policy_of = np.array([arms[name].name for name in names])
         for key, value in (("user", np.repeat(users, k)), ("item", items.ravel()),
                            ("propensity", propensity.ravel()), ("click", clicked.ravel()),
                            ("truth", shown_truth.ravel()),
