@@ -235,7 +235,7 @@ class SatiatedUsers:
 def satiation_step(state: np.ndarray, gamma: np.ndarray | float, user_ids: np.ndarray,
                    shown_categories: np.ndarray) -> None:
     """One request each of distinct users (B,) shown items of categories (B, k): in place,
-    ``state[u, c] <- gamma_c * state[u, c] + 1[c among the u's row]`` for state (n_users,
+    ``state[u, c] <- gamma_c * state[u, c] + 1[c among u's row]`` for state (n_users,
     n_categories) and gamma (n_categories,) or one for all."""
     u = np.asarray(user_ids, dtype=np.int64)
     shown_categories = np.asarray(shown_categories, dtype=np.int64).reshape(len(u), -1)
