@@ -192,7 +192,9 @@ Int64 = Annotated[int, msgspec.Meta(ge=validation.INT64_MIN, le=validation.INT64
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_ID_CHARS)]
 PlainScalar = Int64 | Text
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_NAME_CHARS)]
+# printable ASCII without spaces, as ``validation.decision`` checks a name.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=validation.MAX_NAME_CHARS,
+                                   pattern=r"^[\x21-\x7e]+$")]
 Propensity = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 # A dense value's bound in a typed decode: at most 2**52, below which every integer is a
 # double, so a JSON integer compares with max_abs exactly as validation.dense compares it.

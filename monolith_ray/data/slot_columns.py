@@ -25,7 +25,9 @@ from monolith_ray.config import DenseFeature, LimitsConfig, SlotConfig
 from monolith_ray.messages import (
     Int64,
     MessageError,
+    Name,
     PlainScalar,
+    Propensity,
     RequestId,
     decode,
     parse_example,
@@ -145,6 +147,9 @@ class ExampleDecoder:
             ("request_id", RequestId), ("user_id", PlainScalar | None, None),
             ("item_id", PlainScalar | None, None), ("context", _Context | None, None),
             ("labels", _Labels | None, None),
+            # the serving decision the impression carried (``validation.decision``)
+            ("policy", Name | None, None), ("arm", Name | None, None),
+            ("propensity", Propensity | None, None),
         ], kw_only=True, forbid_unknown_fields=True, gc=False)
         fast = len(self.slots) <= validation.MAX_SLOTS and len(self.dense) <= validation.MAX_DENSE
         self._decode = msgspec.json.Decoder(self._Example).decode if fast else None

@@ -173,6 +173,14 @@ raw_messages = st.one_of(
         _VALID.replace(b"}}", b'},"context":{"a":"\\u0000"}}'),
         _VALID.replace(b"}}", b'},"context":{"a":[' * 3 + b"]" * 3 + b"}}"),
         _VALID.replace(b"}}", b'},"context":{"a":"\x7f\xc3\xa9"}}'),
+        # the serving decision an impression carries: valid, null, and out of its bounds
+        _VALID.replace(b"}}", b'},"policy":"epsilon","arm":"exp/b","propensity":0.25}'),
+        _VALID.replace(b"}}", b'},"policy":null,"arm":null,"propensity":null}'),
+        _VALID.replace(b"}}", b'},"policy":"two words"}'),
+        _VALID.replace(b"}}", b'},"arm":""}'), _VALID.replace(b"}}", b'},"arm":"\u00e9"}'),
+        _VALID.replace(b"}}", b'},"policy":1}'),
+        _VALID.replace(b"}}", b'},"propensity":0}'), _VALID.replace(b"}}", b'},"propensity":1.5}'),
+        _VALID.replace(b"}}", b'},"propensity":"0.5"}'),
     ]),
     st.binary(max_size=40),
     st.builds(lambda i, b: _VALID[:i] + b + _VALID[i:], st.integers(0, len(_VALID)),
@@ -247,6 +255,16 @@ def test_valid_batches_take_the_fast_path(batch) -> None:
     examples, refused = decoder.decode(raws, NOW)
     assert not refused and all(e is not None for e in examples)
     _check_batch(raws)
+
+
+def test_an_impression_s_serving_decision_takes_the_fast_path() -> None:
+    decided = _VALID.replace(b"}}", b'},"policy":"thompson","arm":"e/a","propensity":0.5}')
+    decoder = ExampleDecoder(SLOTS, DENSE, LIMITS)
+    decoder._parse = None  # the parser is not called
+    examples, refused = decoder.decode([decided, _VALID], NOW)
+    assert not refused and (examples[0].policy, examples[0].arm,
+                            examples[0].propensity) == ("thompson", "e/a", 0.5)
+    assert examples[1].propensity is None
 
 
 def test_the_event_time_bound_moves_with_the_wall_clock() -> None:
