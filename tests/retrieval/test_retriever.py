@@ -116,3 +116,20 @@ def test_searches_during_swaps_and_upserts_see_one_catalogue_at_a_time():
             t.join()
     assert not failures, failures[:3]
     assert searched[0] > 0
+
+
+def test_an_upsert_of_more_items_than_a_chunk_reembeds_them_all():
+    rng = np.random.default_rng(3)
+    retriever = Retriever(SPEC, two_tower.init(jax.random.key(0), SPEC))
+    ids = np.arange(400)
+    retriever.refresh(ids, _items(rng, 400))
+    changed = _items(rng, 300)
+    retriever.refresh(ids[:300], changed)
+    user = _user(rng)
+    u = retriever.user_vectors({"user_id": user["user_id"][None]})[0]
+    found, scores = retriever.search(user, 400)
+    by_id = dict(zip(found.tolist(), scores.tolist()))
+    np.testing.assert_allclose([by_id[i] for i in range(300)],
+                               retriever.item_vectors(changed) @ u, atol=1e-5)
+    with pytest.raises(ValueError, match="distinct"):
+        retriever.refresh(np.array([1, 1]), _items(rng, 2))
