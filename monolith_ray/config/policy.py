@@ -89,16 +89,23 @@ class SatiationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig(PolicyChoice):
-    """The policy of requests outside experiments, the satiation re-ranking, and
+    """The policy of requests outside experiments, the satiation re-ranking,
     ``show_count_buckets``: the int64 counters of impressions per item a replica keeps for
-    sigma_i (8 bytes each; items sharing a counter share a count)."""
+    sigma_i (8 bytes each; items sharing a counter share a count), and ``evaluate``: policy
+    kinds (with this section's parameters) whose probability of showing each shown item,
+    on the same values, every answer carries beside the serving policy's (``inclusion``),
+    so logs of one policy estimate another's reward (slate IPS over item marginals)."""
 
     show_count_buckets: int = 1 << 20
     satiation: SatiationConfig = dataclasses.field(default_factory=SatiationConfig)
+    evaluate: tuple[Literal["greedy", "epsilon", "thompson", "ucb"], ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self, "show_count_buckets", ge=1, le=1 << 28)
+        if len(self.evaluate) > 4 or len(set(self.evaluate)) != len(self.evaluate):
+            raise ConfigError("evaluate", f"at most 4 distinct policy kinds, got "
+                                          f"{list(self.evaluate)}")
 
 
 @dataclasses.dataclass(frozen=True)

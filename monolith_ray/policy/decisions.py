@@ -56,14 +56,17 @@ class _Arm:
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """What a request showed: ``indices`` int64 (k,) into its candidates in slot order,
-    their ``propensities`` (k,), the ``policy`` name, the ``arm`` label (or None) and the
-    request-id ``suffix`` that names the arm."""
+    their ``propensities`` (k,), the ``policy`` name, the ``arm`` label (or None), the
+    request-id ``suffix`` that names the arm and, with ``policy.evaluate``, ``inclusion``:
+    each shown item's probability of being in the list, float64 (k,), under the policy that
+    served (``"served"``) and under each evaluated kind."""
 
     indices: np.ndarray
     propensities: np.ndarray
     policy: str
     arm: str | None
     suffix: str
+    inclusion: dict[str, np.ndarray] | None = None
 
 
 def _policy(choice: PolicyChoice) -> Policy:
@@ -92,9 +95,12 @@ class Decisions:
                                          sat.ttl_s, sat.learning_rate, sat.min_feedback)
                           if uses_satiation(policy, self.experiments) else None)
         self.pending = PendingShows(sat.feedback_window_s, sat.max_pending)
+        self._evaluated = {kind: _policy(dataclasses.replace(policy, kind=kind))
+                           for kind in policy.evaluate}
         uncertain = policy.kind in _UNCERTAIN or any(
             a.policy is not None and a.policy.kind in _UNCERTAIN
-            for e in self.experiments for a in e.arms)
+            for e in self.experiments for a in e.arms) or any(
+            kind in _UNCERTAIN for kind in policy.evaluate)
         self.shows = ShowCounts(policy.show_count_buckets) if uncertain else None
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -132,6 +138,10 @@ class Decisions:
                 values = values - self.satiation.penalties(states)
         shows = self.shows.get(items) if self.shows is not None else None
         choice = arm.policy.choose(values, k, self._rng, shows)
+        inclusion = None
+        if self._evaluated:  # on the values and counts this choice was made with
+            inclusion = {name: p.inclusion(values, k, self._rng, shows)[choice.indices]
+                         for name, p in (("served", arm.policy), *self._evaluated.items())}
         chosen = choice.indices.tolist()
         shown = [items[i] for i in chosen]
         if self.shows is not None:
@@ -143,7 +153,7 @@ class Decisions:
                 self._counts.setdefault(arm.label, ArmCounts()).impressions += len(chosen)
         suffix = "" if at is None else f".{at[0]}.{at[1]}"
         decision = Decision(choice.indices, choice.propensities, arm.policy.name, arm.label,
-                            suffix)
+                            suffix, inclusion)
         return decision, None if states is None else states[choice.indices]
 
     def held(self, request_id: str, now: float, items: Sequence[int | str],

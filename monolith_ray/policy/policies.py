@@ -76,6 +76,13 @@ class Policy(Protocol):
     def choose(self, values: np.ndarray, k: int, rng: np.random.Generator,
                shows: np.ndarray | None = None) -> Choice: ...
 
+    def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
+                  shows: np.ndarray | None = None) -> np.ndarray:
+        """Each candidate's probability of being among the ``k`` shown -> float64 (n,)
+        (item marginals: slate IPS weighs a shown item by the target's over the logging
+        policy's)."""
+        ...
+
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-values, kind="stable")[:k].astype(np.int64)
@@ -91,6 +98,16 @@ class Greedy:
                shows: np.ndarray | None = None) -> Choice:
         top = _top(np.asarray(values, dtype=np.float64), k)
         return Choice(top, np.ones(len(top)))
+
+    def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
+                  shows: np.ndarray | None = None) -> np.ndarray:
+        return _indicator(_top(np.asarray(values, dtype=np.float64), k), len(values))
+
+
+def _indicator(chosen: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n)
+    out[chosen] = 1.0
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +136,31 @@ class EpsilonGreedy:
             indices[slot] = remaining.pop(at)
             props[slot] = (1.0 - self.epsilon) * (at == 0) + self.epsilon / left
         return Choice(indices, props)
+
+    def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
+                  shows: np.ndarray | None = None) -> np.ndarray:
+        """Exact, by a recursion over the slots: what matters for candidate i is whether it
+        is still there and how many of the ``r_i`` better ones are (``a``): a greedy slot
+        takes a better one while any is left (``a -> a - 1``), else i; a uniform slot among
+        the ``m`` remaining takes i with probability 1/m and a better one with a/m. State
+        float64 (n, n + 1) a slot: O(k n^2) time, fine for serving's bounded candidates."""
+        n = len(values)
+        k = min(k, n)
+        rank = np.empty(n, np.int64)
+        rank[_top(np.asarray(values, dtype=np.float64), n)] = np.arange(n)
+        there = np.zeros((n, n + 1))  # P(i remains, a better ones remain)
+        there[np.arange(n), rank] = 1.0
+        above = np.arange(n + 1, dtype=np.float64)
+        eps = self.epsilon
+        for slot in range(k):
+            m = n - slot
+            took_better = np.zeros_like(there)
+            took_better[:, :-1] = there[:, 1:]  # a -> a - 1 (a >= 1); a == 0: i taken
+            # uniform: a worse one taken (a stays), or a better one (a -> a - 1)
+            uniform = there * np.clip(m - 1 - above, 0, None) / m
+            uniform[:, :-1] += there[:, 1:] * above[1:] / m
+            there = (1.0 - eps) * took_better + eps * uniform
+        return np.clip(1.0 - there.sum(axis=1), 0.0, 1.0)
 
 
 def _sigma(scale: float, shows: np.ndarray | None, n: int) -> np.ndarray:
@@ -165,6 +207,22 @@ class Thompson:
             remaining = np.delete(remaining, at)
         return Choice(indices, props)
 
+    def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
+                  shows: np.ndarray | None = None) -> np.ndarray:
+        """Estimated by Monte Carlo: ``draws`` whole lists drawn as ``choose`` draws them
+        (``k · draws · n`` normals), the share that held each candidate; 0 for one none
+        held (standard error about ``sqrt(p(1-p)/draws)``)."""
+        values = np.asarray(values, dtype=np.float32)
+        n = len(values)
+        sigma = _sigma(self.scale, shows, n).astype(np.float32)
+        taken = np.zeros((self.draws, n), dtype=bool)
+        rows = np.arange(self.draws)
+        for _ in range(min(k, n)):
+            noisy = values + sigma * rng.standard_normal((self.draws, n), dtype=np.float32)
+            noisy[taken] = -np.inf
+            taken[rows, np.argmax(noisy, axis=1)] = True
+        return taken.mean(axis=0, dtype=np.float64)
+
 
 @dataclasses.dataclass(frozen=True)
 class UCB:
@@ -183,6 +241,10 @@ class UCB:
         values = np.asarray(values, dtype=np.float64)
         top = _top(values + _sigma(self.scale, shows, len(values)), k)
         return Choice(top, np.ones(len(top)))
+
+    def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
+                  shows: np.ndarray | None = None) -> np.ndarray:
+        return _indicator(self.choose(values, k, rng, shows).indices, len(values))
 
 
 POLICIES: dict[str, type] = {"greedy": Greedy, "epsilon": EpsilonGreedy, "thompson": Thompson,

@@ -126,6 +126,11 @@ class ScoredItem(BaseModel):
     propensity: float = Field(description="The probability the policy showed this item in "
                                           "this slot given the earlier slots (Thompson: a "
                                           "Monte Carlo estimate).")
+    inclusion: dict[str, float] | None = Field(
+        None, description="With policy.evaluate: the probability this item is in the list "
+                          "under the policy that served (\"served\") and under each evaluated "
+                          "policy kind, on the same scores (item marginals for slate IPS; "
+                          "Thompson's by Monte Carlo); null otherwise.")
 
 
 class RecommendOut(BaseModel):

@@ -252,14 +252,18 @@ class Recommender:
             self.log.poll()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)
+        inclusion = decision.inclusion
         # A Response skips FastAPI's second validation of what is built here to the schema.
         return JSONResponse({"request_id": request_id, "model_version": version,
                              "items": [{"item_id": ids[i], "score": float(scores[i]),
                                         "probs": {t: float(p[i]) for t, p in probs.items()},
                                         "token": self.tokens.token(request_id, ids[i]),
                                         "policy": decision.policy, "arm": decision.arm,
-                                        "propensity": p}
-                                       for i, p in zip(top, propensities)]})
+                                        "propensity": p,
+                                        "inclusion": None if inclusion is None else {
+                                            name: float(q[slot])
+                                            for name, q in inclusion.items()}}
+                                       for slot, (i, p) in enumerate(zip(top, propensities))]})
 
     @api.post("/predict", response_model=PredictOut, responses=ERRORS)
     async def predict(self, body: PredictIn) -> JSONResponse:

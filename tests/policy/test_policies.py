@@ -121,3 +121,35 @@ def test_make_policy_by_name() -> None:
         make_policy("softmax")
     with pytest.raises(ValueError, match="epsilon"):
         make_policy("epsilon", epsilon=1.5)
+
+
+@pytest.mark.parametrize("policy", [Greedy(), EpsilonGreedy(0.3), Thompson(1.0, 4000),
+                                    UCB(1.0)], ids=lambda p: p.name)
+def test_inclusion_is_how_often_each_item_is_shown(policy) -> None:
+    """Item marginals (slate IPS's weights) against the frequencies of 20,000 lists."""
+    rng = np.random.default_rng(3)
+    values, shows, k = rng.normal(size=12), rng.integers(0, 20, 12), 4
+    inclusion = policy.inclusion(values, k, rng, shows)
+    shown = np.zeros(12)
+    for _ in range(20_000):
+        shown[policy.choose(values, k, rng, shows).indices] += 1
+    assert inclusion.sum() == pytest.approx(k)
+    assert np.all((inclusion >= 0) & (inclusion <= 1))
+    np.testing.assert_allclose(inclusion, shown / 20_000, atol=0.025)
+
+
+@settings(max_examples=50, deadline=None)
+@given(values_st, st.integers(1, 8), st.floats(0, 1))
+def test_epsilon_inclusion_is_exact_at_the_edges(values, k, eps) -> None:
+    """Every item has a chance when eps > 0; eps 0 is greedy's indicator, eps 1 is k/n."""
+    rng = np.random.default_rng(0)
+    inclusion = EpsilonGreedy(eps).inclusion(values, k, rng)
+    n, k = len(values), min(k, len(values))
+    assert inclusion.sum() == pytest.approx(k)
+    if eps == 0:
+        np.testing.assert_allclose(inclusion, Greedy().inclusion(values, k, rng))
+    elif eps == 1:
+        np.testing.assert_allclose(inclusion, np.full(n, k / n))
+    else:
+        # each slot is a uniform pick with probability eps: at least 1 - (1 - eps/n)^k
+        assert np.all(inclusion >= 1 - (1 - eps / n) ** k - 1e-12)

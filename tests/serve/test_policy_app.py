@@ -28,7 +28,8 @@ POOL = range(100, 120)
 
 @pytest.fixture(scope="module")
 def app(deploy_recommender) -> Iterator[Any]:
-    with deploy_recommender("policy-test", "/policy", ["serve.max_k=20", EXPERIMENT],
+    with deploy_recommender("policy-test", "/policy", ["serve.max_k=20", EXPERIMENT,
+                                                       "policy.evaluate=[greedy, thompson]"],
                             POOL) as deployed:
         yield deployed
 
@@ -73,6 +74,20 @@ def test_items_carry_exact_propensities_and_arms_are_stable(app) -> None:
                 # high propensity, any other the low one
                 assert item["propensity"] == pytest.approx(high if best else low) or (
                     best and item["propensity"] == pytest.approx(low))
+
+
+def test_items_carry_their_inclusion_under_the_serving_and_evaluated_policies(app) -> None:
+    """policy.evaluate: each item's probability of being in the list under the policy that
+    served and under greedy and Thompson, on the same scores."""
+    greedy = recommend(app, users_in(app.cfg, "greedy", 1)[0], 5)["items"]
+    assert all(i["inclusion"]["served"] == 1.0 == i["inclusion"]["greedy"] for i in greedy)
+    assert all(0.0 <= i["inclusion"]["thompson"] <= 1.0 for i in greedy)
+    eps = recommend(app, users_in(app.cfg, "eps", 1)[0], 5)["items"]
+    assert {frozenset(i["inclusion"]) for i in eps} == {
+        frozenset({"served", "greedy", "thompson"})}
+    # every item has a chance under epsilon-greedy (at least one uniform slot's 1/20)
+    assert all(EPS / len(POOL) <= i["inclusion"]["served"] <= 1.0 for i in eps)
+    assert all(i["inclusion"]["greedy"] in (0.0, 1.0) for i in eps)
 
 
 def test_experiments_count_impressions_and_feedback_over_http(app) -> None:
