@@ -37,7 +37,7 @@ SlotRows = Mapping[str, np.ndarray]
 
 UPSERT_CHUNK = 128
 """Items upserted per hold of the lock: an HNSW insert costs about 0.3-1.5 ms on a busy
-2-core machine (``benchmarks.retrieval``: 2,000 of 200,000 in 3.1 s), so a sparse sync of
+2-core machine (``benchmarks.retrieval``: 2,000 of 200,000 in 1.4 to 3.1 s), so a sparse sync of
 thousands of items lets searches in between every ~0.1 s instead of stalling them for
 seconds. A search may then see some of a sync's items re-embedded and others not yet, each
 item's vector whole."""

@@ -14,9 +14,9 @@ carries those tables too (``ShardServer.changes_since`` reports every table it h
 **A step** (:meth:`TowerTrainer.train_batch`, unpipelined): the batch's positives (examples
 whose first task's label is 1, of weight > 0) become B pairs, padded to ``batch_size`` with
 weight 0 (one compiled shape per row bucket); the unique fids the positives reference are
-pulled from the tower tables (one call per shard, ``ShardClient.pull``), the loss's row
-gradients pushed back (``ShardClient.push``), the dense tower parameters updated locally
-with optax. The item-frequency estimate (``retrieval.frequency``) counts every batch's
+pulled from the tower tables (routed once, one call per shard, ``ShardClient.pull``), the
+loss's row gradients pushed back (``ShardClient.push``), the dense tower parameters updated
+locally with optax. The item-frequency estimate (``retrieval.frequency``) counts every batch's
 positive items before its loss reads their log q.
 """
 
@@ -35,6 +35,7 @@ from monolith_ray.model.two_tower import TwoTowerSpec
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.retrieval.frequency import StreamingFrequency
 from monolith_ray.retrieval.tables import table_name
+
 
 @dataclasses.dataclass(frozen=True)
 class Pairs:
@@ -83,7 +84,9 @@ class TowerTrainer:
     """The two-tower model's dense parameters and their optimizer, trained against the tower
     tables (``retrieval.tables.tower_slots``) that ``client``'s shards hold. ``batch_size``:
     the most positives a batch can hold (the ranking batch size); ``client``'s slots must
-    include every tower slot's ``table_name``."""
+    include every tower slot's ``table_name``. ``frequency``: the item-frequency estimate
+    (default: 2^20 buckets); ``correct``: apply the logQ correction (False: the plain in-batch
+    softmax, the benchmark's comparison)."""
 
     def __init__(self, spec: TwoTowerSpec, client: ShardClient, batch_size: int,
                  optimizer: optax.GradientTransformation | None = None, seed: int = 0,
@@ -114,8 +117,8 @@ class TowerTrainer:
         pairs = positive_pairs(batch, self.spec, self.batch_size)
         if pairs is None:
             return None
-        tables = {table_name(n): f for n, f in pairs.fids.items()}
-        rows = self.client.pull(tables, batch.now)
+        routes = self.client.route({table_name(n): f for n, f in pairs.fids.items()})
+        rows = self.client.pull(routes, batch.now)
         slot_rows = {}
         for name, fids in pairs.fids.items():
             size = max(bucket_size(fids.size, cap=pairs.idx[name].size), self._padded[name])
@@ -128,9 +131,8 @@ class TowerTrainer:
         self.params, self.opt_state, row_grads, loss = self._step(
             self.params, self.opt_state, slot_rows, pairs.idx, log_q, pairs.item_key,
             pairs.weights)
-        self.client.push({table_name(n): f for n, f in pairs.fids.items()},
-                         {table_name(n): np.asarray(row_grads[n])[:f.size]
-                          for n, f in pairs.fids.items()}, batch.now)
+        self.client.push(routes, {table_name(n): np.asarray(row_grads[n])[:f.size]
+                                  for n, f in pairs.fids.items()}, batch.now)
         self.steps += 1
         return float(loss)
 
