@@ -99,7 +99,8 @@ class Retriever:
     def search(self, user_rows: SlotRows, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items of highest score for one user, ``user_rows``: per user slot its
         pooled row float32 (dim_s + 1,) -> (item ids int64 (k,), scores float32 (k,)), best
-        first, k = min(n, items held). A score is the cosine of the user's and the item's
+        first, k = min(n, items held) (a graph search that falls short, rare, ends the
+        answer in id -1, score -inf). A score is the cosine of the user's and the item's
         tower vectors, in [-1, 1]."""
         ids, scores = self.search_batch({k: np.asarray(v)[None] for k, v in user_rows.items()},
                                         n)
