@@ -23,10 +23,15 @@ epsilon-greedy and the bandit over greedy; ``satiation_vs_greedy``: satiation-aw
 greedy; ``failed``: requests that failed (after one retry of a 5xx), all phases. Per phase also
 the click-through by fifth of the horizon and the satiation fit the replica reports.
 
-Not yet here (issue 17): ``ope_relative_error`` (needs each logged impression to carry the
-target policy's propensity as well as the logging one's), ``recall_at_100`` and
-``retrieval_p99_ms`` (retrieval is not yet in the serving path: ``benchmarks.retrieval``
-measures the index in process); they are ``null``.
+``ope_relative_error``: the epsilon-greedy phase runs with ``policy.evaluate: [thompson]``, so
+each answer carries each item's probability of being in the list under epsilon-greedy and
+under the bandit on the same scores (``inclusion``); :func:`off_policy` estimates the
+bandit's clicks from that phase's log (IPS over item marginals), against the bandit phase's
+measured clicks: |estimate - measured| / measured. The estimate is of the bandit acting on
+the epsilon phase's model and user states, which the closed loop then changes.
+
+Not yet here (issue 17): ``recall_at_100`` and ``retrieval_p99_ms`` (retrieval is not yet in
+the serving path: ``benchmarks.retrieval`` measures the index in process); they are ``null``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import requests
 from monolith_ray.config import Config
 from monolith_ray.config.loader import load_yaml
 from monolith_ray.demo import DEMO_CONFIG, start, stop
+from monolith_ray.policy.ope import ips, snips
 from monolith_ray.stream.producers import UserSimulator
 
 REQUESTS = int(os.environ.get("REQUESTS", "2400"))
@@ -53,7 +59,7 @@ USERS, ITEMS, CATEGORIES = 200, 100, 8
 DRIFT_S = 3600.0
 SATIATION = 1.0  # lambda per category: this times U(0.5, 1.5) logits per unit of satiation
 SIM_ORIGIN = 1_700_000_000.0
-SEED = 0
+SEED = int(os.environ.get("SEED", "0"))  # settings are chosen on another seed than the figures
 
 CATEGORY_SLOT = {"name": "category", "slot_id": 3, "dim": 16,
                  "optimizer": {"kind": "adagrad", "learning_rate": 0.1},
@@ -61,7 +67,8 @@ CATEGORY_SLOT = {"name": "category", "slot_id": 3, "dim": 16,
 
 PHASES: dict[str, list[str]] = {
     "greedy": ["policy.kind=greedy"],
-    "epsilon": ["policy.kind=epsilon", "policy.epsilon=0.1"],
+    # also answers with each item's inclusion under the bandit: the logs OPE reads
+    "epsilon": ["policy.kind=epsilon", "policy.epsilon=0.1", "policy.evaluate=[thompson]"],
     "bandit": ["policy.kind=thompson", "policy.scale=1.0"],
     "satiation": ["policy.kind=greedy", "policy.satiation.enabled=true",
                   "policy.satiation.category_slot=category",
@@ -103,14 +110,36 @@ def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
             log = list(loop.users.log or [])
         finally:
             stop(loop)
-    clicks = np.array([sum(c) for _, _, c, _, _, _ in log], dtype=np.float64)
+    clicks = np.array([sum(entry[2]) for entry in log], dtype=np.float64)
     fifths = [round(float(part.sum() / (K * len(part))), 4)
               for part in np.array_split(clicks, 5) if len(part)]
     return {"reward": int(clicks.sum()), "requests": totals["requests"],
             "failed": totals["failed"], "retried": totals["retried"],
             "impressions": totals["impressions"], "ctr_by_fifth": fifths,
             "policy_state": health.get("policy"),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "log": log}
+
+
+def off_policy(log: list[tuple[Any, ...]], target: str) -> dict[str, Any]:
+    """The ``target`` policy's clicks over the horizon estimated from ``log`` (a phase whose
+    answers carried ``inclusion``): slate IPS over item marginals, each shown item's click
+    weighted by its probability of being in the list under the target over under the policy
+    that served, both on the same scores (unbiased when a click depends on the item and the
+    user's state, not on the other items or the slot), and its self-normalised variant."""
+    clicks, served, wanted = [], [], []
+    for entry in log:
+        for click, inclusion in zip(entry[2], entry[6]):
+            clicks.append(float(click))
+            served.append(inclusion["served"])
+            wanted.append(inclusion[target])
+    impressions = len(clicks)
+    ips_est = ips(np.array(clicks), np.array(served), np.array(wanted))
+    snips_est = snips(np.array(clicks), np.array(served), np.array(wanted))
+    return {"ips": round(ips_est.value * impressions, 1),
+            "ips_interval": [round(ips_est.low * impressions, 1),
+                             round(ips_est.high * impressions, 1)],
+            "snips": round(snips_est.value * impressions, 1),
+            "effective_n": round(ips_est.effective_n, 1), "impressions": impressions}
 
 
 def main() -> None:
@@ -123,23 +152,27 @@ def main() -> None:
     try:
         for name, overrides in PHASES.items():
             phases[name] = run_phase(name, overrides)
-            print(f"{name}: {json.dumps(phases[name], default=float)}", flush=True)
+            shown = {k: v for k, v in phases[name].items() if k != "log"}
+            print(f"{name}: {json.dumps(shown, default=float)}", flush=True)
     finally:
         from ray import serve
         serve.shutdown()
         ray.shutdown()
     greedy = max(phases["greedy"]["reward"], 1)
+    ope = off_policy(phases["epsilon"]["log"], "thompson")
+    bandit = max(phases["bandit"]["reward"], 1)
     figures = {
         **{f"reward_{name}": phases[name]["reward"] for name in PHASES},
         "explore_vs_greedy": round(max(phases["epsilon"]["reward"],
                                        phases["bandit"]["reward"]) / greedy, 4),
         "satiation_vs_greedy": round(phases["satiation"]["reward"] / greedy, 4),
-        "ope_relative_error": None,
+        "ope_relative_error": round(abs(ope["ips"] - bandit) / bandit, 4),
         "recall_at_100": None,
         "retrieval_p99_ms": None,
         "failed": sum(p["failed"] for p in phases.values()),
         "requests_per_policy": REQUESTS, "k": K, "users": USERS, "items": ITEMS,
         "categories": CATEGORIES, "satiation": SATIATION,
+        "ope_bandit_from_epsilon": ope,
         "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
         "seconds": round(time.perf_counter() - start_s, 1),
     }
