@@ -81,7 +81,8 @@ class SlotConfig:
     - ``online``: the row optimizer once training goes online, e.g. FTRL at a rate that
       learns a fresh id from its first few examples; unset: ``optimizer`` throughout (see
       ``EmbeddingTable.set_optimizer`` for the state a switch keeps). Used by the online
-      phase of ``benchmarks.online_vs_batch``; the online job does not switch yet.
+      phase of ``benchmarks.online_vs_batch`` and the online job's stream phase
+      (``train.online``).
     """
 
     name: str

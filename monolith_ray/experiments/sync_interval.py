@@ -118,12 +118,7 @@ def go_online(trainer: TrainLoop, config: Config) -> TrainLoop:
     dense learning rate scaled by ``online.dense_rate``."""
     for shard in trainer.client.shards:
         shard.set_optimizers({s.name: s.online for s in config.slots if s.online is not None})
-    batch_cfg = trainer.train_cfg
-    dense = batch_cfg.dense_optimizer
-    cfg = dataclasses.replace(
-        batch_cfg, batch_size=config.online.batch_size or batch_cfg.batch_size,
-        dense_optimizer=dataclasses.replace(
-            dense, learning_rate=dense.learning_rate * config.online.dense_rate))
+    cfg = config.online.trainer_settings(trainer.train_cfg)  # as the online job's trainers
     loop = TrainLoop(trainer.slots, trainer.client, config.model, cfg)
     loop.params, loop.opt_state = trainer.params, trainer.opt_state
     return loop
