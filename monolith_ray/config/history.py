@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.loader import ConfigError, _require, require_unique_names
 from monolith_ray.config.slots import SlotConfig
 
 MAX_LEN = 1024  # the most values any slot may hold (``validation``'s list bound)
@@ -79,12 +79,7 @@ class HistoryConfig:
     def __post_init__(self) -> None:
         _require(self, "max_users", ge=1)
         _require(self, "read_timeout_s", gt=0)
-        seen: dict[str, int] = {}
-        for i, slot in enumerate(self.slots):
-            j = seen.setdefault(slot.name, i)
-            if j != i:
-                raise ConfigError(f"slots[{i}].name", f"duplicate {slot.name!r}, already used "
-                                                      f"by slots[{j}]")
+        require_unique_names(self.slots, "slots", "slots")
 
     def check_slots(self, slots: Sequence[SlotConfig]) -> None:
         """ConfigError (key relative to this section) unless every name it uses is a fitting

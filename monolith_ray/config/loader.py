@@ -221,6 +221,17 @@ def _join(path: str, key: str) -> str:
     return path + key if key.startswith("[") else f"{path}.{key}"
 
 
+def require_unique_names(entries: Sequence[Any], key: str, label: str) -> None:
+    """ConfigError at ``<key>[i].name`` for the first entry whose ``name`` an earlier entry
+    already has, naming that one as ``<label>[j]``."""
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        j = seen.setdefault(entry.name, i)
+        if j != i:
+            raise ConfigError(f"{key}[{i}].name", f"duplicate {entry.name!r}, already used "
+                                                  f"by {label}[{j}]")
+
+
 def _require(obj: Any, name: str, *, gt: float | None = None, ge: float | None = None,
              lt: float | None = None, le: float | None = None) -> None:
     """ConfigError at field ``name`` of ``obj`` unless its value is within the given bounds.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.loader import ConfigError, _require, require_unique_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,16 +138,7 @@ class ExperimentConfig:
             raise ConfigError("name", f"1 to 64 characters, got {self.name!r}")
         if not 1 <= len(self.arms) <= 32:
             raise ConfigError("arms", f"1 to 32 arms, got {len(self.arms)}")
-        _unique(self.arms, "arms", "arms")
-
-
-def _unique(entries: tuple, key: str, label: str) -> None:
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(entries):
-        j = seen.setdefault(entry.name, i)
-        if j != i:
-            raise ConfigError(f"{key}[{i}].name", f"duplicate {entry.name!r}, already used "
-                                                  f"by {label}[{j}]")
+        require_unique_names(self.arms, "arms", "arms")
 
 
 def check_experiments(experiments: tuple[ExperimentConfig, ...]) -> None:
@@ -155,7 +146,7 @@ def check_experiments(experiments: tuple[ExperimentConfig, ...]) -> None:
     than 16 experiments."""
     if len(experiments) > 16:
         raise ConfigError("", f"at most 16 experiments, got {len(experiments)}")
-    _unique(experiments, "", "experiments")
+    require_unique_names(experiments, "", "experiments")
 
 
 def uses_satiation(policy: PolicyConfig, experiments: tuple[ExperimentConfig, ...]) -> bool:

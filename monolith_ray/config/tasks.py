@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from monolith_ray.config.loader import ConfigError, _require
+from monolith_ray.config.loader import ConfigError, _require, require_unique_names
 from monolith_ray.messages import ACTIONS, POSITIVE_ACTIONS
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -54,12 +54,7 @@ def check_tasks(tasks: Sequence[TaskConfig]) -> None:
     """ConfigError (keyed under the list) for an empty list or a repeated name."""
     if not tasks:
         raise ConfigError("", "must list at least one task")
-    seen: dict[str, int] = {}
-    for i, task in enumerate(tasks):
-        j = seen.setdefault(task.name, i)
-        if j != i:
-            raise ConfigError(f"[{i}].name", f"duplicate {task.name!r}, already used by "
-                                             f"tasks[{j}]")
+    require_unique_names(tasks, "", "tasks")
 
 
 class Score:
