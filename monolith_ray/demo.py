@@ -203,6 +203,10 @@ class Loop:
     training_error: list[BaseException] = dataclasses.field(default_factory=list)
     history: Any = None  # the history actor, with history slots
 
+    def arms(self) -> dict[str, dict[str, Any]]:
+        """The experiment arms side by side: per arm its counts and click-through interval."""
+        return _arms(self.users.url) if self.cfg.experiments else {}
+
     def progress(self) -> dict[str, Any]:
         """One snapshot of every part's counters; raises what ended training, if it ended
         (e.g. ``RestartLimitError`` naming a process that died for good)."""
@@ -217,7 +221,7 @@ class Loop:
         shard_stats = ray.get([s.stats.remote() for s in self.training.shards], timeout=30)
         sync = ray.get(self.sync.status.remote(), timeout=30)
         rows = {name: sum(s[name]["rows"] for s in shard_stats) for name in shard_stats[0]}
-        return {"wall_s": time.time(), **users,
+        return {"wall_s": time.time(), **users, "arms": self.arms(),
                 "examples_joined": sum(j["positives"] + j["negatives"] for j in joined),
                 "examples_read": read["records"], "table_rows": rows,
                 "sync_versions": sync["versions"], "sparse_syncs": sync["sparse_syncs"],
@@ -225,10 +229,25 @@ class Loop:
                 "restarts": restarts}
 
 
+def _arms(url: str) -> dict[str, dict[str, Any]]:
+    """Each experiment arm's counts and intervals from ``GET /experiments`` (none if it does
+    not answer)."""
+    try:
+        r = requests.get(url + "/experiments", timeout=5)
+        r.raise_for_status()
+    except requests.RequestException as err:
+        logger.warning("no experiment counts: %s", err)
+        return {}
+    return {a["arm"]: {k: a[k] for k in ("policy", "satiation", "impressions", "clicks", "ctr",
+                                         "ctr_low", "ctr_high")}
+            for e in r.json()["experiments"] for a in e["arms"]}
+
+
 def demo_simulator(cfg: Config) -> UserSimulator:
     """The demo's users: few enough users and items that a few minutes of clicks teach the
     model something."""
-    return UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed)
+    return UserSimulator(n_users=200, n_items=100, drift_period_s=3600.0, seed=cfg.train.seed,
+                         n_categories=8, satiation=1.0)
 
 
 def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = None,
@@ -391,6 +410,11 @@ def _table(p: dict[str, Any]) -> Any:
         f"{k} {v}" for k, v in p["restarts"].items() if v) or "none")
     t.add_row("served with (dense, sparse)",
               ", ".join(str(p["model_version"].get(k, "-")) for k in ("dense", "sparse")))
+    for label, arm in p.get("arms", {}).items():
+        kind = arm["policy"] + (" + satiation" if arm["satiation"] else "")
+        t.add_row(f"arm {label} ({kind}): click-through [95%] of impressions",
+                  f"{arm['ctr']:.3f} [{arm['ctr_low']:.3f}, {arm['ctr_high']:.3f}] of "
+                  f"{arm['impressions']}")
     return t
 
 
@@ -400,7 +424,8 @@ def _line(p: dict[str, Any]) -> str:
             f"qps {p['qps']:.1f} p99 {p['p99_ms']:.0f} ms requests {p['requests']} "
             f"joined {p['examples_joined']} read {p['examples_read']} "
             f"rows {sum(p['table_rows'].values())} versions {p['sync_versions']} "
-            f"restarts {sum(p['restarts'].values())}")
+            f"restarts {sum(p['restarts'].values())}"
+            + "".join(f" | {label} ctr {a['ctr']:.3f}" for label, a in p.get("arms", {}).items()))
 
 
 def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[str, Any]:
@@ -412,7 +437,7 @@ def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[s
                                     "auc",
                                     "ctr", "ctr_random", "p50_ms", "p99_ms", "examples_joined",
                                     "examples_read", "table_rows", "sync_versions",
-                                    "sparse_syncs", "dense_swaps", "restarts")},
+                                    "sparse_syncs", "dense_swaps", "restarts", "arms")},
         "ctr_first": next((h["ctr"] for h in history if h["impressions"] >= 500), None),
         "plot": str(out / "demo.png"), "history": str(out / "history.json"),
     }
