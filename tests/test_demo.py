@@ -35,11 +35,12 @@ def test_demo_closes_the_loop_and_writes_summary_and_plot(ray_session, serve_url
     assert Path(summary["plot"]).stat().st_size > 10_000
     history = json.loads(Path(summary["history"]).read_text())
     assert len(history) >= 30 and history[-1]["requests"] == summary["requests"]
-    # The demo config's three arms side by side, counted over every replica (a second late).
+    # The demo config's three arms side by side, counted over every replica (a second late,
+    # and counting requests the users had not yet recorded when the last sample was taken).
     arms = summary["arms"]
     assert set(arms) == {"demo/greedy", "demo/explore", "demo/sated"}
     assert (arms["demo/explore"]["policy"], arms["demo/sated"]["satiation"]) == ("epsilon", True)
     assert all(a["impressions"] > 0 and 0 <= a["clicks"] <= a["impressions"]
                and a["ctr_low"] <= a["ctr"] <= a["ctr_high"] for a in arms.values())
     assert summary["impressions"] // 2 < sum(a["impressions"] for a in arms.values()) \
-        <= summary["impressions"]
+        <= summary["impressions"] + 5 * 20
