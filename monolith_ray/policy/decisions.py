@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from monolith_ray.config.policy import (
     uses_satiation,
 )
 from monolith_ray.messages import POSITIVE_ACTIONS
-from monolith_ray.policy.experiments import ArmCounts, arm_of, experiment_of
+from monolith_ray.policy.experiments import ArmCounts, arm_of, experiment_of, report
 from monolith_ray.policy.policies import Policy, ShowCounts, make_policy
 from monolith_ray.policy.satiation import PendingShows, SatiationModel
 
@@ -105,6 +105,18 @@ class Decisions:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._counts: dict[str, ArmCounts] = {}
+
+    def report(self, counts: Mapping[str, tuple[int, int, int]]) -> list[dict[str, Any]]:
+        """``GET /experiments``' body: per experiment its name and arms, each arm what serves
+        it (``name``, ``arm`` label, ``share`` of the experiment's users, ``policy`` name,
+        ``satiation``) and its ``counts`` (label -> impressions, clicks, rewards; none: 0)
+        with their intervals (``experiments.report``)."""
+        return [{"name": e.name, "arms": [
+            {"name": a.name, "arm": arm.label, "share": w / sum(weights),
+             "policy": arm.policy.name, "satiation": arm.satiation,
+             **report(ArmCounts(*counts.get(arm.label, (0, 0, 0))))}
+            for a, arm, w in zip(e.arms, arms, weights)]}
+            for e, arms, weights in zip(self.experiments, self._arms, self._weights)]
 
     def arm_of(self, user_id: int | str) -> tuple[int, int] | None:
         """(experiment, arm) indices of a user, None without experiments."""

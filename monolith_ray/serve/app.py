@@ -75,7 +75,7 @@ from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config
 from monolith_ray.config.tasks import parse_score
 from monolith_ray.messages import MessageError, encode
-from monolith_ray.policy import ArmCounts, report
+from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decisions, first_values
 from monolith_ray.schemas import value_ids
 from monolith_ray.serve.api import (
@@ -326,20 +326,7 @@ class Recommender:
             except Exception as err:  # noqa: BLE001 - answer 503, never a 500
                 return JSONResponse({"error": f"experiments: the statistics actor did not "
                                               f"answer: {type(err).__name__}"}, 503)
-        out = []
-        for e in self.cfg.experiments:
-            total = sum(a.weight for a in e.arms)
-            arms = []
-            for a in e.arms:
-                label = f"{e.name}/{a.name}"
-                policy = (a.policy or self.cfg.policy).kind
-                satiation = (self.cfg.policy.satiation.enabled if a.satiation is None
-                             else a.satiation)
-                arms.append({"name": a.name, "arm": label, "share": a.weight / total,
-                             "policy": policy, "satiation": satiation,
-                             **report(ArmCounts(*counts.get(label, (0, 0, 0))))})
-            out.append({"name": e.name, "arms": arms})
-        return JSONResponse({"experiments": out})
+        return JSONResponse({"experiments": self.decisions.report(counts)})
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
