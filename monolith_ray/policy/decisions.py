@@ -152,7 +152,7 @@ class Decisions:
         choice = arm.policy.choose(values, k, self._rng, shows)
         inclusion = None
         if self._evaluated:  # on the values and counts this choice was made with
-            inclusion = {name: p.inclusion(values, k, self._rng, shows)[choice.indices]
+            inclusion = {name: p.inclusion(values, k, self._rng, shows, of=choice.indices)
                          for name, p in (("served", arm.policy), *self._evaluated.items())}
         chosen = choice.indices.tolist()
         shown = [items[i] for i in chosen]

@@ -77,10 +77,11 @@ class Policy(Protocol):
                shows: np.ndarray | None = None) -> Choice: ...
 
     def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
-                  shows: np.ndarray | None = None) -> np.ndarray:
-        """Each candidate's probability of being among the ``k`` shown -> float64 (n,)
-        (item marginals: slate IPS weighs a shown item by the target's over the logging
-        policy's)."""
+                  shows: np.ndarray | None = None, of: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """Each candidate's probability of being among the ``k`` shown -> float64 (n,), or of
+        the candidates ``of`` (int indices) only (item marginals: slate IPS weighs a shown
+        item by the target's over the logging policy's)."""
         ...
 
 
@@ -100,14 +101,20 @@ class Greedy:
         return Choice(top, np.ones(len(top)))
 
     def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
-                  shows: np.ndarray | None = None) -> np.ndarray:
-        return _indicator(_top(np.asarray(values, dtype=np.float64), k), len(values))
+                  shows: np.ndarray | None = None, of: np.ndarray | None = None
+                  ) -> np.ndarray:
+        return _some(_indicator(_top(np.asarray(values, dtype=np.float64), k), len(values)),
+                     of)
 
 
 def _indicator(chosen: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n)
     out[chosen] = 1.0
     return out
+
+
+def _some(inclusion: np.ndarray, of: np.ndarray | None) -> np.ndarray:
+    return inclusion if of is None else inclusion[of]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,18 +145,21 @@ class EpsilonGreedy:
         return Choice(indices, props)
 
     def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
-                  shows: np.ndarray | None = None) -> np.ndarray:
+                  shows: np.ndarray | None = None, of: np.ndarray | None = None
+                  ) -> np.ndarray:
         """Exact, by a recursion over the slots: what matters for candidate i is whether it
         is still there and how many of the ``r_i`` better ones are (``a``): a greedy slot
         takes a better one while any is left (``a -> a - 1``), else i; a uniform slot among
         the ``m`` remaining takes i with probability 1/m and a better one with a/m. State
-        float64 (n, n + 1) a slot: O(k n^2) time, fine for serving's bounded candidates."""
+        float64 (c, n + 1) a slot for the c candidates asked of (all: n): O(k c n) time, so a
+        serving answer (``of`` its k shown items) pays O(k^2 n)."""
         n = len(values)
         k = min(k, n)
         rank = np.empty(n, np.int64)
         rank[_top(np.asarray(values, dtype=np.float64), n)] = np.arange(n)
-        there = np.zeros((n, n + 1))  # P(i remains, a better ones remain)
-        there[np.arange(n), rank] = 1.0
+        rows = np.arange(n) if of is None else np.asarray(of, dtype=np.int64)
+        there = np.zeros((len(rows), n + 1))  # P(i remains, a better ones remain)
+        there[np.arange(len(rows)), rank[rows]] = 1.0
         above = np.arange(n + 1, dtype=np.float64)
         eps = self.epsilon
         for slot in range(k):
@@ -208,7 +218,8 @@ class Thompson:
         return Choice(indices, props)
 
     def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
-                  shows: np.ndarray | None = None) -> np.ndarray:
+                  shows: np.ndarray | None = None, of: np.ndarray | None = None
+                  ) -> np.ndarray:
         """Estimated by Monte Carlo: ``draws`` whole lists drawn as ``choose`` draws them
         (``k · draws · n`` normals), the share that held each candidate; 0 for one none
         held (standard error about ``sqrt(p(1-p)/draws)``)."""
@@ -221,7 +232,7 @@ class Thompson:
             noisy = values + sigma * rng.standard_normal((self.draws, n), dtype=np.float32)
             noisy[taken] = -np.inf
             taken[rows, np.argmax(noisy, axis=1)] = True
-        return taken.mean(axis=0, dtype=np.float64)
+        return _some(taken.mean(axis=0, dtype=np.float64), of)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,8 +254,9 @@ class UCB:
         return Choice(top, np.ones(len(top)))
 
     def inclusion(self, values: np.ndarray, k: int, rng: np.random.Generator,
-                  shows: np.ndarray | None = None) -> np.ndarray:
-        return _indicator(self.choose(values, k, rng, shows).indices, len(values))
+                  shows: np.ndarray | None = None, of: np.ndarray | None = None
+                  ) -> np.ndarray:
+        return _some(_indicator(self.choose(values, k, rng, shows).indices, len(values)), of)
 
 
 POLICIES: dict[str, type] = {"greedy": Greedy, "epsilon": EpsilonGreedy, "thompson": Thompson,

@@ -153,3 +153,12 @@ def test_epsilon_inclusion_is_exact_at_the_edges(values, k, eps) -> None:
     else:
         # each slot is a uniform pick with probability eps: at least 1 - (1 - eps/n)^k
         assert np.all(inclusion >= 1 - (1 - eps / n) ** k - 1e-12)
+
+
+@pytest.mark.parametrize("policy", [Greedy(), EpsilonGreedy(0.3), Thompson(1.0, 64),
+                                    UCB(1.0)], ids=lambda p: p.name)
+def test_inclusion_of_some_candidates_is_theirs_of_all(policy) -> None:
+    values, shows, of = np.random.default_rng(5).normal(size=30), np.arange(30), [7, 0, 29]
+    full = policy.inclusion(values, 5, np.random.default_rng(1), shows)
+    some = policy.inclusion(values, 5, np.random.default_rng(1), shows, of=np.array(of))
+    np.testing.assert_array_equal(some, full[of])
