@@ -220,6 +220,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from monolith_ray.history.server import start_history_server
     from monolith_ray.serve.app import build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
+    from monolith_ray.retrieval.configured import synced_parts
     from monolith_ray.serve.sync import start_parameter_sync
     from monolith_ray.supervision import RestartLimitError, Supervisor
     from monolith_ray.train.job import find_servers, start_servers
@@ -249,9 +250,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # Syncing from a job another process owns: leave its eviction records to its own sync.
     serving = (start_serving_shards(cfg, args.snapshot) if cfg.serve.store == "sharded"
                else [])
-    sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve,
+    sync = start_parameter_sync(cfg.table_slots, shards, dense, cfg.serve,
                                 forget_evictions=not args.training,
-                                supervision=cfg.supervision, serving=serving)
+                                supervision=cfg.supervision, serving=serving,
+                                parts=synced_parts(cfg))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     history = start_history_server(cfg)  # None without history slots
     serve.run(build_app(cfg, sync, serving=serving, history=history), name="monolith_ray",

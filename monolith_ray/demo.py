@@ -264,6 +264,7 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     from monolith_ray.history.server import start_history_server
     from monolith_ray.serve.app import CandidatePool, build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
+    from monolith_ray.retrieval.configured import synced_parts
     from monolith_ray.serve.sync import start_parameter_sync
     from monolith_ray.stream.joiner import start_joiners
     from monolith_ray.train.online import OnlineTraining
@@ -271,8 +272,9 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     sim = sim if sim is not None else demo_simulator(cfg)
     training = OnlineTraining(cfg)
     serving = start_serving_shards(cfg) if cfg.serve.store == "sharded" else []
-    sync = start_parameter_sync(cfg.slots, training.shards, training.dense, cfg.serve,
-                                supervision=cfg.supervision, serving=serving)
+    sync = start_parameter_sync(cfg.table_slots, training.shards, training.dense, cfg.serve,
+                                supervision=cfg.supervision, serving=serving,
+                                parts=synced_parts(cfg))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     with_category = any(s.name == "category" for s in cfg.slots)
     pool = CandidatePool([(i, {"category": int(sim.categories[i])} if with_category else {})

@@ -27,6 +27,7 @@ from monolith_ray.config.policy import (
     check_experiments,
     uses_satiation,
 )
+from monolith_ray.config.retrieval import RetrievalConfig
 from monolith_ray.config.serve import ServeConfig
 from monolith_ray.config.slots import AdmissionConfig, SlotConfig
 from monolith_ray.config.supervision import SupervisionConfig
@@ -58,6 +59,7 @@ class Config:
     tasks: tuple[TaskConfig, ...] = DEFAULT_TASKS
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
     experiments: tuple[ExperimentConfig, ...] = ()
+    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -108,6 +110,24 @@ class Config:
             raise ConfigError("policy.satiation.category_slot", f"{category!r} is not a slot; "
                               f"slots: {', '.join(s.name for s in self.slots)}")
 
+        try:
+            self.retrieval.check_slots(self.slots)
+        except ConfigError as err:
+            raise err.under("retrieval") from None
+
+    @property
+    def table_slots(self) -> tuple[SlotConfig, ...]:
+        """Every table the parameter servers hold: the slots, then with ``retrieval`` a
+        ``tower_<slot>`` table per tower slot (``retrieval.tables.tower_slots``)."""
+        if not self.retrieval.enabled:
+            return self.slots
+        from monolith_ray.retrieval.tables import tower_slots
+
+        names = (*self.retrieval.user_slots, *self.retrieval.item_slots)
+        return (*self.slots, *tower_slots(self.slots, names,
+                                          optimizer=self.retrieval.optimizer,
+                                          initializer=self.retrieval.initializer))
+
     @property
     def task_names(self) -> tuple[str, ...]:
         """The tasks' names in config order (the first is the ``label`` column's)."""
@@ -126,6 +146,15 @@ class Config:
             if getattr(self.serve, attr) not in names:
                 raise ConfigError(f"serve.{attr}", f"{getattr(self.serve, attr)!r} is not a "
                                                    f"slot; slots: {', '.join(names)}")
+        if self.retrieval.enabled:
+            if self.serve.store != "replica":
+                raise ConfigError("retrieval", "retrieval needs serve.store: replica (each "
+                                  "replica embeds the catalogue from the rows it holds)")
+            if self.retrieval.candidates > self.serve.max_candidates:
+                raise ConfigError("retrieval.candidates",
+                                  f"at most serve.max_candidates "
+                                  f"({self.serve.max_candidates}), got "
+                                  f"{self.retrieval.candidates}")
 
     def slot(self, name: str) -> SlotConfig:
         """The slot called ``name``; KeyError listing the slot names if there is none."""

@@ -127,8 +127,17 @@ class Retriever:
     def item_vectors(self, item_rows: SlotRows, params: Params | None = None) -> np.ndarray:
         """The item tower's unit vectors float32 (n, dim) of rows (n, dim_s + 1) per item
         slot, with ``params`` (default: those held)."""
+        rows = _only(item_rows, self.spec.item)
+        n = next(iter(rows.values())).shape[0]
+        size = 1 << max(n - 1, 0).bit_length()  # one compile per power of two, not per n
+        padded = {k: np.pad(v, ((0, size - n), (0, 0))) for k, v in rows.items()}
         return np.asarray(_item_vectors(self._params if params is None else params, self.spec,
-                                        _only(item_rows, self.spec.item)))
+                                        padded))[:n]
+
+    @property
+    def params(self) -> Params | None:
+        """The tower parameters held (None before the first refresh gives some)."""
+        return self._params
 
 
 def _only(rows: SlotRows, slots: tuple[SlotSpec, ...]) -> dict[str, np.ndarray]:

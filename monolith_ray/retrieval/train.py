@@ -23,6 +23,7 @@ positive items before its loss reads their log q.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,6 +36,7 @@ from monolith_ray.model.two_tower import TwoTowerSpec
 from monolith_ray.ps.client import ShardClient
 from monolith_ray.retrieval.frequency import StreamingFrequency
 from monolith_ray.retrieval.tables import table_name
+from monolith_ray.train.loop import DenseLink
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +88,19 @@ class TowerTrainer:
     the most positives a batch can hold (the ranking batch size); ``client``'s slots must
     include every tower slot's ``table_name``. ``frequency``: the item-frequency estimate
     (default: 2^20 buckets); ``correct``: apply the logQ correction (False: the plain in-batch
-    softmax, the benchmark's comparison)."""
+    softmax, the benchmark's comparison).
+
+    ``dense``: a ``DenseServer`` holding the towers' parameters as its ``part`` (the
+    training jobs: several trainers share them, snapshots and the sync read them there).
+    Each step then pushes its parameter gradients there without waiting and takes the
+    parameters its pull brings at the next step (one step stale, as the ranking model's
+    ``DenseLink``), and ``optimizer`` is the server's, not this object's."""
 
     def __init__(self, spec: TwoTowerSpec, client: ShardClient, batch_size: int,
                  optimizer: optax.GradientTransformation | None = None, seed: int = 0,
-                 frequency: StreamingFrequency | None = None, correct: bool = True) -> None:
+                 frequency: StreamingFrequency | None = None, correct: bool = True,
+                 dense: Any = None, part: str = "tower",
+                 timeout_s: float | None = 60.0) -> None:
         self.spec = spec
         self.client = client
         self.batch_size = batch_size
@@ -101,6 +111,9 @@ class TowerTrainer:
         self.opt_state = optimizer.init(self.params)
         self.steps = 0
         self._padded = {s.name: 0 for s in (*spec.user, *spec.item)}
+        self.dense = None if dense is None else DenseLink(dense, timeout_s, part)
+        if self.dense is not None:
+            self.params, _ = self.dense.pull()
 
         def step(params, opt_state, slot_rows, slot_idx, log_q, item_key, weights):
             loss, (param_grads, row_grads) = jax.value_and_grad(
@@ -109,7 +122,14 @@ class TowerTrainer:
             updates, opt_state = optimizer.update(param_grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, row_grads, loss
 
+        def grads(params, slot_rows, slot_idx, log_q, item_key, weights):
+            loss, (param_grads, row_grads) = jax.value_and_grad(
+                two_tower.loss_fn, argnums=(0, 2))(params, spec, slot_rows, slot_idx, log_q,
+                                                   item_key, weights)
+            return param_grads, row_grads, loss
+
         self._step = jax.jit(step)
+        self._grads = jax.jit(grads)
 
     def train_batch(self, batch: Batch) -> float | None:
         """One step on ``batch``'s positives -> its loss before the update, or None (and no
@@ -128,11 +148,26 @@ class TowerTrainer:
         log_q = np.zeros(self.batch_size, np.float32)
         if self.correct:
             log_q[:pairs.items.size] = self.frequency.log_q(pairs.items)
-        self.params, self.opt_state, row_grads, loss = self._step(
-            self.params, self.opt_state, slot_rows, pairs.idx, log_q, pairs.item_key,
-            pairs.weights)
+        if self.dense is None:
+            self.params, self.opt_state, row_grads, loss = self._step(
+                self.params, self.opt_state, slot_rows, pairs.idx, log_q, pairs.item_key,
+                pairs.weights)
+        else:
+            param_grads, row_grads, loss = self._grads(
+                self.params, slot_rows, pairs.idx, log_q, pairs.item_key, pairs.weights)
+            fresh = self.dense.step(param_grads, pull=True)
+            if fresh is not None:
+                self.params = fresh[0]
         self.client.push(routes, {table_name(n): np.asarray(row_grads[n])[:f.size]
                                   for n, f in pairs.fids.items()}, batch.now)
         self.steps += 1
         return float(loss)
+
+    def flush(self) -> None:
+        """Wait for the dense push in flight (and take the parameters of a pull): every
+        step so far is then in the dense server. Row pushes are waited for in each step."""
+        if self.dense is not None:
+            fresh = self.dense.drain()
+            if fresh is not None:
+                self.params = fresh[0]
 

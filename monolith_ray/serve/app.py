@@ -93,6 +93,7 @@ from monolith_ray.serve.api import (
     UserIn,
     api,
 )
+from monolith_ray.serve.catalogue import CatalogueRetrieval
 from monolith_ray.serve.feature_log import FeatureLog
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pool import CandidatePool
@@ -149,6 +150,8 @@ class Recommender:
              for item_id in self.pool.ids],
             cfg.slots)
         self.model = ServingModel(cfg, serving)
+        self.retrieval = (CatalogueRetrieval(cfg, self.model, self.pool_rows)
+                          if cfg.retrieval.enabled and len(self.pool) else None)
         self.decisions = Decisions(cfg.policy, cfg.experiments)
         category = cfg.policy.satiation.category_slot
         # Each pool item's category; the [None] keeps an array of objects, never of lists.
@@ -185,16 +188,20 @@ class Recommender:
             context = validation.context(body.context, self.cfg.limits)
         except MessageError as err:
             raise BadRequest(str(err)) from None
+        now = int(time.time())
+        await self._add_history([user], now)
+        user_rows = self._slot_rows([user], [user_dense])
         if body.candidates is None:
-            # RETRIEVAL HOOK: without candidates, retrieval over the whole catalogue plugs in
-            # here (its N candidates replace this random draw from the pool); a given
-            # candidate list (below) skips it.
+            # Retrieval over the whole catalogue when configured and ready, else a random
+            # draw from the pool; a given candidate list (below) skips both.
             if not len(self.pool):
                 raise BadRequest("candidates: none given, and no candidate pool is configured "
                                  "(serve.candidate_pool)")
-            with self._lock:
-                take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
-                                        replace=False)
+            take = None if self.retrieval is None else self.retrieval.search(user_rows, now)
+            if take is None or not take.size:
+                with self._lock:
+                    take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
+                                            replace=False)
             ids = [self.pool.ids[i] for i in take.tolist()]
             item_slots = None  # the pool's own, built below for the logged items only
             item_dense: list[dict[str, Any]] = [{}] * len(ids)
@@ -216,10 +223,7 @@ class Recommender:
             item_dense = [self._dense(body.candidates[i].dense, f"candidates[{i}].dense")
                           if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
             items, which = self._slot_rows(item_slots, item_dense), None
-        now = int(time.time())
-        await self._add_history([user], now)
-        probs, version = await self._score(items, self._slot_rows([user], [user_dense]),
-                                           which, now)
+        probs, version = await self._score(items, user_rows, which, now)
         scores = self.score_of(probs)
         categories = None
         if self.decisions.satiation is not None:
@@ -343,6 +347,7 @@ class Recommender:
                 "store_dtype": self.serve_cfg.store_dtype,
                 "updated_s_ago": round(time.time() - self.updated_at, 3),
                 "served": dict(self.served), "policy": self.decisions.stats(),
+                "retrieval": None if self.retrieval is None else self.retrieval.stats(),
                 "kafka_failed": 0 if self.log is None else self.log.failed}
 
     # -- internals
@@ -424,7 +429,10 @@ class Recommender:
         if updates.deferred:
             return False
         if updates.sparse is not None or updates.dense is not None:
-            self.model.commit(self.model.stage(updates))
+            staged = self.model.stage(updates)
+            self.model.commit(staged)
+            if self.retrieval is not None:
+                self.retrieval.on_updates(staged)
         self.updated_at = time.time()
         return True
 

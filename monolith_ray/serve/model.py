@@ -98,6 +98,7 @@ class ServingModel:
         """``serving``: the serving shards, with ``serve.store: sharded`` (rows through a
         :class:`ShardedRows` cache); else the replica holds every row (a ``SparseStore``)."""
         self.slots = cfg.slots
+        self.tables = cfg.table_slots  # the slots' tables and, with retrieval, the towers'
         self.dense = cfg.dense
         model = build(cfg.model)
         self.spec = spec_of(cfg.slots, cfg.model, cfg.dense, cfg.tasks)
@@ -114,7 +115,7 @@ class ServingModel:
                 cfg.slots, serving, serve.cache_rows, serve.cache_policy, serve.store_dtype,
                 serve.shard_timeout_s)
         else:
-            self.store, self.rows = SparseStore(cfg.slots, serve.store_dtype), None
+            self.store, self.rows = SparseStore(self.tables, serve.store_dtype), None
         self.dense_version = 0
         self.sync_epoch = ""  # the ParameterSync incarnation the versions come from
         # Taken around reading the store (or the dense parameters) and around swapping or
@@ -133,7 +134,7 @@ class ServingModel:
         -> the updates to :meth:`commit`, the new store in place of its sparse part."""
         sparse = updates.sparse
         if sparse is not None and sparse.reset and self.store is not None:
-            fresh = SparseStore(self.slots, str(self.store.dtype))
+            fresh = SparseStore(self.tables, str(self.store.dtype))
             fresh.apply(sparse)
             return updates._replace(sparse=fresh)
         return updates
@@ -167,6 +168,16 @@ class ServingModel:
         if updates.deferred:
             return False
         return self.commit(self.stage(updates))
+
+    def tower_lookup(self, wanted: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows float32 (n, dim + 1) of fids int64 (n,) per table (e.g. the retrieval
+        towers'), read from the whole-table store under :attr:`lock`; zeros for fids not
+        held (``retrieval.tables.Lookup``)."""
+        if self.store is None:
+            raise ValueError("tower rows are read from a whole-table store (serve.store: "
+                             "replica)")
+        with self.lock:
+            return {name: self.store.lookup(name, fids) for name, fids in wanted.items()}
 
     def cache_stats(self) -> dict[str, Any] | None:
         """The replica cache's stats (``ShardedRows.stats``); None with a whole-table store."""

@@ -107,6 +107,7 @@ class Updates(NamedTuple):
     dense: tuple[Any, int] | None
     epoch: str = ""
     deferred: bool = False  # a whole state is due but others are loading one: ask again
+    parts: dict[str, Any] | None = None  # with ``dense``: the dense server's other parts
 
 
 class ParameterSync:
@@ -119,7 +120,10 @@ class ParameterSync:
                  dtype: str = "float16", log_bytes: int = 256 << 20,
                  call_timeout_s: float = 60.0, start: bool = True,
                  forget_evictions: bool = True, serving: Sequence[Any] = (),
-                 max_full_loads: int = 1, full_load_timeout_s: float = 120.0) -> None:
+                 max_full_loads: int = 1, full_load_timeout_s: float = 120.0,
+                 parts: Sequence[str] = ()) -> None:
+        """``parts``: the dense server's parts besides the model to carry (e.g. ``tower``,
+        the retrieval model): read with it on the dense schedule, handed out with it."""
         if sparse_interval_s <= 0 or dense_interval_s <= 0:
             raise ValueError("sync intervals must be > 0 seconds")
         if serving and len(serving) != len(shards):
@@ -161,7 +165,9 @@ class ParameterSync:
         self._log_bytes, self._log_limit = 0, int(log_bytes)
         self.dense_params: Any = None
         self.dense_version = 0
-        self._trained_dense_version: tuple[str, int] | None = None  # (incarnation, version)
+        self.parts = tuple(parts)
+        self.part_params: dict[str, Any] = {}
+        self._trained_dense_version: tuple | None = None  # (incarnation, versions...)
         self.counters = {"sparse_syncs": 0, "dense_swaps": 0, "dense_syncs": 0,
                          "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0,
                          "shard_resets": 0, "serving_refusals": 0, "full_loads": 0,
@@ -385,12 +391,15 @@ class ParameterSync:
         calls = self._dense_calls
         # Incarnation first (a caller's calls run in the order issued): parameters read after
         # it are at least as new as it names. Both in one round trip.
-        incarnation, (params, version) = calls.gather(
-            [calls.submit(self.dense, "incarnation"), calls.submit(self.dense, "pull")])
-        trained = (incarnation, version)  # a restarted server counts versions again
+        incarnation, (params, version), *parts = calls.gather(
+            [calls.submit(self.dense, "incarnation"), calls.submit(self.dense, "pull"),
+             *(calls.submit(self.dense, "pull", part) for part in self.parts)])
+        # A part's version joins the model's: a part may train while the model does not.
+        trained = (incarnation, version, *(v for _, v in parts))
         with self._lock:
             if trained != self._trained_dense_version or self.dense_params is None:
                 self.dense_params = params
+                self.part_params = {name: p for name, (p, _) in zip(self.parts, parts)}
                 self._trained_dense_version = trained
                 self.dense_version += 1
                 self.counters["dense_swaps"] += 1
@@ -421,10 +430,11 @@ class ParameterSync:
                     return Updates(None, None, "", deferred=True)
                 self._loading[caller] = now
                 self.counters["full_loads"] += 1
-            dense = None
+            dense, parts = None, None
             if self.dense_params is not None and dense_version != self.dense_version:
                 dense = (self.dense_params, self.dense_version)
-            return Updates(self._sparse_since(sparse_version), dense, self.epoch)
+                parts = dict(self.part_params) or None
+            return Updates(self._sparse_since(sparse_version), dense, self.epoch, parts=parts)
 
     def _whole_due(self, version: int) -> bool:
         """Whether a replica at sparse ``version`` needs the whole state (or, sharded, a
@@ -538,8 +548,8 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
                          serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None,
                          forget_evictions: bool = True,
                          supervision: SupervisionConfig = SupervisionConfig(),
-                         serving: Sequence[Any] = ()) -> Any:
-    """A ``ParameterSync`` Ray actor with ``serve_cfg``'s intervals, store dtype and custom
+                         serving: Sequence[Any] = (), parts: Sequence[str] = ()) -> Any:
+    """A ``ParameterSync`` Ray actor (carrying the dense server's ``parts`` too) with ``serve_cfg``'s intervals, store dtype and custom
     resources (``sync_resources``; a ``ServeConfig``); restarted by Ray if its process dies, up to
     ``supervision.max_restarts`` times (it rebuilds its store from the shards, and replicas
     then receive a whole state)."""
@@ -554,4 +564,4 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
                         dtype=serve_cfg.store_dtype, call_timeout_s=call_timeout_s,
                         log_bytes=int(serve_cfg.sync_log_mb * 2**20),
                         forget_evictions=forget_evictions, serving=serving,
-                        max_full_loads=serve_cfg.max_full_loads)
+                        max_full_loads=serve_cfg.max_full_loads, parts=parts)

@@ -46,6 +46,9 @@ from monolith_ray.model import ModelSpec, build, init_params, spec_of
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
+from monolith_ray.retrieval.configured import dense_parts, tower_spec
+from monolith_ray.retrieval.tables import table_name
+from monolith_ray.retrieval.train import TowerTrainer
 from monolith_ray.train.loop import TrainLoop, dense_optimizer
 from monolith_ray.train.snapshots import (  # noqa: F401 - restore_snapshot re-exported
     restore_snapshot,
@@ -131,6 +134,14 @@ class Trainer:
                               tasks=cfg.tasks)
         if local_dense:  # parameters and optimizer state as last published or restored
             self.loop.params, self.loop.opt_state, self.loop.dense_version = call(dense, "state")
+        self.tower: TowerTrainer | None = None
+        if cfg.retrieval.enabled:  # the retrieval towers step on each batch after the ranker
+            spec = tower_spec(cfg)
+            tables = [table_name(s.name) for s in (*spec.user, *spec.item)]
+            self.tower = TowerTrainer(spec, ShardClient(shards, tables, calls=calls),
+                                      cfg.train.batch_size, dense=dense,
+                                      timeout_s=cfg.train.call_timeout_s)
+            self.loop.after_step = self.tower.train_batch
         self._lock = threading.Lock()
         self._asked, self._answered = threading.Event(), threading.Event()
         self._fitting = False
@@ -197,6 +208,8 @@ class Trainer:
         publish them with their optimizer state to the dense server (where snapshots and
         serving read them): every step so far is then in the servers."""
         self.loop.flush()
+        if self.tower is not None:
+            self.tower.flush()
         if self._publish_to is not None:
             self.loop.dense_version = self.loop.steps
             call(self._publish_to, "load_state", jax.tree.map(np.asarray, self.loop.params),
@@ -296,14 +309,15 @@ def start_servers(cfg: Config, started_from: str | None = None,
                                   scheduling_strategy="SPREAD",
                                   **actor_options(cfg.supervision),
                                   **_named(cfg, f"shard-{k}")).remote(
-                  cfg.slots, cfg.admission, 1024,
+                  cfg.table_slots, cfg.admission, 1024,
                   RunSnapshot(root, since, started_from, f"shard-{k}"))
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
         num_cpus=cfg.train.shard_cpus, resources=cfg.train.resources("dense"),
         **actor_options(cfg.supervision),
         **_named(cfg, "dense")).remote(*dense_server_args(cfg, norm),
-                                       RunSnapshot(root, since, started_from))
+                                       RunSnapshot(root, since, started_from),
+                                       parts=dense_parts(cfg))
     return shards, dense
 
 

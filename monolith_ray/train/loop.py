@@ -98,6 +98,8 @@ class TrainLoop:
                  dense_server: Any = None, dense: Sequence[DenseFeature] = (),
                  tasks: Sequence[TaskConfig] = DEFAULT_TASKS) -> None:
         self.slots = tuple(slots)
+        # Called with each batch once its step is done (e.g. the retrieval towers' step).
+        self.after_step: Callable[[Batch], Any] | None = None
         self.names = tuple(s.name for s in slots)
         self.client = client
         self.train_cfg = train
@@ -109,7 +111,7 @@ class TrainLoop:
         self._step = make_train_step(self.model, self.spec, optimizer)
         self._grad_step = make_grad_step(self.model, self.spec)
         self._predict = make_predict(self.model, self.spec)
-        self.dense = None if dense_server is None else _DenseLink(dense_server,
+        self.dense = None if dense_server is None else DenseLink(dense_server,
                                                                   train.call_timeout_s)
         if self.dense is not None:
             self.params, self.dense_version = self.dense.pull()
@@ -258,6 +260,8 @@ class TrainLoop:
         seconds = time.perf_counter() - start
         metrics.EXAMPLES_TRAINED.inc(len(batch))
         metrics.TRAIN_STEP_SECONDS.observe(seconds)
+        if self.after_step is not None:
+            self.after_step(batch)
         return {"step": self.steps, "loss": float(step.loss), "examples": len(batch),
                 "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
@@ -367,7 +371,7 @@ class _Step:
     param_grads: Any
 
 
-class _DenseLink:
+class DenseLink:
     """A trainer's asynchronous link to the dense parameter server.
 
     Each step pushes its gradients without waiting; every ``dense_pull_every`` steps it issues
@@ -375,14 +379,15 @@ class _DenseLink:
     push) and collects it at the next step, overlapping the round trip with the step.
     """
 
-    def __init__(self, server: Any, timeout_s: float | None = 60.0) -> None:
+    def __init__(self, server: Any, timeout_s: float | None = 60.0, part: str = "model") -> None:
         self.server = server
         self.calls = calls_for([server], method="pull", timeout_s=timeout_s)
+        self._part = () if part == "model" else (part,)  # the server's default part: no arg
         self._push: Any = None
         self._pull: Any = None
 
     def pull(self) -> tuple[Any, int]:
-        return self.calls.gather([self.calls.submit(self.server, "pull")])[0]
+        return self.calls.gather([self.calls.submit(self.server, "pull", *self._part)])[0]
 
     def step(self, grads: Any, pull: bool) -> tuple[Any, int] | None:
         """Push ``grads``; return the parameters of the pull issued last step, if any."""
@@ -392,9 +397,10 @@ class _DenseLink:
             self._pull = None
         if self._push is not None:
             self.calls.gather([self._push])
-        self._push = self.calls.submit(self.server, "push", jax.tree.map(np.asarray, grads))
+        self._push = self.calls.submit(self.server, "push", jax.tree.map(np.asarray, grads),
+                                       *self._part)
         if pull:
-            self._pull = self.calls.submit(self.server, "pull")
+            self._pull = self.calls.submit(self.server, "pull", *self._part)
         return fresh
 
     def drain(self) -> tuple[Any, int] | None:

@@ -1,0 +1,177 @@
+"""Retrieval over a replica's catalogue, in process: towers trained through a dense server's
+``tower`` part and the shards' tower tables (as the jobs' trainers do), carried by a
+ParameterSync to a ServingModel, indexed and searched by CatalogueRetrieval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from monolith_ray.config import load_config
+from monolith_ray.data.batches import make_batch
+from monolith_ray.data.slot_columns import examples_table
+from monolith_ray.ps.client import ShardClient
+from monolith_ray.ps.dense import DenseServer
+from monolith_ray.ps.shard import ShardServer
+from monolith_ray.retrieval.configured import TOWER_PART, dense_parts, synced_parts, tower_spec
+from monolith_ray.retrieval.tables import pooled_rows, table_name
+from monolith_ray.retrieval.train import TowerTrainer
+from monolith_ray.schemas import LABEL
+from monolith_ray.serve.catalogue import CatalogueRetrieval
+from monolith_ray.serve.model import ServingModel, SlotRows
+from monolith_ray.serve.sync import ParameterSync
+from monolith_ray.train.job import dense_server_args
+
+CFG = load_config("""
+slots:
+  - {name: user_id, slot_id: 1, dim: 8}
+  - {name: item_id, slot_id: 2, dim: 8}
+  - {name: category, slot_id: 3, dim: 4}
+retrieval:
+  user_slots: [user_id]
+  item_slots: [item_id, category]
+  candidates: 10
+  dim: 8
+  hidden: [16]
+  temperature: 0.1
+  dense_rate: 0.01
+serve: {store_dtype: float32}
+""")
+N_CATEGORIES, PER_CATEGORY, N_USERS = 4, 15, 40
+ITEMS = np.arange(N_CATEGORIES * PER_CATEGORY)
+POOL = [{"item_id": int(i), "category": int(i % N_CATEGORIES)} for i in ITEMS]
+
+
+def _batch(rng: np.random.Generator, size: int, t: int):
+    """Users who click items of their own category (user % 4) 80 % of the time."""
+    users = rng.integers(0, N_USERS, size)
+    own = rng.random(size) < 0.8
+    category = np.where(own, users % N_CATEGORIES, rng.integers(0, N_CATEGORIES, size))
+    items = category + N_CATEGORIES * rng.integers(0, PER_CATEGORY, size)
+    rows = [{"user_id": int(u), "item_id": int(i), "category": int(i % N_CATEGORIES)}
+            for u, i in zip(users, items)]
+    table = examples_table(rows, CFG.slots, t)
+    labels = pa.array((items % N_CATEGORIES == users % N_CATEGORIES).astype(np.float32))
+    table = table.set_column(table.schema.get_field_index(LABEL), LABEL, labels)
+    return make_batch(table, CFG.slots)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Shards with the tower tables, a dense server with the tower part, 150 tower steps."""
+    shards = [ShardServer(CFG.table_slots, CFG.admission) for _ in range(2)]
+    dense = DenseServer(*dense_server_args(CFG), parts=dense_parts(CFG))
+    spec = tower_spec(CFG)
+    tables = [table_name(s.name) for s in (*spec.user, *spec.item)]
+    trainer = TowerTrainer(spec, ShardClient(shards, tables), 128, dense=dense)
+    rng = np.random.default_rng(0)
+    losses = [trainer.train_batch(_batch(rng, 128, 100 + t)) for t in range(150)]
+    trainer.flush()
+    return shards, dense, trainer, losses
+
+
+def _replica(shards, dense):
+    sync = ParameterSync(CFG.table_slots, shards, dense, start=False, dtype="float32",
+                         parts=synced_parts(CFG))
+    model = ServingModel(CFG)
+    retrieval = CatalogueRetrieval(CFG, model, SlotRows.of(POOL, CFG.slots))
+    return sync, model, retrieval
+
+
+def _pull(sync, model, retrieval):
+    versions = model.versions
+    staged = model.stage(sync.updates(versions["sparse"], versions["dense"], model.sync_epoch))
+    model.commit(staged)
+    retrieval.on_updates(staged)
+    return staged
+
+
+def _exhaustive(retrieval: CatalogueRetrieval, user: int, n: int) -> np.ndarray:
+    """The pool positions of the ``n`` best items by the towers' cosine, over every item."""
+    r = retrieval.retriever
+    every = np.arange(len(POOL))
+    items = r.item_vectors(retrieval._item_rows(every))
+    batch = retrieval.model.batch_of(SlotRows.of([{"user_id": user}], CFG.slots), now=0)
+    users = r.user_vectors(pooled_rows(retrieval.model.tower_lookup, batch, r.spec.user))
+    return np.argsort(-(items @ users[0]), kind="stable")[:n]
+
+
+def test_the_towers_train_through_the_dense_servers_part(trained) -> None:
+    _, dense, trainer, losses = trained
+    params, version = dense.pull(TOWER_PART)
+    assert version == trainer.steps == 150  # every step's gradient reached the server
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.3
+    first_layer = params[0]["w"] if isinstance(params, list) else None
+    assert first_layer is None or np.isfinite(first_layer).all()
+    with pytest.raises(KeyError, match="no dense part 'nope'"):
+        dense.pull("nope")
+
+
+def test_the_sync_carries_the_tower_part_and_the_replica_indexes_its_catalogue(trained) -> None:
+    shards, dense, _, _ = trained
+    sync, model, retrieval = _replica(shards, dense)
+    assert not retrieval.ready
+    assert retrieval.search(SlotRows.of([{"user_id": 1}], CFG.slots), 0) is None
+    staged = _pull(sync, model, retrieval)
+    assert TOWER_PART in staged.parts
+    assert retrieval.ready and len(retrieval.retriever) == len(POOL)
+    hits, own = 0, 0
+    for user in range(N_USERS):
+        found = retrieval.search(SlotRows.of([{"user_id": user}], CFG.slots), 0)
+        assert found.size == 10 and np.unique(found).size == 10
+        assert ((found >= 0) & (found < len(POOL))).all()
+        hits += np.intersect1d(found, _exhaustive(retrieval, user, 10)).size
+        own += int((found % N_CATEGORIES == user % N_CATEGORIES).sum())
+    assert hits / (10 * N_USERS) >= 0.9  # the ANN finds the exhaustive top 10
+    assert own / (10 * N_USERS) >= 0.6  # and they are mostly of the user's category
+    stats = retrieval.stats()
+    assert stats["searches"] == N_USERS and stats["fallbacks"] == 1 and "p99_ms" in stats
+
+
+def test_a_sparse_update_reembeds_the_items_whose_rows_changed(trained) -> None:
+    shards, dense, trainer, _ = trained
+    sync, model, retrieval = _replica(shards, dense)
+    _pull(sync, model, retrieval)
+    rebuilds = retrieval.counts["rebuilds"]
+    # One item's tower row moves: only it is re-embedded, in place.
+    client = ShardClient(shards, [table_name("item_id")])
+    fid = model.batch_of(SlotRows.of([POOL[5]], CFG.slots), now=0).fids["item_id"]
+    row = client.lookup({table_name("item_id"): fid})[table_name("item_id")]
+    client.push({table_name("item_id"): fid},
+                {table_name("item_id"): np.full_like(row, 5.0)}, 500)
+    sync.sync_now("sparse")
+    _pull(sync, model, retrieval)
+    assert retrieval.counts["upserted"] == 1 and retrieval.counts["rebuilds"] == rebuilds
+    # Two category rows, read by half the catalogue: more than rebuild_share, rebuilt.
+    fid = model.batch_of(SlotRows.of(POOL[:2], CFG.slots), now=0).fids["category"]
+    client = ShardClient(shards, [table_name("category")])
+    row = client.lookup({table_name("category"): fid})[table_name("category")]
+    client.push({table_name("category"): fid},
+                {table_name("category"): np.full_like(row, 5.0)}, 500)
+    sync.sync_now("sparse")
+    touched = retrieval._touched(sync.updates(0, -1).sparse)  # every row: every item
+    assert touched.size == len(POOL)
+    _pull(sync, model, retrieval)
+    assert retrieval.counts["rebuilds"] == rebuilds + 1
+    for user in range(0, N_USERS, 7):  # the index matches the rows it now holds
+        found = retrieval.search(SlotRows.of([{"user_id": user}], CFG.slots), 0)
+        assert np.intersect1d(found, _exhaustive(retrieval, user, 10)).size >= 8
+
+
+def test_touched_items_are_those_reading_a_changed_row(trained) -> None:
+    shards, dense, _, _ = trained
+    _, model, retrieval = _replica(shards, dense)
+
+    def fid(item: int, slot: str) -> np.ndarray:
+        return model.batch_of(SlotRows.of([POOL[item]], CFG.slots), now=0).fids[slot]
+
+    class Update:  # the fields of a SparseUpdate it reads
+        ids = {table_name("item_id"): fid(7, "item_id"), "item_id": fid(3, "item_id")}
+        evicted = {table_name("category"): np.empty(0, np.int64)}
+
+    # item 7's tower row; item 3's ranking row is not the towers'
+    assert retrieval._touched(Update).tolist() == [7]
+    Update.ids = {}
+    Update.evicted = {table_name("category"): fid(2, "category")}  # evicted counts too
+    assert retrieval._touched(Update).tolist() == [i for i in ITEMS if i % 4 == 2]
