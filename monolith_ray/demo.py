@@ -222,11 +222,24 @@ class Loop:
         sync = ray.get(self.sync.status.remote(), timeout=30)
         rows = {name: sum(s[name]["rows"] for s in shard_stats) for name in shard_stats[0]}
         return {"wall_s": time.time(), **users, "arms": self.arms(),
+                "retrieval": _retrieval(self.users.url),
                 "examples_joined": sum(j["positives"] + j["negatives"] for j in joined),
                 "examples_read": read["records"], "table_rows": rows,
                 "sync_versions": sync["versions"], "sparse_syncs": sync["sparse_syncs"],
                 "dense_swaps": sync["dense_swaps"], "serving_rows": sync["rows"],
                 "restarts": restarts}
+
+
+def _retrieval(url: str) -> dict[str, Any] | None:
+    """The replica's retrieval counters and search latency (``/healthz``; None without
+    retrieval or if it does not answer)."""
+    try:
+        r = requests.get(url + "/healthz", timeout=5)
+        r.raise_for_status()
+    except requests.RequestException as err:
+        logger.warning("no retrieval figures: %s", err)
+        return None
+    return r.json().get("retrieval")
 
 
 def _arms(url: str) -> dict[str, dict[str, Any]]:
@@ -412,6 +425,11 @@ def _table(p: dict[str, Any]) -> Any:
         f"{k} {v}" for k, v in p["restarts"].items() if v) or "none")
     t.add_row("served with (dense, sparse)",
               ", ".join(str(p["model_version"].get(k, "-")) for k in ("dense", "sparse")))
+    retrieval = p.get("retrieval")
+    if retrieval:
+        t.add_row("retrieval: items indexed / searches (random draws) / p99 ms",
+                  f"{retrieval['items']} / {retrieval['searches']} ({retrieval['fallbacks']}) "
+                  f"/ {retrieval.get('p99_ms', '-')}")
     for label, arm in p.get("arms", {}).items():
         kind = arm["policy"] + (" + satiation" if arm["satiation"] else "")
         t.add_row(f"arm {label} ({kind}): click-through [95%] of impressions",
@@ -439,7 +457,8 @@ def _summary(history: list[dict[str, Any]], started: float, out: Path) -> dict[s
                                     "auc",
                                     "ctr", "ctr_random", "p50_ms", "p99_ms", "examples_joined",
                                     "examples_read", "table_rows", "sync_versions",
-                                    "sparse_syncs", "dense_swaps", "restarts", "arms")},
+                                    "sparse_syncs", "dense_swaps", "restarts", "arms",
+                                    "retrieval")},
         "ctr_first": next((h["ctr"] for h in history if h["impressions"] >= 500), None),
         "plot": str(out / "demo.png"), "history": str(out / "history.json"),
     }

@@ -32,9 +32,15 @@ def test_demo_closes_the_loop_and_writes_summary_and_plot(ray_session, serve_url
     assert sum(summary["table_rows"].values()) > 0
     assert summary["sparse_syncs"] >= 5 and summary["sync_versions"]["sparse"] >= 1
     assert summary["dense_swaps"] >= 2
+    # Requests without candidates were retrieved from the index of the whole catalogue,
+    # which the dense syncs rebuilt with the towers as they trained.
+    retrieval = summary["retrieval"]
+    assert retrieval["items"] == 100 and retrieval["rebuilds"] >= 2
+    assert retrieval["searches"] > summary["requests"] // 2
+    assert retrieval["fallbacks"] == 0 and retrieval["refresh_failures"] == 0
     assert Path(summary["plot"]).stat().st_size > 10_000
     history = json.loads(Path(summary["history"]).read_text())
-    assert len(history) >= 30 and history[-1]["requests"] == summary["requests"]
+    assert len(history) >= 10 and history[-1]["requests"] == summary["requests"]
     # The demo config's three arms side by side, counted over every replica (a second late,
     # and counting requests the users had not yet recorded when the last sample was taken).
     arms = summary["arms"]
