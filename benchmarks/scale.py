@@ -17,22 +17,36 @@ Phases, training running through all but the last:
 2. **fill**: train until the shards hold ``ids_target`` ids (the ``IDS`` environment variable,
    default 50,000,000), polling ``stats()`` every ``POLL_S``.
 3. **full**: the next ``WINDOW_STEPS`` steps: ``examples_per_s_full`` and
-   ``throughput_full_vs_start``; the median step time of this window is the baseline of the
-   two ratios below. Each shard's per-slot versions are recorded at its start.
-4. **snapshot**: ``take_snapshot`` of every shard and the dense server into a local folder
+   ``throughput_full_vs_start``, on live traffic as in phases 1 and 2.
+4. **steady**: from here to the end of phase 6 the id inflow is bounded
+   (``ScaleTrainer.bound_inflow``): one batch in ``LIVE_EVERY`` (the ``LIVE_EVERY``
+   environment variable, default 4) is the next live one, with its never-seen ids, and the
+   others replay batches trained before (oldest first: the same traffic, ids already held).
+   Why: the workload compresses a day's inflow (tens of millions of new ids) into minutes,
+   about 0.3 million new ids a second here; fed in full through a 100-s paced snapshot and
+   the sync it grew the tables from 51M to about 90M ids (20.6 GB summed RSS), so the
+   snapshot was measured on tables growing 80% while it ran. A production table of this
+   size takes in its day's new ids over a day, a fraction of a percent of it during one
+   snapshot. A quarter of the compressed inflow still exercises every kind of step work
+   (inserts and map growth beside the snapshot's copies) and keeps the tables near the size
+   measured; ``ids_end`` reports how far they grew. ``LIVE_EVERY=1`` is the unbounded run.
+   The median step time of ``WINDOW_STEPS`` steps of this traffic is the baseline of the
+   ratios below (``step_median_steady_s``; ``step_p99_steady_vs_median`` is this window's
+   own p99). Each shard's per-slot versions are recorded at its start.
+5. **snapshot**: ``take_snapshot`` of every shard and the dense server into a local folder
    while the trainer trains, each shard capped at ``SNAPSHOT_MB_PER_S`` (the
    ``SNAPSHOT_MB_PER_S`` environment variable, default 25, so 100 MB/s in all, an object
    store's speed; ``data.snapshot_mb_per_s``): ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
    (bytes of the folder / seconds), ``step_p99_during_snapshot_vs_median`` (the 99th
    percentile of the steps that ended while it ran or within 2 s after it, which it may have
-   slowed too / the full window's median).
-5. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
+   slowed too / the steady window's median).
+6. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
    versions recorded ``SYNC_AFTER_S`` (5 s) of training before (``changes_since``, one shard
    at a time, as the sync reads them; at least a million rows change in that time here),
    while the trainer trains: ``sync_rows`` (rows changed), ``sync_s``,
    ``step_p99_during_sync_vs_median``. The sync's publish to serving replicas is not part of
    it (replicas holding whole tables of this size are the serving tier's subject).
-6. **restore**: the trainer stops; the shard actors are killed and new ones restore the
+7. **restore**: the trainer stops; the shard actors are killed and new ones restore the
    snapshot (all at once, as after a failure): ``restore_s``; the restored row count must
    equal the distinct ids in the snapshot's files (``snapshot_rows``, counted by reading
    them back; ids evicted after their copy aside, which no slot here does).
@@ -43,17 +57,23 @@ shard at the end of phase 3 (map, committed row pages, optimizer state, admissio
 (empty tables: Python, Numba and Ray runtime, ``shard_rss_gb_start``) to the end of phase 3,
 over those bytes: 1.0 when ``stats()`` accounts for every byte the tables took (the growth
 also holds the first calls' Numba and channel start-up, tens of MB a shard). ``peak_rss_gb``: the largest sum of RSS over this process and all
-its descendants (every Ray process of the session), sampled every 0.5 s over the whole run:
-an upper bound, since pages of the object store mapped by several processes count in each.
+its descendants (every Ray process of the session), sampled every 0.5 s over the whole run
+(``MemorySampler``): an upper bound, since a page mapped by several processes (shared
+libraries, about 0.23 GB in each Ray worker; the object store) counts in each. Beside it:
+the phase it fell in and each kind of process's share at that sample
+(``peak_rss_gb_by_process``, ``peak_shmem_gb_by_process``: the object store's pages), the
+peak of each phase, and ``peak_pss_gb``, the largest sum of PSS, which counts a shared page
+once over all processes: what the run took of the machine.
 ``call_timeouts``: trainer steps failed by a parameter-server call not answered within
 ``train.call_timeout_s`` (60 s); the trainer counts them and goes on.
 
-Targets (issue 13): ids >= 50M, bytes_per_id <= 200, peak_rss_gb <= 20,
+Targets (issue 13): ids >= 50M, bytes_per_id <= 200, peak_rss_gb <= 20 (summed RSS),
 throughput_full_vs_start >= 0.7, both p99 ratios <= 3, call_timeouts == 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -86,11 +106,16 @@ OBJECT_STORE_BYTES = 512 * 1024**2
 PREFETCH = 3
 SNAPSHOT_MB_PER_S = float(os.environ.get("SNAPSHOT_MB_PER_S", 25.0))  # per shard
 SYNC_AFTER_S = 5.0
+LIVE_EVERY = int(os.environ.get("LIVE_EVERY", 4))  # from phase 4 on: 1 live batch in this many
 
 
 class ScaleTrainer(Trainer):
     """A trainer that makes its own workload batches (a background thread, ``PREFETCH``
-    ahead) and records each step's end time and seconds; ``stop`` ends ``run``."""
+    ahead) and records each step's end time and seconds; ``stop`` ends ``run``.
+
+    Batches are the workload's in order (live traffic, every id it brings is inserted) until
+    :meth:`bound_inflow`; from then on only every ``live_every``-th batch is the next live
+    one, the others replay batches already trained (the same traffic, ids already held)."""
 
     def __init__(self, cfg: Config, shards: list[Any], dense: Any, workload: Workload) -> None:
         super().__init__(cfg, shards, dense, local_dense=True)
@@ -98,16 +123,23 @@ class ScaleTrainer(Trainer):
         self.steps: list[tuple[float, float, int]] = []  # (end wall time, seconds, examples)
         self.call_timeouts = 0
         self._stop = threading.Event()
+        self._live = 0  # live batches made: the next live batch is step ``_live``
+        self._live_every, self._replay_span = 1, 0
 
     def run(self) -> dict[str, Any]:
         """Train until :meth:`stop` -> steps and call timeouts."""
         batches: queue.Queue = queue.Queue(PREFETCH)
-        next_step = [0]
 
         def make() -> None:
+            made = replayed = 0
             while not self._stop.is_set():
-                batch = self.workload.batch(next_step[0])
-                next_step[0] += 1
+                every, span = self._live_every, self._replay_span
+                if every > 1 and made % every:
+                    step, replayed = replayed % span, replayed + 1  # oldest first
+                else:
+                    step, self._live = self._live, self._live + 1
+                made += 1
+                batch = self.workload.batch(step)
                 while not self._stop.is_set():
                     try:
                         batches.put(batch, timeout=0.5)
@@ -135,6 +167,13 @@ class ScaleTrainer(Trainer):
         maker.join()
         return {"steps": len(self.steps), "call_timeouts": self.call_timeouts}
 
+    def bound_inflow(self, live_every: int) -> int:
+        """From now on make every ``live_every``-th batch live and replay trained ones in
+        between -> the live batches made so far (the replayed span)."""
+        self._replay_span = max(self._live - PREFETCH - 1, 1)  # trained, not just queued
+        self._live_every = live_every
+        return self._replay_span
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -143,23 +182,62 @@ class ScaleTrainer(Trainer):
         return self.steps[start:]
 
 
-class RssSampler(threading.Thread):
-    """The largest summed RSS of this process and its descendants, sampled every 0.5 s."""
+def _role(p: psutil.Process) -> str:
+    """What a process of the run is: the driver, a Ray actor by its class (Ray titles a
+    worker ``ray::Class.method``), an idle worker, or a Ray daemon by its name."""
+    if p.pid == os.getpid():
+        return "driver"
+    try:
+        title = " ".join(p.cmdline())
+    except psutil.Error:
+        return "gone"
+    if title.startswith("ray::"):
+        name = title.split()[0][5:].split(".")[0]
+        return "worker" if name in ("IDLE", "") else name
+    return p.name()
 
-    def __init__(self) -> None:
+
+def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """Fields of ``/proc/<pid>/status`` (or ``smaps_rollup``) in bytes."""
+    out = {}
+    for source in ("status", "smaps_rollup"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/{source}") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in keys:
+                        out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class MemorySampler(threading.Thread):
+    """Memory of this process and its descendants (every Ray process of the session), sampled
+    every ``every_s``: the largest sum of RSS (``peak``, the issue's ``peak_rss_gb``), where
+    and when it happened (per process role, the phase the driver was in), and beside it the
+    largest sum of PSS (proportional set size: a page mapped by k processes counts 1/k in
+    each, so shared pages, the object store's and shared libraries', count once over all)."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.peak, self._done = 0, threading.Event()
+        self.every_s, self.phase, self._done = every_s, "start", threading.Event()
+        self.peak, self.peak_pss, self.peak_sample = 0, 0, {}
+        self.phase_peaks: dict[str, int] = {}
 
     def run(self) -> None:
         me = psutil.Process()
-        while not self._done.wait(0.5):
-            total = 0
+        while not self._done.wait(self.every_s):
+            roles: dict[str, dict[str, int]] = {}
             for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                fields = _status_kb(p.pid, ("VmRSS", "RssAnon", "RssShmem", "Pss"))
+                role = roles.setdefault(_role(p), {"rss": 0, "anon": 0, "shmem": 0, "pss": 0})
+                for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"),
+                                   ("shmem", "RssShmem"), ("pss", "Pss")):
+                    role[key] += fields.get(field, 0)
+            total = sum(r["rss"] for r in roles.values())
+            self.peak_pss = max(self.peak_pss, sum(r["pss"] for r in roles.values()))
+            self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), total)
+            if total > self.peak:
+                self.peak, self.peak_sample = total, {"phase": self.phase, "roles": roles}
 
     def stop(self) -> int:
         self._done.set()
@@ -235,7 +313,7 @@ def folder_bytes(folder: str) -> int:
 def main() -> None:
     workload = default_workload(BATCH)
     cfg = bench_config(workload)
-    sampler = RssSampler()
+    sampler = MemorySampler()
     sampler.start()
     ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE_BYTES,
              include_dashboard=False,
@@ -256,6 +334,7 @@ def main() -> None:
             print(f"start: {start_rate:.0f} examples/s, median step {start_median * 1e3:.0f} ms",
                   file=err)
 
+            sampler.phase = "fill"
             rows = 0
             while rows < IDS_TARGET:
                 time.sleep(POLL_S)
@@ -266,6 +345,7 @@ def main() -> None:
                       f" B/id, {rate:.0f} examples/s, peak RSS {sampler.peak / 1e9:.1f} GB",
                       file=err)
 
+            sampler.phase = "full"
             first = len(ray.get(trainer.timings.remote()))
             steps = wait_steps(trainer, first + WINDOW_STEPS)
             full_rate, full_median = window(steps[first:first + WINDOW_STEPS])
@@ -274,6 +354,15 @@ def main() -> None:
             print(f"full: {ids:,} ids, {full_rate:.0f} examples/s, median step "
                   f"{full_median * 1e3:.0f} ms", file=err)
 
+            sampler.phase = "steady"
+            replayed = ray.get(trainer.bound_inflow.remote(LIVE_EVERY))
+            first = len(ray.get(trainer.timings.remote())) + PREFETCH  # past queued batches
+            steps = wait_steps(trainer, first + WINDOW_STEPS)
+            _, baseline = window(steps[first:first + WINDOW_STEPS])
+            print(f"steady: 1 live batch in {LIVE_EVERY}, {replayed:,} replayed, median step "
+                  f"{baseline * 1e3:.0f} ms", file=err)
+
+            sampler.phase = "snapshot"
             t0 = time.time()
             location = take_snapshot(f"{out}/snapshots", shards, dense,
                                      mb_per_s=SNAPSHOT_MB_PER_S)
@@ -286,6 +375,7 @@ def main() -> None:
             print(f"snapshot: {snapshot_bytes / 1e9:.2f} GB in {snapshot_s:.1f} s, "
                   f"{len(during_snapshot)} steps meanwhile", file=err)
 
+            sampler.phase = "sync"
             versions = [{slot: t["version"] for slot, t in st.items()}
                         for st in ray.get([s.stats.remote() for s in shards])]
             incarnations = ray.get([s.incarnation.remote() for s in shards])
@@ -299,9 +389,11 @@ def main() -> None:
             del changes
             time.sleep(2.0)
             during_sync = during(ray.get(trainer.timings.remote()), t0, time.time())
+            ids_end, _, _ = table_totals(shards)
             print(f"sync: {sync_rows:,} rows in {sync_s:.1f} s, {len(during_sync)} steps "
-                  f"meanwhile", file=err)
+                  f"meanwhile; {ids_end:,} ids", file=err)
 
+            sampler.phase = "restore"
             ray.get(trainer.stop.remote())
             result = ray.get(run)
             ray.kill(trainer)
@@ -322,17 +414,24 @@ def main() -> None:
         peak = sampler.stop()
 
     def p99_ratio(seconds: np.ndarray) -> float:
-        return float(np.percentile(seconds, 99) / full_median) if seconds.size else float("nan")
+        return float(np.percentile(seconds, 99) / baseline) if seconds.size else float("nan")
 
     def pct(seconds: np.ndarray, q: float) -> float:
-        return float(np.percentile(seconds, q) / full_median) if seconds.size else float("nan")
+        return float(np.percentile(seconds, q) / baseline) if seconds.size else float("nan")
 
-    full_steps = np.array([s[1] for s in steps[first:first + WINDOW_STEPS]])
+    steady_steps = np.array([s[1] for s in steps[first:first + WINDOW_STEPS]])
     figures = {
         "ids": ids,
         "shards": SHARDS,
         "bytes_per_id": n_bytes / ids,
         "peak_rss_gb": peak / 1e9,
+        "peak_rss_phase": sampler.peak_sample.get("phase"),
+        "peak_rss_gb_by_process": {role: round(r["rss"] / 1e9, 3) for role, r in
+                                   sorted(sampler.peak_sample.get("roles", {}).items())},
+        "peak_shmem_gb_by_process": {role: round(r["shmem"] / 1e9, 3) for role, r in
+                                     sorted(sampler.peak_sample.get("roles", {}).items())},
+        "peak_rss_gb_by_phase": {k: round(v / 1e9, 3) for k, v in sampler.phase_peaks.items()},
+        "peak_pss_gb": sampler.peak_pss / 1e9,
         "examples_per_s_start": start_rate,
         "examples_per_s_full": full_rate,
         "throughput_full_vs_start": full_rate / start_rate,
@@ -345,7 +444,7 @@ def main() -> None:
         "restore_s": restore_s,
         "call_timeouts": int(result["call_timeouts"]),
         "ids_target": IDS_TARGET,
-        "step_p99_full_vs_median": pct(full_steps, 99),
+        "step_p99_steady_vs_median": pct(steady_steps, 99),
         "step_p50_during_snapshot_vs_median": pct(during_snapshot, 50),
         "step_p90_during_snapshot_vs_median": pct(during_snapshot, 90),
         "step_max_during_snapshot_vs_median": pct(during_snapshot, 100),
@@ -364,6 +463,9 @@ def main() -> None:
         "steps_during_sync": int(during_sync.size),
         "step_median_start_s": start_median,
         "step_median_full_s": full_median,
+        "step_median_steady_s": baseline,
+        "live_every": LIVE_EVERY,
+        "ids_end": ids_end,
         "steps": int(result["steps"]),
     }
     if restored != snapshot_rows:

@@ -20,7 +20,23 @@ Memory: the per-row arrays sit over reserved address space (``monolith_ray.table
 growing never copies, and the process holds only the rows handed out. Per row of width
 ``dim`` (the slot's ``dim + 1``): ``4 * dim`` bytes of weights, ``4 * dim`` per optimizer state
 matrix (Adagrad: one), 28 bytes of id, time, count and version, plus the cuckoo map's 14-20
-bytes per id: about 180 bytes an id at dim 16 with Adagrad. ``stats()["bytes"]`` counts them all.
+bytes per id: about 180 bytes an id at dim 16 with Adagrad (181 measured at 50M ids, and
+process RSS grew by 1.05x that). ``stats()["bytes"]`` counts them all.
+
+What a table takes beyond ``stats()["bytes"]``, and so the bound on its peak:
+
+- growth: only the map grows by copying (``CuckooMap``: 1.4x a step, old and new buckets
+  side by side while it rehashes): the new buckets, 1.4 x 12.8 / 0.9 = 20 bytes per id of
+  the one table growing, for the length of one rehash; rows never move.
+- ``snapshot``: one chunk's copy, ``SNAPSHOT_CHUNK_ROWS`` rows (8,192 x 164 bytes = 1.3 MB
+  at dim 17 with Adagrad), and the caller's file buffer; nothing grows with the table, so
+  a snapshot's peak is the table's own bytes plus a few MB. What does grow during a
+  snapshot is the table itself, by the ids trained in while it is written (a 100-s snapshot
+  beside a trainer inserting 0.3 million new ids a second adds 30M ids, 5.4 GB).
+- ``export_since``: the delta twice at its end (the chunks' parts and their concatenation):
+  2 x (8 + 4 x dim) bytes per changed row, 0.15 GB for a million rows at dim 17.
+- ``restore``: a chunk read at a time into a new table: the new table's bytes and one
+  chunk; a shard restoring into tables it already holds has both for the time of it.
 
 Snapshot format (``snapshot``/``restore``, format tag ``monolith_ray.table/2``): a stream of
 NumPy ``.npy`` frames, read back with ``allow_pickle=False`` and every shape checked before
