@@ -198,7 +198,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from monolith_ray.train.online import INPUTS
 
     cfg = load_config(args.config or DEMO_CONFIG, args.set)
-    check_inputs(cfg, INPUTS)
+    check_inputs(cfg, (*INPUTS, "experiments"))
     ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
     try:
         demo(cfg, duration_s=args.duration, rate_per_s=args.rate)
@@ -230,7 +230,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not cfg.kafka.bootstrap_servers:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, log_features=False))
     cfg.check_serving()
-    check_inputs(cfg, ("serve.candidate_pool",))
+    check_inputs(cfg, ("serve.candidate_pool", "experiments"))
     ray.init(address=args.address, ignore_reinit_error=True)
     if args.training and args.snapshot:
         print("monolith-ray serve: --training and --snapshot exclude each other (restoring "

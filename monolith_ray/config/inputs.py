@@ -15,7 +15,8 @@ from monolith_ray.config.loader import ConfigError
 from monolith_ray.files import filesystem_and_path
 from monolith_ray.config.root import Config
 
-INPUT_KEYS = ("data.train", "data.valid", "data.test", "serve.candidate_pool", "online.start")
+INPUT_KEYS = ("data.train", "data.valid", "data.test", "serve.candidate_pool", "online.start",
+              "experiments")
 
 
 def check_inputs(cfg: Config, keys: Iterable[str]) -> None:
@@ -25,11 +26,19 @@ def check_inputs(cfg: Config, keys: Iterable[str]) -> None:
     An empty ``data.valid``, ``data.test`` or ``serve.candidate_pool`` names no input;
     ``online.start`` names the path of ``dump:<path>`` or ``snapshot:<path>`` (``earliest``
     none); ``data.train`` must name one, as a job that reads it has nothing to train on
-    otherwise. A path is local, or any ``pyarrow.fs`` URI (``s3://...``), a file or a folder.
+    otherwise. ``experiments``: the snapshot of each arm pinned to one
+    (``model: snapshot:<path>``). A path is local, or any ``pyarrow.fs`` URI (``s3://...``),
+    a file or a folder.
     """
     for key in keys:
         if key not in INPUT_KEYS:
             raise ValueError(f"{key!r} names no input; inputs: {', '.join(INPUT_KEYS)}")
+        if key == "experiments":
+            for i, experiment in enumerate(cfg.experiments):
+                for j, arm in enumerate(experiment.arms):
+                    if arm.snapshot is not None:
+                        _check_exists(f"experiments[{i}].arms[{j}].model", arm.snapshot)
+            continue
         section, _, name = key.partition(".")
         path = getattr(getattr(cfg, section), name)
         if key == "online.start":

@@ -108,21 +108,36 @@ class PolicyConfig(PolicyChoice):
                                           f"{list(self.evaluate)}")
 
 
+SNAPSHOT_MODEL = "snapshot:"
+
+
 @dataclasses.dataclass(frozen=True)
 class ArmConfig:
     """One arm: its ``name``, ``weight`` (its share of the experiment's users is weight /
-    sum of weights), ``policy`` (none = the section ``policy``'s) and ``satiation``
-    (whether its requests are re-ranked for satiation; none = ``policy.satiation.enabled``)."""
+    sum of weights), ``policy`` (none = the section ``policy``'s), ``satiation``
+    (whether its requests are re-ranked for satiation; none = ``policy.satiation.enabled``)
+    and ``model``: ``live`` (the model the sync keeps current) or ``snapshot:<location>`` (a
+    snapshot folder, or a root whose newest complete snapshot is taken when serving starts:
+    a model version pinned for this arm, e.g. yesterday's against the live one)."""
 
     name: str
     weight: float = 1.0
     policy: PolicyChoice | None = None
     satiation: bool | None = None
+    model: str = "live"
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= 64:
             raise ConfigError("name", f"1 to 64 characters, got {self.name!r}")
         _require(self, "weight", gt=0)
+        if self.model != "live" and not (self.model.startswith(SNAPSHOT_MODEL)
+                                         and len(self.model) > len(SNAPSHOT_MODEL)):
+            raise ConfigError("model", f"'live' or 'snapshot:<location>', got {self.model!r}")
+
+    @property
+    def snapshot(self) -> str | None:
+        """The snapshot location of a pinned model, None for the live one."""
+        return self.model[len(SNAPSHOT_MODEL):] if self.model != "live" else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,7 @@ class _Arm:
     label: str | None  # "experiment/arm", None outside experiments
     policy: Policy
     satiation: bool
+    model: str = "live"  # "live" or "snapshot:<location>" (ArmConfig.model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,8 @@ class Decisions:
         self._default = default
         self._arms = [[_Arm(f"{e.name}/{a.name}",
                             default.policy if a.policy is None else _policy(a.policy),
-                            default.satiation if a.satiation is None else a.satiation)
+                            default.satiation if a.satiation is None else a.satiation,
+                            a.model)
                        for a in e.arms] for e in self.experiments]
         self._weights = [[a.weight for a in e.arms] for e in self.experiments]
         self.logged = bool(self.experiments) or policy.kind != "greedy" or uses_satiation(
@@ -113,7 +115,7 @@ class Decisions:
         with their intervals (``experiments.report``)."""
         return [{"name": e.name, "arms": [
             {"name": a.name, "arm": arm.label, "share": w / sum(weights),
-             "policy": arm.policy.name, "satiation": arm.satiation,
+             "policy": arm.policy.name, "satiation": arm.satiation, "model": arm.model,
              **report(ArmCounts(*counts.get(arm.label, (0, 0, 0))))}
             for a, arm, w in zip(e.arms, arms, weights)]}
             for e, arms, weights in zip(self.experiments, self._arms, self._weights)]
@@ -124,6 +126,12 @@ class Decisions:
             return None
         e = experiment_of(len(self.experiments), user_id)
         return e, arm_of(self.experiments[e].name, self._weights[e], user_id)
+
+    def model_of(self, user_id: int | str) -> str:
+        """The model a user's requests are scored with: its arm's ``model`` (``live``
+        outside experiments)."""
+        at = self.arm_of(user_id)
+        return "live" if at is None else self._arms[at[0]][at[1]].model
 
     def _from_suffix(self, request_id: str) -> _Arm | None:
         parts = request_id.split(".")

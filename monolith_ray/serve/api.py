@@ -112,6 +112,9 @@ class FeedbackIn(_Strict):
 class ModelVersion(BaseModel):
     dense: int
     sparse: int
+    snapshot: str | None = Field(
+        None, description="The snapshot of a pinned model (an experiment arm's model: "
+                          "snapshot:...); absent for the live model.")
 
 
 class ScoredItem(BaseModel):
@@ -151,6 +154,7 @@ class ArmOut(BaseModel):
     share: float = Field(description="Its share of the experiment's users (weight / total).")
     policy: str
     satiation: bool
+    model: str = Field(description="live, or snapshot:<folder> of a pinned model version.")
     impressions: int
     clicks: int = Field(description="click actions.")
     ctr: float

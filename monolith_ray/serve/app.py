@@ -96,6 +96,7 @@ from monolith_ray.serve.api import (
 from monolith_ray.serve.catalogue import CatalogueRetrieval
 from monolith_ray.serve.feature_log import FeatureLog
 from monolith_ray.serve.model import ServingModel, SlotRows
+from monolith_ray.serve.pinned import pinned_model
 from monolith_ray.serve.pool import CandidatePool
 from monolith_ray.serve.tokens import FeedbackTokens
 
@@ -153,6 +154,13 @@ class Recommender:
         self.retrieval = (CatalogueRetrieval(cfg, self.model, self.pool_rows)
                           if cfg.retrieval.enabled and len(self.pool) else None)
         self.decisions = Decisions(cfg.policy, cfg.experiments)
+        # Arms pinned to a snapshot (model: snapshot:...): loaded once, never synced.
+        self.pinned: dict[str, tuple[ServingModel, str]] = {}
+        for arm in (a for e in cfg.experiments for a in e.arms):
+            if arm.snapshot is not None and arm.model not in self.pinned:
+                self.pinned[arm.model] = pinned_model(cfg, arm.snapshot)
+                self.pinned[arm.model][0].warm_up(max(self.serve_cfg.max_candidates,
+                                                      self.serve_cfg.pool_draw))
         category = cfg.policy.satiation.category_slot
         # Each pool item's category; the [None] keeps an array of objects, never of lists.
         values = first_values([self.pool.slots[item_id].get(category)
@@ -223,7 +231,11 @@ class Recommender:
             item_dense = [self._dense(body.candidates[i].dense, f"candidates[{i}].dense")
                           if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
             items, which = self._slot_rows(item_slots, item_dense), None
-        probs, version = await self._score(items, user_rows, which, now)
+        pinned = self.pinned.get(self.decisions.model_of(body.user.id))
+        model = self.model if pinned is None else pinned[0]
+        probs, version = await self._score(items, user_rows, which, now, model)
+        if pinned is not None:
+            version = {**version, "snapshot": pinned[1]}
         scores = self.score_of(probs)
         categories = None
         if self.decisions.satiation is not None:
@@ -367,10 +379,12 @@ class Recommender:
             raise BadRequest(str(err)) from None
 
     async def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,
-                     now: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """({task: probabilities (n,)}, versions) of the examples."""
+                     now: int, model: ServingModel | None = None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """({task: probabilities (n,)}, versions) of the examples, by ``model`` (default
+        the live one)."""
         try:
-            return await self.model.score_tasks_async(items, user, which, now)
+            return await (model or self.model).score_tasks_async(items, user, which, now)
         except MessageError as err:
             raise BadRequest(str(err)) from None
 

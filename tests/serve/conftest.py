@@ -38,6 +38,7 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
 
     from monolith_ray.config import KafkaConfig, KafkaTopics, load_config
     from monolith_ray.history.server import start_history_server
+    from monolith_ray.retrieval.configured import synced_parts
     from monolith_ray.serve.app import CandidatePool, build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.serve.sync import start_parameter_sync
@@ -59,7 +60,8 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
         cfg = dataclasses.replace(cfg, kafka=kafka)
         shards, dense = start_servers(cfg)
         serving = start_serving_shards(cfg) if cfg.serve.store == "sharded" else []
-        sync = start_parameter_sync(cfg.slots, shards, dense, cfg.serve, serving=serving)
+        sync = start_parameter_sync(cfg.table_slots, shards, dense, cfg.serve, serving=serving,
+                                    parts=synced_parts(cfg))
         history = start_history_server(cfg)
         pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
                               for i in pool_items])
