@@ -1,7 +1,9 @@
 """The HTTP API: a Ray Serve deployment with a FastAPI ingress (schema: ``serve/api.py``).
 
 - ``POST /recommend``: a user (id and features), optional context, optional candidates (else
-  ``serve.pool_draw`` drawn from the candidate pool) and ``k`` -> the top ``k`` items with
+  with ``retrieval`` the ``retrieval.candidates`` nearest items of the catalogue in the
+  towers' index, ``serve/catalogue.py``; without, ``serve.pool_draw`` drawn from the
+  candidate pool) and ``k`` -> the top ``k`` items with
   their scores and feedback tokens, the request id the service issued and the model version
   (dense, sparse) used. Items are ranked by ``serve.score``, a combination of the tasks'
   probabilities (default: the first task's); each item carries every task's (``probs``).
@@ -25,7 +27,9 @@ arm's policy (else ``policy``) picks the ``k`` shown, in order. Each item answer
 ``policy``, ``arm`` (``experiment/arm`` or null) and ``propensity``, and so does its logged
 impression unless the deployment is plain greedy (no satiation, no experiments: then their
 absence means greedy, no arm, propensity 1). The arm is named in
-the request id (``<id>.<experiment>.<arm>``), so feedback on any replica counts for it;
+the request id (``<id>.<experiment>.<arm>``), so feedback on any replica counts for it; an
+arm pinned to a snapshot (``model: snapshot:...``) is scored with that snapshot's model,
+loaded once per replica (``serve/pinned.py``);
 replicas send their per-arm counts to one ``ExperimentStats`` actor every second.
 
 **History slots** (config ``history``): with a history actor (``history.server``), the user's
