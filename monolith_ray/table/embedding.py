@@ -368,20 +368,23 @@ class EmbeddingTable:
                 ids_parts.append(ids[changed])
                 weight_parts.append(self._weights[start + changed])
             time.sleep(0)  # let the shard's other threads (trainers' calls) take the GIL
+        ids = _concat(ids_parts)
         with lock:
             if self._evicted_ids:
                 ev = np.concatenate(self._evicted_ids)
                 ev_v = np.concatenate(self._evicted_versions)
                 evicted = np.unique(ev[(ev_v > version) & (ev_v <= upto)])
                 evicted = evicted[~self.contains(evicted)]
+                # Only an id not held now can be one of them: the rest need no search.
+                gone = np.flatnonzero(~self.contains(ids)) if evicted.size else None
             else:
-                evicted = np.empty(0, dtype=np.int64)
+                evicted, gone = np.empty(0, dtype=np.int64), None
         weights = (np.concatenate(weight_parts) if weight_parts
                    else np.empty((0, self.dim), dtype=np.float32))
-        ids = _concat(ids_parts)
-        if evicted.size:  # scanned while live, evicted before the scan ended: evicted wins
-            keep = ~np.isin(ids, evicted)
-            ids, weights = ids[keep], weights[keep]
+        del weight_parts  # the delta is held twice at most: its parts, then their concatenation
+        if gone is not None and gone.size:  # scanned while live, evicted before the scan ended
+            drop = gone[np.isin(ids[gone], evicted)]  # evicted wins
+            ids, weights = np.delete(ids, drop), np.delete(weights, drop, axis=0)
         return TableDelta(ids, weights, evicted, upto)
 
     def forget_evictions(self, upto_version: int) -> None:
@@ -439,6 +442,7 @@ class EmbeddingTable:
             written += n
             if pace is not None:
                 pace(sum(a.nbytes for a in chunk.values()))
+            del chunk  # written: one chunk's copy at a time, not the next beside it
             time.sleep(0)  # let the shard's other threads (trainers' calls) take the GIL
         with lock:
             trailer = {"version": self.version, "counters": dict(self.counters)}

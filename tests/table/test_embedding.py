@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from monolith_ray.config import (AdmissionConfig, ConfigError, InitializerConfig,
                                  OptimizerConfig, SlotConfig)
 from monolith_ray.table.cuckoo import EMPTY
-from monolith_ray.table.embedding import EmbeddingTable
+from monolith_ray.table.embedding import SNAPSHOT_CHUNK_ROWS, EmbeddingTable
 from monolith_ray.table.initializers import init_rows
 
 DIM = 4
@@ -200,6 +201,55 @@ def test_stats_bytes_match_what_the_process_holds():
     per_id = stats["bytes"] / stats["rows"]
     assert 4 * 17 * 2 + 28 <= per_id <= 4 * 17 * 2 + 28 + 22  # rows + state + map
     assert 0.85 * stats["bytes"] <= grown <= 1.15 * stats["bytes"], (grown, stats["bytes"])
+
+
+
+def _filled(n_rows: int) -> tuple[EmbeddingTable, np.ndarray]:
+    """A dim-17 Adagrad table holding ``n_rows`` ids -> (table, ids)."""
+    slot = SlotConfig(name="big", slot_id=1, dim=17, optimizer=OPTIMIZERS["adagrad"],
+                      initializer=INIT)
+    table = EmbeddingTable(slot)
+    ids = np.arange(n_rows, dtype=np.int64) * 7919
+    for chunk in np.array_split(ids, 10):
+        table.lookup_train(chunk, now=0.0)
+    return table, ids
+
+
+def _peak_allocated(work) -> int:
+    """Bytes allocated at the peak of ``work()`` beyond what was held before (NumPy reports
+    its arrays to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_snapshot_holds_a_chunk_beside_the_table_whatever_its_size(tmp_path):
+    """A snapshot copies a chunk at a time: what it allocates stays one chunk's copy whether
+    the table holds 50 thousand or 400 thousand rows, far below a copy of the table."""
+    chunk_bytes = SNAPSHOT_CHUNK_ROWS * (4 * 17 * 2 + 28)
+    peaks = []
+    for n_rows in (50_000, 400_000):
+        table, _ = _filled(n_rows)
+        peaks.append(_peak_allocated(
+            lambda: table.snapshot(str(tmp_path / f"{n_rows}.table"), threading.RLock())))
+    assert max(peaks) <= 1.25 * chunk_bytes, (peaks, chunk_bytes)
+    assert table.stats()["bytes"] > 40 * peaks[1]
+
+
+def test_an_export_holds_its_delta_at_most_twice():
+    """``export_since`` under a lock, evictions and all, allocates at most about twice the
+    delta it returns (its parts, then their concatenation)."""
+    table, ids = _filled(200_000)
+    table.evict(ids[::3])
+    deltas = []
+    peak = _peak_allocated(lambda: deltas.append(table.export_since(0, threading.RLock())))
+    delta = deltas[0]
+    assert delta.ids.size == 200_000 - ids[::3].size and delta.evicted.size == ids[::3].size
+    delta_bytes = delta.ids.nbytes + delta.weights.nbytes + delta.evicted.nbytes
+    assert peak <= 2.3 * delta_bytes, (peak, delta_bytes)
 
 
 # ---------------------------------------------------------------- expiry
