@@ -34,11 +34,23 @@ test half of the stream apart (``auc_valid_half``, ``auc_test_half``), and the A
 stream predictions at once (``auc_overall_*``), example-weighted, averaged over the seeds;
 per seed too. At the end of each seed a final sync must reproduce the trainer's rows exactly,
 a check of the sync path itself.
+
+What the stream lets a replica know, from the data alone (``sync_interval.user_coverage``):
+``stream_new_user_share``, the share of stream examples from users absent from train, and
+``served_without_own_row``, per replica the share scored for such a user before any of the
+user's own stream examples had reached the replica's rows.
+
+``HISTORY=1`` adds the history arm: the same protocol with the user-history slots of
+``benchmarks.movielens_quality`` (last 100 positive and passed-over items and their genres, 1
+epoch, as chosen there on valid) in the batch and the online model alike, so both see the
+same features, fresh up to each example whatever the sync; ``auc_<replica>_history`` for the
+batch, k10, k100 and k1000 replicas, and per seed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -60,18 +72,28 @@ from monolith_ray.experiments import (
     SyncedReplica,
     stream_of,
 )
+from monolith_ray.experiments.sync_interval import user_coverage, with_history
+from monolith_ray.experiments.history import describe_history, history_config
+
+# The history arm (HISTORY=1): the four replicas of the target, and the history slots of
+# benchmarks.movielens_quality as it chose them on valid (last 100 items, 1 epoch).
+HISTORY_EVERY = {name: SYNC_EVERY[name]
+                 for name in ("batch", "online_k10", "online_k100", "online_k1000")}
+HISTORY_LENGTH, HISTORY_EPOCHS = 100, 1
 
 
-def run_seed(seed: int, config: Config, splits: dict[str, pa.Table]) -> dict[str, Any]:
-    """Batch training, then the stream of valid + test -> this seed's figures."""
+def run_seed(seed: int, config: Config, splits: dict[str, pa.Table],
+             sync_every: dict[str, int | None] = SYNC_EVERY) -> dict[str, Any]:
+    """Batch training, then the stream of valid + test scored by a replica per name of
+    ``sync_every`` -> this seed's figures."""
     start = time.perf_counter()
     trainer, valid_auc = batch_model(seed, config, splits)
     figures: dict[str, Any] = {"seed": seed, "batch_valid_auc": valid_auc,
                                "batch_seconds": time.perf_counter() - start}
     stream = stream_of(splits)
     online = go_online(trainer, config)
-    replicas = {name: SyncedReplica(online, config) for name in SYNC_EVERY}
-    figures.update(replay(online, stream, replicas, SYNC_EVERY))
+    replicas = {name: SyncedReplica(online, config) for name in sync_every}
+    figures.update(replay(online, stream, replicas, sync_every))
     figures["seconds"] = time.perf_counter() - start
 
     check = replicas["online_k10"]
@@ -84,17 +106,36 @@ def run_seed(seed: int, config: Config, splits: dict[str, pa.Table]) -> dict[str
     return figures
 
 
-def report(seed: dict[str, Any]) -> None:
+def report(seed: dict[str, Any], sync_every: dict[str, int | None] = SYNC_EVERY) -> None:
     """Print one seed's figures, with each model's mean window AUC per tenth of the stream."""
     print(f"seed {seed['seed']}: batch trained in {seed['batch_seconds']:.0f} s "
           f"(valid auc {seed['batch_valid_auc']:.4f}), whole run {seed['seconds']:.0f} s",
           flush=True)
-    for name in SYNC_EVERY:
+    for name in sync_every:
         f = seed[name]
         print(f"  {name:13s} mean window auc {f['auc']:.4f}  overall {f['auc_overall']:.4f}  "
               f"logloss {f['logloss_overall']:.4f}  {f['syncs']} syncs of "
               f"{f['rows_per_sync']:.0f} rows; by decile "
               f"{' '.join(f'{a:.3f}' for a in f['auc_by_decile'])}", flush=True)
+
+
+def history_arm(config: Config, splits: dict[str, pa.Table]) -> dict[str, Any]:
+    """The same protocol with the user-history slots in the batch and the online model alike
+    (``HISTORY_LENGTH`` items, ``HISTORY_EPOCHS``: ``benchmarks.movielens_quality``'s choice
+    on valid) and the ``HISTORY_EVERY`` replicas -> per name its mean window AUC over the
+    seeds (``auc_<name>_history``) and per seed."""
+    config, splits = with_history(config, splits, history_config(HISTORY_LENGTH), HISTORY_EPOCHS)
+    seeds = []
+    for seed in SEEDS:
+        seeds.append(run_seed(seed, config, splits, HISTORY_EVERY))
+        report(seeds[-1], HISTORY_EVERY)
+    figures: dict[str, Any] = {
+        f"auc_{name}_history": round(float(np.mean([s[name]["auc"] for s in seeds])), 4)
+        for name in HISTORY_EVERY}
+    figures["auc_history_by_seed"] = {name: [round(s[name]["auc"], 4) for s in seeds]
+                                      for name in HISTORY_EVERY}
+    figures["history_slots"] = describe_history(history_config(HISTORY_LENGTH))
+    return figures
 
 
 def experiment() -> dict[str, Any]:
@@ -143,8 +184,14 @@ def experiment() -> dict[str, Any]:
         "online_dense_rate": config.online.dense_rate,
         "online_optimizers": {s.name: f"{s.online.kind} {s.online.learning_rate:g}"
                               for s in config.slots if s.online is not None},
-        "seconds": round(time.perf_counter() - start, 1),
     })
+    coverage = user_coverage(splits["train"], stream_of(splits), SYNC_EVERY)
+    figures["stream_new_user_share"] = round(coverage["new_share"], 4)
+    figures["served_without_own_row"] = {short(n): round(v, 4)
+                                         for n, v in coverage["without_own_row"].items()}
+    if os.environ.get("HISTORY") == "1":
+        figures.update(history_arm(config, splits))
+    figures["seconds"] = round(time.perf_counter() - start, 1)
     return figures
 
 

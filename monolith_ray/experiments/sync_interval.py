@@ -24,7 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from monolith_ray.config import Config
+from monolith_ray.config.history import HistoryConfig
 from monolith_ray.data.batches import Batch, make_batch
+from monolith_ray.experiments.history import history_slots, history_splits
 from monolith_ray.experiments.training import setting_of, train
 from monolith_ray.model import StreamingAUC, StreamingLogLoss
 from monolith_ray.serve.model import ServingModel
@@ -105,6 +107,22 @@ def batch_model(seed: int, config: Config, splits: dict[str, pa.Table]) -> tuple
     return trainer, scores[-1]["auc"]
 
 
+def with_history(config: Config, splits: dict[str, pa.Table], history: HistoryConfig,
+                 epochs: int) -> tuple[Config, dict[str, pa.Table]]:
+    """``config`` and ``splits`` with the user-history slots of ``history`` added
+    (``experiments.history``: columns replayed in event time over every split, so a stream
+    example sees the stream's earlier actions whatever the model's sync), batch-trained for
+    ``epochs``. A history slot goes online as the slot its values come from (``recent_items``
+    as ``item_id``): its rows are those ids' rows in a table of its own."""
+    slots = {s.name: s for s in config.slots}
+    source = {h.name: h.source for h in history.slots}
+    with_slots = tuple(dataclasses.replace(s, online=slots[source[s.name]].online)
+                       if s.name in source else s
+                       for s in history_slots(config.slots, history))
+    return (dataclasses.replace(config, slots=with_slots, train=dataclasses.replace(
+        config.train, epochs=epochs)), history_splits(splits, history))
+
+
 def stream_of(splits: dict[str, pa.Table]) -> pa.Table:
     """The stream the online models see: valid then test, in time order."""
     return pa.concat_tables([splits["valid"], splits["test"]])
@@ -122,6 +140,28 @@ def go_online(trainer: TrainLoop, config: Config) -> TrainLoop:
     loop = TrainLoop(trainer.slots, trainer.client, config.model, cfg)
     loop.params, loop.opt_state = trainer.params, trainer.opt_state
     return loop
+
+
+def user_coverage(seen: pa.Table, stream: pa.Table, sync_every: Mapping[str, int | None],
+                  slot: str = "user_id") -> dict[str, Any]:
+    """How much of ``stream`` a serving replica can know the user of, from the data alone:
+    ``"new_share"``, the share of stream examples whose ``slot`` id is not in ``seen`` (the
+    batch model's data), and ``"without_own_row"``, per replica name the share of stream
+    examples from such a new id none of whose earlier stream examples the replica's rows had
+    learned from when it scored it. Replica ``name`` syncs at the multiples of
+    ``sync_every[name]`` (``replay``'s schedule), so the example at position i is scored with
+    rows trained on the examples before the last multiple <= i; a replica that never syncs
+    (None) has none."""
+    ids = stream.column(slot).to_numpy()
+    new = ~np.isin(ids, seen.column(slot).to_numpy())
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    first_seen = first[inverse]  # (n,) each example's id's first stream position
+    at = np.arange(ids.size)
+    without = {}
+    for name, every in sync_every.items():
+        synced_upto = np.zeros_like(at) if every is None else at // every * every
+        without[name] = float(np.mean(new & (first_seen >= synced_upto)))
+    return {"new_share": float(new.mean()), "without_own_row": without}
 
 
 def replay(trainer: TrainLoop, stream: pa.Table, replicas: Mapping[str, Replica],

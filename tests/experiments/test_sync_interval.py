@@ -1,6 +1,7 @@
 """The sync-interval experiment's online phase: ``go_online`` puts the config's online
 settings into effect, and ``replay`` syncs each replica every K stream examples and scores
-every example before the trainer learns from it."""
+every example before the trainer learns from it; ``user_coverage`` measures the stream's new
+users, ``with_history`` adds the history slots to both models."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from monolith_ray.config import (
 )
 from monolith_ray.data.batches import Batch
 from monolith_ray.experiments import go_online, replay
+from monolith_ray.experiments.history import history_config
+from monolith_ray.experiments.sync_interval import user_coverage, with_history
 from monolith_ray.ps import ShardClient, ShardServer
 from monolith_ray.train import TrainLoop
 
@@ -95,3 +98,38 @@ def test_replay_syncs_every_k_examples_and_scores_before_training() -> None:
     assert all(r.scored == 100 for r in replicas.values())
     assert online.steps == 100 // 5
     assert figures["k10"]["syncs"] == 9 and figures["stream_examples"] == 100
+
+
+def test_user_coverage_counts_new_users_the_replica_has_no_row_of() -> None:
+    seen = pa.table({"user_id": pa.array([1], pa.int64())})
+    users = pa.table({"user_id": pa.array([1, 2, 2, 3, 2, 3, 3, 3], pa.int64())})
+    every = {"never": None, "k1": 1, "k2": 2, "k4": 4}
+    coverage = user_coverage(seen, users, every)
+    assert coverage["new_share"] == 7 / 8
+    # k2 syncs at 0, 2, 4, 6: user 2 (first at 1) is unknown at 1, user 3 (first at 3) at 3
+    assert coverage["without_own_row"] == {"never": 7 / 8, "k1": 2 / 8, "k2": 2 / 8,
+                                           "k4": 3 / 8}
+
+
+def test_with_history_adds_the_slots_going_online_as_their_sources() -> None:
+    item_online = OptimizerConfig(kind="adagrad", learning_rate=0.01)
+    slots = (SlotConfig("user_id", 1, 4, optimizer=BATCH, online=ONLINE),
+             SlotConfig("item_id", 2, 4, optimizer=BATCH, online=item_online),
+             SlotConfig("genres", 3, 4, optimizer=BATCH, max_values=3, combiner="mean"))
+    cfg = Config(slots=slots, model=MODEL)
+    table = stream(30).append_column("genres", pa.array([[g % 3] for g in range(30)],
+                                                        pa.list_(pa.int64())))
+    splits = {"train": table.slice(0, 20), "valid": table.slice(20, 5),
+              "test": table.slice(25, 5)}
+    history = history_config(4)
+    with_cfg, with_splits = with_history(cfg, splits, history, epochs=3)
+    online = {s.name: s.online for s in with_cfg.slots}
+    assert online["recent_items"] == online["recent_passed_items"] == item_online
+    assert online["recent_genres"] is None and online["user_id"] == ONLINE
+    assert with_cfg.train.epochs == 3
+    assert [with_splits[n].num_rows for n in ("train", "valid", "test")] == [20, 5, 5]
+    # the test split's history holds the valid split's earlier positives (event time)
+    user = with_splits["test"].column("user_id")[0].as_py()
+    before = table.slice(0, 25).to_pylist()
+    positives = [r["item_id"] for r in before if r["user_id"] == user and r["label"] == 1]
+    assert with_splits["test"].column("recent_items")[0].as_py() == positives[-4:][::-1]
