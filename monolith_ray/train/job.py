@@ -46,7 +46,7 @@ from monolith_ray.model import ModelSpec, build, init_params, spec_of
 from monolith_ray.ps.client import ShardClient, call, calls_for
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
-from monolith_ray.retrieval.configured import dense_parts, tower_spec
+from monolith_ray.retrieval.configured import dense_parts, synced_parts, tower_spec
 from monolith_ray.retrieval.tables import table_name
 from monolith_ray.retrieval.train import TowerTrainer
 from monolith_ray.train.loop import TrainLoop, dense_optimizer
@@ -561,7 +561,10 @@ def run_batch_training(cfg: Config) -> dict[str, Any]:
                     run.trainers[0].evaluate.remote(read_examples(cfg, path)))
         stats = ray.get([s.stats.remote() for s in run.shards])
         metrics["table_rows"] = {slot.name: sum(s[slot.name]["rows"] for s in stats)
-                                 for slot in cfg.slots}
+                                 for slot in cfg.table_slots}
+        parts = ray.get([run.dense.pull.remote(part) for part in synced_parts(cfg)])
+        metrics["dense_parts"] = {part: int(version)
+                                  for part, (_, version) in zip(synced_parts(cfg), parts)}
         at_end = incarnations(run.shards, run.dense)
         metrics["snapshot"] = take_snapshot(cfg, run.shards, run.dense)
         if incarnations(run.shards, run.dense) != at_end:

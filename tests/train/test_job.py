@@ -109,6 +109,21 @@ def test_a_config_of_its_own_without_valid_trains_and_evaluates_nothing(ray_sess
     assert set(metrics["table_rows"]) == {"viewer", "video"}
 
 
+def test_retrieval_trains_the_towers_beside_the_ranker_and_snapshots_them(ray_session,
+                                                                        tmp_path):
+    cfg = load_config(own_data(tmp_path), [
+        "retrieval={user_slots: [viewer], item_slots: [video], dim: 4, hidden: [8]}"])
+    metrics = run_batch_training(cfg)
+    rows = metrics["table_rows"]
+    # the positives' viewers and videos got tower rows; the towers' MLPs took one push a
+    # step with a positive (each batch of 64 random labels has some)
+    assert 0 < rows["tower_viewer"] <= rows["viewer"] and 0 < rows["tower_video"] <= rows["video"]
+    assert metrics["dense_parts"] == {"tower": metrics["trainers"][0]["steps"]}
+    with np.load(Path(metrics["snapshot"]) / "dense.npz") as saved:
+        assert int(saved["tower.version"]) == metrics["dense_parts"]["tower"]
+    assert (Path(metrics["snapshot"]) / "shard-0" / "tower_video.table").exists()
+
+
 def test_a_missing_valid_fails_at_start_naming_key_and_path(tmp_path, capsys, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray work started")
