@@ -30,7 +30,8 @@ class RetrievalConfig:
     """Two-tower retrieval (see the module doc).
 
     - ``user_slots``, ``item_slots``: the slots each tower reads (disjoint; empty user
-      slots: retrieval off).
+      slots: retrieval off). The first item slot tells items apart (in-batch negatives, the
+      logQ estimate): the item id; serving checks it is ``serve.item_slot``.
     - ``candidates``: items retrieved per request, then ranked (at most ``serve.max_candidates``).
     - ``dim``, ``hidden``, ``temperature``: the towers' output size, MLP widths, and the
       softmax temperature over cosines (``model.two_tower.TwoTowerSpec``).
@@ -72,6 +73,10 @@ class RetrievalConfig:
         if bool(self.user_slots) != bool(self.item_slots):
             raise ConfigError("item_slots" if self.user_slots else "user_slots",
                               "both towers need slots (or neither, for no retrieval)")
+        for key in ("user_slots", "item_slots"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                raise ConfigError(key, f"a slot listed twice: {list(names)}")
         shared = sorted(set(self.user_slots) & set(self.item_slots))
         if shared:
             raise ConfigError("item_slots", f"{shared[0]!r} is also a user slot")

@@ -114,6 +114,12 @@ class Config:
             self.retrieval.check_slots(self.slots)
         except ConfigError as err:
             raise err.under("retrieval") from None
+        if self.retrieval.enabled:
+            at = {s.name: i for i, s in enumerate(self.slots)}
+            for tower in self.table_slots[len(self.slots):]:
+                if tower.name in at:
+                    raise ConfigError(f"slots[{at[tower.name]}].name", f"{tower.name!r} is "
+                                      f"the name of a retrieval tower's table")
 
     @property
     def table_slots(self) -> tuple[SlotConfig, ...]:
@@ -147,6 +153,11 @@ class Config:
                 raise ConfigError(f"serve.{attr}", f"{getattr(self.serve, attr)!r} is not a "
                                                    f"slot; slots: {', '.join(names)}")
         if self.retrieval.enabled:
+            if self.retrieval.item_slots[0] != self.serve.item_slot:
+                raise ConfigError("retrieval.item_slots[0]", f"must be serve.item_slot "
+                                  f"({self.serve.item_slot!r}): the towers tell items apart "
+                                  f"by their first item slot, got "
+                                  f"{self.retrieval.item_slots[0]!r}")
             if self.serve.store != "replica":
                 raise ConfigError("retrieval", "retrieval needs serve.store: replica (each "
                                   "replica embeds the catalogue from the rows it holds)")

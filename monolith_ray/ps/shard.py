@@ -147,15 +147,24 @@ class ShardServer:
 
     def __init__(self, slots: Sequence[SlotConfig], admission: AdmissionConfig = AdmissionConfig(),
                  capacity: int = 1024,
-                 restore_on_restart: Callable[[], str | None] | None = None) -> None:
+                 restore_on_restart: Callable[[], str | None] | None = None,
+                 optional: Sequence[str] = ()) -> None:
         """``restore_on_restart`` (a picklable callable -> this shard's latest snapshot folder,
         or None): when Ray restarts this actor after its process died, the new one restores
-        that snapshot before it answers any call; a first start never restores."""
-        self.tables = {s.name: EmbeddingTable(table_slot(s), admission, capacity) for s in slots}
+        that snapshot before it answers any call; a first start never restores.
+        ``optional``: tables a snapshot may lack (e.g. the retrieval towers', for a snapshot
+        taken before retrieval was configured): a restore starts them empty."""
+        self._admission, self._capacity = admission, capacity
+        self._slots = {s.name: s for s in slots}
+        self.optional = frozenset(optional)
+        self.tables = {s.name: self._new_table(s) for s in slots}
         self._lock = threading.RLock()
         self._channel: Any = None
         self._incarnation = uuid.uuid4().hex  # new on every start and restore
         self.restored_from = restore_if_restarted(self, restore_on_restart)
+
+    def _new_table(self, slot: SlotConfig) -> EmbeddingTable:
+        return EmbeddingTable(table_slot(slot), self._admission, self._capacity)
 
     def incarnation(self) -> str:
         """This shard's incarnation: a new random id on every start and every restore, so a
@@ -328,18 +337,23 @@ class ShardServer:
     @_serialized
     def restore(self, location: str | os.PathLike[str]) -> None:
         """Replace every slot's table by its snapshot at ``location`` (a local folder or
-        ``pyarrow.fs`` URI); all or nothing."""
+        ``pyarrow.fs`` URI); all or nothing. An ``optional`` table the snapshot lacks starts
+        empty."""
         fs, folder = filesystem_and_path(location)
         paths = {}
         for name in self.tables:  # <slot>.table, or <slot>.npz of the earlier format
             candidates = [f"{folder}/{name}{TABLE_SUFFIX}", f"{folder}/{name}.npz"]
             found = [i.path for i in fs.get_file_info(candidates)
                      if i.type == pafs.FileType.File]
-            if not found:
+            if found:
+                paths[name] = found[0]
+            elif name not in self.optional:
                 raise FileNotFoundError(f"no snapshot of slot {name!r} in {location}")
-            paths[name] = found[0]
         restored = {}
         for name, table in self.tables.items():
+            if name not in paths:  # optional, and not in this snapshot: starts empty
+                restored[name] = self._new_table(self._slots[name])
+                continue
             if paths[name].endswith(".npz"):
                 with fs.open_input_file(paths[name]) as f:
                     new = EmbeddingTable.restore_npz(f)

@@ -310,7 +310,8 @@ def start_servers(cfg: Config, started_from: str | None = None,
                                   **actor_options(cfg.supervision),
                                   **_named(cfg, f"shard-{k}")).remote(
                   cfg.table_slots, cfg.admission, 1024,
-                  RunSnapshot(root, since, started_from, f"shard-{k}"))
+                  RunSnapshot(root, since, started_from, f"shard-{k}"),
+                  optional=[s.name for s in cfg.table_slots[len(cfg.slots):]])
               for k in range(cfg.train.n_shards)]
     dense = ray.remote(DenseServer).options(
         num_cpus=cfg.train.shard_cpus, resources=cfg.train.resources("dense"),

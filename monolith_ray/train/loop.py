@@ -276,8 +276,8 @@ class TrainLoop:
             self._expired_at = now
             return
         if now - self._expired_at >= self.train_cfg.expire_every_s:
-            for name, ids in self.client.evict_expired(now).items():
-                self.expired[name] += int(ids.size)
+            for name, ids in self.client.evict_expired(now).items():  # towers' tables too
+                self.expired[name] = self.expired.get(name, 0) + int(ids.size)
             self._expired_at = now
 
     def _pull_with_held_push(self, batch: Batch, routes: Routes) -> Pending:

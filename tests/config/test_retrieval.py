@@ -30,6 +30,7 @@ def test_off_by_default_and_tower_tables_when_on() -> None:
     ("{user_slots: [nobody], item_slots: [item_id]}", "retrieval.user_slots[0]"),
     ("{user_slots: [user_id], item_slots: [item_id], candidates: 0}", "retrieval.candidates"),
     ("{user_slots: [user_id], item_slots: [item_id], hidden: [0]}", "retrieval.hidden[0]"),
+    ("{user_slots: [user_id, user_id], item_slots: [item_id]}", "retrieval.user_slots"),
 ])
 def test_bad_values_name_their_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
@@ -43,3 +44,11 @@ def test_serving_checks_the_store_and_the_candidates() -> None:
         load_config(on + "serve: {store: sharded}").check_serving()
     with pytest.raises(ConfigError, match="retrieval.candidates"):
         load_config(on + "serve: {max_candidates: 20}").check_serving()
+    with pytest.raises(ConfigError, match=r"retrieval.item_slots\[0\]: must be serve.item_slot"):
+        load_config(on + "serve: {item_slot: user_id}").check_serving()
+
+
+def test_a_slot_may_not_take_a_tower_tables_name() -> None:
+    with pytest.raises(ConfigError, match=r"slots\[2\].name: 'tower_item_id'"):
+        load_config(SLOTS + "  - {name: tower_item_id, slot_id: 3, dim: 4}\n"
+                    "retrieval: {user_slots: [user_id], item_slots: [item_id]}")

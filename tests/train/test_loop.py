@@ -8,6 +8,7 @@ import pytest
 from monolith_ray.config import (AdmissionConfig, ConfigError, InitializerConfig, ModelConfig,
                                  OptimizerConfig, SlotConfig, TrainConfig, load_config)
 from monolith_ray.data.batches import iter_batches
+from monolith_ray.features import make_fids
 from monolith_ray.ps import ShardClient, ShardServer
 from monolith_ray.train import TrainLoop
 
@@ -193,6 +194,25 @@ def test_trainers_forget_ids_idle_for_their_slots_expire_s():
     held = client.stats()
     assert held["user"]["rows"] == 10 and held["user"]["evicted"] == 10
     assert held["item"]["evicted"] == 0
+
+
+def test_expiry_passes_count_tables_beyond_the_loops_slots():
+    """Shards also holding another table (a retrieval tower's, trained by another step) with
+    the same expiry: the loop's passes evict and count its rows too, never fail on it."""
+    slots = (dataclasses.replace(SLOTS[0], expire_s=1000.0), *SLOTS[1:])
+    tower = dataclasses.replace(slots[0], name="tower_user")
+    client = ShardClient([ShardServer((*slots, tower), ADMISSION) for _ in range(2)],
+                         [s.name for s in slots])
+    loop = TrainLoop(slots, client, ModelConfig(hidden=(8,)),
+                     TrainConfig(batch_size=BATCH, expire_every_s=500.0))
+    tower_client = ShardClient(client.shards, ["tower_user"])
+    fids = make_fids(slots[0].slot_id, np.arange(5, dtype=np.int64))
+    tower_client.pull({"tower_user": fids}, 0)
+    data = [dataclasses.replace(b, time=np.full_like(b.time, t))
+            for t, b in zip((0, 600, 1200, 1800),
+                            iter_batches(synthetic(n=4 * BATCH), slots, BATCH))]
+    list(loop.train(data))
+    assert loop.expired["tower_user"] == 5
 
 
 def test_no_expiry_pass_without_an_expiring_slot():
