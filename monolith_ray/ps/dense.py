@@ -171,7 +171,8 @@ class DenseServer:
     def restore(self, location: str | os.PathLike[str]) -> None:
         """Replace the state by the one ``snapshot`` wrote at ``location``; ValueError (and
         nothing replaced) if it was saved for another model. A part the snapshot does not
-        hold (it was taken before the part was configured) keeps its fresh state."""
+        hold (it was taken before the part was configured) keeps the state it has: fresh, on
+        a server just started, as restores are done."""
         fs, folder = filesystem_and_path(location)
         with fs.open_input_file(f"{folder}/{DENSE_FILE}") as f, np.load(f) as saved:
             params = _filled(self.params, saved, "params")

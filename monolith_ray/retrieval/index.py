@@ -88,6 +88,17 @@ class ItemIndex:
             self._index.remove(held.astype(np.uint64))
         return int(held.size)
 
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors float32 (n, dim) held for ``ids`` int64 (n,); NaN rows for ids not
+        held."""
+        ids = np.ascontiguousarray(ids, np.int64)
+        out = np.full((ids.size, self.dim), np.nan, np.float32)
+        if ids.size and len(self._index):
+            for i, vector in enumerate(self._index.get(ids.astype(np.uint64))):
+                if vector is not None:
+                    out[i] = vector
+        return out
+
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` ids of highest inner product with each of ``queries`` float32 (B, dim) ->
         (ids int64 (B, k), scores float32 (B, k)), best first, k = min(n, len(self)); a row

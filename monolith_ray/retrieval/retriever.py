@@ -42,6 +42,10 @@ thousands of items lets searches in between every ~0.1 s instead of stalling the
 seconds. A search may then see some of a sync's items re-embedded and others not yet, each
 item's vector whole."""
 
+EMBED_CHUNK = 1 << 16
+"""Items the item tower embeds in one pass: a catalogue of millions is embedded in chunks, so
+memory and compiled shapes stay bounded (powers of two up to this)."""
+
 _user_vectors = jax.jit(two_tower.user_vectors, static_argnums=1)
 _item_vectors = jax.jit(two_tower.item_vectors, static_argnums=1)
 
@@ -72,11 +76,20 @@ class Retriever:
         (pass the whole catalogue), then swapped; without, the items are upserted into the
         index held. -> the new version (+1 per refresh)."""
         item_ids = np.asarray(item_ids, np.int64)
+        params = self._params if tower_params is None else tower_params
+        if params is None:
+            raise ValueError("no tower parameters yet: the first refresh must give them")
+        return self.install(item_ids, self.item_vectors(item_rows_by_slot, params), tower_params)
+
+    def install(self, item_ids: np.ndarray, vectors: np.ndarray,
+                tower_params: Params | None = None) -> int:
+        """:meth:`refresh` given the items' vectors float32 (n, dim), already embedded
+        (e.g. a chunk at a time) with ``tower_params`` (a rebuild) or the parameters held
+        (an upsert) -> the new version."""
+        item_ids = np.asarray(item_ids, np.int64)
         with self._refreshing:
-            params = self._params if tower_params is None else tower_params
-            if params is None:
+            if tower_params is None and self._params is None:
                 raise ValueError("no tower parameters yet: the first refresh must give them")
-            vectors = self.item_vectors(item_rows_by_slot, params)
             if tower_params is not None:
                 index = ItemIndex.build(item_ids, vectors, self.config)
                 with self._lock:
@@ -128,11 +141,21 @@ class Retriever:
         """The item tower's unit vectors float32 (n, dim) of rows (n, dim_s + 1) per item
         slot, with ``params`` (default: those held)."""
         rows = _only(item_rows, self.spec.item)
+        params = self._params if params is None else params
         n = next(iter(rows.values())).shape[0]
-        size = 1 << max(n - 1, 0).bit_length()  # one compile per power of two, not per n
-        padded = {k: np.pad(v, ((0, size - n), (0, 0))) for k, v in rows.items()}
-        return np.asarray(_item_vectors(self._params if params is None else params, self.spec,
-                                        padded))[:n]
+        out = np.empty((n, self.spec.dim), np.float32)
+        for start in range(0, n, EMBED_CHUNK):  # bounded memory and shapes
+            m = min(EMBED_CHUNK, n - start)
+            size = 1 << max(m - 1, 0).bit_length()  # one compile per power of two, not per n
+            chunk = {k: np.pad(v[start:start + m], ((0, size - m), (0, 0)))
+                     for k, v in rows.items()}
+            out[start:start + m] = np.asarray(_item_vectors(params, self.spec, chunk))[:m]
+        return out
+
+    def vectors(self, item_ids: np.ndarray) -> np.ndarray:
+        """The index's vectors float32 (n, dim) of ``item_ids`` (NaN rows: not held)."""
+        with self._lock:
+            return self._index.get(item_ids)
 
     @property
     def params(self) -> Params | None:

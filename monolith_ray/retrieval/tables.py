@@ -16,7 +16,7 @@ import numpy as np
 from monolith_ray.config import SlotConfig
 from monolith_ray.data.batches import Batch
 from monolith_ray.model.api import SlotSpec
-from monolith_ray.model.pooling import pad_rows, pool
+from monolith_ray.model.pooling import bucket_size, pad_rows, pool
 
 TOWER_PREFIX = "tower_"
 
@@ -44,12 +44,20 @@ def pooled_rows(lookup: Lookup, batch: Batch, slots: Sequence[SlotSpec]
                 ) -> dict[str, np.ndarray]:
     """``batch``'s rows in the tower tables of ``slots`` (one ``lookup`` call), pooled per
     example with each slot's combiner -> slot name -> float32 (B, dim_s + 1), what the towers
-    and the ``Retriever`` take. Use a serving lookup (unknown fids read zeros)."""
+    and the ``Retriever`` take. Use a serving lookup (unknown fids read zeros). Examples and
+    unique rows are padded to powers of two, so a process compiles the pooling for a few
+    shapes, not one per batch (a replica pools subsets of its catalogue of every size)."""
     rows = lookup({table_name(s.name): batch.fids[s.name] for s in slots})
-    return {s.name: np.asarray(_pool(
-        jnp.asarray(pad_rows(np.asarray(rows[table_name(s.name)], np.float32),
-                             max(batch.fids[s.name].size, 1))),
-        batch.idx[s.name], s.combiner)) for s in slots}
+    b = len(batch)
+    size = bucket_size(b)
+    out = {}
+    for s in slots:
+        idx = batch.idx[s.name]
+        idx = np.pad(idx, ((0, size - b), (0, 0)), constant_values=-1)
+        unique = np.asarray(rows[table_name(s.name)], np.float32)
+        out[s.name] = np.asarray(_pool(jnp.asarray(pad_rows(unique, bucket_size(unique.shape[0]))),
+                                       idx, s.combiner))[:b]
+    return out
 
 
 _pool = jax.jit(pool, static_argnames="combiner")

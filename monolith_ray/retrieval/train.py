@@ -93,14 +93,14 @@ class TowerTrainer:
     ``dense``: a ``DenseServer`` holding the towers' parameters as its ``part`` (the
     training jobs: several trainers share them, snapshots and the sync read them there).
     Each step then pushes its parameter gradients there without waiting and takes the
-    parameters its pull brings at the next step (one step stale, as the ranking model's
-    ``DenseLink``), and ``optimizer`` is the server's, not this object's."""
+    parameters its pull (every ``pull_every`` steps) brings at the next step, as the ranking
+    model's ``DenseLink`` does, and ``optimizer`` is the server's, not this object's."""
 
     def __init__(self, spec: TwoTowerSpec, client: ShardClient, batch_size: int,
                  optimizer: optax.GradientTransformation | None = None, seed: int = 0,
                  frequency: StreamingFrequency | None = None, correct: bool = True,
                  dense: Any = None, part: str = "tower",
-                 timeout_s: float | None = 60.0) -> None:
+                 timeout_s: float | None = 60.0, pull_every: int = 1) -> None:
         self.spec = spec
         self.client = client
         self.batch_size = batch_size
@@ -112,6 +112,7 @@ class TowerTrainer:
         self.steps = 0
         self._padded = {s.name: 0 for s in (*spec.user, *spec.item)}
         self.dense = None if dense is None else DenseLink(dense, timeout_s, part)
+        self.pull_every = max(1, pull_every)
         if self.dense is not None:
             self.params, _ = self.dense.pull()
 
@@ -155,7 +156,7 @@ class TowerTrainer:
         else:
             param_grads, row_grads, loss = self._grads(
                 self.params, slot_rows, pairs.idx, log_q, pairs.item_key, pairs.weights)
-            fresh = self.dense.step(param_grads, pull=True)
+            fresh = self.dense.step(param_grads, pull=self.steps % self.pull_every == 0)
             if fresh is not None:
                 self.params = fresh[0]
         self.client.push(routes, {table_name(n): np.asarray(row_grads[n])[:f.size]

@@ -100,7 +100,7 @@ from monolith_ray.serve.api import (
 from monolith_ray.serve.catalogue import CatalogueRetrieval
 from monolith_ray.serve.feature_log import FeatureLog
 from monolith_ray.serve.model import ServingModel, SlotRows
-from monolith_ray.serve.pinned import pinned_model
+from monolith_ray.serve.pinned import pinned_model, resolve_pinned
 from monolith_ray.serve.pool import CandidatePool
 from monolith_ray.serve.tokens import FeedbackTokens
 
@@ -157,6 +157,9 @@ class Recommender:
         self.model = ServingModel(cfg, serving)
         self.retrieval = (CatalogueRetrieval(cfg, self.model, self.pool_rows)
                           if cfg.retrieval.enabled and len(self.pool) else None)
+        if cfg.retrieval.enabled and not len(self.pool):
+            logger.warning("retrieval is configured but there is no candidate pool (the "
+                           "catalogue): requests without candidates get 422")
         self.decisions = Decisions(cfg.policy, cfg.experiments)
         # Arms pinned to a snapshot (model: snapshot:...): loaded once, never synced.
         self.pinned: dict[str, tuple[ServingModel, str]] = {}
@@ -180,6 +183,8 @@ class Recommender:
         self.updated_at = 0.0
         while not self._pull_updates():  # the latest versions before any request
             time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
+        if self.retrieval is not None:  # and the catalogue's index built from them
+            self.retrieval.wait_idle()
         self.log = FeatureLog(cfg) if self.serve_cfg.log_features else None
         self._stop = threading.Event()
         threading.Thread(target=self._poll_updates, name="sync-poll", daemon=True).start()
@@ -510,5 +515,6 @@ def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
     if not cfg.serve.feedback_key:
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(
             cfg.serve, feedback_key=FeedbackTokens.new_key()))
+    cfg = resolve_pinned(cfg)  # every replica loads the same snapshot for a pinned arm
     stats = ExperimentStats.remote() if cfg.experiments else None
     return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), history, stats)

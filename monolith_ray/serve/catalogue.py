@@ -4,21 +4,27 @@ config's ``retrieval`` section, between the sync's updates and ``/recommend``.
 - **Catalogue**: the candidate pool's items, each keyed in the ANN index by its position in
   the pool (``CandidatePool.ids``), so a search answers positions ``/recommend`` ranks
   directly. Its item-slot values are gathered once into a batch (``ServingModel.batch_of``).
-- **Refresh** (the replica's poll thread, after each update is committed): new tower
-  parameters (the sync's ``tower`` part, on the dense schedule) or a whole table re-embed
-  the whole catalogue into a new index, built aside and swapped in (``Retriever.refresh``);
-  a sparse update re-embeds only the items one of whose item-slot tower rows changed or was
-  evicted, upserted in place, unless they are more than ``retrieval.rebuild_share`` of the
-  catalogue (e.g. a category row every item reads), then it rebuilds aside.
+- **Refresh** (a thread of its own, so the replica's ranking updates never wait for it):
+  the replica's poll thread hands each committed update to :meth:`on_updates`, which only
+  notes what it asks for; the refresh thread then does it, the newest first. A new tower
+  part (its version changed; the sync sends the part with every dense update) or a whole
+  table re-embeds the whole catalogue into a new index, built aside and swapped in
+  (``Retriever.install``); a sparse update re-embeds only the items one of whose item-slot
+  tower rows changed or was evicted, upserted in place, unless they are more than
+  ``retrieval.rebuild_share`` of the catalogue (e.g. a category row most items read), then
+  it rebuilds aside. Updates that arrive during a refresh accumulate: the next one takes
+  them all, reading the rows the store holds by then.
 - **Search** (``/recommend`` without candidates): the user's tower rows from the store,
   pooled, the user tower, the index -> ``retrieval.candidates`` pool positions.
 
-Costs (n items in the catalogue, N retrieved, d the tower dim): a full refresh is one item
-tower pass over n items plus an HNSW build, measured about 3 s for 200,000 items on this
-machine (``benchmarks.retrieval``), on the poll thread, never on a request; finding the
-items a sparse update touched is O(n · slots) of NumPy per update; a search is one user-tower
-pass and one HNSW query, O(log n) (``/healthz``'s ``retrieval.p99_ms``). Memory: the index,
-about ``4·d + 128`` bytes per item, and the catalogue's fids.
+Costs (n items in the catalogue, N retrieved, d the tower dim): a rebuild embeds the
+catalogue ``CHUNK`` items at a time (the store read under its lock a chunk at a time, so
+requests wait at most one chunk's lookup, about 30 ms for 65,536 items) and builds the HNSW
+graph, about 0.5 s for 1,682 items and 31 s for 200,000 on this machine (usearch, one
+thread: ``benchmarks.retrieval``); finding the items a sparse update touched is
+O(n · item slots) of NumPy on the poll thread; a search is one user-tower pass and one HNSW
+query (``/healthz``'s ``retrieval.p99_ms``). Memory: the index, about ``4·d + 128`` bytes
+per item, the catalogue's fids, and one chunk's rows during a rebuild.
 """
 
 from __future__ import annotations
@@ -42,13 +48,16 @@ from monolith_ray.serve.sync import Updates
 logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 10_000  # the most recent searches /healthz's percentiles are over
+CHUNK = 1 << 16  # catalogue items embedded (and their rows read) at a time
 
 
 class CatalogueRetrieval:
     """The ANN index of a replica's catalogue (``pool_rows``: the pool's slot values, row i
-    pool item i) and its searches; see the module doc."""
+    pool item i) and its searches; see the module doc. ``background``: refresh on a thread
+    of its own (False: :meth:`on_updates` refreshes before it returns)."""
 
-    def __init__(self, cfg: Config, model: ServingModel, pool_rows: SlotRows) -> None:
+    def __init__(self, cfg: Config, model: ServingModel, pool_rows: SlotRows,
+                 background: bool = True) -> None:
         self.n = cfg.retrieval.candidates
         self.share = cfg.retrieval.rebuild_share
         self.model = model
@@ -59,49 +68,97 @@ class CatalogueRetrieval:
         self._pool_rows = pool_rows
         self._lock = threading.Lock()
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
-        self.counts = {"searches": 0, "fallbacks": 0, "rebuilds": 0, "upserted": 0,
-                       "refresh_failures": 0}
+        self.counts = {"searches": 0, "fallbacks": 0, "search_failures": 0, "rebuilds": 0,
+                       "upserted": 0, "refresh_failures": 0}
+        # What the updates noted so far ask of the refresh thread, under ``_lock``.
+        self._params: Any = None  # the newest tower parameters and their key
+        self._key: Any = None
+        self._rebuild = False
+        self._touched: list[np.ndarray] = []
+        self._busy = False
+        self._wake = threading.Condition(self._lock)
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="retrieval-refresh",
+                                            daemon=True)
+            self._thread.start()
 
     @property
     def ready(self) -> bool:
         """Whether searches answer: tower parameters and a non-empty index are held."""
         return self.retriever.params is not None and len(self.retriever) > 0
 
-    # -- refresh (the poll thread)
+    # -- refresh
 
     def on_updates(self, updates: Updates) -> None:
-        """Bring the index up to ``updates`` (already committed to ``model``). A failure is
-        logged and counted, and the index stays as it was: serving goes on."""
-        try:
-            self._refresh(updates)
-        except Exception as err:  # noqa: BLE001 - retrieval must never stop the poll thread
-            self.counts["refresh_failures"] += 1
-            logger.warning("retrieval index not refreshed: %r", err)
-
-    def _refresh(self, updates: Updates) -> None:
-        params = (updates.parts or {}).get(TOWER_PART)
+        """Note what ``updates`` (already committed to ``model``) asks of the index; the
+        refresh thread does it (or this call, without one)."""
+        part = (updates.parts or {}).get(TOWER_PART)
         sparse = updates.sparse
         whole = isinstance(sparse, SparseStore) or (sparse is not None and sparse.reset)
-        if params is not None or (whole and self.retriever.params is not None):
-            self._rebuild(params if params is not None else self.retriever.params)
-            return
-        if sparse is None or self.retriever.params is None or not self.size:
-            return
-        touched = self._touched(sparse)
-        if touched.size > self.share * self.size:
-            self._rebuild(self.retriever.params)
-        elif touched.size:
-            self.retriever.refresh(touched, self._item_rows(touched))
-            self.counts["upserted"] += int(touched.size)
+        touched = None
+        if part is None and not whole and sparse is not None and self.size:
+            touched = self._touched_by(sparse)
+        with self._lock:
+            if part is not None and part[1] != self._key:
+                self._params, self._key, self._rebuild = part[0], part[1], True
+            elif whole and self._params is not None:
+                self._rebuild = True
+            elif touched is not None and touched.size:
+                self._touched.append(touched)
+            self._wake.notify()
+        if self._thread is None:
+            self._refresh_pending()
 
-    def _rebuild(self, params: Any) -> None:
-        if not self.size:
-            return
-        every = np.arange(self.size, dtype=np.int64)
-        self.retriever.refresh(every, self._item_rows(every), params)
-        self.counts["rebuilds"] += 1
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until every update noted so far is in the index -> False on timeout."""
+        with self._lock:
+            return self._wake.wait_for(
+                lambda: not (self._busy or self._rebuild or self._touched), timeout_s)
 
-    def _touched(self, sparse: Any) -> np.ndarray:
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: self._rebuild or bool(self._touched))
+            self._refresh_pending()
+
+    def _refresh_pending(self) -> None:
+        """Take what is noted and bring the index up to it. A failure is logged and counted,
+        the index stays as it was: serving goes on."""
+        with self._lock:
+            params, rebuild, touched = self._params, self._rebuild, self._touched
+            self._rebuild, self._touched, self._busy = False, [], True
+        try:
+            if params is None or not self.size:
+                return
+            changed = np.unique(np.concatenate(touched)) if touched else np.empty(0, np.int64)
+            if rebuild or changed.size > self.share * self.size:
+                self._install(np.arange(self.size, dtype=np.int64), params)
+                self.counts["rebuilds"] += 1
+            elif changed.size:
+                self._install(changed, None)
+                self.counts["upserted"] += int(changed.size)
+        except Exception as err:  # noqa: BLE001 - retrieval must never stop serving
+            self.counts["refresh_failures"] += 1
+            logger.warning("retrieval index not refreshed: %r", err)
+        finally:
+            with self._lock:
+                self._busy = False
+                self._wake.notify_all()
+
+    def _install(self, which: np.ndarray, params: Any) -> None:
+        """Embed pool items ``which`` (with ``params``, a rebuild; None: the parameters
+        held, an upsert) ``CHUNK`` at a time and put them in the index."""
+        using = params if params is not None else self.retriever.params
+        vectors = np.empty((which.size, self.spec.dim), np.float32)
+        for start in range(0, which.size, CHUNK):
+            part = which[start:start + CHUNK]
+            batch = self.model.batch_of(self._pool_rows, take=part, now=0)
+            rows = pooled_rows(self.model.tower_lookup, batch, self.spec.item)
+            vectors[start:start + part.size] = self.retriever.item_vectors(rows, using)
+        self.retriever.install(which, vectors, params)
+
+    def _touched_by(self, sparse: Any) -> np.ndarray:
         """Pool positions int64 of the items reading a tower row ``sparse`` changed or
         evicted."""
         hit = np.zeros(self.size, bool)
@@ -124,14 +181,21 @@ class CatalogueRetrieval:
 
     def search(self, user: SlotRows, now: int) -> np.ndarray | None:
         """Up to ``retrieval.candidates`` pool positions int64 for the one-row ``user``, best
-        first; None (counted as a fallback) before the index is ready."""
+        first; None (counted as a fallback) before the index is ready or if the search
+        fails (counted, logged)."""
         if not self.ready:
             self.counts["fallbacks"] += 1
             return None
         start = time.perf_counter()
-        batch = self.model.batch_of(user, now=now)
-        rows = pooled_rows(self.model.tower_lookup, batch, self.spec.user)
-        ids, _ = self.retriever.search_batch(rows, self.n)
+        try:
+            batch = self.model.batch_of(user, now=now)
+            rows = pooled_rows(self.model.tower_lookup, batch, self.spec.user)
+            ids, _ = self.retriever.search_batch(rows, self.n)
+        except Exception as err:  # noqa: BLE001 - a request is served without it, not failed
+            self.counts["search_failures"] += 1
+            self.counts["fallbacks"] += 1
+            logger.warning("retrieval failed, a random draw serves the request: %r", err)
+            return None
         found = ids[0][ids[0] >= 0]
         with self._lock:
             self._latency_ms.append((time.perf_counter() - start) * 1e3)

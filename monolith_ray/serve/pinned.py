@@ -1,7 +1,9 @@
 """Pinned model versions: a snapshot loaded once into a replica's own ``ServingModel``, for
 the experiment arms whose ``model`` is ``snapshot:<location>`` (``config.policy.ArmConfig``).
 
-The snapshot is read in the replica's process the way a restore reads it (``train.snapshots``:
+The application resolves each arm's location to one snapshot folder when it is built
+(:func:`resolve_pinned`), so every replica loads the same one. It is read in each replica's
+process the way a restore reads it (``train.snapshots``:
 the manifest checked, then each shard's tables and the dense state), into in-process
 ``ShardServer`` and ``DenseServer`` objects, and handed to the model as a whole state by an
 in-process ``ParameterSync`` (one ``updates`` call), so a pinned model holds exactly what the
@@ -18,14 +20,44 @@ from __future__ import annotations
 
 import dataclasses
 
-from monolith_ray.config import Config
+from monolith_ray.config import Config, ConfigError
 from monolith_ray.files import absolute_location
 from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.serve.model import ServingModel
 from monolith_ray.serve.sync import ParameterSync
 from monolith_ray.train.job import dense_server_args
-from monolith_ray.train.snapshots import read_manifest, resolve
+from monolith_ray.train.snapshots import FORMAT, read_manifest, resolve
+
+
+def resolve_pinned(cfg: Config) -> Config:
+    """``cfg`` with each pinned arm's ``snapshot:<location>`` resolved to one complete
+    snapshot folder (a root: its newest now), so every replica of an application, however
+    late it starts, loads the same one -> the config to build the app with. ConfigError
+    naming ``experiments[i].arms[j].model`` if there is no complete snapshot there or it is
+    of another format. Keep a pinned snapshot outside the live job's snapshot root (or
+    raise ``data.snapshot_keep``): that root's pruning deletes old snapshots, and a replica
+    started after it cannot load its arm's model."""
+    experiments = []
+    for i, experiment in enumerate(cfg.experiments):
+        arms = []
+        for j, arm in enumerate(experiment.arms):
+            if arm.snapshot is not None:
+                key = f"experiments[{i}].arms[{j}].model"
+                try:
+                    found = resolve(absolute_location(arm.snapshot).rstrip("/"))
+                    manifest = read_manifest(found) if found is not None else None
+                except (OSError, ValueError) as err:
+                    raise ConfigError(key, f"cannot read {arm.snapshot}: {err}") from None
+                if manifest is None:
+                    raise ConfigError(key, f"no complete snapshot at {arm.snapshot}")
+                if manifest.get("format") != FORMAT:
+                    raise ConfigError(key, f"{found} is a snapshot of format "
+                                           f"{manifest.get('format')!r}, not {FORMAT!r}")
+                arm = dataclasses.replace(arm, model=f"snapshot:{found}")
+            arms.append(arm)
+        experiments.append(dataclasses.replace(experiment, arms=tuple(arms)))
+    return dataclasses.replace(cfg, experiments=tuple(experiments))
 
 
 def pinned_model(cfg: Config, location: str) -> tuple[ServingModel, str]:

@@ -107,7 +107,9 @@ class Updates(NamedTuple):
     dense: tuple[Any, int] | None
     epoch: str = ""
     deferred: bool = False  # a whole state is due but others are loading one: ask again
-    parts: dict[str, Any] | None = None  # with ``dense``: the dense server's other parts
+    # With ``dense``: the dense server's other parts, name -> (params, (the server's
+    # incarnation, its version of the part)): a reader tells whether the part itself changed.
+    parts: dict[str, tuple[Any, tuple[str, int]]] | None = None
 
 
 class ParameterSync:
@@ -399,7 +401,8 @@ class ParameterSync:
         with self._lock:
             if trained != self._trained_dense_version or self.dense_params is None:
                 self.dense_params = params
-                self.part_params = {name: p for name, (p, _) in zip(self.parts, parts)}
+                self.part_params = {name: (p, (incarnation, int(v)))
+                                    for name, (p, v) in zip(self.parts, parts)}
                 self._trained_dense_version = trained
                 self.dense_version += 1
                 self.counters["dense_swaps"] += 1
@@ -544,6 +547,35 @@ class ParameterSync:
                     logger.warning("%s sync failed: %s", kind, err)
 
 
+def check_sources(slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any,
+                  parts: Sequence[str], timeout_s: float = 60.0) -> None:
+    """ConfigError naming ``retrieval`` unless the training job's shards hold exactly the
+    tables ``slots`` name and its dense server the ``parts``: a job and a serving config
+    that disagree on retrieval would fail every sync, and serving would start empty. Servers
+    that do not answer within ``timeout_s`` are not checked (logged): a sync started while
+    they restart finds them later."""
+    import ray
+
+    from monolith_ray.config import ConfigError
+
+    try:
+        tables = set(ray.get(shards[0].stats.remote(), timeout=timeout_s)) if shards else None
+        held = set(ray.get(dense.parts.remote(), timeout=timeout_s)) if parts else set()
+    except Exception as err:  # noqa: BLE001 - a restarting server is checked by its sync
+        logger.warning("could not check the training servers' tables and parts: %r", err)
+        return
+    wanted = {s.name for s in slots}
+    if tables is not None and tables != wanted:
+        raise ConfigError("retrieval", f"the training job's shards hold tables "
+                          f"{sorted(tables)}, this config syncs {sorted(wanted)}: serve with the "
+                          f"job's retrieval settings")
+    missing = sorted(set(parts) - held)
+    if missing:
+        raise ConfigError("retrieval", f"the training job's dense server holds no part "
+                          f"{missing[0]!r} (it trains without retrieval): serve with the job's "
+                          f"retrieval settings")
+
+
 def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], dense: Any,
                          serve_cfg: Any, call_timeout_s: float = 60.0, name: str | None = None,
                          forget_evictions: bool = True,
@@ -555,6 +587,7 @@ def start_parameter_sync(slots: Sequence[SlotConfig], shards: Sequence[Any], den
     then receive a whole state)."""
     import ray
 
+    check_sources(slots, shards, dense, parts, call_timeout_s)
     actor = ray.remote(ParameterSync).options(
         num_cpus=0, resources=dict(serve_cfg.sync_resources), max_concurrency=4,
         **actor_options(supervision), name=name, get_if_exists=name is not None)

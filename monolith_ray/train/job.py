@@ -140,7 +140,8 @@ class Trainer:
             tables = [table_name(s.name) for s in (*spec.user, *spec.item)]
             self.tower = TowerTrainer(spec, ShardClient(shards, tables, calls=calls),
                                       cfg.train.batch_size, dense=dense,
-                                      timeout_s=cfg.train.call_timeout_s)
+                                      timeout_s=cfg.train.call_timeout_s,
+                                      pull_every=cfg.train.dense_pull_every)
             self.loop.after_step = self.tower.train_batch
         self._lock = threading.Lock()
         self._asked, self._answered = threading.Event(), threading.Event()

@@ -4,6 +4,7 @@ ParameterSync to a ServingModel, indexed and searched by CatalogueRetrieval."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -75,7 +76,7 @@ def _replica(shards, dense):
     sync = ParameterSync(CFG.table_slots, shards, dense, start=False, dtype="float32",
                          parts=synced_parts(CFG))
     model = ServingModel(CFG)
-    retrieval = CatalogueRetrieval(CFG, model, SlotRows.of(POOL, CFG.slots))
+    retrieval = CatalogueRetrieval(CFG, model, SlotRows.of(POOL, CFG.slots), background=False)
     return sync, model, retrieval
 
 
@@ -134,6 +135,7 @@ def test_a_sparse_update_reembeds_the_items_whose_rows_changed(trained) -> None:
     sync, model, retrieval = _replica(shards, dense)
     _pull(sync, model, retrieval)
     rebuilds = retrieval.counts["rebuilds"]
+    before = retrieval.retriever.vectors(np.arange(len(POOL)))
     # One item's tower row moves: only it is re-embedded, in place.
     client = ShardClient(shards, [table_name("item_id")])
     fid = model.batch_of(SlotRows.of([POOL[5]], CFG.slots), now=0).fids["item_id"]
@@ -143,6 +145,11 @@ def test_a_sparse_update_reembeds_the_items_whose_rows_changed(trained) -> None:
     sync.sync_now("sparse")
     _pull(sync, model, retrieval)
     assert retrieval.counts["upserted"] == 1 and retrieval.counts["rebuilds"] == rebuilds
+    after = retrieval.retriever.vectors(np.arange(len(POOL)))
+    moved = np.flatnonzero(np.abs(after - before).max(axis=1) > 1e-6)
+    assert moved.tolist() == [5]
+    np.testing.assert_allclose(after[5], retrieval.retriever.item_vectors(
+        retrieval._item_rows(np.array([5])))[0], atol=1e-5)
     # Two category rows, read by half the catalogue: more than rebuild_share, rebuilt.
     fid = model.batch_of(SlotRows.of(POOL[:2], CFG.slots), now=0).fids["category"]
     client = ShardClient(shards, [table_name("category")])
@@ -150,7 +157,7 @@ def test_a_sparse_update_reembeds_the_items_whose_rows_changed(trained) -> None:
     client.push({table_name("category"): fid},
                 {table_name("category"): np.full_like(row, 5.0)}, 500)
     sync.sync_now("sparse")
-    touched = retrieval._touched(sync.updates(0, -1).sparse)  # every row: every item
+    touched = retrieval._touched_by(sync.updates(0, -1).sparse)  # every row: every item
     assert touched.size == len(POOL)
     _pull(sync, model, retrieval)
     assert retrieval.counts["rebuilds"] == rebuilds + 1
@@ -171,7 +178,32 @@ def test_touched_items_are_those_reading_a_changed_row(trained) -> None:
         evicted = {table_name("category"): np.empty(0, np.int64)}
 
     # item 7's tower row; item 3's ranking row is not the towers'
-    assert retrieval._touched(Update).tolist() == [7]
+    assert retrieval._touched_by(Update).tolist() == [7]
     Update.ids = {}
     Update.evicted = {table_name("category"): fid(2, "category")}  # evicted counts too
-    assert retrieval._touched(Update).tolist() == [i for i in ITEMS if i % 4 == 2]
+    assert retrieval._touched_by(Update).tolist() == [i for i in ITEMS if i % 4 == 2]
+
+
+def test_refreshes_run_on_their_own_thread_and_only_a_new_tower_part_rebuilds(trained) -> None:
+    shards, dense, trainer, _ = trained
+    sync = ParameterSync(CFG.table_slots, shards, dense, start=False, dtype="float32",
+                         parts=synced_parts(CFG))
+    model = ServingModel(CFG)
+    retrieval = CatalogueRetrieval(CFG, model, SlotRows.of(POOL, CFG.slots))
+    _pull(sync, model, retrieval)
+    assert retrieval.wait_idle(60) and retrieval.ready
+    assert retrieval.counts["rebuilds"] == 1
+    # The ranking model moves, the towers do not: a dense update without a rebuild.
+    dense.push(jax.tree.map(np.zeros_like, dense.pull()[0]))
+    sync.sync_now("dense")
+    staged = _pull(sync, model, retrieval)
+    assert staged.dense is not None and staged.parts[TOWER_PART][1] == (dense.incarnation(),
+                                                                        trainer.steps)
+    assert retrieval.wait_idle(60) and retrieval.counts["rebuilds"] == 1
+    # A tower step: the part's version moves, the index is rebuilt with it.
+    trainer.train_batch(_batch(np.random.default_rng(5), 128, 400))
+    trainer.flush()
+    sync.sync_now("dense")
+    _pull(sync, model, retrieval)
+    assert retrieval.wait_idle(60) and retrieval.counts["rebuilds"] == 2
+    assert retrieval.counts["refresh_failures"] == 0

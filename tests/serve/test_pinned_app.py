@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 import ray
@@ -18,7 +19,8 @@ from monolith_ray.config.inputs import check_inputs
 from monolith_ray.features import make_fids
 from monolith_ray.policy.decisions import Decisions
 from monolith_ray.ps.client import ShardClient
-from monolith_ray.serve.pinned import pinned_model
+from monolith_ray.serve.pinned import pinned_model, resolve_pinned
+from monolith_ray.serve.sync import check_sources
 from monolith_ray.train.job import start_servers
 from monolith_ray.train.snapshots import take_snapshot
 
@@ -39,7 +41,9 @@ def _snapshot(root: str) -> str:
             (1, cfg.slot("item_id").dim + 1), np.float32)
         for _ in range(20):
             client.push({"item_id": fids}, {"item_id": grads.astype(np.float32)}, 100)
-        return take_snapshot(root, shards, dense)
+        params, _ = ray.get(dense.pull.remote())  # a dense step: not the fresh parameters
+        ray.get(dense.push.remote(jax.tree.map(np.ones_like, params)))
+        return take_snapshot(root, shards, dense), ray.get(dense.pull.remote())[0]
     finally:
         for actor in [*shards, dense]:
             ray.kill(actor)
@@ -48,11 +52,11 @@ def _snapshot(root: str) -> str:
 @pytest.fixture(scope="module")
 def app(deploy_recommender, ray_session, tmp_path_factory) -> Iterator[Any]:
     root = str(tmp_path_factory.mktemp("pinned"))
-    folder = _snapshot(root)
+    folder, params = _snapshot(root)
     experiment = (f"experiments=[{{name: ab, arms: [{{name: live}}, "
                   f"{{name: pinned, model: 'snapshot:{root}'}}]}}]")
     with deploy_recommender("pinned-test", "/pinned", [experiment, RETRIEVAL], POOL) as app:
-        app.folder = folder
+        app.folder, app.snapshot_params = folder, params
         yield app
 
 
@@ -83,7 +87,7 @@ def test_a_pinned_arm_scores_with_its_snapshot_and_the_live_arm_with_the_sync(ap
     arms = {a["arm"]: a for e in requests.get(app.url + "/experiments", timeout=30).json()[
         "experiments"] for a in e["arms"]}
     assert arms["ab/live"]["model"] == "live"
-    assert arms["ab/pinned"]["model"] == f"snapshot:{app.cfg.experiments[0].arms[1].snapshot}"
+    assert arms["ab/pinned"]["model"] == f"snapshot:{app.folder}"  # the root, resolved once
 
 
 def test_the_pinned_model_holds_the_snapshots_rows(app) -> None:
@@ -92,8 +96,18 @@ def test_the_pinned_model_holds_the_snapshots_rows(app) -> None:
     fids = make_fids(app.cfg.slot("item_id").slot_id, np.arange(200, 220, dtype=np.int64))
     rows = model.store.lookup("item_id", fids)
     assert np.abs(rows).sum() > 0 and not np.allclose(rows[0], rows[-1])
+    for held, saved in zip(jax.tree.leaves(model.params), jax.tree.leaves(app.snapshot_params)):
+        np.testing.assert_allclose(held, saved)
     with pytest.raises(FileNotFoundError, match="no complete snapshot"):
         pinned_model(app.cfg, app.folder + "-missing")
+
+
+def test_serving_refuses_training_servers_of_other_retrieval_settings(app) -> None:
+    check_sources(app.cfg.table_slots, app.shards, app.dense, ["tower"])  # as deployed
+    with pytest.raises(ConfigError, match="shards hold tables"):
+        check_sources(app.cfg.slots, app.shards, app.dense, [])
+    with pytest.raises(ConfigError, match="no part 'other'"):
+        check_sources(app.cfg.table_slots, app.shards, app.dense, ["tower", "other"])
 
 
 def test_requests_without_candidates_are_retrieved_from_the_catalogue(app) -> None:
@@ -114,4 +128,7 @@ def test_a_pinned_arm_needs_a_snapshot_that_exists(tmp_path) -> None:
         f"experiments=[{{name: x, arms: [{{name: a, model: 'snapshot:{tmp_path}/none'}}]}}]"])
     with pytest.raises(ConfigError, match=r"experiments\[0\]\.arms\[0\]\.model: no file"):
         check_inputs(cfg, ("experiments",))
+    (tmp_path / "none").mkdir()  # there, but no complete snapshot in it
+    with pytest.raises(ConfigError, match=r"experiments\[0\]\.arms\[0\]\.model: no complete"):
+        resolve_pinned(cfg)
     assert dataclasses.replace(cfg).experiments[0].arms[0].snapshot == f"{tmp_path}/none"
