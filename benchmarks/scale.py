@@ -22,14 +22,17 @@ Phases, training running through all but the last:
    (``ScaleTrainer.bound_inflow``): one batch in ``LIVE_EVERY`` (the ``LIVE_EVERY``
    environment variable, default 4) is the next live one, with its never-seen ids, and the
    others replay batches trained before (oldest first: the same traffic, ids already held).
-   Why: the workload compresses a day's inflow (tens of millions of new ids) into minutes,
-   about 0.3 million new ids a second here; fed in full through a 100-s paced snapshot and
-   the sync it grew the tables from 51M to about 90M ids (20.6 GB summed RSS), so the
-   snapshot was measured on tables growing 80% while it ran. A production table of this
-   size takes in its day's new ids over a day, a fraction of a percent of it during one
-   snapshot. A quarter of the compressed inflow still exercises every kind of step work
-   (inserts and map growth beside the snapshot's copies) and keeps the tables near the size
-   measured; ``ids_end`` reports how far they grew. ``LIVE_EVERY=1`` is the unbounded run.
+   Why: the workload compresses a day's inflow (tens of millions of new ids) into minutes:
+   about 5.5 new ids an example (3.1 never-seen, the rest first draws from the Zipf tails),
+   some 0.3 million a second at 59,000 examples/s. Fed in full through the 100-s paced
+   snapshot and the sync, that is some 35M more ids on tables of 51M, about 6 GB: the last
+   unbounded run's 20.6 GB peak is what about 86M ids at 181 B/id and 3.7 GB of runtimes
+   add up to (an estimate: that run recorded no ids at its end). The snapshot was measured
+   on tables growing by two thirds while it ran; a production table of this size takes in
+   its day's new ids over a day, a fraction of a percent of them during one snapshot. A
+   quarter of the compressed inflow still puts every kind of step work (inserts, map growth)
+   beside the snapshot's copies and keeps the tables near the size measured; ``ids_end``
+   reports how far they grew. ``LIVE_EVERY=1`` is the unbounded run.
    The median step time of ``WINDOW_STEPS`` steps of this traffic is the baseline of the
    ratios below (``step_median_steady_s``; ``step_p99_steady_vs_median`` is this window's
    own p99). Each shard's per-slot versions are recorded at its start.
@@ -64,7 +67,9 @@ the phase it fell in and each kind of process's share at that sample
 (``peak_rss_gb_by_process``, ``peak_shmem_gb_by_process``: the object store's pages), the
 peak of each phase, and ``peak_pss_gb``, the largest sum of PSS, which counts a shared page
 once over all processes: what the run took of the machine.
-``call_timeouts``: trainer steps failed by a parameter-server call not answered within
+``load_avg_before_snapshot``, ``load_avg_after_snapshot``: the machine's 1-minute load
+average (this run's own processes count in it too): step-time ratios from a machine that other
+work shares are noise. ``call_timeouts``: trainer steps failed by a parameter-server call not answered within
 ``train.call_timeout_s`` (60 s); the trainer counts them and goes on.
 
 Targets (issue 13): ids >= 50M, bytes_per_id <= 200, peak_rss_gb <= 20 (summed RSS),
@@ -363,11 +368,13 @@ def main() -> None:
                   f"{baseline * 1e3:.0f} ms", file=err)
 
             sampler.phase = "snapshot"
+            load_start = os.getloadavg()[0]
             t0 = time.time()
             location = take_snapshot(f"{out}/snapshots", shards, dense,
                                      mb_per_s=SNAPSHOT_MB_PER_S)
             t1 = time.time()
             snapshot_s = t1 - t0
+            load_snapshot = os.getloadavg()[0]
             snapshot_bytes = folder_bytes(location)
             snapshot_rows = snapshot_row_count(location)
             time.sleep(2.0)  # steps ending just after the snapshot are ones it slowed too
@@ -465,6 +472,8 @@ def main() -> None:
         "step_median_full_s": full_median,
         "step_median_steady_s": baseline,
         "live_every": LIVE_EVERY,
+        "load_avg_before_snapshot": load_start,
+        "load_avg_after_snapshot": load_snapshot,
         "ids_end": ids_end,
         "steps": int(result["steps"]),
     }
