@@ -7,7 +7,7 @@ this replay). The test half is never read, so a setting chosen here is chosen on
 A variant is a list of ``key.path=value`` overrides of the shipped config (values parsed as
 YAML, as ``load_config`` takes them); ``slots.<name>.<key>`` reaches the slot of that name,
 e.g. ``slots.user_id.online.learning_rate=0.02``. ``--history N`` adds the user-history slots
-(last N items, 1 epoch) to both models (``sync_interval.with_history``).
+(last N items, ``--history-epochs``, 1 by default) to both models (``sync_interval.with_history``).
 
     python -m monolith_ray.experiments.online_search --seeds 0,1,2 "" \\
         "slots.user_id.online={kind: adagrad, learning_rate: 0.02, initial_accumulator: 0.001}" \\
@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--history", type=int, default=0,
                         help="add the user-history slots, last N items (0: none)")
+    parser.add_argument("--history-epochs", type=int, default=1,
+                        help="batch epochs with history slots (movielens_quality's choice: 1)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     splits = load_splits()
@@ -105,9 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             config = config_with([o for o in variant.split(";") if o])
             data = splits
             if args.history:  # replayed in event time: valid's values never see test's
-                config, data = with_history(config, splits, history_config(args.history), 1)
+                config, data = with_history(config, splits, history_config(args.history),
+                                            args.history_epochs)
             data = {name: data[name] for name in ("train", "valid")}  # never test
-            print(json.dumps({"variant": variant, "history": args.history, "seeds": seeds,
+            print(json.dumps({"variant": variant, "history": args.history,
+                              "epochs": config.train.epochs, "seeds": seeds,
                               **score_on_valid(config, data, seeds)}), flush=True)
 
 
