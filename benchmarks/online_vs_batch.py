@@ -14,7 +14,8 @@ Protocol, per seed of ``movielens_quality.SEEDS``, the experiment of
    examples with the dense learning rate scaled by ``online.dense_rate`` (the shipped
    config: user_id FTRL 0.04, the other slots Adam 3e-5, micro-batches of 10, dense rate 0.25).
    These settings were chosen on the valid half of the stream only (README, *Figures* of
-   online training).
+   online training); ``python -m monolith_ray.experiments.online_search`` scores variants
+   of them that way, never reading test.
 3. Stream: valid then test (the last 20%, time order), one micro-batch at a time: first
    scored by every serving replica, then trained on once, in order (prequential: no example
    is scored by parameters that trained on it; ``sync_interval.replay``). AUCs are taken
