@@ -60,7 +60,7 @@ class Retriever:
         self.spec = spec
         self.config = config
         self._lock = threading.Lock()
-        self._refreshing = threading.Lock()
+        self._refreshing = threading.RLock()
         self._params = params
         self._index = ItemIndex(spec.dim, config)
         self.version = 0
@@ -76,16 +76,20 @@ class Retriever:
         (pass the whole catalogue), then swapped; without, the items are upserted into the
         index held. -> the new version (+1 per refresh)."""
         item_ids = np.asarray(item_ids, np.int64)
-        params = self._params if tower_params is None else tower_params
-        if params is None:
-            raise ValueError("no tower parameters yet: the first refresh must give them")
-        return self.install(item_ids, self.item_vectors(item_rows_by_slot, params), tower_params)
+        with self._refreshing:  # the parameters read here are the ones installed with
+            params = self._params if tower_params is None else tower_params
+            if params is None:
+                raise ValueError("no tower parameters yet: the first refresh must give them")
+            return self.install(item_ids, self.item_vectors(item_rows_by_slot, params),
+                                tower_params)
 
     def install(self, item_ids: np.ndarray, vectors: np.ndarray,
                 tower_params: Params | None = None) -> int:
         """:meth:`refresh` given the items' vectors float32 (n, dim), already embedded
         (e.g. a chunk at a time) with ``tower_params`` (a rebuild) or the parameters held
-        (an upsert) -> the new version."""
+        (an upsert) -> the new version. Embed an upsert's vectors with the parameters held
+        and install them from the one thread that refreshes (or call :meth:`refresh`, which
+        holds the refresh lock over both): a rebuild between the two would mix versions."""
         item_ids = np.asarray(item_ids, np.int64)
         with self._refreshing:
             if tower_params is None and self._params is None:
