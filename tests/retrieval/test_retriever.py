@@ -125,11 +125,14 @@ def test_an_upsert_of_more_items_than_a_chunk_reembeds_them_all():
     retriever.refresh(ids, _items(rng, 400))
     changed = _items(rng, 300)
     retriever.refresh(ids[:300], changed)
+    # every upserted item holds its new vector (read back, not searched: an HNSW search
+    # for all 400 may fall short after 300 removals and adds)
+    np.testing.assert_allclose(retriever.vectors(ids[:300]), retriever.item_vectors(changed),
+                               atol=1e-5)
     user = _user(rng)
     u = retriever.user_vectors({"user_id": user["user_id"][None]})[0]
-    found, scores = retriever.search(user, 400)
-    by_id = dict(zip(found.tolist(), scores.tolist()))
-    np.testing.assert_allclose([by_id[i] for i in range(300)],
-                               retriever.item_vectors(changed) @ u, atol=1e-5)
+    found, scores = retriever.search(user, 50)
+    assert found.size == 50 and (found >= 0).all()
+    np.testing.assert_allclose(scores, retriever.vectors(found) @ u, atol=1e-5)
     with pytest.raises(ValueError, match="distinct"):
         retriever.refresh(np.array([1, 1]), _items(rng, 2))
