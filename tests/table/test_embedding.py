@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import threading
 import tracemalloc
@@ -173,11 +172,6 @@ def test_growth_never_moves_or_copies_the_rows():
     assert len(table) == 200_000
     assert {k: a.ctypes.data for k, a in table._rows.items()} == before
     np.testing.assert_array_equal(table.lookup_serve(np.arange(10)), initial(np.arange(10)))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 _FILL = """
