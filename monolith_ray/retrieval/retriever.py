@@ -30,6 +30,7 @@ import numpy as np
 
 from monolith_ray.model import two_tower
 from monolith_ray.model.api import Params, SlotSpec
+from monolith_ray.model.pooling import bucket_size
 from monolith_ray.model.two_tower import TwoTowerSpec
 from monolith_ray.retrieval.index import IndexConfig, ItemIndex
 
@@ -150,7 +151,7 @@ class Retriever:
         out = np.empty((n, self.spec.dim), np.float32)
         for start in range(0, n, EMBED_CHUNK):  # bounded memory and shapes
             m = min(EMBED_CHUNK, n - start)
-            size = 1 << max(m - 1, 0).bit_length()  # one compile per power of two, not per n
+            size = bucket_size(m)  # one compile per power of two, not per n
             chunk = {k: np.pad(v[start:start + m], ((0, size - m), (0, 0)))
                      for k, v in rows.items()}
             out[start:start + m] = np.asarray(_item_vectors(params, self.spec, chunk))[:m]

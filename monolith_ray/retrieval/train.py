@@ -116,18 +116,17 @@ class TowerTrainer:
         if self.dense is not None:
             self.params, _ = self.dense.pull()
 
-        def step(params, opt_state, slot_rows, slot_idx, log_q, item_key, weights):
-            loss, (param_grads, row_grads) = jax.value_and_grad(
-                two_tower.loss_fn, argnums=(0, 2))(params, spec, slot_rows, slot_idx, log_q,
-                                                   item_key, weights)
-            updates, opt_state = optimizer.update(param_grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, row_grads, loss
-
         def grads(params, slot_rows, slot_idx, log_q, item_key, weights):
             loss, (param_grads, row_grads) = jax.value_and_grad(
                 two_tower.loss_fn, argnums=(0, 2))(params, spec, slot_rows, slot_idx, log_q,
                                                    item_key, weights)
             return param_grads, row_grads, loss
+
+        def step(params, opt_state, slot_rows, slot_idx, log_q, item_key, weights):
+            param_grads, row_grads, loss = grads(params, slot_rows, slot_idx, log_q, item_key,
+                                                 weights)
+            updates, opt_state = optimizer.update(param_grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, row_grads, loss
 
         self._step = jax.jit(step)
         self._grads = jax.jit(grads)

@@ -153,9 +153,8 @@ class CatalogueRetrieval:
         vectors = np.empty((which.size, self.spec.dim), np.float32)
         for start in range(0, which.size, CHUNK):
             part = which[start:start + CHUNK]
-            batch = self.model.batch_of(self._pool_rows, take=part, now=0)
-            rows = pooled_rows(self.model.tower_lookup, batch, self.spec.item)
-            vectors[start:start + part.size] = self.retriever.item_vectors(rows, using)
+            vectors[start:start + part.size] = self.retriever.item_vectors(
+                self._item_rows(part), using)
         self.retriever.install(which, vectors, params)
 
     def _touched_by(self, sparse: Any) -> np.ndarray:
@@ -174,6 +173,7 @@ class CatalogueRetrieval:
         return np.flatnonzero(hit).astype(np.int64)
 
     def _item_rows(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        """Pool items ``which``'s pooled tower rows per item slot, read from the store."""
         batch = self.model.batch_of(self._pool_rows, take=which, now=0)
         return pooled_rows(self.model.tower_lookup, batch, self.spec.item)
 
