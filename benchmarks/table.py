@@ -22,6 +22,11 @@ batch before any timing. A ratio is pandas' time over ours: above 1.0 we are fas
 - ``embedding_lookups_per_s_1m``: ids per second of ``EmbeddingTable.lookup_serve`` (id to
   dim-16 float32 row) over 1M ids in a random order, the ids inserted by ``lookup_train``.
 
+- ``growth_pause_max_ms_segments`` / ``growth_pause_max_ms_one_array``: the longest
+  ``find_or_insert`` of 4,096 new keys while a map grows from empty to 8M keys, for the map as
+  shipped and for one array of buckets (no segments), batches alternating between the two;
+  ``insert_batch_median_ms_*`` the median batch; ``segments_8m`` the segments at the end.
+
 Random 64-bit keys may repeat; at 8M the expected number of repeats is about 2e-6.
 """
 
@@ -128,6 +133,28 @@ def max_load_factor(rng: np.random.Generator, n: int = LOAD_PROBE_KEYS) -> tuple
                          f"{keys.shape[0]} without growing")
 
 
+def growth_pauses(rng: np.random.Generator, n: int = 8_000_000, batch: int = 4096
+                  ) -> dict[str, float]:
+    """Longest single ``find_or_insert`` of ``batch`` new keys while a map grows from empty to
+    n keys, and the median batch, for the map as shipped (segments) and for one array
+    (``segment_keys`` past n: every growth rehashes every key). Batches alternate between the
+    two maps, so load on the machine hits both alike. Milliseconds."""
+    maps = {"segments": CuckooMap(), "one_array": CuckooMap(segment_keys=1 << 40)}
+    times: dict[str, list[float]] = {name: [] for name in maps}
+    for start in range(0, n, batch):
+        keys = random_keys(rng, batch)
+        for name, m in maps.items():
+            t0 = time.perf_counter()
+            m.find_or_insert(keys)
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, ts in times.items():
+        out[f"growth_pause_max_ms_{name}"] = round(max(ts) * 1e3, 2)
+        out[f"insert_batch_median_ms_{name}"] = round(statistics.median(ts) * 1e3, 3)
+    out["segments_8m"] = maps["segments"].segments
+    return out
+
+
 def embedding_lookups_per_s(rng: np.random.Generator, n: int = 1_000_000) -> float:
     """Serving lookups per second: n ids, each to its dim-16 row, in a random order."""
     table = EmbeddingTable(SlotConfig(name="bench", slot_id=1, dim=16))
@@ -176,6 +203,7 @@ def main() -> None:
     figures.update(max_load_factor=round(load, 4), max_load_bound=bound,
                    embedding_lookups_per_s_1m=round(embedding_lookups_per_s(rng)),
                    repeats=REPEATS)
+    figures.update(growth_pauses(rng))
     report(per_size, figures)
     print(json.dumps(figures))
 

@@ -14,10 +14,14 @@ fails is undone step by step, so no key is ever lost, and the map grows and retr
 Rows are handed out densely from 0: an erased key's row goes on a free list and is reused
 by the next insert, so rows index straight into an embedding matrix.
 
-Memory: 12.8 bytes per slot. A batch that overflows the map grows it once, by ``growth``
+Memory: 12.8 bytes per slot. A batch that overflows a segment grows it once, by ``growth``
 (1.4x) or to hold the batch's new keys at a load of 0.75, whichever is larger; inserts near
 ``max_load`` (0.9) displace more, so leaving room makes big batches cheaper. The load stays
 in [0.64, 0.9]: 14.2 to 20 bytes per stored key (plus the free list).
+
+Segments: past ``SEGMENT_KEYS`` keys the map is a directory of segments, each one such map,
+that grow and split one at a time (``CuckooMap``), so no growth moves more than about
+``SEGMENT_KEYS`` keys: the pause a growth puts on a table's lock is bounded at any size.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ EMPTY = np.int64(-(2**63))
 MAX_KICKS = 512
 PREFETCH_AHEAD = 8  # keys ahead whose first bucket is prefetched: overlaps cache misses
 _FIT_LOAD = 0.75  # a batch that overflows the map grows it to hold the batch at this load
+SEGMENT_KEYS = 1 << 16  # a segment past this many keys splits instead of growing
+MAX_DEPTH = 24  # at most 2**24 directory entries (64 MB); segments past it only grow
+_DIR_SALT = np.int64(0x2545F4914F6CDD1D)  # the directory's hash: a second mix of key ^ salt
 
 _OK = 0
 _NEED_GROW = 1
@@ -273,37 +280,234 @@ def _items(keys: np.ndarray, rows: np.ndarray, out_keys: np.ndarray, out_rows: n
                 j += 1
 
 
+@nb.njit(inline="always")
+def _segment_of(key: np.int64, directory: np.ndarray, shift: np.uint64) -> np.int64:
+    """Segment of key: the directory entry at the top ``63 - shift`` bits of a second mix of
+    the key (its own salt, so it says nothing about the key's buckets within a segment)."""
+    d = _mix(key ^ _DIR_SALT)
+    return np.int64(directory[np.int64((d >> np.uint64(1)) >> shift)])
+
+
+@intrinsic
+def _address_as(typingctx, address, like):
+    """The int64 ``address`` as a pointer to ``like``'s dtype, for ``nb.carray``."""
+    sig = types.CPointer(like.dtype)(address, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch_address(typingctx, address):
+    """Emit llvm.prefetch for the int64 ``address``: a hint, with no effect on results."""
+    sig = types.void(address)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.inttoptr(args[0], i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_I64 = np.zeros(1, dtype=np.int64)
+_I32 = np.zeros(1, dtype=np.int32)
+
+
+@nb.njit(inline="always")
+def _segment(key: np.int64, directory: np.ndarray, shift: np.uint64, bases: np.ndarray,
+             n_buckets: np.ndarray, like64: np.ndarray, like32: np.ndarray):
+    """-> (segment index, its keys (n, WORDS) int64 and rows (n, 2 WORDS) int32 views)."""
+    s = _segment_of(key, directory, shift)
+    keys = nb.carray(_address_as(bases[s], like64), (n_buckets[s], WORDS))
+    rows = nb.carray(_address_as(bases[s], like32), (n_buckets[s], 2 * WORDS))
+    return s, keys, rows
+
+
+@nb.njit(inline="always")
+def _prefetch_segmented(key: np.int64, directory: np.ndarray, shift: np.uint64,
+                        bases: np.ndarray, n_buckets: np.ndarray) -> None:
+    s = _segment_of(key, directory, shift)
+    b1 = _buckets(key, np.uint64(n_buckets[s]))[0]
+    _prefetch_address(bases[s] + b1 * (WORDS * 8))
+
+
+@nb.njit(cache=True, nogil=True)
+def _find_segments(bases: np.ndarray, n_buckets: np.ndarray, directory: np.ndarray,
+                   shift: np.uint64, query: np.ndarray, out: np.ndarray) -> None:
+    """``_find_batch`` over a map of segments; ``bases`` are the segments' addresses."""
+    n = query.shape[0]
+    for i in range(min(PREFETCH_AHEAD, n)):
+        _prefetch_segmented(query[i], directory, shift, bases, n_buckets)
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            _prefetch_segmented(query[i + PREFETCH_AHEAD], directory, shift, bases, n_buckets)
+        s, keys, rows = _segment(query[i], directory, shift, bases, n_buckets, _I64, _I32)
+        out[i] = _find_one(keys, rows, query[i], np.uint64(n_buckets[s]))
+
+
+@nb.njit(cache=True, nogil=True)
+def _find_or_insert_segments(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
+                             limits: np.ndarray, directory: np.ndarray, shift: np.uint64,
+                             counters: np.ndarray, free: np.ndarray, rng: np.ndarray,
+                             query: np.ndarray, out: np.ndarray, inserted: np.ndarray,
+                             start: np.int64) -> tuple[np.int64, np.int64, np.int64]:
+    """``_find_or_insert_batch`` over a map of segments: segment s takes keys while it holds
+    fewer than limits[s]. Stops at the first key whose segment must grow -> (status, index
+    reached, that segment or -1)."""
+    path = np.empty((MAX_KICKS, 2), dtype=np.int64)
+    fresh, n_free = counters[1], counters[2]
+    n = query.shape[0]
+    for i in range(start, min(start + PREFETCH_AHEAD, n)):
+        _prefetch_segmented(query[i], directory, shift, bases, n_buckets)
+    for i in range(start, n):
+        if i + PREFETCH_AHEAD < n:
+            _prefetch_segmented(query[i + PREFETCH_AHEAD], directory, shift, bases, n_buckets)
+        key = query[i]
+        s, keys, rows = _segment(key, directory, shift, bases, n_buckets, _I64, _I32)
+        nbu = np.uint64(n_buckets[s])
+        r = _find_one(keys, rows, key, nbu)
+        if r >= 0:
+            out[i] = r
+            inserted[i] = False
+            continue
+        row = free[n_free - 1] if n_free > 0 else np.int32(fresh)
+        b1, b2 = _buckets(key, nbu)
+        placed = False
+        if key != EMPTY and sizes[s] < limits[s]:
+            placed = _put(keys, rows, key, row, b1)
+            if not placed:
+                rows[b1, _OVERFLOW] = 1
+                placed = _put(keys, rows, key, row, b2) or _kick(keys, rows, key, row, b2, rng, path)
+        if not placed:
+            counters[1], counters[2] = fresh, n_free
+            return np.int64(_BAD_KEY if key == EMPTY else _NEED_GROW), np.int64(i), s
+        if n_free > 0:
+            n_free -= 1
+        else:
+            fresh += 1
+        sizes[s] += 1
+        counters[0] += 1
+        out[i] = row
+        inserted[i] = True
+    counters[1], counters[2] = fresh, n_free
+    return np.int64(_OK), np.int64(n), np.int64(-1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _erase_segments(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
+                    directory: np.ndarray, shift: np.uint64, counters: np.ndarray,
+                    free: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
+    """``_erase_batch`` over a map of segments; each segment's key count follows."""
+    for i in range(query.shape[0]):
+        key = query[i]
+        out[i] = -1
+        if key == EMPTY:
+            continue
+        s, keys, rows = _segment(key, directory, shift, bases, n_buckets, _I64, _I32)
+        b1, b2 = _buckets(key, np.uint64(n_buckets[s]))
+        for b in (b1, b2):
+            for j in range(SLOTS):
+                if keys[b, j] == key:
+                    out[i] = rows[b, _ROW0 + j]
+                    free[counters[2]] = out[i]
+                    counters[2] += 1
+                    counters[0] -= 1
+                    sizes[s] -= 1
+                    keys[b, j] = EMPTY
+                    break
+            if out[i] >= 0:
+                break
+
+
+@nb.njit(cache=True, nogil=True)
+def _split(old: np.ndarray, low: np.ndarray, high: np.ndarray, depth: np.int64,
+           rng: np.ndarray) -> tuple[bool, np.int64, np.int64]:
+    """Move old's keys into two empty segments by bit ``depth`` (from the top) of their
+    directory hash -> (every key fit, keys in low, keys in high)."""
+    old_rows = old.view(np.int32)
+    halves = (low, high)
+    counts = np.zeros(2, dtype=np.int64)
+    path = np.empty((MAX_KICKS, 2), dtype=np.int64)
+    bit = np.uint64(63 - depth)
+    for b in range(old.shape[0]):
+        for s in range(SLOTS):
+            key = old[b, s]
+            if key != EMPTY:
+                h = np.int64((_mix(key ^ _DIR_SALT) >> bit) & np.uint64(1))
+                keys = halves[h]
+                rows = keys.view(np.int32)
+                row = old_rows[b, _ROW0 + s]
+                b1, b2 = _buckets(key, np.uint64(keys.shape[0]))
+                if not _put(keys, rows, key, row, b1):
+                    rows[b1, _OVERFLOW] = 1
+                    if not (_put(keys, rows, key, row, b2)
+                            or _kick(keys, rows, key, row, b2, rng, path)):
+                        return False, counts[0], counts[1]
+                counts[h] += 1
+    return True, counts[0], counts[1]
+
+
 class CuckooMap:
     """Collisionless int64 -> row map that grows with its keys and reuses erased rows.
 
     Every method takes and returns whole arrays; there is no per-key Python.
+
+    **Segments bound the pause of growth.** The map is a directory of segments, each a cuckoo
+    map of its own (extendible hashing: the top bits of a second hash of the key pick the
+    directory entry). A segment that fills grows alone, by ``growth``, or, once it would hold
+    more than ``segment_keys`` keys (times 1 to 2, by segment, so that segments do not all split
+    at once), splits in two by the next bit of that hash. So a growth rehashes at most
+    2 x ``segment_keys`` keys (~50 ns a key: 3-6 ms at 65,536) whatever the
+    map's size, where one array would rehash every key (250 ms at 5M keys) while its table's
+    lock is held. A map starts as one segment of ``capacity``; a map of one segment is laid out
+    and behaves exactly as before segments existed. Cost: a batch on several segments is
+    grouped by segment first (one counting sort, a few ns a key).
     """
 
     def __init__(self, capacity: int = 1024, max_load: float = 0.9, growth: float = 1.4,
-                 seed: int = 0x5EED) -> None:
+                 seed: int = 0x5EED, segment_keys: int = SEGMENT_KEYS) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if not 0.1 <= max_load <= 0.98:
             raise ValueError(f"max_load must be in [0.1, 0.98], got {max_load}")
         if growth <= 1.05:
             raise ValueError(f"growth must be > 1.05, got {growth}")
+        if segment_keys < 1:
+            raise ValueError(f"segment_keys must be >= 1, got {segment_keys}")
         self.max_load = float(max_load)
         self.growth = float(growth)
+        self.segment_keys = int(segment_keys)
         self._rng = np.array([np.uint64(seed) | np.uint64(1)], dtype=np.uint64)
         # counters = [size, next_fresh_row, n_free]
         self._counters = np.zeros(3, dtype=np.int64)
         self._free = np.empty(0, dtype=np.int32)
-        self._allocate(_buckets_for(capacity, max_load))
+        self._set_segments([_aligned(_buckets_for(capacity, max_load))], np.zeros(1, np.int64),
+                           np.zeros(1, np.int64), np.zeros(1, np.int32))
+        self.largest_rehash = 0  # most keys moved by one growth so far (a pause's size)
 
-    def _allocate(self, n_buckets: int) -> None:
-        if n_buckets >= 2**32:
-            raise MemoryError(f"cuckoo map cannot hold {n_buckets} buckets")
-        raw = np.empty(n_buckets * WORDS + WORDS, dtype=np.int64)
-        skip = (-raw.ctypes.data % 64) // 8
-        self._keys = raw[skip: skip + n_buckets * WORDS].reshape(n_buckets, WORDS)
-        self._keys[:] = EMPTY
-        self._rows = self._keys.view(np.int32)
-        self._rows[:, _OVERFLOW] = 0
+    def _set_segments(self, segments: list[np.ndarray], sizes: np.ndarray, depth: np.ndarray,
+                      directory: np.ndarray) -> None:
+        self._segments = segments  # holds every segment's memory: the kernels see addresses
+        self._sizes = sizes  # keys per segment
+        self._depth = depth  # per segment: how many top hash bits all its keys share
+        self._directory = directory  # 2**global_depth entries -> segment
+        self._shift = np.uint64(63 - (int(directory.shape[0]).bit_length() - 1))
+        self._bases = np.array([k.ctypes.data for k in segments], dtype=np.int64)
+        self._n_buckets = np.array([k.shape[0] for k in segments], dtype=np.int64)
+        self._limits = np.array([int(self.max_load * (k.shape[0] * SLOTS)) for k in segments],
+                                dtype=np.int64)  # keys a segment may take before it grows
+
+    def _replace(self, s: int, segment: np.ndarray) -> None:
+        self._segments[s] = segment
+        self._bases[s] = segment.ctypes.data
+        self._n_buckets[s] = segment.shape[0]
+        self._limits[s] = int(self.max_load * (segment.shape[0] * SLOTS))
 
     @property
     def size(self) -> int:
@@ -315,8 +519,13 @@ class CuckooMap:
 
     @property
     def capacity(self) -> int:
-        """Number of key slots (buckets x SLOTS)."""
-        return self._keys.shape[0] * SLOTS
+        """Number of key slots (buckets x SLOTS, over every segment)."""
+        return sum(k.shape[0] for k in self._segments) * SLOTS
+
+    @property
+    def segments(self) -> int:
+        """Number of segments: each grows on its own."""
+        return len(self._segments)
 
     @property
     def free_rows(self) -> int:
@@ -334,14 +543,21 @@ class CuckooMap:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the map itself (keys, rows, free list); embedding rows excluded."""
-        return self._keys.nbytes + self._free.nbytes
+        """Bytes held by the map itself (keys, rows, free list, directory); embedding rows
+        excluded."""
+        return (sum(k.nbytes for k in self._segments) + self._free.nbytes
+                + self._directory.nbytes + self._sizes.nbytes + self._depth.nbytes)
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Rows of keys (n,) int64 -> int32 (n,), -1 where absent. Never inserts."""
         keys = _as_keys(keys)
         out = np.empty(keys.shape[0], dtype=np.int32)
-        _find_batch(self._keys, self._rows, keys, out)
+        if len(self._segments) == 1:
+            k = self._segments[0]
+            _find_batch(k, k.view(np.int32), keys, out)
+        else:
+            _find_segments(self._bases, self._n_buckets, self._directory, self._shift, keys,
+                           out)
         return out
 
     def find_or_insert(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -353,19 +569,36 @@ class CuckooMap:
         n = keys.shape[0]
         out = np.empty(n, dtype=np.int32)
         inserted = np.empty(n, dtype=np.bool_)
-        start = 0
+        if len(self._segments) == 1:
+            start = 0
+            while True:
+                k = self._segments[0]
+                c = np.array([self._sizes[0], self._counters[1], self._counters[2]])
+                status, start = _find_or_insert_batch(
+                    k, k.view(np.int32), c, self._free, self._rng, keys, out, inserted, start,
+                    int(self.max_load * (k.shape[0] * SLOTS)))
+                self._counters[0] += c[0] - self._sizes[0]
+                self._sizes[0], self._counters[1], self._counters[2] = c
+                if status == _OK:
+                    return out, inserted
+                if status == _BAD_KEY:
+                    raise _bad_key(start)
+                self._grow(0, int(self._sizes[0]) + self._estimate_new(keys[start:]))
+                if len(self._segments) > 1:
+                    break
+        else:
+            start = 0
         while True:
-            max_size = int(self.max_load * self.capacity)
-            status, start = _find_or_insert_batch(
-                self._keys, self._rows, self._counters, self._free, self._rng, keys, out,
-                inserted, start, max_size)
+            status, start, s = _find_or_insert_segments(
+                self._bases, self._n_buckets, self._sizes, self._limits, self._directory,
+                self._shift, self._counters, self._free, self._rng, keys, out, inserted, start)
             if status == _OK:
                 return out, inserted
             if status == _BAD_KEY:
-                raise ValueError(
-                    f"key {EMPTY} (-2**63) is reserved as the empty marker and cannot be stored;"
-                    f" found at position {start}")
-            self._grow(_buckets_for(self.size + self._estimate_new(keys[start:]), _FIT_LOAD))
+                raise _bad_key(int(start))
+            # Segment s gets 2**-depth of the hash space: that share of the rest's new keys.
+            new = self._estimate_new(keys[start:]) >> int(self._depth[s])
+            self._grow(int(s), int(self._sizes[s]) + new + 1)
 
     def _estimate_new(self, keys: np.ndarray) -> int:
         """Estimate how many of keys are absent, from a strided sample of at most 4096."""
@@ -381,51 +614,171 @@ class CuckooMap:
             free[: self._counters[2]] = self._free[: self._counters[2]]
             self._free = free
         out = np.empty(keys.shape[0], dtype=np.int32)
-        _erase_batch(self._keys, self._rows, self._counters, self._free, keys, out)
+        if len(self._segments) == 1:
+            k = self._segments[0]
+            c = np.array([self._sizes[0], self._counters[1], self._counters[2]])
+            _erase_batch(k, k.view(np.int32), c, self._free, keys, out)
+            self._counters[0] += c[0] - self._sizes[0]
+            self._sizes[0], self._counters[2] = c[0], c[2]
+        else:
+            _erase_segments(self._bases, self._n_buckets, self._sizes, self._directory,
+                            self._shift, self._counters, self._free, keys, out)
         return out
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (keys int64 (size,), rows int32 (size,)) in storage order."""
+        """All (keys int64 (size,), rows int32 (size,)) in storage order (segment by segment)."""
         k = np.empty(self.size, dtype=np.int64)
         r = np.empty(self.size, dtype=np.int32)
-        _items(self._keys, self._rows, k, r)
+        at = 0
+        for seg, n in zip(self._segments, self._sizes):
+            _items(seg, seg.view(np.int32), k[at: at + n], r[at: at + n])
+            at += int(n)
         return k, r
 
     def reserve(self, n_keys: int) -> None:
-        """Grow now so that ``n_keys`` keys fit without another rehash."""
-        if n_keys > self.max_load * self.capacity:
-            self._grow(_buckets_for(n_keys, self.max_load))
+        """Grow now so that ``n_keys`` keys fit without another rehash: exactly while they fit
+        one segment; past ``segment_keys``, each segment is sized for its share of n_keys at
+        a load of 0.75, and the rest up to ``max_load`` absorbs the uneven spread of keys
+        over segments (a few standard deviations)."""
+        if len(self._segments) == 1 and n_keys <= max(self.segment_keys, self.max_load
+                                                      * self.capacity):
+            if n_keys > self.max_load * self.capacity:
+                self._grow(0, n_keys, self.max_load)
+            return
+        s = 0
+        while s < len(self._segments):
+            share = int(n_keys / 2.0 ** self._depth[s]) + 1
+            too_big = share * self.growth > self._split_at(s) and self._depth[s] < MAX_DEPTH
+            if too_big or share > int(self.max_load * (self._segments[s].shape[0] * SLOTS)):
+                self._grow(s, share)
+            else:
+                s += 1
 
-    def _grow(self, n_buckets: int) -> None:
-        """Rehash into max(n_buckets, growth x current) buckets, more if a key will not fit."""
-        old_keys, old_rows = self._keys, self._rows
-        target = max(n_buckets, int(np.ceil(old_keys.shape[0] * self.growth)))
+    def _grow(self, s: int, need: int, load: float = _FIT_LOAD) -> None:
+        """Make segment s hold ``need`` keys: split it in two when growth x need passes its
+        split point (``_split_at``), else rehash it into max(room for need at ``load``, growth x its
+        buckets) buckets, more if a key will not fit."""
+        old = self._segments[s]
+        # Split once growing would carry the segment past its split point: a segment holds at
+        # most that many keys when it is rehashed, whichever way it grows.
+        if need * self.growth > self._split_at(s) and self._depth[s] < MAX_DEPTH:
+            self._split_segment(s, need)
+            return
+        load = min(load, self.max_load)
+        target = max(_buckets_for(need, load), int(np.ceil(old.shape[0] * self.growth)))
         while True:
-            self._allocate(target)
-            if _rehash(old_keys, old_rows, self._keys, self._rows, self._rng):
-                return
+            new = _aligned(target)
+            if _rehash(old, old.view(np.int32), new, new.view(np.int32), self._rng):
+                break
             target = int(np.ceil(target * self.growth))
+        self.largest_rehash = max(self.largest_rehash, int(self._sizes[s]))
+        self._replace(s, new)
+
+    def _split_at(self, s: int) -> int:
+        """Keys past which segment s splits: ``segment_keys`` times 1 to 2, fixed by the
+        segment's hash prefix. Keys spread evenly, so segments of one depth would otherwise
+        fill, and split, within a few batches of each other: one batch would pay for many."""
+        depth = int(self._depth[s])
+        entry = int(np.argmax(self._directory == s))
+        prefix = entry >> (self._directory.shape[0].bit_length() - 1 - depth)
+        u = ((prefix + 1) * 0x9E3779B97F4A7C15 + depth * 0xBF58476D1CE4E5B9) % 2**64 / 2**64
+        return int(self.segment_keys * (1.0 + u))
+
+    def _split_segment(self, s: int, need: int) -> None:
+        """Split segment s by the next bit of the directory hash; each half gets room for half
+        of ``need`` keys at a load of 0.75 (at most ``max_load``)."""
+        depth = int(self._depth[s])
+        directory = self._directory
+        if 1 << depth == directory.shape[0]:
+            directory = np.repeat(directory, 2)
+        n_buckets = _buckets_for(need // 2 + 1, min(_FIT_LOAD, self.max_load))
+        while True:
+            low, high = _aligned(n_buckets), _aligned(n_buckets)
+            fit, n_low, n_high = _split(self._segments[s], low, high, depth, self._rng)
+            if fit:
+                break
+            n_buckets = int(np.ceil(n_buckets * self.growth))
+        self.largest_rehash = max(self.largest_rehash, int(self._sizes[s]))
+        entries = np.flatnonzero(directory == s)  # a contiguous run: the segment's prefix
+        directory[entries[entries.shape[0] // 2:]] = len(self._segments)
+        segments = self._segments[:]
+        segments[s] = low
+        segments.append(high)
+        sizes = np.append(self._sizes, n_high)
+        sizes[s] = n_low
+        depths = np.append(self._depth, depth + 1)
+        depths[s] = depth + 1
+        self._set_segments(segments, sizes, depths, directory)
+        for half in (s, len(segments) - 1):  # a bulk insert: split on now, not batch by batch
+            if need / 2 * self.growth > self._split_at(half) and depth + 1 < MAX_DEPTH:
+                self._split_segment(half, need // 2)
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the arrays that restore this map exactly with ``from_state``."""
-        return {"buckets": self._keys.copy(), "counters": self._counters.copy(),
+        return {"buckets": np.concatenate(self._segments),
+                "segment_buckets": np.array([k.shape[0] for k in self._segments], np.int64),
+                "segment_sizes": self._sizes.copy(), "segment_depth": self._depth.copy(),
+                "directory": self._directory.copy(),
+                "counters": self._counters.copy(),
                 "free": self._free[: self._counters[2]].copy(), "rng": self._rng.copy(),
-                "params": np.array([self.max_load, self.growth])}
+                "params": np.array([self.max_load, self.growth, self.segment_keys])}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> "CuckooMap":
-        """Inverse of ``state``; arrays are copied (they may be read-only)."""
+        """Inverse of ``state``; arrays are copied (they may be read-only). A state without
+        segments (one array of buckets) restores as one segment."""
         buckets = np.asarray(state["buckets"])
         if buckets.ndim != 2 or buckets.shape[1] != WORDS or buckets.dtype != np.int64:
             raise ValueError(f"bad cuckoo map state: buckets {buckets.dtype}{buckets.shape}")
+        params = [float(x) for x in state["params"]]
+        counters = np.array(state["counters"], dtype=np.int64)
+        if "segment_buckets" in state:
+            lengths = np.asarray(state["segment_buckets"], dtype=np.int64)
+            sizes = np.array(state["segment_sizes"], dtype=np.int64)
+            depth = np.array(state["segment_depth"], dtype=np.int64)
+            directory = np.array(state["directory"], dtype=np.int32)
+        else:
+            lengths = np.array([buckets.shape[0]], dtype=np.int64)
+            sizes, depth = counters[:1].copy(), np.zeros(1, np.int64)
+            directory = np.zeros(1, np.int32)
+        n = lengths.shape[0]
+        if (lengths.sum() != buckets.shape[0] or (lengths < 1).any() or sizes.shape != (n,)
+                or depth.shape != (n,) or sizes.sum() != counters[0]
+                or directory.shape[0] & (directory.shape[0] - 1)
+                or (directory.size and (directory.min() < 0 or directory.max() >= n))):
+            raise ValueError("bad cuckoo map state: segments do not add up")
         m = cls.__new__(cls)
-        m.max_load, m.growth = (float(x) for x in state["params"])
-        m._allocate(buckets.shape[0])
-        m._keys[:] = buckets
-        m._counters = np.array(state["counters"], dtype=np.int64)
+        m.max_load, m.growth = params[0], params[1]
+        m.segment_keys = int(params[2]) if len(params) > 2 else SEGMENT_KEYS
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        segments = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            seg = _aligned(int(b - a))
+            seg[:] = buckets[a:b]
+            segments.append(seg)
+        m._counters = counters
         m._free = np.array(state["free"], dtype=np.int32)
         m._rng = np.array(state["rng"], dtype=np.uint64)
+        m._set_segments(segments, sizes, depth, directory)
+        m.largest_rehash = 0
         return m
+
+
+def _aligned(n_buckets: int) -> np.ndarray:
+    """Empty buckets (n_buckets, WORDS) int64, 64-byte aligned: one cache line a bucket."""
+    if n_buckets >= 2**32:
+        raise MemoryError(f"cuckoo map cannot hold {n_buckets} buckets")
+    raw = np.empty(n_buckets * WORDS + WORDS, dtype=np.int64)
+    skip = (-raw.ctypes.data % 64) // 8
+    keys = raw[skip: skip + n_buckets * WORDS].reshape(n_buckets, WORDS)
+    keys[:] = EMPTY
+    keys.view(np.int32)[:, _OVERFLOW] = 0
+    return keys
+
+
+def _bad_key(position: int) -> ValueError:
+    return ValueError(f"key {EMPTY} (-2**63) is reserved as the empty marker and cannot be"
+                      f" stored; found at position {position}")
 
 
 def _buckets_for(n_keys: int, max_load: float) -> int:

@@ -63,9 +63,11 @@ class CuckooModel(RuleBasedStateMachine):
     """CuckooMap driven by random batches and checked against a dict key -> row."""
 
     @initialize(capacity=st.sampled_from([1, 2, 16]), max_load=st.sampled_from([0.5, 0.9, 0.98]),
-                seed=st.integers(1, 2**32))
-    def create(self, capacity: int, max_load: float, seed: int) -> None:
-        self.map = CuckooMap(capacity=capacity, max_load=max_load, seed=seed)
+                seed=st.integers(1, 2**32), segment_keys=st.sampled_from([2, 8, 1 << 16]))
+    def create(self, capacity: int, max_load: float, seed: int, segment_keys: int) -> None:
+        # Small segment_keys split the map into many segments within a few batches.
+        self.map = CuckooMap(capacity=capacity, max_load=max_load, seed=seed,
+                             segment_keys=segment_keys)
         self.model: dict[int, int] = {}
 
     def model_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -208,24 +210,28 @@ def test_failed_walk_leaves_the_table_as_it_was() -> None:
     n_buckets = np.uint64(2)
     two_way = [k for k in range(10_000) if len(set(cuckoo._buckets(k, n_buckets))) == 2]
     m = CuckooMap(capacity=9, max_load=0.98)
-    assert m.capacity == 2 * SLOTS
+    assert m.capacity == 2 * SLOTS and m.segments == 1
+    seg = m._segments[0]
+    seg_rows = seg.view(np.int32)
     keys = as_keys(two_way[: 2 * SLOTS])
     out = np.empty(keys.shape[0], dtype=np.int32)
     inserted = np.empty(keys.shape[0], dtype=np.bool_)
+    counters = np.zeros(3, dtype=np.int64)  # the segment's [size, next_fresh_row, n_free]
     status, reached = cuckoo._find_or_insert_batch(
-        m._keys, m._rows, m._counters, m._free, m._rng, keys, out, inserted, 0, 2 * SLOTS)
+        seg, seg_rows, counters, m._free, m._rng, keys, out, inserted, 0, 2 * SLOTS)
     assert (status, reached) == (cuckoo._OK, keys.shape[0])
-    before_keys = m._keys[:, :SLOTS].copy()
-    before_rows = m._rows[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS].copy()
-    before_counters = m._counters.copy()
+    m._counters[:], m._sizes[0] = counters, counters[0]
+    before_keys = seg[:, :SLOTS].copy()
+    before_rows = seg_rows[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS].copy()
+    before_counters = counters.copy()
     extra = as_keys(two_way[2 * SLOTS: 2 * SLOTS + 1])
     status, reached = cuckoo._find_or_insert_batch(
-        m._keys, m._rows, m._counters, m._free, m._rng, extra, out[:1], inserted[:1], 0,
+        seg, seg_rows, counters, m._free, m._rng, extra, out[:1], inserted[:1], 0,
         2 * SLOTS + 1)
     assert (status, reached) == (cuckoo._NEED_GROW, 0)
-    np.testing.assert_array_equal(m._keys[:, :SLOTS], before_keys)
-    np.testing.assert_array_equal(m._rows[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS], before_rows)
-    np.testing.assert_array_equal(m._counters, before_counters)
+    np.testing.assert_array_equal(seg[:, :SLOTS], before_keys)
+    np.testing.assert_array_equal(seg_rows[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS], before_rows)
+    np.testing.assert_array_equal(counters, before_counters)
     rows, inserted = m.find_or_insert(extra)
     assert inserted[0] and m.capacity > 2 * SLOTS
     all_keys = np.concatenate([keys, extra])
@@ -476,3 +482,67 @@ def test_duplicates_in_an_erase_batch_free_the_row_once() -> None:
     assert m.state()["free"].tolist() == [1]
     rows, inserted = m.find_or_insert(as_keys([11, 12, 11]))
     assert rows.tolist() == [1, 2, 1] and inserted.tolist() == [True, True, False]
+
+
+# --- 5. segments: growth moves at most a segment's keys ----------------------------------------
+
+def test_growth_moves_at_most_two_segments_of_keys_however_big_the_map() -> None:
+    """A map of many segments grows a segment at a time: no growth rehashes more than
+    2 x segment_keys keys (the split point varies 1-2x by segment), where one array would
+    rehash every key; and every key keeps its row through the splits."""
+    rng = np.random.default_rng(11)
+    keys = distinct_keys(rng, 300_000)
+    segmented = CuckooMap(capacity=16, segment_keys=4096)
+    single = CuckooMap(capacity=16, segment_keys=1 << 30)
+    rows = np.concatenate([segmented.find_or_insert(batch)[0] for batch in np.split(keys, 300)])
+    for batch in np.split(keys, 300):
+        single.find_or_insert(batch)
+    assert segmented.segments >= 300_000 // (2 * 4096)
+    assert segmented.largest_rehash <= 2 * 4096
+    assert single.segments == 1 and single.largest_rehash > 150_000
+    # Rows are handed out densely (a batch's in segment order, not key order).
+    np.testing.assert_array_equal(np.sort(rows), np.arange(keys.shape[0], dtype=np.int32))
+    assert_matches(segmented, keys, rows)
+    absent = np.setdiff1d(distinct_keys(rng, 10_000), keys)
+    assert (segmented.find(absent) == -1).all()
+
+
+def test_reserve_past_one_segment_sizes_every_segment_for_its_share() -> None:
+    rng = np.random.default_rng(12)
+    m = CuckooMap(capacity=1, segment_keys=2048)
+    m.reserve(100_000)
+    capacity, segments = m.capacity, m.segments
+    assert segments >= 100_000 // 2048 and int(m.max_load * capacity) >= 100_000
+    keys = distinct_keys(rng, 100_000)
+    m.find_or_insert(keys)
+    assert (m.capacity, m.segments, m.largest_rehash) == (capacity, segments, 0)
+    assert_matches(m, keys, m.find(keys))
+
+
+def test_state_of_one_array_restores_and_then_splits() -> None:
+    """A state written before segments existed (one array of buckets) restores as one segment
+    and splits once it grows past segment_keys."""
+    rng = np.random.default_rng(13)
+    m, live = churned_map(rng)
+    legacy = {k: v for k, v in m.state().items() if not k.startswith(("segment_", "directory"))}
+    legacy["params"] = legacy["params"][:2]
+    r = CuckooMap.from_state(read_only_copy(legacy))
+    assert r.segments == 1 and r.segment_keys == cuckoo.SEGMENT_KEYS
+    assert_matches(r, live, m.find(live))
+    r.segment_keys = 1024
+    more = distinct_keys(rng, 20_000)
+    rows, _ = r.find_or_insert(more)
+    assert r.segments > 1
+    assert_matches(r, np.concatenate([live, more]), np.concatenate([m.find(live), rows]))
+
+
+def test_state_with_segments_that_do_not_add_up_is_refused() -> None:
+    m = CuckooMap(capacity=8, segment_keys=64)
+    m.find_or_insert(np.arange(1000))
+    state = m.state()
+    bad = dict(state, segment_sizes=state["segment_sizes"] + 1)
+    with pytest.raises(ValueError, match="segments"):
+        CuckooMap.from_state(bad)
+    bad = dict(state, directory=np.full_like(state["directory"], m.segments))
+    with pytest.raises(ValueError, match="segments"):
+        CuckooMap.from_state(bad)
