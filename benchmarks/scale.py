@@ -42,7 +42,10 @@ Phases, training running through all but the last:
    store's speed; ``data.snapshot_mb_per_s``): ``snapshot_s`` (wall, to the manifest), ``snapshot_mb_per_s``
    (bytes of the folder / seconds), ``step_p99_during_snapshot_vs_median`` (the 99th
    percentile of the steps that ended while it ran or within 2 s after it, which it may have
-   slowed too / the steady window's median).
+   slowed too / the steady window's median). Where the time goes:
+   ``pull_wait_p50_p99_steady_s`` and ``pull_wait_p50_p99_during_snapshot_s``, the seconds a
+   step waited for its pulled rows (the shards' answers; the rest is the trainer's own work),
+   and ``tail_pull_wait_share_during_snapshot``, that wait's share of the slowest 1% of steps.
 6. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
    versions recorded ``SYNC_AFTER_S`` (5 s) of training before (``changes_since``, one shard
    at a time, as the sync reads them; at least a million rows change in that time here),
@@ -130,7 +133,8 @@ class ScaleTrainer(Trainer):
     def __init__(self, cfg: Config, shards: list[Any], dense: Any, workload: Workload) -> None:
         super().__init__(cfg, shards, dense, local_dense=True)
         self.workload = workload
-        self.steps: list[tuple[float, float, int]] = []  # (end wall time, seconds, examples)
+        # (end wall time, seconds, examples, seconds of it waiting for pulled rows)
+        self.steps: list[tuple[float, float, int, float]] = []
         self.call_timeouts = 0
         self._stop = threading.Event()
         self._live = 0  # live batches made: the next live batch is step ``_live``
@@ -169,7 +173,8 @@ class ScaleTrainer(Trainer):
         while not self._stop.is_set():
             try:
                 for m in self.loop.train(feed()):
-                    self.steps.append((time.time(), m["seconds"], m["examples"]))
+                    self.steps.append((time.time(), m["seconds"], m["examples"],
+                                       m["pull_wait_s"]))
             except ShardUnavailableError as err:
                 if "did not answer" not in str(err):
                     raise
@@ -285,9 +290,22 @@ def window(steps: list[tuple[float, float, int]]) -> tuple[float, float]:
     return examples / wall, float(np.median([s[1] for s in steps]))
 
 
-def during(steps: list[tuple[float, float, int]], t0: float, t1: float) -> np.ndarray:
-    """Seconds of the steps that ended in [t0, t1]."""
-    return np.array([s[1] for s in steps if t0 <= s[0] <= t1])
+def during(steps: list[tuple[float, float, int]], t0: float, t1: float, field: int = 1
+           ) -> np.ndarray:
+    """Seconds (``field`` 3: seconds waiting for rows) of the steps that ended in [t0, t1]."""
+    return np.array([s[field] for s in steps if t0 <= s[0] <= t1])
+
+
+def tail_wait_share(steps: list[tuple[float, float, int, float]], t0: float, t1: float
+                    ) -> float:
+    """Of the time the slowest 1% of steps ending in [t0, t1] took, the share spent waiting
+    for pulled rows (the shards' answers) rather than in the trainer's own work."""
+    window = [s for s in steps if t0 <= s[0] <= t1]
+    if not window:
+        return float("nan")
+    cut = np.percentile([s[1] for s in window], 99)
+    tail = [s for s in window if s[1] >= cut]
+    return float(sum(s[3] for s in tail) / sum(s[1] for s in tail))
 
 
 def wait_steps(trainer: Any, n: int, timeout_s: float = 1800.0) -> list:
@@ -394,7 +412,10 @@ def main() -> None:
             snapshot_s = t1 - t0
             load_snapshot = os.getloadavg()[0]
             time.sleep(2.0)  # steps ending just after the snapshot are ones it slowed too
-            during_snapshot = during(ray.get(trainer.timings.remote()), t0, time.time())
+            snap_steps, snap_end = ray.get(trainer.timings.remote()), time.time()
+            during_snapshot = during(snap_steps, t0, snap_end)
+            snapshot_waits = during(snap_steps, t0, snap_end, field=3)
+            snapshot_tail_wait = tail_wait_share(snap_steps, t0, snap_end)
             snapshot_bytes = folder_bytes(location)  # the benchmark's own checks: after
             snapshot_rows = snapshot_row_count(location)  # the window, not in it
             print(f"snapshot: {snapshot_bytes / 1e9:.2f} GB in {snapshot_s:.1f} s, "
@@ -445,6 +466,7 @@ def main() -> None:
         return float(np.percentile(seconds, q) / baseline) if seconds.size else float("nan")
 
     steady_steps = np.array([s[1] for s in steps[first:first + WINDOW_STEPS]])
+    steady_waits = np.array([s[3] for s in steps[first:first + WINDOW_STEPS]])
     figures = {
         "ids": ids,
         "shards": SHARDS,
@@ -474,6 +496,10 @@ def main() -> None:
         "step_p90_during_snapshot_vs_median": pct(during_snapshot, 90),
         "step_max_during_snapshot_vs_median": pct(during_snapshot, 100),
         "step_p90_during_sync_vs_median": pct(during_sync, 90),
+        "pull_wait_p50_p99_steady_s": [float(np.percentile(steady_waits, q)) for q in (50, 99)],
+        "pull_wait_p50_p99_during_snapshot_s": [float(np.percentile(snapshot_waits, q))
+                                                for q in (50, 99)],
+        "tail_pull_wait_share_during_snapshot": snapshot_tail_wait,
         "snapshot_mb_per_s_cap": SNAPSHOT_MB_PER_S * SHARDS,
         "slots": len(workload.slots),
         "batch_size": BATCH,

@@ -133,11 +133,12 @@ class TrainLoop:
 
     def train(self, batches: Iterable[Batch | object]) -> Iterator[dict]:
         """Train on ``batches`` in order, overlapping each pull with the previous step; yield
-        per step ``{"step", "loss", "examples", "seconds", "examples_per_s", "table_rows"}``.
+        per step ``{"step", "loss", "examples", "seconds", "pull_wait_s", "examples_per_s", "table_rows"}``.
 
         ``loss`` is the batch's weighted mean log loss before its update; ``seconds`` the
         step's wall time from resuming to its gradients being ready (their push leaves with
-        the next pull); ``table_rows`` per slot the rows held over all shards, refreshed every
+        the next pull); ``pull_wait_s`` the part of it spent waiting for the pulled rows
+        (the shards' answers, not the step's own work); ``table_rows`` per slot the rows held over all shards, refreshed every
         ``stats_every`` steps. A step's metrics are yielded once the next batch is in hand
         (its pull overlaps the step); :data:`IDLE` in ``batches`` says none is coming soon, so
         the step in flight is finished and yielded without waiting for one (a quiet stream).
@@ -228,7 +229,9 @@ class TrainLoop:
         """Wait for ``batch``'s rows (``pending``, its pull) and dispatch its jitted step, which
         runs on XLA's threads: with local dense parameters the step's new parameters are
         futures, so the next step can be dispatched before this one is done."""
+        waited = time.perf_counter()
         rows = self.client.wait(pending)
+        waited = time.perf_counter() - waited
         padded = self._pad(batch)
         slot_rows, slot_idx = self._slot_arrays(padded, rows)
         labels, weights = self._targets(padded)
@@ -236,10 +239,10 @@ class TrainLoop:
             self.params, self.opt_state, row_grads, loss, _ = self._step(
                 self.params, self.opt_state, slot_rows, slot_idx, labels, weights,
                 self._dense(padded))
-            return _Step(batch, pending.routes, row_grads, loss, None)
+            return _Step(batch, pending.routes, row_grads, loss, None, waited)
         param_grads, row_grads, loss, _ = self._grad_step(
             self.params, slot_rows, slot_idx, labels, weights, self._dense(padded))
-        return _Step(batch, pending.routes, row_grads, loss, param_grads)
+        return _Step(batch, pending.routes, row_grads, loss, param_grads, waited)
 
     def _finish(self, step: _Step, start: float) -> dict:
         """Wait for ``step``'s computation, push its dense gradients to the dense server (if
@@ -263,7 +266,8 @@ class TrainLoop:
         if self.after_step is not None:
             self.after_step(batch)
         return {"step": self.steps, "loss": float(step.loss), "examples": len(batch),
-                "seconds": seconds, "examples_per_s": len(batch) / max(seconds, 1e-9),
+                "seconds": seconds, "pull_wait_s": step.wait_s,
+                "examples_per_s": len(batch) / max(seconds, 1e-9),
                 "table_rows": dict(self.table_rows)}
 
     def _expire(self, now: float) -> None:
@@ -369,6 +373,7 @@ class _Step:
     row_grads: tuple[Any, ...]
     loss: Any
     param_grads: Any
+    wait_s: float = 0.0  # seconds the step waited for its pulled rows
 
 
 class DenseLink:
