@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ import pyarrow.fs as pafs
 from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig
 from monolith_ray.files import filesystem_and_path
 from monolith_ray.table import EmbeddingTable, TableDelta
+from monolith_ray.table.embedding import SnapshotPart, write_parts
 
 
 class Packed(NamedTuple):
@@ -288,20 +290,22 @@ class ShardServer:
                  ) -> dict[str, float]:
         """Write every slot's table to ``<location>/<slot>.table``, a local folder or any
         ``pyarrow.fs`` URI, resolved here, on this actor's node and with its credentials ->
-        {rows, bytes, seconds}. Each table is copied a chunk at a time under the shard's lock
-        and written outside it (``EmbeddingTable.snapshot``: a fuzzy cut), so trainers' calls
-        wait at most one chunk's copy, never the write. Files are written in place: a reader
+        {rows, bytes, seconds}. Each table is copied a chunk at a time under the shard's lock,
+        on the calling thread, and written outside it on a thread of lower priority
+        (``EmbeddingTable.snapshot_parts``: a fuzzy cut), so trainers' calls wait at most one
+        chunk's copy, never the write, and never a low-priority thread holding the lock. Files are written in place: a reader
         learns they are whole from the manifest that ``monolith_ray.train.snapshots`` writes
         after every shard has returned. ``mb_per_s`` > 0 caps this shard's write rate
         (``data.snapshot_mb_per_s``), leaving CPU and disk to training. ``position.json``
         beside the tables names this shard's incarnation and each table's version when the
         copy began: a serving shard restored from the files asks for the changes since.
 
-        Memory: beside its tables a shard holds one chunk's copy (1.3 MB at dim 17 with
+        Memory: beside its tables a shard holds at most three chunks' copies (the one being
+        made, ``COPIES_AHEAD`` waiting, the one being written: 1.3 MB each at dim 17 with
         Adagrad) and a 4-MB file buffer while it writes, and drops the written pages from
         the page cache every 64 MB (``_Uncached``): its peak during a snapshot is its tables'
         ``stats()`` bytes (181 per id at dim 16 with Adagrad, RSS 1.05x that) plus about
-        6 MB and its runtime (about 0.37 GB). What can grow meanwhile is the tables, by the
+        8 MB and its runtime (about 0.37 GB). What can grow meanwhile is the tables, by the
         ids trained in while it writes (``benchmarks.scale``)."""
         t0 = time.perf_counter()
         pace = _Pace(mb_per_s * 1e6) if mb_per_s > 0 else None
@@ -314,22 +318,57 @@ class ShardServer:
             position = {"incarnation": self._incarnation,
                         "versions": {name: t.version for name, t in tables.items()}}
 
+        # Copies are made here, on the actor's thread, and written on a thread of lower
+        # priority: the shard's lock is only ever held by threads of the usual priority (a
+        # low-priority thread preempted while holding it would stall trainers' calls until
+        # the scheduler ran it again). At most ``COPIES_AHEAD`` copies wait for the writer.
+        copies: queue.Queue = queue.Queue(COPIES_AHEAD)
+
+        def table_parts() -> Iterator[SnapshotPart]:
+            while (part := copies.get()) is not _END_OF_TABLE:
+                if part is _ABANDONED:
+                    raise RuntimeError("snapshot abandoned: copying the tables failed")
+                yield part
+
         def write() -> tuple[int, int]:
             rows = n_bytes = 0
-            for name, table in tables.items():
+            for name in tables:
                 path = f"{folder}/{name}{TABLE_SUFFIX}"
                 if isinstance(fs, pafs.LocalFileSystem):
                     with open(path, "wb", buffering=1 << 22) as f:
-                        rows += table.snapshot(f, self._lock, pace=_Uncached(f, pace))
+                        rows += write_parts(f, table_parts(), pace=_Uncached(f, pace))
                         n_bytes += f.tell()
                 else:
                     with fs.open_output_stream(path, compression=None, buffer_size=1 << 22) as f:
-                        rows += table.snapshot(f, self._lock, pace=pace)
+                        rows += write_parts(f, table_parts(), pace=pace)
                         n_bytes += f.tell()
             return rows, n_bytes
 
+        def copy(writer: threading.Thread) -> None:
+            def hand(part: object) -> None:
+                while True:
+                    try:
+                        copies.put(part, timeout=0.5)
+                        return
+                    except queue.Full:
+                        if not writer.is_alive():  # the writer failed: its error is raised
+                            raise _WriterGone from None
+
+            try:
+                for table in tables.values():
+                    for part in table.snapshot_parts(self._lock):
+                        hand(part)
+                        del part
+                    hand(_END_OF_TABLE)
+            except _WriterGone:
+                return
+            except BaseException:
+                with contextlib.suppress(_WriterGone):
+                    hand(_ABANDONED)
+                raise
+
         with _quick_gil_handover():
-            rows, n_bytes = _on_background_thread(write)
+            rows, n_bytes = _on_background_thread(write, beside=copy)
         with fs.open_output_stream(f"{folder}/{POSITION_FILE}") as f:
             f.write(json.dumps(position).encode())
         return {"rows": rows, "bytes": n_bytes, "seconds": time.perf_counter() - t0}
@@ -407,12 +446,13 @@ T = TypeVar("T")
 WRITER_NICENESS = 10
 
 
-def _on_background_thread(work: Callable[[], T], niceness: int = WRITER_NICENESS) -> T:
+def _on_background_thread(work: Callable[[], T], niceness: int = WRITER_NICENESS,
+                          beside: Callable[[threading.Thread], None] | None = None) -> T:
     """Run ``work`` on a new thread of its own with ``niceness`` added to its scheduling
-    priority (Linux schedules threads apart; elsewhere, or if refused, at the usual one) and
-    return its result or raise its error. A thread of its own because an unprivileged
-    process cannot raise a thread's priority back: the actor's call threads stay as they
-    are."""
+    priority (Linux schedules threads apart; elsewhere, or if refused, at the usual one),
+    and ``beside(that thread)`` on this one meanwhile, and return work's result or raise
+    the first error. A thread of its own because an unprivileged process cannot raise a
+    thread's priority back: the actor's call threads stay as they are."""
     result: list[T] = []
     error: list[BaseException] = []
 
@@ -429,10 +469,23 @@ def _on_background_thread(work: Callable[[], T], niceness: int = WRITER_NICENESS
 
     thread = threading.Thread(target=run, name="snapshot-writer", daemon=True)
     thread.start()
-    thread.join()
+    try:
+        if beside is not None:
+            beside(thread)
+    finally:
+        thread.join()
     if error:
         raise error[0]
     return result[0]
+
+
+class _WriterGone(Exception):
+    """The snapshot's writer thread ended before taking every copy (it raised)."""
+
+
+_END_OF_TABLE = object()  # in a snapshot's queue of copies: the table's parts are all in
+_ABANDONED = object()  # the copying failed: the writer stops with an error
+COPIES_AHEAD = 1  # copied chunks a snapshot keeps waiting for its writer (1.3 MB each)
 
 
 class _Uncached:

@@ -66,7 +66,7 @@ import dataclasses
 import json
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
 import numba as nb
@@ -412,20 +412,29 @@ class EmbeddingTable:
         With a ``lock`` (the one every writer of this table holds), each chunk of
         ``chunk_rows`` rows is copied under it and written after releasing it: a fuzzy cut
         (see the module docstring), and writers wait at most one chunk's copy. ``pace``, if
-        given, is called with each chunk's bytes once it is written (to slow the writer)."""
+        given, is called with each chunk's bytes once it is written (to slow the writer).
+        The same as ``write_parts(file, snapshot_parts(lock, chunk_rows), pace)``: a caller
+        may copy (``snapshot_parts``) on one thread and write on another."""
         if isinstance(file, str):
             with open(file, "wb") as f:
                 return self.snapshot(f, lock, chunk_rows, pace)
+        return write_parts(file, self.snapshot_parts(lock, chunk_rows), pace)
+
+    def snapshot_parts(self, lock: Lock | None = None, chunk_rows: int | None = None
+                       ) -> Iterator[SnapshotPart]:
+        """The table's snapshot as parts to write in order (``write_parts``): the header, then
+        chunks of ``chunk_rows`` rows each copied under ``lock`` (one hold a chunk, taken as
+        the iteration reaches it, on the iterating thread), then the trailer. Each part is
+        a copy: the table may change while it waits to be written."""
         lock = lock or contextlib.nullcontext()
         chunk_rows = chunk_rows or SNAPSHOT_CHUNK_ROWS
         with lock:
             bound, live = self._map.row_bound, len(self)
         fields = self._fields()
-        header = {"format": FORMAT, "slot": dataclasses.asdict(self.slot),
-                  "admission": dataclasses.asdict(self.admission), "rows": live,
-                  "fields": {k: [w, dt.str] for k, (w, dt) in fields.items()}}
-        _write_json(file, header)
-        written = 0
+        yield SnapshotPart(header={
+            "format": FORMAT, "slot": dataclasses.asdict(self.slot),
+            "admission": dataclasses.asdict(self.admission), "rows": live,
+            "fields": {k: [w, dt.str] for k, (w, dt) in fields.items()}})
         for start in range(0, bound, chunk_rows):
             with lock:
                 stop = min(start + chunk_rows, self._map.row_bound)
@@ -435,24 +444,14 @@ class EmbeddingTable:
                 else:
                     sel = start + np.flatnonzero(live)
                     chunk = {k: self._rows[k][sel] for k in fields}
-            n = chunk["ids"].shape[0]
-            _write_frame(file, np.array([n], dtype=np.int64))
-            for k in fields:
-                _write_frame(file, chunk[k])
-            written += n
-            if pace is not None:
-                pace(sum(a.nbytes for a in chunk.values()))
-            del chunk  # written: one chunk's copy at a time, not the next beside it
+            yield SnapshotPart(arrays=[chunk[k] for k in fields])
+            del chunk  # handed on: one chunk's copy at a time here, not the next beside it
             time.sleep(0)  # let the shard's other threads (trainers' calls) take the GIL
         with lock:
             trailer = {"version": self.version, "counters": dict(self.counters)}
             sketch = self._filter.sketch.copy()
             evicted = _concat(self._evicted_ids), _concat(self._evicted_versions)
-        _write_frame(file, np.array([-1], dtype=np.int64))
-        _write_json(file, trailer)
-        for a in (sketch, *evicted):
-            _write_frame(file, a)
-        return written
+        yield SnapshotPart(trailer=trailer, arrays=[sketch, *evicted])
 
     @classmethod
     def restore(cls, file: str | BinaryIO) -> "EmbeddingTable":
@@ -585,8 +584,48 @@ class EmbeddingTable:
             self._rows[k][rows] = a[keep]
 
 
+@dataclasses.dataclass
+class SnapshotPart:
+    """One piece of a table's snapshot stream: its header, a chunk of rows (``arrays``, one
+    per field), or its trailer (``trailer`` with the admission sketch and evictions)."""
+
+    header: dict | None = None
+    arrays: list[np.ndarray] = dataclasses.field(default_factory=list)
+    trailer: dict | None = None
+
+
+def write_parts(file: BinaryIO, parts: Iterable[SnapshotPart],
+                pace: Callable[[int], None] | None = None) -> int:
+    """Write a table's snapshot parts (``EmbeddingTable.snapshot_parts``) to ``file`` -> rows
+    written. ``pace``, if given, is called with each chunk's bytes once it is written."""
+    written = 0
+    parts = iter(parts)
+    while (part := next(parts, None)) is not None:
+        if part.header is not None:
+            _write_json(file, part.header)
+        elif part.trailer is not None:
+            _write_frame(file, np.array([-1], dtype=np.int64))
+            _write_json(file, part.trailer)
+            _write_frames(file, part.arrays)
+        else:
+            n = part.arrays[0].shape[0]
+            _write_frame(file, np.array([n], dtype=np.int64))
+            _write_frames(file, part.arrays)
+            written += n
+            if pace is not None:
+                pace(sum(a.nbytes for a in part.arrays))
+        del part  # written: its copy goes before the next part's is made
+    return written
+
+
 def _write_frame(file: BinaryIO, array: np.ndarray) -> None:
     np.lib.format.write_array(file, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_frames(file: BinaryIO, arrays: list[np.ndarray]) -> None:
+    """Each array as a frame (a function of its own: no name outlives it holding an array)."""
+    for a in arrays:
+        _write_frame(file, a)
 
 
 def _write_json(file: BinaryIO, value: dict) -> None:

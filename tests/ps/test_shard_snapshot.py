@@ -187,29 +187,62 @@ def test_a_capped_snapshot_sleeps_to_stay_under_its_rate(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are POSIX")
 def test_the_snapshot_writer_runs_below_the_threads_answering_calls(tmp_path, monkeypatch):
+    """Chunks are written at a lower priority, but copied (under the shard's lock) on the
+    calling thread at its own: a low-priority thread never holds the lock."""
     from monolith_ray.ps import shard as shard_module
 
-    seen: list[int] = []
-    write_table = shard_module.EmbeddingTable.snapshot
+    writing: list[int] = []
+    copying: list[int] = []
+    write_parts = shard_module.write_parts
+    snapshot_parts = shard_module.EmbeddingTable.snapshot_parts
 
-    def observed(self, *args, **kwargs):
-        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread
-        return write_table(self, *args, **kwargs)
+    def observed_write(*args, **kwargs):
+        writing.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread
+        return write_parts(*args, **kwargs)
 
-    monkeypatch.setattr(shard_module.EmbeddingTable, "snapshot", observed)
+    def observed_copy(self, lock=None, chunk_rows=None):
+        for part in snapshot_parts(self, lock, chunk_rows):
+            copying.append(os.getpriority(os.PRIO_PROCESS, 0))
+            yield part
+
+    monkeypatch.setattr(shard_module, "write_parts", observed_write)
+    monkeypatch.setattr(shard_module.EmbeddingTable, "snapshot_parts", observed_copy)
     caller = os.getpriority(os.PRIO_PROCESS, 0)
     shard = trained_shard()
     shard.snapshot(tmp_path)
-    assert seen and all(p == min(caller + shard_module.WRITER_NICENESS, 19) for p in seen)
+    assert writing and all(p == min(caller + shard_module.WRITER_NICENESS, 19) for p in writing)
+    assert len(copying) >= 2 * len(shard.tables) and all(p == caller for p in copying)
     assert os.getpriority(os.PRIO_PROCESS, 0) == caller  # the caller's thread is untouched
+    fresh = ShardServer(SLOTS, ADMISSION)
+    fresh.restore(tmp_path)
+    for name, stats in shard.stats().items():
+        assert fresh.stats()[name]["rows"] == stats["rows"] > 0
 
 
 def test_a_failed_snapshot_write_raises_in_the_caller(tmp_path, monkeypatch):
     from monolith_ray.ps import shard as shard_module
 
-    def broken(self, *args, **kwargs):
+    def broken(file, parts, pace=None):
+        next(iter(parts))
         raise OSError("disk full")
 
-    monkeypatch.setattr(shard_module.EmbeddingTable, "snapshot", broken)
+    monkeypatch.setattr(shard_module, "write_parts", broken)
     with pytest.raises(OSError, match="disk full"):
         trained_shard().snapshot(tmp_path)
+
+
+def test_a_failed_copy_raises_in_the_caller_and_stops_the_writer(tmp_path, monkeypatch):
+    import threading
+
+    from monolith_ray.ps import shard as shard_module
+
+    snapshot_parts = shard_module.EmbeddingTable.snapshot_parts
+
+    def broken(self, lock=None, chunk_rows=None):
+        yield next(iter(snapshot_parts(self, lock, chunk_rows)))
+        raise MemoryError("no room for a copy")
+
+    monkeypatch.setattr(shard_module.EmbeddingTable, "snapshot_parts", broken)
+    with pytest.raises(MemoryError, match="no room"):
+        trained_shard().snapshot(tmp_path)
+    assert not [t for t in threading.enumerate() if t.name == "snapshot-writer"]
