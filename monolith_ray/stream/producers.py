@@ -172,16 +172,21 @@ class UserSimulator:
         return 1.0 / (1.0 + np.exp(-logit))
 
     def respond(self, user_ids: np.ndarray, item_ids: np.ndarray,
-                time: np.ndarray | int, satiation: np.ndarray | None = None) -> np.ndarray:
+                time: np.ndarray | int, satiation: np.ndarray | None = None,
+                draw: np.ndarray | None = None) -> np.ndarray:
         """Whether each user clicks the item shown at event time(s) -> bool (n,);
         ``satiation`` as in :meth:`click_probability`.
 
         The coin of a (user, item, time) is a fixed hash of the three and the seed, so the same
-        question always gets the same answer."""
+        question always gets the same answer. ``draw`` (n,) ints, if given, key the coin in
+        place of the time (the probability still reads the time): :class:`SatiatedUsers`
+        passes each user's request count, so the same user's n-th request shown the same item
+        meets the same coin whenever it is served (common random numbers across runs)."""
         u = np.asarray(user_ids, dtype=np.int64)
         i = np.asarray(item_ids, dtype=np.int64)
         t = np.broadcast_to(np.asarray(time, dtype=np.int64), u.shape)
-        h = mix64(mix64(mix64(u, self.seed).view(np.int64) ^ i, self.seed).view(np.int64) ^ t,
+        key = t if draw is None else np.broadcast_to(np.asarray(draw, dtype=np.int64), u.shape)
+        h = mix64(mix64(mix64(u, self.seed).view(np.int64) ^ i, self.seed).view(np.int64) ^ key,
                   self.seed)
         coin = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
         return coin < self.click_probability(u, i, t, satiation)
@@ -197,11 +202,17 @@ class SatiatedUsers:
     gamma) at each request of the user that does not show it, and the truth does not depend
     on how fast requests arrive or how many other users are served in between (a benchmark
     paced by the wall clock sees the same dynamics as an offline run).
+
+    The click coins are keyed by the user's request count (``steps``), not the event time:
+    two runs that serve the same users in the same order meet the same coin for the same
+    user, request and item however their clocks differ (common random numbers, so policies
+    compared on the same sequence of users differ by their choices, not by their luck).
     """
 
     def __init__(self, sim: UserSimulator) -> None:
         self.sim = sim
         self.state = np.zeros((sim.n_users, sim.n_categories))
+        self.steps = np.zeros(sim.n_users, dtype=np.int64)  # requests of each user so far
 
     def satiation(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """Each user's current satiation with the item's category, pairs (n,) -> float64 (n,)."""
@@ -218,7 +229,8 @@ class SatiatedUsers:
     def show(self, user_ids: np.ndarray, item_ids: np.ndarray,
              time: np.ndarray | int) -> np.ndarray:
         """One request each of distinct users (B,), shown items (B, k) at event time(s) (B,)
-        -> whether each item is clicked, bool (B, k); then each user's state takes a step."""
+        -> whether each item is clicked, bool (B, k), each coin keyed by (user, item, the
+        user's request count); then each user's state takes a step."""
         u = np.asarray(user_ids, dtype=np.int64)
         items = np.asarray(item_ids, dtype=np.int64).reshape(len(u), -1)
         if len(np.unique(u)) != len(u):
@@ -227,8 +239,10 @@ class SatiatedUsers:
         t = np.repeat(np.broadcast_to(np.asarray(time, dtype=np.int64), u.shape), k)
         users = np.repeat(u, k)
         clicked = self.sim.respond(users, items.ravel(), t,
-                                   self.satiation(users, items.ravel())).reshape(items.shape)
+                                   self.satiation(users, items.ravel()),
+                                   draw=self.steps[users]).reshape(items.shape)
         satiation_step(self.state, self.sim.satiation_gamma, u, self.sim.categories[items])
+        self.steps[u] += 1
         return clicked
 
 

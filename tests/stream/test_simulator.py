@@ -159,3 +159,36 @@ def test_simulated_stream_with_satiation_clicks_less_on_repeats() -> None:
     events = list(simulated_events(tired, 300, **kwargs))
     assert events == list(simulated_events(tired, 300, **kwargs))
     assert sum(e.topic == FEATURES for e in events) == 1200
+
+
+def test_coins_are_common_to_runs_whatever_their_clocks() -> None:
+    """A user's n-th request shown the same item meets the same coin in two runs whose clocks
+    differ (the coin is keyed by the user's request count), so two policies served the same
+    users differ by what they show; the probability still reads the time (drift)."""
+    sim = UserSimulator(n_users=2000, n_items=50, n_categories=4, satiation=1.0, seed=9,
+                        drift_period_s=1000.0)
+    early, late = SatiatedUsers(sim), SatiatedUsers(sim)
+    rng = np.random.default_rng(2)
+    users = rng.permutation(2000)
+    items = rng.integers(0, 50, (2000, 1))
+    for step in range(4):
+        before = late.state.copy()
+        a = early.show(users, items, T0 + 10 * step)[:, 0]
+        b = late.show(users, items, T0 + 10 * step + 7)[:, 0]  # the same requests, 7 s later
+        s = before[users, sim.categories[items[:, 0]]]
+        p_a = sim.click_probability(users, items[:, 0], T0 + 10 * step, s)
+        p_b = sim.click_probability(users, items[:, 0], T0 + 10 * step + 7, s)
+        assert not np.allclose(p_a, p_b), "drift moved the probabilities"
+        # Common coins disagree only where the probability moved past the coin (at most
+        # |p_a - p_b| in expectation); time-keyed ones on about p_a + p_b - 2 p_a p_b.
+        independent = sim.respond(users, items[:, 0], T0 + 10 * step + 7, s)
+        assert np.mean(a != b) <= np.mean(np.abs(p_a - p_b)) + 0.02
+        assert np.mean(a != independent) > 3 * np.mean(a != b)
+        np.testing.assert_array_equal(b, sim.respond(users, items[:, 0], T0 + 10 * step + 7,
+                                                s, draw=np.full(2000, step)))
+    np.testing.assert_array_equal(early.steps, np.full(2000, 4))
+    # A new request of the same user meets a new coin.
+    again = SatiatedUsers(sim)
+    first = again.show(users, np.zeros((2000, 1), dtype=np.int64), T0)
+    second = again.show(users, np.zeros((2000, 1), dtype=np.int64), T0)
+    assert not np.array_equal(first, second)
