@@ -426,31 +426,32 @@ def _erase_segments(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
 
 
 @nb.njit(cache=True, nogil=True)
-def _split(old: np.ndarray, low: np.ndarray, high: np.ndarray, depth: np.int64,
-           rng: np.ndarray) -> tuple[bool, np.int64, np.int64]:
-    """Move old's keys into two empty segments by bit ``depth`` (from the top) of their
-    directory hash -> (every key fit, keys in low, keys in high)."""
+def _split(old: np.ndarray, bases: np.ndarray, n_buckets: np.int64, depth: np.int64,
+           bits: np.int64, rng: np.ndarray, counts: np.ndarray) -> bool:
+    """Move old's keys into 2**bits empty segments of n_buckets each (at addresses ``bases``)
+    by bits depth .. depth + bits - 1 (from the top) of their directory hash -> whether every
+    key fit; counts[c] = keys put in segment c."""
     old_rows = old.view(np.int32)
-    halves = (low, high)
-    counts = np.zeros(2, dtype=np.int64)
     path = np.empty((MAX_KICKS, 2), dtype=np.int64)
-    bit = np.uint64(63 - depth)
+    shift = np.uint64(64 - depth - bits)
+    mask = np.uint64((1 << bits) - 1)
+    n = np.uint64(n_buckets)
     for b in range(old.shape[0]):
         for s in range(SLOTS):
             key = old[b, s]
             if key != EMPTY:
-                h = np.int64((_mix(key ^ _DIR_SALT) >> bit) & np.uint64(1))
-                keys = halves[h]
-                rows = keys.view(np.int32)
+                c = np.int64((_mix(key ^ _DIR_SALT) >> shift) & mask)
+                keys = nb.carray(_address_as(bases[c], _I64), (n_buckets, WORDS))
+                rows = nb.carray(_address_as(bases[c], _I32), (n_buckets, 2 * WORDS))
                 row = old_rows[b, _ROW0 + s]
-                b1, b2 = _buckets(key, np.uint64(keys.shape[0]))
+                b1, b2 = _buckets(key, n)
                 if not _put(keys, rows, key, row, b1):
                     rows[b1, _OVERFLOW] = 1
                     if not (_put(keys, rows, key, row, b2)
                             or _kick(keys, rows, key, row, b2, rng, path)):
-                        return False, counts[0], counts[1]
-                counts[h] += 1
-    return True, counts[0], counts[1]
+                        return False
+                counts[c] += 1
+    return True
 
 
 class CuckooMap:
@@ -460,14 +461,19 @@ class CuckooMap:
 
     **Segments bound the pause of growth.** The map is a directory of segments, each a cuckoo
     map of its own (extendible hashing: the top bits of a second hash of the key pick the
-    directory entry). A segment that fills grows alone, by ``growth``, or, once it would hold
-    more than ``segment_keys`` keys (times 1 to 2, by segment, so that segments do not all split
-    at once), splits in two by the next bit of that hash. So a growth rehashes at most
-    2 x ``segment_keys`` keys (~50 ns a key: 3-6 ms at 65,536) whatever the
-    map's size, where one array would rehash every key (250 ms at 5M keys) while its table's
-    lock is held. A map starts as one segment of ``capacity``; a map of one segment is laid out
-    and behaves exactly as before segments existed. Cost: a batch on several segments is
-    grouped by segment first (one counting sort, a few ns a key).
+    directory entry). A segment that fills grows alone, by ``growth``, or, once growing would
+    carry it past its split point (``segment_keys`` times 1 to 2, by segment, so that segments
+    filling at one rate do not all split at once), splits by the next bits of that hash: in two,
+    or, when a batch brings many new keys at once (a bulk load, a first growth of a map built
+    large), straight into as many parts as leave each near ``segment_keys``, in one pass. So a
+    growth rehashes at most about 2 x ``segment_keys`` keys (~50 ns a key: 3-6 ms at 65,536)
+    once the map is past one segment, where one array would rehash every key (250 ms at 5M
+    keys) while its table's lock is held. A map starts as one segment of ``capacity``, laid out
+    as before segments existed. Cost: a key's segment is one more hash and two small array
+    reads a lookup.
+
+    Not thread-safe: callers serialize every call (the kernels reach segments by address, and
+    a growth frees the segment it replaces).
     """
 
     def __init__(self, capacity: int = 1024, max_load: float = 0.9, growth: float = 1.4,
@@ -478,8 +484,8 @@ class CuckooMap:
             raise ValueError(f"max_load must be in [0.1, 0.98], got {max_load}")
         if growth <= 1.05:
             raise ValueError(f"growth must be > 1.05, got {growth}")
-        if segment_keys < 1:
-            raise ValueError(f"segment_keys must be >= 1, got {segment_keys}")
+        if segment_keys < 2:
+            raise ValueError(f"segment_keys must be >= 2, got {segment_keys}")
         self.max_load = float(max_load)
         self.growth = float(growth)
         self.segment_keys = int(segment_keys)
@@ -488,14 +494,16 @@ class CuckooMap:
         self._counters = np.zeros(3, dtype=np.int64)
         self._free = np.empty(0, dtype=np.int32)
         self._set_segments([_aligned(_buckets_for(capacity, max_load))], np.zeros(1, np.int64),
-                           np.zeros(1, np.int64), np.zeros(1, np.int32))
+                           np.zeros(1, np.int64), np.zeros(1, np.int32), np.zeros(1, np.int64))
         self.largest_rehash = 0  # most keys moved by one growth so far (a pause's size)
+        self.rehashed_keys = 0  # keys moved by every growth so far
 
     def _set_segments(self, segments: list[np.ndarray], sizes: np.ndarray, depth: np.ndarray,
-                      directory: np.ndarray) -> None:
+                      directory: np.ndarray, prefix: np.ndarray) -> None:
         self._segments = segments  # holds every segment's memory: the kernels see addresses
         self._sizes = sizes  # keys per segment
         self._depth = depth  # per segment: how many top hash bits all its keys share
+        self._prefix = prefix  # per segment: those bits
         self._directory = directory  # 2**global_depth entries -> segment
         self._shift = np.uint64(63 - (int(directory.shape[0]).bit_length() - 1))
         self._bases = np.array([k.ctypes.data for k in segments], dtype=np.int64)
@@ -672,46 +680,72 @@ class CuckooMap:
                 break
             target = int(np.ceil(target * self.growth))
         self.largest_rehash = max(self.largest_rehash, int(self._sizes[s]))
+        self.rehashed_keys += int(self._sizes[s])
         self._replace(s, new)
 
     def _split_at(self, s: int) -> int:
         """Keys past which segment s splits: ``segment_keys`` times 1 to 2, fixed by the
         segment's hash prefix. Keys spread evenly, so segments of one depth would otherwise
         fill, and split, within a few batches of each other: one batch would pay for many."""
-        depth = int(self._depth[s])
-        entry = int(np.argmax(self._directory == s))
-        prefix = entry >> (self._directory.shape[0].bit_length() - 1 - depth)
+        depth, prefix = int(self._depth[s]), int(self._prefix[s])
         u = ((prefix + 1) * 0x9E3779B97F4A7C15 + depth * 0xBF58476D1CE4E5B9) % 2**64 / 2**64
         return int(self.segment_keys * (1.0 + u))
 
     def _split_segment(self, s: int, need: int) -> None:
-        """Split segment s by the next bit of the directory hash; each half gets room for half
-        of ``need`` keys at a load of 0.75 (at most ``max_load``)."""
+        """Split segment s by the next bits of the directory hash into 2**bits parts, bits
+        the fewest that leave each part's share of ``need`` keys within 2 x
+        ``segment_keys``; each part gets room for its share at a load of 0.75 (at most
+        ``max_load``). One pass over s's keys; the map changes only once it is done."""
         depth = int(self._depth[s])
-        directory = self._directory
-        if 1 << depth == directory.shape[0]:
-            directory = np.repeat(directory, 2)
-        n_buckets = _buckets_for(need // 2 + 1, min(_FIT_LOAD, self.max_load))
+        bits = 1
+        while need / 2 ** bits > 2 * self.segment_keys and depth + bits < MAX_DEPTH:
+            bits += 1
+        parts = 1 << bits
+        n_buckets = _buckets_for(need // parts + 1, min(_FIT_LOAD, self.max_load))
         while True:
-            low, high = _aligned(n_buckets), _aligned(n_buckets)
-            fit, n_low, n_high = _split(self._segments[s], low, high, depth, self._rng)
-            if fit:
+            children = [_aligned(n_buckets) for _ in range(parts)]
+            counts = np.zeros(parts, dtype=np.int64)
+            bases = np.array([c.ctypes.data for c in children], dtype=np.int64)
+            if _split(self._segments[s], bases, n_buckets, depth, bits, self._rng, counts):
                 break
             n_buckets = int(np.ceil(n_buckets * self.growth))
         self.largest_rehash = max(self.largest_rehash, int(self._sizes[s]))
-        entries = np.flatnonzero(directory == s)  # a contiguous run: the segment's prefix
-        directory[entries[entries.shape[0] // 2:]] = len(self._segments)
+        self.rehashed_keys += int(self._sizes[s])
+        # The new directory, built aside: entries of s are one aligned run of its prefix.
+        global_depth = int(self._directory.shape[0]).bit_length() - 1
+        if depth + bits > global_depth:
+            directory = np.repeat(self._directory, 1 << (depth + bits - global_depth))
+            global_depth = depth + bits
+        else:
+            directory = self._directory.copy()
+        run = 1 << (global_depth - depth)
+        start = int(self._prefix[s]) * run
+        n = len(self._segments)
+        ids = np.array([s, *range(n, n + parts - 1)], dtype=np.int32)
+        directory[start: start + run] = np.repeat(ids, run // parts)
         segments = self._segments[:]
-        segments[s] = low
-        segments.append(high)
-        sizes = np.append(self._sizes, n_high)
-        sizes[s] = n_low
-        depths = np.append(self._depth, depth + 1)
-        depths[s] = depth + 1
-        self._set_segments(segments, sizes, depths, directory)
-        for half in (s, len(segments) - 1):  # a bulk insert: split on now, not batch by batch
-            if need / 2 * self.growth > self._split_at(half) and depth + 1 < MAX_DEPTH:
-                self._split_segment(half, need // 2)
+        segments[s] = children[0]
+        segments.extend(children[1:])
+        sizes = np.concatenate([self._sizes, counts[1:]])
+        sizes[s] = counts[0]
+        depths = np.concatenate([self._depth, np.full(parts - 1, depth + bits)])
+        depths[s] = depth + bits
+        prefixes = (int(self._prefix[s]) << bits) + np.arange(parts, dtype=np.int64)
+        prefix = np.concatenate([self._prefix, prefixes[1:]])
+        prefix[s] = prefixes[0]
+        bases = self._bases.copy()
+        bases[s] = children[0].ctypes.data
+        limit = int(self.max_load * (n_buckets * SLOTS))
+        # Published together, after every array is built: an error above leaves the map as
+        # it was. Only the new parts' addresses are computed (not every segment's).
+        (self._segments, self._sizes, self._depth, self._prefix, self._directory,
+         self._shift, self._bases, self._n_buckets, self._limits) = (
+            segments, sizes, depths, prefix, directory,
+            np.uint64(63 - global_depth), np.concatenate([bases, [c.ctypes.data for c in
+                                                                   children[1:]]]),
+            np.concatenate([self._n_buckets, np.full(parts - 1, n_buckets)]),
+            np.concatenate([self._limits, np.full(parts - 1, limit)]))
+        self._n_buckets[s], self._limits[s] = n_buckets, limit
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the arrays that restore this map exactly with ``from_state``."""
@@ -726,41 +760,86 @@ class CuckooMap:
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> "CuckooMap":
         """Inverse of ``state``; arrays are copied (they may be read-only). A state without
-        segments (one array of buckets) restores as one segment."""
+        segments (one array of buckets) restores as one segment. Every array is checked
+        before use (a state may come from a file): a bad one raises ValueError."""
+        try:
+            return cls._from_state(state)
+        except (KeyError, IndexError, TypeError, OverflowError) as err:
+            raise ValueError(f"bad cuckoo map state: {err!r}") from None
+
+    @classmethod
+    def _from_state(cls, state: dict[str, np.ndarray]) -> "CuckooMap":
+        def bad(why: str) -> ValueError:
+            return ValueError(f"bad cuckoo map state: {why}")
+
         buckets = np.asarray(state["buckets"])
         if buckets.ndim != 2 or buckets.shape[1] != WORDS or buckets.dtype != np.int64:
-            raise ValueError(f"bad cuckoo map state: buckets {buckets.dtype}{buckets.shape}")
-        params = [float(x) for x in state["params"]]
-        counters = np.array(state["counters"], dtype=np.int64)
+            raise bad(f"buckets {buckets.dtype}{buckets.shape}")
+        params = [float(x) for x in np.asarray(state["params"], dtype=np.float64).ravel()]
+        if len(params) not in (2, 3):
+            raise bad(f"{len(params)} params")
+        max_load, growth = params[0], params[1]
+        segment_keys = int(params[2]) if len(params) == 3 else SEGMENT_KEYS
+        if not (0.1 <= max_load <= 0.98 and 1.05 < growth <= 16 and segment_keys >= 2):
+            raise bad(f"params {params}")
+        counters = np.array(state["counters"], dtype=np.int64).ravel()
+        free = np.array(state["free"], dtype=np.int32).ravel()
+        rng = np.array(state["rng"], dtype=np.uint64).ravel()
+        if counters.shape != (3,) or rng.shape != (1,):
+            raise bad(f"counters {counters.shape}, rng {rng.shape}")
+        size, row_bound, n_free = (int(c) for c in counters)
+        if not (0 <= size and 0 <= n_free == free.shape[0] and size + n_free == row_bound
+                and row_bound <= 2**31 - 1):
+            raise bad(f"counters {counters.tolist()} with {free.shape[0]} free rows")
         if "segment_buckets" in state:
-            lengths = np.asarray(state["segment_buckets"], dtype=np.int64)
-            sizes = np.array(state["segment_sizes"], dtype=np.int64)
-            depth = np.array(state["segment_depth"], dtype=np.int64)
-            directory = np.array(state["directory"], dtype=np.int32)
+            lengths = np.array(state["segment_buckets"], dtype=np.int64).ravel()
+            sizes = np.array(state["segment_sizes"], dtype=np.int64).ravel()
+            depth = np.array(state["segment_depth"], dtype=np.int64).ravel()
+            directory = np.array(state["directory"], dtype=np.int32).ravel()
         else:
             lengths = np.array([buckets.shape[0]], dtype=np.int64)
-            sizes, depth = counters[:1].copy(), np.zeros(1, np.int64)
+            sizes, depth = np.array([size], np.int64), np.zeros(1, np.int64)
             directory = np.zeros(1, np.int32)
-        n = lengths.shape[0]
-        if (lengths.sum() != buckets.shape[0] or (lengths < 1).any() or sizes.shape != (n,)
-                or depth.shape != (n,) or sizes.sum() != counters[0]
-                or directory.shape[0] & (directory.shape[0] - 1)
-                or (directory.size and (directory.min() < 0 or directory.max() >= n))):
-            raise ValueError("bad cuckoo map state: segments do not add up")
-        m = cls.__new__(cls)
-        m.max_load, m.growth = params[0], params[1]
-        m.segment_keys = int(params[2]) if len(params) > 2 else SEGMENT_KEYS
+        n, entries = lengths.shape[0], directory.shape[0]
+        global_depth = entries.bit_length() - 1
+        if (n < 1 or sizes.shape != (n,) or depth.shape != (n,) or (lengths < 1).any()
+                or lengths.sum() != buckets.shape[0] or entries < 1
+                or entries & (entries - 1) or global_depth > MAX_DEPTH
+                or directory.min() < 0 or directory.max() >= n
+                or (depth < 0).any() or (depth > global_depth).any()):
+            raise bad("segments and directory do not add up")
+        # Each segment s owns one aligned run of 2**(D - depth[s]) entries: its prefix.
+        owned = np.bincount(directory, minlength=n)
+        first = np.full(n, -1, dtype=np.int64)
+        first[directory[::-1]] = np.arange(entries - 1, -1, -1)
+        runs = np.left_shift(1, global_depth - depth)
+        if (owned != runs).any() or (first % runs).any():
+            raise bad("a segment's directory entries are not one aligned run")
+        run_of = np.repeat(np.arange(n), runs[np.argsort(first)].astype(np.int64))
+        if not (directory == np.argsort(first)[run_of]).all():
+            raise bad("a segment's directory entries are not one aligned run")
+        keys = buckets[:, :SLOTS]
+        rows = buckets.view(np.int32)[:, _ROW0: _ROW0 + SLOTS]
+        live = keys != EMPTY
         bounds = np.concatenate([[0], np.cumsum(lengths)])
+        per_segment = np.add.reduceat(live.sum(axis=1), bounds[:-1])
+        if (per_segment != sizes).any() or sizes.sum() != size:
+            raise bad("segment sizes do not match the keys they hold")
+        held = rows[live]
+        if held.size and (held.min() < 0 or held.max() >= row_bound):
+            raise bad(f"a row outside [0, {row_bound})")
+        if free.size and (free.min() < 0 or free.max() >= row_bound):
+            raise bad(f"a free row outside [0, {row_bound})")
+        m = cls.__new__(cls)
+        m.max_load, m.growth, m.segment_keys = max_load, growth, segment_keys
         segments = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             seg = _aligned(int(b - a))
             seg[:] = buckets[a:b]
             segments.append(seg)
-        m._counters = counters
-        m._free = np.array(state["free"], dtype=np.int32)
-        m._rng = np.array(state["rng"], dtype=np.uint64)
-        m._set_segments(segments, sizes, depth, directory)
-        m.largest_rehash = 0
+        m._counters, m._free, m._rng = counters, free, rng
+        m._set_segments(segments, sizes, depth, directory, first >> (global_depth - depth))
+        m.largest_rehash = m.rehashed_keys = 0
         return m
 
 

@@ -536,13 +536,54 @@ def test_state_of_one_array_restores_and_then_splits() -> None:
     assert_matches(r, np.concatenate([live, more]), np.concatenate([m.find(live), rows]))
 
 
-def test_state_with_segments_that_do_not_add_up_is_refused() -> None:
+def test_a_big_single_segment_splits_into_many_in_one_pass() -> None:
+    """A map built large (or restored from a one-array state) moves each key once when it
+    first grows past a segment: straight into as many parts as it needs, not split after
+    split."""
+    rng = np.random.default_rng(14)
+    keys = distinct_keys(rng, 200_000)
+    m = CuckooMap(capacity=200_000, max_load=0.9, segment_keys=2048)
+    rows, _ = m.find_or_insert(keys)
+    assert m.segments == 1 and m.rehashed_keys == 0
+    more = distinct_keys(rng, 30_000)
+    more_rows, _ = m.find_or_insert(more)
+    assert m.segments >= 200_000 // (4 * 2048)
+    assert m.rehashed_keys <= 200_000 + 4 * 2048 * 4  # the big segment once, a few parts more
+    assert_matches(m, np.concatenate([keys, more]), np.concatenate([rows, more_rows]))
+
+
+def _hostile(state: dict[str, np.ndarray], **changes) -> dict[str, np.ndarray]:
+    return {**{k: np.array(v) for k, v in state.items()}, **changes}
+
+
+def test_hostile_states_are_refused_before_any_kernel_reads_them() -> None:
+    """A state may come from a file: every array that a kernel would index by is checked."""
     m = CuckooMap(capacity=8, segment_keys=64)
-    m.find_or_insert(np.arange(1000))
+    m.find_or_insert(np.arange(2000))
+    m.erase(np.arange(0, 2000, 7))
     state = m.state()
-    bad = dict(state, segment_sizes=state["segment_sizes"] + 1)
-    with pytest.raises(ValueError, match="segments"):
-        CuckooMap.from_state(bad)
-    bad = dict(state, directory=np.full_like(state["directory"], m.segments))
-    with pytest.raises(ValueError, match="segments"):
-        CuckooMap.from_state(bad)
+    assert m.segments > 4
+    bad = [
+        _hostile(state, directory=np.zeros(0, np.int32)),
+        _hostile(state, directory=np.full_like(state["directory"], m.segments)),
+        _hostile(state, directory=np.concatenate([state["directory"][-1:],
+                                                  state["directory"][1:]])),
+        _hostile(state, counters=state["counters"][:1]),
+        _hostile(state, counters=state["counters"] + np.array([0, 0, 5])),
+        _hostile(state, free=np.full_like(state["free"], 10**6)),
+        _hostile(state, segment_sizes=state["segment_sizes"] + 1),
+        _hostile(state, segment_depth=state["segment_depth"] + 30),
+        _hostile(state, params=np.array([0.9, 1.4, 1.0])),
+        _hostile(state, params=np.array([0.9])),
+    ]
+    rows_far = np.array(state["buckets"])
+    view = rows_far.view(np.int32)[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS]
+    view[rows_far[:, :SLOTS] != EMPTY] = 10**7
+    bad.append(_hostile(state, buckets=rows_far))
+    for s in bad:
+        with pytest.raises(ValueError, match="bad cuckoo map state"):
+            CuckooMap.from_state(s)
+    with pytest.raises(ValueError, match="segment_keys"):
+        CuckooMap(segment_keys=1)
+    r = CuckooMap.from_state(state)
+    np.testing.assert_array_equal(r.find(np.arange(2000)), m.find(np.arange(2000)))
