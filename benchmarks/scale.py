@@ -45,7 +45,10 @@ Phases, training running through all but the last:
    slowed too / the steady window's median). Where the time goes:
    ``pull_wait_p50_p99_steady_s`` and ``pull_wait_p50_p99_during_snapshot_s``, the seconds a
    step waited for its pulled rows (the shards' answers; the rest is the trainer's own work),
-   and ``tail_pull_wait_share_during_snapshot``, that wait's share of the slowest 1% of steps.
+   and ``tail_pull_wait_share_during_snapshot``, that wait's share of the slowest 1% of steps;
+   ``cpu_shares_steady`` and ``cpu_shares_during_snapshot``, the machine's CPU time by kind
+   (``/proc/stat``: ``nice`` is the Ray workers', ``system``, ``iowait``, ``softirq`` the
+   kernel's).
 6. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
    versions recorded ``SYNC_AFTER_S`` (5 s) of training before (``changes_since``, one shard
    at a time, as the sync reads them; at least a million rows change in that time here),
@@ -296,6 +299,22 @@ def during(steps: list[tuple[float, float, int]], t0: float, t1: float, field: i
     return np.array([s[field] for s in steps if t0 <= s[0] <= t1])
 
 
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq")
+
+
+def cpu_times() -> np.ndarray:
+    """The machine's CPU time so far by kind (``/proc/stat``, ``CPU_FIELDS``), in ticks."""
+    with open("/proc/stat") as f:
+        return np.array(f.readline().split()[1:1 + len(CPU_FIELDS)], dtype=np.int64)
+
+
+def cpu_shares(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """Each kind's share of the CPU time between two ``cpu_times`` (threads Ray starts run
+    niced: ``nice`` is the actors' work, ``system``/``softirq``/``iowait`` the kernel's)."""
+    spent = after - before
+    return {k: round(float(v) / max(int(spent.sum()), 1), 4) for k, v in zip(CPU_FIELDS, spent)}
+
+
 def tail_wait_share(steps: list[tuple[float, float, int, float]], t0: float, t1: float
                     ) -> float:
     """Of the time the slowest 1% of steps ending in [t0, t1] took, the share spent waiting
@@ -398,17 +417,19 @@ def main() -> None:
             sampler.phase = "steady"
             replayed = ray.get(trainer.bound_inflow.remote(LIVE_EVERY))
             first = len(ray.get(trainer.timings.remote())) + PREFETCH  # past queued batches
+            cpu_steady = cpu_times()
             steps = wait_steps(trainer, first + WINDOW_STEPS)
+            cpu_steady = cpu_shares(cpu_steady, cpu_times())
             _, baseline = window(steps[first:first + WINDOW_STEPS])
             print(f"steady: 1 live batch in {LIVE_EVERY}, {replayed:,} replayed, median step "
                   f"{baseline * 1e3:.0f} ms", file=err)
 
             sampler.phase = "snapshot"
             load_start = os.getloadavg()[0]
-            t0 = time.time()
+            t0, cpu_snapshot = time.time(), cpu_times()
             location = take_snapshot(f"{out}/snapshots", shards, dense,
                                      mb_per_s=SNAPSHOT_MB_PER_S)
-            t1 = time.time()
+            t1, cpu_snapshot = time.time(), cpu_shares(cpu_snapshot, cpu_times())
             snapshot_s = t1 - t0
             load_snapshot = os.getloadavg()[0]
             time.sleep(2.0)  # steps ending just after the snapshot are ones it slowed too
@@ -500,6 +521,8 @@ def main() -> None:
         "pull_wait_p50_p99_during_snapshot_s": [float(np.percentile(snapshot_waits, q))
                                                 for q in (50, 99)],
         "tail_pull_wait_share_during_snapshot": snapshot_tail_wait,
+        "cpu_shares_steady": cpu_steady,
+        "cpu_shares_during_snapshot": cpu_snapshot,
         "snapshot_mb_per_s_cap": SNAPSHOT_MB_PER_S * SHARDS,
         "slots": len(workload.slots),
         "batch_size": BATCH,
