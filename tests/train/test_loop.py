@@ -261,3 +261,24 @@ def make_loop_with_dense(features):
     train = TrainConfig(batch_size=BATCH, stats_every=4,
                         dense_optimizer=OptimizerConfig(kind="adam", learning_rate=1e-2))
     return TrainLoop(SLOTS, client, ModelConfig(hidden=(8,)), train, dense=features)
+
+
+def test_a_step_reports_how_long_it_waited_for_its_rows():
+    """``pull_wait_s`` is the part of a step spent waiting for the pulled rows: a pull made
+    40 ms slower shows in it, and it never exceeds the step's own seconds."""
+    import time
+
+    loop = make_loop()
+    data = list(iter_batches(synthetic(n=256), SLOTS, BATCH))
+    fast = list(loop.train(data))
+    wait = loop.client.wait
+
+    def slow_wait(pending):
+        time.sleep(0.04)
+        return wait(pending)
+
+    loop.client.wait = slow_wait
+    slow = list(loop.train(data))
+    assert all(0 <= m["pull_wait_s"] <= m["seconds"] for m in fast + slow)
+    assert min(m["pull_wait_s"] for m in slow) >= 0.04
+    assert np.median([m["pull_wait_s"] for m in fast]) < 0.04
