@@ -70,26 +70,6 @@ def _buckets(key: np.int64, n_buckets: np.uint64) -> tuple[np.int64, np.int64]:
     return b1, b2
 
 
-@intrinsic
-def _prefetch_bucket(typingctx, table, bucket):
-    """Emit llvm.prefetch for table[bucket, 0]: a hint, with no effect on results."""
-    sig = types.void(table, bucket)
-
-    def codegen(context, builder, signature, args):
-        ty = signature.args[0]
-        ary = context.make_array(ty)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        ptr = cgutils.get_item_pointer(context, builder, ty, ary, [args[1], zero])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @nb.njit(inline="always")
 def _find_one(keys: np.ndarray, rows: np.ndarray, key: np.int64, n_buckets: np.uint64) -> np.int32:
     """Row of key or -1. Slots are compared with a mask select, not a branch: which slot
@@ -107,18 +87,6 @@ def _find_one(keys: np.ndarray, rows: np.ndarray, key: np.int64, n_buckets: np.u
             hit = -np.int32(keys[b2, s] == key)
             r = (r & ~hit) | (rows[b2, _ROW0 + s] & hit)
     return r
-
-
-@nb.njit(cache=True, nogil=True)
-def _find_batch(keys: np.ndarray, rows: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
-    n_buckets = np.uint64(keys.shape[0])
-    n = query.shape[0]
-    for i in range(min(PREFETCH_AHEAD, n)):
-        _prefetch_bucket(keys, _buckets(query[i], n_buckets)[0])
-    for i in range(n):
-        if i + PREFETCH_AHEAD < n:
-            _prefetch_bucket(keys, _buckets(query[i + PREFETCH_AHEAD], n_buckets)[0])
-        out[i] = _find_one(keys, rows, query[i], n_buckets)
 
 
 @nb.njit(inline="always")
@@ -176,77 +144,6 @@ def _kick(keys: np.ndarray, rows: np.ndarray, key: np.int64, row: np.int32, b: n
         cur_k = tk
         cur_r = tr
     return False
-
-
-@nb.njit(cache=True, nogil=True)
-def _find_or_insert_batch(keys: np.ndarray, rows: np.ndarray, counters: np.ndarray,
-                          free: np.ndarray, rng: np.ndarray, query: np.ndarray, out: np.ndarray,
-                          inserted: np.ndarray, start: np.int64,
-                          max_size: np.int64) -> tuple[np.int64, np.int64]:
-    """Find or insert query[start:]; stops early at the first key that needs a bigger map.
-
-    counters = [size, next_fresh_row, n_free], kept in locals while running (an array
-    that may alias the map would be reloaded every iteration). Returns (status, index reached).
-    """
-    n_buckets = np.uint64(keys.shape[0])
-    path = np.empty((MAX_KICKS, 2), dtype=np.int64)
-    size, fresh, n_free = counters[0], counters[1], counters[2]
-    n = query.shape[0]
-    for i in range(start, min(start + PREFETCH_AHEAD, n)):
-        _prefetch_bucket(keys, _buckets(query[i], n_buckets)[0])
-    for i in range(start, n):
-        if i + PREFETCH_AHEAD < n:
-            _prefetch_bucket(keys, _buckets(query[i + PREFETCH_AHEAD], n_buckets)[0])
-        key = query[i]
-        r = _find_one(keys, rows, key, n_buckets)
-        if r >= 0:
-            out[i] = r
-            inserted[i] = False
-            continue
-        row = free[n_free - 1] if n_free > 0 else np.int32(fresh)
-        b1, b2 = _buckets(key, n_buckets)
-        placed = False
-        if key != EMPTY and size < max_size:
-            # Placement is spelled out here and in _rehash: a shared helper, inlined or not,
-            # made Numba's code for this loop 2.4x slower.
-            placed = _put(keys, rows, key, row, b1)
-            if not placed:
-                rows[b1, _OVERFLOW] = 1
-                placed = _put(keys, rows, key, row, b2) or _kick(keys, rows, key, row, b2, rng, path)
-        if not placed:
-            counters[0], counters[1], counters[2] = size, fresh, n_free
-            return (_BAD_KEY if key == EMPTY else _NEED_GROW), i
-        if n_free > 0:
-            n_free -= 1
-        else:
-            fresh += 1
-        size += 1
-        out[i] = row
-        inserted[i] = True
-    counters[0], counters[1], counters[2] = size, fresh, n_free
-    return _OK, query.shape[0]
-
-
-@nb.njit(cache=True, nogil=True)
-def _erase_batch(keys: np.ndarray, rows: np.ndarray, counters: np.ndarray, free: np.ndarray,
-                 query: np.ndarray, out: np.ndarray) -> None:
-    """Erase each key present; out[i] is its freed row or -1. Freed rows go on the free list."""
-    n_buckets = np.uint64(keys.shape[0])
-    for i in range(query.shape[0]):
-        key = query[i]
-        out[i] = -1
-        b1, b2 = _buckets(key, n_buckets)
-        for b in (b1, b2):
-            for s in range(SLOTS):
-                if keys[b, s] == key and key != EMPTY:
-                    out[i] = rows[b, _ROW0 + s]
-                    free[counters[2]] = rows[b, _ROW0 + s]
-                    counters[2] += 1
-                    counters[0] -= 1
-                    keys[b, s] = EMPTY
-                    break
-            if out[i] >= 0:
-                break
 
 
 @nb.njit(cache=True, nogil=True)
@@ -338,9 +235,10 @@ def _prefetch_segmented(key: np.int64, directory: np.ndarray, shift: np.uint64,
 
 
 @nb.njit(cache=True, nogil=True)
-def _find_segments(bases: np.ndarray, n_buckets: np.ndarray, directory: np.ndarray,
+def _find_batch(bases: np.ndarray, n_buckets: np.ndarray, directory: np.ndarray,
                    shift: np.uint64, query: np.ndarray, out: np.ndarray) -> None:
-    """``_find_batch`` over a map of segments; ``bases`` are the segments' addresses."""
+    """out[i] = row of query[i] or -1; ``bases`` are the segments' addresses. The buckets of
+    the keys ``PREFETCH_AHEAD`` on are prefetched, so cache misses overlap."""
     n = query.shape[0]
     for i in range(min(PREFETCH_AHEAD, n)):
         _prefetch_segmented(query[i], directory, shift, bases, n_buckets)
@@ -352,14 +250,17 @@ def _find_segments(bases: np.ndarray, n_buckets: np.ndarray, directory: np.ndarr
 
 
 @nb.njit(cache=True, nogil=True)
-def _find_or_insert_segments(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
+def _find_or_insert_batch(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
                              limits: np.ndarray, directory: np.ndarray, shift: np.uint64,
                              counters: np.ndarray, free: np.ndarray, rng: np.ndarray,
                              query: np.ndarray, out: np.ndarray, inserted: np.ndarray,
                              start: np.int64) -> tuple[np.int64, np.int64, np.int64]:
-    """``_find_or_insert_batch`` over a map of segments: segment s takes keys while it holds
-    fewer than limits[s]. Stops at the first key whose segment must grow -> (status, index
-    reached, that segment or -1)."""
+    """Find or insert query[start:]: segment s takes keys while it holds fewer than
+    limits[s]. Stops at the first key whose segment must grow -> (status, index reached,
+    that segment or -1). counters = [size, next_fresh_row, n_free].
+
+    Placement is spelled out here and in ``_rehash``/``_split``: a shared helper, inlined or
+    not, made Numba's code for this loop 2.4x slower."""
     path = np.empty((MAX_KICKS, 2), dtype=np.int64)
     fresh, n_free = counters[1], counters[2]
     n = query.shape[0]
@@ -400,10 +301,11 @@ def _find_or_insert_segments(bases: np.ndarray, n_buckets: np.ndarray, sizes: np
 
 
 @nb.njit(cache=True, nogil=True)
-def _erase_segments(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
+def _erase_batch(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
                     directory: np.ndarray, shift: np.uint64, counters: np.ndarray,
                     free: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
-    """``_erase_batch`` over a map of segments; each segment's key count follows."""
+    """Erase each key present; out[i] is its freed row or -1. Freed rows go on the free
+    list; each segment's key count follows."""
     for i in range(query.shape[0]):
         key = query[i]
         out[i] = -1
@@ -560,50 +462,30 @@ class CuckooMap:
         """Rows of keys (n,) int64 -> int32 (n,), -1 where absent. Never inserts."""
         keys = _as_keys(keys)
         out = np.empty(keys.shape[0], dtype=np.int32)
-        if len(self._segments) == 1:
-            k = self._segments[0]
-            _find_batch(k, k.view(np.int32), keys, out)
-        else:
-            _find_segments(self._bases, self._n_buckets, self._directory, self._shift, keys,
-                           out)
+        _find_batch(self._bases, self._n_buckets, self._directory, self._shift, keys, out)
         return out
 
     def find_or_insert(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows of keys (n,), inserting absent ones -> (rows int32 (n,), newly_inserted bool (n,)).
 
-        A key repeated in the batch is inserted once; later copies report it as found.
+        A key repeated in the batch is inserted once; later copies report it as found. New
+        keys get rows in the order they come.
         """
         keys = _as_keys(keys)
         n = keys.shape[0]
         out = np.empty(n, dtype=np.int32)
         inserted = np.empty(n, dtype=np.bool_)
-        if len(self._segments) == 1:
-            start = 0
-            while True:
-                k = self._segments[0]
-                c = np.array([self._sizes[0], self._counters[1], self._counters[2]])
-                status, start = _find_or_insert_batch(
-                    k, k.view(np.int32), c, self._free, self._rng, keys, out, inserted, start,
-                    int(self.max_load * (k.shape[0] * SLOTS)))
-                self._counters[0] += c[0] - self._sizes[0]
-                self._sizes[0], self._counters[1], self._counters[2] = c
-                if status == _OK:
-                    return out, inserted
-                if status == _BAD_KEY:
-                    raise _bad_key(start)
-                self._grow(0, int(self._sizes[0]) + self._estimate_new(keys[start:]))
-                if len(self._segments) > 1:
-                    break
-        else:
-            start = 0
+        start = 0
         while True:
-            status, start, s = _find_or_insert_segments(
+            status, start, s = _find_or_insert_batch(
                 self._bases, self._n_buckets, self._sizes, self._limits, self._directory,
                 self._shift, self._counters, self._free, self._rng, keys, out, inserted, start)
             if status == _OK:
                 return out, inserted
             if status == _BAD_KEY:
-                raise _bad_key(int(start))
+                raise ValueError(
+                    f"key {EMPTY} (-2**63) is reserved as the empty marker and cannot be"
+                    f" stored; found at position {start}")
             # Segment s gets 2**-depth of the hash space: that share of the rest's new keys.
             new = self._estimate_new(keys[start:]) >> int(self._depth[s])
             self._grow(int(s), int(self._sizes[s]) + new + 1)
@@ -622,15 +504,8 @@ class CuckooMap:
             free[: self._counters[2]] = self._free[: self._counters[2]]
             self._free = free
         out = np.empty(keys.shape[0], dtype=np.int32)
-        if len(self._segments) == 1:
-            k = self._segments[0]
-            c = np.array([self._sizes[0], self._counters[1], self._counters[2]])
-            _erase_batch(k, k.view(np.int32), c, self._free, keys, out)
-            self._counters[0] += c[0] - self._sizes[0]
-            self._sizes[0], self._counters[2] = c[0], c[2]
-        else:
-            _erase_segments(self._bases, self._n_buckets, self._sizes, self._directory,
-                            self._shift, self._counters, self._free, keys, out)
+        _erase_batch(self._bases, self._n_buckets, self._sizes, self._directory, self._shift,
+                     self._counters, self._free, keys, out)
         return out
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
@@ -853,11 +728,6 @@ def _aligned(n_buckets: int) -> np.ndarray:
     keys[:] = EMPTY
     keys.view(np.int32)[:, _OVERFLOW] = 0
     return keys
-
-
-def _bad_key(position: int) -> ValueError:
-    return ValueError(f"key {EMPTY} (-2**63) is reserved as the empty marker and cannot be"
-                      f" stored; found at position {position}")
 
 
 def _buckets_for(n_keys: int, max_load: float) -> int:

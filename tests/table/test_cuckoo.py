@@ -216,22 +216,23 @@ def test_failed_walk_leaves_the_table_as_it_was() -> None:
     keys = as_keys(two_way[: 2 * SLOTS])
     out = np.empty(keys.shape[0], dtype=np.int32)
     inserted = np.empty(keys.shape[0], dtype=np.bool_)
-    counters = np.zeros(3, dtype=np.int64)  # the segment's [size, next_fresh_row, n_free]
-    status, reached = cuckoo._find_or_insert_batch(
-        seg, seg_rows, counters, m._free, m._rng, keys, out, inserted, 0, 2 * SLOTS)
-    assert (status, reached) == (cuckoo._OK, keys.shape[0])
-    m._counters[:], m._sizes[0] = counters, counters[0]
+
+    def insert(query: np.ndarray, limit: int) -> tuple[int, int]:
+        status, reached, _ = cuckoo._find_or_insert_batch(
+            m._bases, m._n_buckets, m._sizes, np.array([limit]), m._directory, m._shift,
+            m._counters, m._free, m._rng, query, out, inserted, 0)
+        return status, reached
+
+    assert insert(keys, 2 * SLOTS) == (cuckoo._OK, keys.shape[0])
     before_keys = seg[:, :SLOTS].copy()
     before_rows = seg_rows[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS].copy()
-    before_counters = counters.copy()
+    before_counters = m._counters.copy()
     extra = as_keys(two_way[2 * SLOTS: 2 * SLOTS + 1])
-    status, reached = cuckoo._find_or_insert_batch(
-        seg, seg_rows, counters, m._free, m._rng, extra, out[:1], inserted[:1], 0,
-        2 * SLOTS + 1)
-    assert (status, reached) == (cuckoo._NEED_GROW, 0)
+    assert insert(extra, 2 * SLOTS + 1) == (cuckoo._NEED_GROW, 0)
     np.testing.assert_array_equal(seg[:, :SLOTS], before_keys)
     np.testing.assert_array_equal(seg_rows[:, cuckoo._ROW0: cuckoo._ROW0 + SLOTS], before_rows)
-    np.testing.assert_array_equal(counters, before_counters)
+    np.testing.assert_array_equal(m._counters, before_counters)
+    assert m._sizes[0] == 2 * SLOTS
     rows, inserted = m.find_or_insert(extra)
     assert inserted[0] and m.capacity > 2 * SLOTS
     all_keys = np.concatenate([keys, extra])
