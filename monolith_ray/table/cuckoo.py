@@ -147,26 +147,6 @@ def _kick(keys: np.ndarray, rows: np.ndarray, key: np.int64, row: np.int32, b: n
 
 
 @nb.njit(cache=True, nogil=True)
-def _rehash(old_keys: np.ndarray, old_rows: np.ndarray, keys: np.ndarray, rows: np.ndarray,
-            rng: np.ndarray) -> bool:
-    """Move every key of the old arrays into the (empty) new ones; False if one will not fit."""
-    n_buckets = np.uint64(keys.shape[0])
-    path = np.empty((MAX_KICKS, 2), dtype=np.int64)
-    for b in range(old_keys.shape[0]):
-        for s in range(SLOTS):
-            key = old_keys[b, s]
-            if key != EMPTY:
-                row = old_rows[b, _ROW0 + s]
-                b1, b2 = _buckets(key, n_buckets)
-                if not _put(keys, rows, key, row, b1):
-                    rows[b1, _OVERFLOW] = 1
-                    if not (_put(keys, rows, key, row, b2)
-                            or _kick(keys, rows, key, row, b2, rng, path)):
-                        return False
-    return True
-
-
-@nb.njit(cache=True, nogil=True)
 def _items(keys: np.ndarray, rows: np.ndarray, out_keys: np.ndarray, out_rows: np.ndarray) -> None:
     j = 0
     for b in range(keys.shape[0]):
@@ -259,7 +239,7 @@ def _find_or_insert_batch(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.nd
     limits[s]. Stops at the first key whose segment must grow -> (status, index reached,
     that segment or -1). counters = [size, next_fresh_row, n_free].
 
-    Placement is spelled out here and in ``_rehash``/``_split``: a shared helper, inlined or
+    Placement is spelled out here and in ``_split``: a shared helper, inlined or
     not, made Numba's code for this loop 2.4x slower."""
     path = np.empty((MAX_KICKS, 2), dtype=np.int64)
     fresh, n_free = counters[1], counters[2]
@@ -332,7 +312,7 @@ def _split(old: np.ndarray, bases: np.ndarray, n_buckets: np.int64, depth: np.in
            bits: np.int64, rng: np.ndarray, counts: np.ndarray) -> bool:
     """Move old's keys into 2**bits empty segments of n_buckets each (at addresses ``bases``)
     by bits depth .. depth + bits - 1 (from the top) of their directory hash -> whether every
-    key fit; counts[c] = keys put in segment c."""
+    key fit; counts[c] = keys put in segment c. With bits 0: a rehash into one new segment."""
     old_rows = old.view(np.int32)
     path = np.empty((MAX_KICKS, 2), dtype=np.int64)
     shift = np.uint64(64 - depth - bits)
@@ -342,7 +322,7 @@ def _split(old: np.ndarray, bases: np.ndarray, n_buckets: np.int64, depth: np.in
         for s in range(SLOTS):
             key = old[b, s]
             if key != EMPTY:
-                c = np.int64((_mix(key ^ _DIR_SALT) >> shift) & mask)
+                c = np.int64((_mix(key ^ _DIR_SALT) >> shift) & mask) if bits else 0
                 keys = nb.carray(_address_as(bases[c], _I64), (n_buckets, WORDS))
                 rows = nb.carray(_address_as(bases[c], _I32), (n_buckets, 2 * WORDS))
                 row = old_rows[b, _ROW0 + s]
@@ -551,7 +531,8 @@ class CuckooMap:
         target = max(_buckets_for(need, load), int(np.ceil(old.shape[0] * self.growth)))
         while True:
             new = _aligned(target)
-            if _rehash(old, old.view(np.int32), new, new.view(np.int32), self._rng):
+            bases = np.array([new.ctypes.data], dtype=np.int64)
+            if _split(old, bases, target, self._depth[s], 0, self._rng, np.zeros(1, np.int64)):
                 break
             target = int(np.ceil(target * self.growth))
         self.largest_rehash = max(self.largest_rehash, int(self._sizes[s]))
