@@ -25,9 +25,9 @@ process RSS grew by 1.05x that). ``stats()["bytes"]`` counts them all.
 
 What a table takes beyond ``stats()["bytes"]``, and so the bound on its peak:
 
-- growth: only the map grows by copying (``CuckooMap``: 1.4x a step, old and new buckets
-  side by side while it rehashes): the new buckets, 1.4 x 12.8 / 0.9 = 20 bytes per id of
-  the one table growing, for the length of one rehash; rows never move.
+- growth: only the map grows by copying, one segment of it at a time (``CuckooMap``: at
+  most about 131,072 keys, old and new buckets side by side while it rehashes: a few MB);
+  rows never move.
 - ``snapshot``: one chunk's copy, ``SNAPSHOT_CHUNK_ROWS`` rows (8,192 x 164 bytes = 1.3 MB
   at dim 17 with Adagrad), and the caller's file buffer; nothing grows with the table, so
   a snapshot's peak is the table's own bytes plus a few MB. What does grow during a
