@@ -206,23 +206,11 @@ class Recommender:
         except MessageError as err:
             raise BadRequest(str(err)) from None
         now = int(time.time())
-        await self._add_history([user], now)
-        user_rows = self._slot_rows([user], [user_dense])
+        # Every check of the request comes before the history read (an actor call).
         if body.candidates is None:
-            # Retrieval over the whole catalogue when configured and ready, else a random
-            # draw from the pool; a given candidate list (below) skips both.
             if not len(self.pool):
                 raise BadRequest("candidates: none given, and no candidate pool is configured "
                                  "(serve.candidate_pool)")
-            take = None if self.retrieval is None else self.retrieval.search(user_rows, now)
-            if take is None or not take.size:
-                with self._lock:
-                    take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
-                                            replace=False)
-            ids = [self.pool.ids[i] for i in take.tolist()]
-            item_slots = None  # the pool's own, built below for the logged items only
-            item_dense: list[dict[str, Any]] = [{}] * len(ids)
-            items, which = self.pool_rows, take
         else:
             if not body.candidates:
                 raise BadRequest("candidates: empty list")
@@ -239,6 +227,21 @@ class Recommender:
             item_slots = [slots for _, slots in given]
             item_dense = [self._dense(body.candidates[i].dense, f"candidates[{i}].dense")
                           if isinstance(body.candidates[i], ItemIn) else {} for i in kept]
+        await self._add_history([user], now)
+        user_rows = self._slot_rows([user], [user_dense])
+        if body.candidates is None:
+            # Retrieval over the whole catalogue when configured and ready, else a random
+            # draw from the pool; a given candidate list skips both.
+            take = None if self.retrieval is None else self.retrieval.search(user_rows, now)
+            if take is None or not take.size:
+                with self._lock:
+                    take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
+                                            replace=False)
+            ids = [self.pool.ids[i] for i in take.tolist()]
+            item_slots = None  # the pool's own, built below for the logged items only
+            item_dense = [{}] * len(ids)
+            items, which = self.pool_rows, take
+        else:
             items, which = self._slot_rows(item_slots, item_dense), None
         pinned = self.pinned.get(self.decisions.model_of(body.user.id))
         model = self.model if pinned is None else pinned[0]
