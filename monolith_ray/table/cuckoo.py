@@ -518,9 +518,9 @@ class CuckooMap:
                 s += 1
 
     def _grow(self, s: int, need: int, load: float = _FIT_LOAD) -> None:
-        """Make segment s hold ``need`` keys: split it in two when growth x need passes its
-        split point (``_split_at``), else rehash it into max(room for need at ``load``, growth x its
-        buckets) buckets, more if a key will not fit."""
+        """Make segment s hold ``need`` keys: split it (``_split_segment``) when growth x need
+        passes its split point (``_split_at``), else rehash it into max(room for need at
+        ``load``, growth x its buckets) buckets, more if a key will not fit."""
         old = self._segments[s]
         # Split once growing would carry the segment past its split point: a segment holds at
         # most that many keys when it is rehashed, whichever way it grows.
