@@ -296,10 +296,11 @@ class ShardServer:
         (``EmbeddingTable.snapshot_parts``: a fuzzy cut), so trainers' calls wait at most one
         chunk's copy, never the write, and never a low-priority thread holding the lock.
         Files are written in place: a reader learns they are whole from the manifest that
-        ``monolith_ray.train.snapshots`` writes after every shard has returned. ``mb_per_s`` > 0 caps this shard's write rate
-        (``data.snapshot_mb_per_s``), leaving CPU and disk to training. ``position.json``
-        beside the tables names this shard's incarnation and each table's version when the
-        copy began: a serving shard restored from the files asks for the changes since.
+        ``monolith_ray.train.snapshots`` writes after every shard has returned. ``mb_per_s``
+        > 0 caps this shard's write rate (``data.snapshot_mb_per_s``), leaving CPU and disk to
+        training. ``position.json`` beside the tables names this shard's incarnation and each
+        table's version when the copy began: a serving shard restored from the files asks
+        for the changes since.
 
         Memory: beside its tables a shard holds at most three chunks' copies (the one being
         made, ``COPIES_AHEAD`` waiting, the one being written: 1.3 MB each at dim 17 with
@@ -307,8 +308,8 @@ class ShardServer:
         (``DirectFile``), so no page cache fills (where the file system refuses it, the
         written pages are dropped every 64 MB, ``_Uncached``): its peak during a snapshot is
         its tables' ``stats()`` bytes (181 per id at dim 16 with Adagrad, RSS 1.05x that)
-        plus about 8 MB and its runtime (about 0.37 GB). What can grow meanwhile is the tables, by the
-        ids trained in while it writes (``benchmarks.scale``)."""
+        plus about 8 MB and its runtime (about 0.37 GB). What can grow meanwhile is the
+        tables, by the ids trained in while it writes (``benchmarks.scale``)."""
         t0 = time.perf_counter()
         pace = _Pace(mb_per_s * 1e6) if mb_per_s > 0 else None
         fs, folder = filesystem_and_path(location)
