@@ -5,6 +5,7 @@ the clicked item for the user's next request. A client cannot set a history slot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -132,3 +133,22 @@ def test_without_the_history_actor_requests_are_served_and_the_failure_counted(a
     assert len(items) == 2
     health = requests.get(app.url + "/healthz", timeout=30).json()
     assert health["served"]["history_failed"] >= 1
+
+
+def test_a_request_with_bad_candidates_is_refused_before_its_history_is_read(app) -> None:
+    """Every check of a request comes before the history read (an actor call): with the
+    history actor gone, a bad candidate list is refused without a failed read counted, and
+    a good request still counts one."""
+    with contextlib.suppress(Exception):
+        ray.kill(app.history, no_restart=True)
+
+    def failed_reads() -> int:
+        return requests.get(app.url + "/healthz", timeout=30).json()["served"]["history_failed"]
+
+    before = failed_reads()
+    for candidates in ([], [{"id": 5, "features": {"recent_items": [5]}}]):
+        r = post(app, "/recommend", {"user": {"id": USER}, "k": 2, "candidates": candidates})
+        assert r.status_code == 422, r.text
+    assert failed_reads() == before
+    recommend(app, USER)
+    assert failed_reads() == before + 1
