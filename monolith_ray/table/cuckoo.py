@@ -197,12 +197,20 @@ _I32 = np.zeros(1, dtype=np.int32)
 
 
 @nb.njit(inline="always")
+def _buckets_at(base: np.int64, n_buckets: np.int64):
+    """The segment at address ``base`` -> its keys (n, WORDS) int64 and rows (n, 2 WORDS)
+    int32 views."""
+    keys = nb.carray(_address_as(base, _I64), (n_buckets, WORDS))
+    rows = nb.carray(_address_as(base, _I32), (n_buckets, 2 * WORDS))
+    return keys, rows
+
+
+@nb.njit(inline="always")
 def _segment(key: np.int64, directory: np.ndarray, shift: np.uint64, bases: np.ndarray,
-             n_buckets: np.ndarray, like64: np.ndarray, like32: np.ndarray):
-    """-> (segment index, its keys (n, WORDS) int64 and rows (n, 2 WORDS) int32 views)."""
+             n_buckets: np.ndarray):
+    """-> (key's segment index, its keys and rows views)."""
     s = _segment_of(key, directory, shift)
-    keys = nb.carray(_address_as(bases[s], like64), (n_buckets[s], WORDS))
-    rows = nb.carray(_address_as(bases[s], like32), (n_buckets[s], 2 * WORDS))
+    keys, rows = _buckets_at(bases[s], n_buckets[s])
     return s, keys, rows
 
 
@@ -225,7 +233,7 @@ def _find_batch(bases: np.ndarray, n_buckets: np.ndarray, directory: np.ndarray,
     for i in range(n):
         if i + PREFETCH_AHEAD < n:
             _prefetch_segmented(query[i + PREFETCH_AHEAD], directory, shift, bases, n_buckets)
-        s, keys, rows = _segment(query[i], directory, shift, bases, n_buckets, _I64, _I32)
+        s, keys, rows = _segment(query[i], directory, shift, bases, n_buckets)
         out[i] = _find_one(keys, rows, query[i], np.uint64(n_buckets[s]))
 
 
@@ -250,7 +258,7 @@ def _find_or_insert_batch(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.nd
         if i + PREFETCH_AHEAD < n:
             _prefetch_segmented(query[i + PREFETCH_AHEAD], directory, shift, bases, n_buckets)
         key = query[i]
-        s, keys, rows = _segment(key, directory, shift, bases, n_buckets, _I64, _I32)
+        s, keys, rows = _segment(key, directory, shift, bases, n_buckets)
         nbu = np.uint64(n_buckets[s])
         r = _find_one(keys, rows, key, nbu)
         if r >= 0:
@@ -291,7 +299,7 @@ def _erase_batch(bases: np.ndarray, n_buckets: np.ndarray, sizes: np.ndarray,
         out[i] = -1
         if key == EMPTY:
             continue
-        s, keys, rows = _segment(key, directory, shift, bases, n_buckets, _I64, _I32)
+        s, keys, rows = _segment(key, directory, shift, bases, n_buckets)
         b1, b2 = _buckets(key, np.uint64(n_buckets[s]))
         for b in (b1, b2):
             for j in range(SLOTS):
@@ -323,8 +331,7 @@ def _split(old: np.ndarray, bases: np.ndarray, n_buckets: np.int64, depth: np.in
             key = old[b, s]
             if key != EMPTY:
                 c = np.int64((_mix(key ^ _DIR_SALT) >> shift) & mask) if bits else 0
-                keys = nb.carray(_address_as(bases[c], _I64), (n_buckets, WORDS))
-                rows = nb.carray(_address_as(bases[c], _I32), (n_buckets, 2 * WORDS))
+                keys, rows = _buckets_at(bases[c], n_buckets)
                 row = old_rows[b, _ROW0 + s]
                 b1, b2 = _buckets(key, n)
                 if not _put(keys, rows, key, row, b1):
