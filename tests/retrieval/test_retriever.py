@@ -47,21 +47,28 @@ def test_refresh_then_search_returns_the_refreshed_items_with_their_scores():
     exact = retriever.item_vectors(rows) @ u
 
     found, scores = retriever.search(user, 20)
-    np.testing.assert_array_equal(found, ids[np.argsort(-exact)[:20]])
-    np.testing.assert_allclose(scores, np.sort(exact)[::-1][:20], atol=1e-5)
+    # HNSW is approximate (and its multi-threaded build differs run to run): each answer
+    # carries its exact score, best first, and the answers hold most of the exact top 20
+    assert found.size == 20 and np.isin(found, ids).all()
+    np.testing.assert_allclose(scores, exact[found - 100], atol=1e-5)
+    assert (np.diff(scores) <= 1e-6).all()
+    assert np.isin(ids[np.argsort(-exact)[:20]], found).sum() >= 18
 
     # a sparse sync: item 150's rows changed and item 999 is new; the parameters stay
     changed = _items(rng, 2)
     assert retriever.refresh(np.array([150, 999]), changed) == 2
     assert len(retriever) == 201
+    np.testing.assert_allclose(retriever.vectors(np.array([150, 999])),
+                               retriever.item_vectors(changed), atol=1e-5)
     found, scores = retriever.search(user, 201)
-    new_scores = retriever.item_vectors(changed) @ u
-    for item, score in zip((150, 999), new_scores):
-        assert scores[found == item][0] == pytest.approx(score, abs=1e-5)
+    held = found >= 0
+    np.testing.assert_allclose(scores[held], retriever.vectors(found[held]) @ u, atol=1e-5)
 
     assert retriever.remove(np.array([999, 5])) == 1
+    assert len(retriever) == 200
     found, _ = retriever.search(user, 500)
     assert 999 not in found and found.size == 200
+    assert np.isnan(retriever.vectors(np.array([999]))).all()
 
     # new parameters: a rebuild of exactly the items given
     retriever.refresh(np.arange(10), _items(rng, 10), two_tower.init(jax.random.key(1), SPEC))
