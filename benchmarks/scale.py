@@ -49,12 +49,20 @@ Phases, training running through all but the last:
    ``cpu_shares_steady`` and ``cpu_shares_during_snapshot``, the machine's CPU time by kind
    (``/proc/stat``: ``nice`` is the Ray workers', ``system``, ``iowait``, ``softirq`` the
    kernel's).
-6. **sync**: what ``ParameterSync`` does each sparse sync, read every shard's changes since
-   versions recorded ``SYNC_AFTER_S`` (5 s) of training before (``changes_since``, one shard
-   at a time, as the sync reads them; at least a million rows change in that time here),
-   while the trainer trains: ``sync_rows`` (rows changed), ``sync_s``,
-   ``step_p99_during_sync_vs_median``. The sync's publish to serving replicas is not part of
-   it (replicas holding whole tables of this size are the serving tier's subject).
+6. **sync**: what ``ParameterSync`` does each sparse sync, ``SYNCS`` (3) times in a row:
+   read every shard's changes since versions recorded ``SYNC_AFTER_S`` (5 s) of training
+   before (``changes_since``, one shard at a time, as the sync reads them; at least a million
+   rows change in that time here), while the trainer trains: ``sync_rows`` and ``sync_s``
+   (means over the syncs; each one's rows, seconds and per-shard call seconds in
+   ``sync_rows_s_calls_s``), ``step_p99_during_sync_vs_median`` over the steps that ended
+   during any of the reads or within 2 s after one. Why several: one read of 3-4M rows lasts
+   2-6 s, some 70-115 steps, whose 99th percentile is their slowest step; the steady window's
+   own p99 over 40 steps ranged 1.8-3.8 in four runs. Pooled over three reads the figure is
+   a percentile, not one step. Beside it, as for the snapshot:
+   ``pull_wait_p50_p99_during_sync_s``, ``tail_pull_wait_share_during_sync`` and
+   ``cpu_shares_during_sync`` (over the reads only). The sync's publish to serving replicas
+   is not part of it (replicas holding whole tables of this size are the serving tier's
+   subject).
 7. **restore**: the trainer stops; the shard actors are killed and new ones restore the
    snapshot (all at once, as after a failure): ``restore_s``; the restored row count must
    equal the distinct ids in the snapshot's files (``snapshot_rows``, counted by reading
@@ -122,6 +130,7 @@ OBJECT_STORE_BYTES = 512 * 1024**2
 PREFETCH = 3
 SNAPSHOT_MB_PER_S = float(os.environ.get("SNAPSHOT_MB_PER_S", 25.0))  # per shard
 SYNC_AFTER_S = 5.0
+SYNCS = 3  # sparse syncs read in turn; the steps during all of them are pooled
 LIVE_EVERY = int(os.environ.get("LIVE_EVERY", 4))  # from phase 4 on: 1 live batch in this many
 
 
@@ -443,22 +452,35 @@ def main() -> None:
                   f"{len(during_snapshot)} steps meanwhile", file=err)
 
             sampler.phase = "sync"
-            versions = [{slot: t["version"] for slot, t in st.items()}
-                        for st in ray.get([s.stats.remote() for s in shards])]
-            incarnations = ray.get([s.incarnation.remote() for s in shards])
-            time.sleep(SYNC_AFTER_S)  # the rows trained meanwhile are the sync's delta
-            t0 = time.time()
-            changes = [ray.get(s.changes_since.remote(v, inc))  # one shard at a time, as the
-                       for s, v, inc in zip(shards, versions, incarnations)]  # sync reads them
-            t1 = time.time()
-            sync_s = t1 - t0
-            sync_rows = sum(d.ids.size for _, deltas in changes for d in deltas.values())
-            del changes
-            time.sleep(2.0)
-            during_sync = during(ray.get(trainer.timings.remote()), t0, time.time())
+            syncs, sync_steps = [], []  # per sync: (rows, seconds, per-shard call seconds)
+            cpu_sync = np.zeros(len(CPU_FIELDS), np.int64)  # over the reads only
+            for _ in range(SYNCS):
+                versions = [{slot: t["version"] for slot, t in st.items()}
+                            for st in ray.get([s.stats.remote() for s in shards])]
+                incarnations = ray.get([s.incarnation.remote() for s in shards])
+                time.sleep(SYNC_AFTER_S)  # the rows trained meanwhile are the sync's delta
+                t0, cpu0, changes, calls = time.time(), cpu_times(), [], []
+                for s, v, inc in zip(shards, versions, incarnations):  # one shard at a
+                    c0 = time.perf_counter()  # time, as the sync reads them
+                    changes.append(ray.get(s.changes_since.remote(v, inc)))
+                    calls.append(time.perf_counter() - c0)
+                t1, cpu_sync = time.time(), cpu_sync + cpu_times() - cpu0
+                syncs.append((sum(d.ids.size for _, ds in changes for d in ds.values()),
+                              t1 - t0, calls))
+                del changes
+                time.sleep(2.0)  # steps ending just after the sync are ones it slowed too
+                steps_now, end = ray.get(trainer.timings.remote()), time.time()
+                sync_steps += [s for s in steps_now if t0 <= s[0] <= end]
+                print(f"sync: {syncs[-1][0]:,} rows in {t1 - t0:.1f} s", file=err)
+            cpu_sync = cpu_shares(np.zeros_like(cpu_sync), cpu_sync)
+            sync_rows = int(np.mean([r for r, _, _ in syncs]))
+            sync_s = float(np.mean([t for _, t, _ in syncs]))
+            during_sync = np.array([s[1] for s in sync_steps])
+            sync_waits = np.array([s[3] for s in sync_steps])
+            sync_tail_wait = tail_wait_share(sync_steps, 0.0, float("inf"))
             ids_end, _, _ = table_totals(shards)
-            print(f"sync: {sync_rows:,} rows in {sync_s:.1f} s, {len(during_sync)} steps "
-                  f"meanwhile; {ids_end:,} ids", file=err)
+            print(f"syncs: {sync_rows:,} rows in {sync_s:.1f} s each, {len(during_sync)} "
+                  f"steps meanwhile; {ids_end:,} ids", file=err)
 
             sampler.phase = "restore"
             ray.get(trainer.stop.remote())
@@ -521,8 +543,14 @@ def main() -> None:
         "pull_wait_p50_p99_during_snapshot_s": [float(np.percentile(snapshot_waits, q))
                                                 for q in (50, 99)],
         "tail_pull_wait_share_during_snapshot": snapshot_tail_wait,
+        "pull_wait_p50_p99_during_sync_s": [float(np.percentile(sync_waits, q))
+                                            for q in (50, 99)],
+        "tail_pull_wait_share_during_sync": sync_tail_wait,
+        "sync_rows_s_calls_s": [[r, round(t, 3), [round(c, 3) for c in calls]]
+                                for r, t, calls in syncs],
         "cpu_shares_steady": cpu_steady,
         "cpu_shares_during_snapshot": cpu_snapshot,
+        "cpu_shares_during_sync": cpu_sync,
         "snapshot_mb_per_s_cap": SNAPSHOT_MB_PER_S * SHARDS,
         "slots": len(workload.slots),
         "batch_size": BATCH,
