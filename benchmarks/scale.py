@@ -54,15 +54,21 @@ Phases, training running through all but the last:
    before (``changes_since``, one shard at a time, as the sync reads them; at least a million
    rows change in that time here), while the trainer trains: ``sync_rows`` and ``sync_s``
    (means over the syncs; each one's rows, seconds and per-shard call seconds in
-   ``sync_rows_s_calls_s``), ``step_p99_during_sync_vs_median`` over the steps that ended
-   during any of the reads or within 2 s after one. Why several: one read of 3-4M rows lasts
-   2-6 s, some 70-115 steps, whose 99th percentile is their slowest step; the steady window's
-   own p99 over 40 steps ranged 1.8-3.8 in four runs. Pooled over three reads the figure is
-   a percentile, not one step. Beside it, as for the snapshot:
-   ``pull_wait_p50_p99_during_sync_s``, ``tail_pull_wait_share_during_sync`` and
-   ``cpu_shares_during_sync`` (over the reads only). The sync's publish to serving replicas
-   is not part of it (replicas holding whole tables of this size are the serving tier's
-   subject).
+   ``sync_rows_s_calls_s``), ``step_p99_during_sync_vs_median``: the 99th percentile of the
+   steps that ended during any of the reads or within 2 s after one, over the median of the
+   steps that ended in the ``SYNC_AFTER_S`` before each read (from 1 s into it), when
+   nothing but training ran: ``step_median_before_syncs_s``, with
+   ``step_p99_before_syncs_vs_median``, that quiet window's own p99 on the same scale.
+   Why that baseline: the snapshot lets some 13M ids into the tables, so the steady window's
+   median (``step_median_steady_s``) is of smaller tables than the syncs train on (11-13%
+   faster steps at full size); the ratio against it is
+   ``step_p99_during_sync_vs_steady_median``. Why several reads: one read of 3-4M rows lasts
+   2-6 s, some 70-115 steps, whose 99th percentile is their slowest step; pooled over three
+   it is a percentile. Beside it, as for the snapshot: ``pull_wait_p50_p99_during_sync_s``,
+   ``tail_pull_wait_share_during_sync``, ``cpu_shares_during_sync`` (over the reads only),
+   and ``cores_by_process_steady`` / ``cores_by_process_during_sync``: the cores each kind of
+   process used (``psutil``, user + system). The sync's publish to serving replicas is not
+   part of it (replicas holding whole tables of this size are the serving tier's subject).
 7. **restore**: the trainer stops; the shard actors are killed and new ones restore the
    snapshot (all at once, as after a failure): ``restore_s``; the restored row count must
    equal the distinct ids in the snapshot's files (``snapshot_rows``, counted by reading
@@ -80,7 +86,9 @@ libraries, about 0.23 GB in each Ray worker; the object store) counts in each. B
 the phase it fell in and each kind of process's share at that sample
 (``peak_rss_gb_by_process``, ``peak_shmem_gb_by_process``: the object store's pages), the
 peak of each phase, and ``peak_pss_gb``, the largest sum of PSS, which counts a shared page
-once over all processes: what the run took of the machine. The bound: the runtimes (about
+once over all processes: what the run took of the machine (sampled every 10 s only: reading
+it walks each process's page tables under its memory-map lock, which at 0.5 s took 0.2 of a
+core and stalled the shards' own mmap and munmap meanwhile). The bound: the runtimes (about
 3.7 GB of summed RSS with the shards' empty tables, 2.2 of it outside the shards) plus
 181 B per id held at dim 16 with Adagrad (x 1.05 in RSS) plus a few hundred MB while the
 sync's deltas are read (each shard holds its delta at most twice); the snapshot adds a chunk
@@ -224,10 +232,10 @@ def _role(p: psutil.Process) -> str:
     return p.name()
 
 
-def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
-    """Fields of ``/proc/<pid>/status`` (or ``smaps_rollup``) in bytes."""
+def _status_kb(pid: int, keys: tuple[str, ...], rollup: bool = True) -> dict[str, int]:
+    """Fields of ``/proc/<pid>/status`` (and, if ``rollup``, ``smaps_rollup``) in bytes."""
     out = {}
-    for source in ("status", "smaps_rollup"):
+    for source in ("status", "smaps_rollup")[:2 if rollup else 1]:
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/{source}") as f:
                 for line in f:
@@ -237,6 +245,23 @@ def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+def role_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and each descendant, by role."""
+    me, out = psutil.Process(), {}
+    for p in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            out[_role(p)] = out.get(_role(p), 0.0) + t.user + t.system
+    return out
+
+
+def role_cores(before: dict[str, float], after: dict[str, float], seconds: float
+               ) -> dict[str, float]:
+    """Cores each role used between two ``role_cpu`` readings ``seconds`` apart."""
+    return {r: round((after[r] - before.get(r, 0.0)) / max(seconds, 1e-9), 3)
+            for r in sorted(after)}
+
+
 class MemorySampler(threading.Thread):
     """Memory of this process and its descendants (every Ray process of the session), sampled
     every ``every_s``: the largest sum of RSS (``peak``, the issue's ``peak_rss_gb``), where
@@ -244,18 +269,25 @@ class MemorySampler(threading.Thread):
     largest sum of PSS (proportional set size: a page mapped by k processes counts 1/k in
     each, so shared pages, the object store's and shared libraries', count once over all)."""
 
-    def __init__(self, every_s: float = 0.5) -> None:
+    def __init__(self, every_s: float = 0.5, pss_every: int = 20) -> None:
         super().__init__(daemon=True)
         self.every_s, self.phase, self._done = every_s, "start", threading.Event()
+        self.pss_every = pss_every
         self.peak, self.peak_pss, self.peak_sample = 0, 0, {}
         self.phase_peaks: dict[str, int] = {}
 
     def run(self) -> None:
         me = psutil.Process()
+        sample = 0
         while not self._done.wait(self.every_s):
             roles: dict[str, dict[str, int]] = {}
+            # PSS only every ``pss_every`` samples (10 s): ``smaps_rollup`` walks a process's
+            # page tables under its memory-map lock, tens of ms for a shard of GBs, which
+            # stalls that process's own mmap and munmap meanwhile; ``status`` is O(1).
+            pss = sample % self.pss_every == 0
+            sample += 1
             for p in [me, *me.children(recursive=True)]:
-                fields = _status_kb(p.pid, ("VmRSS", "RssAnon", "RssShmem", "Pss"))
+                fields = _status_kb(p.pid, ("VmRSS", "RssAnon", "RssShmem", "Pss"), pss)
                 role = roles.setdefault(_role(p), {"rss": 0, "anon": 0, "shmem": 0, "pss": 0})
                 for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"),
                                    ("shmem", "RssShmem"), ("pss", "Pss")):
@@ -426,9 +458,10 @@ def main() -> None:
             sampler.phase = "steady"
             replayed = ray.get(trainer.bound_inflow.remote(LIVE_EVERY))
             first = len(ray.get(trainer.timings.remote())) + PREFETCH  # past queued batches
-            cpu_steady = cpu_times()
+            cpu_steady, roles_steady, w0 = cpu_times(), role_cpu(), time.time()
             steps = wait_steps(trainer, first + WINDOW_STEPS)
             cpu_steady = cpu_shares(cpu_steady, cpu_times())
+            cores_steady = role_cores(roles_steady, role_cpu(), time.time() - w0)
             _, baseline = window(steps[first:first + WINDOW_STEPS])
             print(f"steady: 1 live batch in {LIVE_EVERY}, {replayed:,} replayed, median step "
                   f"{baseline * 1e3:.0f} ms", file=err)
@@ -453,24 +486,30 @@ def main() -> None:
 
             sampler.phase = "sync"
             syncs, sync_steps = [], []  # per sync: (rows, seconds, per-shard call seconds)
+            before_syncs = []  # the steps of the SYNC_AFTER_S before each read: none running
             cpu_sync = np.zeros(len(CPU_FIELDS), np.int64)  # over the reads only
+            roles_sync: dict[str, float] = {}
             for _ in range(SYNCS):
                 versions = [{slot: t["version"] for slot, t in st.items()}
                             for st in ray.get([s.stats.remote() for s in shards])]
                 incarnations = ray.get([s.incarnation.remote() for s in shards])
+                b0 = time.time()
                 time.sleep(SYNC_AFTER_S)  # the rows trained meanwhile are the sync's delta
-                t0, cpu0, changes, calls = time.time(), cpu_times(), [], []
+                t0, cpu0, roles0, changes, calls = time.time(), cpu_times(), role_cpu(), [], []
                 for s, v, inc in zip(shards, versions, incarnations):  # one shard at a
                     c0 = time.perf_counter()  # time, as the sync reads them
                     changes.append(ray.get(s.changes_since.remote(v, inc)))
                     calls.append(time.perf_counter() - c0)
                 t1, cpu_sync = time.time(), cpu_sync + cpu_times() - cpu0
+                for r, c in role_cores(roles0, role_cpu(), 1.0).items():
+                    roles_sync[r] = roles_sync.get(r, 0.0) + c
                 syncs.append((sum(d.ids.size for _, ds in changes for d in ds.values()),
                               t1 - t0, calls))
                 del changes
                 time.sleep(2.0)  # steps ending just after the sync are ones it slowed too
                 steps_now, end = ray.get(trainer.timings.remote()), time.time()
                 sync_steps += [s for s in steps_now if t0 <= s[0] <= end]
+                before_syncs += [s[1] for s in steps_now if b0 + 1.0 <= s[0] < t0]
                 print(f"sync: {syncs[-1][0]:,} rows in {t1 - t0:.1f} s", file=err)
             cpu_sync = cpu_shares(np.zeros_like(cpu_sync), cpu_sync)
             sync_rows = int(np.mean([r for r, _, _ in syncs]))
@@ -508,6 +547,7 @@ def main() -> None:
     def pct(seconds: np.ndarray, q: float) -> float:
         return float(np.percentile(seconds, q) / baseline) if seconds.size else float("nan")
 
+    sync_base = float(np.median(before_syncs))
     steady_steps = np.array([s[1] for s in steps[first:first + WINDOW_STEPS]])
     steady_waits = np.array([s[3] for s in steps[first:first + WINDOW_STEPS]])
     figures = {
@@ -530,7 +570,7 @@ def main() -> None:
         "step_p99_during_snapshot_vs_median": p99_ratio(during_snapshot),
         "sync_rows": sync_rows,
         "sync_s": sync_s,
-        "step_p99_during_sync_vs_median": p99_ratio(during_sync),
+        "step_p99_during_sync_vs_median": float(np.percentile(during_sync, 99) / sync_base),
         "restore_s": restore_s,
         "call_timeouts": int(result["call_timeouts"]),
         "ids_target": IDS_TARGET,
@@ -538,7 +578,11 @@ def main() -> None:
         "step_p50_during_snapshot_vs_median": pct(during_snapshot, 50),
         "step_p90_during_snapshot_vs_median": pct(during_snapshot, 90),
         "step_max_during_snapshot_vs_median": pct(during_snapshot, 100),
-        "step_p90_during_sync_vs_median": pct(during_sync, 90),
+        "step_p90_during_sync_vs_median": float(np.percentile(during_sync, 90) / sync_base),
+        "step_p50_during_sync_vs_median": float(np.percentile(during_sync, 50) / sync_base),
+        "step_p99_before_syncs_vs_median": float(np.percentile(before_syncs, 99) / sync_base),
+        "step_median_before_syncs_s": sync_base,
+        "step_p99_during_sync_vs_steady_median": p99_ratio(during_sync),
         "pull_wait_p50_p99_steady_s": [float(np.percentile(steady_waits, q)) for q in (50, 99)],
         "pull_wait_p50_p99_during_snapshot_s": [float(np.percentile(snapshot_waits, q))
                                                 for q in (50, 99)],
@@ -551,6 +595,9 @@ def main() -> None:
         "cpu_shares_steady": cpu_steady,
         "cpu_shares_during_snapshot": cpu_snapshot,
         "cpu_shares_during_sync": cpu_sync,
+        "cores_by_process_steady": cores_steady,
+        "cores_by_process_during_sync": {r: round(c / sum(t for _, t, _ in syncs), 3)
+                                         for r, c in roles_sync.items()},
         "snapshot_mb_per_s_cap": SNAPSHOT_MB_PER_S * SHARDS,
         "slots": len(workload.slots),
         "batch_size": BATCH,

@@ -345,29 +345,39 @@ class EmbeddingTable:
     # ------------------------------------------------------------------ sync
 
     def export_since(self, version: int, lock: Lock | None = None,
-                     chunk_rows: int | None = None) -> TableDelta:
+                     chunk_rows: int | None = None, duty: float = 1.0) -> TableDelta:
         """Rows changed and ids evicted after ``version`` (the parameter-sync delta).
 
         With a ``lock`` (the one every writer of this table holds), the rows are scanned
         ``chunk_rows`` at a time, the lock held only per chunk, so writers go on meanwhile.
+        ``duty`` in (0, 1]: after each chunk the scan sleeps (1 / duty - 1) times the chunk's
+        lock hold (its work, not its wait for the lock), so it uses at most that share of a
+        core: a sync's read leaves the node's cores to training and its scan takes 1 / duty
+        times as long.
         The delta's ``version`` is the table's at the start: rows changed during the scan may
         already be in it and come again in the next delta (from that version), and evictions
         after it wait for the next delta, so a reader that applies deltas in order converges.
         """
+        if not 0.0 < duty <= 1.0:
+            raise ValueError(f"duty must be in (0, 1], got {duty}")
         lock = lock or contextlib.nullcontext()
         chunk_rows = chunk_rows or EXPORT_CHUNK_ROWS
+        rest = 1.0 / duty - 1.0
         with lock:
             upto, bound = self.version, self._map.row_bound
         ids_parts, weight_parts = [], []
         for start in range(0, bound, chunk_rows):
             with lock:
+                t0 = time.perf_counter()
                 stop = min(start + chunk_rows, self._map.row_bound)
                 ids = self._rows["ids"][start:stop]
                 changed = np.flatnonzero((ids != EMPTY)
                                          & (self._rows["version"][start:stop] > version))
                 ids_parts.append(ids[changed])
                 weight_parts.append(self._weights[start + changed])
-            time.sleep(0)  # let the shard's other threads (trainers' calls) take the GIL
+                held = time.perf_counter() - t0
+            # sleep(0) at least: let the shard's other threads (trainers' calls) take the GIL
+            time.sleep(held * rest)
         ids = _concat(ids_parts)
         with lock:
             if self._evicted_ids:

@@ -351,6 +351,27 @@ def test_export_since_returns_exactly_the_rows_changed_after_version():
     np.testing.assert_array_equal(table.lookup_serve(unchanged), initial(unchanged))
 
 
+def test_export_since_at_a_duty_sleeps_after_each_chunk_and_returns_the_same_delta(monkeypatch):
+    import monolith_ray.table.embedding as embedding
+
+    table = EmbeddingTable(make_slot())
+    table.lookup_train(np.arange(1000), now=0.0)
+    v0 = table.version
+    table.apply_gradients(np.arange(0, 1000, 7), grads_for(range(0, 1000, 7), 1), now=1.0)
+    full = table.export_since(v0, threading.Lock(), chunk_rows=100)
+    slept: list[float] = []
+    monkeypatch.setattr(embedding.time, "sleep", slept.append)
+    for duty, factor in ((1.0, 0.0), (0.25, 3.0)):
+        slept.clear()
+        delta = table.export_since(v0, threading.Lock(), chunk_rows=100, duty=duty)
+        np.testing.assert_array_equal(delta.ids, full.ids)
+        np.testing.assert_array_equal(delta.weights, full.weights)
+        assert len(slept) == -(-table._map.row_bound // 100)  # once after every chunk
+        assert all(s == 0.0 for s in slept) if factor == 0.0 else all(s > 0 for s in slept)
+    with pytest.raises(ValueError, match="duty"):
+        table.export_since(v0, duty=0.0)
+
+
 # ---------------------------------------------------------------- snapshot / restore
 
 def build_busy_table(optimizer: str) -> EmbeddingTable:
