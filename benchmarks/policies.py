@@ -40,6 +40,8 @@ trajectory (per tenth of the horizon it correlated 0.83-0.91 with that phase's c
 runs), so where the bandit's loop trains into another model (the online model's click-through
 swings by half for tens of seconds, at different times in different loops) the two part.
 ``LOGS=<path>`` writes every phase's log there as JSON, for analysis after the run.
+``ONLY=greedy,bandit`` runs just those phases and prints their lines, not the figures (for
+choosing settings on another seed).
 
 Retrieval: every phase serves the demo config's pipeline, retrieve -> rank -> policy: each
 request's ``retrieval.candidates`` (50 of the 100 items) come from the replica's ANN index of
@@ -175,9 +177,14 @@ def main() -> None:
     start_s = time.perf_counter()
     ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024 * 1024,
              include_dashboard=False, log_to_driver=False)
+    only = [n for n in os.environ.get("ONLY", "").split(",") if n]  # a look at some phases
+    if unknown := set(only) - set(PHASES):
+        raise SystemExit(f"ONLY: unknown phases {sorted(unknown)}; phases: {list(PHASES)}")
     phases = {}
     try:
         for name, overrides in PHASES.items():
+            if only and name not in only:
+                continue
             phases[name] = run_phase(name, overrides)
             shown = {k: v for k, v in phases[name].items() if k != "log"}
             print(f"{name}: {json.dumps(shown, default=float)}", flush=True)
@@ -185,6 +192,8 @@ def main() -> None:
         from ray import serve
         serve.shutdown()
         ray.shutdown()
+    if only:  # the figures need every phase
+        return
     movielens = movielens_recall()
     greedy = max(phases["greedy"]["reward"], 1)
     ope = off_policy(phases["epsilon"]["log"], "thompson")
