@@ -29,8 +29,8 @@ class PolicyChoice:
       with probability ``epsilon``), ``thompson`` (per slot the best of the values plus
       Normal(0, sigma_i), propensities by Monte Carlo with ``draws`` draws a slot), ``ucb``
       (the top k of values plus sigma_i).
-    - ``scale``: c in sigma_i = c / sqrt(1 + impressions of item i by the replica), logit
-      units (``thompson``, ``ucb``).
+    - ``scale``: c in sigma_i = c / sqrt(1 + impressions of item i to the requesting user
+      by the replica), logit units (``thompson``, ``ucb``).
     """
 
     kind: Literal["greedy", "epsilon", "thompson", "ucb"] = "greedy"
@@ -90,8 +90,8 @@ class SatiationConfig:
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig(PolicyChoice):
     """The policy of requests outside experiments, the satiation re-ranking,
-    ``show_count_buckets``: the int64 counters of impressions per item a replica keeps for
-    sigma_i (8 bytes each; items sharing a counter share a count), and ``evaluate``: policy
+    ``show_count_buckets``: the int64 counters of impressions per user x item pair a replica
+    keeps for sigma_i (8 bytes each; pairs sharing a counter share a count), and ``evaluate``: policy
     kinds (with this section's parameters) whose probability of showing each shown item,
     on the same values, every answer carries beside the serving policy's (``inclusion``),
     so logs of one policy estimate another's reward (slate IPS over item marginals)."""

@@ -67,7 +67,7 @@ class Scores(NamedTuple):
     """What a policy knows of a round's requests (B,) and their candidates (C,), each (B, C):
     the model's click probability ``mean`` and its posterior ``std``, ``satiated``, the
     mean after the users' estimated satiation (= mean for a policy that ignores it), and
-    ``shows``, each candidate's impressions so far (int64)."""
+    ``shows``, each candidate's impressions to the request's user so far (int64)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -424,7 +424,7 @@ def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int 
     arm_of_user = np.array([arm_of(experiment, [1.0] * len(names), u)
                             for u in range(sim.n_users)])
     policy_of = np.array([arms[name].name for name in names])
-    shows = np.zeros(sim.n_items, dtype=np.int64)
+    shows = np.zeros((sim.n_users, sim.n_items), dtype=np.int64)  # per pair, as serving
     marginal = True
     requests = np.random.default_rng([seed, 0])
     choices = np.random.default_rng([seed, 1])
@@ -450,11 +450,12 @@ def run(sim: UserSimulator, arms: Mapping[str, Policy] | Policy, *, rounds: int 
             mine = np.flatnonzero(arm == a)
             if len(mine):
                 slate = arms[name](Scores(mean[mine], std[mine], satiated[mine],
-                                          shows[candidates[mine]]), k, choices)
+                                          shows[users[mine, None], candidates[mine]]),
+                                   k, choices)
                 chosen[mine], propensity[mine] = slate.chosen, slate.propensity
                 marginal &= slate.marginal is not None
         items = np.take_along_axis(candidates, chosen, axis=1)
-        np.add.at(shows, items.ravel(), 1)
+        np.add.at(shows, (np.repeat(users, k), items.ravel()), 1)
         clicked = users_state.show(users, items, t)
         shown_truth = np.take_along_axis(truth, chosen, axis=1)
         np.add.at(clicks[r], arm, clicked.sum(axis=1))

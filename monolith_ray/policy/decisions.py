@@ -156,7 +156,7 @@ class Decisions:
             states = self.satiation.states(user_id, categories, now)
             if arm.satiation:
                 values = values - self.satiation.penalties(states)
-        shows = self.shows.get(items) if self.shows is not None else None
+        shows = self.shows.get(user_id, items) if self.shows is not None else None
         choice = arm.policy.choose(values, k, self._rng, shows)
         inclusion = None
         if self._evaluated:  # on the values and counts this choice was made with
@@ -165,7 +165,7 @@ class Decisions:
         chosen = choice.indices.tolist()
         shown = [items[i] for i in chosen]
         if self.shows is not None:
-            self.shows.add(shown)
+            self.shows.add(user_id, shown)
         if states is not None:
             self.satiation.show(user_id, [categories[i] for i in chosen], now)
         if arm.label is not None:

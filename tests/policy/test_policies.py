@@ -104,13 +104,19 @@ def test_ucb_favours_what_was_shown_less() -> None:
     assert c.indices.tolist() == [1] and c.propensities.tolist() == [1.0]
 
 
-def test_show_counts_are_bounded_and_key_ids_as_the_project_does() -> None:
-    counts = ShowCounts(buckets=64)
-    counts.add([7, "7", 8, "movie-3"])
-    assert counts.get(["7"]).tolist() == [2]
-    assert counts.get(["movie-3"]).tolist() == [1]
-    counts.add(list(range(10_000)))
-    assert counts.counts.shape == (64,) and counts.counts.sum() == 10_004
+def test_show_counts_are_per_user_and_item_bounded_and_key_ids_as_the_project_does() -> None:
+    counts = ShowCounts(buckets=1 << 16)
+    counts.add(5, [7, "7", 8, "movie-3"])
+    assert counts.get("5", ["7"]).tolist() == [2]
+    assert counts.get(5, ["movie-3", 8]).tolist() == [1, 1]
+    # another user's shows are its own: a user new to an item is uncertain about it
+    assert counts.get(6, [7, 8, "movie-3"]).tolist() == [0, 0, 0]
+    counts.add(6, [7])
+    assert counts.get(6, [7]).tolist() == [1] and counts.get(5, [7]).tolist() == [2]
+    small = ShowCounts(buckets=64)
+    for user in range(100):
+        small.add(user, list(range(100)))
+    assert small.counts.shape == (64,) and small.counts.sum() == 10_000
 
 
 def test_make_policy_by_name() -> None:
