@@ -250,8 +250,9 @@ class ShardServer:
     def export_since(self, versions: Mapping[str, int] | int = 0) -> dict[str, TableDelta]:
         """Per slot the rows changed and ids evicted after that slot's version (a mapping; slots
         missing from it start at 0) or after one version for all slots (an int). Tables are
-        scanned in chunks, the shard's lock held per chunk (``EmbeddingTable.export_since``):
-        training goes on while a delta of millions of rows is read."""
+        scanned in chunks, the shard's lock held per chunk (``EmbeddingTable.export_since``)
+        and the scan paced to ``EXPORT_DUTY`` of a core: training goes on while a delta of
+        millions of rows is read."""
         if isinstance(versions, int):
             versions = dict.fromkeys(self.tables, versions)
         with self._lock:
