@@ -52,13 +52,21 @@ class ShowCounts:
     the default 2**20) indexed by a stable hash of the pair (ids as ``schemas.value_ids``
     reads them: ``7`` and ``"7"`` are one id); bounded whatever the users and catalogue,
     pairs sharing a bucket share a count (so shows are at most over-counted: less
-    exploration, never more). Once the pairs shown outnumber the buckets, counts merge; size
-    ``buckets`` to the pairs shown within the time a score stays uncertain."""
+    exploration, never more).
+
+    Forgetting: after every ``buckets`` impressions every count halves (one pass over the
+    counters, amortized one operation an impression). Without it, over days of uptime every
+    bucket would fill with other pairs' shows and sigma fall towards 0 for every pair, new
+    ones too; with it a bucket holds about 2 shows of collisions at most in the long run, and
+    a pair's shows weigh by how recent they are (a discounted count: half after ``buckets``
+    impressions of the replica's, some 2 minutes at 10,000 a second at the default), so a
+    score once certain grows uncertain again as tastes may have drifted."""
 
     def __init__(self, buckets: int = 1 << 20) -> None:
         if buckets < 1:
             raise ValueError(f"buckets: must be >= 1, got {buckets}")
         self.counts = np.zeros(buckets, dtype=np.int64)
+        self._since_halving = 0
 
     def _slots(self, user: int | str, items: Sequence[int | str]) -> np.ndarray:
         salt = mix64(value_ids([user]), seed=1)
@@ -72,6 +80,10 @@ class ShowCounts:
     def add(self, user: int | str, items: Sequence[int | str]) -> None:
         """Count one impression of each item to ``user`` (repeats count each time)."""
         np.add.at(self.counts, self._slots(user, items), 1)
+        self._since_halving += len(items)
+        if self._since_halving >= len(self.counts):
+            self.counts >>= 1
+            self._since_halving = 0
 
 
 class Policy(Protocol):

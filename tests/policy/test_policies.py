@@ -114,9 +114,21 @@ def test_show_counts_are_per_user_and_item_bounded_and_key_ids_as_the_project_do
     counts.add(6, [7])
     assert counts.get(6, [7]).tolist() == [1] and counts.get(5, [7]).tolist() == [2]
     small = ShowCounts(buckets=64)
-    for user in range(100):
-        small.add(user, list(range(100)))
-    assert small.counts.shape == (64,) and small.counts.sum() == 10_000
+    small.add(1, list(range(63)))
+    assert small.counts.shape == (64,) and small.counts.sum() == 63
+    before = small.counts.copy()
+    small.add(1, [0])  # the 64th impression: every count halves
+    before[small._slots(1, [0])] += 1
+    np.testing.assert_array_equal(small.counts, before >> 1)
+
+
+def test_show_counts_stay_bounded_over_any_number_of_impressions() -> None:
+    """Many users over a few buckets: without forgetting every count would grow without end
+    (and sigma shrink to 0 for every pair); halving keeps the mean about 2 at most."""
+    counts = ShowCounts(buckets=256)
+    for user in range(2_000):
+        counts.add(user, list(range(50)))
+    assert counts.counts.mean() <= 2.0 and counts.counts.max() < 20
 
 
 def test_make_policy_by_name() -> None:
