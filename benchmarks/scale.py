@@ -60,8 +60,8 @@ Phases, training running through all but the last:
    nothing but training ran: ``step_median_before_syncs_s``, with
    ``step_p99_before_syncs_vs_median``, that quiet window's own p99 on the same scale.
    Why that baseline: the snapshot lets some 13M ids into the tables, so the steady window's
-   median (``step_median_steady_s``) is of smaller tables than the syncs train on (11-13%
-   faster steps at full size); the ratio against it is
+   median (``step_median_steady_s``) is of smaller tables than the syncs train on (1-13%
+   faster steps in three full runs); the ratio against it is
    ``step_p99_during_sync_vs_steady_median``. Why several reads: one read of 3-4M rows lasts
    2-6 s, some 70-115 steps, whose 99th percentile is their slowest step; pooled over three
    it is a percentile. Beside it, as for the snapshot: ``pull_wait_p50_p99_during_sync_s``,
@@ -87,8 +87,8 @@ the phase it fell in and each kind of process's share at that sample
 (``peak_rss_gb_by_process``, ``peak_shmem_gb_by_process``: the object store's pages), the
 peak of each phase, and ``peak_pss_gb``, the largest sum of PSS, which counts a shared page
 once over all processes: what the run took of the machine (sampled every 10 s only: reading
-it walks each process's page tables under its memory-map lock, which at 0.5 s took 0.2 of a
-core and stalled the shards' own mmap and munmap meanwhile). The bound: the runtimes (about
+it walks each process's page tables under its memory-map lock, which at 0.5 s took 0.3 of a
+core at full size and stalled the shards' own mmap and munmap meanwhile). The bound: the runtimes (about
 3.7 GB of summed RSS with the shards' empty tables, 2.2 of it outside the shards) plus
 181 B per id held at dim 16 with Adagrad (x 1.05 in RSS) plus a few hundred MB while the
 sync's deltas are read (each shard holds its delta at most twice); the snapshot adds a chunk
