@@ -250,8 +250,8 @@ def role_cpu() -> dict[str, float]:
     me, out = psutil.Process(), {}
     for p in [me, *me.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            out[_role(p)] = out.get(_role(p), 0.0) + t.user + t.system
+            t, role = p.cpu_times(), _role(p)
+            out[role] = out.get(role, 0.0) + t.user + t.system
     return out
 
 

@@ -257,8 +257,7 @@ class ShardServer:
             versions = dict.fromkeys(self.tables, versions)
         with self._lock:
             tables = dict(self.tables)
-        return {name: t.export_since(versions.get(name, 0), self._lock, duty=EXPORT_DUTY)
-                for name, t in tables.items()}
+        return self._export(tables, versions)
 
     def changes_since(self, versions: Mapping[str, int], incarnation: str | None
                       ) -> tuple[str, dict[str, TableDelta]]:
@@ -273,10 +272,15 @@ class ShardServer:
             current, tables = self._incarnation, dict(self.tables)
         if incarnation != current:
             versions = {}
+        return current, self._export(tables, versions)
+
+    def _export(self, tables: Mapping[str, EmbeddingTable], versions: Mapping[str, int]
+                ) -> dict[str, TableDelta]:
+        """Each of ``tables``' changes after its version in ``versions`` (0 if missing),
+        scanned under this shard's lock a chunk at a time, paced to ``EXPORT_DUTY``."""
         with _quick_gil_handover():
-            return current, {name: t.export_since(versions.get(name, 0), self._lock,
-                                                  duty=EXPORT_DUTY)
-                             for name, t in tables.items()}
+            return {name: t.export_since(versions.get(name, 0), self._lock, duty=EXPORT_DUTY)
+                    for name, t in tables.items()}
 
     @_serialized
     def forget_evictions(self, versions: Mapping[str, int], incarnation: str | None = None
