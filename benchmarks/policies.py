@@ -40,8 +40,9 @@ trajectory (per tenth of the horizon it correlated 0.83-0.91 with that phase's c
 runs), so where the bandit's loop trains into another model (the online model's click-through
 swings by half for tens of seconds, at different times in different loops) the two part.
 ``LOGS=<path>`` writes every phase's log there as JSON, for analysis after the run.
-``ONLY=greedy,bandit`` runs just those phases and prints their lines, not the figures (for
-choosing settings on another seed).
+``ONLY=greedy,bandit`` runs just those phases and prints their lines and one JSON line of the
+figures they allow (the OPE figures when epsilon and bandit both ran), for choosing settings on
+another seed. ``EPSILON`` sets the epsilon phase's rate (0.2 by default).
 
 Retrieval: every phase serves the demo config's pipeline, retrieve -> rank -> policy: each
 request's ``retrieval.candidates`` (50 of the 100 items) come from the replica's ANN index of
@@ -80,6 +81,7 @@ DRIFT_S = 900.0  # a user's taste turns 80 degrees over the 200 s horizon
 SATIATION = 1.0  # lambda per category: this times U(0.5, 1.5) logits per unit of satiation
 SIM_ORIGIN = 1_700_000_000.0
 SEED = int(os.environ.get("SEED", "0"))  # settings are chosen on another seed than the figures
+EPSILON = float(os.environ.get("EPSILON", "0.2"))  # the epsilon phase's rate (see PHASES)
 
 
 PHASES: dict[str, list[str]] = {
@@ -87,7 +89,7 @@ PHASES: dict[str, list[str]] = {
     # epsilon 0.2 and the bandit's scale 0.5 were chosen on SEED=1 (epsilon 0.1 / 0.2:
     # 0.998 / 1.059 x greedy; Thompson scale 0.5 / 1 (seed 0) / 2: 1.034 / - / 1.006).
     # Epsilon also answers with each item's inclusion under the bandit: the logs OPE reads.
-    "epsilon": ["policy.kind=epsilon", "policy.epsilon=0.2", "policy.scale=0.5",
+    "epsilon": ["policy.kind=epsilon", f"policy.epsilon={EPSILON}", "policy.scale=0.5",
                 "policy.evaluate=[thompson]"],
     "bandit": ["policy.kind=thompson", "policy.scale=0.5"],
     "satiation": ["policy.kind=greedy", "policy.satiation.enabled=true",
@@ -159,6 +161,17 @@ def off_policy(log: list[tuple[Any, ...]], target: str) -> dict[str, Any]:
             "effective_n": round(ips_est.effective_n, 1), "impressions": impressions}
 
 
+def ope_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The bandit's clicks estimated from the epsilon phase's log (:func:`off_policy`)
+    against the bandit phase's measured clicks: ``ope_relative_error`` (IPS),
+    ``ope_snips_relative_error`` and ``ope_bandit_from_epsilon`` (the estimate itself)."""
+    ope = off_policy(phases["epsilon"]["log"], "thompson")
+    bandit = max(phases["bandit"]["reward"], 1)
+    return {"ope_relative_error": round(abs(ope["ips"] - bandit) / bandit, 4),
+            "ope_snips_relative_error": round(abs(ope["snips"] - bandit) / bandit, 4),
+            "ope_bandit_from_epsilon": ope}
+
+
 def movielens_recall() -> dict[str, Any]:
     """``benchmarks.retrieval``'s towers trained on MovieLens-100K and its evaluation (recall
     of the exhaustive top 100, hit rates, in-process latency)."""
@@ -192,22 +205,23 @@ def main() -> None:
         from ray import serve
         serve.shutdown()
         ray.shutdown()
-    if only:  # the figures need every phase
-        return
-    movielens = movielens_recall()
-    greedy = max(phases["greedy"]["reward"], 1)
-    ope = off_policy(phases["epsilon"]["log"], "thompson")
-    bandit = max(phases["bandit"]["reward"], 1)
     if os.environ.get("LOGS"):  # every phase's log, for analysis after the run
         with open(os.environ["LOGS"], "w") as f:
             json.dump({name: p["log"] for name, p in phases.items()}, f, default=float)
+    if only:  # the figures need every phase; print what the phases run allow
+        partial: dict[str, Any] = {f"reward_{n}": p["reward"] for n, p in phases.items()}
+        if "epsilon" in phases and "bandit" in phases:
+            partial.update(ope_figures(phases))
+        print(json.dumps({"only": only, "seed": SEED, "epsilon": EPSILON, **partial}))
+        return
+    movielens = movielens_recall()
+    greedy = max(phases["greedy"]["reward"], 1)
     figures = {
         **{f"reward_{name}": phases[name]["reward"] for name in PHASES},
         "explore_vs_greedy": round(max(phases["epsilon"]["reward"],
                                        phases["bandit"]["reward"]) / greedy, 4),
         "satiation_vs_greedy": round(phases["satiation"]["reward"] / greedy, 4),
-        "ope_relative_error": round(abs(ope["ips"] - bandit) / bandit, 4),
-        "ope_snips_relative_error": round(abs(ope["snips"] - bandit) / bandit, 4),
+        **ope_figures(phases),
         "recall_at_100": movielens["recall_at_100"],
         "retrieval_p99_ms": max([p["retrieval"]["p99_ms"] for p in phases.values()
                                  if p["retrieval"] and "p99_ms" in p["retrieval"]],
@@ -217,8 +231,7 @@ def main() -> None:
         "failed": sum(p["failed"] for p in phases.values()),
         "requests_per_policy": REQUESTS, "seed": SEED, "drift_s": DRIFT_S, "k": K,
         "users": USERS, "items": ITEMS, "categories": CATEGORIES, "satiation": SATIATION,
-        "ope_bandit_from_epsilon": ope,
-        "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
+        "epsilon": EPSILON, "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
         "seconds": round(time.perf_counter() - start_s, 1),
     }
     print(json.dumps(figures, default=float))

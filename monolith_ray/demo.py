@@ -68,8 +68,9 @@ class SimulatedUsers(threading.Thread):
         self.satiated = SatiatedUsers(sim) if np.any(sim.satiation_lambda) else None
         self.requests_limit = requests_limit
         # With ``keep_log``, every answered request: (wall s, user, clicks per item (k,),
-        # each item's propensity, policy, arm, each item's inclusion or None); a benchmark's
-        # horizon, bounded by ``requests_limit``.
+        # each item's propensity, policy, arm, each item's inclusion or None, the items shown
+        # (k,), the simulator's time s, each item's score (k,)); a benchmark's horizon,
+        # bounded by ``requests_limit``.
         self.log: list[tuple[Any, ...]] | None = [] if keep_log else None
         self.done = threading.Event()  # set once ``requests_limit`` requests were sent
         # The simulator's clock (its users' drift): the wall clock, or ``sim_origin`` plus the
@@ -162,7 +163,8 @@ class SimulatedUsers(threading.Thread):
                 self.log.append((now, user, clicked.tolist(),
                                  [float(i.get("propensity", 1.0)) for i in answer["items"]],
                                  str(first.get("policy", "greedy")), first.get("arm"),
-                                 [i.get("inclusion") for i in answer["items"]]))
+                                 [i.get("inclusion") for i in answer["items"]],
+                                 items.tolist(), at, scores))
 
     def stats(self, window_s: float = 30.0) -> dict[str, Any]:
         """Rolling quality over the last impressions, and QPS and latency (ms) over the last
