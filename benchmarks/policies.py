@@ -42,7 +42,13 @@ swings by half for tens of seconds, at different times in different loops) the t
 ``LOGS=<path>`` writes every phase's log there as JSON, for analysis after the run.
 ``ONLY=greedy,bandit`` runs just those phases and prints their lines and one JSON line of the
 figures they allow (the OPE figures when epsilon and bandit both ran), for choosing settings on
-another seed. ``EPSILON`` sets the epsilon phase's rate (0.2 by default).
+another seed. ``EPSILON`` sets the epsilon phase's rate (0.2 by default); ``OVERRIDES`` adds
+';'-separated config overrides to every phase (``slots.<name>.key=value`` reaches a slot by
+name, as ``experiments.online_search`` reads them).
+
+``lift_by_fifth`` (per phase): how well the loop's model picks items, by the simulator's
+truth: the shown items' true click probability without satiation over a random slate's, per
+fifth of the horizon (:func:`lift_by_fifth`; 1 is a model that knows nothing).
 
 Retrieval: every phase serves the demo config's pipeline, retrieve -> rank -> policy: each
 request's ``retrieval.candidates`` (50 of the 100 items) come from the replica's ANN index of
@@ -70,6 +76,7 @@ import requests
 
 from monolith_ray.config import Config, load_config
 from monolith_ray.demo import DEMO_CONFIG, start, stop
+from monolith_ray.experiments.online_search import config_with
 from monolith_ray.policy.ope import ips, snips
 from monolith_ray.stream.producers import UserSimulator
 
@@ -82,6 +89,8 @@ SATIATION = 1.0  # lambda per category: this times U(0.5, 1.5) logits per unit o
 SIM_ORIGIN = 1_700_000_000.0
 SEED = int(os.environ.get("SEED", "0"))  # settings are chosen on another seed than the figures
 EPSILON = float(os.environ.get("EPSILON", "0.2"))  # the epsilon phase's rate (see PHASES)
+# Config overrides every phase takes, ';'-separated (for choosing the loop's settings).
+OVERRIDES = [o for o in os.environ.get("OVERRIDES", "").split(";") if o]
 
 
 PHASES: dict[str, list[str]] = {
@@ -105,7 +114,7 @@ def simulator() -> UserSimulator:
 def config(overrides: list[str]) -> Config:
     """The demo config (its ``category`` slot, no experiments: one policy a phase) with
     ``overrides``."""
-    return load_config(DEMO_CONFIG, ["experiments=[]", *overrides])
+    return config_with(["experiments=[]", *OVERRIDES, *overrides], DEMO_CONFIG)
 
 
 def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -132,11 +141,28 @@ def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
     clicks = np.array([sum(entry[2]) for entry in log], dtype=np.float64)
     fifths = [round(float(part.sum() / (K * len(part))), 4)
               for part in np.array_split(clicks, 5) if len(part)]
-    return {"reward": int(clicks.sum()), "requests": totals["requests"],
+    return {"reward": int(clicks.sum()), "lift_by_fifth": lift_by_fifth(log),
+            "requests": totals["requests"],
             "failed": totals["failed"], "retried": totals["retried"],
             "impressions": totals["impressions"], "ctr_by_fifth": fifths,
             "policy_state": health.get("policy"), "retrieval": health.get("retrieval"),
             "seconds": round(time.perf_counter() - started, 1), "log": log}
+
+
+def lift_by_fifth(log: list[tuple[Any, ...]]) -> list[float]:
+    """How well the loop's model picks items, by the simulator's truth, per fifth of the
+    horizon: the shown items' mean true click probability with satiation left out, over the
+    mean of every item's for the same user and time (a random slate's). 1 is a model that
+    knows nothing; ranking by the users' own true tastes reaches about 3 here."""
+    sim = simulator()
+    every = np.arange(sim.n_items)
+    shown, anything = np.zeros(len(log)), np.zeros(len(log))
+    for n, entry in enumerate(log):
+        user, items, at = entry[1], np.asarray(entry[7]), entry[8]
+        truth = sim.click_probability(np.full(every.size, user), every, at)
+        shown[n], anything[n] = truth[items].mean(), truth.mean()
+    return [round(float(a.sum() / b.sum()), 3)
+            for a, b in zip(np.array_split(shown, 5), np.array_split(anything, 5)) if len(a)]
 
 
 def off_policy(log: list[tuple[Any, ...]], target: str) -> dict[str, Any]:
@@ -212,7 +238,8 @@ def main() -> None:
         partial: dict[str, Any] = {f"reward_{n}": p["reward"] for n, p in phases.items()}
         if "epsilon" in phases and "bandit" in phases:
             partial.update(ope_figures(phases))
-        print(json.dumps({"only": only, "seed": SEED, "epsilon": EPSILON, **partial}))
+        print(json.dumps({"only": only, "seed": SEED, "epsilon": EPSILON,
+                          "overrides": OVERRIDES, **partial}))
         return
     movielens = movielens_recall()
     greedy = max(phases["greedy"]["reward"], 1)
