@@ -25,7 +25,9 @@ not by their luck with the coins (common random numbers).
 
 Figures: ``reward_<policy>``: clicks over the horizon; ``explore_vs_greedy``: the better of
 epsilon-greedy and the bandit over greedy; ``satiation_vs_greedy``: satiation-aware greedy over
-greedy; ``failed``: requests that failed (after one retry of a 5xx), all phases. Per phase also
+greedy; ``failed``: requests that failed (after one retry of a 5xx), all phases;
+``reward_random`` and ``greedy_vs_random``: a fifth phase picking uniformly among each
+request's retrieved candidates, what a model that learned nothing would match. Per phase also
 the click-through by fifth of the horizon and the satiation fit the replica reports.
 
 ``ope_relative_error``: the epsilon-greedy phase runs with ``policy.evaluate: [thompson]``, so
@@ -103,6 +105,8 @@ PHASES: dict[str, list[str]] = {
     "bandit": ["policy.kind=thompson", "policy.scale=0.5"],
     "satiation": ["policy.kind=greedy", "policy.satiation.enabled=true",
                   "policy.satiation.feedback_window_s=5"],
+    # A baseline no figure target names: each slot a uniform pick among the candidates.
+    "random": ["policy.kind=epsilon", "policy.epsilon=1.0"],
 }
 
 
@@ -248,6 +252,7 @@ def main() -> None:
         "explore_vs_greedy": round(max(phases["epsilon"]["reward"],
                                        phases["bandit"]["reward"]) / greedy, 4),
         "satiation_vs_greedy": round(phases["satiation"]["reward"] / greedy, 4),
+        "greedy_vs_random": round(greedy / max(phases["random"]["reward"], 1), 4),
         **ope_figures(phases),
         "recall_at_100": movielens["recall_at_100"],
         "retrieval_p99_ms": max([p["retrieval"]["p99_ms"] for p in phases.values()
