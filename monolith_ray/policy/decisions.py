@@ -156,16 +156,16 @@ class Decisions:
             states = self.satiation.states(user_id, categories, now)
             if arm.satiation:
                 values = values - self.satiation.penalties(states)
-        shows = self.shows.get(user_id, items) if self.shows is not None else None
+        pairs = self.shows.slots(user_id, items) if self.shows is not None else None
+        shows = self.shows.get(pairs) if self.shows is not None else None
         choice = arm.policy.choose(values, k, self._rng, shows)
         inclusion = None
         if self._evaluated:  # on the values and counts this choice was made with
             inclusion = {name: p.inclusion(values, k, self._rng, shows, of=choice.indices)
                          for name, p in (("served", arm.policy), *self._evaluated.items())}
         chosen = choice.indices.tolist()
-        shown = [items[i] for i in chosen]
         if self.shows is not None:
-            self.shows.add(user_id, shown)
+            self.shows.add(pairs[choice.indices])
         if states is not None:
             self.satiation.show(user_id, [categories[i] for i in chosen], now)
         if arm.label is not None:

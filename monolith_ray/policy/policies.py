@@ -26,6 +26,7 @@ tenth of ``scale`` for every user, however new, within half its horizon.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -67,23 +68,28 @@ class ShowCounts:
             raise ValueError(f"buckets: must be >= 1, got {buckets}")
         self.counts = np.zeros(buckets, dtype=np.int64)
         self._since_halving = 0
+        self._lock = threading.Lock()  # a replica's request threads add at once
 
-    def _slots(self, user: int | str, items: Sequence[int | str]) -> np.ndarray:
+    def slots(self, user: int | str, items: Sequence[int | str]) -> np.ndarray:
+        """The counter of each (user, item) pair -> int64 (n,), hashed once a request and
+        passed to :meth:`get` and :meth:`add`."""
         salt = mix64(value_ids([user]), seed=1)
         keys = (mix64(value_ids(items)) ^ salt).view(np.int64)
         return (mix64(keys) % np.uint64(len(self.counts))).astype(np.int64)
 
-    def get(self, user: int | str, items: Sequence[int | str]) -> np.ndarray:
-        """Shows of each item to ``user`` -> int64 (n,)."""
-        return self.counts[self._slots(user, items)]
+    def get(self, slots: np.ndarray) -> np.ndarray:
+        """Shows of each pair at ``slots`` (:meth:`slots`) -> int64 (n,)."""
+        return self.counts[slots]
 
-    def add(self, user: int | str, items: Sequence[int | str]) -> None:
-        """Count one impression of each item to ``user`` (repeats count each time)."""
-        np.add.at(self.counts, self._slots(user, items), 1)
-        self._since_halving += len(items)
-        if self._since_halving >= len(self.counts):
-            self.counts >>= 1
-            self._since_halving = 0
+    def add(self, slots: np.ndarray) -> None:
+        """Count one impression of each pair at ``slots`` (repeats count each time); atomic
+        across threads, the halving included."""
+        with self._lock:
+            np.add.at(self.counts, slots, 1)
+            self._since_halving += len(slots)
+            if self._since_halving >= len(self.counts):
+                self.counts >>= 1
+                self._since_halving = 0
 
 
 class Policy(Protocol):

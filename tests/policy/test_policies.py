@@ -106,19 +106,20 @@ def test_ucb_favours_what_was_shown_less() -> None:
 
 def test_show_counts_are_per_user_and_item_bounded_and_key_ids_as_the_project_does() -> None:
     counts = ShowCounts(buckets=1 << 16)
-    counts.add(5, [7, "7", 8, "movie-3"])
-    assert counts.get("5", ["7"]).tolist() == [2]
-    assert counts.get(5, ["movie-3", 8]).tolist() == [1, 1]
+    counts.add(counts.slots(5, [7, "7", 8, "movie-3"]))
+    assert counts.get(counts.slots("5", ["7"])).tolist() == [2]
+    assert counts.get(counts.slots(5, ["movie-3", 8])).tolist() == [1, 1]
     # another user's shows are its own: a user new to an item is uncertain about it
-    assert counts.get(6, [7, 8, "movie-3"]).tolist() == [0, 0, 0]
-    counts.add(6, [7])
-    assert counts.get(6, [7]).tolist() == [1] and counts.get(5, [7]).tolist() == [2]
+    assert counts.get(counts.slots(6, [7, 8, "movie-3"])).tolist() == [0, 0, 0]
+    counts.add(counts.slots(6, [7]))
+    assert counts.get(counts.slots(6, [7])).tolist() == [1]
+    assert counts.get(counts.slots(5, [7])).tolist() == [2]
     small = ShowCounts(buckets=64)
-    small.add(1, list(range(63)))
+    small.add(small.slots(1, list(range(63))))
     assert small.counts.shape == (64,) and small.counts.sum() == 63
     before = small.counts.copy()
-    small.add(1, [0])  # the 64th impression: every count halves
-    before[small._slots(1, [0])] += 1
+    small.add(small.slots(1, [0]))  # the 64th impression: every count halves
+    before[small.slots(1, [0])] += 1
     np.testing.assert_array_equal(small.counts, before >> 1)
 
 
@@ -127,7 +128,7 @@ def test_show_counts_stay_bounded_over_any_number_of_impressions() -> None:
     (and sigma shrink to 0 for every pair); halving keeps the mean about 2 at most."""
     counts = ShowCounts(buckets=256)
     for user in range(2_000):
-        counts.add(user, list(range(50)))
+        counts.add(counts.slots(user, list(range(50))))
     assert counts.counts.mean() <= 2.0 and counts.counts.max() < 20
 
 
