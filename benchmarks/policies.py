@@ -27,7 +27,7 @@ Figures: ``reward_<policy>``: clicks over the horizon; ``explore_vs_greedy``: th
 epsilon-greedy and the bandit over greedy; ``satiation_vs_greedy``: satiation-aware greedy over
 greedy; ``failed``: requests that failed (after one retry of a 5xx), all phases;
 ``reward_random`` and ``greedy_vs_random``: a fifth phase picking uniformly among each
-request's retrieved candidates, what a model that learned nothing would match. Per phase also
+request's retrieved candidates, a baseline that reads no ranking model. Per phase also
 the click-through by fifth of the horizon and the satiation fit the replica reports.
 
 ``ope_relative_error``: the epsilon-greedy phase runs with ``policy.evaluate: [thompson]``, so
