@@ -263,7 +263,8 @@ def main() -> None:
         "failed": sum(p["failed"] for p in phases.values()),
         "requests_per_policy": REQUESTS, "seed": SEED, "drift_s": DRIFT_S, "k": K,
         "users": USERS, "items": ITEMS, "categories": CATEGORIES, "satiation": SATIATION,
-        "epsilon": EPSILON, "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
+        "epsilon": EPSILON,
+        "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
         "seconds": round(time.perf_counter() - start_s, 1),
     }
     print(json.dumps(figures, default=float))

@@ -88,9 +88,10 @@ the phase it fell in and each kind of process's share at that sample
 peak of each phase, and ``peak_pss_gb``, the largest sum of PSS, which counts a shared page
 once over all processes: what the run took of the machine (sampled every 10 s only: reading
 it walks each process's page tables under its memory-map lock, which at 0.5 s took 0.3 of a
-core at full size and stalled the shards' own mmap and munmap meanwhile). The bound: the runtimes (about
-3.7 GB of summed RSS with the shards' empty tables, 2.2 of it outside the shards) plus
-181 B per id held at dim 16 with Adagrad (x 1.05 in RSS) plus a few hundred MB while the
+core at full size and stalled the shards' own mmap and munmap meanwhile). The bound: the
+runtimes (about 3.7 GB of summed RSS with the shards' empty tables, 2.2 of it outside the
+shards) plus 181 B per id held at dim 16 with Adagrad (x 1.05 in RSS) plus a few hundred MB
+while the
 sync's deltas are read (each shard holds its delta at most twice); the snapshot adds a chunk
 per shard. So the peak comes where the tables are largest, at the end, and ``ids_end``
 sets it: ``peak_rss_gb`` ~ 3.7 + 190e-9 x ``ids_end`` GB.

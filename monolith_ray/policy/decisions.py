@@ -156,15 +156,17 @@ class Decisions:
             states = self.satiation.states(user_id, categories, now)
             if arm.satiation:
                 values = values - self.satiation.penalties(states)
-        pairs = self.shows.slots(user_id, items) if self.shows is not None else None
-        shows = self.shows.get(pairs) if self.shows is not None else None
+        pairs = shows = None
+        if self.shows is not None:  # each pair hashed once, read now and counted below
+            pairs = self.shows.slots(user_id, items)
+            shows = self.shows.get(pairs)
         choice = arm.policy.choose(values, k, self._rng, shows)
         inclusion = None
         if self._evaluated:  # on the values and counts this choice was made with
             inclusion = {name: p.inclusion(values, k, self._rng, shows, of=choice.indices)
                          for name, p in (("served", arm.policy), *self._evaluated.items())}
         chosen = choice.indices.tolist()
-        if self.shows is not None:
+        if pairs is not None:
             self.shows.add(pairs[choice.indices])
         if states is not None:
             self.satiation.show(user_id, [categories[i] for i in chosen], now)
