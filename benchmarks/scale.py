@@ -91,9 +91,8 @@ it walks each process's page tables under its memory-map lock, which at 0.5 s to
 core at full size and stalled the shards' own mmap and munmap meanwhile). The bound: the
 runtimes (about 3.7 GB of summed RSS with the shards' empty tables, 2.2 of it outside the
 shards) plus 181 B per id held at dim 16 with Adagrad (x 1.05 in RSS) plus a few hundred MB
-while the
-sync's deltas are read (each shard holds its delta at most twice); the snapshot adds a chunk
-per shard. So the peak comes where the tables are largest, at the end, and ``ids_end``
+while the sync's deltas are read (each shard holds its delta at most twice); the snapshot adds
+a chunk per shard. So the peak comes where the tables are largest, at the end, and ``ids_end``
 sets it: ``peak_rss_gb`` ~ 3.7 + 190e-9 x ``ids_end`` GB.
 ``load_avg_before_snapshot``, ``load_avg_after_snapshot``: the machine's 1-minute load
 average (this run's own processes count in it too): step-time ratios from a machine that other
