@@ -265,15 +265,58 @@ def demo_simulator(cfg: Config) -> UserSimulator:
                          n_categories=8, satiation=1.0)
 
 
+def warm_start(cfg: Config, sim: UserSimulator, folder: str, requests_n: int,
+               rate_per_s: float, k: int, sim_end: int, epochs: int,
+               seed: int = 0) -> tuple[Config, dict[str, Any]]:
+    """A past for the loop to start from: ``requests_n`` requests of random users of ``sim``,
+    each shown ``k`` random items (with their ``category`` if a slot has that name),
+    ``rate_per_s`` a second, whose
+    event times end now and whose simulator's clock ends at ``sim_end``, clicked by the users
+    (drift and satiation), are published to ``cfg.kafka``'s features and actions topics,
+    joined into examples by joiners run to the end (``drain``) and dumped to Parquet in
+    ``folder`` (``data.dump``) -> ``cfg`` starting from that dump (``online.start:
+    dump:<folder>``, ``epochs`` passes over it, then the stream from where the dump ends; the
+    joiners of :func:`start` resume after the past from their group's committed offsets) and
+    ``{"impressions", "clicks", "dumped", "epochs"}``. RuntimeError if an impression was not
+    joined. Costs one pass of the joiner and the dump over ``requests_n * k`` impressions."""
+    from monolith_ray.data.dump import dump_examples
+    from monolith_ray.stream.joiner import run_joiners
+    from monolith_ray.stream.kafka import ensure_topics
+    from monolith_ray.stream.producers import publish, simulated_events
+
+    ensure_topics(cfg.kafka)
+    seconds = int(requests_n / rate_per_s)
+    first = int(time.time()) - seconds
+    events = simulated_events(sim, requests_n, start_time=first, requests_per_s=rate_per_s,
+                              items_per_request=k, seed=seed,
+                              sim_time_offset_s=sim_end - seconds - first,
+                              with_category=any(s.name == "category" for s in cfg.slots))
+    published = publish(cfg.kafka, events)
+    joined = run_joiners(cfg, stop_when_idle_s=10.0, drain=True)
+    examples = sum(j["positives"] + j["negatives"] + j["sampled_out"] for j in joined)
+    if examples != published["features"]:
+        raise RuntimeError(f"warm start: {published['features']} impressions published, "
+                           f"{examples} joined")
+    dumped = dump_examples(cfg, folder)
+    warm = dataclasses.replace(
+        cfg, online=dataclasses.replace(cfg.online, start=f"dump:{folder}"),
+        train=dataclasses.replace(cfg.train, epochs=epochs))
+    return warm, {"impressions": published["features"], "clicks": published["actions"],
+                  "dumped": dumped["examples"], "epochs": epochs}
+
+
 def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = None,
           explore: float = 0.2, requests_limit: int | None = None,
-          keep_log: bool = False, sim_origin: float | None = None) -> Loop:
+          keep_log: bool = False, sim_origin: float | None = None,
+          warm_timeout_s: float = 600.0) -> Loop:
     """Start every part on the running Ray with ``cfg.kafka`` reachable -> the :class:`Loop`.
 
     ``sim`` (default :func:`demo_simulator`) answers as the users; with a slot named
     ``category`` in the config, the candidate pool gives each item its simulated category
     there. ``explore``, ``requests_limit``, ``keep_log`` and ``sim_origin`` go to
-    :class:`SimulatedUsers`."""
+    :class:`SimulatedUsers`. With ``online.start: dump:<path>`` (a warm start) the users
+    start only once the dump is trained and a replica serves it (:func:`_serve_warm`, at
+    most ``warm_timeout_s``)."""
     from ray import serve
 
     from monolith_ray.history.server import start_history_server
@@ -305,12 +348,42 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     trainer_thread = threading.Thread(target=_train, args=(training, errors),
                                       name="online-training", daemon=True)
     trainer_thread.start()
+    if cfg.online.start.startswith("dump:"):
+        _serve_warm(cfg, training, sync, errors, warm_timeout_s)
     users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
                            seed=cfg.train.seed, explore=explore,
                            requests_limit=requests_limit, keep_log=keep_log,
                            sim_origin=sim_origin)
     users.start()
     return Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors, history)
+
+
+def _serve_warm(cfg: Config, training: Any, sync: Any, errors: list[BaseException],
+                timeout_s: float) -> None:
+    """Wait until ``training`` has trained its dump and reads the stream, sync both parts
+    now, and wait until a replica answers ``/healthz`` with those versions: the first
+    request is served by the warm model. TimeoutError after ``timeout_s``; what ended
+    training early is raised."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while not training.streaming.wait(timeout=1.0):
+        if errors:
+            raise errors[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the dump was not trained within {timeout_s} s")
+    want = ray.get(sync.sync_now.remote("both"), timeout=max(deadline - time.monotonic(), 1))
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}/healthz"
+    while True:
+        try:
+            held = requests.get(url, timeout=5).json()["model_version"]
+            if all(held.get(part, -1) >= want[part] for part in ("sparse", "dense")):
+                return
+        except (requests.RequestException, ValueError, KeyError):
+            pass  # the replica is not answering yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no replica served versions {want} within {timeout_s} s")
+        time.sleep(cfg.serve.poll_interval_s)
 
 
 def stop(loop: Loop) -> None:

@@ -260,14 +260,19 @@ def satiation_step(state: np.ndarray, gamma: np.ndarray | float, user_ids: np.nd
 
 def simulated_events(sim: UserSimulator, n_requests: int, *, start_time: int = 1_700_000_000,
                      requests_per_s: float = 10.0, items_per_request: int = 1, seed: int = 0,
-                     click_delay_s: int = DEFAULT_CLICK_DELAY_S) -> Iterator[Event]:
+                     click_delay_s: int = DEFAULT_CLICK_DELAY_S, sim_time_offset_s: int = 0,
+                     with_category: bool = False) -> Iterator[Event]:
     """``n_requests`` requests of a random user, each shown ``items_per_request`` random
     distinct items, ``requests_per_s`` of them per event-time second from ``start_time``;
-    clicks as :meth:`UserSimulator.respond` says, with each user's satiation from the requests
-    before (:class:`SatiatedUsers`) if ``sim`` has any. Slots: ``user_id`` and ``item_id``."""
+    clicks as :meth:`UserSimulator.respond` says at the simulator's time, event time plus
+    ``sim_time_offset_s`` (a stream written at today's event times by users of another
+    clock), with each user's satiation from the requests before (:class:`SatiatedUsers`) if
+    ``sim`` has any. Slots: ``user_id`` and ``item_id``, and ``category`` (the item's
+    simulated category) with ``with_category``."""
     rng = np.random.default_rng(seed)
     users = rng.integers(0, sim.n_users, n_requests)
     times = start_time + (np.arange(n_requests) / requests_per_s).astype(np.int64)
+    at = times + sim_time_offset_s
     if items_per_request == 1:
         items = rng.integers(0, sim.n_items, (n_requests, 1))
     else:
@@ -275,17 +280,21 @@ def simulated_events(sim: UserSimulator, n_requests: int, *, start_time: int = 1
                           for _ in range(n_requests)])
     if np.any(sim.satiation_lambda):
         satiated = SatiatedUsers(sim)
-        clicked = np.concatenate([satiated.show(users[r:r + 1], items[r:r + 1], times[r])
+        clicked = np.concatenate([satiated.show(users[r:r + 1], items[r:r + 1], at[r])
                                   for r in range(n_requests)])
     else:
         clicked = sim.respond(np.repeat(users, items_per_request), items.ravel(),
-                              np.repeat(times, items_per_request)).reshape(items.shape)
+                              np.repeat(at, items_per_request)).reshape(items.shape)
+    categories = sim.categories.tolist()
 
     def impressions() -> Iterator[tuple[dict[str, Any], bool]]:
         for r, (u, t) in enumerate(zip(users.tolist(), times.tolist())):
             for i, c in zip(items[r].tolist(), clicked[r].tolist()):
+                slots = {"user_id": u, "item_id": i}
+                if with_category:
+                    slots["category"] = categories[i]
                 feature = {"request_id": f"sim-{seed}-{r}", "time": t, "user_id": u,
-                           "item_id": i, "slots": {"user_id": u, "item_id": i}}
+                           "item_id": i, "slots": slots}
                 yield feature, c
 
     return _in_time_order(impressions(), click_delay_s)

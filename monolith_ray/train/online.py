@@ -278,6 +278,8 @@ class OnlineTraining:
         # The trainers' config: the batch settings for a dump phase, then the online ones.
         self.trainer_cfg = cfg
         self.online = False
+        # Set once training reads the stream: after a dump phase, its parameters are trained.
+        self.streaming = threading.Event()
         self._settled: dict[str, int] = {}  # restarts per server when last switched online
         self.reapplied: dict[str, int] = {}
         try:
@@ -400,6 +402,7 @@ class OnlineTraining:
                     self.coverage.add(partition, self.dump["start"][partition], end)
             self._go_online()
         stream_starts, settings = self.offsets(), self.settings()
+        self.streaming.set()
         phases["stream"] = self._phase(lambda: self._stream(self.offsets()), 1)
         phases["stream"].update(start_offsets=stream_starts, settings=settings,
                                 reapplied=dict(self.reapplied))

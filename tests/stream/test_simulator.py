@@ -192,3 +192,26 @@ def test_coins_are_common_to_runs_whatever_their_clocks() -> None:
     first = again.show(users, np.zeros((2000, 1), dtype=np.int64), T0)
     second = again.show(users, np.zeros((2000, 1), dtype=np.int64), T0)
     assert not np.array_equal(first, second)
+
+
+def test_simulated_stream_clicks_by_the_simulators_clock_and_names_categories() -> None:
+    """A stream written at today's event times by users of another clock clicks as the stream
+    written at that clock's times, event times aside; ``with_category`` adds each item's
+    category among the slots."""
+    sim = UserSimulator(n_users=30, n_items=40, n_categories=4, satiation=1.0,
+                        drift_period_s=600.0, seed=5)
+    kwargs = dict(requests_per_s=10.0, items_per_request=3, seed=4)
+    now = 1_780_000_000
+    shifted = list(simulated_events(sim, 500, start_time=now, sim_time_offset_s=T0 - now,
+                                    with_category=True, **kwargs))
+    native = list(simulated_events(sim, 500, start_time=T0, **kwargs))
+    assert [(e.topic, e.key, e.time - now) for e in shifted] == \
+        [(e.topic, e.key, e.time - T0) for e in native]
+    # Drift makes the clock matter: without the offset the same users click otherwise.
+    unshifted = list(simulated_events(sim, 500, start_time=now, **kwargs))
+    assert [e.key for e in unshifted if e.topic == ACTIONS] != \
+        [e.key for e in native if e.topic == ACTIONS]
+    features = [e.message for e in shifted if e.topic == FEATURES]
+    assert all(f["slots"]["category"] == int(sim.categories[f["item_id"]]) for f in features)
+    assert all(set(e.message["slots"]) == {"user_id", "item_id"} for e in native
+               if e.topic == FEATURES)
