@@ -265,38 +265,46 @@ def demo_simulator(cfg: Config) -> UserSimulator:
                          n_categories=8, satiation=1.0)
 
 
-def warm_start(cfg: Config, sim: UserSimulator, folder: str, requests_n: int,
-               rate_per_s: float, k: int, sim_end: int, epochs: int,
-               seed: int = 0) -> tuple[Config, dict[str, Any]]:
-    """A past for the loop to start from: ``requests_n`` requests of random users of ``sim``,
-    each shown ``k`` random items (with their ``category`` if a slot has that name),
-    ``rate_per_s`` a second, whose
-    event times end now and whose simulator's clock ends at ``sim_end``, clicked by the users
-    (drift and satiation), are published to ``cfg.kafka``'s features and actions topics,
-    joined into examples by joiners run to the end (``drain``) and dumped to Parquet in
-    ``folder`` (``data.dump``) -> ``cfg`` starting from that dump (``online.start:
-    dump:<folder>``, ``epochs`` passes over it, then the stream from where the dump ends; the
-    joiners of :func:`start` resume after the past from their group's committed offsets) and
-    ``{"impressions", "clicks", "dumped", "epochs"}``. RuntimeError if an impression was not
-    joined. Costs one pass of the joiner and the dump over ``requests_n * k`` impressions."""
+def warm_start(cfg: Config, sim: UserSimulator, folder: str, n_requests: int,
+               rate_per_s: float, k: int, sim_end: int, epochs: int, seed: int = 0,
+               click_delay_s: int = 1) -> tuple[Config, dict[str, Any]]:
+    """A past for the loop to start from -> ``cfg`` starting from it and ``{"impressions",
+    "clicks", "dumped", "epochs"}``.
+
+    ``n_requests`` requests of random users of ``sim``, each shown ``k`` random items (with
+    their ``category`` if a slot has that name), ``rate_per_s`` a second, clicked by the users
+    (drift and satiation; a click ``click_delay_s`` after its impression, as
+    :class:`SimulatedUsers` sends them), are published to ``cfg.kafka``'s features and actions
+    topics. Their event times (wall clock, s) end now; the simulator's clock (s) ends at
+    ``sim_end``, where :class:`SimulatedUsers` with ``sim_origin=sim_end`` starts. The users'
+    satiation is not carried over: the horizon starts with rested users. Joiners run to the
+    end (``drain``) join them; ``data.dump`` writes the examples to Parquet in ``folder``. The
+    config returned has ``online.start: dump:<folder>`` and ``train.epochs: epochs``: passes
+    over the dump, then the stream from where the dump ends, while the joiners of
+    :func:`start` resume after the past from their group's committed offsets. RuntimeError if
+    an impression or a click was not joined (e.g. ``click_delay_s`` beyond
+    ``joiner.window_s``). Costs one pass of the joiner and of the dump over ``n_requests * k``
+    impressions."""
     from monolith_ray.data.dump import dump_examples
     from monolith_ray.stream.joiner import run_joiners
     from monolith_ray.stream.kafka import ensure_topics
     from monolith_ray.stream.producers import publish, simulated_events
 
     ensure_topics(cfg.kafka)
-    seconds = int(requests_n / rate_per_s)
+    seconds = int(n_requests / rate_per_s)
     first = int(time.time()) - seconds
-    events = simulated_events(sim, requests_n, start_time=first, requests_per_s=rate_per_s,
-                              items_per_request=k, seed=seed,
+    events = simulated_events(sim, n_requests, start_time=first, requests_per_s=rate_per_s,
+                              items_per_request=k, seed=seed, click_delay_s=click_delay_s,
                               sim_time_offset_s=sim_end - seconds - first,
                               with_category=any(s.name == "category" for s in cfg.slots))
     published = publish(cfg.kafka, events)
     joined = run_joiners(cfg, stop_when_idle_s=10.0, drain=True)
     examples = sum(j["positives"] + j["negatives"] + j["sampled_out"] for j in joined)
-    if examples != published["features"]:
-        raise RuntimeError(f"warm start: {published['features']} impressions published, "
-                           f"{examples} joined")
+    positives = sum(j["positives"] for j in joined)
+    if examples != published["features"] or positives != published["actions"]:
+        raise RuntimeError(f"warm start: {published['features']} impressions and "
+                           f"{published['actions']} clicks published, {examples} examples "
+                           f"and {positives} positives joined")
     dumped = dump_examples(cfg, folder)
     warm = dataclasses.replace(
         cfg, online=dataclasses.replace(cfg.online, start=f"dump:{folder}"),
@@ -348,39 +356,53 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     trainer_thread = threading.Thread(target=_train, args=(training, errors),
                                       name="online-training", daemon=True)
     trainer_thread.start()
-    if cfg.online.start.startswith("dump:"):
-        _serve_warm(cfg, training, sync, errors, warm_timeout_s)
     users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
                            seed=cfg.train.seed, explore=explore,
                            requests_limit=requests_limit, keep_log=keep_log,
                            sim_origin=sim_origin)
+    loop = Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors, history)
+    if cfg.online.start.startswith("dump:"):
+        try:
+            _serve_warm(cfg, training, sync, errors, warm_timeout_s)
+        except BaseException:
+            stop(loop)  # no part outlives a failed start
+            raise
     users.start()
-    return Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors, history)
+    return loop
 
 
 def _serve_warm(cfg: Config, training: Any, sync: Any, errors: list[BaseException],
                 timeout_s: float) -> None:
     """Wait until ``training`` has trained its dump and reads the stream, sync both parts
-    now, and wait until a replica answers ``/healthz`` with those versions: the first
-    request is served by the warm model. TimeoutError after ``timeout_s``; what ended
-    training early is raised."""
+    now, and wait until a replica answers ``/healthz`` with those versions and, with
+    retrieval, an index rebuilt since: the first request is served by the warm model.
+    TimeoutError after ``timeout_s``; what ended training early is raised."""
     import ray
 
     deadline = time.monotonic() + timeout_s
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}/healthz"
+
+    def health() -> dict[str, Any] | None:
+        try:
+            return requests.get(url, timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return None  # the replica is not answering yet
+
     while not training.streaming.wait(timeout=1.0):
         if errors:
             raise errors[0]
         if time.monotonic() > deadline:
             raise TimeoutError(f"the dump was not trained within {timeout_s} s")
+    before = health() or {}
+    index = (before.get("retrieval") or {}).get("version", -1)
     want = ray.get(sync.sync_now.remote("both"), timeout=max(deadline - time.monotonic(), 1))
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}/healthz"
     while True:
-        try:
-            held = requests.get(url, timeout=5).json()["model_version"]
-            if all(held.get(part, -1) >= want[part] for part in ("sparse", "dense")):
+        now = health()
+        if now is not None:
+            held, retrieval = now.get("model_version", {}), now.get("retrieval")
+            if (all(held.get(part, -1) >= want[part] for part in ("sparse", "dense"))
+                    and (retrieval is None or retrieval.get("version", 0) > index)):
                 return
-        except (requests.RequestException, ValueError, KeyError):
-            pass  # the replica is not answering yet
         if time.monotonic() > deadline:
             raise TimeoutError(f"no replica served versions {want} within {timeout_s} s")
         time.sleep(cfg.serve.poll_interval_s)
@@ -392,7 +414,8 @@ def stop(loop: Loop) -> None:
     from ray import serve
 
     loop.users.stop_event.set()
-    loop.users.join(timeout=30)
+    if loop.users.ident is not None:  # started
+        loop.users.join(timeout=30)
     for j in loop.joiners:
         j.stop.remote()
     try:

@@ -74,6 +74,7 @@ def test_warm_start_serves_the_trained_past_from_the_first_request(ray_session, 
                         satiation=1.0, seed=3)
     origin = 1_700_000_000
     warm, past = warm_start(cfg, sim, str(tmp_path / "past"), 300, 20.0, 5, origin, epochs=2)
+    # warm_start checked that every impression and click was joined.
     assert past["impressions"] == past["dumped"] == 1500 and 0 < past["clicks"] < 1500
     assert warm.online.start == f"dump:{tmp_path / 'past'}" and warm.train.epochs == 2
     loop = start(warm, 10.0, sim, explore=0.0, requests_limit=30, keep_log=True,
@@ -84,15 +85,17 @@ def test_warm_start_serves_the_trained_past_from_the_first_request(ray_session, 
         # could have added one of its own (a request adds none: the joiner and training do).
         assert health["rows"]["user_id"] >= 35  # of the 40 users, those 300 requests drew
         assert health["rows"]["item_id"] == 100
-        assert health["model_version"]["dense"] >= 1
+        # Retrieval is ready over the whole catalogue (rebuilt after the warm sync: start).
+        assert health["retrieval"]["version"] >= 1 and health["retrieval"]["items"] == 100
         assert loop.users.done.wait(timeout=60)
         deadline = time.monotonic() + 60
         while loop.progress()["examples_read"] == 0 and time.monotonic() < deadline:
             time.sleep(1)
-        # The loop's joiners joined only the horizon's 150 impressions (those whose window
-        # closed), not the past's 1500 again, and training read on from the dump's end.
+        # The loop's joiners joined some of the horizon's 150 impressions (its clicked ones;
+        # the others wait for event time to pass their window), not the past's 1500 again,
+        # and training read on from the dump's end.
         progress = loop.progress()
         assert 0 < progress["examples_joined"] <= 150
-        assert 0 < progress["examples_read"] <= progress["examples_joined"]
+        assert 0 < progress["examples_read"] <= 150
     finally:
         stop(loop)

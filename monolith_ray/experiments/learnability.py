@@ -13,9 +13,12 @@ data teaches about tastes, not what showing does to users. Then:
   a phase's log; ``lift_popular`` the same for the items with the highest mean probability
   over users, ``lift_personal`` for each user's own true top ``k``;
 - ``auc`` on the next ``requests // 10`` random requests, and ``auc_truth``, the AUC of the
-  true probabilities themselves on them (the most any model could score).
+  true probabilities themselves on them (the most any model could score);
+- ``lift_later``: the same model's ``lift``, kept frozen, ``later_s`` (s of the simulator's
+  time) after the end: what the users' drift leaves of what it learnt (``benchmarks.
+  policies`` warm starts its loops from such a past: 4,000 requests, 10 passes).
 
-    python -m monolith_ray.experiments.learnability --requests 4000 --epochs 1 --seed 1
+    python -m monolith_ray.experiments.learnability --requests 4000 --epochs 10 --seed 1
 """
 
 from __future__ import annotations
@@ -61,9 +64,11 @@ def _lift(truth: np.ndarray, picks: np.ndarray) -> float:
 
 
 def learnability(sim: UserSimulator, config: Config, requests: int, epochs: int = 1,
-                 k: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Train on ``requests`` random requests for ``epochs``, measure at their end -> ``{"lift",
-    "lift_popular", "lift_personal", "auc", "auc_truth", "examples"}`` (see the module)."""
+                 k: int = 5, seed: int = 0,
+                 later_s: Sequence[int] = (40, 80, 120, 160, 200)) -> dict[str, Any]:
+    """Train on ``requests`` random requests for ``epochs``, measure at their end and
+    ``later_s`` after -> ``{"lift", "lift_popular", "lift_personal", "auc", "auc_truth",
+    "lift_later": {str(s): lift}, "examples"}`` (see the module)."""
     rng = np.random.default_rng(seed)
     data = slates(sim, requests, k, ORIGIN, rng)
     end = ORIGIN + int(requests / RATE)
@@ -86,7 +91,10 @@ def learnability(sim: UserSimulator, config: Config, requests: int, epochs: int 
                                            held.column("item_id").to_numpy(),
                                            held.column("time").to_numpy()).astype(np.float32),
                      held.column("label").to_numpy(), held.column("weight").to_numpy())
-    return {"lift": round(_lift(truth, np.argsort(-probs, axis=1)[:, :k]), 3),
+    picks = np.argsort(-probs, axis=1)[:, :k]
+    later = {str(dt): round(_lift(sim.click_probability(users, items, end + dt)
+                                  .reshape(sim.n_users, -1), picks), 3) for dt in later_s}
+    return {"lift": round(_lift(truth, picks), 3), "lift_later": later,
             "lift_popular": round(_lift(truth, popular), 3),
             "lift_personal": round(_lift(truth, np.argsort(-truth, axis=1)[:, :k]), 3),
             "auc": round(scores[-1]["auc"], 4), "auc_truth": round(truth_auc.result(), 4),

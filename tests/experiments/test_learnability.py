@@ -33,8 +33,16 @@ def test_slates_are_distinct_random_items_clicked_by_the_users_tastes() -> None:
 def test_a_model_trained_on_random_slates_picks_better_than_a_random_slate() -> None:
     sim = UserSimulator(n_users=20, n_items=30, drift_period_s=1e9, seed=5)
     config = config_with(["experiments=[]"], DEMO_CONFIG)
-    out = learnability(sim, config, requests=2000, epochs=2, k=3, seed=0)
+    out = learnability(sim, config, requests=2000, epochs=2, k=3, seed=0, later_s=(100,))
     assert out["examples"] == 6000
     assert out["lift_personal"] >= out["lift_popular"] > 1.0
     assert out["lift_personal"] >= out["lift"] > 1.1
     assert 0.5 < out["auc"] <= out["auc_truth"] + 0.02
+    # Without drift what was learnt stays true. With drift (a quarter turn while the 100 s
+    # of slates are shown, their mean taste at 1/8 turn) it turns against the users half a
+    # turn from that mean, 150 s after the end: worse than a random slate.
+    assert abs(out["lift_later"]["100"] - out["lift"]) < 0.01
+    turning = UserSimulator(n_users=20, n_items=30, drift_period_s=400.0, seed=5)
+    drifted = learnability(turning, config, requests=2000, epochs=2, k=3, seed=0,
+                           later_s=(150,))
+    assert drifted["lift"] > 1.1 and drifted["lift_later"]["150"] < 1.0
