@@ -265,6 +265,12 @@ def demo_simulator(cfg: Config) -> UserSimulator:
                          n_categories=8, satiation=1.0)
 
 
+def _has_category(cfg: Config) -> bool:
+    """Whether ``cfg`` has a slot named ``category``: then the candidate pool and a warm
+    start's past give each item its simulated category there."""
+    return any(s.name == "category" for s in cfg.slots)
+
+
 def warm_start(cfg: Config, sim: UserSimulator, folder: str, n_requests: int,
                rate_per_s: float, k: int, sim_end: int, epochs: int, seed: int = 0,
                click_delay_s: int = 1) -> tuple[Config, dict[str, Any]]:
@@ -296,7 +302,7 @@ def warm_start(cfg: Config, sim: UserSimulator, folder: str, n_requests: int,
     events = simulated_events(sim, n_requests, start_time=first, requests_per_s=rate_per_s,
                               items_per_request=k, seed=seed, click_delay_s=click_delay_s,
                               sim_time_offset_s=sim_end - seconds - first,
-                              with_category=any(s.name == "category" for s in cfg.slots))
+                              with_category=_has_category(cfg))
     published = publish(cfg.kafka, events)
     joined = run_joiners(cfg, stop_when_idle_s=10.0, drain=True)
     examples = sum(j["positives"] + j["negatives"] + j["sampled_out"] for j in joined)
@@ -342,7 +348,7 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
                                 supervision=cfg.supervision, serving=serving,
                                 parts=synced_parts(cfg))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    with_category = any(s.name == "category" for s in cfg.slots)
+    with_category = _has_category(cfg)
     pool = CandidatePool([(i, {"category": int(sim.categories[i])} if with_category else {})
                           for i in range(sim.n_items)])
     history = start_history_server(cfg)  # None without history slots (the demo's default)
