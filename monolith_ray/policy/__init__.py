@@ -12,7 +12,7 @@ from monolith_ray.policy.experiments import (
     unit_hash,
     wilson,
 )
-from monolith_ray.policy.ope import Estimate, ips, snips
+from monolith_ray.policy.ope import Estimate, ips, pooled, snips
 from monolith_ray.policy.policies import (
     POLICIES,
     UCB,
@@ -28,5 +28,5 @@ from monolith_ray.policy.satiation import PendingShows, SatiationModel
 
 __all__ = ["POLICIES", "UCB", "ArmCounts", "Choice", "EpsilonGreedy", "Estimate", "Greedy",
            "PendingShows", "Policy", "SatiationModel", "ShowCounts", "Thompson", "arm_of",
-           "experiment_of", "ips", "make_policy", "normal_interval", "report", "snips",
-           "unit_hash", "wilson"]
+           "experiment_of", "ips", "make_policy", "normal_interval", "pooled", "report",
+           "snips", "unit_hash", "wilson"]

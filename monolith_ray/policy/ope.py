@@ -8,6 +8,14 @@ the same slot given the same earlier slots. With weights ``w = q / p``:
 - IPS: ``mean(w·r)``, unbiased when ``p > 0`` wherever ``q > 0``.
 - Self-normalised IPS: ``Σ w·r / Σ w``, slightly biased, much lower variance.
 
+Logs pooled from several logging policies (say a greedy and an ε-greedy arm) are one log of
+their mixture: each impression's logging propensity is :func:`pooled`'s ``Σ_j a_j·p_j``, the
+share ``a_j`` of each policy's requests times its propensity of that item on that request's
+scores (the balance heuristic of multiple importance sampling, Veach & Guibas 1995; for
+logged bandit feedback from several loggers, Agarwal et al., WSDM 2017). A deterministic
+policy's zeros are then covered by any policy that explores, and the pooled estimate stays
+unbiased where some policy gives each target item a positive propensity.
+
 ``clip`` caps the weights (lower variance, biased downwards). Intervals are **normal
 approximations**: IPS the sample variance of ``w·r``; SNIPS the delta method,
 ``Σ w²(r − v)² / (Σ w)²``. They assume independent impressions and are too narrow with few
@@ -20,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Estimate", "ips", "snips"]
+__all__ = ["Estimate", "ips", "pooled", "snips"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,3 +84,20 @@ def snips(rewards: np.ndarray, logging: np.ndarray, target: np.ndarray,
     value = float(np.sum(w * r)) / total
     half = z * float(np.sqrt(np.sum(w * w * (r - value) ** 2))) / total
     return Estimate(value, value - half, value + half, len(r), _ess(w))
+
+
+def pooled(propensities: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """The logging propensity of impressions pooled from several policies' logs: float
+    (n, J) propensities of each impression's item under each of the J logging policies (on
+    that impression's scores; the one that served it included) and ``shares`` (J,), each
+    policy's share of the pooled requests -> float64 (n,) ``propensities @ shares``, to pass
+    as ``logging`` to :func:`ips` or :func:`snips`."""
+    p = np.asarray(propensities, dtype=np.float64)
+    a = np.asarray(shares, dtype=np.float64)
+    if p.ndim != 2 or a.shape != (p.shape[1],):
+        raise ValueError(f"propensities (n, J) and shares (J,), got {p.shape} and {a.shape}")
+    if np.any(a < 0) or not np.isclose(a.sum(), 1.0):
+        raise ValueError(f"shares: non-negative and summing to 1, got {a.tolist()}")
+    if np.any(p < 0) or np.any(p > 1):
+        raise ValueError("propensities: in [0, 1]")
+    return p @ a

@@ -1,12 +1,13 @@
 """IPS and SNIPS of a greedy target from ε-greedy logs with known click probabilities: within
-their intervals of the truth, unbiased over repetitions, clipping bounds the weights."""
+their intervals of the truth, unbiased over repetitions, clipping bounds the weights; logs of
+a greedy and an ε-greedy policy pooled by their mixture's propensity."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from monolith_ray.policy import EpsilonGreedy, Greedy, ips, snips
+from monolith_ray.policy import EpsilonGreedy, Greedy, ips, pooled, snips
 
 CLICK = np.array([0.05, 0.30, 0.10, 0.20, 0.15])  # true click probability per item
 VALUES = np.array([0.0, 0.2, 1.0, 0.1, -0.5])     # the (wrong) model's ranking: best is item 2
@@ -52,6 +53,41 @@ def test_clipping_bounds_the_weights_and_biases_downwards() -> None:
     clipped = ips(rewards, p, q, clip=1.0)
     assert clipped.value <= ips(rewards, p, q).value
     assert clipped.value == pytest.approx(np.mean(np.minimum(q / p, 1.0) * rewards))
+
+
+def pooled_log(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """n single-slot requests of greedy then n of ε-greedy (ε = 0.5), a uniform target ->
+    rewards, each impression's propensity under (greedy, ε-greedy) (2n, 2), the serving
+    policy's own propensity, and the target's."""
+    rng = np.random.default_rng(seed)
+    loggers = (Greedy(), EpsilonGreedy(0.5))
+    both = np.stack([p.inclusion(VALUES, 1, rng) for p in loggers], axis=1)  # (items, 2)
+    rewards, under, own, target = np.empty(2 * n), np.empty((2 * n, 2)), np.empty(2 * n), \
+        np.full(2 * n, 1 / len(VALUES))
+    for j, logger in enumerate(loggers):
+        for i in range(j * n, (j + 1) * n):
+            item = int(logger.choose(VALUES, 1, rng).indices[0])
+            rewards[i] = rng.random() < CLICK[item]
+            under[i], own[i] = both[item], both[item, j]
+    return rewards, under, own, target
+
+
+def test_pooled_logs_of_greedy_and_epsilon_estimate_a_target_neither_ran() -> None:
+    """Greedy's log alone never shows four of the five items; pooled with ε-greedy's by the
+    mixture's propensity the estimate is unbiased, and weighing each impression by the
+    propensity of the policy that served it instead is not."""
+    truth, runs = CLICK.mean(), 200
+    values, naive = np.empty(runs), np.empty(runs)
+    for seed in range(runs):
+        rewards, under, own, target = pooled_log(400, seed)
+        values[seed] = ips(rewards, pooled(under, np.array([0.5, 0.5])), target).value
+        naive[seed] = ips(rewards, own, target).value
+    assert values.mean() == pytest.approx(truth, abs=3 * values.std() / np.sqrt(runs))
+    assert abs(naive.mean() - truth) > 10 * naive.std() / np.sqrt(runs)
+    with pytest.raises(ValueError, match="summing to 1"):
+        pooled(np.ones((3, 2)), np.array([0.5, 0.6]))
+    with pytest.raises(ValueError, match=r"\(n, J\)"):
+        pooled(np.ones((3, 2)), np.array([1.0]))
 
 
 def test_bad_logs_are_refused() -> None:
