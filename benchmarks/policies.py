@@ -31,35 +31,50 @@ the user's request count) (``SatiatedUsers``), not by the clock: a user's n-th r
 the same item meets the same coin in every phase, so the phases differ by what they show,
 not by their luck with the coins (common random numbers).
 
-Figures: ``reward_<policy>``: clicks over the horizon; ``explore_vs_greedy``: the better of
-epsilon-greedy and the bandit over greedy; ``satiation_vs_greedy``: satiation-aware greedy over
-greedy; ``failed``: requests that failed (after one retry of a 5xx), all phases;
+Seeds: every policy runs one loop per seed of ``SEEDS`` (``0,2,3`` by default: three loops a
+policy, 15 phases, ~65 min; ``SEED=n`` is one loop each on seed n, ~22 min), a seed fixing the
+users, their tastes and satiation and the past. Two closed loops of one policy part by chance
+(when and how far the online model's click-through swings): of five one-loop runs on seed 0
+and 1, four met every target and one missed ``ope_relative_error``. The figures are of the
+mean over the loops, each seed's own beside them (``by_seed``). Settings were chosen
+on seed 1, which no default figure reads.
+
+Figures: ``reward_<policy>``: clicks over the horizon, the mean over the seeds' loops;
+``explore_vs_greedy``: the better of epsilon-greedy and the bandit over greedy;
+``satiation_vs_greedy``: satiation-aware greedy over greedy (ratios of the means);
+``failed``: requests that failed (after one retry of a 5xx), all phases;
 ``reward_random`` and ``greedy_vs_random``: a fifth phase picking uniformly among each
 request's retrieved candidates, a baseline that reads no ranking model. Per phase also
 the click-through by fifth of the horizon and the satiation fit the replica reports.
 
-``ope_relative_error``: the greedy and the epsilon-greedy phases run with ``policy.evaluate``
-(greedy: ``[epsilon, thompson]``, epsilon: ``[greedy, thompson]``), so each answer carries
-each shown item's probability of being in the list under greedy, epsilon-greedy and the
-bandit on the same scores (``inclusion``); :func:`off_policy` estimates the bandit's clicks
-from the two phases' logs pooled (the issue's "greedy+epsilon logs": IPS over item marginals,
-the logging propensity that of the two policies' mixture, ``policy.pooled``; greedy alone
-never shows what it does not rank first, epsilon's share covers the rest), against the bandit
-phase's measured clicks: |estimate - measured| / measured (the issue's definition, IPS).
-``ope_snips_relative_error``: the same with the self-normalised estimate (reported beside it,
-not the figure); ``ope_epsilon_only_relative_error``: from the epsilon log alone, as the
-figure was measured before the greedy log was pooled in. The estimate is of the bandit acting
-on the logging phases' models and user states, which the closed loop then changes: from the
-epsilon log alone it followed the epsilon phase's own trajectory (per tenth of the horizon it
-correlated 0.83-0.91 with that phase's clicks in four runs) and was above the bandit's
-measured clicks in every one of eight runs (by 3-19%): epsilon's users, shown more
-categories, were less satiated than the bandit's. Where the bandit's loop trains into another
-model (the online model's click-through swings by half for tens of seconds, at different
-times in different loops) the two part further.
+``ope_relative_error``: the epsilon-greedy phase runs with ``policy.evaluate: [greedy,
+thompson]``, so each answer carries each shown item's probability of being in the list under
+epsilon-greedy, greedy and the bandit on the same scores (``inclusion``); :func:`off_policy`
+estimates the bandit's clicks from that phase's log (IPS over item marginals), against the
+bandit phase's measured clicks: |estimate - measured| / measured (IPS; over several seeds the
+mean estimate against the mean measured clicks). ``ope_snips_relative_error``: the same with
+the self-normalised estimate (reported beside it, not the figure). Greedy's log adds nothing
+a sound estimate can use: greedy never shows what it does not rank first.
+``ope_pooled_relative_error``: the greedy and epsilon logs pooled as one log of the two
+policies' mixture (``policy.pooled``; the greedy phase runs with ``policy.evaluate: [epsilon,
+thompson]``, which changes none of its choices). That estimate is unbiased only when both
+logs come from the same contexts (one loop whose users are split between greedy and epsilon
+arms); from two loops, each with its own model and user states, it is not: in the first run
+the pooled weights summed to 16,800 over greedy's 20,000 impressions and 25,700 over
+epsilon's (20,000 each were due), and its error was 0.098 against epsilon's log alone's 0.075.
+Reported, not the figure.
+
+The estimate is of the bandit acting on the epsilon phase's model and user states, which the
+closed loop then changes: it followed the epsilon phase's own trajectory (per tenth of the
+horizon it correlated 0.83-0.91 with that phase's clicks in four runs) and was above the
+bandit's measured clicks in every one of nine one-loop runs (by 3-19%): epsilon's users,
+shown more categories, were less satiated than the bandit's. Where the bandit's loop trains
+into another model (the online model's click-through swings by half for tens of seconds, at
+different times in different loops) the two part further. Averaging loops narrows the spread
+of that error, not its bias.
 ``LOGS=<path>`` writes every phase's log there as JSON, for analysis after the run.
 ``ONLY=greedy,bandit`` runs just those phases and prints their lines and one JSON line of the
-figures they allow (the OPE figures when epsilon and bandit both ran; pooled with greedy's
-log when it ran too), for choosing settings on
+figures they allow (the OPE figures when epsilon and bandit both ran), for choosing settings on
 another seed. ``EPSILON`` sets the epsilon phase's rate (0.2 by default); ``OVERRIDES`` adds
 ';'-separated config overrides to every phase (``slots.<name>.key=value`` reaches a slot by
 name, as ``experiments.online_search`` reads them).
@@ -106,7 +121,10 @@ USERS, ITEMS, CATEGORIES = 200, 100, 8
 DRIFT_S = 900.0  # a user's taste turns 80 degrees over the 200 s horizon
 SATIATION = 1.0  # lambda per category: this times U(0.5, 1.5) logits per unit of satiation
 SIM_ORIGIN = 1_700_000_000.0
-SEED = int(os.environ.get("SEED", "0"))  # settings are chosen on another seed than the figures
+# One loop per policy and seed, the figures the mean over the seeds' loops. Settings were
+# chosen on seed 1, never among the figures' seeds; SEED=n is a one-loop run on seed n.
+SEEDS = [int(s) for s in (os.environ.get("SEEDS") or os.environ.get("SEED") or "0,2,3"
+                          ).split(",") if s]
 EPSILON = float(os.environ.get("EPSILON", "0.2"))  # the epsilon phase's rate (see PHASES)
 # Config overrides every phase takes, ';'-separated (for choosing the loop's settings).
 OVERRIDES = [o for o in os.environ.get("OVERRIDES", "").split(";") if o]
@@ -118,7 +136,7 @@ WARM_EPOCHS = int(os.environ.get("WARM_EPOCHS", "10"))
 
 PHASES: dict[str, list[str]] = {
     # Greedy and epsilon answer with each item's inclusion under the other and under the
-    # bandit (policy.evaluate, which changes no choice): the pooled logs OPE reads.
+    # bandit (policy.evaluate, which changes no choice): the logs OPE reads.
     "greedy": ["policy.kind=greedy", f"policy.epsilon={EPSILON}", "policy.scale=0.5",
                "policy.evaluate=[epsilon, thompson]"],
     # epsilon 0.2 and the bandit's scale 0.5 were chosen on SEED=1 (epsilon 0.1 / 0.2:
@@ -133,8 +151,8 @@ PHASES: dict[str, list[str]] = {
 }
 
 
-def simulator() -> UserSimulator:
-    return UserSimulator(n_users=USERS, n_items=ITEMS, drift_period_s=DRIFT_S, seed=SEED,
+def simulator(seed: int) -> UserSimulator:
+    return UserSimulator(n_users=USERS, n_items=ITEMS, drift_period_s=DRIFT_S, seed=seed,
                          n_categories=CATEGORIES, satiation=SATIATION)
 
 
@@ -144,9 +162,9 @@ def config(overrides: list[str]) -> Config:
     return config_with(["experiments=[]", *OVERRIDES, *overrides], DEMO_CONFIG)
 
 
-def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
-    """One policy's horizon on a fresh loop (warm started unless ``WARM_REQUESTS`` is 0)
-    -> its figures."""
+def run_phase(name: str, overrides: list[str], seed: int) -> dict[str, Any]:
+    """One policy's horizon on a fresh loop of ``seed``'s users (warm started unless
+    ``WARM_REQUESTS`` is 0) -> its figures."""
     from monolith_ray.stream import kafka_session
 
     cfg = config(overrides)
@@ -156,10 +174,10 @@ def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         warm: dict[str, Any] | None = None
         if WARM_REQUESTS:
-            cfg, warm = warm_start(cfg, simulator(), f"{folder}/warm", WARM_REQUESTS, RATE,
-                                   K, int(SIM_ORIGIN), WARM_EPOCHS, seed=SEED + 1)
+            cfg, warm = warm_start(cfg, simulator(seed), f"{folder}/warm", WARM_REQUESTS,
+                                   RATE, K, int(SIM_ORIGIN), WARM_EPOCHS, seed=seed + 1)
             warm["seconds"] = round(time.perf_counter() - started, 1)
-        loop = start(cfg, RATE, simulator(), explore=0.0, requests_limit=REQUESTS,
+        loop = start(cfg, RATE, simulator(seed), explore=0.0, requests_limit=REQUESTS,
                      keep_log=True, sim_origin=SIM_ORIGIN)
         if warm is not None:
             warm["served_after_s"] = round(time.perf_counter() - started, 1)
@@ -176,7 +194,7 @@ def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
     clicks = np.array([sum(entry[2]) for entry in log], dtype=np.float64)
     fifths = [round(float(part.sum() / (K * len(part))), 4)
               for part in np.array_split(clicks, 5) if len(part)]
-    return {"reward": int(clicks.sum()), "lift_by_fifth": lift_by_fifth(log),
+    return {"reward": int(clicks.sum()), "lift_by_fifth": lift_by_fifth(log, seed),
             "requests": totals["requests"],
             "failed": totals["failed"], "retried": totals["retried"],
             "impressions": totals["impressions"], "ctr_by_fifth": fifths,
@@ -185,12 +203,12 @@ def run_phase(name: str, overrides: list[str]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1), "log": log}
 
 
-def lift_by_fifth(log: list[tuple[Any, ...]]) -> list[float]:
+def lift_by_fifth(log: list[tuple[Any, ...]], seed: int) -> list[float]:
     """How well the loop's model picks items, by the simulator's truth, per fifth of the
     horizon: the shown items' mean true click probability with satiation left out, over the
     mean of every item's for the same user and time (a random slate's). 1 is a model that
     knows nothing; ranking by the users' own true tastes reaches about 3 here."""
-    sim = simulator()
+    sim = simulator(seed)
     every = np.arange(sim.n_items)
     shown, anything = np.zeros(len(log)), np.zeros(len(log))
     for n, entry in enumerate(log):
@@ -234,21 +252,22 @@ def off_policy(logs: dict[str, list[tuple[Any, ...]]], target: str) -> dict[str,
 
 
 def ope_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The bandit's clicks estimated from the greedy and epsilon phases' pooled logs
-    (:func:`off_policy`; the epsilon log alone if greedy did not run) against the bandit
-    phase's measured clicks: ``ope_relative_error`` (IPS), ``ope_snips_relative_error``
-    and ``ope_bandit_from_logs`` (the estimate itself); and the same from the epsilon log
-    alone (``ope_epsilon_only_relative_error``, ``ope_bandit_from_epsilon``), the figure as
-    it was measured before the greedy log was pooled in."""
+    """The bandit's clicks estimated from the epsilon phase's log (:func:`off_policy`)
+    against the bandit phase's measured clicks: ``ope_relative_error`` (IPS),
+    ``ope_snips_relative_error`` and ``ope_bandit_from_epsilon`` (the estimate itself); and
+    from the greedy and epsilon logs pooled (when greedy ran): ``ope_pooled_relative_error``
+    and ``ope_bandit_from_pooled``, biased here (see the module's docstring)."""
     bandit = max(phases["bandit"]["reward"], 1)
-    loggers = [name for name in ("greedy", "epsilon") if name in phases]
-    ope = off_policy({name: phases[name]["log"] for name in loggers}, "thompson")
-    alone = off_policy({"epsilon": phases["epsilon"]["log"]}, "thompson")
-    return {"ope_relative_error": round(abs(ope["ips"] - bandit) / bandit, 4),
-            "ope_snips_relative_error": round(abs(ope["snips"] - bandit) / bandit, 4),
-            "ope_bandit_from_logs": ope,
-            "ope_epsilon_only_relative_error": round(abs(alone["ips"] - bandit) / bandit, 4),
-            "ope_bandit_from_epsilon": alone}
+    ope = off_policy({"epsilon": phases["epsilon"]["log"]}, "thompson")
+    figures = {"ope_relative_error": round(abs(ope["ips"] - bandit) / bandit, 4),
+               "ope_snips_relative_error": round(abs(ope["snips"] - bandit) / bandit, 4),
+               "ope_bandit_from_epsilon": ope}
+    if "greedy" in phases:
+        both = off_policy({name: phases[name]["log"] for name in ("greedy", "epsilon")},
+                          "thompson")
+        figures.update(ope_pooled_relative_error=round(abs(both["ips"] - bandit) / bandit, 4),
+                       ope_bandit_from_pooled=both)
+    return figures
 
 
 def movielens_recall() -> dict[str, Any]:
@@ -263,6 +282,46 @@ def movielens_recall() -> dict[str, Any]:
     return {**retrieval.evaluate(trainer, client, splits, slots), "train_s": round(train_s, 1)}
 
 
+def loop_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One seed's figures from its phases (every policy's loop)."""
+    greedy = max(phases["greedy"]["reward"], 1)
+    return {
+        **{f"reward_{name}": phases[name]["reward"] for name in PHASES},
+        "explore_vs_greedy": round(max(phases["epsilon"]["reward"],
+                                       phases["bandit"]["reward"]) / greedy, 4),
+        "satiation_vs_greedy": round(phases["satiation"]["reward"] / greedy, 4),
+        "greedy_vs_random": round(greedy / max(phases["random"]["reward"], 1), 4),
+        **ope_figures(phases),
+        "failed": sum(p["failed"] for p in phases.values()),
+        "lift_by_fifth": {name: p["lift_by_fifth"] for name, p in phases.items()},
+        "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
+    }
+
+
+def mean_figures(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The figures over several seeds' loops: each policy's mean clicks over its loops, the
+    ratios of those means, and the bandit's mean IPS estimate against its mean measured
+    clicks (so a loop that drifts apart from the others weighs as one of them)."""
+    seeds = list(by_seed.values())
+    mean = {name: float(np.mean([f[f"reward_{name}"] for f in seeds])) for name in PHASES}
+    estimate = {f"{source}_{kind}": float(np.mean([f[f"ope_bandit_from_{source}"][kind]
+                                                    for f in seeds]))
+                for source in ("epsilon", "pooled") for kind in ("ips", "snips")}
+    bandit = max(mean["bandit"], 1.0)
+    return {
+        **{f"reward_{name}": round(mean[name], 1) for name in PHASES},
+        "explore_vs_greedy": round(max(mean["epsilon"], mean["bandit"])
+                                   / max(mean["greedy"], 1.0), 4),
+        "satiation_vs_greedy": round(mean["satiation"] / max(mean["greedy"], 1.0), 4),
+        "greedy_vs_random": round(mean["greedy"] / max(mean["random"], 1.0), 4),
+        "ope_relative_error": round(abs(estimate["epsilon_ips"] - bandit) / bandit, 4),
+        "ope_snips_relative_error": round(abs(estimate["epsilon_snips"] - bandit) / bandit, 4),
+        "ope_pooled_relative_error": round(abs(estimate["pooled_ips"] - bandit) / bandit, 4),
+        "ope_bandit_estimates": {k: round(v, 1) for k, v in estimate.items()},
+        "failed": sum(f["failed"] for f in seeds),
+    }
+
+
 def main() -> None:
     import ray
 
@@ -272,50 +331,50 @@ def main() -> None:
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]  # a look at some phases
     if unknown := set(only) - set(PHASES):
         raise SystemExit(f"ONLY: unknown phases {sorted(unknown)}; phases: {list(PHASES)}")
-    phases = {}
+    runs: dict[int, dict[str, dict[str, Any]]] = {}
     try:
-        for name, overrides in PHASES.items():
-            if only and name not in only:
-                continue
-            phases[name] = run_phase(name, overrides)
-            shown = {k: v for k, v in phases[name].items() if k != "log"}
-            print(f"{name}: {json.dumps(shown, default=float)}", flush=True)
+        for seed in SEEDS:
+            phases = runs.setdefault(seed, {})
+            for name, overrides in PHASES.items():
+                if only and name not in only:
+                    continue
+                phases[name] = run_phase(name, overrides, seed)
+                shown = {k: v for k, v in phases[name].items() if k != "log"}
+                print(f"seed {seed} {name}: {json.dumps(shown, default=float)}", flush=True)
     finally:
         from ray import serve
         serve.shutdown()
         ray.shutdown()
     if os.environ.get("LOGS"):  # every phase's log, for analysis after the run
         with open(os.environ["LOGS"], "w") as f:
-            json.dump({name: p["log"] for name, p in phases.items()}, f, default=float)
+            json.dump({f"{seed}/{name}": p["log"] for seed, phases in runs.items()
+                       for name, p in phases.items()}, f, default=float)
+    settings = {"seeds": SEEDS, "epsilon": EPSILON, "overrides": OVERRIDES,
+                "warm_requests": WARM_REQUESTS, "warm_epochs": WARM_EPOCHS}
     if only:  # the figures need every phase; print what the phases run allow
-        partial: dict[str, Any] = {f"reward_{n}": p["reward"] for n, p in phases.items()}
-        if "epsilon" in phases and "bandit" in phases:
-            partial.update(ope_figures(phases))
-        print(json.dumps({"only": only, "seed": SEED, "epsilon": EPSILON,
-                          "overrides": OVERRIDES, "warm_requests": WARM_REQUESTS,
-                          "warm_epochs": WARM_EPOCHS, **partial}))
+        partial: dict[str, Any] = {}
+        for seed, phases in runs.items():
+            partial[seed] = {f"reward_{n}": p["reward"] for n, p in phases.items()}
+            if "epsilon" in phases and "bandit" in phases:
+                partial[seed].update(ope_figures(phases))
+        print(json.dumps({"only": only, **settings, "by_seed": partial}))
         return
+    by_seed = {seed: loop_figures(phases) for seed, phases in runs.items()}
+    for seed, figures in by_seed.items():
+        print(f"seed {seed}: {json.dumps(figures, default=float)}", flush=True)
     movielens = movielens_recall()
-    greedy = max(phases["greedy"]["reward"], 1)
+    every = [p for phases in runs.values() for p in phases.values()]
     figures = {
-        **{f"reward_{name}": phases[name]["reward"] for name in PHASES},
-        "explore_vs_greedy": round(max(phases["epsilon"]["reward"],
-                                       phases["bandit"]["reward"]) / greedy, 4),
-        "satiation_vs_greedy": round(phases["satiation"]["reward"] / greedy, 4),
-        "greedy_vs_random": round(greedy / max(phases["random"]["reward"], 1), 4),
-        **ope_figures(phases),
+        **mean_figures(by_seed),
         "recall_at_100": movielens["recall_at_100"],
-        "retrieval_p99_ms": max([p["retrieval"]["p99_ms"] for p in phases.values()
+        "retrieval_p99_ms": max([p["retrieval"]["p99_ms"] for p in every
                                  if p["retrieval"] and "p99_ms" in p["retrieval"]],
                                 default=None),
-        "retrieval_by_phase": {name: p["retrieval"] for name, p in phases.items()},
         "retrieval_movielens": {k: v for k, v in movielens.items() if not k.startswith("_")},
-        "failed": sum(p["failed"] for p in phases.values()),
-        "requests_per_policy": REQUESTS, "seed": SEED, "drift_s": DRIFT_S, "k": K,
-        "users": USERS, "items": ITEMS, "categories": CATEGORIES, "satiation": SATIATION,
-        "epsilon": EPSILON, "warm_requests": WARM_REQUESTS, "warm_epochs": WARM_EPOCHS,
-        "lift_by_fifth": {name: p["lift_by_fifth"] for name, p in phases.items()},
-        "ctr_by_fifth": {name: p["ctr_by_fifth"] for name, p in phases.items()},
+        "requests_per_policy": REQUESTS, "loops_per_policy": len(SEEDS), "drift_s": DRIFT_S,
+        "k": K, "users": USERS, "items": ITEMS, "categories": CATEGORIES,
+        "satiation": SATIATION, **settings,
+        "by_seed": by_seed,
         "seconds": round(time.perf_counter() - start_s, 1),
     }
     print(json.dumps(figures, default=float))
