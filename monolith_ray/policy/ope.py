@@ -14,7 +14,10 @@ share ``a_j`` of each policy's requests times its propensity of that item on tha
 scores (the balance heuristic of multiple importance sampling, Veach & Guibas 1995; for
 logged bandit feedback from several loggers, Agarwal et al., WSDM 2017). A deterministic
 policy's zeros are then covered by any policy that explores, and the pooled estimate stays
-unbiased where some policy gives each target item a positive propensity.
+unbiased where some policy gives each target item a positive propensity, provided every
+logging policy met requests from the same distribution of contexts (users, their states,
+the model's scores) in the proportions of ``shares``: arms of one experiment, not separate
+loops that each train their own model.
 
 ``clip`` caps the weights (lower variance, biased downwards). Intervals are **normal
 approximations**: IPS the sample variance of ``w·r``; SNIPS the delta method,

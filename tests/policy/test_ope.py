@@ -55,39 +55,46 @@ def test_clipping_bounds_the_weights_and_biases_downwards() -> None:
     assert clipped.value == pytest.approx(np.mean(np.minimum(q / p, 1.0) * rewards))
 
 
-def pooled_log(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """n single-slot requests of greedy then n of ε-greedy (ε = 0.5), a uniform target ->
-    rewards, each impression's propensity under (greedy, ε-greedy) (2n, 2), the serving
-    policy's own propensity, and the target's."""
+def pooled_log(n_greedy: int, n_epsilon: int, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Single-slot requests, ``n_greedy`` of greedy then ``n_epsilon`` of ε-greedy (ε = 0.5),
+    a uniform target -> rewards, each impression's propensity under (greedy, ε-greedy)
+    (n, 2), the serving policy's own propensity, and the target's."""
     rng = np.random.default_rng(seed)
     loggers = (Greedy(), EpsilonGreedy(0.5))
     both = np.stack([p.inclusion(VALUES, 1, rng) for p in loggers], axis=1)  # (items, 2)
-    rewards, under, own, target = np.empty(2 * n), np.empty((2 * n, 2)), np.empty(2 * n), \
-        np.full(2 * n, 1 / len(VALUES))
-    for j, logger in enumerate(loggers):
-        for i in range(j * n, (j + 1) * n):
-            item = int(logger.choose(VALUES, 1, rng).indices[0])
-            rewards[i] = rng.random() < CLICK[item]
-            under[i], own[i] = both[item], both[item, j]
-    return rewards, under, own, target
+    n = n_greedy + n_epsilon
+    rewards, under, own = np.empty(n), np.empty((n, 2)), np.empty(n)
+    for i in range(n):
+        j = int(i >= n_greedy)
+        item = int(loggers[j].choose(VALUES, 1, rng).indices[0])
+        rewards[i] = rng.random() < CLICK[item]
+        under[i], own[i] = both[item], both[item, j]
+    return rewards, under, own, np.full(n, 1 / len(VALUES))
 
 
 def test_pooled_logs_of_greedy_and_epsilon_estimate_a_target_neither_ran() -> None:
     """Greedy's log alone never shows four of the five items; pooled with ε-greedy's by the
-    mixture's propensity the estimate is unbiased, and weighing each impression by the
-    propensity of the policy that served it instead is not."""
-    truth, runs = CLICK.mean(), 200
-    values, naive = np.empty(runs), np.empty(runs)
+    mixture's propensity (each policy weighed by its share of the requests, 3:1 here) the
+    estimate is unbiased, while weighing each impression by the propensity of the policy
+    that served it, or the two policies equally, is not."""
+    truth, runs, shares = CLICK.mean(), 200, np.array([0.75, 0.25])
+    values, naive, equal = np.empty(runs), np.empty(runs), np.empty(runs)
     for seed in range(runs):
-        rewards, under, own, target = pooled_log(400, seed)
-        values[seed] = ips(rewards, pooled(under, np.array([0.5, 0.5])), target).value
+        rewards, under, own, target = pooled_log(600, 200, seed)
+        values[seed] = ips(rewards, pooled(under, shares), target).value
         naive[seed] = ips(rewards, own, target).value
+        equal[seed] = ips(rewards, pooled(under, np.array([0.5, 0.5])), target).value
     assert values.mean() == pytest.approx(truth, abs=3 * values.std() / np.sqrt(runs))
-    assert abs(naive.mean() - truth) > 10 * naive.std() / np.sqrt(runs)
+    for wrong in (naive, equal):
+        assert abs(wrong.mean() - truth) > 10 * wrong.std() / np.sqrt(runs)
+    assert pooled(np.array([[1.0, 0.1]]), np.array([0.25, 0.75])) == pytest.approx([0.325])
     with pytest.raises(ValueError, match="summing to 1"):
         pooled(np.ones((3, 2)), np.array([0.5, 0.6]))
     with pytest.raises(ValueError, match=r"\(n, J\)"):
         pooled(np.ones((3, 2)), np.array([1.0]))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        pooled(np.array([[1.2, 0.1]]), np.array([0.5, 0.5]))
 
 
 def test_bad_logs_are_refused() -> None:
