@@ -62,9 +62,9 @@ thompson]``: on the same scores it chooses the same items, though each request n
 pays for the bandit's inclusion, ~0.4 ms, and keeps the show counts). That estimate is
 unbiased only when both logs come from the same contexts (one loop whose users are split
 between greedy and epsilon arms); from two loops, each with its own model and user states, it
-is not: in a one-loop run on seed 0 the pooled weights summed to 16,800 over greedy's 20,000 impressions and 25,700 over
-epsilon's (20,000 each were due), and its error was 0.098 against epsilon's log alone's 0.075.
-Reported, not the figure.
+is not: in a one-loop run on seed 0 the pooled weights summed to 16,800 over greedy's 20,000
+impressions and 25,700 over epsilon's (20,000 each were due), and its error was 0.098
+against epsilon's log alone's 0.075. Reported, not the figure.
 
 The estimate is of the bandit acting on the epsilon phase's model and user states, which the
 closed loop then changes: it followed the epsilon phase's own trajectory (per tenth of the
