@@ -262,22 +262,27 @@ def off_policy(logs: dict[str, list[tuple[Any, ...]]], target: str,
             "logs": list(logs)}
 
 
+def relative_error(estimate: float, measured: float) -> float:
+    """|estimate - measured| / measured, rounded to 4 places (``measured`` at least 1)."""
+    return round(abs(estimate - measured) / max(measured, 1.0), 4)
+
+
 def ope_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The bandit's clicks estimated from the epsilon phase's log (:func:`off_policy`)
     against the bandit phase's measured clicks: ``ope_relative_error`` (IPS),
     ``ope_snips_relative_error`` and ``ope_bandit_from_epsilon`` (the estimate itself); and
     from the greedy and epsilon logs pooled (when greedy ran): ``ope_pooled_relative_error``
     and ``ope_bandit_from_pooled``, biased here (see the module's docstring)."""
-    bandit = max(phases["bandit"]["reward"], 1)
+    bandit = phases["bandit"]["reward"]
     answered = len(phases["bandit"]["log"])  # its clicks count answered requests only
     ope = off_policy({"epsilon": phases["epsilon"]["log"]}, "thompson", answered)
-    figures = {"ope_relative_error": round(abs(ope["ips"] - bandit) / bandit, 4),
-               "ope_snips_relative_error": round(abs(ope["snips"] - bandit) / bandit, 4),
+    figures = {"ope_relative_error": relative_error(ope["ips"], bandit),
+               "ope_snips_relative_error": relative_error(ope["snips"], bandit),
                "ope_bandit_from_epsilon": ope}
     if "greedy" in phases:
         both = off_policy({name: phases[name]["log"] for name in ("greedy", "epsilon")},
                           "thompson", answered)
-        figures.update(ope_pooled_relative_error=round(abs(both["ips"] - bandit) / bandit, 4),
+        figures.update(ope_pooled_relative_error=relative_error(both["ips"], bandit),
                        ope_bandit_from_pooled=both)
     return figures
 
@@ -294,15 +299,20 @@ def movielens_recall() -> dict[str, Any]:
     return {**retrieval.evaluate(trainer, client, splits, slots), "train_s": round(train_s, 1)}
 
 
+def reward_ratios(reward: dict[str, float]) -> dict[str, float]:
+    """``explore_vs_greedy``, ``satiation_vs_greedy`` and ``greedy_vs_random`` from each
+    policy's clicks (one loop's, or the mean over the seeds' loops)."""
+    greedy = max(reward["greedy"], 1.0)
+    return {"explore_vs_greedy": round(max(reward["epsilon"], reward["bandit"]) / greedy, 4),
+            "satiation_vs_greedy": round(reward["satiation"] / greedy, 4),
+            "greedy_vs_random": round(greedy / max(reward["random"], 1.0), 4)}
+
+
 def loop_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One seed's figures from its phases (every policy's loop)."""
-    greedy = max(phases["greedy"]["reward"], 1)
     return {
         **{f"reward_{name}": phases[name]["reward"] for name in PHASES},
-        "explore_vs_greedy": round(max(phases["epsilon"]["reward"],
-                                       phases["bandit"]["reward"]) / greedy, 4),
-        "satiation_vs_greedy": round(phases["satiation"]["reward"] / greedy, 4),
-        "greedy_vs_random": round(greedy / max(phases["random"]["reward"], 1), 4),
+        **reward_ratios({name: phases[name]["reward"] for name in PHASES}),
         **ope_figures(phases),
         "failed": sum(p["failed"] for p in phases.values()),
         "lift_by_fifth": {name: p["lift_by_fifth"] for name, p in phases.items()},
@@ -320,16 +330,12 @@ def mean_figures(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     estimate = {f"{source}_{kind}": float(np.mean([f[f"ope_bandit_from_{source}"][kind]
                                                     for f in seeds]))
                 for source in ("epsilon", "pooled") for kind in ("ips", "snips")}
-    bandit = max(mean["bandit"], 1.0)
     return {
         **{f"reward_{name}": round(mean[name], 1) for name in PHASES},
-        "explore_vs_greedy": round(max(mean["epsilon"], mean["bandit"])
-                                   / max(mean["greedy"], 1.0), 4),
-        "satiation_vs_greedy": round(mean["satiation"] / max(mean["greedy"], 1.0), 4),
-        "greedy_vs_random": round(mean["greedy"] / max(mean["random"], 1.0), 4),
-        "ope_relative_error": round(abs(estimate["epsilon_ips"] - bandit) / bandit, 4),
-        "ope_snips_relative_error": round(abs(estimate["epsilon_snips"] - bandit) / bandit, 4),
-        "ope_pooled_relative_error": round(abs(estimate["pooled_ips"] - bandit) / bandit, 4),
+        **reward_ratios(mean),
+        "ope_relative_error": relative_error(estimate["epsilon_ips"], mean["bandit"]),
+        "ope_snips_relative_error": relative_error(estimate["epsilon_snips"], mean["bandit"]),
+        "ope_pooled_relative_error": relative_error(estimate["pooled_ips"], mean["bandit"]),
         "ope_bandit_estimates": {k: round(v, 1) for k, v in estimate.items()},
         "failed": sum(f["failed"] for f in seeds),
     }
