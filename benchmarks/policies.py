@@ -142,6 +142,11 @@ WARM_REQUESTS = int(os.environ.get("WARM_REQUESTS", "4000"))
 WARM_EPOCHS = int(os.environ.get("WARM_EPOCHS", "10"))
 
 
+# The epsilon phase also answers with each item's inclusion under satiation-aware greedy
+# (``policy.evaluate`` ``greedy+satiation``: its replica keeps the satiation fit, which
+# changes none of epsilon's choices), so the satiation phase is estimated from its log too.
+SATIATED = "greedy+satiation"
+SATIATION_FIT = "policy.satiation.feedback_window_s=5"
 PHASES: dict[str, list[str]] = {
     # Greedy and epsilon answer with each item's inclusion under the other and under the
     # bandit (policy.evaluate, which changes no choice): the logs OPE reads.
@@ -150,10 +155,9 @@ PHASES: dict[str, list[str]] = {
     # epsilon 0.2 and the bandit's scale 0.5 were chosen on SEED=1 (epsilon 0.1 / 0.2:
     # 0.998 / 1.059 x greedy; Thompson scale 0.5 / 1 (seed 0) / 2: 1.034 / - / 1.006).
     "epsilon": ["policy.kind=epsilon", f"policy.epsilon={EPSILON}", "policy.scale=0.5",
-                "policy.evaluate=[greedy, thompson]"],
+                f"policy.evaluate=[greedy, thompson, {SATIATED}]", SATIATION_FIT],
     "bandit": ["policy.kind=thompson", "policy.scale=0.5"],
-    "satiation": ["policy.kind=greedy", "policy.satiation.enabled=true",
-                  "policy.satiation.feedback_window_s=5"],
+    "satiation": ["policy.kind=greedy", "policy.satiation.enabled=true", SATIATION_FIT],
     # A baseline no figure target names: each slot a uniform pick among the candidates.
     "random": ["policy.kind=epsilon", "policy.epsilon=1.0"],
 }
@@ -284,6 +288,11 @@ def ope_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
                           "thompson", answered)
         figures.update(ope_pooled_relative_error=relative_error(both["ips"], bandit),
                        ope_bandit_from_pooled=both)
+    if "satiation" in phases:
+        sated = off_policy({"epsilon": phases["epsilon"]["log"]}, SATIATED,
+                           len(phases["satiation"]["log"]))
+        figures.update(ope_satiation_relative_error=relative_error(
+            sated["ips"], phases["satiation"]["reward"]), ope_satiation_from_epsilon=sated)
     return figures
 
 
@@ -327,16 +336,21 @@ def mean_figures(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     clicks (so a loop that drifts apart from the others weighs as one of them)."""
     seeds = list(by_seed.values())
     mean = {name: float(np.mean([f[f"reward_{name}"] for f in seeds])) for name in PHASES}
-    estimate = {f"{source}_{kind}": float(np.mean([f[f"ope_bandit_from_{source}"][kind]
-                                                    for f in seeds]))
-                for source in ("epsilon", "pooled") for kind in ("ips", "snips")}
+    estimate = {f"{source}_{kind}": float(np.mean([f[f"ope_{source}"][kind] for f in seeds]))
+                for source in ("bandit_from_epsilon", "bandit_from_pooled",
+                               "satiation_from_epsilon") for kind in ("ips", "snips")}
     return {
         **{f"reward_{name}": round(mean[name], 1) for name in PHASES},
         **reward_ratios(mean),
-        "ope_relative_error": relative_error(estimate["epsilon_ips"], mean["bandit"]),
-        "ope_snips_relative_error": relative_error(estimate["epsilon_snips"], mean["bandit"]),
-        "ope_pooled_relative_error": relative_error(estimate["pooled_ips"], mean["bandit"]),
-        "ope_bandit_estimates": {k: round(v, 1) for k, v in estimate.items()},
+        "ope_relative_error": relative_error(estimate["bandit_from_epsilon_ips"],
+                                             mean["bandit"]),
+        "ope_snips_relative_error": relative_error(estimate["bandit_from_epsilon_snips"],
+                                                   mean["bandit"]),
+        "ope_pooled_relative_error": relative_error(estimate["bandit_from_pooled_ips"],
+                                                    mean["bandit"]),
+        "ope_satiation_relative_error": relative_error(estimate["satiation_from_epsilon_ips"],
+                                                       mean["satiation"]),
+        "ope_estimates": {k: round(v, 1) for k, v in estimate.items()},
         "failed": sum(f["failed"] for f in seeds),
     }
 

@@ -91,14 +91,19 @@ class SatiationConfig:
 class PolicyConfig(PolicyChoice):
     """The policy of requests outside experiments, the satiation re-ranking,
     ``show_count_buckets``: the int64 counters of impressions per user x item pair a replica
-    keeps for sigma_i (8 bytes each; pairs sharing a counter share a count), and ``evaluate``: policy
-    kinds (with this section's parameters) whose probability of showing each shown item,
-    on the same values, every answer carries beside the serving policy's (``inclusion``),
-    so logs of one policy estimate another's reward (slate IPS over item marginals)."""
+    keeps for sigma_i (8 bytes each; pairs sharing a counter share a count), and ``evaluate``:
+    policies (kinds with this section's parameters) whose probability of showing each shown
+    item every answer carries beside the serving policy's (``inclusion``, keyed by the
+    entry), so logs of one policy estimate another's reward (slate IPS over item marginals).
+    ``<kind>`` is evaluated on the model's values, ``<kind>+satiation`` on the values after the
+    satiation penalty (the replica then keeps satiation states and fits them, whatever
+    serves), each with the show counts the served choice was made with."""
 
     show_count_buckets: int = 1 << 20
     satiation: SatiationConfig = dataclasses.field(default_factory=SatiationConfig)
-    evaluate: tuple[Literal["greedy", "epsilon", "thompson", "ucb"], ...] = ()
+    evaluate: tuple[Literal["greedy", "epsilon", "thompson", "ucb", "greedy+satiation",
+                            "epsilon+satiation", "thompson+satiation", "ucb+satiation"],
+                    ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,6 +114,7 @@ class PolicyConfig(PolicyChoice):
 
 
 SNAPSHOT_MODEL = "snapshot:"
+SATIATED = "+satiation"  # an evaluated policy on the values after the satiation penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +171,7 @@ def check_experiments(experiments: tuple[ExperimentConfig, ...]) -> None:
 
 
 def uses_satiation(policy: PolicyConfig, experiments: tuple[ExperimentConfig, ...]) -> bool:
-    """Whether any request may be re-ranked for satiation."""
+    """Whether any request may be re-ranked for satiation, or a policy it evaluates is."""
     return policy.satiation.enabled or any(
-        arm.satiation for e in experiments for arm in e.arms)
+        arm.satiation for e in experiments for arm in e.arms) or any(
+        name.endswith(SATIATED) for name in policy.evaluate)

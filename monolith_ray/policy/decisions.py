@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from monolith_ray.config.policy import (
+    SATIATED,
     ExperimentConfig,
     PolicyChoice,
     PolicyConfig,
@@ -60,7 +61,7 @@ class Decision:
     their ``propensities`` (k,), the ``policy`` name, the ``arm`` label (or None), the
     request-id ``suffix`` that names the arm and, with ``policy.evaluate``, ``inclusion``:
     each shown item's probability of being in the list, float64 (k,), under the policy that
-    served (``"served"``) and under each evaluated kind."""
+    served (``"served"``) and under each ``policy.evaluate`` entry."""
 
     indices: np.ndarray
     propensities: np.ndarray
@@ -97,12 +98,14 @@ class Decisions:
                                          sat.ttl_s, sat.learning_rate, sat.min_feedback)
                           if uses_satiation(policy, self.experiments) else None)
         self.pending = PendingShows(sat.feedback_window_s, sat.max_pending)
-        self._evaluated = {kind: _policy(dataclasses.replace(policy, kind=kind))
-                           for kind in policy.evaluate}
+        # entry -> (its policy, whether it sees the satiation penalty)
+        self._evaluated = {name: (_policy(dataclasses.replace(
+            policy, kind=name.removesuffix(SATIATED))), name.endswith(SATIATED))
+            for name in policy.evaluate}
         uncertain = policy.kind in _UNCERTAIN or any(
             a.policy is not None and a.policy.kind in _UNCERTAIN
             for e in self.experiments for a in e.arms) or any(
-            kind in _UNCERTAIN for kind in policy.evaluate)
+            name.removesuffix(SATIATED) in _UNCERTAIN for name in policy.evaluate)
         self.shows = ShowCounts(policy.show_count_buckets) if uncertain else None
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -150,21 +153,24 @@ class Decisions:
         (the decision, the shown items' satiation states (k, G) or None)."""
         at = self.arm_of(user_id)
         arm = self._default if at is None else self._arms[at[0]][at[1]]
-        values = logits_of(scores)
+        raw = penalised = logits_of(scores)
         states = None
         if self.satiation is not None and categories is not None:
             states = self.satiation.states(user_id, categories, now)
-            if arm.satiation:
-                values = values - self.satiation.penalties(states)
+            penalised = raw - self.satiation.penalties(states)
+        values = penalised if arm.satiation else raw
         pairs = shows = None
         if self.shows is not None:  # each pair hashed once, read now and counted below
             pairs = self.shows.slots(user_id, items)
             shows = self.shows.get(pairs)
         choice = arm.policy.choose(values, k, self._rng, shows)
         inclusion = None
-        if self._evaluated:  # on the values and counts this choice was made with
-            inclusion = {name: p.inclusion(values, k, self._rng, shows, of=choice.indices)
-                         for name, p in (("served", arm.policy), *self._evaluated.items())}
+        if self._evaluated:  # with the show counts this choice was made with
+            inclusion = {"served": arm.policy.inclusion(values, k, self._rng, shows,
+                                                        of=choice.indices)}
+            for name, (policy, sated) in self._evaluated.items():
+                inclusion[name] = policy.inclusion(penalised if sated else raw, k, self._rng,
+                                                   shows, of=choice.indices)
         chosen = choice.indices.tolist()
         if pairs is not None:
             self.shows.add(pairs[choice.indices])

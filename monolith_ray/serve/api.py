@@ -131,9 +131,10 @@ class ScoredItem(BaseModel):
                                           "Monte Carlo estimate).")
     inclusion: dict[str, float] | None = Field(
         None, description="With policy.evaluate: the probability this item is in the list "
-                          "under the policy that served (\"served\") and under each evaluated "
-                          "policy kind, on the same scores (item marginals for slate IPS; "
-                          "Thompson's by Monte Carlo); null otherwise.")
+                          "under the policy that served (\"served\") and under each "
+                          "policy.evaluate entry, on the same scores (<kind>+satiation: "
+                          "after the satiation penalty); item marginals for slate IPS, "
+                          "Thompson's by Monte Carlo; null otherwise.")
 
 
 class RecommendOut(BaseModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monolith_ray.config import load_config
+from monolith_ray.config import ConfigError, load_config
 from monolith_ray.policy.decisions import Decisions, logits_of
 
 CONFIG = """
@@ -76,6 +76,32 @@ def test_the_sated_arm_lowers_what_the_user_just_saw() -> None:
     other = user_in(d, 0)  # the greedy arm keeps states but does not apply them
     d.decide(other, ITEMS, cats, SCORES, 1, 0.0)
     assert d.decide(other, ITEMS, cats, SCORES, 1, 1.0)[0].indices.tolist() == [0]
+
+
+def test_an_evaluated_policy_with_satiation_sees_the_penalty_the_served_one_does_not() -> None:
+    """policy.evaluate ``greedy+satiation`` beside a policy that serves without satiation:
+    the replica keeps satiation states, the served choice ignores them, and the evaluated
+    entry's inclusion is on the penalised values, plain ``greedy``'s on the model's."""
+    d = decisions(CONFIG.split("experiments:")[0].replace(
+        "policy:\n", "policy:\n  evaluate: [greedy, greedy+satiation]\n"))
+    assert d.satiation is not None and d.logged
+    d.satiation.params[:, 2] = 10.0  # a known λ: a category shown once is pushed down
+    cats = ["a", "a", "b", "c", "d"]
+    first, _ = d.decide(7, ITEMS, cats, SCORES, 1, 0.0)
+    assert first.indices.tolist() == [0]
+    assert first.inclusion["greedy+satiation"].tolist() == [1.0]  # nothing sated yet
+    again, states = d.decide(7, ITEMS, cats, SCORES, 1, 1.0)
+    assert again.indices.tolist() == [0] and states[0, 0] > 0  # served greedy, unpenalised
+    assert again.inclusion["served"].tolist() == again.inclusion["greedy"].tolist() == [1.0]
+    assert again.inclusion["greedy+satiation"].tolist() == [0.0]  # "a" is sated there
+
+
+def test_evaluate_names_kinds_with_or_without_satiation() -> None:
+    slots = CONFIG.split("policy:")[0]
+    with pytest.raises(ConfigError, match="evaluate"):
+        load_config(slots + "policy: {evaluate: [thompson+sated]}\n")
+    assert load_config(slots + "policy: {evaluate: [ucb+satiation]}\n").policy.evaluate == (
+        "ucb+satiation",)
 
 
 def test_feedback_and_silence_teach_the_satiation_fit() -> None:
