@@ -102,6 +102,7 @@ class Decisions:
         self._evaluated = {name: (_policy(dataclasses.replace(
             policy, kind=name.removesuffix(SATIATED))), name.endswith(SATIATED))
             for name in policy.evaluate}
+        self._evaluates_satiation = any(sated for _, sated in self._evaluated.values())
         uncertain = policy.kind in _UNCERTAIN or any(
             a.policy is not None and a.policy.kind in _UNCERTAIN
             for e in self.experiments for a in e.arms) or any(
@@ -157,7 +158,8 @@ class Decisions:
         states = None
         if self.satiation is not None and categories is not None:
             states = self.satiation.states(user_id, categories, now)
-            penalised = raw - self.satiation.penalties(states)
+            if arm.satiation or self._evaluates_satiation:  # O(n G) a request
+                penalised = raw - self.satiation.penalties(states)
         values = penalised if arm.satiation else raw
         pairs = shows = None
         if self.shows is not None:  # each pair hashed once, read now and counted below
