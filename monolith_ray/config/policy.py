@@ -96,8 +96,9 @@ class PolicyConfig(PolicyChoice):
     item every answer carries beside the serving policy's (``inclusion``, keyed by the
     entry), so logs of one policy estimate another's reward (slate IPS over item marginals).
     ``<kind>`` is evaluated on the model's values, ``<kind>+satiation`` on the values after the
-    satiation penalty (the replica then keeps satiation states and fits them, whatever
-    serves), each with the show counts the served choice was made with."""
+    satiation penalty (the replica then keeps satiation states and fits them, and logs each
+    impression's policy, arm and propensity, whatever serves), each with the show counts the
+    served choice was made with."""
 
     show_count_buckets: int = 1 << 20
     satiation: SatiationConfig = dataclasses.field(default_factory=SatiationConfig)
@@ -109,7 +110,7 @@ class PolicyConfig(PolicyChoice):
         super().__post_init__()
         _require(self, "show_count_buckets", ge=1, le=1 << 28)
         if len(self.evaluate) > 4 or len(set(self.evaluate)) != len(self.evaluate):
-            raise ConfigError("evaluate", f"at most 4 distinct policy kinds, got "
+            raise ConfigError("evaluate", f"at most 4 distinct entries, got "
                                           f"{list(self.evaluate)}")
 
 

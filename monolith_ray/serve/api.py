@@ -132,8 +132,9 @@ class ScoredItem(BaseModel):
     inclusion: dict[str, float] | None = Field(
         None, description="With policy.evaluate: the probability this item is in the list "
                           "under the policy that served (\"served\") and under each "
-                          "policy.evaluate entry, on the same scores (<kind>+satiation: "
-                          "after the satiation penalty); item marginals for slate IPS, "
+                          "policy.evaluate entry: <kind> on the model's scores, "
+                          "<kind>+satiation on the scores after the satiation penalty; "
+                          "item marginals for slate IPS, "
                           "Thompson's by Monte Carlo; null otherwise.")
 
 

@@ -96,12 +96,55 @@ def test_an_evaluated_policy_with_satiation_sees_the_penalty_the_served_one_does
     assert again.inclusion["greedy+satiation"].tolist() == [0.0]  # "a" is sated there
 
 
+def test_under_a_sated_arm_a_bare_entry_is_evaluated_on_the_model_scores() -> None:
+    """The sated arm chooses on penalised values (``served`` and ``greedy+satiation`` agree);
+    a bare ``greedy`` entry sees the model's scores."""
+    d = decisions(CONFIG.replace("policy:\n",
+                                 "policy:\n  evaluate: [greedy, greedy+satiation]\n"))
+    d.satiation.params[:, 2] = 10.0
+    user = user_in(d, 2)  # the sated arm
+    cats = ["a", "b", "b", "c", "d"]
+    d.decide(user, ITEMS, cats, SCORES, 1, 0.0)  # shows item 10 ("a")
+    again, _ = d.decide(user, ITEMS, cats, SCORES, 1, 1.0)
+    assert again.indices.tolist() == [1]  # "a" is sated: item 11
+    assert again.inclusion["served"].tolist() == [1.0]
+    assert again.inclusion["greedy+satiation"].tolist() == [1.0]
+    assert again.inclusion["greedy"].tolist() == [0.0]  # the model ranks item 10 first
+
+
+def test_an_uncertain_satiation_entry_reads_the_show_counts() -> None:
+    """``ucb+satiation`` beside greedy serving: the replica counts shows, and UCB's bonus
+    for the item shown once (scale / sqrt(2)) falls below the unshown runner-up's."""
+    d = decisions(CONFIG.split("experiments:")[0].replace(
+        "policy:\n", "policy:\n  evaluate: [ucb+satiation]\n  scale: 10.0\n"))
+    assert d.shows is not None
+    d.decide(3, ITEMS, None, SCORES, 1, 0.0)
+    again, _ = d.decide(3, ITEMS, None, SCORES, 1, 1.0)
+    assert again.indices.tolist() == [0]  # greedy shows item 10 again
+    assert again.inclusion["ucb+satiation"].tolist() == [0.0]  # UCB would show item 11
+
+
+def test_an_evaluated_satiation_entry_alone_teaches_the_fit() -> None:
+    d = decisions(CONFIG.split("experiments:")[0].replace(
+        "policy:\n", "policy:\n  evaluate: [greedy+satiation]\n"))
+    decision, states = d.decide(3, ITEMS, list("abcde"), SCORES, 2, 0.0)
+    assert states is not None
+    shown = [ITEMS[i] for i in decision.indices]
+    d.held("r1", 0.0, shown, states, SCORES[decision.indices])
+    d.feedback("r1", shown[0], "click", 1.0)
+    d.feedback("r2", 99, "skip", 20.0)  # past the window: the other is a non-click
+    assert d.satiation.observed == 2
+
+
 def test_evaluate_names_kinds_with_or_without_satiation() -> None:
     slots = CONFIG.split("policy:")[0]
     with pytest.raises(ConfigError, match="evaluate"):
         load_config(slots + "policy: {evaluate: [thompson+sated]}\n")
     assert load_config(slots + "policy: {evaluate: [ucb+satiation]}\n").policy.evaluate == (
         "ucb+satiation",)
+    with pytest.raises(ConfigError, match="category_slot"):  # it needs the categories
+        load_config(slots + "policy: {evaluate: [greedy+satiation], "
+                            "satiation: {category_slot: nope}}\n")
 
 
 def test_feedback_and_silence_teach_the_satiation_fit() -> None:
