@@ -288,7 +288,9 @@ def ope_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     against the bandit phase's measured clicks: ``ope_relative_error`` (IPS),
     ``ope_snips_relative_error`` and ``ope_bandit_from_epsilon`` (the estimate itself); and
     from the greedy and epsilon logs pooled (when greedy ran): ``ope_pooled_relative_error``
-    and ``ope_bandit_from_pooled``, biased here (see the module's docstring)."""
+    and ``ope_bandit_from_pooled``, biased here (see the module's docstring); and when the
+    satiation phase ran, its clicks estimated from the epsilon phase's log against its
+    measured clicks (``ope_satiation_relative_error``, ``ope_satiation_from_epsilon``)."""
     bandit = phases["bandit"]["reward"]
     answered = len(phases["bandit"]["log"])  # its clicks count answered requests only
     ope = off_policy({"epsilon": phases["epsilon"]["log"]}, "thompson", answered)
