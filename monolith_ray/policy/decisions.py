@@ -106,7 +106,7 @@ class Decisions:
         uncertain = policy.kind in _UNCERTAIN or any(
             a.policy is not None and a.policy.kind in _UNCERTAIN
             for e in self.experiments for a in e.arms) or any(
-            name.removesuffix(SATIATED) in _UNCERTAIN for name in policy.evaluate)
+            p.name in _UNCERTAIN for p, _ in self._evaluated.values())
         self.shows = ShowCounts(policy.show_count_buckets) if uncertain else None
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()

@@ -33,6 +33,11 @@ def decisions(text: str = CONFIG) -> Decisions:
     return Decisions(cfg.policy, cfg.experiments, seed=0)
 
 
+def outside_experiments(policy_lines: str) -> str:
+    """CONFIG without its experiments, with ``policy_lines`` (indented YAML) in ``policy``."""
+    return CONFIG.split("experiments:")[0].replace("policy:\n", "policy:\n" + policy_lines)
+
+
 def user_in(d: Decisions, arm: int) -> int:
     return next(u for u in range(1000) if d.arm_of(u) == (0, arm))
 
@@ -82,8 +87,7 @@ def test_an_evaluated_policy_with_satiation_sees_the_penalty_the_served_one_does
     """policy.evaluate ``greedy+satiation`` beside a policy that serves without satiation:
     the replica keeps satiation states, the served choice ignores them, and the evaluated
     entry's inclusion is on the penalised values, plain ``greedy``'s on the model's."""
-    d = decisions(CONFIG.split("experiments:")[0].replace(
-        "policy:\n", "policy:\n  evaluate: [greedy, greedy+satiation]\n"))
+    d = decisions(outside_experiments("  evaluate: [greedy, greedy+satiation]\n"))
     assert d.satiation is not None and d.logged
     d.satiation.params[:, 2] = 10.0  # a known λ: a category shown once is pushed down
     cats = ["a", "a", "b", "c", "d"]
@@ -115,8 +119,7 @@ def test_under_a_sated_arm_a_bare_entry_is_evaluated_on_the_model_scores() -> No
 def test_an_uncertain_satiation_entry_reads_the_show_counts() -> None:
     """``ucb+satiation`` beside greedy serving: the replica counts shows, and UCB's bonus
     for the item shown once (scale / sqrt(2)) falls below the unshown runner-up's."""
-    d = decisions(CONFIG.split("experiments:")[0].replace(
-        "policy:\n", "policy:\n  evaluate: [ucb+satiation]\n  scale: 10.0\n"))
+    d = decisions(outside_experiments("  evaluate: [ucb+satiation]\n  scale: 10.0\n"))
     assert d.shows is not None
     d.decide(3, ITEMS, None, SCORES, 1, 0.0)
     again, _ = d.decide(3, ITEMS, None, SCORES, 1, 1.0)
@@ -125,8 +128,7 @@ def test_an_uncertain_satiation_entry_reads_the_show_counts() -> None:
 
 
 def test_an_evaluated_satiation_entry_alone_teaches_the_fit() -> None:
-    d = decisions(CONFIG.split("experiments:")[0].replace(
-        "policy:\n", "policy:\n  evaluate: [greedy+satiation]\n"))
+    d = decisions(outside_experiments("  evaluate: [greedy+satiation]\n"))
     decision, states = d.decide(3, ITEMS, list("abcde"), SCORES, 2, 0.0)
     assert states is not None
     shown = [ITEMS[i] for i in decision.indices]
