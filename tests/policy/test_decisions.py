@@ -167,3 +167,26 @@ def test_feedback_and_silence_teach_the_satiation_fit() -> None:
 def test_logits_of_scores() -> None:
     assert logits_of(np.array([0.5, 0.0, 2.0])).tolist() == pytest.approx(
         [0.0, np.log(1e-6 / (1 - 1e-6)), np.log((1 - 1e-6) / 1e-6)])
+
+
+def test_listing_two_equal_arms_the_other_way_gives_every_user_the_other_arm() -> None:
+    """What a crossover of two loops relies on (``benchmarks.policies``' shared loops): the
+    same experiment with its two equal arms listed the other way round serves each user
+    with the other arm's policy."""
+    arms = ["{name: explore, policy: {kind: epsilon, epsilon: 0.2}}",
+            "{name: bandit, policy: {kind: thompson, scale: 0.5}}"]
+
+    def served(order: list[str]) -> list[tuple[str | None, str]]:
+        d = decisions(CONFIG.split("experiments:")[0]
+                      + f"experiments:\n  - name: ope\n    arms: [{', '.join(order)}]\n")
+        out = []
+        for user in range(200):
+            decision, _ = d.decide(user, ITEMS, None, SCORES, 2, 0.0)
+            out.append((decision.arm, decision.policy))
+        return out
+
+    first, swapped = served(arms), served(arms[::-1])
+    assert {policy for _, policy in first} == {"epsilon", "thompson"}
+    assert all(a != b for a, b in zip(first, swapped))
+    other = {"ope/explore": "ope/bandit", "ope/bandit": "ope/explore"}
+    assert [other[label] for label, _ in first] == [label for label, _ in swapped]
