@@ -350,8 +350,8 @@ def ope_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def shared_ope(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The bandit arm's clicks in the two shared loops (``SHARED_PHASES``) estimated from the
     epsilon arm's requests there (:func:`off_policy`), against its measured clicks:
-    ``ope_shared_relative_error`` and ``ope_shared`` (the estimate, ``measured``, each
-    arm's ``requests``)."""
+    ``ope_shared_relative_error`` and ``ope_shared`` (the estimate, ``measured``, the
+    epsilon arm's own clicks ``explore_measured``, each arm's ``requests``)."""
     log = [entry for name in SHARED_PHASES for entry in phases[name]["log"]]
     explore = [e for e in log if e[5] == f"{SHARED}/explore"]
     bandit = [e for e in log if e[5] == f"{SHARED}/bandit"]
@@ -359,6 +359,7 @@ def shared_ope(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ope = off_policy({"epsilon": explore}, "thompson", len(bandit))
     return {"ope_shared_relative_error": relative_error(ope["ips"], measured),
             "ope_shared": {**ope, "measured": measured,
+                           "explore_measured": int(sum(sum(e[2]) for e in explore)),
                            "requests": {"explore": len(explore), "bandit": len(bandit)}}}
 
 
