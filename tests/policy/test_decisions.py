@@ -177,7 +177,7 @@ def test_listing_two_equal_arms_the_other_way_gives_every_user_the_other_arm() -
             "{name: bandit, policy: {kind: thompson, scale: 0.5}}"]
 
     def served(order: list[str]) -> list[tuple[str | None, str]]:
-        d = decisions(CONFIG.split("experiments:")[0]
+        d = decisions(outside_experiments("")
                       + f"experiments:\n  - name: ope\n    arms: [{', '.join(order)}]\n")
         out = []
         for user in range(200):
