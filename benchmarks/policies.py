@@ -162,6 +162,9 @@ SEEDS = [int(s) for s in (os.environ.get("SEEDS") or os.environ.get("SEED") or "
 if len(set(SEEDS)) != len(SEEDS):
     raise SystemExit(f"SEEDS: each seed once, got {SEEDS}")
 EPSILON = float(os.environ.get("EPSILON", "0.2"))  # the epsilon phase's rate (see PHASES)
+# Thompson's scale (logits; sigma of a pair shown n times is SCALE / sqrt(1 + n)): the bandit
+# phase's, the bandit arm's, and the one every phase's ``policy.evaluate`` estimates.
+SCALE = float(os.environ.get("SCALE", "0.5"))
 # Config overrides every phase takes, ';'-separated (for choosing the loop's settings).
 OVERRIDES = [o for o in os.environ.get("OVERRIDES", "").split(";") if o]
 # The warm start: random slates shown in the WARM_REQUESTS / RATE seconds before the horizon,
@@ -178,13 +181,13 @@ SATIATION_FIT = "policy.satiation.feedback_window_s=5"
 PHASES: dict[str, list[str]] = {
     # Greedy and epsilon answer with each item's inclusion under the other and under the
     # bandit (policy.evaluate, which changes no choice): the logs OPE reads.
-    "greedy": ["policy.kind=greedy", f"policy.epsilon={EPSILON}", "policy.scale=0.5",
+    "greedy": ["policy.kind=greedy", f"policy.epsilon={EPSILON}", f"policy.scale={SCALE}",
                "policy.evaluate=[epsilon, thompson]"],
     # epsilon 0.2 and the bandit's scale 0.5 were chosen on SEED=1 (epsilon 0.1 / 0.2:
     # 0.998 / 1.059 x greedy; Thompson scale 0.5 / 1 (seed 0) / 2: 1.034 / - / 1.006).
-    "epsilon": ["policy.kind=epsilon", f"policy.epsilon={EPSILON}", "policy.scale=0.5",
+    "epsilon": ["policy.kind=epsilon", f"policy.epsilon={EPSILON}", f"policy.scale={SCALE}",
                 f"policy.evaluate=[greedy, thompson, {SATIATED}]", SATIATION_FIT],
-    "bandit": ["policy.kind=thompson", "policy.scale=0.5"],
+    "bandit": ["policy.kind=thompson", f"policy.scale={SCALE}"],
     "satiation": ["policy.kind=greedy", "policy.satiation.enabled=true", SATIATION_FIT],
     # A baseline no figure target names: each slot a uniform pick among the candidates.
     "random": ["policy.kind=epsilon", "policy.epsilon=1.0"],
@@ -198,13 +201,13 @@ PHASES: dict[str, list[str]] = {
 # user meets each arm once and the estimate and the measured clicks share users and model.
 SHARED = "ope"  # the experiment's name
 SHARED_ARMS = {"explore": f"{{kind: epsilon, epsilon: {EPSILON}}}",
-               "bandit": "{kind: thompson, scale: 0.5}"}
+               "bandit": f"{{kind: thompson, scale: {SCALE}}}"}
 
 
 def shared_overrides(order: list[str]) -> list[str]:
     """Overrides of a loop whose users are split between ``SHARED_ARMS`` in ``order``."""
     arms = ", ".join(f"{{name: {name}, policy: {SHARED_ARMS[name]}}}" for name in order)
-    return [f"experiments=[{{name: {SHARED}, arms: [{arms}]}}]", "policy.scale=0.5",
+    return [f"experiments=[{{name: {SHARED}, arms: [{arms}]}}]", f"policy.scale={SCALE}",
             "policy.evaluate=[thompson]"]
 
 
@@ -466,7 +469,7 @@ def main() -> None:
         with open(os.environ["LOGS"], "w") as f:
             json.dump({f"{seed}/{name}": p["log"] for seed, phases in runs.items()
                        for name, p in phases.items()}, f, default=float)
-    settings = {"seeds": SEEDS, "epsilon": EPSILON, "overrides": OVERRIDES,
+    settings = {"seeds": SEEDS, "epsilon": EPSILON, "scale": SCALE, "overrides": OVERRIDES,
                 "warm_requests": WARM_REQUESTS, "warm_epochs": WARM_EPOCHS}
     if only:  # the figures need every phase; print what the phases run allow
         partial: dict[str, Any] = {}
