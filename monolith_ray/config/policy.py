@@ -40,7 +40,7 @@ class PolicyChoice:
 
     def __post_init__(self) -> None:
         _require(self, "epsilon", ge=0, le=1)
-        _require(self, "scale", ge=0)
+        _require(self, "scale", ge=0, le=1000)
         _require(self, "draws", ge=1, le=10_000)
 
 
@@ -58,7 +58,9 @@ class SatiationConfig:
     - ``learning_rate``, ``min_feedback``: the online fit's Adagrad step, and the
       impressions it sees before any penalty applies.
     - ``feedback_window_s``: how long a shown item waits for a click before it counts as
-      not clicked; ``max_pending``: requests held meanwhile per replica.
+      not clicked; ``max_pending``: impressions held meanwhile per replica (about 370 bytes
+      each; past it the oldest are non-clicks early, ``/healthz`` ``pushed_out``: size it as
+      the replica's impressions a second times ``feedback_window_s``).
     """
 
     enabled: bool = False
@@ -136,7 +138,7 @@ class ArmConfig:
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= 64:
             raise ConfigError("name", f"1 to 64 characters, got {self.name!r}")
-        _require(self, "weight", gt=0)
+        _require(self, "weight", gt=0, le=1e6)
         if self.model != "live" and not (self.model.startswith(SNAPSHOT_MODEL)
                                          and len(self.model) > len(SNAPSHOT_MODEL)):
             raise ConfigError("model", f"'live' or 'snapshot:<location>', got {self.model!r}")
@@ -156,8 +158,8 @@ class ExperimentConfig:
     arms: tuple[ArmConfig, ...]
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.name) <= 64:
-            raise ConfigError("name", f"1 to 64 characters, got {self.name!r}")
+        if not 1 <= len(self.name) <= 64 or not self.name.isprintable():
+            raise ConfigError("name", f"1 to 64 printable characters, got {self.name!r}")
         if not 1 <= len(self.arms) <= 32:
             raise ConfigError("arms", f"1 to 32 arms, got {len(self.arms)}")
         require_unique_names(self.arms, "arms", "arms")

@@ -59,10 +59,14 @@ def check_tasks(tasks: Sequence[TaskConfig]) -> None:
 
 class Score:
     """A parsed ``serve.score``: :meth:`__call__` maps ``{task: probabilities (n,)}`` to the
-    score (n,) float32. ``tasks``: the task names it reads."""
+    score (n,) float32. ``tasks``: the task names it reads; ``bounds``: (low, high), the
+    range the score can take with every task's probability in [0, 1] (interval arithmetic
+    over the expression: ``click + 0.5 * like`` is (0, 1.5); a sound bound, not always the
+    tightest, e.g. ``click - click`` is (-1, 1))."""
 
     def __init__(self, text: str, tree: tuple, tasks: frozenset[str]) -> None:
         self.text, self._tree, self.tasks = text, tree, tasks
+        self.bounds = _bounds(tree)
 
     def __call__(self, probs: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.asarray(_evaluate(self._tree, probs), dtype=np.float32)
@@ -168,6 +172,25 @@ def _evaluate(tree: tuple, probs: Mapping[str, np.ndarray]) -> np.ndarray | floa
         return -_evaluate(tree[1], probs)
     left, right = _evaluate(tree[1], probs), _evaluate(tree[2], probs)
     return left + right if kind == "+" else left - right if kind == "-" else left * right
+
+
+def _bounds(tree: tuple) -> tuple[float, float]:
+    """(low, high) of the expression ``tree`` with every task in [0, 1]."""
+    kind = tree[0]
+    if kind == "const":
+        return float(tree[1]), float(tree[1])
+    if kind == "task":
+        return 0.0, 1.0
+    if kind == "neg":
+        low, high = _bounds(tree[1])
+        return -high, -low
+    (a, b), (c, d) = _bounds(tree[1]), _bounds(tree[2])
+    if kind == "+":
+        return a + c, b + d
+    if kind == "-":
+        return a - d, b - c
+    products = (a * c, a * d, b * c, b * d)
+    return min(products), max(products)
 
 
 def _names(tree: tuple) -> list[str]:

@@ -34,10 +34,15 @@ __all__ = ["Decision", "Decisions", "first_values", "logits_of"]
 _UNCERTAIN = ("thompson", "ucb")
 
 
-def logits_of(scores: np.ndarray) -> np.ndarray:
-    """Ranking scores (probabilities, ``serve.score``) -> logits, float64 (n,); scores are
-    clipped to [1e-6, 1 - 1e-6] first, so a combined score beyond 1 ranks as 1 - 1e-6."""
-    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+def logits_of(scores: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Ranking scores (``serve.score``, within ``bounds``: ``Score.bounds``, (0, 1) for a
+    task's probability) -> logits, float64 (n,): the score mapped linearly onto [0, 1] by its
+    bounds (the same order; ``click + 0.5 * like`` is divided by 1.5), clipped to
+    [1e-6, 1 - 1e-6], then the logit. A NaN score (a diverged model) ranks last."""
+    low, high = bounds
+    s = np.asarray(scores, dtype=np.float64)
+    p = (s - low) / (high - low) if high > low else np.full_like(s, 0.5)
+    p = np.clip(np.nan_to_num(p, nan=0.0), 1e-6, 1 - 1e-6)
     return np.log(p) - np.log1p(-p)
 
 
@@ -81,8 +86,12 @@ class Decisions:
     call the rest from the event loop)."""
 
     def __init__(self, policy: PolicyConfig, experiments: Sequence[ExperimentConfig] = (),
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, score_bounds: tuple[float, float] = (0.0, 1.0)
+                 ) -> None:
+        """``score_bounds``: the range of the scores :meth:`decide` is given
+        (``Score.bounds``), by which they are made logits (:func:`logits_of`)."""
         self.experiments = tuple(experiments)
+        self.score_bounds = score_bounds
         default = _Arm(None, _policy(policy), policy.satiation.enabled)
         self._default = default
         self._arms = [[_Arm(f"{e.name}/{a.name}",
@@ -154,7 +163,7 @@ class Decisions:
         (the decision, the shown items' satiation states (k, G) or None)."""
         at = self.arm_of(user_id)
         arm = self._default if at is None else self._arms[at[0]][at[1]]
-        raw = penalised = logits_of(scores)
+        raw = penalised = logits_of(scores, self.score_bounds)
         states = None
         if self.satiation is not None and categories is not None:
             states = self.satiation.states(user_id, categories, now)
@@ -190,14 +199,16 @@ class Decisions:
              states: np.ndarray, scores: np.ndarray) -> None:
         """Hold a request's shown items (their satiation states (k, G) and model
         ``scores`` (k,)) for the satiation fit until feedback or their window ends."""
-        self.pending.add(request_id, now, items, states, logits_of(scores))
+        self.pending.add(request_id, now, items, states, logits_of(scores, self.score_bounds))
         self._learn_expired(now)
         if self.satiation is not None:
             self.satiation.evict_expired(now)
 
     def feedback(self, request_id: str, item_id: int | str, action: str, now: float) -> None:
         """Count an action for the arm named in ``request_id``; a positive action teaches
-        the satiation fit if this replica holds the impression."""
+        the satiation fit if this replica holds the impression. ``now``: the replica's clock
+        (s), never the client's event time, which may run ahead by
+        ``limits.max_event_skew_s`` and would end every held impression's window early."""
         arm = self._from_suffix(request_id)
         positive = action in POSITIVE_ACTIONS
         if arm is not None and arm.label is not None:
@@ -230,4 +241,6 @@ class Decisions:
         if sat is None:
             return {"satiation": None}
         return {"satiation": {"gamma": sat.gamma, "lambda": sat.lam, "observed": sat.observed,
-                              "users": len(sat), "pending_requests": len(self.pending)}}
+                              "users": len(sat), "pending_requests": len(self.pending),
+                              "pending_impressions": self.pending.impressions,
+                              "pushed_out": self.pending.pushed_out}}

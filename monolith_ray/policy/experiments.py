@@ -34,8 +34,10 @@ def unit_hash(text: str) -> float:
 
 
 def experiment_of(count: int, user_id: int | str) -> int:
-    """Which of ``count`` mutually exclusive experiments user ``user_id`` belongs to."""
-    return min(int(unit_hash(f"experiment\x1f{user_id}") * count), count - 1)
+    """Which of ``count`` mutually exclusive experiments user ``user_id`` belongs to. The
+    hashed text starts with a control character no experiment name may hold, so it is never
+    :func:`arm_of`'s text of any experiment: the two draws stay independent."""
+    return min(int(unit_hash(f"\x1e\x1f{user_id}") * count), count - 1)
 
 
 def arm_of(experiment: str, weights: Sequence[float], user_id: int | str) -> int:

@@ -53,8 +53,12 @@ def _weights(rewards: np.ndarray, logging: np.ndarray, target: np.ndarray,
     q = np.asarray(target, dtype=np.float64)
     if not (r.shape == p.shape == q.shape) or r.ndim != 1 or not len(r):
         raise ValueError("rewards, logging and target propensities: equal non-empty 1-d arrays")
-    if np.any(p <= 0) or np.any(p > 1) or np.any(q < 0) or np.any(q > 1):
-        raise ValueError("propensities: logging in (0, 1], target in [0, 1]")
+    if not (np.all(p > 0) and np.all(p <= 1) and np.all(q >= 0) and np.all(q <= 1)):
+        raise ValueError("propensities: logging in (0, 1], target in [0, 1] (no NaN)")
+    if not np.all(np.isfinite(r)):
+        raise ValueError("rewards: finite numbers")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip: must be > 0, got {clip!r}")
     w = q / p
     if clip is not None:
         w = np.minimum(w, clip)

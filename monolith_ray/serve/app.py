@@ -160,7 +160,9 @@ class Recommender:
         if cfg.retrieval.enabled and not len(self.pool):
             logger.warning("retrieval is configured but there is no candidate pool (the "
                            "catalogue): requests without candidates get 422")
-        self.decisions = Decisions(cfg.policy, cfg.experiments)
+        self.score_of = parse_score(cfg.serve.score, cfg.task_names)
+        self.decisions = Decisions(cfg.policy, cfg.experiments,
+                                   score_bounds=self.score_of.bounds)
         # Arms pinned to a snapshot (model: snapshot:...): loaded once, never synced.
         self.pinned: dict[str, tuple[ServingModel, str]] = {}
         for arm in (a for e in cfg.experiments for a in e.arms):
@@ -173,7 +175,6 @@ class Recommender:
         values = first_values([self.pool.slots[item_id].get(category)
                                for item_id in self.pool.ids])
         self.pool_categories = np.array(values + [None], dtype=object)[:-1]
-        self.score_of = parse_score(cfg.serve.score, cfg.task_names)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
         self._lock = threading.Lock()
@@ -336,7 +337,8 @@ class Recommender:
                   "time": event_time, "action": body.action}
         self.log.send(self.cfg.kafka.topics.actions, body.request_id, action)
         self.log.poll()
-        self.decisions.feedback(body.request_id, body.item_id, body.action, event_time)
+        # The server's clock ends held impressions' windows: a client's time may run ahead.
+        self.decisions.feedback(body.request_id, body.item_id, body.action, now)
         self.served["feedback"] += 1
         return FeedbackOut(accepted=True, request_id=body.request_id)
 

@@ -72,6 +72,24 @@ def test_score_expressions_evaluate_over_task_probabilities():
     assert parse_score("click + 0.5 * like", tasks).tasks == {"click", "like"}
 
 
+def test_score_bounds_hold_every_value_the_score_can_take():
+    """``Score.bounds``: where the serving decision maps a score onto [0, 1] for its logits."""
+    tasks = ("click", "like", "finish")
+    cases = {"": (0, 1), "click + 0.5 * like": (0, 1.5), "-like + 2": (1, 2),
+             "click * finish": (0, 1), "(click + like) * 2 - finish": (-1, 4),
+             "click - like - finish": (-2, 1), "-(click - 2) * -3": (-6, -3), "0.5": (0.5, 0.5)}
+    rng = np.random.default_rng(0)
+    probs = {t: rng.random(1000) for t in tasks}
+    corners = {t: np.array([0.0, 1.0] * 4)[[i >> j & 1 for i in range(8)]]
+               for j, t in enumerate(tasks)}  # every task at 0 or 1
+    for text, (low, high) in cases.items():
+        score = parse_score(text, tasks)
+        assert score.bounds == (low, high), text
+        for sample in (probs, corners):
+            values = score(sample)
+            assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6, text
+
+
 @pytest.mark.parametrize("text, reason", [
     ("click + dislike", "'dislike' is not a task"),
     ("__import__('os')", "is not a task"),

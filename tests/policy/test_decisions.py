@@ -167,6 +167,23 @@ def test_feedback_and_silence_teach_the_satiation_fit() -> None:
 def test_logits_of_scores() -> None:
     assert logits_of(np.array([0.5, 0.0, 2.0])).tolist() == pytest.approx(
         [0.0, np.log(1e-6 / (1 - 1e-6)), np.log((1 - 1e-6) / 1e-6)])
+    assert logits_of(np.array([0.75, 0.0]), (0.0, 1.5)).tolist() == pytest.approx(
+        [0.0, np.log(1e-6 / (1 - 1e-6))])
+    assert logits_of(np.array([np.nan, 0.0]))[0] == logits_of(np.array([0.0]))[0]
+
+
+def test_a_combined_score_beyond_one_ranks_by_its_value() -> None:
+    """``serve.score: click + 0.5 * like - finish`` ranges over [-1, 1.5]: every score
+    keeps its order, none ties at the ends of a probability's range."""
+    cfg = load_config(outside_experiments("") + "serve: {score: click + 0.5 * like - finish}\n"
+                      "tasks: [{name: click}, {name: like}, {name: finish}]\n")
+    from monolith_ray.config.tasks import parse_score
+    score = parse_score(cfg.serve.score, cfg.task_names)
+    assert score.bounds == (-1.0, 1.5)
+    d = Decisions(cfg.policy, seed=0, score_bounds=score.bounds)
+    scores = np.array([1.05, 1.4, 0.99, -0.9, -0.01, np.nan])
+    decision, _ = d.decide(1, [*ITEMS, 15], None, scores, 6, 0.0)
+    assert decision.indices.tolist() == [1, 0, 2, 4, 3, 5]  # the NaN last
 
 
 def test_listing_two_equal_arms_the_other_way_gives_every_user_the_other_arm() -> None:

@@ -39,6 +39,16 @@ def test_arms_follow_their_weights_and_experiments_reshuffle() -> None:
     assert sum(shares) / len(shares) == pytest.approx(0.5, abs=0.015)
 
 
+@pytest.mark.parametrize("name", ["experiment", "exp", "\u00e9tude"])
+def test_arms_split_the_users_of_their_experiment_whatever_its_name(name: str) -> None:
+    """The draw of an experiment and the draw of an arm within it are independent: no name
+    makes the experiment's hash its arms' hash too."""
+    users = range(20_000)
+    inside = [u for u in users if experiment_of(2, u) == 0]
+    arms = [arm_of(name, [1.0, 1.0], u) for u in inside]
+    assert sum(arms) / len(arms) == pytest.approx(0.5, abs=0.02)
+
+
 def test_wilson_interval() -> None:
     assert wilson(0, 0) == (0.0, 1.0)
     low, high = wilson(0, 10)

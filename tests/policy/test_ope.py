@@ -103,3 +103,12 @@ def test_bad_logs_are_refused() -> None:
     with pytest.raises(ValueError, match="equal non-empty"):
         snips(np.ones(2), np.ones(3), np.ones(2))
     assert np.isnan(snips(np.ones(2), np.ones(2), np.zeros(2)).value)
+    with pytest.raises(ValueError, match="no NaN"):
+        ips(np.ones(2), np.array([0.5, np.nan]), np.ones(2))
+    with pytest.raises(ValueError, match="no NaN"):
+        snips(np.ones(2), np.ones(2), np.array([np.nan, 1.0]))
+    with pytest.raises(ValueError, match="rewards: finite"):
+        ips(np.array([1.0, np.inf]), np.ones(2), np.ones(2))
+    for clip in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="clip: must be > 0"):
+            ips(np.ones(2), np.ones(2), np.ones(2), clip=clip)

@@ -75,7 +75,7 @@ def test_fit_recovers_a_known_gamma_and_lambda() -> None:
 
 
 def test_pending_shows_become_clicks_or_non_clicks() -> None:
-    pending = PendingShows(window_s=10, max_requests=2)
+    pending = PendingShows(window_s=10, max_impressions=2)
     pending.add("r1", 0.0, [7, 8], np.array([[1.0], [2.0]]), np.array([0.1, 0.2]))
     states, logit = pending.click("r1", "7")
     assert states.tolist() == [1.0] and logit == 0.1
@@ -88,6 +88,19 @@ def test_pending_shows_become_clicks_or_non_clicks() -> None:
         pending.add(f"q{i}", 20.0, [i], np.array([[float(i)]]), np.array([0.0]))
     assert len(pending) == 2  # the oldest is pushed out, a non-click at once
     assert pending.expired(20.0)[0].tolist() == [[0.0]]
+
+
+def test_pending_shows_are_capped_by_impressions_not_requests() -> None:
+    pending = PendingShows(window_s=10, max_impressions=5)
+    for i in range(3):  # 9 impressions of 3 a request: the two oldest requests go
+        pending.add(f"r{i}", 0.0, [1, 2, 3], np.zeros((3, 1)), np.zeros(3))
+    assert (len(pending), pending.impressions, pending.pushed_out) == (1, 3, 6)
+    assert pending.expired(0.0)[1].size == 6  # the pushed out: non-clicks at once
+    assert pending.click("r2", 1) is not None and pending.impressions == 2
+    pending.add("r2", 1.0, [4], np.zeros((1, 1)), np.zeros(1))  # the same id again
+    assert (len(pending), pending.impressions) == (1, 1)
+    assert pending.expired(1.0)[1].size == 2  # the replaced request's held ones
+    assert pending.expired(12.0)[1].size == 1 and pending.impressions == 0
 
 
 def test_expired_users_are_dropped_oldest_first() -> None:

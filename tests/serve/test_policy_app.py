@@ -24,13 +24,14 @@ EXPERIMENT = ("experiments=[{name: ab, arms: [{name: greedy}, "
               f"{{name: eps, policy: {{kind: epsilon, epsilon: {EPS}}}}}, "
               "{name: sated, satiation: true}]}]")
 POOL = range(100, 120)
+WINDOW_S = 200  # below limits.max_event_skew_s (300): a client's clock may run past it
 
 
 @pytest.fixture(scope="module")
 def app(deploy_recommender) -> Iterator[Any]:
-    with deploy_recommender("policy-test", "/policy", ["serve.max_k=20", EXPERIMENT,
-                                                       "policy.evaluate=[greedy, thompson]"],
-                            POOL) as deployed:
+    with deploy_recommender("policy-test", "/policy", [
+            "serve.max_k=20", EXPERIMENT, "policy.evaluate=[greedy, thompson]",
+            f"policy.satiation.feedback_window_s={WINDOW_S}"], POOL) as deployed:
         yield deployed
 
 
@@ -110,6 +111,26 @@ def test_experiments_count_impressions_and_feedback_over_http(app) -> None:
     assert experiments(app)["ab/greedy"]["impressions"] == before["ab/greedy"]["impressions"]
     health = requests.get(app.url + "/healthz", timeout=30).json()
     assert health["policy"]["satiation"]["users"] >= 1
+
+
+def test_a_clients_clock_ahead_does_not_end_held_impressions_windows(app) -> None:
+    """Feedback may carry an event time up to ``limits.max_event_skew_s`` ahead; the
+    impressions a replica holds for the satiation fit wait out their window by the
+    replica's clock, not by that time."""
+    body = recommend(app, users_in(app.cfg, "sated", 1)[0], 3)
+
+    def held() -> int:
+        health = requests.get(app.url + "/healthz", timeout=30).json()
+        return health["policy"]["satiation"]["pending_impressions"]
+
+    before = held()
+    assert before >= 3
+    item = body["items"][0]
+    r = requests.post(app.url + "/feedback", timeout=30, json={
+        "request_id": body["request_id"], "item_id": item["item_id"], "action": "skip",
+        "token": item["token"], "time": int(time.time()) + WINDOW_S + 50})
+    assert r.status_code == 200, r.text
+    assert held() == before  # none counted as a non-click before its window ended
 
 
 def test_logged_impressions_and_joined_examples_carry_the_decision(app) -> None:
