@@ -13,6 +13,7 @@ parser (never ``eval``) into a :class:`Score` that evaluates over NumPy arrays.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -95,7 +96,12 @@ def parse_score(text: str, tasks: Sequence[str]) -> Score:
     tree = parser.sum()
     if parser.at < len(tokens):
         raise parser.error("expected + - * or the end")
-    return Score(text, tree, frozenset(_names(tree)))
+    score = Score(text, tree, frozenset(_names(tree)))
+    low, high = score.bounds
+    if not (math.isfinite(high - low) and high > low):
+        raise ConfigError("", f"{text!r}: takes values in [{low}, {high}], which must be a "
+                              f"finite range wider than one value, or every item scores alike")
+    return score
 
 
 def _tokens(text: str, tasks: set[str]) -> list[tuple[str, object, int]]:

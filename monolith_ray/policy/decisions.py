@@ -42,8 +42,18 @@ def logits_of(scores: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)) -> n
     low, high = bounds
     s = np.asarray(scores, dtype=np.float64)
     p = (s - low) / (high - low) if high > low else np.full_like(s, 0.5)
-    p = np.clip(np.nan_to_num(p, nan=0.0), 1e-6, 1 - 1e-6)
+    p = np.clip(np.where(np.isnan(s), 0.0, p), 1e-6, 1 - 1e-6)
     return np.log(p) - np.log1p(-p)
+
+
+def _last(values: np.ndarray, nan: np.ndarray) -> np.ndarray:
+    """``values`` with the entries ``nan`` marks below every other (after a penalty that
+    may have moved the others below the floor of :func:`logits_of`)."""
+    if not nan.any() or nan.all():
+        return values
+    out = values.copy()
+    out[nan] = values[~nan].min() - 1.0
+    return out
 
 
 def first_values(values: Sequence[Any]) -> list[Any]:
@@ -168,7 +178,8 @@ class Decisions:
         if self.satiation is not None and categories is not None:
             states = self.satiation.states(user_id, categories, now)
             if arm.satiation or self._evaluates_satiation:  # O(n G) a request
-                penalised = raw - self.satiation.penalties(states)
+                penalised = _last(raw - self.satiation.penalties(states),
+                                  np.isnan(np.asarray(scores, dtype=np.float64)))
         values = penalised if arm.satiation else raw
         pairs = shows = None
         if self.shows is not None:  # each pair hashed once, read now and counted below

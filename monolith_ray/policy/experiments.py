@@ -24,8 +24,13 @@ from typing import Any
 
 from monolith_ray.features import VALUE_BITS, hash_str
 
-__all__ = ["ArmCounts", "arm_of", "experiment_of", "normal_interval", "report", "unit_hash",
+__all__ = ["EXPERIMENT_DRAW", "ArmCounts", "arm_of", "experiment_of", "normal_interval", "report", "unit_hash",
            "wilson"]
+
+
+# What the draw of a user's experiment hashes beside the user id: no experiment may have
+# this name, or its arms would be drawn by the same hash (its users all in one arm).
+EXPERIMENT_DRAW = "experiment"
 
 
 def unit_hash(text: str) -> float:
@@ -35,9 +40,9 @@ def unit_hash(text: str) -> float:
 
 def experiment_of(count: int, user_id: int | str) -> int:
     """Which of ``count`` mutually exclusive experiments user ``user_id`` belongs to. The
-    hashed text starts with a control character no experiment name may hold, so it is never
-    :func:`arm_of`'s text of any experiment: the two draws stay independent."""
-    return min(int(unit_hash(f"\x1e\x1f{user_id}") * count), count - 1)
+    hashed text is :func:`arm_of`'s of an experiment named ``EXPERIMENT_DRAW``, a name config
+    refuses, so the two draws stay independent."""
+    return min(int(unit_hash(f"{EXPERIMENT_DRAW}\x1f{user_id}") * count), count - 1)
 
 
 def arm_of(experiment: str, weights: Sequence[float], user_id: int | str) -> int:

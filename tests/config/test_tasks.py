@@ -77,7 +77,7 @@ def test_score_bounds_hold_every_value_the_score_can_take():
     tasks = ("click", "like", "finish")
     cases = {"": (0, 1), "click + 0.5 * like": (0, 1.5), "-like + 2": (1, 2),
              "click * finish": (0, 1), "(click + like) * 2 - finish": (-1, 4),
-             "click - like - finish": (-2, 1), "-(click - 2) * -3": (-6, -3), "0.5": (0.5, 0.5)}
+             "click - like - finish": (-2, 1), "-(click - 2) * -3": (-6, -3)}
     rng = np.random.default_rng(0)
     probs = {t: rng.random(1000) for t in tasks}
     corners = {t: np.array([0.0, 1.0] * 4)[[i >> j & 1 for i in range(8)]]
@@ -100,6 +100,10 @@ def test_score_bounds_hold_every_value_the_score_can_take():
     ("click like", "expected + - * or the end"),
     ("click; 1", "unexpected ';'"),
     ("x" * 300, "longer than"),
+    ("0.5 + 1", "finite range wider than one value"),
+    ("click * 0", "finite range wider than one value"),
+    ("1e999 * click", "finite range wider than one value"),
+    ("1e308 * click - 1e308 * like", "finite range wider than one value"),
 ])
 def test_bad_scores_are_config_errors_naming_serve_score(text, reason):
     with pytest.raises(ConfigError, match=re.escape(reason)) as err:

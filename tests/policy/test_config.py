@@ -49,6 +49,8 @@ def test_default_is_greedy_without_experiments() -> None:
      r"^experiments\[0\].arms\[0\].weight: must be > 0 and <= 1000000.0, got inf$"),
     ('experiments=[{name: "a\\tb", arms: [{name: x}]}]',
      r"^experiments\[0\].name: 1 to 64 printable characters"),
+    ("experiments=[{name: experiment, arms: [{name: x}, {name: y}]}]",
+     r"^experiments\[0\].name: 'experiment' is reserved"),
     ("policy.satiation.gammas=[0.5, 1.0]", r"^policy.satiation.gammas\[1\]: must be >= 0 and < 1"),
     ("policy.satiation.gammas=[]", "^policy.satiation.gammas: 1 to 16 values"),
     ("policy.satiation.category_slot=genre",

@@ -172,6 +172,18 @@ def test_logits_of_scores() -> None:
     assert logits_of(np.array([np.nan, 0.0]))[0] == logits_of(np.array([0.0]))[0]
 
 
+def test_a_nan_score_ranks_last_below_items_the_penalty_sinks() -> None:
+    d = decisions()
+    user = user_in(d, 2)  # the sated arm
+    categories = ["a", "a", "b", "b", "c"]
+    shown, _ = d.decide(user, ITEMS, categories, SCORES, 2, 0.0)
+    assert shown.indices.tolist() == [0, 1]  # category a, now sated
+    d.satiation.params[:, 2] = 50.0  # lambda: the penalty sinks a's items below any logit
+    scores = np.array([0.9, 0.8, 0.7, np.nan, 0.5])
+    decision, _ = d.decide(user, ITEMS, categories, scores, 5, 1.0)
+    assert decision.indices.tolist() == [2, 4, 0, 1, 3]
+
+
 def test_a_combined_score_beyond_one_ranks_by_its_value() -> None:
     """``serve.score: click + 0.5 * like - finish`` ranges over [-1, 1.5]: every score
     keeps its order, none ties at the ends of a probability's range."""

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from monolith_ray.policy import ArmCounts, arm_of, experiment_of, report, wilson
+from monolith_ray.policy.experiments import EXPERIMENT_DRAW
 
 USERS = [*range(200), *(f"user-{i}" for i in range(200))]
 
@@ -39,14 +40,16 @@ def test_arms_follow_their_weights_and_experiments_reshuffle() -> None:
     assert sum(shares) / len(shares) == pytest.approx(0.5, abs=0.015)
 
 
-@pytest.mark.parametrize("name", ["experiment", "exp", "\u00e9tude"])
-def test_arms_split_the_users_of_their_experiment_whatever_its_name(name: str) -> None:
-    """The draw of an experiment and the draw of an arm within it are independent: no name
-    makes the experiment's hash its arms' hash too."""
+@pytest.mark.parametrize("name", ["exp", "Experiment", "experiments", "\u00e9tude"])
+def test_arms_split_the_users_of_their_experiment(name: str) -> None:
+    """The draw of an experiment and the draw of an arm within it are independent for any
+    name config allows; the one it refuses would put all of the experiment's users in one
+    arm."""
     users = range(20_000)
     inside = [u for u in users if experiment_of(2, u) == 0]
     arms = [arm_of(name, [1.0, 1.0], u) for u in inside]
     assert sum(arms) / len(arms) == pytest.approx(0.5, abs=0.02)
+    assert {arm_of(EXPERIMENT_DRAW, [1.0, 1.0], u) for u in inside} == {0}
 
 
 def test_wilson_interval() -> None:
