@@ -109,7 +109,9 @@ Second run (in the default run above): 0.008 (4,086 estimated, 4,117 measured; p
 analysis after the run.
 ``ONLY=greedy,bandit`` runs just those phases and prints their lines and one JSON line of the
 figures they allow (the OPE figures when epsilon and bandit both ran), for choosing settings on
-another seed. ``EPSILON`` sets the epsilon phase's rate (0.2 by default); ``OVERRIDES`` adds
+another seed. ``EPSILON`` sets the epsilon phase's rate (0.2 by default), ``SCALE``
+Thompson's scale (0.5 by default: the bandit phase's, the bandit arm's of the shared loops,
+and the one every ``policy.evaluate`` entry estimates); ``OVERRIDES`` adds
 ';'-separated config overrides to every phase (``slots.<name>.key=value`` reaches a slot by
 name, as ``experiments.online_search`` reads them).
 
