@@ -28,6 +28,7 @@ from monolith_ray.messages import POSITIVE_ACTIONS
 from monolith_ray.policy.experiments import ArmCounts, arm_of, experiment_of, report
 from monolith_ray.policy.policies import Policy, ShowCounts, make_policy
 from monolith_ray.policy.satiation import PendingShows, SatiationModel
+from monolith_ray.schemas import value_ids
 
 __all__ = ["Decision", "Decisions", "first_values", "logits_of"]
 
@@ -176,7 +177,9 @@ class Decisions:
         raw = penalised = logits_of(scores, self.score_bounds)
         states = None
         if self.satiation is not None and categories is not None:
-            states = self.satiation.states(user_id, categories, now)
+            # one user whether the id comes as 7 or "7" (the model's and ShowCounts' ids)
+            user = int(value_ids([user_id])[0])
+            states = self.satiation.states(user, categories, now)
             if arm.satiation or self._evaluates_satiation:  # O(n G) a request
                 penalised = _last(raw - self.satiation.penalties(states),
                                   np.isnan(np.asarray(scores, dtype=np.float64)))
@@ -197,7 +200,7 @@ class Decisions:
         if pairs is not None:
             self.shows.add(pairs[choice.indices])
         if states is not None:
-            self.satiation.show(user_id, [categories[i] for i in chosen], now)
+            self.satiation.show(user, [categories[i] for i in chosen], now)
         if arm.label is not None:
             with self._lock:
                 self._counts.setdefault(arm.label, ArmCounts()).impressions += len(chosen)

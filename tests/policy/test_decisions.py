@@ -172,6 +172,18 @@ def test_logits_of_scores() -> None:
     assert logits_of(np.array([np.nan, 0.0]))[0] == logits_of(np.array([0.0]))[0]
 
 
+def test_a_user_is_one_user_to_the_satiation_fit_as_7_or_as_the_string_7() -> None:
+    d = decisions()
+    user = user_in(d, 2)  # the sated arm (the string spells the same number: the same arm)
+    categories = list("abcde")
+    d.decide(user, ITEMS, categories, SCORES, 2, 0.0)
+    d.decide(str(user), ITEMS, categories, SCORES, 2, 1.0)
+    assert len(d.satiation) == 1  # states held for one user
+    states = d.satiation.states(user, categories, 2.0)
+    # a and b shown at both requests, gamma 0.5: (1 * 0.5 + 1) * 0.5; one request's: 0.5
+    assert states[:2, 0].tolist() == pytest.approx([0.75, 0.75])
+
+
 def test_a_nan_score_ranks_last_below_items_the_penalty_sinks() -> None:
     d = decisions()
     user = user_in(d, 2)  # the sated arm
