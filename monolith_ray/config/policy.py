@@ -119,6 +119,10 @@ class PolicyConfig(PolicyChoice):
 
 
 SNAPSHOT_MODEL = "snapshot:"
+# What the draw of a user's experiment (``policy.experiments.experiment_of``) hashes beside
+# the user id: no experiment may have this name, or its arms would be drawn by the same hash
+# (its users all in one arm).
+EXPERIMENT_DRAW = "experiment"
 SATIATED = "+satiation"  # an evaluated policy on the values after the satiation penalty
 
 
@@ -162,9 +166,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= 64 or not self.name.isprintable():
             raise ConfigError("name", f"1 to 64 printable characters, got {self.name!r}")
-        if self.name == "experiment":  # policy.experiments.EXPERIMENT_DRAW
-            raise ConfigError("name", "'experiment' is reserved: the draw of each user's "
-                                      "experiment hashes it, and would draw this one's arms too")
+        if self.name == EXPERIMENT_DRAW:
+            raise ConfigError("name", f"{EXPERIMENT_DRAW!r} is reserved: the draw of each "
+                                      "user's experiment hashes it, and would draw this "
+                                      "one's arms too")
         if not 1 <= len(self.arms) <= 32:
             raise ConfigError("arms", f"1 to 32 arms, got {len(self.arms)}")
         require_unique_names(self.arms, "arms", "arms")

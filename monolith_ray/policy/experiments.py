@@ -22,15 +22,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from monolith_ray.config.policy import EXPERIMENT_DRAW
 from monolith_ray.features import VALUE_BITS, hash_str
 
-__all__ = ["EXPERIMENT_DRAW", "ArmCounts", "arm_of", "experiment_of", "normal_interval", "report", "unit_hash",
-           "wilson"]
-
-
-# What the draw of a user's experiment hashes beside the user id: no experiment may have
-# this name, or its arms would be drawn by the same hash (its users all in one arm).
-EXPERIMENT_DRAW = "experiment"
+__all__ = ["EXPERIMENT_DRAW", "ArmCounts", "arm_of", "experiment_of", "normal_interval",
+           "report", "unit_hash", "wilson"]
 
 
 def unit_hash(text: str) -> float:
