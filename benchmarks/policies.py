@@ -419,8 +419,7 @@ def mean_figures(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         **shared_mean(seeds),
         **{f"reward_{name}": round(mean[name], 1) for name in PHASES},
         **reward_ratios(mean),
-        "ope_relative_error": relative_error(estimate["bandit_from_epsilon_ips"],
-                                             mean["bandit"]),
+        **bandit_ope_mean(seeds),
         "ope_snips_relative_error": relative_error(estimate["bandit_from_epsilon_snips"],
                                                    mean["bandit"]),
         "ope_pooled_relative_error": relative_error(estimate["bandit_from_pooled_ips"],
@@ -430,6 +429,18 @@ def mean_figures(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "ope_estimates": {k: round(v, 1) for k, v in estimate.items()},
         "failed": sum(f["failed"] for f in seeds),
     }
+
+
+def bandit_ope_mean(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """``ope_relative_error`` over several seeds' loops: the bandit's mean IPS estimate from
+    the epsilon phases' logs against its mean measured clicks (``ope_estimate``,
+    ``ope_measured``; nothing when a seed ran without the epsilon or the bandit phase)."""
+    if not seeds or not all("ope_bandit_from_epsilon" in f for f in seeds):
+        return {}
+    estimate = float(np.mean([f["ope_bandit_from_epsilon"]["ips"] for f in seeds]))
+    measured = float(np.mean([f["reward_bandit"] for f in seeds]))
+    return {"ope_relative_error": relative_error(estimate, measured),
+            "ope_estimate": round(estimate, 1), "ope_measured": round(measured, 1)}
 
 
 def shared_mean(seeds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -481,7 +492,8 @@ def main() -> None:
                 partial[seed].update(ope_figures(phases))
             elif all(name in phases for name in SHARED_PHASES):
                 partial[seed].update(shared_ope(phases))
-        print(json.dumps({"only": only, **settings, **shared_mean(list(partial.values())),
+        print(json.dumps({"only": only, **settings, **bandit_ope_mean(list(partial.values())),
+                          **shared_mean(list(partial.values())),
                           "by_seed": partial}))
         return
     by_seed = {seed: loop_figures(phases) for seed, phases in runs.items()}
