@@ -27,6 +27,7 @@ from monolith_ray.config.policy import (
 from monolith_ray.messages import POSITIVE_ACTIONS
 from monolith_ray.policy.experiments import ArmCounts, arm_of, experiment_of, report
 from monolith_ray.policy.policies import Policy, ShowCounts, make_policy
+from monolith_ray.policy.repeats import RecentKeys
 from monolith_ray.policy.satiation import PendingShows, SatiationModel
 from monolith_ray.schemas import value_ids
 
@@ -131,6 +132,7 @@ class Decisions:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._counts: dict[str, ArmCounts] = {}
+        self.recent = RecentKeys()  # reports counted lately, to count a client's retry once
 
     def report(self, counts: Mapping[str, tuple[int, int, int]]) -> list[dict[str, Any]]:
         """``GET /experiments``' body: per experiment its name and arms, each arm what serves
@@ -218,11 +220,16 @@ class Decisions:
         if self.satiation is not None:
             self.satiation.evict_expired(now)
 
-    def feedback(self, request_id: str, item_id: int | str, action: str, now: float) -> None:
+    def feedback(self, request_id: str, item_id: int | str, action: str, now: float) -> bool:
         """Count an action for the arm named in ``request_id``; a positive action teaches
         the satiation fit if this replica holds the impression. ``now``: the replica's clock
         (s), never the client's event time, which may run ahead by
-        ``limits.max_event_skew_s`` and would end every held impression's window early."""
+        ``limits.max_event_skew_s`` and would end every held impression's window early.
+        -> False, counting nothing, for a report this replica counted lately (the same
+        request id, item as text, and action: :class:`RecentKeys`)."""
+        with self._lock:
+            if not self.recent.first(request_id, str(item_id), action):
+                return False
         arm = self._from_suffix(request_id)
         positive = action in POSITIVE_ACTIONS
         if arm is not None and arm.label is not None:
@@ -236,6 +243,7 @@ class Decisions:
                 if held is not None:
                     self.satiation.observe(held[0][None], np.array([held[1]]), np.ones(1))
             self._learn_expired(now)
+        return True
 
     def _learn_expired(self, now: float) -> None:
         states, logits = self.pending.expired(now)
@@ -250,11 +258,14 @@ class Decisions:
         return {label: (c.impressions, c.clicks, c.rewards) for label, c in counts.items()}
 
     def stats(self) -> dict[str, Any]:
-        """This replica's satiation fit and holdings, for ``/healthz``."""
+        """This replica's satiation fit and holdings, and the repeated feedback it did not
+        count, for ``/healthz``."""
         sat = self.satiation
+        repeats = {"repeated_feedback": self.recent.repeats}
         if sat is None:
-            return {"satiation": None}
-        return {"satiation": {"gamma": sat.gamma, "lambda": sat.lam, "observed": sat.observed,
-                              "users": len(sat), "pending_requests": len(self.pending),
-                              "pending_impressions": self.pending.impressions,
-                              "pushed_out": self.pending.pushed_out}}
+            return {"satiation": None, **repeats}
+        return {**repeats, "satiation": {
+            "gamma": sat.gamma, "lambda": sat.lam, "observed": sat.observed, "users": len(sat),
+            "pending_requests": len(self.pending),
+            "pending_impressions": self.pending.impressions,
+            "pushed_out": self.pending.pushed_out}}

@@ -338,9 +338,9 @@ class Recommender:
         self.log.send(self.cfg.kafka.topics.actions, body.request_id, action)
         self.log.poll()
         # The server's clock ends held impressions' windows: a client's time may run ahead.
-        self.decisions.feedback(body.request_id, body.item_id, body.action, now)
+        counted = self.decisions.feedback(body.request_id, body.item_id, body.action, now)
         self.served["feedback"] += 1
-        return FeedbackOut(accepted=True, request_id=body.request_id)
+        return FeedbackOut(accepted=True, request_id=body.request_id, repeat=not counted)
 
     @api.get("/experiments", response_model=ExperimentsOut)
     async def experiments(self) -> JSONResponse:

@@ -68,6 +68,20 @@ def test_each_arm_decides_with_its_policy_and_counts_feedback_by_request_id() ->
     assert d.take_counts() == {}
 
 
+def test_a_repeated_report_is_counted_once() -> None:
+    """A client retrying /feedback sends the same (request id, item, action) again."""
+    d = decisions()
+    first, _ = d.decide(user_in(d, 0), ITEMS, [None] * 5, SCORES, 2, 0.0)
+    rid = "abc" + first.suffix
+    assert d.feedback(rid, 10, "click", 1.0) is True
+    assert d.feedback(rid, 10, "click", 2.0) is False
+    assert d.feedback(rid, "10", "click", 2.0) is False  # the item as text: one item
+    assert d.feedback(rid, 10, "like", 2.0) is True  # another action on it
+    assert d.feedback(rid, 11, "click", 2.0) is True  # another item
+    assert d.take_counts() == {"exp/greedy": (2, 2, 3)}
+    assert d.stats()["repeated_feedback"] == 2
+
+
 def test_the_sated_arm_lowers_what_the_user_just_saw() -> None:
     d = decisions()
     d.satiation.params[:, 2] = 10.0  # a known λ: a category shown once is pushed down

@@ -116,7 +116,8 @@ def test_feedback_needs_the_token_of_a_served_item_and_a_sane_time(app_url: str)
     fields = {"request_id": rid, "item_id": item["item_id"], "token": item["token"],
               "action": "click"}
     r = requests.post(app_url + "/feedback", json=fields, timeout=30)
-    assert r.status_code == 200 and r.json() == {"accepted": True, "request_id": rid}, r.text
+    assert r.status_code == 200 and r.json() == {"accepted": True, "request_id": rid,
+                                                 "repeat": False}, r.text
     not_served = next(i for i in range(100, 200)
                       if i not in {it["item_id"] for it in served["items"]})
     for bad, field in [({"item_id": not_served}, "token"), ({"request_id": rid[::-1]}, "token"),

@@ -98,10 +98,13 @@ def test_experiments_count_impressions_and_feedback_over_http(app) -> None:
     user = users_in(app.cfg, "sated", 1)[0]
     body = recommend(app, user, 3)
     item = body["items"][0]
-    r = requests.post(app.url + "/feedback", timeout=30, json={
-        "request_id": body["request_id"], "item_id": item["item_id"], "action": "click",
-        "token": item["token"]})
-    assert r.status_code == 200, r.text
+    report = {"request_id": body["request_id"], "item_id": item["item_id"],
+              "action": "click", "token": item["token"]}
+    r = requests.post(app.url + "/feedback", timeout=30, json=report)
+    assert r.status_code == 200 and r.json()["repeat"] is False, r.text
+    # a client's retry is taken (logged for the joiner) and counted once
+    again = requests.post(app.url + "/feedback", timeout=30, json=report)
+    assert again.status_code == 200 and again.json()["repeat"] is True, again.text
     after = experiments(app)["ab/sated"]
     was = before["ab/sated"]
     assert (after["impressions"], after["clicks"], after["rewards"]) == (
@@ -111,6 +114,7 @@ def test_experiments_count_impressions_and_feedback_over_http(app) -> None:
     assert experiments(app)["ab/greedy"]["impressions"] == before["ab/greedy"]["impressions"]
     health = requests.get(app.url + "/healthz", timeout=30).json()
     assert health["policy"]["satiation"]["users"] >= 1
+    assert health["policy"]["repeated_feedback"] >= 1
 
 
 def test_a_clients_clock_ahead_does_not_end_held_impressions_windows(app) -> None:
