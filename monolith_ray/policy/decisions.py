@@ -132,7 +132,8 @@ class Decisions:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._counts: dict[str, ArmCounts] = {}
-        self.recent = RecentKeys()  # reports counted lately, to count a client's retry once
+        self.recent = RecentKeys()  # reports received lately, to count a client's retry once
+        self.repeated = 0  # reports recognised as repeats (not counted), since the start
 
     def report(self, counts: Mapping[str, tuple[int, int, int]]) -> list[dict[str, Any]]:
         """``GET /experiments``' body: per experiment its name and arms, each arm what serves
@@ -225,20 +226,24 @@ class Decisions:
         the satiation fit if this replica holds the impression. ``now``: the replica's clock
         (s), never the client's event time, which may run ahead by
         ``limits.max_event_skew_s`` and would end every held impression's window early.
-        -> False, counting nothing, for a report this replica counted lately (the same
-        request id, item as text, and action: :class:`RecentKeys`)."""
+        -> False, counting nothing, for a report this replica received lately (the same
+        request id, item as text, and action: :class:`RecentKeys`). An impression's reward
+        is counted once, at its first positive action (a ``like`` after a ``click`` adds
+        none), as the joiner labels it."""
+        item = str(item_id)
         with self._lock:
-            if not self.recent.first(request_id, str(item_id), action):
+            if not self.recent.first(request_id, item, action):
+                self.repeated += 1
                 return False
+            rewarded = action in POSITIVE_ACTIONS and self.recent.first(request_id, item, "+")
         arm = self._from_suffix(request_id)
-        positive = action in POSITIVE_ACTIONS
         if arm is not None and arm.label is not None:
             with self._lock:
                 counts = self._counts.setdefault(arm.label, ArmCounts())
                 counts.clicks += action == "click"
-                counts.rewards += positive
+                counts.rewards += rewarded
         if self.satiation is not None:
-            if positive:
+            if action in POSITIVE_ACTIONS:
                 held = self.pending.click(request_id, item_id)
                 if held is not None:
                     self.satiation.observe(held[0][None], np.array([held[1]]), np.ones(1))
@@ -261,7 +266,7 @@ class Decisions:
         """This replica's satiation fit and holdings, and the repeated feedback it did not
         count, for ``/healthz``."""
         sat = self.satiation
-        repeats = {"repeated_feedback": self.recent.repeats}
+        repeats = {"repeated_feedback": self.repeated}
         if sat is None:
             return {"satiation": None, **repeats}
         return {**repeats, "satiation": {

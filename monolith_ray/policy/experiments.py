@@ -7,12 +7,12 @@ hash of the user id alone (equal shares), and within it to one arm, chosen by a 
 (experiment name, user id) against the arms' weights. Renaming an experiment reshuffles its
 users; adding one moves users between experiments.
 
-Statistics per arm: impressions, clicks (``click`` actions), rewards (positive actions of
-any kind, ``messages.POSITIVE_ACTIONS``); CTR = clicks / impressions with a Wilson score
-interval; mean reward per impression with a normal-approximation interval whose variance
-treats each impression's reward as 0 or 1 (exact while an impression gets at most one
-positive action, too narrow otherwise). Feedback is counted as it comes: a client sending
-the same action twice counts twice (the joiner, not these counts, deduplicates).
+Statistics per arm: impressions, clicks (``click`` actions), rewards (impressions with a
+positive action of any kind, ``messages.POSITIVE_ACTIONS``, each counted once, as the joiner
+labels them); CTR = clicks / impressions with a Wilson score interval; mean reward per
+impression with a normal-approximation interval, each impression's reward 0 or 1. Feedback
+is counted as it comes; a report a replica received lately (the same request id, item and
+action) is not counted again (``decisions.Decisions.feedback``, ``repeats.RecentKeys``).
 """
 
 from __future__ import annotations

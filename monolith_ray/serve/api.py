@@ -181,8 +181,8 @@ class ExperimentsOut(BaseModel):
 class FeedbackOut(BaseModel):
     accepted: bool
     request_id: str
-    repeat: bool = Field(False, description="this replica has counted the same (request_id, "
-                         "item_id, action) before: logged again for the joiner, which "
+    repeat: bool = Field(description="this replica received the same (request_id, "
+                         "item_id, action) lately: logged again for the joiner, which "
                          "deduplicates, and not counted again in /experiments")
 
 

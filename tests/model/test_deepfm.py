@@ -28,9 +28,9 @@ BEFORE = np.load(Path(__file__).parent / "data" / "deepfm_before.npz")
 
 
 def test_same_numbers_as_before_the_model_api():
-    """When every slot has one dim: the same initial parameters, and bit for bit the same
-    probabilities, logits, loss and dense gradients; the row gradients to an ulp or two
-    (XLA fuses the new graph's additions differently)."""
+    """When every slot has one dim: bit for bit the same initial parameters, and the same
+    probabilities, logits, loss and gradients to float32 rounding (XLA fuses the new graph's
+    additions differently, and its code differs between CPUs)."""
     for n_dense in (2, 0):
         before = {k.removeprefix(f"dense{n_dense}_"): BEFORE[k] for k in BEFORE.files
                   if k.startswith(f"dense{n_dense}_")}
@@ -54,11 +54,12 @@ def test_same_numbers_as_before_the_model_api():
         probs = make_predict(deepfm, s)(params, rows, idx, dense)["click"]
         pg, rg, loss, logits = make_grad_step(deepfm, s)(params, rows, idx, labels, weights,
                                                          dense)
-        np.testing.assert_array_equal(probs, before["probs"])
-        np.testing.assert_array_equal(logits, before["logits"])
-        np.testing.assert_array_equal(loss, before["loss"])
+        # float32 rounding apart: XLA's code for a sum differs between CPUs (a machine with
+        # other vector units moved a logit by 1.2e-7), so not bit for bit
+        for name, got in (("probs", probs), ("logits", logits), ("loss", loss)):
+            np.testing.assert_allclose(got, before[name], rtol=1e-6, atol=3e-7, err_msg=name)
         for i, leaf in enumerate(jax.tree.leaves(pg)):
-            np.testing.assert_array_equal(leaf, before[f"param_grads{i}"])
+            np.testing.assert_allclose(leaf, before[f"param_grads{i}"], rtol=1e-6, atol=3e-7)
         for i, g in enumerate(rg):
             np.testing.assert_allclose(g, before[f"row_grads{i}"], rtol=0, atol=3e-8)
 

@@ -76,9 +76,10 @@ def test_a_repeated_report_is_counted_once() -> None:
     assert d.feedback(rid, 10, "click", 1.0) is True
     assert d.feedback(rid, 10, "click", 2.0) is False
     assert d.feedback(rid, "10", "click", 2.0) is False  # the item as text: one item
-    assert d.feedback(rid, 10, "like", 2.0) is True  # another action on it
-    assert d.feedback(rid, 11, "click", 2.0) is True  # another item
-    assert d.take_counts() == {"exp/greedy": (2, 2, 3)}
+    assert d.feedback(rid, 10, "like", 2.0) is True  # another action on it: no 2nd reward
+    assert d.feedback(rid, 11, "skip", 2.0) is True  # another item, not a reward
+    assert d.feedback(rid, 11, "click", 2.0) is True  # its first positive action
+    assert d.take_counts() == {"exp/greedy": (2, 2, 2)}
     assert d.stats()["repeated_feedback"] == 2
 
 

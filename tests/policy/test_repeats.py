@@ -13,7 +13,7 @@ def test_a_key_is_new_once_then_a_repeat() -> None:
     keys = RecentKeys(10)
     assert keys.first("r1", "7", "click") and keys.first("r1", "7", "like")
     assert not keys.first("r1", "7", "click") and not keys.first("r1", "7", "like")
-    assert keys.repeats == 2 and len(keys) == 2
+    assert len(keys) == 2
 
 
 def test_the_oldest_key_is_forgotten_past_capacity() -> None:
@@ -21,9 +21,10 @@ def test_the_oldest_key_is_forgotten_past_capacity() -> None:
     for n in range(4):
         assert keys.first(str(n))
     assert len(keys) == 3
-    assert keys.first("0")  # forgotten: new again (and now "1" is the oldest)
+    assert keys.first("0")  # forgotten: new again, and "1" is forgotten for it
     assert not keys.first("3") and not keys.first("2")
     assert keys.first("1")
+    assert keys.first("2")  # a repeat did not refresh it: the oldest, forgotten for "1"
 
 
 @given(st.lists(st.text(max_size=4), min_size=1, max_size=3),
