@@ -69,17 +69,16 @@ def test_a_dead_shard_raises_a_clear_error_instead_of_hanging(ray_session, calls
     fids = {"user_id": make_fids(1, np.arange(200))}
     assert client.pull(fids, now=0.0)["user_id"].shape == (200, 17)
     ray.kill(shards[1], no_restart=True)
-    # Ray fails calls to a killed actor at once; a channel is answered by the actor's process
-    # until it is gone, some milliseconds after ray.kill returns. Either way a call fails well
-    # within the timeout, as dead rather than as late.
+    # ray.kill returns before the kill has reached the actor: a call sent in between (by Ray or
+    # by a channel to the actor's process) may still be answered, and on a loaded machine one
+    # was. Once the actor is gone a call fails well within the timeout, as dead, not as late.
     start, answered = time.monotonic(), 0
     with pytest.raises(ShardUnavailableError, match=r"\[1\] of 2 are dead"):
         while time.monotonic() - start < 10:
             client.pull(fids, now=1.0)
             answered += 1
     assert time.monotonic() - start < 10
-    if calls is RayCalls:
-        assert answered == 0
+    assert answered < 1000, "the kill took seconds to reach the actor"
     ray.kill(shards[0])
     ray.kill(dense)
 
