@@ -102,9 +102,13 @@ class PolicyConfig(PolicyChoice):
     ``<kind>`` is evaluated on the model's values, ``<kind>+satiation`` on the values after the
     satiation penalty (the replica then keeps satiation states and fits them, and logs each
     impression's policy, arm and propensity, whatever serves), each with the show counts the
-    served choice was made with."""
+    served choice was made with. ``repeat_memory``: the ``/feedback`` reports a replica
+    remembers to count a client's retry once (``policy.repeats``: about 155 bytes each, the
+    default 200,000 some 31 MB; size it as the replica's reports a second times a client's
+    retry horizon in seconds, positive reports counting twice)."""
 
     show_count_buckets: int = 1 << 20
+    repeat_memory: int = 200_000
     satiation: SatiationConfig = dataclasses.field(default_factory=SatiationConfig)
     evaluate: tuple[Literal["greedy", "epsilon", "thompson", "ucb", "greedy+satiation",
                             "epsilon+satiation", "thompson+satiation", "ucb+satiation"],
@@ -113,6 +117,7 @@ class PolicyConfig(PolicyChoice):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self, "show_count_buckets", ge=1, le=1 << 28)
+        _require(self, "repeat_memory", ge=1, le=10_000_000)  # at most some 1.6 GB
         if len(self.evaluate) > 4 or len(set(self.evaluate)) != len(self.evaluate):
             raise ConfigError("evaluate", f"at most 4 distinct entries, got "
                                           f"{list(self.evaluate)}")

@@ -132,7 +132,8 @@ class Decisions:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._counts: dict[str, ArmCounts] = {}
-        self.recent = RecentKeys()  # reports received lately, to count a client's retry once
+        # reports received lately, to count a client's retry once
+        self.recent = RecentKeys(policy.repeat_memory)
         self.repeated = 0  # reports recognised as repeats (not counted), since the start
 
     def report(self, counts: Mapping[str, tuple[int, int, int]]) -> list[dict[str, Any]]:

@@ -3,9 +3,9 @@ the same (request id, item, action) again, and an A/B arm must count it once.
 
 :class:`RecentKeys` remembers the last ``capacity`` keys a replica saw, each as a 16-byte
 BLAKE2b digest of its length-prefixed parts, forgotten in the order they were first seen (a
-repeat does not refresh its key). A repeat is recognised while its first
-report is among the last ``capacity`` at this replica: a retry seconds later is, at any
-realistic rate (the default 200,000 keys hold 10 s of feedback at 10,000 reports a
+repeat does not refresh its key). A repeat is recognised while its first report is among
+the last ``capacity`` at this replica: a retry seconds later is, at any realistic rate (the
+default ``policy.repeat_memory`` of 200,000 keys holds 10 s of feedback at 10,000 reports a
 second, each positive report taking a second key for its impression's reward). One
 that reaches another replica, or comes after ``capacity`` other reports or a restart, is
 not: tokens are stateless, so complete deduplication would need state shared by every

@@ -83,6 +83,18 @@ def test_a_repeated_report_is_counted_once() -> None:
     assert d.stats()["repeated_feedback"] == 2
 
 
+def test_repeat_memory_is_how_many_reports_a_replica_remembers() -> None:
+    d = decisions(CONFIG.replace("policy:\n", "policy:\n  repeat_memory: 2\n"))
+    first, _ = d.decide(user_in(d, 0), ITEMS, [None] * 5, SCORES, 2, 0.0)
+    rid = "abc" + first.suffix
+    for item in (10, 11, 12):
+        assert d.feedback(rid, item, "skip", 1.0) is True
+    assert d.feedback(rid, 11, "skip", 1.0) is False  # among the last two
+    assert d.feedback(rid, 10, "skip", 1.0) is True  # forgotten: counted again
+    with pytest.raises(ConfigError, match="repeat_memory"):
+        load_config(CONFIG.replace("policy:\n", "policy:\n  repeat_memory: 0\n"))
+
+
 def test_the_sated_arm_lowers_what_the_user_just_saw() -> None:
     d = decisions()
     d.satiation.params[:, 2] = 10.0  # a known λ: a category shown once is pushed down
