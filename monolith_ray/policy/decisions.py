@@ -94,8 +94,8 @@ def _policy(choice: PolicyChoice) -> Policy:
 
 
 class Decisions:
-    """The serving decision of one replica (not thread-safe but for :meth:`take_counts`:
-    call the rest from the event loop)."""
+    """The serving decision of one replica (not thread-safe but for :meth:`take_counts`
+    and :meth:`stats`: call the rest from one thread, the replica's policy thread)."""
 
     def __init__(self, policy: PolicyConfig, experiments: Sequence[ExperimentConfig] = (),
                  seed: int | None = None, score_bounds: tuple[float, float] = (0.0, 1.0)
