@@ -124,10 +124,12 @@ class Decisions:
             policy, kind=name.removesuffix(SATIATED))), name.endswith(SATIATED))
             for name in policy.evaluate}
         self._evaluates_satiation = any(sated for _, sated in self._evaluated.values())
-        uncertain = policy.kind in _UNCERTAIN or any(
-            a.policy is not None and a.policy.kind in _UNCERTAIN
-            for e in self.experiments for a in e.arms) or any(
-            p.name in _UNCERTAIN for p, _ in self._evaluated.values())
+        kinds = {policy.kind, *(a.policy.kind for e in self.experiments for a in e.arms
+                                if a.policy is not None),
+                 *(p.name for p, _ in self._evaluated.values())}
+        uncertain = bool(kinds.intersection(_UNCERTAIN))
+        # Thompson's Monte Carlo: k · draws · n normals a decision (config/policy.py)
+        self.monte_carlo = "thompson" in kinds
         self.shows = ShowCounts(policy.show_count_buckets) if uncertain else None
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()

@@ -49,9 +49,11 @@ default (zero) embedding, never refused.
 Endpoints are ``async``: scoring is a few milliseconds of CPU, run on the replica's event loop
 without a thread hop; replicas, not threads, give parallelism. The serving decision and
 feedback's counting run on one thread of the replica's own (``Decisions`` is single-threaded),
-in arrival order: Thompson sampling's Monte Carlo costs ``k · draws · n`` normals a policy
-(about 250 ms at ``k`` 100, 1,000 candidates and 128 draws on a 2-core machine), which on the
-event loop would hold up every other request and ``/healthz`` meanwhile. Each replica holds the dense
+in arrival order, when any policy served or evaluated is Thompson sampling: its Monte Carlo
+costs ``k · draws · n`` normals a policy (about 250 ms at ``k`` 100, 1,000 candidates and 128
+draws on a 2-core machine), which on the event loop would hold up every other request and
+``/healthz`` meanwhile. The other policies take microseconds and stay on the loop (the
+thread hop costs about 0.1 ms). Each replica holds the dense
 parameters and either every embedding row (``serve.store: replica``) or a bounded cache of
 them over the serving shards (``sharded``: misses are awaited on the event loop, so other
 requests go on meanwhile; ``ServingModel``), and pulls newer versions from the
@@ -168,9 +170,10 @@ class Recommender:
         self.score_of = parse_score(cfg.serve.score, cfg.task_names)
         self.decisions = Decisions(cfg.policy, cfg.experiments,
                                    score_bounds=self.score_of.bounds)
-        # Every call that changes self.decisions runs here, one at a time, off the event loop.
+        # With Thompson sampling anywhere, every call that changes self.decisions runs here,
+        # one at a time, off the event loop; else on the loop (a hop costs ~0.1 ms).
         self._policy_thread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="policy")
+            1, thread_name_prefix="policy") if self.decisions.monte_carlo else None
         # Arms pinned to a snapshot (model: snapshot:...): loaded once, never synced.
         self.pinned: dict[str, tuple[ServingModel, str]] = {}
         for arm in (a for e in cfg.experiments for a in e.arms):
@@ -399,7 +402,10 @@ class Recommender:
             raise BadRequest(str(err)) from None
 
     async def _on_policy_thread(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` on the replica's policy thread, awaited."""
+        """``fn(*args)`` on the replica's policy thread, awaited (on the event loop when
+        no policy samples)."""
+        if self._policy_thread is None:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._policy_thread, fn, *args)
 
     def _decide(self, user_id: int | str, ids: Sequence[int | str],

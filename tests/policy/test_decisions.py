@@ -47,7 +47,7 @@ def test_default_config_is_greedy_unlogged_without_arms() -> None:
     decision, states = d.decide(5, ITEMS, None, SCORES[::-1], 3, 0.0)
     assert decision.indices.tolist() == [4, 3, 2] and decision.propensities.tolist() == [1] * 3
     assert (decision.policy, decision.arm, decision.suffix) == ("greedy", None, "")
-    assert states is None and not d.logged and d.satiation is None
+    assert states is None and not d.logged and d.satiation is None and not d.monte_carlo
     assert d.take_counts() == {}
 
 
@@ -81,6 +81,19 @@ def test_a_repeated_report_is_counted_once() -> None:
     assert d.feedback(rid, 11, "click", 2.0) is True  # its first positive action
     assert d.take_counts() == {"exp/greedy": (2, 2, 2)}
     assert d.stats()["repeated_feedback"] == 2
+
+
+@pytest.mark.parametrize("lines,sampled", [
+    ("  kind: epsilon\n", False), ("  kind: ucb\n", False),
+    ("  evaluate: [greedy, ucb+satiation]\n", False), ("  kind: thompson\n", True),
+    ("  evaluate: [thompson+satiation]\n", True)])
+def test_monte_carlo_is_whether_any_policy_served_or_evaluated_samples(
+        lines: str, sampled: bool) -> None:
+    """What sends a replica's decisions to a thread of their own (``serve/app.py``)."""
+    assert decisions(outside_experiments(lines)).monte_carlo is sampled
+    arm = CONFIG.replace("epsilon: 1.0}", "epsilon: 1.0}}\n      - {name: ts, policy: "
+                                          "{kind: thompson}")
+    assert decisions(arm).monte_carlo
 
 
 def test_repeat_memory_is_how_many_reports_a_replica_remembers() -> None:
