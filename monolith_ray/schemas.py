@@ -31,6 +31,7 @@ renumbered without rewriting data. Columns not in the schema are allowed and ign
 from __future__ import annotations
 
 import functools
+import re
 from itertools import repeat
 from typing import Iterable, Protocol, Sequence, Union
 
@@ -128,6 +129,16 @@ def _fields(schema: pa.Schema) -> tuple[tuple[pa.Field, bool, bool], ...]:
     (its metadata says so)."""
     return tuple((field, field.metadata == _DENSE, field.metadata == _TASK_LABEL)
                  for field in schema)
+
+
+def value_text(value: str | int) -> str:
+    """The text one value is known by, as :func:`value_ids` reads it: an int, or a string
+    that spells a decimal integer, as that integer's decimal (``7``, ``"7"`` and ``"007"``
+    -> ``"7"``); any other string as itself. For hashes that must agree with the model's
+    ids (an A/B arm, a repeated report)."""
+    if isinstance(value, str) and re.fullmatch(_DECIMAL[1:-1], value) is None:
+        return value
+    return str(int(value))
 
 
 def value_ids(values: Iterable[str | int]) -> np.ndarray:

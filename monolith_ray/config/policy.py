@@ -29,8 +29,9 @@ class PolicyChoice:
       with probability ``epsilon``), ``thompson`` (per slot the best of the values plus
       Normal(0, sigma_i), propensities by Monte Carlo with ``draws`` draws a slot: about
       k · draws · n normals a request of n candidates, some 250 ms at k 100, n 1,000 and
-      128 draws on a 2-core machine, as much again for each Thompson inclusion under
-      ``evaluate``, on the replica's policy thread, one request after another), ``ucb``
+      128 draws on a 2-core machine, as much again for each Thompson inclusion: the
+      serving policy's own when ``evaluate`` is set, and each Thompson entry of it; on the
+      replica's policy thread, one request after another), ``ucb``
       (the top k of values plus sigma_i).
     - ``scale``: c in sigma_i = c / sqrt(1 + impressions of item i to the requesting user
       by the replica), logit units (``thompson``, ``ucb``).

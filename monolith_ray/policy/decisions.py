@@ -29,7 +29,7 @@ from monolith_ray.policy.experiments import ArmCounts, arm_of, experiment_of, re
 from monolith_ray.policy.policies import Policy, ShowCounts, make_policy
 from monolith_ray.policy.repeats import RecentKeys
 from monolith_ray.policy.satiation import PendingShows, SatiationModel
-from monolith_ray.schemas import value_ids
+from monolith_ray.schemas import value_ids, value_text
 
 __all__ = ["Decision", "Decisions", "first_values", "logits_of"]
 
@@ -94,8 +94,11 @@ def _policy(choice: PolicyChoice) -> Policy:
 
 
 class Decisions:
-    """The serving decision of one replica (not thread-safe but for :meth:`take_counts`
-    and :meth:`stats`: call the rest from one thread, the replica's policy thread)."""
+    """The serving decision of one replica. Not thread-safe: call :meth:`decide`,
+    :meth:`held` and :meth:`feedback` from one thread (the replica's policy thread, or its
+    event loop). Safe from any thread: :meth:`take_counts` (locked), :meth:`arm_of`,
+    :meth:`model_of`, :meth:`report` and the attributes fixed at construction; and
+    :meth:`stats`, a best-effort reading (its figures may be of different moments)."""
 
     def __init__(self, policy: PolicyConfig, experiments: Sequence[ExperimentConfig] = (),
                  seed: int | None = None, score_bounds: tuple[float, float] = (0.0, 1.0)
@@ -230,10 +233,10 @@ class Decisions:
         (s), never the client's event time, which may run ahead by
         ``limits.max_event_skew_s`` and would end every held impression's window early.
         -> False, counting nothing, for a report this replica received lately (the same
-        request id, item as text, and action: :class:`RecentKeys`). An impression's reward
-        is counted once, at its first positive action (a ``like`` after a ``click`` adds
-        none), as the joiner labels it."""
-        item = str(item_id)
+        request id, item as the model reads it, and action: :class:`RecentKeys`). An
+        impression's reward is counted once, at its first positive action (a ``like`` after
+        a ``click`` adds none), as the joiner labels it."""
+        item = value_text(item_id)  # 7, "7" and "007": one item, as the model reads it
         with self._lock:
             if not self.recent.first(request_id, item, action):
                 self.repeated += 1

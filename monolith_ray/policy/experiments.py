@@ -2,7 +2,8 @@
 
 Assignment hashes text with ``features.hash_str`` (BLAKE2b of the UTF-8 bytes, 48 bits),
 never Python's salted ``hash()``, so a user lands in the same arm in every process, replica
-and run. Experiments are mutually exclusive: a user belongs to one experiment, chosen by a
+and run. The user id is hashed as the model reads it (``schemas.value_text``): ``7``, ``"7"``
+and ``"007"`` are one user, in one arm. Experiments are mutually exclusive: a user belongs to one experiment, chosen by a
 hash of the user id alone (equal shares), and within it to one arm, chosen by a hash of
 (experiment name, user id) against the arms' weights. Renaming an experiment reshuffles its
 users; adding one moves users between experiments.
@@ -24,6 +25,7 @@ from typing import Any
 
 from monolith_ray.config.policy import EXPERIMENT_DRAW
 from monolith_ray.features import VALUE_BITS, hash_str
+from monolith_ray.schemas import value_text
 
 __all__ = ["EXPERIMENT_DRAW", "ArmCounts", "arm_of", "experiment_of", "normal_interval",
            "report", "unit_hash", "wilson"]
@@ -38,13 +40,14 @@ def experiment_of(count: int, user_id: int | str) -> int:
     """Which of ``count`` mutually exclusive experiments user ``user_id`` belongs to. The
     hashed text is :func:`arm_of`'s of an experiment named ``EXPERIMENT_DRAW``, a name config
     refuses, so the two draws stay independent."""
-    return min(int(unit_hash(f"{EXPERIMENT_DRAW}\x1f{user_id}") * count), count - 1)
+    return min(int(unit_hash(f"{EXPERIMENT_DRAW}\x1f{value_text(user_id)}") * count),
+               count - 1)
 
 
 def arm_of(experiment: str, weights: Sequence[float], user_id: int | str) -> int:
     """The arm (index into ``weights``, all > 0) of ``user_id`` in ``experiment``: arm ``i``
     with probability ``weights[i] / sum(weights)`` over users, the same on every call."""
-    u = unit_hash(f"{experiment}\x1f{user_id}") * sum(weights)
+    u = unit_hash(f"{experiment}\x1f{value_text(user_id)}") * sum(weights)
     total = 0.0
     for i, w in enumerate(weights):
         total += w

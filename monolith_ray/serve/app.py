@@ -49,8 +49,8 @@ default (zero) embedding, never refused.
 Endpoints are ``async``: scoring is a few milliseconds of CPU, run on the replica's event loop
 without a thread hop; replicas, not threads, give parallelism. The serving decision and
 feedback's counting run on one thread of the replica's own (``Decisions`` is single-threaded),
-in arrival order, when any policy served or evaluated is Thompson sampling: its Monte Carlo
-costs ``k · draws · n`` normals a policy (about 250 ms at ``k`` 100, 1,000 candidates and 128
+in the order requests reach them, when any policy served or evaluated is Thompson sampling: its
+Monte Carlo costs ``k · draws · n`` normals a policy (about 250 ms at ``k`` 100, 1,000 candidates and 128
 draws on a 2-core machine), which on the event loop would hold up every other request and
 ``/healthz`` meanwhile. The other policies take microseconds and stay on the loop (the
 thread hop costs about 0.1 ms). Each replica holds the dense
@@ -73,7 +73,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -266,18 +266,18 @@ class Recommender:
             category = self.cfg.policy.satiation.category_slot
             categories = (self.pool_categories[which].tolist() if item_slots is None else
                           first_values([slots.get(category) for slots in item_slots]))
-        decision, request_id = await self._on_policy_thread(
-            self._decide, body.user.id, ids, categories, scores, body.k, now)
-        top = decision.indices.tolist()
-        propensities = decision.propensities.tolist()
-        chosen = b""
-        if self.decisions.logged:
-            chosen = b',"policy":%s,"arm":%s' % (encode(decision.policy), encode(decision.arm))
-        if self.log is not None:
+
+        def log(decision: Decision, request_id: str) -> None:
+            """The shown items' impressions -> the ``features`` topic."""
+            chosen = b""
+            if self.decisions.logged:
+                chosen = b',"policy":%s,"arm":%s' % (encode(decision.policy),
+                                                     encode(decision.arm))
             # The context and the user part are encoded once per request, not per impression.
             head = b'{"request_id":"%s","time":%d,"user_id":%s,"context":%s' % (
                 request_id.encode(), now, encode(body.user.id), context)
-            for i, propensity in zip(top, propensities):
+            for i, propensity in zip(decision.indices.tolist(),
+                                     decision.propensities.tolist()):
                 slots = self._item(ids[i], "")[1] if item_slots is None else item_slots[i]
                 dense = ({**user_dense, **{k: v for k, v in item_dense[i].items()
                                            if v is not None}} if self.cfg.dense else None)
@@ -287,6 +287,12 @@ class Recommender:
                                   encode(ids[i]), encode({**user, **slots}),
                                   b',"dense":%s' % encode(dense) if dense else b"", decided))
             self.log.poll()
+
+        decision, request_id = await self._on_policy_thread(
+            self._decide, body.user.id, ids, categories, scores, body.k, now,
+            None if self.log is None else log)
+        top = decision.indices.tolist()
+        propensities = decision.propensities.tolist()
         self.served["recommend"] += 1
         self.served["impressions"] += len(top)
         inclusion = decision.inclusion
@@ -403,23 +409,29 @@ class Recommender:
 
     async def _on_policy_thread(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` on the replica's policy thread, awaited (on the event loop when
-        no policy samples)."""
+        no policy samples). A client that goes away cancels the awaiting handler, never the
+        work: it runs to its end, so a decision counted is logged, and feedback logged is
+        counted."""
         if self._policy_thread is None:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._policy_thread, fn, *args)
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+            self._policy_thread, fn, *args))
 
     def _decide(self, user_id: int | str, ids: Sequence[int | str],
-                categories: Sequence[Any] | None, scores: np.ndarray, k: int, now: int
-                ) -> tuple[Decision, str]:
+                categories: Sequence[Any] | None, scores: np.ndarray, k: int, now: int,
+                log: Callable[[Decision, str], None] | None) -> tuple[Decision, str]:
         """(On the policy thread.) The decision for ``k`` of the candidates ``ids`` with
         their ``scores`` (n,), and the request id naming its arm; the shown items are held
-        for the satiation fit."""
+        for the satiation fit, then logged by ``log`` (one unit: see
+        :meth:`_on_policy_thread`)."""
         decision, states = self.decisions.decide(user_id, ids, categories, scores, k, now)
         request_id = self.tokens.new_request_id() + decision.suffix
         if states is not None:
             top = decision.indices
             self.decisions.held(request_id, now, [ids[i] for i in top.tolist()], states,
                                 scores[top])
+        if log is not None:
+            log(decision, request_id)
         return decision, request_id
 
     async def _score(self, items: SlotRows, user: SlotRows | None, which: np.ndarray | None,

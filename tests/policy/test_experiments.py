@@ -29,6 +29,15 @@ def test_assignment_is_the_same_in_another_process_with_another_hash_seed() -> N
     assert len({a for a, _ in here}) == 3 and len({e for _, e in here}) == 3
 
 
+def test_a_user_is_in_one_arm_however_the_id_is_spelled() -> None:
+    """As the model reads it: 7, "7" and "007" are one user (``schemas.value_ids``)."""
+    for user in range(50):
+        spellings = (user, str(user), f"00{user}")
+        assert len({(arm_of("exp", [1, 1, 1], u), experiment_of(5, u))
+                    for u in spellings}) == 1
+    assert len({arm_of("exp", [1] * 8, f"00{u}") for u in range(50)}) == 8
+
+
 def test_arms_follow_their_weights_and_experiments_reshuffle() -> None:
     users = range(20_000)
     arms = [arm_of("exp", [1.0, 3.0], u) for u in users]

@@ -72,13 +72,13 @@ def test_a_dead_shard_raises_a_clear_error_instead_of_hanging(ray_session, calls
     # ray.kill returns before the kill has reached the actor: a call sent in between (by Ray or
     # by a channel to the actor's process) may still be answered, and on a loaded machine one
     # was. Once the actor is gone a call fails well within the timeout, as dead, not as late.
-    start, answered = time.monotonic(), 0
+    start = last_answer = time.monotonic()
     with pytest.raises(ShardUnavailableError, match=r"\[1\] of 2 are dead"):
         while time.monotonic() - start < 10:
             client.pull(fids, now=1.0)
-            answered += 1
+            last_answer = time.monotonic()
     assert time.monotonic() - start < 10
-    assert answered < 1000, "the kill took seconds to reach the actor"
+    assert last_answer - start < 5, "the killed shard answered for seconds"
     ray.kill(shards[0])
     ray.kill(dense)
 
