@@ -85,6 +85,7 @@ def test_probabilistic_admission_rate_and_determinism():
         probability=0.25)
     a.lookup_train(ids, now=0.0)
     b.lookup_train(ids, now=0.0)
+    assert a._filter.age[1] == 2  # the counters halved twice, at the same ids in the replay
     for chunk in np.array_split(ids, 7):  # a replay batched differently
         c.lookup_train(chunk, now=0.0)
     first = a.contains(ids)
@@ -108,8 +109,9 @@ def test_tiny_count_min_sketch_never_under_counts(ids, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     ids_arr = np.array(ids, dtype=np.int64)
     stream = rng.permutation(np.repeat(ids_arr, counts))
+    # 1,800 occurrences at most: under the first halving (2 x 1,024), so none is aged
     table = make_table(threshold=threshold,
-                       admission=AdmissionConfig(sketch_width=64, sketch_depth=2))
+                       admission=AdmissionConfig(sketch_width=1024, sketch_depth=2))
     seen = dict.fromkeys(ids, 0)
     for batch in np.array_split(stream, n_batches):
         out = table.lookup_train(batch, now=0.0)
@@ -140,6 +142,38 @@ def test_sketch_memory_is_bounded_while_a_million_ids_stream():
         assert table._filter.sketch is sketch and sketch.nbytes == 4 * (1 << 16)
         assert table.stats()["bytes"] == start
     assert len(table) == 0 and table.counters["filtered"] == 1_000_000
+
+
+def test_counts_age_so_a_long_stream_of_rare_ids_does_not_open_the_filter():
+    """Ids each seen twice never reach a threshold of 5; without halving, the counters of a
+    4,096-wide sketch filled up and past ~20 x width distinct ids every id passed."""
+    width = 4096
+    table = make_table(threshold=5, admission=AdmissionConfig(sketch_width=width))
+    rng = np.random.default_rng(0)
+    for k in range(40):  # 40 x 2,048 distinct ids, each twice
+        ids = np.arange(k * 2048, (k + 1) * 2048, dtype=np.int64) * 104729 + 1
+        table.lookup_train(rng.permutation(np.repeat(ids, 2)), now=0.0)
+    assert len(table) < 0.001 * 40 * 2048, len(table)
+    assert table._filter.age[1] == 40 * 4096 // (2 * width)  # halvings at each 2 x width
+    hot = np.arange(1000, dtype=np.int64) * 7 + 3  # seen 5 times in a row: admitted
+    for _ in range(5):
+        table.lookup_train(hot, now=1.0)
+    assert table.contains(hot).all()
+
+
+def test_a_count_halves_every_two_widths_of_occurrences():
+    width = 64
+    table = make_table(threshold=4, admission=AdmissionConfig(sketch_width=width,
+                                                              sketch_depth=2))
+    rare = np.array([10**12 + 1], dtype=np.int64)
+    for _ in range(3):
+        table.lookup_train(rare, now=0.0)  # 3 of 4
+    table.lookup_train(np.arange(2 * width - 3, dtype=np.int64) * 7919, now=0.0)
+    # the counters halved at the 128th occurrence: 3 -> 1, so a fourth sight is its second
+    table.lookup_train(rare, now=0.0)
+    assert not table.contains(rare).any()
+    table.lookup_train(np.concatenate([rare, rare]), now=0.0)
+    assert table.contains(rare).all()
 
 
 def test_admit_all_keeps_no_sketch():
