@@ -89,13 +89,17 @@ class _Change(NamedTuple):
 
 
 _ENTRY_BYTES = 1024  # counted per logged version besides its arrays: empty versions cost too
+# counted per array besides its data: the array object (112 bytes for a 1-D array) and its
+# dict entry; an empty sharded version of 8 slots holds 24 arrays, some 3.8 kB in all
+_ARRAY_BYTES = 160
 
 
 def _change_bytes(change: _Change) -> int:
-    """Bytes a logged change holds: ids, rows (sharded) and a fixed overhead."""
+    """Bytes a logged change holds: ids, rows (sharded), each array's object and a fixed
+    overhead."""
     parts = [*change.changed.values(), *change.evicted.values(),
              *(change.rows or {}).values()]
-    return _ENTRY_BYTES + sum(a.nbytes for a in parts)
+    return _ENTRY_BYTES + sum(a.nbytes + _ARRAY_BYTES for a in parts)
 
 
 class Updates(NamedTuple):

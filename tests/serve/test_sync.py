@@ -14,7 +14,7 @@ from monolith_ray.ps.dense import DenseServer
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.store import SparseStore
-from monolith_ray.serve.sync import _ENTRY_BYTES, ParameterSync
+from monolith_ray.serve.sync import _ARRAY_BYTES, _ENTRY_BYTES, ParameterSync
 from monolith_ray.train.job import dense_server_args
 
 CFG = load_config(overrides=["serve.store_dtype=float32"])
@@ -99,9 +99,10 @@ def test_replica_gets_whole_state_then_only_what_changed(training) -> None:
 
 def test_a_replica_too_far_behind_gets_the_whole_state(training) -> None:
     client, dense = training
-    # Each sync changes one item row: 8 bytes of ids and a version's overhead, two kept.
+    # Each sync changes one item row: 8 bytes of ids, a version's overhead and each slot's
+    # two arrays' (changed, evicted); two kept.
     sync = ParameterSync(CFG.slots, client.shards, dense, start=False,
-                         log_bytes=2 * (_ENTRY_BYTES + 8))
+                         log_bytes=2 * (_ENTRY_BYTES + 8 + 2 * len(NAMES) * _ARRAY_BYTES))
     for k in range(4):
         _train(client, "item_id", [k])
         sync.sync_now("sparse")
