@@ -60,7 +60,9 @@ class SatiationConfig:
     - ``max_users``, ``max_categories``: the most users a replica holds states for, and
       categories per user; ``ttl_s``: a user silent this long (event time) starts over.
     - ``learning_rate``, ``min_feedback``: the online fit's Adagrad step, and the
-      impressions it sees before any penalty applies.
+      impressions it sees before any penalty applies; ``memory``: the impressions over
+      which its sums (Adagrad's squared gradients, each γ's log-likelihood) forget, so the
+      fit keeps learning over weeks of uptime.
     - ``feedback_window_s``: how long a shown item waits for a click before it counts as
       not clicked; ``max_pending``: impressions held meanwhile per replica (about 370 bytes
       each at 5 a request, 780 at 1, 310 at 20: the default 500,000 is some 185 MB at 5;
@@ -77,6 +79,7 @@ class SatiationConfig:
     ttl_s: float = 86_400.0
     learning_rate: float = 0.1
     min_feedback: int = 100
+    memory: float = 1_000_000
     feedback_window_s: float = 600.0
     max_pending: int = 500_000
 
@@ -91,6 +94,7 @@ class SatiationConfig:
         _require(self, "ttl_s", gt=0)
         _require(self, "learning_rate", gt=0)
         _require(self, "min_feedback", ge=0)
+        _require(self, "memory", ge=1)
         _require(self, "feedback_window_s", gt=0)
         _require(self, "max_pending", ge=1)
 

@@ -119,7 +119,8 @@ class Decisions:
             policy, self.experiments)
         sat = policy.satiation
         self.satiation = (SatiationModel(sat.gammas, sat.max_users, sat.max_categories,
-                                         sat.ttl_s, sat.learning_rate, sat.min_feedback)
+                                         sat.ttl_s, sat.learning_rate, sat.min_feedback,
+                                         sat.memory)
                           if uses_satiation(policy, self.experiments) else None)
         self.pending = PendingShows(sat.feedback_window_s, sat.max_pending)
         # entry -> (its policy, whether it sees the satiation penalty)

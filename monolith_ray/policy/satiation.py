@@ -14,6 +14,12 @@ logit at the show, ``s``: that γ's state at the show) is fitted by Adagrad, one
 observed impression. Every impression is scored by each γ's model *before* it learns from it
 (prequential), and the γ with the highest running log-likelihood is the one used, with its
 ``λ`` (kept ≥ 0). Until ``min_feedback`` impressions have been observed the penalty is 0.
+Both the log-likelihoods and Adagrad's sums of squared gradients forget at the rate
+``1/memory`` an impression (discounted sums): a plain sum only grows, so after weeks of
+feedback the step would shrink towards 0 and the choice of γ would freeze, and neither could
+follow users whose tiring changes. With ``memory`` impressions (1,000,000 by default: some
+3 h at 100 impressions a second) the step never falls below about ``learning_rate /
+sqrt(memory · E[g²])``.
 
 Bounds: at most ``max_users`` users (least recently used dropped first), each with at most
 ``max_categories`` categories (a new one replaces the least sated); a user silent for
@@ -51,13 +57,15 @@ class SatiationModel:
 
     def __init__(self, gammas: Sequence[float] = (0.5, 0.7, 0.9), max_users: int = 20_000,
                  max_categories: int = 32, ttl_s: float = 86_400.0,
-                 learning_rate: float = 0.1, min_feedback: int = 100) -> None:
+                 learning_rate: float = 0.1, min_feedback: int = 100,
+                 memory: float = 1_000_000) -> None:
         self.gammas = np.asarray(gammas, dtype=np.float64)
         if self.gammas.ndim != 1 or not len(self.gammas) or not np.all(
                 (self.gammas >= 0) & (self.gammas < 1)):
             raise ValueError(f"gammas: a non-empty list in [0, 1), got {list(gammas)}")
-        if max_users < 1 or max_categories < 1 or not ttl_s > 0:
-            raise ValueError("max_users, max_categories must be >= 1 and ttl_s > 0")
+        if max_users < 1 or max_categories < 1 or not ttl_s > 0 or not memory >= 1:
+            raise ValueError("max_users, max_categories, memory must be >= 1 and ttl_s > 0")
+        self.keep = 1.0 - 1.0 / memory  # what the sums keep of themselves an impression
         self.max_users, self.max_categories, self.ttl_s = max_users, max_categories, ttl_s
         self.learning_rate, self.min_feedback = learning_rate, min_feedback
         self._users: collections.OrderedDict[Hashable, _User] = collections.OrderedDict()
@@ -162,8 +170,10 @@ class SatiationModel:
         for s, z, y in zip(states, logits, clicked):
             a, b, lam = self.params.T
             p = np.clip(_sigmoid(a + b * z - lam * s), 1e-9, 1 - 1e-9)
+            self.loglik *= self.keep
             self.loglik += y * np.log(p) + (1 - y) * np.log1p(-p)
             grad = (p - y)[:, None] * np.stack([np.ones_like(s), np.full_like(s, z), -s], 1)
+            self._grad_sq *= self.keep
             self._grad_sq += grad * grad
             self.params -= self.learning_rate * grad / np.sqrt(self._grad_sq)
             np.maximum(self.params[:, 2], 0.0, out=self.params[:, 2])

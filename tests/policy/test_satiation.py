@@ -74,6 +74,36 @@ def test_fit_recovers_a_known_gamma_and_lambda() -> None:
     assert model.params[truth, 1] == pytest.approx(1.0, abs=0.25)
 
 
+def _tire(model: SatiationModel, lam: float, steps: int, rng: np.random.Generator,
+          start: int = 0) -> None:
+    """Users tiring with γ = 0.7 and ``lam``, as in the test above."""
+    truth = model.gammas.tolist().index(0.7)
+    for t in range(start, start + steps):
+        user = int(rng.integers(50))
+        states = model.states(user, list(range(5)), float(t))
+        shown = rng.choice(5, 2, replace=False)
+        z = rng.normal(0, 1, 2)
+        clicked = rng.random(2) < 1 / (1 + np.exp(-(-0.5 + z - lam * states[shown, truth])))
+        model.observe(states[shown], z, clicked)
+        model.show(user, shown.tolist(), float(t))
+
+
+def test_the_fit_follows_users_whose_tiring_changes_after_long_uptime() -> None:
+    """After 30,000 impressions at λ = 2, users tire at λ = 0.3: with a memory of 2,000
+    impressions the fit nears it within 16,000 more (0.37-0.40 over seeds 1-3); summing
+    every squared gradient since the start (no forgetting) its steps have shrunk, and λ
+    lags at 0.64-0.66."""
+    fits = {}
+    for memory in (2_000, 1e15):
+        rng = np.random.default_rng(1)
+        model = SatiationModel(gammas=(0.3, 0.7, 0.95), memory=memory)
+        _tire(model, 2.0, 15_000, rng)
+        _tire(model, 0.3, 8_000, rng, start=15_000)
+        fits[memory] = model.params[1, 2]  # λ of the true γ, 0.7
+    assert fits[2_000] == pytest.approx(0.3, abs=0.15), fits
+    assert fits[1e15] > fits[2_000] + 0.15, fits
+
+
 def test_pending_shows_become_clicks_or_non_clicks() -> None:
     pending = PendingShows(window_s=10, max_impressions=2)
     pending.add("r1", 0.0, [7, 8], np.array([[1.0], [2.0]]), np.array([0.1, 0.2]))
