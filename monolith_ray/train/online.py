@@ -542,11 +542,24 @@ class OnlineTraining:
         self.trainers = self._start_trainers()
 
 
+def warn_unexpiring(cfg: Config) -> list[str]:
+    """Warn (logged) of the table slots that set no ``expire_s``: a stream of new ids grows
+    their tables for as long as the job runs -> their names."""
+    kept = [s.name for s in cfg.table_slots if not s.expire_s > 0]
+    if kept:
+        logger.warning("monolith_ray: slots %s set no expire_s: their tables keep every id "
+                       "they admit for the job's lifetime (about 180 bytes an id at dim 16 "
+                       "with Adagrad); set slots[i].expire_s for ids that come and go",
+                       ", ".join(kept))
+    return kept
+
+
 def run_online_training(cfg: Config, start: str | None = None) -> dict[str, Any]:
     """Run :class:`OnlineTraining` from ``start`` (default ``cfg.online.start``) to its stop
     condition, write ``<data.output_dir>/metrics.json`` -> the metrics. With
     ``online.stop: never`` and no idle timeout it runs until the job is stopped; the last
     snapshot is then at most ``online.snapshot_every_s`` old."""
+    warn_unexpiring(cfg)
     run = OnlineTraining(cfg, start)
     try:
         metrics = run.run()

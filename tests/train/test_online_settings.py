@@ -241,3 +241,16 @@ def test_a_run_from_a_batch_snapshot_and_a_restarted_shard_train_online(
     assert all(f["examples"] <= 8 * f["steps"] for f in stream["trainers"])
     for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(after)):
         np.testing.assert_allclose(np.asarray(old) - np.asarray(new), 0.025, rtol=1e-4)
+
+
+def test_a_job_warns_of_slots_whose_tables_keep_every_id(caplog) -> None:
+    from monolith_ray.demo import DEMO_CONFIG
+    from monolith_ray.train.online import warn_unexpiring
+
+    cfg = load_config(DEMO_CONFIG)  # user_id expires after a day, the items never
+    with caplog.at_level("WARNING", logger="monolith_ray.train.online"):
+        kept = warn_unexpiring(cfg)
+    # its user tower's table expires with user_id's
+    assert {"item_id", "tower_item_id"} <= set(kept)
+    assert not {"user_id", "tower_user_id"} & set(kept)
+    assert "expire_s" in caplog.text and kept[0] in caplog.text
