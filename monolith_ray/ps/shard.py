@@ -78,11 +78,6 @@ class Packed(NamedTuple):
         return out
 
 
-def _lags(tables: Mapping[str, EmbeddingTable], versions: Mapping[str, int]) -> bool:
-    """Whether a reader at ``versions`` lacks eviction records a table dropped untaken."""
-    return any(versions.get(name, 0) < t.evictions_dropped_upto for name, t in tables.items())
-
-
 def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -> np.ndarray:
     """``np.concatenate(parts)`` (same-kind casts to ``dtype`` if given), also of no parts."""
     if not parts:
@@ -176,9 +171,7 @@ class ShardServer:
 
     def incarnation(self) -> str:
         """This shard's incarnation: a new random id on every start and every restore, so a
-        reader can tell that versions it read before mean nothing to the tables now; and
-        when a reader asks for changes since a version older than eviction records a table
-        dropped (``embedding.MAX_EVICTION_RECORDS``): it is read whole instead."""
+        reader can tell that versions it read before mean nothing to the tables now."""
         return self._incarnation
 
     def open_channel(self) -> tuple[str, int, bytes]:
@@ -273,22 +266,13 @@ class ShardServer:
         versions a reader holds mean nothing to a shard started or restored after it read
         them (its tables' versions start over from the snapshot's). A restore while the
         delta is read leaves it labelled with the old incarnation, so the reader's next call
-        reads everything again; so does a reader lagging behind eviction records a table
-        dropped untaken (:meth:`incarnation`). The shard holds the delta at most twice while it reads it
+        reads everything again. The shard holds the delta at most twice while it reads it
         (``EmbeddingTable.export_since``), 2 x (8 + 4 x width) bytes per changed row."""
         with self._lock:
             current, tables = self._incarnation, dict(self.tables)
-            if incarnation == current and _lags(tables, versions):
-                # Eviction records it lacks were dropped untaken: a new incarnation, so this
-                # reader (and any other) replaces what it holds.
-                current = self._incarnation = uuid.uuid4().hex
         if incarnation != current:
             versions = {}
-        deltas = self._export(tables, versions)
-        with self._lock:
-            if versions and self._incarnation == current and _lags(tables, versions):
-                self._incarnation = uuid.uuid4().hex  # dropped while it was read: next time
-        return current, deltas
+        return current, self._export(tables, versions)
 
     def _export(self, tables: Mapping[str, EmbeddingTable], versions: Mapping[str, int]
                 ) -> dict[str, TableDelta]:

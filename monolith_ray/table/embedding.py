@@ -110,20 +110,11 @@ def _gather(weights: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
                 out[i, j] = 0.0
 
 
-# Eviction records a table keeps for its readers (16 bytes each: 64 MB): a reader that
-# takes them (the parameter sync) drops them every sync; with none (a job whose serving
-# syncs without forgetting, or none at all) the oldest half goes when they pass this. A
-# reader whose version is older than a dropped record is then read whole
-# (``ShardServer.changes_since``); one that keeps up had taken them.
-MAX_EVICTION_RECORDS = 1 << 22
-
-
 class EmbeddingTable:
     """Embedding rows of one slot, keyed by int64 feature id."""
 
     def __init__(self, slot: SlotConfig, admission: AdmissionConfig = AdmissionConfig(),
-                 capacity: int = 1024, max_eviction_records: int = MAX_EVICTION_RECORDS
-                 ) -> None:
+                 capacity: int = 1024) -> None:
         self.slot = slot
         self.admission = admission
         self.dim = int(slot.dim)
@@ -134,10 +125,6 @@ class EmbeddingTable:
         self.counters = {"admitted": 0, "filtered": 0, "evicted": 0, "dropped_grads": 0}
         self._evicted_ids: list[np.ndarray] = []
         self._evicted_versions: list[np.ndarray] = []
-        self._evicted_count = 0  # records in the two lists
-        self.max_eviction_records = max_eviction_records
-        # the newest version of a record dropped before every reader could take it
-        self.evictions_dropped_upto = 0
         self._reserved = False
         self._alloc_rows(max(16, capacity))
 
@@ -352,23 +339,8 @@ class EmbeddingTable:
             self._rows["ids"][freed[freed >= 0]] = EMPTY
             self._evicted_ids.append(gone)
             self._evicted_versions.append(np.full(gone.size, self.version, dtype=np.int64))
-            self._evicted_count += gone.size
             self.counters["evicted"] += int(gone.size)
-            if self._evicted_count > self.max_eviction_records:
-                ids, versions = _concat(self._evicted_ids), _concat(self._evicted_versions)
-                # the newest half, in version order, and every record of a version kept
-                cut = ids.size - self.max_eviction_records // 2
-                cut = int(np.searchsorted(versions, versions[cut], side="left"))
-                if cut:
-                    self.evictions_dropped_upto = int(versions[cut - 1])
-                    self._keep_evictions(ids[cut:].copy(), versions[cut:].copy())
         return gone
-
-    def _keep_evictions(self, ids: np.ndarray, versions: np.ndarray) -> None:
-        """Hold these eviction records (int64 ids, their versions, in version order)."""
-        self._evicted_ids = [ids] if ids.size else []
-        self._evicted_versions = [versions] if ids.size else []
-        self._evicted_count = int(ids.size)
 
     # ------------------------------------------------------------------ sync
 
@@ -429,7 +401,8 @@ class EmbeddingTable:
         """Drop eviction records at or before ``upto_version`` (every reader has them)."""
         ids, versions = _concat(self._evicted_ids), _concat(self._evicted_versions)
         newer = versions > upto_version
-        self._keep_evictions(ids[newer], versions[newer])
+        self._evicted_ids = [ids[newer]] if newer.any() else []
+        self._evicted_versions = [versions[newer]] if newer.any() else []
 
     # ------------------------------------------------------------------ stats, snapshot
 
@@ -524,7 +497,7 @@ class EmbeddingTable:
                 raise
             raise ValueError(f"corrupt table snapshot: {type(err).__name__}: {err}") from None
         if ev_ids.size:
-            table._keep_evictions(ev_ids.copy(), ev_versions.copy())
+            table._evicted_ids, table._evicted_versions = [ev_ids.copy()], [ev_versions.copy()]
             table._drop_evicted_after_copy(ev_ids, ev_versions)
         return table
 
@@ -583,8 +556,8 @@ class EmbeddingTable:
         except (KeyError, TypeError, AttributeError, OverflowError, MemoryError) as err:
             raise ValueError(f"corrupt table snapshot: {type(err).__name__}: {err}") from None
         if arrays["evicted/ids"].size:
-            table._keep_evictions(np.array(arrays["evicted/ids"]),
-                                  np.array(arrays["evicted/versions"]))
+            table._evicted_ids = [np.array(arrays["evicted/ids"])]
+            table._evicted_versions = [np.array(arrays["evicted/versions"])]
         return table
 
     def _drop_evicted_after_copy(self, ids: np.ndarray, versions: np.ndarray) -> None:

@@ -265,22 +265,3 @@ def test_a_direct_file_writes_exactly_what_it_was_given(tmp_path):
             assert f.write(piece) == len(piece)
         assert f.tell() == sum(map(len, pieces))
     assert (tmp_path / "d").read_bytes() == b"".join(pieces)
-
-
-def test_a_reader_behind_eviction_records_dropped_untaken_reads_the_shard_whole():
-    """Past the bound the oldest records go (no reader forgot them): a reader that had taken
-    them goes on reading deltas; one behind them gets a new incarnation and everything."""
-    shard = trained_shard()
-    behind, deltas = shard.changes_since({}, None)
-    old = {name: d.version for name, d in deltas.items()}
-    shard.evict({"item": make_fids(2, [5])})
-    current, deltas = shard.changes_since(old, behind)
-    assert current == behind  # within the bound: a delta
-    taken = {name: d.version for name, d in deltas.items()}
-    shard.tables["item"].max_eviction_records = 2
-    shard.evict({"item": make_fids(2, [6, 7, 8])})  # one version: the records before it go
-    assert shard.changes_since(taken, behind)[0] == behind  # it had taken 5's; 6-8's kept
-    current, whole = shard.changes_since(old, behind)  # it lacks 5's record: whole
-    assert current != behind and current == shard.incarnation()
-    assert whole["item"].ids.size == shard.stats()["item"]["rows"] > 0
-    assert whole["user"].ids.size == shard.stats()["user"]["rows"] > 0

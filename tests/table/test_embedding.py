@@ -329,26 +329,6 @@ def test_forget_evictions_drops_only_records_up_to_version():
     assert table.export_since(0).evicted.size == 0
 
 
-def test_eviction_records_no_reader_takes_are_bounded_to_the_newest():
-    """A job whose serving never forgets the records (or with no serving) keeps at most
-    ``max_eviction_records``: past it, the newest half, and the newest version dropped."""
-    table = EmbeddingTable(make_slot(), max_eviction_records=4)
-    table.lookup_train(np.arange(10), now=0.0)
-    versions = []
-    for i in range(4):
-        table.evict(np.array([i]))
-        versions.append(table.version)
-    assert table.evictions_dropped_upto == 0
-    assert table.export_since(0).evicted.tolist() == [0, 1, 2, 3]
-    table.evict(np.array([4]))  # a fifth record: the oldest three go
-    assert table.evictions_dropped_upto == versions[2]
-    assert table.export_since(0).evicted.tolist() == [3, 4]
-    for i in range(5, 10):
-        table.evict(np.array([i]))  # at the 7th record [6, 7] are kept
-    assert table.export_since(0).evicted.tolist() == [6, 7, 8, 9]
-    assert table.counters["evicted"] == 10
-
-
 # ---------------------------------------------------------------- sync deltas
 
 def test_export_since_returns_exactly_the_rows_changed_after_version():
