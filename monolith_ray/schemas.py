@@ -135,7 +135,9 @@ def value_text(value: str | int) -> str:
     """The text one value is known by, as :func:`value_ids` reads it: an int, or a string
     that spells a decimal integer, as that integer's decimal (``7``, ``"7"`` and ``"007"``
     -> ``"7"``); any other string as itself. For hashes that must agree with the model's
-    ids (an A/B arm, a repeated report)."""
+    ids (an A/B arm, a repeated report). One exception: an int of 19 digits and the same
+    digits as a string are one text here but two ids to the model (it hashes a string of
+    more than 18 digits), so such a user shares an arm across the two spellings."""
     if isinstance(value, str) and re.fullmatch(_DECIMAL[1:-1], value) is None:
         return value
     return str(int(value))

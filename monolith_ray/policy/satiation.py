@@ -72,7 +72,7 @@ class SatiationModel:
         g = len(self.gammas)
         self.params = np.zeros((g, 3))  # per γ: a, b, λ
         self.params[:, 1] = 1.0
-        self._grad_sq = np.full((g, 3), 1e-8)
+        self._grad_sq = np.zeros((g, 3))  # discounted sums of squared gradients
         self.loglik = np.zeros(g)
         self.observed = 0
 
@@ -175,7 +175,9 @@ class SatiationModel:
             grad = (p - y)[:, None] * np.stack([np.ones_like(s), np.full_like(s, z), -s], 1)
             self._grad_sq *= self.keep
             self._grad_sq += grad * grad
-            self.params -= self.learning_rate * grad / np.sqrt(self._grad_sq)
+            # the 1e-8 outside the decayed sum: a gradient 0 for long (a state of 0: γ = 0,
+            # no category) would decay the sum to 0, and 0 / 0 is NaN
+            self.params -= self.learning_rate * grad / np.sqrt(self._grad_sq + 1e-8)
             np.maximum(self.params[:, 2], 0.0, out=self.params[:, 2])
         self.observed += len(clicked)
 

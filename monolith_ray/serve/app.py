@@ -352,8 +352,9 @@ class Recommender:
         self.log.send(self.cfg.kafka.topics.actions, body.request_id, action)
         self.log.poll()
         # The server's clock ends held impressions' windows: a client's time may run ahead.
+        # logged above, so counted whatever the client does (microseconds of work)
         counted = await self._on_policy_thread(self.decisions.feedback, body.request_id,
-                                               body.item_id, body.action, now)
+                                               body.item_id, body.action, now, shield=True)
         self.served["feedback"] += 1
         return FeedbackOut(accepted=True, request_id=body.request_id, repeat=not counted)
 
@@ -407,23 +408,24 @@ class Recommender:
         except MessageError as err:
             raise BadRequest(str(err)) from None
 
-    async def _on_policy_thread(self, fn: Any, *args: Any) -> Any:
+    async def _on_policy_thread(self, fn: Any, *args: Any, shield: bool = False) -> Any:
         """``fn(*args)`` on the replica's policy thread, awaited (on the event loop when
-        no policy samples). A client that goes away cancels the awaiting handler, never the
-        work: it runs to its end, so a decision counted is logged, and feedback logged is
-        counted."""
+        no policy samples). A client that goes away cancels the awaiting handler: work not
+        started is dropped (nothing counted or logged: a queue of decisions for clients
+        that are gone does not hold up the rest), work started runs to its end; with
+        ``shield``, work not started runs too."""
         if self._policy_thread is None:
             return fn(*args)
-        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(
-            self._policy_thread, fn, *args))
+        work = asyncio.get_running_loop().run_in_executor(self._policy_thread, fn, *args)
+        return await (asyncio.shield(work) if shield else work)
 
     def _decide(self, user_id: int | str, ids: Sequence[int | str],
                 categories: Sequence[Any] | None, scores: np.ndarray, k: int, now: int,
                 log: Callable[[Decision, str], None] | None) -> tuple[Decision, str]:
         """(On the policy thread.) The decision for ``k`` of the candidates ``ids`` with
         their ``scores`` (n,), and the request id naming its arm; the shown items are held
-        for the satiation fit, then logged by ``log`` (one unit: see
-        :meth:`_on_policy_thread`)."""
+        for the satiation fit, then logged by ``log``: one unit, so a decision counted is
+        a decision logged even when its client has gone (:meth:`_on_policy_thread`)."""
         decision, states = self.decisions.decide(user_id, ids, categories, scores, k, now)
         request_id = self.tokens.new_request_id() + decision.suffix
         if states is not None:

@@ -104,6 +104,16 @@ def test_the_fit_follows_users_whose_tiring_changes_after_long_uptime() -> None:
     assert fits[1e15] > fits[2_000] + 0.15, fits
 
 
+def test_a_gradient_long_zero_never_makes_the_fit_nan() -> None:
+    """A state of 0 (a category never shown before, γ = 0) gives λ a gradient of 0: its
+    forgotten sum must not decay to 0 and divide 0 by 0."""
+    model = SatiationModel(gammas=(0.0, 0.5), memory=2, min_feedback=0)
+    for _ in range(3000):
+        model.observe(np.zeros((1, 2)), np.array([0.3]), np.array([1.0]))
+    assert np.isfinite(model.params).all() and np.isfinite(model.loglik).all()
+    assert np.isfinite(model.lam) and model.lam >= 0
+
+
 def test_pending_shows_become_clicks_or_non_clicks() -> None:
     pending = PendingShows(window_s=10, max_impressions=2)
     pending.add("r1", 0.0, [7, 8], np.array([[1.0], [2.0]]), np.array([0.1, 0.2]))
