@@ -16,8 +16,8 @@ add noise and memory). Two modes, per slot:
   Counts age: every ``HALVE_EVERY`` x width occurrences counted, every counter halves (the
   reset of TinyLFU, Einziger et al. 2017). Without it the counters only rise: once some 5 x
   width distinct ids had passed, 77% of ids seen twice passed a threshold of 5 on their
-  first sighting, and past 20 x width all of them (the admission filter admitted
-  everything within a day at 10^8 ids). Halving every 2 x width, ids seen twice were
+  first sighting, and past 20 x width all of them (at 10^8 ids a day, the filter would
+  admit everything within the first day). Halving every 2 x width, ids seen twice were
   admitted 0.02% of the time after 30 x width distinct ids (width 2^14, depth 4: a
   simulation over ``_observe``), and every id seen ``threshold`` times between two
   halvings still is. So the threshold counts recent occurrences: at the default width

@@ -17,6 +17,7 @@ import requests
 
 from monolith_ray.config import ConfigError, JoinerConfig, load_config
 from monolith_ray.policy.decisions import Decisions
+from monolith_ray.serve.app import REPORT_INTERVAL_S
 from monolith_ray.stream import read_range
 from monolith_ray.stream.joiner import run_joiners
 
@@ -191,6 +192,36 @@ def test_a_decision_its_client_gave_up_on_is_counted_as_it_is_logged(app) -> Non
         assert time.monotonic() < deadline, sent
         time.sleep(0.5)
     assert sent == 100
+
+
+def test_a_decision_queued_for_a_client_that_gave_up_is_dropped(app) -> None:
+    """A decision waiting behind another on the policy thread when its client times out
+    never runs: nothing counted, nothing logged, and the thread moves on to live clients."""
+    first, queued = users_in(app.cfg, "greedy", 42)[-2:]  # asked for by no other test
+    candidates = range(30_000, 33_000)
+    before = experiments(app)["ab/greedy"]["impressions"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(requests.post, app.url + "/recommend", timeout=300, json={
+            "user": {"id": first}, "k": 100, "candidates": list(candidates)})
+        time.sleep(0.3)  # the first is scored and decided on; the second queues behind it
+        with pytest.raises(requests.Timeout):
+            requests.post(app.url + "/recommend", timeout=(10, 1.0), json={
+                "user": {"id": queued}, "k": 100, "candidates": list(candidates)})
+        assert long.result().status_code == 200
+
+    def logged() -> list[Any]:
+        return [m["user_id"] for p in range(app.cfg.kafka.partitions)
+                for m in map(lambda r: json.loads(r.value),
+                             read_range(app.cfg.kafka, app.cfg.kafka.topics.features, p, 0))
+                if m["item_id"] in candidates]
+
+    deadline = time.monotonic() + 30
+    while (users := logged()).count(first) < 100:
+        assert time.monotonic() < deadline, users.count(first)
+        time.sleep(0.5)
+    time.sleep(3 * REPORT_INTERVAL_S)  # the replica's counts reach the statistics actor
+    assert experiments(app)["ab/greedy"]["impressions"] - before == 100
+    assert queued not in logged()
 
 
 def test_logged_impressions_and_joined_examples_carry_the_decision(app) -> None:
