@@ -22,7 +22,10 @@ from monolith_ray.stream.kafka import end_offsets, ensure_topics
 from monolith_ray.supervision import actor_state
 
 KILL_EVERY_S = 6.0  # between kills
-SETTLE_S = 90.0  # bound on the wait for training to cover the examples after the kills
+# bound on the wait for training to cover the examples after the kills: 90 s timed out in
+# two of four runs after other tests had loaded the 2-core machine (partition 1 some 250
+# offsets short), and passed alone in 153 s
+SETTLE_S = 180.0
 
 
 def _alive_pid(handle) -> int | None:
