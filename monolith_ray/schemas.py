@@ -42,7 +42,9 @@ import pyarrow.compute as pc
 from monolith_ray.features import hash_str
 
 TIME, LABEL, WEIGHT = "time", "label", "weight"
-_DECIMAL = "^-?[0-9]{1,18}$"  # RE2: $ is the end of the text only
+_DECIMAL_DIGITS = "-?[0-9]{1,18}"  # a string value_ids reads as an int
+_DECIMAL = f"^{_DECIMAL_DIGITS}$"  # for Arrow's RE2: $ is the end of the text only
+_DECIMAL_TEXT = re.compile(_DECIMAL_DIGITS)  # for re.fullmatch (its $ would pass a "\n")
 _DENSE = {b"kind": b"dense"}  # field metadata of a dense feature's column
 _TASK_LABEL = {b"kind": b"task_label"}  # field metadata of a task's label column (optional)
 _BASE_FIELDS = (
@@ -138,7 +140,7 @@ def value_text(value: str | int) -> str:
     ids (an A/B arm, a repeated report). One exception: an int of 19 digits and the same
     digits as a string are one text here but two ids to the model (it hashes a string of
     more than 18 digits), so such a user shares an arm across the two spellings."""
-    if isinstance(value, str) and re.fullmatch(_DECIMAL[1:-1], value) is None:
+    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value) is None:
         return value
     return str(int(value))
 

@@ -39,8 +39,8 @@ class ServeConfig:
     - ``store_dtype``: serving rows as ``float16`` (half the memory) or ``float32``.
     - ``sync_log_mb``: the sync's change log, in MB (changed ids, 8 bytes each, and with
       ``store: sharded`` their rows, and some 160 bytes an array and 1 kB a version) kept
-      for replicas to catch up from; a replica further
-      behind receives the whole state (sharded: starts its cache over).
+      for replicas to catch up from; a replica further behind receives the whole state
+      (sharded: starts its cache over).
     - ``user_slot``, ``item_slot``: the slots that hold a request's user id and item id.
     - ``candidate_pool``: JSON-lines file of items (``{"item_id": .., "slots": {..}}`` per
       line) that ``/recommend`` draws ``pool_draw`` candidates from when a request names none;

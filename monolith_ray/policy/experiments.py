@@ -3,10 +3,10 @@
 Assignment hashes text with ``features.hash_str`` (BLAKE2b of the UTF-8 bytes, 48 bits),
 never Python's salted ``hash()``, so a user lands in the same arm in every process, replica
 and run. The user id is hashed as the model reads it (``schemas.value_text``): ``7``, ``"7"``
-and ``"007"`` are one user, in one arm. Experiments are mutually exclusive: a user belongs to one experiment, chosen by a
-hash of the user id alone (equal shares), and within it to one arm, chosen by a hash of
-(experiment name, user id) against the arms' weights. Renaming an experiment reshuffles its
-users; adding one moves users between experiments.
+and ``"007"`` are one user, in one arm. Experiments are mutually exclusive: a user belongs
+to one experiment, chosen by a hash of the user id alone (equal shares), and within it to
+one arm, chosen by a hash of (experiment name, user id) against the arms' weights. Renaming
+an experiment reshuffles its users; adding one moves users between experiments.
 
 Statistics per arm: impressions, clicks (``click`` actions), rewards (impressions with a
 positive action of any kind, ``messages.POSITIVE_ACTIONS``, each counted once, as the joiner

@@ -48,12 +48,12 @@ default (zero) embedding, never refused.
 
 Endpoints are ``async``: scoring is a few milliseconds of CPU, run on the replica's event loop
 without a thread hop; replicas, not threads, give parallelism. The serving decision and
-feedback's counting run on one thread of the replica's own (``Decisions`` is single-threaded),
-in the order requests reach them, when any policy served or evaluated is Thompson sampling: its
-Monte Carlo costs ``k · draws · n`` normals a policy (about 250 ms at ``k`` 100, 1,000 candidates and 128
-draws on a 2-core machine), which on the event loop would hold up every other request and
-``/healthz`` meanwhile. The other policies take microseconds and stay on the loop (the
-thread hop costs about 0.1 ms). Each replica holds the dense
+feedback's counting run on one thread of the replica's own (``Decisions`` is
+single-threaded), in the order requests reach them, when any policy served or evaluated is
+Thompson sampling: its Monte Carlo costs ``k · draws · n`` normals a policy (about 250 ms at
+``k`` 100, 1,000 candidates and 128 draws on a 2-core machine), which on the event loop would
+hold up every other request and ``/healthz`` meanwhile. The other policies take microseconds
+and stay on the loop (the thread hop costs about 0.1 ms). Each replica holds the dense
 parameters and either every embedding row (``serve.store: replica``) or a bounded cache of
 them over the serving shards (``sharded``: misses are awaited on the event loop, so other
 requests go on meanwhile; ``ServingModel``), and pulls newer versions from the
