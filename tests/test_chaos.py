@@ -22,9 +22,12 @@ from monolith_ray.stream.kafka import end_offsets, ensure_topics
 from monolith_ray.supervision import actor_state
 
 KILL_EVERY_S = 6.0  # between kills
-# bound on the wait for training to cover the examples after the kills: 90 s timed out in
-# two of four runs after other tests had loaded the 2-core machine (partition 1 some 250
-# offsets short), and passed alone in 153 s
+# bound on the wait for training to cover the examples after the kills. The stream is quiet
+# by then: its tail reaches the trainers within online.max_batch_wait_s (the read task's
+# flush), is committed within that again and a step, and collected at the next snapshot.
+# What is left is the loaded machine's slowness: 90 s timed out in two of four runs before a
+# quiet tail was committed without more data (a stall, now tested in tests/train), and the
+# bound is kept at 180 s, which costs a passing run nothing
 SETTLE_S = 180.0
 
 

@@ -290,13 +290,14 @@ class KafkaExampleReader:
             if time.monotonic() - reported >= metrics.REPORT_EVERY_S:
                 reported = time.monotonic()
                 self._report_lag(consumer, tps)
+            if table is not None:  # counted before the report, which may be the last
+                self.records += table.num_rows  # for a long while on a quiet stream
+                metrics.EXAMPLES_READ.inc(table.num_rows, topic=spec.topic)
             if rows is not None:
                 heard = time.monotonic()
                 if self.report is not None:
                     self.report(self.stats())
             if table is not None:
-                self.records += table.num_rows
-                metrics.EXAMPLES_READ.inc(table.num_rows, topic=spec.topic)
                 yield table
                 # Time spent paused at the yield (a consumer behind, backpressure) is not
                 # time without records.
@@ -546,21 +547,26 @@ def _read(spec: StreamSpec, task: int, monitor: Any, block_bytes: int | None = N
 def flushed(tables: Iterator[pa.Table], schema: pa.Schema, block_bytes: int,
             flush_after_s: float, clock: Callable[[], float] = time.monotonic
             ) -> Iterator[pa.Table]:
-    """``tables`` (with empty ones as heartbeats), and after rows have waited
-    ``flush_after_s`` (wall clock) without filling a block, filler rows enough to fill it.
+    """``tables`` (with empty ones as heartbeats), and filler rows enough to fill a block
+    after rows have waited ``flush_after_s`` (wall clock) without filling one, or once the
+    stream has been quiet that long since a row that no flush has followed yet.
 
     Ray Data hands a read task's rows on only in blocks of ``block_bytes``, and its iterator
     hands a consumer a block only once the next one exists (measured on Ray 2.60); on a quiet
     stream the last rows of a burst would wait for the next burst (for ever, if none comes),
     untrained and uncommitted. Filler rows (``_partition`` = :data:`FILLER_PARTITION`, no slot
-    values, weight 0) complete the block and make two more. Cost: at most three fillers of
-    up to ``block_bytes`` each per ``flush_after_s`` while the stream is quiet, none while
-    blocks fill."""
+    values, weight 0) complete the block and make two more. What Ray Data holds is modelled
+    from the bytes it was given; the second rule does not trust that model, so rows a wrong
+    model counts as handed on still leave once the stream is quiet. Cost: at most three
+    fillers of up to ``block_bytes`` each per ``flush_after_s`` while rows wait, one such
+    flush per quiet spell, none while the stream flows and blocks fill."""
     held_bytes, held_rows, since = 0, 0, 0.0  # Ray Data's buffer in this task, as modelled
+    unflushed, last = False, 0.0  # a row yielded since the last flush; when the last came
     for table in tables:
+        now = clock()
         if table.num_rows:
             if not held_rows:
-                since = clock()
+                since = now
             held_bytes += table.nbytes
             held_rows += table.num_rows
             yield table
@@ -572,15 +578,20 @@ def flushed(tables: Iterator[pa.Table], schema: pa.Schema, block_bytes: int,
                 else:
                     kept = held_bytes - block_bytes
                     held_rows = max(1, held_rows * kept // held_bytes)
-                    held_bytes, since = kept, clock()
-        if held_rows and clock() - since >= flush_after_s:
+                    held_bytes, since = kept, now
+            # Quiet is counted from after the yield: a consumer that held it back (backpressure)
+            # is no quiet stream.
+            now = clock()
+            unflushed, last = True, now
+        if (held_rows and now - since >= flush_after_s
+                or unflushed and now - last >= flush_after_s):
             # Top the buffer up to just over a block (under 1.5 blocks, so Ray Data hands it
             # on whole), then two whole blocks of filler: the consumer gets the rows once a
             # block follows them, even if the model above overestimated what Ray Data holds.
             yield filler(schema, max(block_bytes + 1 - held_bytes, 1))
             yield filler(schema, block_bytes + 1)
             yield filler(schema, block_bytes + 1)
-            held_bytes, held_rows = 0, 0
+            held_bytes, held_rows, unflushed = 0, 0, False
 
 
 def filler(schema: pa.Schema, nbytes: int) -> pa.Table:

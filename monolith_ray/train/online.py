@@ -23,8 +23,13 @@ kept. Each is the batch job's snapshot plus ``offsets.json`` (``{"topic": ..., "
 Why a restore never skips an example (offsets never run ahead of the parameters):
 
 1. A trainer counts a batch's offsets (``monolith_ray.data.offsets``) as committed only once
-   its pushes have landed: every ``online.commit_every_steps`` steps it waits for the pushes
-   in flight (``TrainLoop.flush``) and commits the offsets of the steps before. A job's only
+   its pushes have landed: every ``online.commit_every_steps`` steps, and at the step of a
+   batch the stream went quiet after (a short batch, or a full one followed by nothing for
+   ``online.max_batch_wait_s``), it waits for the pushes in flight (``TrainLoop.flush``)
+   and commits the offsets of the steps before. So on a quiet stream nothing waits for more
+   data to be committed: the stream's last rows reach a trainer within about
+   ``max_batch_wait_s`` (the read task's flush, ``kafka_source.flushed``) and are committed
+   within that again and a step; the job collects them at its next check or snapshot. A job's only
    trainer owns the dense parameters, as the batch job's does (no dense round trip a step),
    and publishes them to the dense server before each such commit.
 2. A snapshot first collects the offsets every trainer has committed, then writes the
@@ -124,6 +129,9 @@ class StreamTrainer(Trainer):
         self._lock = threading.Lock()
         self._committed = OffsetCoverage()
         self._stepped = OffsetCoverage()
+        # Handed to the job by drain_committed and not yet acknowledged, and its answer's number.
+        self._handed = OffsetCoverage()
+        self._handed_seq = 0
         self._queued: collections.deque[tuple[OffsetCoverage, bool]] = collections.deque()
 
     def consume(self, source: Any, epochs: int = 1) -> dict[str, Any]:
@@ -155,11 +163,19 @@ class StreamTrainer(Trainer):
                 "examples_per_s": examples / max(seconds, 1e-9), "loss": loss,
                 "first_step_s": first_s, "first_step_examples": first_examples}
 
-    def drain_committed(self) -> dict[int, list[tuple[int, int]]]:
-        """The offset ranges committed since the last call (and forget them)."""
+    def drain_committed(self, ack: int = -1) -> tuple[int, dict[int, list[tuple[int, int]]]]:
+        """The offset ranges committed and not yet acknowledged -> (this answer's number,
+        ranges). ``ack``: the number of the last answer the caller has merged, whose ranges
+        are then forgotten; an answer the caller never got (a timeout) is not acknowledged,
+        so its ranges come again with the next one. Memory: what was committed since the
+        last acknowledged answer."""
         with self._lock:
-            committed, self._committed = self._committed, OffsetCoverage()
-        return committed.ranges()
+            if ack == self._handed_seq:
+                self._handed = OffsetCoverage()
+            self._handed.update(self._committed)
+            self._committed = OffsetCoverage()
+            self._handed_seq += 1
+            return self._handed_seq, self._handed.ranges()
 
     def _commit(self) -> None:
         """Every step so far has landed: its offsets become committed."""
@@ -171,9 +187,15 @@ class StreamTrainer(Trainer):
         """Batches of ``source`` (see :func:`timely_batches`), each one's offsets and
         shortness queued for the step that trains it (the loop reads ahead, so a batch handed
         out is not yet a batch stepped on); after a short one, ``IDLE``, so that the loop
-        steps it now."""
+        steps it now. When the stream goes quiet after a full batch, the newest batch handed
+        out is marked as short (its step commits) and ``IDLE`` follows."""
         for table, short in timely_batches(source, self.cfg.train.batch_size,
                                            self.cfg.online.max_batch_wait_s):
+            if table is None:  # quiet, nothing pending: commit at the newest batch's step
+                if self._queued:
+                    self._queued[-1] = (self._queued[-1][0], True)
+                yield IDLE
+                continue
             self._queued.append((OffsetCoverage.of_table(table), short))
             yield make_batch(table, self.cfg.slots, self.cfg.dense, self.cfg.task_names)
             if short:  # the stream is quiet: step and commit what came without waiting
@@ -184,10 +206,12 @@ _END = object()
 
 
 def timely_batches(source: Any, batch_size: int, max_wait_s: float
-                   ) -> Iterator[tuple[pa.Table, bool]]:
+                   ) -> Iterator[tuple[pa.Table | None, bool]]:
     """Tables of ``batch_size`` rows from ``source`` (a Ray ``DataIterator``) -> (table,
     short): a batch that has waited ``max_wait_s`` (wall clock, from its first row) for the
-    rest is handed out with the rows it has (``short``), as is the last one.
+    rest is handed out with the rows it has (``short``), as is the last one. When a full
+    batch left no row pending and nothing more came for ``max_wait_s``, ``(None, True)``:
+    the stream is quiet (once a quiet spell; the wait for the next row then has no end).
 
     The iterator's blocks are read on a thread into a queue of at most 4, so a wait can end
     while a block is still to come; the stream's filler rows are dropped there. Memory: at
@@ -217,15 +241,17 @@ def timely_batches(source: Any, batch_size: int, max_wait_s: float
     reader = threading.Thread(target=read, name="stream-blocks", daemon=True)
     reader.start()
     pending: list[pa.Table] = []
-    rows, first = 0, 0.0
+    rows, first = 0, 0.0  # rows pending, and when the first of them (or the last batch) came
+    quiet = True  # the stream's quiet since the last batch is told (or no batch yet)
     try:
         while True:
-            timeout = None if not rows else max(first + max_wait_s - time.monotonic(), 0.0)
+            timeout = (None if not rows and quiet
+                       else max(first + max_wait_s - time.monotonic(), 0.0))
             try:
                 item = blocks.get(timeout=timeout)
             except queue.Empty:
-                yield pa.concat_tables(pending), True
-                pending, rows = [], 0
+                yield (pa.concat_tables(pending) if rows else None), True
+                pending, rows, quiet = [], 0, True
                 continue
             if item is _END:
                 break
@@ -242,7 +268,7 @@ def timely_batches(source: Any, batch_size: int, max_wait_s: float
                 yield table.slice(0, batch_size), False
                 rest = table.slice(batch_size)
                 pending, rows = ([rest] if rest.num_rows else []), rest.num_rows
-                first = time.monotonic()
+                first, quiet = time.monotonic(), False
         if rows:
             yield pa.concat_tables(pending), True
     finally:
@@ -270,6 +296,7 @@ class OnlineTraining:
         self.supervisor = Supervisor(cfg.supervision)
         self.tables = TableReporter()
         self.trainers: list[Any] = []
+        self._acks: dict[Any, int] = {}
         self.monitor: Any = None
         self.dump: dict[str, Any] | None = None
         self.coverage = OffsetCoverage()
@@ -314,6 +341,7 @@ class OnlineTraining:
         return fit_dense(self.cfg, pa.concat_tables(tables) if tables else None)
 
     def _start_trainers(self) -> list[Any]:
+        self._acks = {}  # per trainer: the number of its last answer merged
         actor = ray.remote(StreamTrainer).options(**trainer_options(self.cfg),
                                                   max_concurrency=2)
         # A single trainer owns the dense parameters, as in the batch job: no dense round trip
@@ -427,16 +455,19 @@ class OnlineTraining:
 
     def _collect(self, trainers: list[Any] | None = None) -> None:
         """Add the offsets ``trainers`` (default: all) committed since the last collection
-        to ``coverage``; a dead trainer's are lost (trained again after its restart)."""
+        to ``coverage``; a dead trainer's are lost (trained again after its restart), a
+        trainer's that did not answer in ``train.call_timeout_s`` come with its next answer
+        (``StreamTrainer.drain_committed``)."""
         import ray.exceptions
 
         for t in self.trainers if trainers is None else trainers:
             try:
-                ranges = ray.get(t.drain_committed.remote(),
-                                 timeout=self.cfg.train.call_timeout_s)
+                seq, ranges = ray.get(t.drain_committed.remote(self._acks.get(t, -1)),
+                                      timeout=self.cfg.train.call_timeout_s)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                continue
+                continue  # a timed-out answer is not acknowledged: its ranges come again
             self.coverage.update(OffsetCoverage(ranges))
+            self._acks[t] = seq
 
     def close(self) -> None:
         """Kill the run's actors (the stream's read tasks end with their dataset)."""

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import ray
@@ -110,6 +111,21 @@ def test_reader_delivers_exactly_the_range_and_skips_malformed(kafka, topic) -> 
     assert (1, 76) in topic["bad"]
     assert OffsetCoverage.of_table(table).resume(starts) == {0: 120, 1: 76}
     assert len(make_batch(table, SLOTS)) == len(want)
+
+
+def test_an_unbounded_reader_reports_every_row_it_has_yielded(kafka, topic) -> None:
+    """The report after a poll counts that poll's rows: on a stream that then goes quiet,
+    the last report (what the source monitor shows) is not one poll behind."""
+    reports: list[dict] = []
+    reader = KafkaExampleReader(StreamSpec(kafka, "source", SLOTS, {0: 0, 1: 0},
+                                           poll_records=50), reports.append)
+    seen = 0
+    for table in reader:  # unbounded: stop once every valid row has come
+        seen += table.num_rows
+        assert reports[-1]["records"] == seen
+        if seen == len(topic["valid"]):
+            break
+    assert reports[-1]["records"] == len(topic["valid"]) == 300
 
 
 def test_every_kind_of_malformed_message_is_skipped_with_its_reason(kafka, topic) -> None:
@@ -331,6 +347,33 @@ def test_flushed_fills_a_waiting_block_once_per_quiet_spell() -> None:
     assert len(fillers) == 3 and all(drop_filler(t).num_rows == 0 for t in fillers)
     assert 4096 < real.nbytes + fillers[0].nbytes < 1.5 * 4096
     assert fillers[1].nbytes > 4096 and fillers[2].nbytes > 4096
+
+
+def test_flushed_flushes_a_quiet_stream_even_where_its_model_says_nothing_waits() -> None:
+    """Rows the model of Ray Data's buffer counts as handed on (a block's worth, given in one
+    table) are followed by a flush once the stream has been quiet ``flush_after_s``: if Ray
+    Data did keep some, they leave all the same. One flush a quiet spell."""
+    import monolith_ray.data.kafka_source as source
+
+    schema = source_schema(SLOTS)
+    n = 5000 * 100 // source._filler_rows(schema, 100).nbytes  # rows of about 5,000 bytes
+    rows = source._filler_rows(schema, n).set_column(
+        list(schema.names).index("_partition"), "_partition",
+        pa.array(np.zeros(n), type=pa.int32()))
+    assert 4096 < rows.nbytes < 1.5 * 4096  # the model: handed on whole, nothing held
+    empty = schema.empty_table()
+    clock = iter(range(100))
+
+    def tables():  # the rows, then heartbeats 1 s apart
+        yield rows
+        for _ in range(6):
+            yield empty
+
+    out = list(flushed(tables(), schema, 4096, flush_after_s=2.0,
+                       clock=lambda: float(next(clock))))
+    assert out[0] is rows
+    fillers = [t for t in out[1:] if t.num_rows]
+    assert len(fillers) == 3 and all(drop_filler(t).num_rows == 0 for t in fillers)
 
 
 def test_slow_consumer_holds_the_reader_back(ray_session, kafka, produce) -> None:

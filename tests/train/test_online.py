@@ -228,3 +228,91 @@ def test_timely_batches_fill_at_high_rates_and_go_short_when_the_stream_is_quiet
     # instead of waiting for the next block.
     slow = timely_batches(_SlowSource([10, 10], 1.5), 64, 0.2)
     assert [(t.num_rows, s) for t, s in slow] == [(10, True), (10, True)]
+
+
+def test_timely_batches_tell_a_quiet_stream_after_a_full_batch() -> None:
+    from monolith_ray.train.online import timely_batches
+
+    # 64 rows fill a batch exactly; nothing comes for 1.5 s: the quiet is told (None) after
+    # the 0.2 s wait, once, before the next rows.
+    out = list(timely_batches(_SlowSource([64, 10], 1.5), 64, 0.2))
+    assert [(None if t is None else t.num_rows, s) for t, s in out] == [
+        (64, False), (None, True), (10, True)]
+
+
+class _HeldSource:
+    """A stand-in for a Ray DataIterator: ``tables``, then nothing until ``release`` is set."""
+
+    def __init__(self, tables: list, release: threading.Event) -> None:
+        self.tables, self.release = tables, release
+
+    def iter_batches(self, **_: object):
+        yield from self.tables
+        self.release.wait()
+
+
+@pytest.mark.parametrize("n_trainers", [1, 2])
+def test_a_stream_that_goes_quiet_after_full_batches_is_committed_without_more_data(
+        n_trainers: int) -> None:
+    """The tail of a stream that ends on a batch boundary is committed once the stream has
+    been quiet ``online.max_batch_wait_s``, with no more data (both loop orders: a single
+    trainer's own dense step, and a trainer of several with the dense server)."""
+    import pyarrow as pa
+
+    from monolith_ray.data.kafka_source import source_schema
+    from monolith_ray.data.offsets import OffsetCoverage
+    from monolith_ray.ps.dense import DenseServer
+    from monolith_ray.ps.shard import ShardServer
+    from monolith_ray.train.job import dense_server_args
+    from monolith_ray.train.online import StreamTrainer
+
+    cfg = load_config(CONFIG, ["online.max_batch_wait_s=0.2", "online.commit_every_steps=10",
+                               f"train.n_trainers={n_trainers}"])
+    schema = source_schema(cfg.slots, cfg.dense, cfg.task_names)
+    rows = [{"time": T0 + i, "label": float(i % 2), "weight": 1.0, "user_id": i % 7,
+             "item_id": i % 5, "genres": [i % 3], "price": 1.0, "_partition": 0,
+             "_offset": i, "_from_offset": i} for i in range(96)]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    release = threading.Event()
+    source = _HeldSource([table.slice(0, 32), table.slice(32, 64)], release)
+    trainer = StreamTrainer(cfg, [ShardServer(cfg.slots, cfg.admission)],
+                            DenseServer(*dense_server_args(cfg)), local_dense=n_trainers == 1)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(trainer.consume(source)),
+                              daemon=True)
+    worker.start()
+    try:
+        covered, ack = OffsetCoverage(), -1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and covered.ranges() != {0: [(0, 96)]}:
+            ack, ranges = trainer.drain_committed(ack)
+            covered.update(OffsetCoverage(ranges))
+            time.sleep(0.05)
+        # Three full batches (10 steps between commits), then a quiet stream: all committed.
+        assert covered.ranges() == {0: [(0, 96)]}
+        assert worker.is_alive() and not results  # still waiting for the stream
+    finally:
+        release.set()
+        worker.join(60)
+    assert results and results[0]["examples"] == 96
+
+
+def test_committed_offsets_come_again_until_the_job_acknowledges_them() -> None:
+    from monolith_ray.data.offsets import OffsetCoverage
+    from monolith_ray.train.online import StreamTrainer
+
+    trainer = StreamTrainer.__new__(StreamTrainer)  # only its offset accounting
+    trainer._lock = threading.Lock()
+    trainer._committed, trainer._stepped = OffsetCoverage(), OffsetCoverage()
+    trainer._handed, trainer._handed_seq = OffsetCoverage(), 0
+    trainer._stepped.add(0, 0, 10)
+    trainer._commit()
+    lost, ranges = trainer.drain_committed(-1)  # an answer the job timed out on
+    assert ranges == {0: [(0, 10)]}
+    trainer._stepped.add(0, 10, 20)
+    trainer._commit()
+    seq, ranges = trainer.drain_committed(-1)  # the first was not acknowledged: it comes again
+    assert seq != lost and ranges == {0: [(0, 20)]}
+    trainer._stepped.add(1, 0, 5)
+    trainer._commit()
+    assert trainer.drain_committed(seq)[1] == {1: [(0, 5)]}  # merged: forgotten
