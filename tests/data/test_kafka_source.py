@@ -24,7 +24,6 @@ from monolith_ray.data.kafka_source import (
     StreamSpec,
     drop_filler,
     earliest_offsets,
-    filler,
     flushed,
     read_kafka_examples,
     source_schema,
