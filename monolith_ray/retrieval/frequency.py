@@ -12,7 +12,9 @@ the stream with memory fixed by ``buckets`` however many items there are, and fo
 drifting catalogue at the rate ``alpha``. Items that share a bucket share an estimate (the
 paper's error bound; ``buckets`` well above the number of items active at once keeps that
 rare). An item's first sighting only starts its clock: its gap stays ``initial_gap``.
-Costs: 12 bytes per bucket; a batch's update is vectorized over its distinct items.
+Costs: 16 bytes per bucket (``last`` int64: an int32 step count would overflow after
+2^31 batches, 16 days of batches of 64 at 100k examples a second); a batch's update is
+vectorized over its distinct items.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class StreamingFrequency:
             raise ValueError(f"need buckets >= 1, 0 < alpha <= 1 and initial_gap >= 1, got "
                              f"{buckets}, {alpha}, {initial_gap}")
         self.alpha = alpha
-        self.last = np.full(buckets, -1, np.int32)
+        self.last = np.full(buckets, -1, np.int64)
         self.gap = np.full(buckets, float(initial_gap), np.float64)
         self.step = 0
 

@@ -74,7 +74,9 @@ class CatalogueRetrieval:
         self._params: Any = None  # the newest tower parameters and their key
         self._key: Any = None
         self._rebuild = False
-        self._touched: list[np.ndarray] = []
+        # Pool items an update changed since the last refresh took them (None: none): one bool
+        # an item, however many updates come while a rebuild runs.
+        self._touched: np.ndarray | None = None
         self._busy = False
         self._wake = threading.Condition(self._lock)
         self._thread = None
@@ -105,7 +107,9 @@ class CatalogueRetrieval:
             elif whole and self._params is not None:
                 self._rebuild = True
             elif touched is not None and touched.size:
-                self._touched.append(touched)
+                if self._touched is None:
+                    self._touched = np.zeros(self.size, bool)
+                self._touched[touched] = True
             self._wake.notify()
         if self._thread is None:
             self._refresh_pending()
@@ -114,12 +118,12 @@ class CatalogueRetrieval:
         """Wait until every update noted so far is in the index -> False on timeout."""
         with self._lock:
             return self._wake.wait_for(
-                lambda: not (self._busy or self._rebuild or self._touched), timeout_s)
+                lambda: not (self._busy or self._rebuild or self._touched is not None), timeout_s)
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                self._wake.wait_for(lambda: self._rebuild or bool(self._touched))
+                self._wake.wait_for(lambda: self._rebuild or self._touched is not None)
             self._refresh_pending()
 
     def _refresh_pending(self) -> None:
@@ -127,11 +131,12 @@ class CatalogueRetrieval:
         the index stays as it was: serving goes on."""
         with self._lock:
             params, rebuild, touched = self._params, self._rebuild, self._touched
-            self._rebuild, self._touched, self._busy = False, [], True
+            self._rebuild, self._touched, self._busy = False, None, True
         try:
             if params is None or not self.size:
                 return
-            changed = np.unique(np.concatenate(touched)) if touched else np.empty(0, np.int64)
+            changed = (np.flatnonzero(touched).astype(np.int64) if touched is not None
+                       else np.empty(0, np.int64))
             if rebuild or changed.size > self.share * self.size:
                 self._install(np.arange(self.size, dtype=np.int64), params)
                 self.counts["rebuilds"] += 1

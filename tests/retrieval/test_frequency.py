@@ -32,3 +32,12 @@ def test_an_unseen_item_has_the_initial_gap_and_q_never_exceeds_one():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         StreamingFrequency(alpha=0.0)
+
+
+def test_the_step_count_goes_past_2_to_the_31_batches():
+    """30 days of batches of 64 at 100k examples a second are 4e9 steps."""
+    freq = StreamingFrequency(buckets=64, alpha=0.5, initial_gap=10)
+    freq.update(np.array([5], np.int64))
+    freq.step = 2**31 + 7  # as after that many batches
+    freq.update(np.array([5], np.int64))
+    assert freq.last[freq._bucket(np.array([5], np.int64))][0] == 2**31 + 8

@@ -207,3 +207,39 @@ def test_refreshes_run_on_their_own_thread_and_only_a_new_tower_part_rebuilds(tr
     _pull(sync, model, retrieval)
     assert retrieval.wait_idle(60) and retrieval.counts["rebuilds"] == 2
     assert retrieval.counts["refresh_failures"] == 0
+
+
+def test_updates_noted_while_a_refresh_waits_are_one_mask_of_the_pool(trained,
+                                                                        monkeypatch) -> None:
+    """However many sparse updates come while a refresh waits (a long rebuild), what they
+    touched is held as one bool an item, and the refresh takes their union."""
+    shards, dense, _, _ = trained
+    sync, model, retrieval = _replica(shards, dense)
+    _pull(sync, model, retrieval)
+    refresh = retrieval._refresh_pending
+    monkeypatch.setattr(retrieval, "_refresh_pending", lambda: None)  # the refresh waits
+
+    def fid(item: int, slot: str) -> np.ndarray:
+        return model.batch_of(SlotRows.of([POOL[item]], CFG.slots), now=0).fids[slot]
+
+    class Sparse:  # the fields of a SparseUpdate on_updates reads
+        reset = False
+        ids = {table_name("item_id"): fid(7, "item_id")}
+        evicted: dict = {}
+
+    class Staged:
+        parts = None
+        sparse = Sparse
+
+    for _ in range(50):
+        retrieval.on_updates(Staged)
+    Sparse.ids = {table_name("item_id"): np.concatenate([fid(5, "item_id"),
+                                                         fid(7, "item_id")])}
+    retrieval.on_updates(Staged)
+    held = retrieval._touched
+    assert held.dtype == bool and held.shape == (len(POOL),)
+    assert np.flatnonzero(held).tolist() == [5, 7]
+    upserted = retrieval.counts["upserted"]
+    refresh()
+    assert retrieval._touched is None
+    assert retrieval.counts["upserted"] == upserted + 2
