@@ -210,12 +210,15 @@ class Loop:
         return _arms(self.users.url) if self.cfg.experiments else {}
 
     def progress(self) -> dict[str, Any]:
-        """One snapshot of every part's counters; raises what ended training, if it ended
-        (e.g. ``RestartLimitError`` naming a process that died for good)."""
+        """One snapshot of every part's counters; raises what ended training or a joiner's
+        run, if one ended (e.g. ``RestartLimitError`` naming a process that died for good, or
+        a joiner past ``joiner.recoveries_per_hour``)."""
         import ray
 
         if self.training_error:
             raise self.training_error[0]
+        ended, _ = ray.wait(self.joiner_runs, num_returns=len(self.joiner_runs), timeout=0)
+        ray.get(ended)  # a run ends only when the loop stops, or with its error
         restarts = self.training.supervisor.counts()  # training checks them on schedule
         users = self.users.stats()
         joined = ray.get([j.counters.remote() for j in self.joiners], timeout=30)

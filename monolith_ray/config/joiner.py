@@ -43,6 +43,9 @@ class JoinerConfig:
     - ``max_poll_records``: most records handled per poll.
     - ``spill_dir``: folder of the on-disk store; empty = a fresh temp folder.
     - ``cpus``: Ray CPUs reserved per joiner actor.
+    - ``recoveries_per_hour``: times within an hour a joiner may start again from its
+      committed offsets after a fatal consumer error or a message the brokers did not take
+      (``monolith_ray.stream.joiner``); one more fails its run.
     """
 
     window_s: int = 600
@@ -59,6 +62,7 @@ class JoinerConfig:
     max_poll_records: int = 5000
     spill_dir: str = ""
     cpus: float = 0.25
+    recoveries_per_hour: int = 10
 
     def __post_init__(self) -> None:
         _require(self, "window_s", ge=0)
@@ -72,5 +76,6 @@ class JoinerConfig:
         _require(self, "commit_interval_s", ge=0)
         _require(self, "max_poll_records", ge=1)
         _require(self, "cpus", ge=0)
+        _require(self, "recoveries_per_hour", ge=0)
         if not self.group_id:
             raise ConfigError("group_id", "must not be empty")

@@ -13,10 +13,21 @@ takes partitions p with ``p % n == k`` of both, and every join is local to one j
 **Commits.** The offsets :meth:`Joiner.commit_offsets` gives go to Kafka (consumer group
 ``group_id``, manual assignment), after the producer has flushed every example so far; see
 ``stream/join.py`` for what they cover and what a restart emits again.
+
+**Kafka errors.** librdkafka retries lost connections and brokers by itself; a consumer error
+it reports that is not fatal is counted (``consumer_errors``) and logged, and the joiner reads
+on. A fatal consumer error, or a message the brokers did not take (after the producer's own
+retries: its offsets must not be committed), makes :meth:`StreamJoiner.run` start the joiner
+again in its process from the committed offsets, as a restarted actor would: new clients, a
+fresh join state, what was read since the last commit joined and written again (at least
+once). ``recoveries`` counts them; past ``joiner.recoveries_per_hour`` within an hour ``run``
+raises. Before, one such error ended ``run`` for good while the actor stayed alive.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import threading
 import time
@@ -44,10 +55,18 @@ from monolith_ray.config import (
 )
 from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig
 from monolith_ray.gc_pause import gc_paused
-from monolith_ray.stream.join import ACTIONS, FEATURES, Joiner, spill_store
+from monolith_ray.stream.join import ACTIONS, COUNTERS, FEATURES, Joiner, spill_store
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
 
-__all__ = ["JoinerActor", "StreamJoiner", "run_joiners", "start_joiners"]
+__all__ = ["DeliveryFailed", "JoinerActor", "StreamJoiner", "run_joiners", "start_joiners"]
+
+logger = logging.getLogger(__name__)
+
+RECOVERY_WINDOW_S = 3600.0  # joiner.recoveries_per_hour counts recoveries in this window
+
+
+class DeliveryFailed(RuntimeError):
+    """Messages of the joiner's were not written: its offsets are not committed."""
 
 
 # librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1000 ms by
@@ -89,7 +108,18 @@ class StreamJoiner:
         if not 0 <= index < count:
             raise ValueError(f"joiner index must be in [0, {count}), got {index}")
         self.cfg, self.index, self.count, self._timeout_s = cfg, index, count, timeout_s
-        self._topics = kafka.topics
+        self._kafka, self._topics = kafka, kafka.topics
+        self._join_args = (slots, limits, dense, tasks)
+        self.recoveries = self.consumer_errors = 0
+        self._recovered_at: collections.deque[float] = collections.deque()
+        # The counts of the join states this joiner dropped in recoveries (counters() adds them).
+        self._earlier = dict.fromkeys(COUNTERS, 0)
+        self._stop = threading.Event()
+        self._open()
+
+    def _open(self) -> None:
+        """New clients and a fresh join state, each partition from its committed offset."""
+        cfg, kafka, index, count = self.cfg, self._kafka, self.index, self.count
         self._consumer = Consumer(consumer_config(kafka, cfg.group_id, cfg.start))
         self._reports = DeliveryReports(kafka)
         self._producer = self._reports.producer
@@ -98,7 +128,7 @@ class StreamJoiner:
             os.makedirs(cfg.spill_dir, exist_ok=True)
             store = spill_store(cfg, os.path.join(cfg.spill_dir,
                                                   f"joiner-{index}-of-{count}.sqlite"))
-        self._core = Joiner(cfg, kafka.topics, store, slots, limits, dense, tasks)
+        self._core = Joiner(cfg, kafka.topics, store, *self._join_args)
         self._kinds = self._assign()
         self._n_examples = len(self._partitions(self._topics.examples))
         self._caught_up = dict.fromkeys(self._kinds, False)
@@ -109,7 +139,6 @@ class StreamJoiner:
         self._last_commit = self._last_report = time.monotonic()
         self._reported = metrics.Deltas()
         self._read_to: dict[tuple[str, int], int] = {}  # the offset after the last one read
-        self._stop = threading.Event()
 
     def _partitions(self, topic: str) -> list[int]:
         found = self._consumer.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
@@ -172,8 +201,11 @@ class StreamJoiner:
                 elif err.code() == KafkaError._PARTITION_EOF:
                     caught_up[m.topic(), m.partition()] = True
                     topic, partition = None, -1
-                else:
+                elif err.fatal():
                     raise KafkaException(err)
+                else:  # informational: librdkafka recovers by itself
+                    self.consumer_errors += 1
+                    logger.warning("joiner %d: consumer error %s", self.index, err)
             n = 0
             for tp, batch in batches.items():
                 self._core.add(*self._kinds[tp], batch)
@@ -218,8 +250,9 @@ class StreamJoiner:
         reports = self._reports
         if unsent or reports.failed:
             last = list(reports.recent)[-3:]
-            raise RuntimeError(f"joiner {self.index}: {unsent} messages unsent, "
-                               f"{reports.failed} failed (last: {last}); offsets not committed")
+            raise DeliveryFailed(f"joiner {self.index}: {unsent} messages unsent, "
+                                 f"{reports.failed} failed (last: {last}); offsets not "
+                                 f"committed")
         offsets = self._core.commit_offsets()
         names = {FEATURES: self._topics.features, ACTIONS: self._topics.actions}
         if offsets:
@@ -235,7 +268,7 @@ class StreamJoiner:
         written since the last report, and per partition read from its Kafka lag: the end
         offset as of the consumer's last fetch (no broker round trip) minus the read position."""
         self._last_report = time.monotonic()
-        counts, step, joiner = self._core.counters, self._reported.step, self.index
+        counts, step, joiner = self._counts(), self._reported.step, self.index
         for label, key in (("positive", "positives"), ("negative", "negatives")):
             metrics.EXAMPLES_JOINED.inc(step(key, counts[key]), joiner=joiner, label=label)
         metrics.DEAD_LETTERS.inc(step("dead_letters", counts["dead_letters"]), stage="joiner")
@@ -253,8 +286,11 @@ class StreamJoiner:
         waiting impression as a negative; commit -> :meth:`counters`."""
         start = idle_since = time.monotonic()
         while not self._stop.is_set():
-            if self.poll():
-                idle_since = time.monotonic()
+            try:
+                if self.poll():
+                    idle_since = time.monotonic()
+            except (KafkaException, DeliveryFailed) as err:
+                self._recover(err)
             now = time.monotonic()
             if max_seconds is not None and now - start >= max_seconds:
                 break
@@ -270,9 +306,46 @@ class StreamJoiner:
         """Make :meth:`run` return after its current poll."""
         self._stop.set()
 
+    def _recover(self, err: Exception) -> None:
+        """Start again from the committed offsets after ``err`` (see the module docstring);
+        RuntimeError naming ``joiner.recoveries_per_hour`` if that many came within the
+        last hour."""
+        now = time.monotonic()
+        recent = self._recovered_at
+        while recent and now - recent[0] > RECOVERY_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= self.cfg.recoveries_per_hour:
+            raise RuntimeError(f"joiner {self.index}: {len(recent) + 1} Kafka errors within an "
+                               f"hour, over joiner.recoveries_per_hour "
+                               f"({self.cfg.recoveries_per_hour}); last: {err}") from err
+        recent.append(now)
+        self.recoveries += 1
+        logger.warning("joiner %d: starting again from its committed offsets after %s",
+                       self.index, err)
+        self._discard()
+        self._open()
+
+    def _discard(self) -> None:
+        """Close the clients and the join state without committing: what they held since the
+        last commit is read and written again."""
+        for name, count in self._core.counters.items():
+            self._earlier[name] += count
+        # Written again from the committed offsets. Their delivery reports (purged) are never
+        # served: the producer is dropped without a poll, so none is logged as a failure.
+        self._producer.purge()
+        self._consumer.close()
+        self._core.close()
+
+    def _counts(self) -> dict[str, int]:
+        """Counts so far, over the join states dropped in recoveries too."""
+        return {name: self._earlier.get(name, 0) + count
+                for name, count in self._core.counters.items()}
+
     def counters(self) -> dict[str, int]:
-        """Counts so far (see ``COUNTERS``) and this joiner's index."""
-        return {**self._core.counters, "index": self.index}
+        """Counts so far (see ``COUNTERS``; examples written again after a recovery count
+        again), ``recoveries``, ``consumer_errors`` and this joiner's index."""
+        return {**self._counts(), "recoveries": self.recoveries,
+                "consumer_errors": self.consumer_errors, "index": self.index}
 
     def close(self) -> None:
         """Commit, then close the clients and the spill store."""

@@ -224,3 +224,36 @@ def test_a_poll_takes_what_has_arrived_without_waiting_out_its_timeout(broker, e
         assert counters["features"] + counters["actions"] == 50
     finally:
         joiner.close()
+
+
+def test_a_message_the_brokers_did_not_take_starts_the_joiner_again_from_its_commits(
+        broker, events) -> None:
+    """A delivery failure (as the producer's report counts it) stops the commit; the joiner
+    starts again from the committed offsets in its own process and joins on: every example
+    written, with the right label, counters that only grow. Past
+    ``joiner.recoveries_per_hour``, the run fails naming it."""
+    cfg = _config(broker, "recover", commit_interval_s=0.0, max_poll_records=100,
+                  recoveries_per_hour=1)
+    publish(cfg.kafka, events)
+    joiner = StreamJoiner(cfg.kafka, cfg.joiner, slots=cfg.slots, limits=cfg.limits)
+    try:
+        read, deadline = 0, time.monotonic() + 60
+        while read < 600 and time.monotonic() < deadline:
+            read += joiner.poll()
+        before = joiner.counters()
+        joiner._reports.failed += 1  # a message the brokers did not take, as reported
+        after = joiner.run(stop_when_idle_s=1.0, drain=True)
+        assert after["recoveries"] == 1
+        assert all(after[k] >= before[k] for k in ("features", "actions", "positives"))
+        examples = [json.loads(v) for _, _, v in _read(cfg.kafka, cfg.kafka.topics.examples)]
+        labels: dict[str, set[float]] = {}
+        for e in examples:
+            labels.setdefault(e["request_id"], set()).add(e["label"])
+        assert labels == {rid: {y} for rid, y in _expected(events).items()}
+        # A second failure within the hour is over the limit of 1.
+        joiner._reports.failed += 1  # the next poll's commit (one every poll here) sees it
+        with pytest.raises(RuntimeError, match="joiner.recoveries_per_hour"):
+            joiner.run(stop_when_idle_s=5.0)
+    finally:
+        joiner._reports.failed = 0
+        joiner.close()
