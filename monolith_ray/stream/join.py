@@ -59,7 +59,12 @@ of its in-memory queue of them or a ``MIN()`` over the store's index; the husks 
 leaving memory leaves in that queue and the time heap are dropped lazily, never more than
 about as many as are held, and counted). So however many impressions wait, the
 joiner holds the budget plus at most one batch read between two advances; the store on disk
-holds the rest (its message plus ~150 B of rows and indexes an impression).
+holds the rest (its message plus ~150 B of rows and indexes an impression). The examples an
+advance emits are bounded too: the impressions in memory, and at most
+:data:`EXPIRE_FROM_STORE` from the store; a clock that jumps past more (partitions that
+lagged and then went quiet, the whole window and lateness at once: 63 million impressions at
+100k a second and the default window) emits the rest over the advances that follow, each
+sent before the next is made, and their offsets stay uncommitted until then.
 
 Malformed messages (bad JSON, missing fields, wrong types, values out of the bounds of
 ``monolith_ray.validation``, a slot the model does not have, a second pending impression with
@@ -149,6 +154,8 @@ def _labelled(feature: bytes, label_weight: bytes) -> bytes:
 # 36-character UUID request id.
 ENTRY_BYTES = 456
 QUEUE_HUSK_BYTES = 300
+# Stored impressions an advance emits at most (about 45 MB of examples at ~450 B each).
+EXPIRE_FROM_STORE = 100_000
 _HUSKS_KEPT = 4096  # husks always tolerated before the heap and queues are rebuilt
 
 
@@ -463,7 +470,8 @@ class Joiner:
         self.counters["spilled"] += len(spill)
         if expire_before > -math.inf:
             before = None if expire_before == math.inf else int(expire_before)
-            for rid, partition, _, _, raw, _, labels in self._store.pop_older(before):
+            for rid, partition, _, _, raw, _, labels in self._store.pop_older(
+                    before, EXPIRE_FROM_STORE):
                 self._emit(partition, rid, raw, labels)
             self.counters["unmatched_actions"] += self._store.drop_orphans(
                 expire_before + self._window)
@@ -501,11 +509,16 @@ class Joiner:
                     if (e := memory.get(key)) is not None and e[2] == offset and e[1] == partition)
             self._queued = live
 
-    def drain(self) -> None:
-        """End of input: emit every waiting impression as a negative and drop the orphans.
-        Only for a finite stream (a replay that has ended): on a live one it would miss
-        actions still to come."""
+    def drain(self, whole: bool = True) -> bool:
+        """End of input: emit every waiting impression as a negative and drop the orphans
+        (``whole=False``: those in memory and at most :data:`EXPIRE_FROM_STORE` of the
+        stored ones, to be taken before the next call) -> True once nothing waits. Only for
+        a finite stream (a replay that has ended): on a live one it would miss actions
+        still to come."""
         self._expire(math.inf, math.inf)
+        while whole and len(self._store):
+            self._expire(math.inf, math.inf)
+        return not len(self._store)
 
     # -- offsets -----------------------------------------------------------------------------
 

@@ -296,8 +296,9 @@ class StreamJoiner:
                 break
             if stop_when_idle_s is not None and now - idle_since >= stop_when_idle_s:
                 break
-        if drain:
-            self._core.drain()
+        if drain:  # a bounded part of the stored impressions at a time, each sent on
+            while not self._core.drain(whole=False):
+                self._send()
             self._send()
         self.commit()
         return self.counters()

@@ -24,6 +24,7 @@ fsync are off.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import sqlite3
@@ -179,22 +180,25 @@ class SpillStore:
         self._filter.remove(key)
         self._n -= 1
 
-    def pop_older(self, before: int | None
+    def pop_older(self, before: int | None, limit: int | None = None
                   ) -> Iterator[tuple[str, int, int, int, bytes, str, int]]:
         """Remove and yield (request id, partition, offset, time, message, item id, task
-        labels) of every row with time < ``before`` (None: every row), oldest first, reading
-        a few thousand at a time."""
+        labels) of the rows with time < ``before`` (None: every row), oldest first, at most
+        ``limit`` of them (None: all), reading a few thousand at a time. A row is removed
+        only as its chunk is read: stopping early leaves the rest stored."""
         where, args = ("", ()) if before is None else (" WHERE time < ?", (before,))
         query = (f"SELECT rid, part, off, time, raw, item, labels, rowid FROM pending{where} "
-                 f"ORDER BY time LIMIT {_CHUNK}")
+                 f"ORDER BY time LIMIT ?")
         remove = self._filter.remove
-        while self._n:
-            rows = self._db.execute(query, args).fetchall()
+        left = math.inf if limit is None else limit
+        while self._n and left > 0:
+            rows = self._db.execute(query, (*args, int(min(_CHUNK, left)))).fetchall()
             if not rows:
                 return
             self._db.executemany("DELETE FROM pending WHERE rowid = ?",
                                  [(row[7],) for row in rows])
             self._n -= len(rows)
+            left -= len(rows)
             for row in rows:
                 remove((row[0], row[5]))
                 yield row[:7]

@@ -401,8 +401,13 @@ def test_memory_stays_within_the_budget_while_many_impressions_wait() -> None:
     assert feed.labels() == {"r0": 1.0, "r1": 1.0, "r60000": 1.0}
     assert joiner.commit_offsets() == {(FEATURES, 0): 2, (ACTIONS, 0): 2}
     feed.send(ACTIONS, [action("x", 2000)])
-    joiner.advance()
+    joiner.advance()  # every impression expires: the stored ones EXPIRE_FROM_STORE an advance
     examples, _ = joiner.take_output()
+    assert len(examples) < n - 3
+    assert joiner.commit_offsets()[FEATURES, 0] < n  # the rest not yet emitted: not committed
+    while len(joiner._store):
+        joiner.advance()
+        examples += joiner.take_output()[0]
     assert len(examples) == n - 3 and all(b'"label":0.0' in v for _, v in examples)
     assert joiner.commit_offsets() == {(FEATURES, 0): n, (ACTIONS, 0): 4}, "x waits"
 
@@ -530,3 +535,34 @@ def test_commit_offsets_and_labels_match_a_brute_force_reference(
     ref.advance(drain=True)
     assert joined() == sorted(ref.labels)
     assert feed.joiner.commit_offsets() == ref.commit_offsets()
+
+
+def test_a_clock_jump_emits_the_stored_impressions_a_bounded_part_at_a_time(
+        tmp_path, monkeypatch) -> None:
+    """Impressions in the on-disk store that a jump of the clock expires all at once leave
+    at most EXPIRE_FROM_STORE an advance, each once, oldest first; drain(whole=False) does
+    the same."""
+    import monolith_ray.stream.join as join
+
+    monkeypatch.setattr(join, "EXPIRE_FROM_STORE", 40)
+    for drained in (False, True):
+        joiner = Joiner(JoinerConfig(window_s=1000, allowed_lateness_s=0, spill_after_s=0),
+                        store=SpillStore(str(tmp_path / f"store-{drained}.sqlite")))
+        joiner.add(FEATURES, 0, [(i, encode(feature(f"r{i}", 100 + i))) for i in range(150)])
+        joiner.add(ACTIONS, 0, [(0, encode(action("x", 300)))])
+        joiner.advance()  # all spilled (spill_after_s 0), none expired yet
+        assert len(joiner._store) == 150 and not joiner.take_output()[0]
+        sizes, seen = [], []
+        for _ in range(10):
+            if drained:
+                done = joiner.drain(whole=False)
+            else:
+                joiner.add(ACTIONS, 0, [(1 + len(sizes), encode(action("x", 10_000)))])
+                joiner.advance()  # the clock jumps to 10,000: every impression expired
+                done = not len(joiner._store)
+            examples = joiner.take_output()[0]
+            sizes.append(len(examples))
+            seen += [json.loads(v)["request_id"] for _, v in examples]
+            if done:
+                break
+        assert max(sizes) <= 40 and seen == [f"r{i}" for i in range(150)], (drained, sizes)
