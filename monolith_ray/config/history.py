@@ -69,16 +69,24 @@ class HistoryConfig:
       dropped (``history.store``).
     - ``read_timeout_s``: how long serving waits for the history actor per request; past it
       the request is served without history (``history.server``).
+    - ``retry_s``: after a read that failed or was late, a replica serves without history
+      for this long without asking (``serve.guarded``).
+    - ``max_in_flight``: the most reads a replica waits for at once; a request past it is
+      served without history at once.
     """
 
     user_slot: str = "user_id"
     max_users: int = 1_000_000
     slots: tuple[HistorySlot, ...] = ()
     read_timeout_s: float = 0.1
+    retry_s: float = 1.0
+    max_in_flight: int = 64
 
     def __post_init__(self) -> None:
         _require(self, "max_users", ge=1)
         _require(self, "read_timeout_s", gt=0)
+        _require(self, "retry_s", ge=0)
+        _require(self, "max_in_flight", ge=1)
         require_unique_names(self.slots, "slots", "slots")
 
     def check_slots(self, slots: Sequence[SlotConfig]) -> None:

@@ -37,8 +37,10 @@ history slots are read from it at the request's time, strictly before it (one ca
 request, ``history.read_timeout_s`` at most), put among the user's slots before scoring, and
 logged with each impression, so the joined example holds the values the model saw. A read that
 fails or times out serves the request without them (``served.history_failed`` in
-``/healthz``). A request that sets a history slot itself gets 422: its values come from the
-server.
+``/healthz``), is cancelled at the actor, and for ``history.retry_s`` after it requests are
+served without asking; so are those past ``history.max_in_flight`` reads waiting
+(``served.history_skipped``, counted in ``history_failed`` too: ``serve.guarded``). A
+request that sets a history slot itself gets 422: its values come from the server.
 
 Bad input never reaches the model: a malformed body, a field of the wrong type or out of its
 bounds, an unknown feature name, too many candidates, a too large ``k``, a context too deep or
@@ -106,6 +108,7 @@ from monolith_ray.serve.api import (
 )
 from monolith_ray.serve.catalogue import CatalogueRetrieval
 from monolith_ray.serve.feature_log import FeatureLog
+from monolith_ray.serve.guarded import GuardedCalls, Skipped
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pinned import pinned_model, resolve_pinned
 from monolith_ray.serve.pool import CandidatePool
@@ -191,7 +194,10 @@ class Recommender:
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
         self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0,
-                       "history_failed": 0}
+                       "history_failed": 0, "history_skipped": 0}
+        history_cfg = cfg.history
+        self._history_reads = GuardedCalls(history_cfg.read_timeout_s, history_cfg.retry_s,
+                                           history_cfg.max_in_flight)
         self.updated_at = 0.0
         while not self._pull_updates():  # the latest versions before any request
             time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
@@ -478,9 +484,12 @@ class Recommender:
         ids = value_ids([u[key] for u in known]).tolist()
         distinct = sorted(set(ids))
         try:
-            values = await asyncio.wait_for(
-                self.history.read.remote(distinct, [now] * len(distinct)),
-                self.cfg.history.read_timeout_s)
+            values = await self._history_reads.call(
+                lambda: self.history.read.remote(distinct, [now] * len(distinct)))
+        except Skipped:  # the actor failed or was late a moment ago, or is busy with ours
+            self.served["history_failed"] += 1
+            self.served["history_skipped"] += 1
+            return
         except Exception as err:  # noqa: BLE001 - a request never fails for its history
             self.served["history_failed"] += 1
             logger.warning("served without history: reading it failed: %r", err)
