@@ -32,7 +32,7 @@ def history_overrides() -> list[str]:
     slots = load_yaml(DEFAULT_CONFIG)["slots"] + [
         {"name": "recent_items", "slot_id": 101, "dim": 16, "max_values": 5}]
     history = {"slots": [{"name": "recent_items", "source": "item_id", "max_len": 5}],
-               "read_timeout_s": 2.0}
+               "read_timeout_s": 2.0, "retry_s": 10.0}
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1 << 20)}"
             for key, value in (("slots", slots), ("history", history))]
 
@@ -128,11 +128,19 @@ def test_a_client_cannot_set_a_history_slot(app, path, body, field) -> None:
 
 
 def test_without_the_history_actor_requests_are_served_and_the_failure_counted(app) -> None:
+    """The first read fails; for history.retry_s after it requests are served without
+    asking (skipped), counted as served without history too."""
     ray.kill(app.history, no_restart=True)
     rid, items = recommend(app, USER)
     assert len(items) == 2
-    health = requests.get(app.url + "/healthz", timeout=30).json()
-    assert health["served"]["history_failed"] >= 1
+    served = requests.get(app.url + "/healthz", timeout=30).json()["served"]
+    assert served["history_failed"] >= 1
+    for _ in range(3):
+        assert len(recommend(app, USER)[1]) == 2
+    after = requests.get(app.url + "/healthz", timeout=30).json()["served"]
+    # One replica serves this app: every request after its failed read is skipped.
+    assert after["history_skipped"] >= served["history_skipped"] + 3
+    assert after["history_failed"] == served["history_failed"] + 3
 
 
 def test_a_request_with_bad_candidates_is_refused_before_its_history_is_read(app) -> None:
