@@ -310,7 +310,11 @@ def warm_start(cfg: Config, sim: UserSimulator, folder: str, n_requests: int,
     joined = run_joiners(cfg, stop_when_idle_s=10.0, drain=True)
     examples = sum(j["positives"] + j["negatives"] + j["sampled_out"] for j in joined)
     positives = sum(j["positives"] for j in joined)
-    if examples != published["features"] or positives != published["actions"]:
+    # A joiner that recovered from a Kafka error wrote again what it had read since its last
+    # commit: at least once, so more than were published.
+    exact = not any(j["recoveries"] for j in joined)
+    if (examples < published["features"] or positives < published["actions"]
+            or exact and (examples, positives) != (published["features"], published["actions"])):
         raise RuntimeError(f"warm start: {published['features']} impressions and "
                            f"{published['actions']} clicks published, {examples} examples "
                            f"and {positives} positives joined")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -63,6 +64,8 @@ __all__ = ["DeliveryFailed", "JoinerActor", "StreamJoiner", "run_joiners", "star
 logger = logging.getLogger(__name__)
 
 RECOVERY_WINDOW_S = 3600.0  # joiner.recoveries_per_hour counts recoveries in this window
+ERROR_LOG_EVERY_S = 10.0  # a consumer error librdkafka recovers from is logged at most this often
+LEVELS = ("pending", "orphans")  # counters that are what waits now, not running counts
 
 
 class DeliveryFailed(RuntimeError):
@@ -112,13 +115,20 @@ class StreamJoiner:
         self._join_args = (slots, limits, dense, tasks)
         self.recoveries = self.consumer_errors = 0
         self._recovered_at: collections.deque[float] = collections.deque()
-        # The counts of the join states this joiner dropped in recoveries (counters() adds them).
+        self._error_logged = -math.inf  # when a consumer error was last logged
+        # The running counts of the join states this joiner dropped in recoveries (counters()
+        # adds them; the levels, pending and orphans, are the live state's alone), and the
+        # lock that makes a drop and its counts one step for counters() on another thread.
         self._earlier = dict.fromkeys(COUNTERS, 0)
+        self._counts_lock = threading.Lock()
+        self._core: Joiner | None = None
+        self._reported = metrics.Deltas()
         self._stop = threading.Event()
         self._open()
 
     def _open(self) -> None:
-        """New clients and a fresh join state, each partition from its committed offset."""
+        """New clients and a fresh join state, each partition from its committed offset; on
+        failure, what it opened is closed again."""
         cfg, kafka, index, count = self.cfg, self._kafka, self.index, self.count
         self._consumer = Consumer(consumer_config(kafka, cfg.group_id, cfg.start))
         self._reports = DeliveryReports(kafka)
@@ -128,16 +138,21 @@ class StreamJoiner:
             os.makedirs(cfg.spill_dir, exist_ok=True)
             store = spill_store(cfg, os.path.join(cfg.spill_dir,
                                                   f"joiner-{index}-of-{count}.sqlite"))
-        self._core = Joiner(cfg, kafka.topics, store, *self._join_args)
-        self._kinds = self._assign()
-        self._n_examples = len(self._partitions(self._topics.examples))
+        core = Joiner(cfg, kafka.topics, store, *self._join_args)
+        with self._counts_lock:
+            self._core = core
+        try:
+            self._kinds = self._assign()
+            self._n_examples = len(self._partitions(self._topics.examples))
+        except BaseException:
+            self._discard()
+            raise
         self._caught_up = dict.fromkeys(self._kinds, False)
         # A partition with no record yet counts as heard from at the start, so it holds the
         # clock back for idle_partition_s: a first poll that finds only actions (their
         # features not fetched yet) must not move the clock past the impressions to come.
         self._last_record = dict.fromkeys(self._kinds, time.monotonic())
         self._last_commit = self._last_report = time.monotonic()
-        self._reported = metrics.Deltas()
         self._read_to: dict[tuple[str, int], int] = {}  # the offset after the last one read
 
     def _partitions(self, topic: str) -> list[int]:
@@ -205,7 +220,10 @@ class StreamJoiner:
                     raise KafkaException(err)
                 else:  # informational: librdkafka recovers by itself
                     self.consumer_errors += 1
-                    logger.warning("joiner %d: consumer error %s", self.index, err)
+                    if now - self._error_logged >= ERROR_LOG_EVERY_S:
+                        self._error_logged = now
+                        logger.warning("joiner %d: consumer error %s (%d so far)", self.index,
+                                       err, self.consumer_errors)
             n = 0
             for tp, batch in batches.items():
                 self._core.add(*self._kinds[tp], batch)
@@ -291,6 +309,7 @@ class StreamJoiner:
                     idle_since = time.monotonic()
             except (KafkaException, DeliveryFailed) as err:
                 self._recover(err)
+                idle_since = time.monotonic()  # what was dropped is to be read again
             now = time.monotonic()
             if max_seconds is not None and now - start >= max_seconds:
                 break
@@ -309,38 +328,52 @@ class StreamJoiner:
 
     def _recover(self, err: Exception) -> None:
         """Start again from the committed offsets after ``err`` (see the module docstring);
-        RuntimeError naming ``joiner.recoveries_per_hour`` if that many came within the
-        last hour."""
-        now = time.monotonic()
-        recent = self._recovered_at
-        while recent and now - recent[0] > RECOVERY_WINDOW_S:
-            recent.popleft()
-        if len(recent) >= self.cfg.recoveries_per_hour:
-            raise RuntimeError(f"joiner {self.index}: {len(recent) + 1} Kafka errors within an "
-                               f"hour, over joiner.recoveries_per_hour "
-                               f"({self.cfg.recoveries_per_hour}); last: {err}") from err
-        recent.append(now)
-        self.recoveries += 1
-        logger.warning("joiner %d: starting again from its committed offsets after %s",
-                       self.index, err)
+        an attempt whose reopening fails (the brokers still away) is counted too and tried
+        again a second later; RuntimeError naming ``joiner.recoveries_per_hour`` once that
+        many came within the last hour."""
         self._discard()
-        self._open()
+        while True:
+            now = time.monotonic()
+            recent = self._recovered_at
+            while recent and now - recent[0] > RECOVERY_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= self.cfg.recoveries_per_hour:
+                raise RuntimeError(f"joiner {self.index}: {len(recent) + 1} Kafka errors "
+                                   f"within an hour, over joiner.recoveries_per_hour "
+                                   f"({self.cfg.recoveries_per_hour}); last: {err}") from err
+            recent.append(now)
+            self.recoveries += 1
+            logger.warning("joiner %d: starting again from its committed offsets after %s",
+                           self.index, err)
+            try:
+                self._open()
+                return
+            except (KafkaException, ValueError) as failed:
+                err = failed
+                time.sleep(1.0)
 
     def _discard(self) -> None:
         """Close the clients and the join state without committing: what they held since the
-        last commit is read and written again."""
-        for name, count in self._core.counters.items():
-            self._earlier[name] += count
+        last commit is read and written again. Its running counts move to ``_earlier``."""
+        with self._counts_lock:
+            core, self._core = self._core, None
+            if core is not None:
+                for name, count in core.counters.items():
+                    if name not in LEVELS:
+                        self._earlier[name] += count
         # Written again from the committed offsets. Their delivery reports (purged) are never
         # served: the producer is dropped without a poll, so none is logged as a failure.
         self._producer.purge()
         self._consumer.close()
-        self._core.close()
+        if core is not None:
+            core.close()
 
     def _counts(self) -> dict[str, int]:
         """Counts so far, over the join states dropped in recoveries too."""
-        return {name: self._earlier.get(name, 0) + count
-                for name, count in self._core.counters.items()}
+        with self._counts_lock:
+            live = self._core.counters if self._core is not None else {}
+            return {name: (0 if name in LEVELS else self._earlier[name]) + live.get(name, 0)
+                    for name in COUNTERS}
 
     def counters(self) -> dict[str, int]:
         """Counts so far (see ``COUNTERS``; examples written again after a recovery count
@@ -349,7 +382,10 @@ class StreamJoiner:
                 "consumer_errors": self.consumer_errors, "index": self.index}
 
     def close(self) -> None:
-        """Commit, then close the clients and the spill store."""
+        """Commit, then close the clients and the spill store (nothing to do after a
+        recovery that failed: it closed them)."""
+        if self._core is None:
+            return
         try:
             self.commit()
         finally:
