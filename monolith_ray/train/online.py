@@ -65,9 +65,13 @@ a new process, so the job replaces it: it collects the offsets the trainers have
 ones and reads the stream again from where the committed offsets end. What the lost trainers
 had stepped on but not committed is trained again (at least once, never skipped); the new
 trainers pay their jit compilation. A trainer lost during the dump phase trains the dump again
-from its start. Past ``train.max_failures`` trainer restarts, or once a Ray-restarted
-actor is dead for good, the run fails with :class:`~monolith_ray.supervision.RestartLimitError`
-naming the process.
+from its start. A stream read task whose process dies (or blocks of it lost with a node) is
+not run again by Ray (``kafka_source.read_kafka_examples``): a trainer's iterator raises
+:class:`~monolith_ray.data.kafka_source.SourceLost`, and the job does the same as for a lost
+trainer (counted as ``stream`` restarts), so the stream is read again from the committed
+offsets, not from the run's start. Past ``train.max_failures`` restarts of either, or once a
+Ray-restarted actor is dead for good, the run fails with
+:class:`~monolith_ray.supervision.RestartLimitError` naming the process.
 """
 
 from __future__ import annotations
@@ -93,11 +97,13 @@ from monolith_ray.data.batches import Batch, make_batch
 from monolith_ray.data.dump import read_dump_offsets
 from monolith_ray.data.kafka_source import (
     KafkaExampleReader,
+    SourceLost,
     SourceMonitor,
     StreamSpec,
     drop_filler,
     earliest_offsets,
     read_kafka_examples,
+    source_lost,
 )
 from monolith_ray.data.offsets import OffsetCoverage
 from monolith_ray.metrics import TableReporter
@@ -236,6 +242,10 @@ def timely_batches(source: Any, batch_size: int, max_wait_s: float
                     return
             blocks.put(_END)
         except BaseException as err:  # noqa: BLE001 - re-raised by the consumer
+            if source_lost(err):  # the job reads the stream again (OnlineTraining._phase)
+                lost = SourceLost(f"the stream's read task or blocks were lost: {err!r}")
+                lost.__cause__ = err
+                err = lost
             blocks.put(err)
 
     reader = threading.Thread(target=read, name="stream-blocks", daemon=True)
@@ -527,12 +537,17 @@ class OnlineTraining:
                 if self._closed or isinstance(err, ray.exceptions.RayTaskError):
                     raise  # closed, or raised inside a live trainer (e.g. by a call it made)
                 shut_down_splits(splits)
-                died = err
+                died, lost = err, "trainers"
+            except ray.exceptions.RayTaskError as err:
+                if self._closed or not isinstance(err.cause, SourceLost):
+                    raise  # raised inside a live trainer by its own work
+                shut_down_splits(splits)
+                died, lost = err, "stream"
             finally:
                 # An error's traceback keeps this frame: drop the splits' handles from it, so
                 # the split coordinator and its endless read tasks end with the trainers.
                 del dataset, splits, refs
-            self.supervisor.restarted("trainers", died, limit=(
+            self.supervisor.restarted(lost, died, limit=(
                 "train.max_failures", self.cfg.train.max_failures))
             self._replace_trainers()
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),

@@ -150,6 +150,44 @@ def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
     assert metrics["offsets"] == end
 
 
+def test_a_killed_stream_read_task_is_read_again_from_the_committed_offsets(
+        ray_session, kafka_bootstrap, produce, tmp_path) -> None:
+    """kill -9 of the Kafka read task's process mid-run: Ray does not run it again (a rerun
+    read from the run's start and, measured, stalled the stream); the job replaces its
+    trainers and reads the stream again from the committed offsets: every example at least
+    once, none skipped, the restart counted as the stream's."""
+    import os
+    import signal
+
+    import ray
+
+    topic = "examples-read-task"
+    cfg = config(kafka_bootstrap, topic, tmp_path / "run", "online.stop=never",
+                 "online.idle_timeout_s=5", "supervision.check_every_s=0.5")
+    ensure_topics(cfg.kafka, [topic])
+    produced: list[tuple[int, int]] = []
+    producer = _trickle(cfg, topic, produce, produced)
+    run, failure, metrics = OnlineTraining(cfg), [], {}
+    trainer = threading.Thread(target=lambda: _catch(lambda: metrics.update(run.run()),
+                                                     failure))
+    trainer.start()
+    try:
+        _wait_for_progress(tmp_path / "run" / "snapshots")
+        pids = ray.get(run.monitor.totals.remote())["pids"]
+        assert pids and all(pids.values()), pids
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        trainer.join(120)
+        producer.join(60)
+    finally:
+        run.close()
+    assert not failure, failure
+    end = written(produced)
+    assert sum(end.values()) == 1600
+    assert metrics["restarts"].get("stream") == 1 and not metrics["restarts"].get("trainers")
+    assert metrics["phases"]["stream"]["attempts"] == 2
+    assert metrics["offsets"] == end
+
+
 def test_a_run_restored_from_its_snapshot_resumes_where_its_offsets_end(
         ray_session, kafka_bootstrap, produce, tmp_path) -> None:
     topic = "examples-resume"
