@@ -16,6 +16,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import ray
+
 from monolith_ray import demo
 from monolith_ray.config import KafkaConfig, KafkaTopics, load_config
 from monolith_ray.stream.kafka import end_offsets, ensure_topics
@@ -57,6 +59,10 @@ def _live(loop: demo.Loop) -> dict[str, Callable[[], list[int]]]:
         "dense": lambda: pids([training.dense]),
         "sync": lambda: pids([loop.sync]),
         "source-monitor": lambda: pids([training.monitor]),
+        # the stream's read task, as it last reported to the monitor (the job reads the
+        # stream again with a new one)
+        "read-task": lambda: [p for p in ray.get(training.monitor.totals.remote(), timeout=30)
+                              ["pids"].values() if p],
         "replica": lambda: [a["Pid"] for a in _replicas()],
     }
 
@@ -120,7 +126,7 @@ def test_the_loop_survives_kill_9_of_each_of_its_processes(ray_session, serve_ur
 
         # Every kind came back and its restart was counted where the operator sees it.
         restarts = progress["restarts"]
-        for name in ("trainers", "dense", "sync", "source-monitor"):
+        for name in ("trainers", "dense", "sync", "source-monitor", "stream"):
             assert restarts[name] >= 1, restarts
         assert sum(v for k, v in restarts.items() if k.startswith("shard-")) >= 1, restarts
         assert sum(v for k, v in restarts.items() if k.startswith("joiner-")) >= 1, restarts
