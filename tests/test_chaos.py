@@ -59,10 +59,10 @@ def _live(loop: demo.Loop) -> dict[str, Callable[[], list[int]]]:
         "dense": lambda: pids([training.dense]),
         "sync": lambda: pids([loop.sync]),
         "source-monitor": lambda: pids([training.monitor]),
-        # the stream's read task, as it last reported to the monitor (the job reads the
-        # stream again with a new one)
-        "read-task": lambda: [p for p in ray.get(training.monitor.totals.remote(), timeout=30)
-                              ["pids"].values() if p],
+        # the read tasks of the stream's current dataset, once each has reported (the job
+        # reads the stream again with a new dataset after a trainer or a read task is lost)
+        "read-task": lambda: [p for p in ray.get(training.monitor.totals.remote(),
+                                                 timeout=30)["pids"].values() if p],
         "replica": lambda: [a["Pid"] for a in _replicas()],
     }
 
@@ -104,7 +104,7 @@ def test_the_loop_survives_kill_9_of_each_of_its_processes(ray_session, serve_ur
         back_in: dict[str, float] = {}
         killed_at: list[tuple[str, float]] = []
         for kind in kinds:
-            pid = rng.choice(live[kind]())
+            pid = rng.choice(_wait(live[kind], 60, f"a live {kind}"))
             os.kill(pid, signal.SIGKILL)
             killed_at.append((kind, time.time()))
             t0 = time.monotonic()

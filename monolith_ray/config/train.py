@@ -58,9 +58,10 @@ class TrainConfig:
       pushes had landed (``monolith_ray.train.job``). The online job snapshots on
       ``online.snapshot_every_s``.
     - ``max_failures``: times the trainers may be lost over a run (a trainer's process or
-      node dies, or the dataset's coordinator does) and replaced, in the batch and the online
-      job alike, before the run fails naming this key; -1: no limit. The online job's stream
-      read tasks lost have a count of their own (``stream``) with the same limit. Shards, the dense server
+      node dies, or in the batch job the dataset's coordinator does) and replaced, in the
+      batch and the online job alike, before the run fails naming this key; -1: no limit.
+      The online job's stream lost (a read task, its blocks or the dataset's coordinator:
+      ``kafka_source.SourceLost``) has a count of its own (``stream``) with the same limit. Shards, the dense server
       and the other processes Ray restarts are bounded by ``supervision.max_restarts``.
     - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
       ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,

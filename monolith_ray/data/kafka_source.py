@@ -70,6 +70,7 @@ import logging
 import operator
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import repeat
@@ -481,22 +482,35 @@ class SourceMonitor:
     malformed count and the read positions of a running dataset can be asked for."""
 
     def __init__(self) -> None:
-        self._tasks: dict[int, dict[str, Any]] = {}
+        self._tasks: dict[int, dict[str, Any]] = {}  # the current dataset's tasks
+        self._earlier = dict.fromkeys(_SUMMED, 0)  # the counts of the datasets before it
+        self._earlier_errors: deque[Any] = deque(maxlen=_KEPT_ERRORS)
 
     def report(self, task: int, stats: dict[str, Any]) -> None:
         self._tasks[task] = stats
 
+    def new_dataset(self) -> None:
+        """A new dataset of the stream starts (the job reads it again): the tasks' counts so
+        far are kept in the totals, their positions and processes are no longer current."""
+        for stats in self._tasks.values():
+            for key in _SUMMED:
+                self._earlier[key] += stats[key]
+            self._earlier_errors.extend(stats["errors"])
+        self._tasks = {}
+
     def totals(self) -> dict[str, Any]:
-        """Examples read, records refused and dead letters not written over all tasks, every
-        partition's read position, the tasks' last errors, and per task the process that
-        last reported (``pids``)."""
+        """Examples read, records refused and dead letters not written over all tasks of
+        every dataset so far, the current dataset's read position of each partition it has
+        read, the last errors, and per task of the current dataset the process that last
+        reported (``pids``)."""
         tasks = self._tasks.values()
-        return {"records": sum(t["records"] for t in tasks),
-                "malformed": sum(t["malformed"] for t in tasks),
-                "dead_letters_failed": sum(t["dead_letters_failed"] for t in tasks),
+        return {**{key: self._earlier[key] + sum(t[key] for t in tasks) for key in _SUMMED},
                 "positions": {p: o for t in tasks for p, o in t["positions"].items()},
-                "errors": [e for t in tasks for e in t["errors"]],
+                "errors": [*self._earlier_errors, *(e for t in tasks for e in t["errors"])],
                 "pids": {k: t.get("pid") for k, t in self._tasks.items()}}
+
+
+_SUMMED = ("records", "malformed", "dead_letters_failed")  # SourceMonitor's running counts
 
 
 class KafkaExamplesDatasource(Datasource):
@@ -634,7 +648,8 @@ def drop_filler(table: pa.Table) -> pa.Table:
 
 
 LOST_SOURCE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError",
-                      "OwnerDiedError", "ObjectReconstructionFailedError", "ActorDiedError")
+                      "OwnerDiedError", "ObjectReconstructionFailedError", "ActorDiedError",
+                      "OutOfMemoryError")
 """Ray's errors that say a read task's process or its output is gone (not a bug of the read:
 reading again from committed offsets mends them)."""
 
@@ -678,9 +693,13 @@ def read_kafka_examples(spec: StreamSpec, *, read_tasks: int = 1, block_bytes: i
     # kill -9 under Ray's retries left its consumer with no new row for 60 s). Its death
     # reaches the consumers instead, as RayTaskError(WorkerCrashedError) within 0.1 s, and
     # the online job reads again from its committed offsets (``train.online``).
-    dataset = ray.data.read_datasource(source, num_cpus=num_cpus, concurrency=n,
-                                       override_num_blocks=n,
-                                       ray_remote_args={"max_retries": 0})
+    # (``ray_remote_args`` is deprecated in Ray 2.60 with no named parameter for
+    # ``max_retries``: pyproject pins ray below 2.64, which removes it.)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = ray.data.read_datasource(source, num_cpus=num_cpus, concurrency=n,
+                                           override_num_blocks=n,
+                                           ray_remote_args={"max_retries": 0})
     context = dataset.context
     context.target_max_block_size = block_bytes
     limits = context.execution_options.resource_limits

@@ -506,6 +506,11 @@ class OnlineTraining:
 
     def _stream(self, starts: Mapping[int, int]) -> Any:
         online = self.cfg.online
+        try:  # only the monitor's counts depend on it: a monitor that is away costs nothing
+            ray.get(self.monitor.new_dataset.remote(), timeout=self.cfg.train.call_timeout_s)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("monolith_ray: the source monitor did not mark the new dataset: %r",
+                           err)
         spec = StreamSpec(
             self.cfg.kafka, self.topic, self.cfg.slots, starts,
             stops="end" if online.stop == "end" else None,

@@ -391,3 +391,18 @@ def test_slow_consumer_holds_the_reader_back(ray_session, kafka, produce) -> Non
         ahead.append(ray.get(monitor.totals.remote())["records"] - consumed)
     # 64 KiB is ~1000 rows; with a 64 MiB buffer the reader runs > 5000 rows ahead here.
     assert consumed == n and max(ahead) < 3000
+
+
+def test_the_monitor_keeps_counts_over_datasets_and_pids_of_the_current_one() -> None:
+    monitor = SourceMonitor()
+    first = {"records": 5, "malformed": 1, "dead_letters_failed": 0, "positions": {0: 9},
+             "errors": [[0, 3, "bad"]], "pid": 111}
+    monitor.report(0, first)
+    monitor.new_dataset()  # the job reads the stream again
+    assert monitor.totals()["pids"] == {} and monitor.totals()["records"] == 5
+    monitor.report(0, {**first, "records": 2, "malformed": 0, "errors": [], "pid": 222,
+                       "positions": {0: 7}})
+    totals = monitor.totals()
+    assert (totals["records"], totals["malformed"]) == (7, 1)
+    assert totals["pids"] == {0: 222} and totals["positions"] == {0: 7}
+    assert totals["errors"] == [[0, 3, "bad"]]
