@@ -120,10 +120,10 @@ def _wait_for_progress(snapshot: Path, examples: int = 200) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
-def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
-        ray_session, kafka_bootstrap, produce, kill_actor, tmp_path, how) -> None:
-    topic = f"examples-crash-{how.replace(' ', '').replace('.', '')}"
+def _killed_mid_run(kafka_bootstrap: str, produce, tmp_path: Path, topic: str,
+                    kill) -> tuple[dict, dict[int, int]]:
+    """An unbounded run over a trickle of 1600 examples, ``kill(run)`` once a snapshot shows
+    progress -> the run's metrics (it ends idle) and the offsets produced."""
     cfg = config(kafka_bootstrap, topic, tmp_path / "run", "online.stop=never",
                  "online.idle_timeout_s=5", "supervision.check_every_s=0.5")
     ensure_topics(cfg.kafka, [topic])
@@ -135,16 +135,26 @@ def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
     trainer.start()
     try:
         _wait_for_progress(tmp_path / "run" / "snapshots")
-        kill_actor(run.trainers[0], how)
+        kill(run)
         trainer.join(120)
         producer.join(60)
     finally:
         run.close()
     assert not failure, failure
-    # The run replaced its trainers once and read the stream again from their commits:
-    # every example at least once, none skipped.
     end = written(produced)
     assert sum(end.values()) == 1600
+    return metrics, end
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
+def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
+        ray_session, kafka_bootstrap, produce, kill_actor, tmp_path, how) -> None:
+    metrics, end = _killed_mid_run(
+        kafka_bootstrap, produce, tmp_path,
+        f"examples-crash-{how.replace(' ', '').replace('.', '')}",
+        lambda run: kill_actor(run.trainers[0], how))
+    # The run replaced its trainers once and read the stream again from their commits:
+    # every example at least once, none skipped.
     assert metrics["restarts"]["trainers"] == 1
     assert metrics["phases"]["stream"]["attempts"] == 2
     assert metrics["offsets"] == end
@@ -153,36 +163,21 @@ def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
 def test_a_killed_stream_read_task_is_read_again_from_the_committed_offsets(
         ray_session, kafka_bootstrap, produce, tmp_path) -> None:
     """kill -9 of the Kafka read task's process mid-run: Ray does not run it again (a rerun
-    read from the run's start and, measured, stalled the stream); the job replaces its
-    trainers and reads the stream again from the committed offsets: every example at least
-    once, none skipped, the restart counted as the stream's."""
+    read from the run's start offsets); the job replaces its trainers and reads the stream
+    again from the committed offsets: every example at least once, none skipped, the
+    restart counted as the stream's."""
     import os
     import signal
 
     import ray
 
-    topic = "examples-read-task"
-    cfg = config(kafka_bootstrap, topic, tmp_path / "run", "online.stop=never",
-                 "online.idle_timeout_s=5", "supervision.check_every_s=0.5")
-    ensure_topics(cfg.kafka, [topic])
-    produced: list[tuple[int, int]] = []
-    producer = _trickle(cfg, topic, produce, produced)
-    run, failure, metrics = OnlineTraining(cfg), [], {}
-    trainer = threading.Thread(target=lambda: _catch(lambda: metrics.update(run.run()),
-                                                     failure))
-    trainer.start()
-    try:
-        _wait_for_progress(tmp_path / "run" / "snapshots")
+    def kill_read_task(run: OnlineTraining) -> None:
         pids = ray.get(run.monitor.totals.remote())["pids"]
         assert pids and all(pids.values()), pids
         os.kill(next(iter(pids.values())), signal.SIGKILL)
-        trainer.join(120)
-        producer.join(60)
-    finally:
-        run.close()
-    assert not failure, failure
-    end = written(produced)
-    assert sum(end.values()) == 1600
+
+    metrics, end = _killed_mid_run(kafka_bootstrap, produce, tmp_path, "examples-read-task",
+                                   kill_read_task)
     assert metrics["restarts"].get("stream") == 1 and not metrics["restarts"].get("trainers")
     assert metrics["phases"]["stream"]["attempts"] == 2
     assert metrics["offsets"] == end
