@@ -61,8 +61,9 @@ class TrainConfig:
       node dies, or in the batch job the dataset's coordinator does) and replaced, in the
       batch and the online job alike, before the run fails naming this key; -1: no limit.
       The online job's stream lost (a read task, its blocks or the dataset's coordinator:
-      ``kafka_source.SourceLost``) has a count of its own (``stream``) with the same limit. Shards, the dense server
-      and the other processes Ray restarts are bounded by ``supervision.max_restarts``.
+      ``kafka_source.SourceLost``) has a count of its own (``stream``) with the same limit.
+      Shards, the dense server and the other processes Ray restarts are bounded by
+      ``supervision.max_restarts``.
     - ``name``: names the job's parameter-server actors (``<name>.shard-K``,
       ``<name>.dense`` in Ray namespace ``monolith_ray``), so ``monolith-ray snapshot``,
       ``restore`` and ``serve --training NAME`` find them from another process; empty: the
