@@ -79,6 +79,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import ray
+import ray.exceptions
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
@@ -647,11 +648,12 @@ def drop_filler(table: pa.Table) -> pa.Table:
     return table.filter(pc.not_equal(partition, FILLER_PARTITION))
 
 
-LOST_SOURCE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError",
-                      "OwnerDiedError", "ObjectReconstructionFailedError", "ActorDiedError",
-                      "OutOfMemoryError")
+LOST_SOURCE_ERRORS = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                      ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError,
+                      ray.exceptions.ActorDiedError, ray.exceptions.OutOfMemoryError)
 """Ray's errors that say a read task's process or its output is gone (not a bug of the read:
-reading again from committed offsets mends them)."""
+reading again from committed offsets mends them). ``ObjectLostError`` covers its subclasses,
+``ObjectReconstructionFailedError`` among them."""
 
 
 class SourceLost(RuntimeError):
@@ -663,11 +665,7 @@ def source_lost(err: BaseException) -> bool:
     """Whether ``err``, raised by a consumer's iterator of :func:`read_kafka_examples`, says
     the stream's read task or its blocks were lost (a process or node died), as opposed to
     an error of the read itself (which reading again would repeat)."""
-    import ray.exceptions
-
-    kinds = tuple(getattr(ray.exceptions, name) for name in LOST_SOURCE_ERRORS
-                  if hasattr(ray.exceptions, name))
-    return isinstance(err, kinds)
+    return isinstance(err, LOST_SOURCE_ERRORS)
 
 
 def _report(monitor: Any, task: int, stats: dict[str, Any]) -> None:
