@@ -21,10 +21,12 @@ Costs (n items in the catalogue, N retrieved, d the tower dim): a rebuild embeds
 catalogue ``CHUNK`` items at a time (the store read under its lock a chunk at a time, so
 requests wait at most one chunk's lookup, about 30 ms for 65,536 items) and builds the HNSW
 graph, about 0.5 s for 1,682 items and 31 s for 200,000 on this machine (usearch, one
-thread: ``benchmarks.retrieval``); finding the items a sparse update touched is
-O(n · item slots) of NumPy on the poll thread; a search is one user-tower pass and one HNSW
-query (``/healthz``'s ``retrieval.p99_ms``). Memory: the index, about ``4·d + 128`` bytes
-per item, the catalogue's fids, and one chunk's rows during a rebuild.
+thread: ``benchmarks.retrieval``); finding the items a sparse update of c rows touched is
+O(c log F + t) on the poll thread (F the catalogue's distinct item-slot fids, t the items
+found: :class:`Readers`, built once per replica in O(v log v) for the catalogue's v item-slot
+values); a search is one user-tower pass and one HNSW query (``/healthz``'s
+``retrieval.p99_ms``). Memory: the index, about ``4·d + 128`` bytes per item, the catalogue's
+fids, :class:`Readers`' 4 bytes a value and 8 a fid, and one chunk's rows during a rebuild.
 """
 
 from __future__ import annotations
@@ -51,6 +53,52 @@ LATENCY_SAMPLES = 10_000  # the most recent searches /healthz's percentiles are 
 CHUNK = 1 << 16  # catalogue items embedded (and their rows read) at a time
 
 
+class Readers:
+    """Which catalogue items read each fid of one item slot: the inverse of a batch's
+    ``idx`` (int (n, L), rows of the sorted distinct ``fids`` (F,), -1 for none), kept as
+    the items sorted by the fid they read (``items``, int32 (v,)) and each fid's start in it
+    (``starts``, int64 (F + 1,)). Built once, O(v log v) for v values; :meth:`of` costs
+    O(c log F + t log t) for c fids asked and t items found, O(c log F + n) past t = n / 16
+    for n items."""
+
+    def __init__(self, fids: np.ndarray, idx: np.ndarray) -> None:
+        self.fids = np.asarray(fids, dtype=np.int64)
+        idx = np.asarray(idx)
+        self.n = idx.shape[0]
+        item, _ = np.nonzero(idx >= 0)
+        row = idx[idx >= 0].astype(np.int64)
+        order = np.argsort(row, kind="stable")
+        self.items = item[order].astype(np.int32)
+        self.starts = np.zeros(self.fids.size + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=self.fids.size), out=self.starts[1:])
+
+    def of(self, fids: np.ndarray) -> np.ndarray:
+        """Items int64 (t,), sorted and distinct, that read any of ``fids`` (int64 (c,),
+        fids the catalogue lacks ignored)."""
+        asked = np.sort(np.asarray(fids, dtype=np.int64).reshape(-1))  # near lookups in turn
+        if not asked.size or not self.fids.size:
+            return np.empty(0, np.int64)
+        pos = np.minimum(np.searchsorted(self.fids, asked), self.fids.size - 1)
+        pos = np.unique(pos[self.fids[pos] == asked])
+        begin, end = self.starts[pos], self.starts[pos + 1]
+        counts = end - begin
+        if not counts.sum():
+            return np.empty(0, np.int64)
+        # each found fid's run of items in ``items``, laid end to end
+        at = np.repeat(begin - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        return distinct(self.items[at], self.n)
+
+
+def distinct(items: np.ndarray, n: int) -> np.ndarray:
+    """Sorted distinct int64 of ``items`` (ints in [0, n)): a sort when they are few, one
+    pass over an n-bool mask when they are many (a row most items read)."""
+    if items.size * 16 < n:
+        return np.unique(items).astype(np.int64)
+    mask = np.zeros(n, bool)
+    mask[items] = True
+    return np.flatnonzero(mask).astype(np.int64)
+
+
 class CatalogueRetrieval:
     """The ANN index of a replica's catalogue (``pool_rows``: the pool's slot values, row i
     pool item i) and its searches; see the module doc. ``background``: refresh on a thread
@@ -64,6 +112,9 @@ class CatalogueRetrieval:
         self.spec = tower_spec(cfg)
         self.retriever = Retriever(self.spec, config=index_config(cfg))
         self.catalogue = model.batch_of(pool_rows, now=0)
+        self._readers = {slot.name: Readers(self.catalogue.fids[slot.name],
+                                            self.catalogue.idx[slot.name])
+                         for slot in self.spec.item}
         self.size = len(pool_rows)
         self._pool_rows = pool_rows
         self._lock = threading.Lock()
@@ -163,19 +214,18 @@ class CatalogueRetrieval:
         self.retriever.install(which, vectors, params)
 
     def _touched_by(self, sparse: Any) -> np.ndarray:
-        """Pool positions int64 of the items reading a tower row ``sparse`` changed or
-        evicted."""
-        hit = np.zeros(self.size, bool)
+        """Pool positions int64, sorted and distinct, of the items reading a tower row
+        ``sparse`` changed or evicted."""
+        found = []
         for slot in self.spec.item:
             name = table_name(slot.name)
-            changed = np.concatenate([sparse.ids.get(name, np.empty(0, np.int64)),
-                                      sparse.evicted.get(name, np.empty(0, np.int64))])
-            if not changed.size:
-                continue
-            fids, idx = self.catalogue.fids[slot.name], self.catalogue.idx[slot.name]
-            read = np.isin(fids, changed)
-            hit |= (np.where(idx >= 0, read[np.maximum(idx, 0)], False)).any(axis=1)
-        return np.flatnonzero(hit).astype(np.int64)
+            changed = [sparse.ids.get(name), sparse.evicted.get(name)]
+            changed = [c for c in changed if c is not None and len(c)]
+            if changed:
+                found.append(self._readers[slot.name].of(np.concatenate(changed)))
+        if not found:
+            return np.empty(0, np.int64)
+        return found[0] if len(found) == 1 else distinct(np.concatenate(found), self.size)
 
     def _item_rows(self, which: np.ndarray) -> dict[str, np.ndarray]:
         """Pool items ``which``'s pooled tower rows per item slot, read from the store."""

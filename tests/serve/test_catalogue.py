@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monolith_ray.config import load_config
 from monolith_ray.data.batches import make_batch
@@ -19,7 +21,7 @@ from monolith_ray.retrieval.configured import TOWER_PART, dense_parts, synced_pa
 from monolith_ray.retrieval.tables import pooled_rows, table_name
 from monolith_ray.retrieval.train import TowerTrainer
 from monolith_ray.schemas import LABEL
-from monolith_ray.serve.catalogue import CatalogueRetrieval
+from monolith_ray.serve.catalogue import CatalogueRetrieval, Readers
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.sync import ParameterSync
 from monolith_ray.train.job import dense_server_args
@@ -243,3 +245,32 @@ def test_updates_noted_while_a_refresh_waits_are_one_mask_of_the_pool(trained,
     refresh()
     assert retrieval._touched is None
     assert retrieval.counts["upserted"] == upserted + 2
+
+
+def _readers_by_scan(fids: np.ndarray, idx: np.ndarray, asked: np.ndarray) -> list[int]:
+    """The items reading any of ``asked``, by a scan of every item's values."""
+    read = np.isin(fids, asked)
+    return np.flatnonzero(np.where(idx >= 0, read[np.maximum(idx, 0)], False).any(axis=1)
+                          ).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_readers_finds_the_items_a_scan_finds(n: int, width: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fids = np.unique(rng.integers(-50, 50, size=rng.integers(1, 30)))
+    idx = rng.integers(-1, fids.size, size=(n, width)).astype(np.int32)  # -1: no value
+    readers = Readers(fids, idx)
+    asked = rng.integers(-60, 60, size=rng.integers(0, 20))  # some the catalogue lacks
+    found = readers.of(asked)
+    assert found.dtype == np.int64
+    assert found.tolist() == _readers_by_scan(fids, idx, asked)
+
+
+def test_readers_of_nothing_and_of_an_empty_catalogue() -> None:
+    readers = Readers(np.array([3, 7]), np.array([[0], [1], [-1]]))
+    assert readers.of(np.empty(0, np.int64)).tolist() == []
+    assert readers.of(np.array([5])).tolist() == []  # between the fids
+    assert readers.of(np.array([9, 7, 7])).tolist() == [1]  # past the last; asked twice
+    empty = Readers(np.empty(0, np.int64), np.empty((0, 1), np.int32))
+    assert empty.of(np.array([1])).tolist() == []
