@@ -10,7 +10,9 @@ Who restarts what (the README's fault-tolerance table says what each restart cos
   (a joiner's ``run``, a trainer's pull) are retried on the new process instead of failing.
 - **The online job** restarts its trainers itself (``monolith_ray.train.online``): a trainer's
   split of the stream cannot move to a new process, so the job replaces its trainers and
-  reads the stream again from the offsets they committed. It counts those restarts here.
+  reads the stream again from the offsets they committed. It counts those restarts here, and
+  pauses before each that follows another closely (:meth:`Supervisor.backoff_s`: Ray's own
+  restarts of an actor come at once, so a crash loop there is bounded by count alone).
 - **Ray Serve** restarts replicas (its controller health-checks them).
 
 A :class:`Supervisor` watches a run's actors: :meth:`Supervisor.check` reads each one's restart
@@ -29,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from monolith_ray import metrics
@@ -59,13 +62,18 @@ def actor_state(handle: Any) -> dict[str, Any]:
 
 class Supervisor:
     """A run's restart ledger: actors Ray restarts (:meth:`watch`) and restarts the run makes
-    itself (:meth:`restarted`), counted per name and bounded by ``cfg.max_restarts``.
+    itself (:meth:`restarted`), counted per name and bounded by ``cfg.max_restarts``, each
+    of the latter with the pause :meth:`backoff_s` gives (``clock``: seconds, monotonic).
     Thread-safe."""
 
-    def __init__(self, cfg: SupervisionConfig) -> None:
+    def __init__(self, cfg: SupervisionConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
+        self._clock = clock
         self._watched: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
+        # per name the run restarted: (restarts in its current streak, when the last was)
+        self._streaks: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     def watch(self, name: str, handle: Any) -> None:
@@ -84,9 +92,14 @@ class Supervisor:
         RestartLimitError (before restarting) once that is past the ``limit`` (the key that
         sets it and its value; default ``supervision.max_restarts``)."""
         key, most = limit or ("supervision.max_restarts", self.cfg.max_restarts)
+        now = self._clock()
         with self._lock:
             n = self._counts.get(name, 0) + 1
             self._counts[name] = n
+            streak, last = self._streaks.get(name, (0, now))
+            if now - last > self.cfg.backoff_reset_s:
+                streak = 0
+            self._streaks[name] = (streak + 1, now)
         metrics.RESTARTS.inc(process=name)
         if 0 <= most < n:
             raise RestartLimitError(
@@ -94,6 +107,16 @@ class Supervisor:
         logger.warning("monolith_ray: restarting %s (restart %d%s): %s", name, n,
                        _of(most), _short(cause))
         return n
+
+    def backoff_s(self, name: str) -> float:
+        """Seconds to wait before the restart of ``name`` last counted by :meth:`restarted`:
+        0 for the first of a streak, then ``backoff_s`` doubling up to ``max_backoff_s``
+        (see :class:`~monolith_ray.config.SupervisionConfig`)."""
+        with self._lock:
+            streak = self._streaks.get(name, (0, 0.0))[0]
+        if streak <= 1:
+            return 0.0
+        return min(self.cfg.backoff_s * 2.0 ** min(streak - 2, 60), self.cfg.max_backoff_s)
 
     def check(self) -> dict[str, int]:
         """Read every watched actor's restarts, log new ones -> :meth:`counts`.

@@ -62,8 +62,37 @@ def test_restarts_made_by_the_run_are_bounded() -> None:
     assert unlimited.counts() == {"trainers": 50}
 
 
+def test_restarts_that_follow_each_other_back_off_until_a_quiet_spell() -> None:
+    now = [0.0]
+    supervisor = Supervisor(SupervisionConfig(max_restarts=-1, backoff_s=1.0,
+                                              max_backoff_s=5.0, backoff_reset_s=100.0),
+                            clock=lambda: now[0])
+    assert supervisor.backoff_s("stream") == 0.0  # never restarted
+    pauses = []
+    for _ in range(6):
+        supervisor.restarted("stream", "crash")
+        pauses.append(supervisor.backoff_s("stream"))
+        now[0] += 10.0 + pauses[-1]
+    assert pauses == [0.0, 1.0, 2.0, 4.0, 5.0, 5.0]  # at once, then doubling to the cap
+    supervisor.restarted("trainers", "crash")  # each process its own streak
+    assert supervisor.backoff_s("trainers") == 0.0
+    now[0] += 100.5  # past backoff_reset_s since the last: a new streak
+    supervisor.restarted("stream", "crash")
+    assert supervisor.backoff_s("stream") == 0.0
+    now[0] += 99.0
+    supervisor.restarted("stream", "crash")
+    assert supervisor.backoff_s("stream") == 1.0
+    assert supervisor.counts() == {"stream": 8, "trainers": 1}
+
+
 def test_config_refuses_bad_values_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="supervision.max_restarts"):
         load_config(overrides=["supervision.max_restarts=-2"])
     with pytest.raises(ConfigError, match="supervision.check_every_s"):
         load_config(overrides=["supervision.check_every_s=0"])
+    with pytest.raises(ConfigError, match="supervision.backoff_s"):
+        load_config(overrides=["supervision.backoff_s=-1"])
+    with pytest.raises(ConfigError, match="supervision.max_backoff_s"):
+        load_config(overrides=["supervision.backoff_s=10", "supervision.max_backoff_s=5"])
+    with pytest.raises(ConfigError, match="supervision.backoff_reset_s"):
+        load_config(overrides=["supervision.backoff_reset_s=0"])

@@ -19,11 +19,24 @@ class SupervisionConfig:
     - ``check_every_s``: seconds between the job's looks at its processes (restart counts,
       trainers' committed offsets); what a dead trainer trains again is at most this much
       of its stream beyond its last commit.
+    - ``backoff_s``, ``max_backoff_s``, ``backoff_reset_s``: the pause before a restart the
+      job makes itself (its trainers, its stream) when it follows another of the same
+      process: the first restart of a streak comes at once, the second after ``backoff_s``
+      (1), each further one after twice the last, at most ``max_backoff_s`` (60); a streak
+      ends once that process goes ``backoff_reset_s`` (600) without a restart. A crash that
+      repeats at the same offset then takes ``max_failures`` restarts over about
+      ``max_failures × max_backoff_s`` seconds, not one burst.
     """
 
     max_restarts: int = 20
     check_every_s: float = 2.0
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    backoff_reset_s: float = 600.0
 
     def __post_init__(self) -> None:
         _require(self, "max_restarts", ge=-1)
         _require(self, "check_every_s", gt=0)
+        _require(self, "backoff_s", ge=0)
+        _require(self, "max_backoff_s", ge=self.backoff_s)
+        _require(self, "backoff_reset_s", gt=0)

@@ -499,8 +499,10 @@ class BatchRun:
 
         self.supervisor.restarted("trainers", cause, limit=(
             "train.max_failures", self.cfg.train.max_failures))
-        logger.warning("monolith_ray: restoring snapshot %s and restarting the trainers",
-                       self.last_snapshot)
+        pause = self.supervisor.backoff_s("trainers")
+        logger.warning("monolith_ray: restoring snapshot %s and restarting the trainers%s",
+                       self.last_snapshot, f" in {pause:.1f} s" if pause else "")
+        time.sleep(pause)
         for t in self.trainers:
             ray.kill(t)
         restore_snapshot(self.last_snapshot, self.shards, self.dense)

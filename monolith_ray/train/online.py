@@ -69,7 +69,10 @@ from its start. A stream read task whose process dies (or blocks of it lost with
 not run again by Ray (``kafka_source.read_kafka_examples``): a trainer's iterator raises
 :class:`~monolith_ray.data.kafka_source.SourceLost`, and the job does the same as for a lost
 trainer (counted as ``stream`` restarts), so the stream is read again from the committed
-offsets, not from the run's start. Past ``train.max_failures`` restarts of either, or once a
+offsets, not from the run's start. A restart that follows another of the same kind closely
+waits first (``supervision.backoff_s``, doubling up to ``supervision.max_backoff_s``), so a
+crash that repeats at one offset does not use the allowance up in a burst. Past
+``train.max_failures`` restarts of either, or once a
 Ray-restarted actor is dead for good, the run fails with
 :class:`~monolith_ray.supervision.RestartLimitError` naming the process.
 """
@@ -311,7 +314,7 @@ class OnlineTraining:
         self.dump: dict[str, Any] | None = None
         self.coverage = OffsetCoverage()
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = threading.Event()  # set by close(); ends a restart's pause
         # The trainers' config: the batch settings for a dump phase, then the online ones.
         self.trainer_cfg = cfg
         self.online = False
@@ -481,7 +484,7 @@ class OnlineTraining:
 
     def close(self) -> None:
         """Kill the run's actors (the stream's read tasks end with their dataset)."""
-        self._closed = True
+        self._closed.set()
         for handle in [*self.trainers, *self.shards, self.dense, self.monitor]:
             if handle is not None:
                 ray.kill(handle)
@@ -539,12 +542,12 @@ class OnlineTraining:
                 fits = self._wait(refs)
                 break
             except ray.exceptions.RayActorError as err:
-                if self._closed or isinstance(err, ray.exceptions.RayTaskError):
+                if self._closed.is_set() or isinstance(err, ray.exceptions.RayTaskError):
                     raise  # closed, or raised inside a live trainer (e.g. by a call it made)
                 shut_down_splits(splits)
                 died, lost = err, "trainers"
             except ray.exceptions.RayTaskError as err:
-                if self._closed or not isinstance(err.cause, SourceLost):
+                if self._closed.is_set() or not isinstance(err.cause, SourceLost):
                     raise  # raised inside a live trainer by its own work
                 shut_down_splits(splits)
                 died, lost = err, "stream"
@@ -554,6 +557,12 @@ class OnlineTraining:
                 del dataset, splits, refs
             self.supervisor.restarted(lost, died, limit=(
                 "train.max_failures", self.cfg.train.max_failures))
+            pause = self.supervisor.backoff_s(lost)
+            if pause:
+                logger.warning("monolith_ray: %s restarted again within supervision."
+                               "backoff_reset_s: waiting %.1f s first", lost, pause)
+                if self._closed.wait(pause):
+                    raise RuntimeError("the online job was closed while restarting") from died
             self._replace_trainers()
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
                 "examples_per_s": sum(f["examples_per_s"] for f in fits),

@@ -121,11 +121,11 @@ def _wait_for_progress(snapshot: Path, examples: int = 200) -> None:
 
 
 def _killed_mid_run(kafka_bootstrap: str, produce, tmp_path: Path, topic: str,
-                    kill) -> tuple[dict, dict[int, int]]:
+                    kill, *overrides: str) -> tuple[dict, dict[int, int]]:
     """An unbounded run over a trickle of 1600 examples, ``kill(run)`` once a snapshot shows
     progress -> the run's metrics (it ends idle) and the offsets produced."""
     cfg = config(kafka_bootstrap, topic, tmp_path / "run", "online.stop=never",
-                 "online.idle_timeout_s=5", "supervision.check_every_s=0.5")
+                 "online.idle_timeout_s=5", "supervision.check_every_s=0.5", *overrides)
     ensure_topics(cfg.kafka, [topic])
     produced: list[tuple[int, int]] = []
     producer = _trickle(cfg, topic, produce, produced)
@@ -161,26 +161,40 @@ def test_a_killed_trainer_is_replaced_and_the_stream_trained_without_skipping(
 
 
 def test_a_killed_stream_read_task_is_read_again_from_the_committed_offsets(
-        ray_session, kafka_bootstrap, produce, tmp_path) -> None:
-    """kill -9 of the Kafka read task's process mid-run: Ray does not run it again (a rerun
-    read from the run's start offsets); the job replaces its trainers and reads the stream
-    again from the committed offsets: every example at least once, none skipped, the
-    restart counted as the stream's."""
+        ray_session, kafka_bootstrap, produce, tmp_path, caplog) -> None:
+    """kill -9 of the Kafka read task's process mid-run, twice: Ray does not run it again
+    (a rerun read from the run's start offsets); the job replaces its trainers and reads the
+    stream again from the committed offsets: every example at least once, none skipped, the
+    restarts counted as the stream's, the second after a pause (a crash loop's backoff)."""
     import os
     import signal
 
     import ray
 
-    def kill_read_task(run: OnlineTraining) -> None:
-        pids = ray.get(run.monitor.totals.remote())["pids"]
-        assert pids and all(pids.values()), pids
-        os.kill(next(iter(pids.values())), signal.SIGKILL)
+    def read_task_pid(run: OnlineTraining, other_than: int | None = None) -> int:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pids = ray.get(run.monitor.totals.remote())["pids"]
+            if pids and all(pids.values()) and other_than not in pids.values():
+                return next(iter(pids.values()))
+            time.sleep(0.1)
+        raise AssertionError(f"no read task other than {other_than} was listed")
 
-    metrics, end = _killed_mid_run(kafka_bootstrap, produce, tmp_path, "examples-read-task",
-                                   kill_read_task)
-    assert metrics["restarts"].get("stream") == 1 and not metrics["restarts"].get("trainers")
-    assert metrics["phases"]["stream"]["attempts"] == 2
+    def kill_read_task_twice(run: OnlineTraining) -> None:
+        first = read_task_pid(run)
+        os.kill(first, signal.SIGKILL)
+        os.kill(read_task_pid(run, other_than=first), signal.SIGKILL)  # the next dataset's
+
+    with caplog.at_level("WARNING", logger="monolith_ray.train.online"):
+        metrics, end = _killed_mid_run(kafka_bootstrap, produce, tmp_path,
+                                       "examples-read-task", kill_read_task_twice,
+                                       "supervision.backoff_s=0.5")
+    assert metrics["restarts"].get("stream") == 2 and not metrics["restarts"].get("trainers")
+    assert metrics["phases"]["stream"]["attempts"] == 3
     assert metrics["offsets"] == end
+    # the first restart came at once, the second after supervision.backoff_s
+    assert caplog.text.count("restarted again within") == 1
+    assert "waiting 0.5 s first" in caplog.text
 
 
 def test_a_run_restored_from_its_snapshot_resumes_where_its_offsets_end(
