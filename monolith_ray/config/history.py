@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from monolith_ray.config.loader import ConfigError, _require, require_unique_names
 from monolith_ray.config.slots import SlotConfig
+from monolith_ray.files import filesystem_and_path
 
 MAX_LEN = 1024  # the most values any slot may hold (``validation``'s list bound)
 
@@ -73,6 +74,11 @@ class HistoryConfig:
       for this long without asking (``serve.guarded``).
     - ``max_in_flight``: the most reads a replica waits for at once; a request past it is
       served without history at once.
+    - ``checkpoint_every_s``: how often the history actor writes its stores and read
+      positions (``history.checkpoint``), so that a restart resumes from there rather than
+      from the examples topic's earliest offsets; 0 = never.
+    - ``checkpoint_root``: where (a folder or a ``pyarrow.fs`` URI; on a cluster, storage
+      every node reaches); empty: ``<data.output_dir>/history``.
     """
 
     user_slot: str = "user_id"
@@ -81,12 +87,21 @@ class HistoryConfig:
     read_timeout_s: float = 0.1
     retry_s: float = 1.0
     max_in_flight: int = 64
+    checkpoint_every_s: float = 300.0
+    checkpoint_root: str = ""
 
     def __post_init__(self) -> None:
         _require(self, "max_users", ge=1)
         _require(self, "read_timeout_s", gt=0)
         _require(self, "retry_s", ge=0)
         _require(self, "max_in_flight", ge=1)
+        _require(self, "checkpoint_every_s", ge=0)
+        if self.checkpoint_root:
+            try:
+                filesystem_and_path(self.checkpoint_root)
+            except (ValueError, OSError) as err:
+                raise ConfigError("checkpoint_root", f"{self.checkpoint_root!r}: {err}"
+                                  ) from None
         require_unique_names(self.slots, "slots", "slots")
 
     def check_slots(self, slots: Sequence[SlotConfig]) -> None:

@@ -5,8 +5,14 @@ Why it follows the ``examples`` topic with a consumer of its own rather than bei
 the joiners: the joined examples are already on that topic, decoded and validated by the
 reader training uses (``data.kafka_source.KafkaExampleReader``: event times bounded by
 ``limits``, bad records to the dead-letter topic), so the joiners need no handle on it and are
-never slowed or failed by it; a restarted actor rebuilds its store by reading the topic again
-from the brokers' earliest offsets (the store's own bounds keep what it holds).
+never slowed or failed by it. Every ``history.checkpoint_every_s`` the reading thread writes
+the stores and its read positions (``history.checkpoint``); an actor Ray restarts loads the
+newest checkpoint and reads on from its positions, so it catches up on what came since, not
+on the topic's whole retention. With no checkpoint (or ``checkpoint_every_s`` 0) it reads the
+topic again from the brokers' earliest offsets (the store's own bounds keep what it holds).
+A checkpoint holds one copy of the stores (about 16 bytes an entry) while it is written;
+reads go on meanwhile (measured at 1M users of 20 entries, one slot: 0.71 s to copy, 0.1 s
+to write 328 MB to a local disk, 17 s to restore).
 
 An entry's time is its example's ``time``, the impression's: the joiner's examples do not
 carry the action's time. A serving read is never early all the same: an entry reaches the
@@ -19,6 +25,7 @@ values the model was served.
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +36,9 @@ import pyarrow as pa
 import ray
 
 from monolith_ray.config import Config
+from monolith_ray.history.checkpoint import latest_checkpoint, write_checkpoint
 from monolith_ray.history.live import UserHistory
+from monolith_ray.history.store import HistoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +50,32 @@ MAX_READ = 1024  # most (user, time) pairs one read takes
 class HistoryServer:
     """The history slots of ``cfg.history``, live: :meth:`observe` records examples,
     :meth:`read` gives each slot's values strictly before given times. With ``follow``, a
-    thread reads ``cfg.kafka.topics.examples`` from its earliest offsets in micro-batches of
-    at most ``poll_records`` examples and observes each."""
+    thread reads ``cfg.kafka.topics.examples`` from its earliest offsets (or, with
+    ``restore``, from the newest checkpoint's positions, its stores loaded) in micro-batches
+    of at most ``poll_records`` examples, observes each and writes checkpoints on schedule.
+    ``restore`` None: whether Ray restarted this actor."""
 
-    def __init__(self, cfg: Config, follow: bool = True, poll_records: int = 2000) -> None:
+    def __init__(self, cfg: Config, follow: bool = True, poll_records: int = 2000,
+                 restore: bool | None = None) -> None:
         if not cfg.history.slots:
             raise ValueError("the config has no history slots (history.slots)")
         self.cfg = cfg
         self.history = UserHistory(cfg.history)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the stores: readers and writers
+        self._feed = threading.Lock()  # writers and checkpoints, taken before ``_lock``
         self._stop = threading.Event()
-        self.counts = {"observed": 0, "reads": 0, "reader_errors": 0, "evicted": 0}
+        self.counts = {"observed": 0, "reads": 0, "reader_errors": 0, "evicted": 0,
+                       "checkpoints": 0, "checkpoint_failures": 0}
         self._reader: Any = None
+        self.root = checkpoint_root(cfg) if cfg.history.checkpoint_every_s > 0 else None
+        self.restored: dict[str, Any] | None = None  # the checkpoint loaded: file, positions
+        self._resume: dict[int, int] = {}
+        if restore is None:
+            from monolith_ray.ps.shard import restarted_actor
+
+            restore = restarted_actor()
+        if restore and self.root is not None:
+            self._restore()
         if follow:
             threading.Thread(target=self._follow, args=(poll_records,), name="history-follow",
                              daemon=True).start()
@@ -60,7 +83,7 @@ class HistoryServer:
     def observe(self, examples: pa.Table) -> int:
         """Record the examples that count for each slot (columns: time, label, the user slot,
         each slot's source) -> rows observed."""
-        with self._lock:
+        with self._feed, self._lock:
             self.history.observe(examples)
             self.counts["observed"] += examples.num_rows
         return examples.num_rows
@@ -79,14 +102,54 @@ class HistoryServer:
         return {name: column.to_pylist() for name, column in values.items()}
 
     def stats(self) -> dict[str, Any]:
-        """Counters, users held per slot, bytes held, and the reader's positions."""
+        """Counters, users held per slot, bytes held, the reader's positions and the
+        checkpoint restored from (None: none)."""
         with self._lock:
             stores = self.history.stores
             out = {**self.counts, "users": {n: len(s) for n, s in stores.items()},
-                   "bytes": sum(s.nbytes for s in stores.values())}
+                   "bytes": sum(s.nbytes for s in stores.values()),
+                   "restored": self.restored}
         if self._reader is not None:
             out["positions"] = dict(self._reader.positions)
         return out
+
+    def _checkpoint(self) -> None:
+        """Write the stores and the reader's positions under the checkpoint root; only the
+        reading thread calls it, between micro-batches (it feeds the stores, so the two
+        agree). The copy holds off other writers (``observe`` calls), not reads. A failure
+        is counted and logged, and reading goes on."""
+        try:
+            positions = dict(self._reader.positions)
+            with self._feed:  # writers wait; reads go on (a copy does not change the stores)
+                frames = {name: store.to_bytes() for name, store in self.history.stores.items()}
+            write_checkpoint(self.root, self.cfg.kafka.topics.examples, positions, frames)
+            self.counts["checkpoints"] += 1
+        except Exception as err:  # noqa: BLE001 - a checkpoint must never stop the history
+            self.counts["checkpoint_failures"] += 1
+            logger.warning("history: checkpoint not written: %r", err)
+
+    def _restore(self) -> None:
+        """Load the newest checkpoint of the examples topic, if any whose slots are this
+        config's (another set of slots: read from the earliest offsets, logged)."""
+        found = latest_checkpoint(self.root, self.cfg.kafka.topics.examples)
+        if found is None:
+            return
+        header, frames = found
+        slots = {s.name: s for s in self.cfg.history.slots}
+        if set(frames) != set(slots):
+            logger.warning("history: the checkpoint holds slots %s, the config %s: reading the "
+                           "topic from its earliest offsets", sorted(frames), sorted(slots))
+            return
+        stores = {name: HistoryStore.from_bytes(frames[name], s.max_len,
+                                                self.cfg.history.max_users, s.expire_s)
+                  for name, s in slots.items()}
+        with self._feed, self._lock:
+            self.history.stores = stores
+        self._resume = {int(p): int(o) for p, o in header["positions"].items()}
+        self.restored = {"taken_at": header["taken_at"], "positions": dict(self._resume)}
+        logger.warning("history: restored the checkpoint taken at %s, reading on from %s",
+                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(header["taken_at"])),
+                       self._resume)
 
     def stop(self) -> None:
         """Stop following the stream (after the current micro-batch)."""
@@ -100,16 +163,20 @@ class HistoryServer:
         )
 
         cfg, topic = self.cfg, self.cfg.kafka.topics.examples
+        starts = earliest_offsets(cfg.kafka, topic)
+        # a checkpoint's position, unless retention has dropped it since (then the earliest)
+        starts = {p: max(o, self._resume.get(p, o)) for p, o in starts.items()}
         return KafkaExampleReader(StreamSpec(
             kafka=cfg.kafka, topic=topic, slots=tuple(cfg.slots),
-            starts=earliest_offsets(cfg.kafka, topic), poll_records=poll_records,
+            starts=starts, poll_records=poll_records,
             limits=cfg.limits, stage="history", heartbeats=True, dense=tuple(cfg.dense),
             tasks=tuple(cfg.task_names)))
 
     def _follow(self, poll_records: int) -> None:
         """Observe the examples topic until :meth:`stop`; the reader is made here, not in the
         constructor, so that brokers down at start-up delay the history, not the actor."""
-        evicted_at = time.monotonic()
+        evicted_at = checkpointed_at = time.monotonic()
+        every = self.cfg.history.checkpoint_every_s
         while not self._stop.is_set():
             try:
                 if self._reader is None:
@@ -120,6 +187,9 @@ class HistoryServer:
                     if time.monotonic() - evicted_at >= EVICT_EVERY_S:
                         evicted_at = time.monotonic()
                         self._evict_expired()
+                    if self.root is not None and time.monotonic() - checkpointed_at >= every:
+                        checkpointed_at = time.monotonic()
+                        self._checkpoint()
                     if self._stop.is_set():
                         return
             except Exception as err:  # noqa: BLE001 - history must outlive a Kafka outage
@@ -129,9 +199,15 @@ class HistoryServer:
 
     def _evict_expired(self) -> None:
         now = time.time()
-        with self._lock:
+        with self._feed, self._lock:
             for store in self.history.stores.values():
                 self.counts["evicted"] += store.evict_expired(now)
+
+
+def checkpoint_root(cfg: Config) -> str:
+    """Where ``cfg``'s history checkpoints go: ``history.checkpoint_root``, or
+    ``<data.output_dir>/history``."""
+    return cfg.history.checkpoint_root or posixpath.join(cfg.data.output_dir, "history")
 
 
 HistoryActor = ray.remote(max_concurrency=4)(HistoryServer)

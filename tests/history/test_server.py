@@ -1,6 +1,9 @@
-"""The history server in process: examples observed, read strictly before a time, bounds."""
+"""The history server in process: examples observed, read strictly before a time, bounds,
+and a restart that reads on from its checkpoint on a real broker."""
 
 from __future__ import annotations
+
+import time
 
 import pyarrow as pa
 import pytest
@@ -8,12 +11,15 @@ import yaml
 
 from monolith_ray.config import DEFAULT_CONFIG, Config, load_config
 from monolith_ray.config.loader import load_yaml
+from monolith_ray.history.checkpoint import latest_checkpoint
 from monolith_ray.history.server import MAX_READ, HistoryServer
+from monolith_ray.messages import encode
+from monolith_ray.stream import ensure_topics
 
 
-def history_config() -> Config:
+def history_config(*overrides: str) -> Config:
     """The default config plus ``recent_items`` (the last 5 positive item ids) and
-    ``recent_genres`` (their last 5 genres)."""
+    ``recent_genres`` (their last 5 genres), and ``overrides``."""
     slots = load_yaml(DEFAULT_CONFIG)["slots"] + [
         {"name": "recent_items", "slot_id": 101, "dim": 16, "max_values": 5},
         {"name": "recent_genres", "slot_id": 102, "dim": 16, "max_values": 5}]
@@ -21,7 +27,7 @@ def history_config() -> Config:
                          {"name": "recent_genres", "source": "genres", "max_len": 5}]}
     return load_config(overrides=[
         f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1 << 20)}"
-        for key, value in (("slots", slots), ("history", history))])
+        for key, value in (("slots", slots), ("history", history))] + list(overrides))
 
 
 def examples(rows: list[tuple[int, float, int, int, list[int]]]) -> pa.Table:
@@ -50,3 +56,111 @@ def test_a_read_is_bounded_and_a_config_without_history_slots_is_refused() -> No
         server.read([1] * (MAX_READ + 1), [0] * (MAX_READ + 1))
     with pytest.raises(ValueError, match="no history slots"):
         HistoryServer(load_config(), follow=False)
+
+
+T0 = 1_700_000_000
+
+
+def _example(i: int) -> bytes:
+    """Example i: user i % 7, item i, a positive every other one, a second apart."""
+    return encode({"request_id": f"r{i}", "time": T0 + i, "label": float(i % 2),
+                   "slots": {"user_id": i % 7, "item_id": i, "genres": [i % 5]}})
+
+
+def _wait(server: HistoryServer, done, what: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = server.stats()
+        if done(stats):
+            return stats
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {timeout_s} s: {server.stats()}")
+
+
+def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
+        kafka_bootstrap, produce, tmp_path) -> None:
+    topic = "examples-history-checkpoint"
+    cfg = history_config(
+        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
+        "history.checkpoint_every_s=0.2", f"data.output_dir={tmp_path}")
+    ensure_topics(cfg.kafka, [topic])
+    first = produce(cfg.kafka, topic, [_example(i) for i in range(300)],
+                    [i % 2 for i in range(300)])
+    end = {p: max(o for q, o in first if q == p) + 1 for p in (0, 1)}
+    server = HistoryServer(cfg, poll_records=50)
+    try:
+        # a checkpoint written after everything produced so far was observed
+        _wait(server, lambda s: s["observed"] == 300, "300 observed")
+        seen = server.stats()["checkpoints"]
+        _wait(server, lambda s: s["checkpoints"] > seen + 1, "two more checkpoints")
+    finally:
+        server.stop()
+    header, _ = latest_checkpoint(str(tmp_path / "history"), topic)
+    assert {int(p): o for p, o in header["positions"].items()} == end
+    produce(cfg.kafka, topic, [_example(i) for i in range(300, 400)],
+            [i % 2 for i in range(100)])
+
+    restored = HistoryServer(cfg, poll_records=50, restore=True)
+    fresh = HistoryServer(cfg, poll_records=50, restore=False)
+    try:
+        # the restored server read only the 100 examples after its checkpoint, the fresh one
+        # all 400; both hold the same history
+        _wait(fresh, lambda s: s["observed"] == 400, "400 observed from the start")
+        stats = _wait(restored, lambda s: s["observed"] >= 100, "100 observed after restoring")
+        assert stats["restored"]["positions"] == end
+        time.sleep(0.5)  # nothing more arrives
+        assert restored.stats()["observed"] == 100
+        users, at = list(range(7)), [T0 + 1000] * 7
+        assert restored.read(users, at) == fresh.read(users, at)
+        assert any(restored.read(users, at)["recent_items"])
+    finally:
+        restored.stop()
+        fresh.stop()
+
+
+
+def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
+        ray_session, kafka_bootstrap, produce, tmp_path) -> None:
+    import os
+    import signal
+
+    import ray
+
+    from monolith_ray.history.server import start_history_server
+
+    topic = "examples-history-restart"
+    cfg = history_config(
+        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
+        "history.checkpoint_every_s=0.2", f"data.output_dir={tmp_path}")
+    ensure_topics(cfg.kafka, [topic])
+    produce(cfg.kafka, topic, [_example(i) for i in range(200)], [i % 2 for i in range(200)])
+    actor = start_history_server(cfg)
+    try:
+        def stats() -> dict:
+            return ray.get(actor.stats.remote(), timeout=30)
+
+        deadline = time.monotonic() + 60
+        while stats()["observed"] < 200:
+            assert time.monotonic() < deadline, stats()
+            time.sleep(0.1)
+        seen = stats()["checkpoints"]
+        while stats()["checkpoints"] <= seen:  # one taken after all 200 were observed
+            assert time.monotonic() < deadline, stats()
+            time.sleep(0.1)
+        before = ray.get(actor.read.remote(list(range(7)), [T0 + 1000] * 7))
+        assert stats()["restored"] is None
+        os.kill(ray.get(actor.__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
+        after = stats()  # retried on the process Ray starts again
+        assert after["restored"] is not None and after["restored"]["positions"]
+        produce(cfg.kafka, topic, [_example(i) for i in range(200, 250)],
+                [i % 2 for i in range(50)])
+        deadline = time.monotonic() + 60
+        while stats()["observed"] < 50:
+            assert time.monotonic() < deadline, stats()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert stats()["observed"] == 50  # only what came after the checkpoint
+        now = ray.get(actor.read.remote(list(range(7)), [T0 + 1000] * 7))
+        assert now != before and all(len(v) == 5 for v in now["recent_items"])
+    finally:
+        ray.kill(actor)
