@@ -2,7 +2,9 @@
 
 Rows live in dense float32 matrices indexed by the cuckoo map's rows: weights (R, dim) and the
 optimizer's state matrices, plus per row its id (``EMPTY``, -2**63, for a free row: every
-other int64 is a valid id), last update time (seconds), occurrence count and the table version
+other int64 is a valid id), last update time (seconds), occurrence count (uint32, held at
+2**32 - 1 once reached: a row read 100,000 times a second, a genre most examples carry,
+reaches it in 12 hours, and would start again from 0 if it wrapped) and the table version
 of its last change (for parameter sync). Every call takes a whole batch.
 
 Policies worth knowing:
@@ -95,6 +97,16 @@ class TableDelta(NamedTuple):
     weights: np.ndarray  # float32 (k, dim)
     evicted: np.ndarray  # int64 (e,), ids evicted and not re-inserted since
     version: int  # the table's version this delta brings a reader up to
+
+
+@nb.njit(cache=True, nogil=True)
+def _count(counts: np.ndarray, rows: np.ndarray) -> None:
+    """Add one to ``counts`` (uint32) at each of ``rows`` (int64, repeats count each time),
+    held at the largest uint32 rather than wrapping to 0."""
+    top = np.uint32(0xFFFFFFFF)
+    for r in rows:
+        if counts[r] < top:
+            counts[r] += np.uint32(1)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -197,7 +209,7 @@ class EmbeddingTable:
                 rows[missing] = self._map.find(cand)
             self.counters["filtered"] += int(np.count_nonzero(rows[missing] < 0))
         known = rows[rows >= 0]
-        np.add.at(self._rows["count"], known, 1)
+        _count(self._rows["count"], known)
         out = np.empty((ids.shape[0], self.dim), dtype=np.float32)
         _gather(self._weights, rows, out)
         return out

@@ -834,3 +834,15 @@ def test_evict_expired_in_chunks_under_a_lock_equals_one_pass():
     assert len(tables[0]) == len(tables[1]) == 34
     assert sorted(tables[0].export_since(0).evicted.tolist()) == \
         sorted(tables[1].export_since(0).evicted.tolist())
+
+
+def test_occurrence_counts_add_repeats_and_hold_at_the_top_instead_of_wrapping():
+    table = EmbeddingTable(make_slot())
+    ids = np.array([1, 2, 2, 3], dtype=np.int64)
+    table.lookup_train(ids, now=0.0)
+    rows = table._map.find(np.array([1, 2, 3], dtype=np.int64)).astype(np.int64)
+    assert table._rows["count"][rows].tolist() == [1, 2, 1]
+    top = np.iinfo(np.uint32).max
+    table._rows["count"][rows] = [top - 1, top, 7]
+    table.lookup_train(ids, now=1.0)
+    assert table._rows["count"][rows].tolist() == [top, top, 8]  # not 0 and 1
