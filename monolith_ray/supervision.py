@@ -72,8 +72,9 @@ class Supervisor:
         self._clock = clock
         self._watched: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
-        # per name the run restarted: (restarts in its current streak, when the last was)
-        self._streaks: dict[str, tuple[int, float]] = {}
+        # per name the run restarted: (restarts in its current streak, when the last one's
+        # pause ends, that pause)
+        self._streaks: dict[str, tuple[int, float, float]] = {}
         self._lock = threading.Lock()
 
     def watch(self, name: str, handle: Any) -> None:
@@ -96,10 +97,11 @@ class Supervisor:
         with self._lock:
             n = self._counts.get(name, 0) + 1
             self._counts[name] = n
-            streak, last = self._streaks.get(name, (0, now))
-            if now - last > self.cfg.backoff_reset_s:
-                streak = 0
-            self._streaks[name] = (streak + 1, now)
+            streak, last, _ = self._streaks.get(name, (0, now, 0.0))
+            streak = 1 if now - last > self.cfg.backoff_reset_s else streak + 1
+            pause = 0.0 if streak == 1 else min(
+                self.cfg.backoff_s * 2.0 ** min(streak - 2, 60), self.cfg.max_backoff_s)
+            self._streaks[name] = (streak, now + pause, pause)  # quiet counts after the pause
         metrics.RESTARTS.inc(process=name)
         if 0 <= most < n:
             raise RestartLimitError(
@@ -113,10 +115,7 @@ class Supervisor:
         0 for the first of a streak, then ``backoff_s`` doubling up to ``max_backoff_s``
         (see :class:`~monolith_ray.config.SupervisionConfig`)."""
         with self._lock:
-            streak = self._streaks.get(name, (0, 0.0))[0]
-        if streak <= 1:
-            return 0.0
-        return min(self.cfg.backoff_s * 2.0 ** min(streak - 2, 60), self.cfg.max_backoff_s)
+            return self._streaks.get(name, (0, 0.0, 0.0))[2]
 
     def check(self) -> dict[str, int]:
         """Read every watched actor's restarts, log new ones -> :meth:`counts`.

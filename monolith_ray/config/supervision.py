@@ -22,8 +22,9 @@ class SupervisionConfig:
     - ``backoff_s``, ``max_backoff_s``, ``backoff_reset_s``: the pause before a restart the
       job makes itself (its trainers, its stream) when it follows another of the same
       process: the first restart of a streak comes at once, the second after ``backoff_s``
-      (1), each further one after twice the last, at most ``max_backoff_s`` (60); a streak
-      ends once that process goes ``backoff_reset_s`` (600) without a restart. A crash that
+      (1), each further one after twice the last, at most ``max_backoff_s`` (60, at most a
+      day); a streak ends once that process goes ``backoff_reset_s`` (600) after a restart's
+      pause without another. A crash that
       repeats at the same offset then takes ``max_failures`` restarts over about
       ``max_failures × max_backoff_s`` seconds, not one burst.
     """
@@ -38,5 +39,5 @@ class SupervisionConfig:
         _require(self, "max_restarts", ge=-1)
         _require(self, "check_every_s", gt=0)
         _require(self, "backoff_s", ge=0)
-        _require(self, "max_backoff_s", ge=self.backoff_s)
+        _require(self, "max_backoff_s", ge=self.backoff_s, le=86_400)
         _require(self, "backoff_reset_s", gt=0)

@@ -3,23 +3,26 @@ positions it has read to, so a restarted history actor resumes from there instea
 the topic again from its earliest offsets (hours at scale over days of retention).
 
 A root (a local folder or any ``pyarrow.fs`` URI; on a cluster, storage every node reaches,
-as for snapshots) holds one file per checkpoint, ``history-<number>.bin``:
+as for snapshots) holds one file per checkpoint, ``history-<owner>-<number>.bin``, where the
+owner names the writer (the Ray actor's id, which a restart keeps), so writers sharing a root
+never take each other's numbers or prune each other's files, and a restarted actor never
+loads a checkpoint of another run:
 
-- 8 bytes, little-endian: the length h of the header;
+- 8 bytes, little-endian: the length h of the header (at most ``MAX_HEADER``);
 - the header, h bytes of JSON: ``format``, ``topic``, ``positions`` (partition -> the offset
-  after the last example observed), ``taken_at`` (unix s) and ``slots``: per slot its name
+  after the last example observed), ``taken_at`` (unix s), ``config`` (the history slots as
+  configured: a checkpoint of other slots is not loaded) and ``slots``: per slot its name
   and the byte length of its frames;
 - each slot's frames (``HistoryStore.to_bytes``: ``.npy`` arrays, never pickle), in order.
 
-A file is written in one pass and read whole; one whose length is not what its header
-says (a write cut short) or that fails to parse is skipped for the one before it. After each
-write the newest ``keep`` files are kept. The store and the positions agree: the actor's
-reading thread, the only one that feeds the store, takes the checkpoint between two
-micro-batches.
+On a local disk a file is written under a ``.part`` name and renamed when whole; an object
+store publishes an object only once it is closed. A reader still checks that a file's length
+is what its header says and skips one that is not, or that fails to parse, for the one
+before it. After each write the owner's newest ``keep`` files are kept.
 
 Costs at U users held and N entries a user per slot: the file is about 16·N·U bytes a slot
-(with 8 bytes a user), built in memory once per checkpoint (one copy of the stores) and read
-whole on restore.
+(with 8 bytes a user); its frames are built in memory first (about 2.5 times one slot's
+store while a slot's are built, then all slots' frames) and read whole on restore.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import posixpath
 import re
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -39,83 +42,120 @@ from monolith_ray.files import absolute_location, filesystem_and_path
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "monolith_ray.history/1"
-_NAME = re.compile(r"history-(\d+)\.bin$")
+FORMAT = "monolith_ray.history/2"
+_OWNER = re.compile(r"[A-Za-z0-9_]{1,64}")
 _HEADER = struct.Struct("<Q")
-MAX_HEADER = 1 << 24  # bytes: a header past this is not one this module wrote
+MAX_HEADER = 1 << 20  # bytes: a header past this is not one this module wrote
 
 
-def _numbered(fs: pafs.FileSystem, root: str) -> list[tuple[int, str]]:
-    """(number, path) of the checkpoint files under ``root``, newest first."""
+def _numbered(fs: pafs.FileSystem, root: str, owner: str) -> list[tuple[int, str]]:
+    """(number, path) of ``owner``'s checkpoint files under ``root``, newest first."""
+    name = re.compile(rf"history-{re.escape(owner)}-(\d+)\.bin$")
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     found = [(int(m.group(1)), info.path) for info in infos
-             if info.type == pafs.FileType.File and (m := _NAME.search(info.base_name))]
+             if info.type == pafs.FileType.File and (m := name.fullmatch(info.base_name))]
     return sorted(found, reverse=True)
 
 
-def write_checkpoint(root: str, topic: str, positions: Mapping[int, int],
-                     frames: Mapping[str, bytes], keep: int = 2) -> str:
-    """Write a new checkpoint of ``frames`` (slot name -> ``HistoryStore.to_bytes``) read to
-    ``positions`` of ``topic`` under ``root``, then keep the newest ``keep`` -> its
-    location."""
+def _check_owner(owner: str) -> str:
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"owner: 1-64 letters, digits or '_', got {owner!r}")
+    return owner
+
+
+def write_checkpoint(root: str, owner: str, topic: str, positions: Mapping[int, int],
+                     frames: Mapping[str, bytes], config: Any = None, keep: int = 2) -> str:
+    """Write ``owner``'s new checkpoint of ``frames`` (slot name ->
+    ``HistoryStore.to_bytes``) read to ``positions`` of ``topic`` under ``root``, with
+    ``config`` (JSON-able: what the stores were built with), then keep ``owner``'s newest
+    ``keep`` -> its location. A failure to prune older files is logged, not raised."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     fs, path = filesystem_and_path(root)
     fs.create_dir(path, recursive=True)
-    numbered = _numbered(fs, path)
+    numbered = _numbered(fs, path, _check_owner(owner))
     number = numbered[0][0] + 1 if numbered else 1
     header = json.dumps({
-        "format": FORMAT, "topic": topic, "taken_at": time.time(),
+        "format": FORMAT, "topic": topic, "taken_at": time.time(), "config": config,
         "positions": {str(p): int(o) for p, o in positions.items()},
         "slots": [{"name": name, "bytes": len(data)} for name, data in frames.items()],
     }).encode()
-    target = posixpath.join(path, f"history-{number:06d}.bin")
-    with fs.open_output_stream(target) as out:
+    name = f"history-{owner}-{number:06d}.bin"
+    target = posixpath.join(path, name)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    with fs.open_output_stream(target + ".part" if local else target) as out:
         out.write(_HEADER.pack(len(header)))
         out.write(header)
         for data in frames.values():
             out.write(data)
-    for _, old in _numbered(fs, path)[keep:]:
-        fs.delete_file(old)
-    return f"{absolute_location(root).rstrip('/')}/{posixpath.basename(target)}"
+    if local:
+        fs.move(target + ".part", target)
+    try:
+        for _, old in _numbered(fs, path, owner)[keep:]:
+            fs.delete_file(old)
+    except OSError as err:
+        logger.warning("history: older checkpoints under %s not pruned: %s", root, err)
+    return f"{absolute_location(root).rstrip('/')}/{name}"
 
 
-def read_checkpoint(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A checkpoint file's bytes -> (its header, slot name -> frames); ValueError if they
-    are not one whole checkpoint of this format."""
-    if len(data) < _HEADER.size:
+def read_checkpoint(data: bytes | memoryview) -> tuple[dict[str, Any], dict[str, memoryview]]:
+    """A checkpoint file's bytes -> (its header, slot name -> its frames, views into
+    ``data``); ValueError if they are not one whole checkpoint of this format."""
+    view = memoryview(data).cast("B")
+    if len(view) < _HEADER.size:
         raise ValueError("shorter than its header's length")
-    (length,) = _HEADER.unpack_from(data)
-    if length > MAX_HEADER or _HEADER.size + length > len(data):
+    (length,) = _HEADER.unpack_from(view)
+    if length > MAX_HEADER or _HEADER.size + length > len(view):
         raise ValueError(f"a header of {length} bytes does not fit")
-    header = json.loads(data[_HEADER.size:_HEADER.size + length])
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"not a {FORMAT} checkpoint")
+    try:
+        header = json.loads(bytes(view[_HEADER.size:_HEADER.size + length]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"header: {err}") from None
+    _check_header(header)
     frames, at = {}, _HEADER.size + length
     for slot in header["slots"]:
-        size = int(slot["bytes"])
-        frames[str(slot["name"])] = data[at:at + size]
-        at += size
-    if at != len(data):
-        raise ValueError(f"{len(data)} bytes where its header says {at}")
+        frames[slot["name"]] = view[at:at + slot["bytes"]]
+        at += slot["bytes"]
+    if at != len(view):
+        raise ValueError(f"{len(view)} bytes where its header says {at}")
     return header, frames
 
 
-def latest_checkpoint(root: str, topic: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
-    """The newest whole checkpoint under ``root`` of ``topic`` -> (header, frames); None if
-    there is none. Files that are cut short, unreadable or of another topic are skipped
-    (logged)."""
+def _check_header(header: Any) -> None:
+    """ValueError unless ``header`` has this format's keys with values of their types."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} checkpoint")
+    positions, slots = header.get("positions"), header.get("slots")
+    if not isinstance(header.get("topic"), str) or not isinstance(
+            header.get("taken_at"), (int, float)):
+        raise ValueError("header: topic and taken_at missing or of the wrong type")
+    if not isinstance(positions, dict) or not all(
+            isinstance(p, str) and p.isdigit() and type(o) is int and o >= 0
+            for p, o in positions.items()):
+        raise ValueError("header: positions must map partitions to offsets >= 0")
+    if not isinstance(slots, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str)
+            and type(s.get("bytes")) is int and s["bytes"] >= 0 for s in slots):
+        raise ValueError("header: slots must be a list of {name, bytes >= 0}")
+    if len({s["name"] for s in slots}) != len(slots):
+        raise ValueError("header: a slot named twice")
+
+
+def checkpoints(root: str, owner: str, topic: str
+                ) -> Iterator[tuple[str, dict[str, Any], dict[str, memoryview]]]:
+    """``owner``'s whole checkpoints of ``topic`` under ``root``, newest first -> (file,
+    header, frames). Files cut short, unreadable or of another topic are skipped (logged);
+    the caller may reject one (say, frames that do not load) and take the next."""
     fs, path = filesystem_and_path(root)
-    for _, file in _numbered(fs, path):
+    for _, file in _numbered(fs, path, _check_owner(owner)):
         try:
             with fs.open_input_stream(file) as f:
                 header, frames = read_checkpoint(f.read())
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError) as err:
             logger.warning("history: skipping checkpoint %s: %s", file, err)
             continue
         if header["topic"] != topic:
             logger.warning("history: skipping checkpoint %s of topic %r, not %r", file,
                            header["topic"], topic)
             continue
-        return header, frames
-    return None
+        yield file, header, frames

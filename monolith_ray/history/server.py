@@ -10,9 +10,11 @@ the stores and its read positions (``history.checkpoint``); an actor Ray restart
 newest checkpoint and reads on from its positions, so it catches up on what came since, not
 on the topic's whole retention. With no checkpoint (or ``checkpoint_every_s`` 0) it reads the
 topic again from the brokers' earliest offsets (the store's own bounds keep what it holds).
-A checkpoint holds one copy of the stores (about 16 bytes an entry) while it is written;
-reads go on meanwhile (measured at 1M users of 20 entries, one slot: 0.71 s to copy, 0.1 s
-to write 328 MB to a local disk, 17 s to restore).
+A checkpoint holds the frames of every slot (about 16 bytes an entry) while it is written,
+and about 2.5 times a slot's store while that slot's are built; reads go on meanwhile, the
+reading waits (measured at 1M users of 20 entries, one slot: 1.2-1.9 s to copy, 0.16 s to
+write 328 MB to a local disk, 3.5 s to restore). Checkpoints go under the actor's id, which
+a restart keeps, so a restart loads only its own.
 
 An entry's time is its example's ``time``, the impression's: the joiner's examples do not
 carry the action's time. A serving read is never early all the same: an entry reaches the
@@ -24,10 +26,12 @@ values the model was served.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import posixpath
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +40,8 @@ import pyarrow as pa
 import ray
 
 from monolith_ray.config import Config
-from monolith_ray.history.checkpoint import latest_checkpoint, write_checkpoint
+from monolith_ray.files import absolute_location
+from monolith_ray.history.checkpoint import checkpoints, write_checkpoint
 from monolith_ray.history.live import UserHistory
 from monolith_ray.history.store import HistoryStore
 
@@ -53,10 +58,13 @@ class HistoryServer:
     thread reads ``cfg.kafka.topics.examples`` from its earliest offsets (or, with
     ``restore``, from the newest checkpoint's positions, its stores loaded) in micro-batches
     of at most ``poll_records`` examples, observes each and writes checkpoints on schedule.
-    ``restore`` None: whether Ray restarted this actor."""
+    ``restore`` None: whether Ray restarted this actor. ``owner``: the name its checkpoints
+    go under (default: the Ray actor's id, which a restart keeps; outside an actor a new
+    random one); ``root``: where (default :func:`checkpoint_root`)."""
 
     def __init__(self, cfg: Config, follow: bool = True, poll_records: int = 2000,
-                 restore: bool | None = None) -> None:
+                 restore: bool | None = None, owner: str | None = None,
+                 root: str | None = None) -> None:
         if not cfg.history.slots:
             raise ValueError("the config has no history slots (history.slots)")
         self.cfg = cfg
@@ -67,18 +75,27 @@ class HistoryServer:
         self.counts = {"observed": 0, "reads": 0, "reader_errors": 0, "evicted": 0,
                        "checkpoints": 0, "checkpoint_failures": 0}
         self._reader: Any = None
-        self.root = checkpoint_root(cfg) if cfg.history.checkpoint_every_s > 0 else None
+        self.root = None
+        if cfg.history.checkpoint_every_s > 0:
+            self.root = root or checkpoint_root(cfg)
+        self.owner = owner or _actor_id() or uuid.uuid4().hex
+        # what the stores are built with: a checkpoint of anything else is not loaded
+        self._built_with = {"user_slot": cfg.history.user_slot,
+                            "slots": [dataclasses.asdict(h) for h in cfg.history.slots]}
         self.restored: dict[str, Any] | None = None  # the checkpoint loaded: file, positions
         self._resume: dict[int, int] = {}
+        self._checkpointed: tuple[dict[int, int], int] | None = None  # positions, evicted
         if restore is None:
             from monolith_ray.ps.shard import restarted_actor
 
             restore = restarted_actor()
         if restore and self.root is not None:
             self._restore()
+        self._thread: threading.Thread | None = None
         if follow:
-            threading.Thread(target=self._follow, args=(poll_records,), name="history-follow",
-                             daemon=True).start()
+            self._thread = threading.Thread(target=self._follow, args=(poll_records,),
+                                            name="history-follow", daemon=True)
+            self._thread.start()
 
     def observe(self, examples: pa.Table) -> int:
         """Record the examples that count for each slot (columns: time, label, the user slot,
@@ -102,58 +119,77 @@ class HistoryServer:
         return {name: column.to_pylist() for name, column in values.items()}
 
     def stats(self) -> dict[str, Any]:
-        """Counters, users held per slot, bytes held, the reader's positions and the
-        checkpoint restored from (None: none)."""
+        """Counters, users held per slot, bytes held, the reader's positions, the
+        checkpoint restored from (None: none) and the owner its checkpoints go under."""
         with self._lock:
             stores = self.history.stores
             out = {**self.counts, "users": {n: len(s) for n, s in stores.items()},
                    "bytes": sum(s.nbytes for s in stores.values()),
-                   "restored": self.restored}
+                   "restored": self.restored, "owner": self.owner}
         if self._reader is not None:
             out["positions"] = dict(self._reader.positions)
         return out
 
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop following the stream: return once the reading thread has ended (after its
+        current micro-batch and checkpoint) or ``timeout_s`` has passed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def _checkpoint(self) -> None:
-        """Write the stores and the reader's positions under the checkpoint root; only the
-        reading thread calls it, between micro-batches (it feeds the stores, so the two
-        agree). The copy holds off other writers (``observe`` calls), not reads. A failure
-        is counted and logged, and reading goes on."""
+        """Write the stores and the reader's positions under the checkpoint root (none if
+        neither moved since the last); only the reading thread calls it, between
+        micro-batches (it feeds the stores, so the two agree). The copy holds off other
+        writers (``observe`` calls), not reads; the write holds off only the reading. A
+        failure is counted and logged, and reading goes on."""
         try:
             positions = dict(self._reader.positions)
+            if self._checkpointed == (positions, self.counts["evicted"]):
+                return
             with self._feed:  # writers wait; reads go on (a copy does not change the stores)
                 frames = {name: store.to_bytes() for name, store in self.history.stores.items()}
-            write_checkpoint(self.root, self.cfg.kafka.topics.examples, positions, frames)
+            write_checkpoint(self.root, self.owner, self.cfg.kafka.topics.examples, positions,
+                             frames, config=self._built_with)
+            self._checkpointed = (positions, self.counts["evicted"])
             self.counts["checkpoints"] += 1
         except Exception as err:  # noqa: BLE001 - a checkpoint must never stop the history
             self.counts["checkpoint_failures"] += 1
             logger.warning("history: checkpoint not written: %r", err)
 
     def _restore(self) -> None:
-        """Load the newest checkpoint of the examples topic, if any whose slots are this
-        config's (another set of slots: read from the earliest offsets, logged)."""
-        found = latest_checkpoint(self.root, self.cfg.kafka.topics.examples)
-        if found is None:
+        """Load this owner's newest checkpoint of the examples topic that was built with
+        this config's history slots and whose stores load; a file that fails is skipped for
+        the one before it, and with none (or any other failure) the topic is read from its
+        earliest offsets. Logged either way."""
+        topic = self.cfg.kafka.topics.examples
+        try:
+            for file, header, frames in checkpoints(self.root, self.owner, topic):
+                slots = {h.name: h for h in self.cfg.history.slots}
+                if header.get("config") != self._built_with or set(frames) != set(slots):
+                    logger.warning("history: skipping checkpoint %s: built with other "
+                                   "history slots", file)
+                    continue
+                try:
+                    stores = {name: HistoryStore.from_bytes(
+                        frames[name], h.max_len, self.cfg.history.max_users, h.expire_s)
+                        for name, h in slots.items()}
+                except ValueError as err:
+                    logger.warning("history: skipping checkpoint %s: %s", file, err)
+                    continue
+                with self._feed, self._lock:
+                    self.history.stores = stores
+                self._resume = {int(p): o for p, o in header["positions"].items()}
+                self.restored = {"file": file, "taken_at": header["taken_at"],
+                                 "positions": dict(self._resume)}
+                logger.warning("history: restored %s, reading on from %s", file, self._resume)
+                return
+        except Exception as err:  # noqa: BLE001 - a history that starts empty beats none
+            logger.warning("history: no checkpoint restored (%r): reading the topic from its "
+                           "earliest offsets", err)
             return
-        header, frames = found
-        slots = {s.name: s for s in self.cfg.history.slots}
-        if set(frames) != set(slots):
-            logger.warning("history: the checkpoint holds slots %s, the config %s: reading the "
-                           "topic from its earliest offsets", sorted(frames), sorted(slots))
-            return
-        stores = {name: HistoryStore.from_bytes(frames[name], s.max_len,
-                                                self.cfg.history.max_users, s.expire_s)
-                  for name, s in slots.items()}
-        with self._feed, self._lock:
-            self.history.stores = stores
-        self._resume = {int(p): int(o) for p, o in header["positions"].items()}
-        self.restored = {"taken_at": header["taken_at"], "positions": dict(self._resume)}
-        logger.warning("history: restored the checkpoint taken at %s, reading on from %s",
-                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(header["taken_at"])),
-                       self._resume)
-
-    def stop(self) -> None:
-        """Stop following the stream (after the current micro-batch)."""
-        self._stop.set()
+        logger.warning("history: no checkpoint of %s under %s: reading the topic from its "
+                       "earliest offsets", self.owner, self.root)
 
     def _examples_reader(self, poll_records: int) -> Any:
         from monolith_ray.data.kafka_source import (
@@ -205,9 +241,17 @@ class HistoryServer:
 
 
 def checkpoint_root(cfg: Config) -> str:
-    """Where ``cfg``'s history checkpoints go: ``history.checkpoint_root``, or
-    ``<data.output_dir>/history``."""
-    return cfg.history.checkpoint_root or posixpath.join(cfg.data.output_dir, "history")
+    """Where ``cfg``'s history checkpoints go, as every process reads it (a local path made
+    absolute here): ``history.checkpoint_root``, or ``<data.output_dir>/history``."""
+    return absolute_location(cfg.history.checkpoint_root
+                             or posixpath.join(cfg.data.output_dir, "history"))
+
+
+def _actor_id() -> str | None:
+    """The Ray actor id of this process (kept over its restarts), None outside an actor."""
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_actor_id()
 
 
 HistoryActor = ray.remote(max_concurrency=4)(HistoryServer)
@@ -224,4 +268,4 @@ def start_history_server(cfg: Config) -> Any:
     if not cfg.history.slots:
         return None
     return HistoryActor.options(num_cpus=0, **actor_options(cfg.supervision)).remote(
-        cfg, follow=bool(cfg.kafka.bootstrap_servers))
+        cfg, follow=bool(cfg.kafka.bootstrap_servers), root=checkpoint_root(cfg))

@@ -22,9 +22,9 @@ catalogue ``CHUNK`` items at a time (the store read under its lock a chunk at a 
 requests wait at most one chunk's lookup, about 30 ms for 65,536 items) and builds the HNSW
 graph, about 0.5 s for 1,682 items and 31 s for 200,000 on this machine (usearch, one
 thread: ``benchmarks.retrieval``); finding the items a sparse update of c rows touched is
-O(c log F + t) on the poll thread (F the catalogue's distinct item-slot fids, t the items
-found: :class:`Readers`, built once per replica in O(v) for the catalogue's v item-slot
-values); a search is one user-tower pass and one HNSW query (``/healthz``'s
+O(c log c + c log F + t log t) on the poll thread (F the catalogue's distinct item-slot
+fids, t the values found: :class:`Readers`, built once per replica in O(v) for the
+catalogue's v item-slot values); a search is one user-tower pass and one HNSW query (``/healthz``'s
 ``retrieval.p99_ms``). Memory: the index, about ``4·d + 128`` bytes per item, the catalogue's
 fids, :class:`Readers`' 4 bytes a value and 8 a fid, and one chunk's rows during a rebuild.
 """
@@ -72,13 +72,15 @@ class Readers:
     ``idx`` (int (n, L), rows of the sorted distinct ``fids`` (F,), -1 for none), kept as
     the items sorted by the fid they read (``items``, int32 (v,)) and each fid's start in it
     (``starts``, int64 (F + 1,)). Built once, O(v) for v values; :meth:`of` costs
-    O(c log F + t log t) for c fids asked and t items found, O(c log F + n) past t = n / 16
-    for n items."""
+    O(c log c + c log F + t log t) for c fids asked and t values found, O(c log c + c log F
+    + n) past t = n / 16 for n items."""
 
     def __init__(self, fids: np.ndarray, idx: np.ndarray) -> None:
         self.fids = np.asarray(fids, dtype=np.int64)
         idx = np.asarray(idx)
         self.n = idx.shape[0]
+        if self.n >= 2**31:
+            raise ValueError(f"{self.n} catalogue items: positions are int32, at most 2^31 - 1")
         idx = idx.reshape(self.n, idx.shape[1] if idx.ndim == 2 else 1).astype(np.int64)
         self.starts = np.zeros(self.fids.size + 1, np.int64)
         np.cumsum(np.bincount(idx[idx >= 0], minlength=self.fids.size), out=self.starts[1:])

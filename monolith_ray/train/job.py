@@ -502,9 +502,9 @@ class BatchRun:
         pause = self.supervisor.backoff_s("trainers")
         logger.warning("monolith_ray: restoring snapshot %s and restarting the trainers%s",
                        self.last_snapshot, f" in {pause:.1f} s" if pause else "")
-        time.sleep(pause)
-        for t in self.trainers:
+        for t in self.trainers:  # first: none trains on during the pause
             ray.kill(t)
+        time.sleep(pause)
         restore_snapshot(self.last_snapshot, self.shards, self.dense)
         self.trainers = self._start_trainers()
         return self._positions[self.last_snapshot]

@@ -11,7 +11,7 @@ import yaml
 
 from monolith_ray.config import DEFAULT_CONFIG, Config, load_config
 from monolith_ray.config.loader import load_yaml
-from monolith_ray.history.checkpoint import latest_checkpoint
+from monolith_ray.history.checkpoint import checkpoints, write_checkpoint
 from monolith_ray.history.server import MAX_READ, HistoryServer
 from monolith_ray.messages import encode
 from monolith_ray.stream import ensure_topics
@@ -61,6 +61,11 @@ def test_a_read_is_bounded_and_a_config_without_history_slots_is_refused() -> No
 T0 = 1_700_000_000
 
 
+def _newest_positions(tmp_path, topic: str, owner: str = "first") -> dict[int, int] | None:
+    found = next(checkpoints(str(tmp_path / "history"), owner, topic), None)
+    return None if found is None else {int(p): o for p, o in found[1]["positions"].items()}
+
+
 def _example(i: int) -> bytes:
     """Example i: user i % 7, item i, a positive every other one, a second apart."""
     return encode({"request_id": f"r{i}", "time": T0 + i, "label": float(i % 2),
@@ -87,21 +92,22 @@ def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
     first = produce(cfg.kafka, topic, [_example(i) for i in range(300)],
                     [i % 2 for i in range(300)])
     end = {p: max(o for q, o in first if q == p) + 1 for p in (0, 1)}
-    server = HistoryServer(cfg, poll_records=50)
+    server = HistoryServer(cfg, poll_records=50, owner="first")
     try:
         # a checkpoint written after everything produced so far was observed
         _wait(server, lambda s: s["observed"] == 300, "300 observed")
-        seen = server.stats()["checkpoints"]
-        _wait(server, lambda s: s["checkpoints"] > seen + 1, "two more checkpoints")
+        _wait(server, lambda s: _newest_positions(tmp_path, topic) == end,
+              "a checkpoint of all 300")
     finally:
         server.stop()
-    header, _ = latest_checkpoint(str(tmp_path / "history"), topic)
+    _, header, _ = next(checkpoints(str(tmp_path / "history"), "first", topic))
     assert {int(p): o for p, o in header["positions"].items()} == end
     produce(cfg.kafka, topic, [_example(i) for i in range(300, 400)],
             [i % 2 for i in range(100)])
 
-    restored = HistoryServer(cfg, poll_records=50, restore=True)
-    fresh = HistoryServer(cfg, poll_records=50, restore=False)
+    # Ray's restart keeps the actor's id, the owner of its checkpoints
+    restored = HistoryServer(cfg, poll_records=50, restore=True, owner="first")
+    fresh = HistoryServer(cfg, poll_records=50, restore=False, owner="second")
     try:
         # the restored server read only the 100 examples after its checkpoint, the fresh one
         # all 400; both hold the same history
@@ -143,15 +149,16 @@ def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
         while stats()["observed"] < 200:
             assert time.monotonic() < deadline, stats()
             time.sleep(0.1)
-        seen = stats()["checkpoints"]
-        while stats()["checkpoints"] <= seen:  # one taken after all 200 were observed
-            assert time.monotonic() < deadline, stats()
+        owner = stats()["owner"]
+        while sum((_newest_positions(tmp_path, topic, owner) or {}).values()) < 200:
+            assert time.monotonic() < deadline, stats()  # a checkpoint of all 200
             time.sleep(0.1)
         before = ray.get(actor.read.remote(list(range(7)), [T0 + 1000] * 7))
         assert stats()["restored"] is None
         os.kill(ray.get(actor.__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
         after = stats()  # retried on the process Ray starts again
-        assert after["restored"] is not None and after["restored"]["positions"]
+        assert after["restored"] is not None and after["owner"] == owner
+        assert sum(after["restored"]["positions"].values()) == 200
         produce(cfg.kafka, topic, [_example(i) for i in range(200, 250)],
                 [i % 2 for i in range(50)])
         deadline = time.monotonic() + 60
@@ -164,3 +171,24 @@ def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
         assert now != before and all(len(v) == 5 for v in now["recent_items"])
     finally:
         ray.kill(actor)
+
+
+def test_a_checkpoint_that_does_not_load_or_fits_other_slots_is_skipped(tmp_path) -> None:
+    cfg = history_config("history.checkpoint_every_s=60", f"data.output_dir={tmp_path}")
+    root, topic = str(tmp_path / "history"), cfg.kafka.topics.examples
+    source = HistoryServer(cfg, follow=False, owner="x")
+    source.observe(examples([(T0, 1.0, 7, 11, [1])]))
+    frames = {name: store.to_bytes() for name, store in source.history.stores.items()}
+    built = source._built_with
+    write_checkpoint(root, "x", topic, {0: 1}, frames, config=built)  # the good one
+    write_checkpoint(root, "x", topic, {0: 2}, {n: b"junk" for n in frames}, config=built,
+                     keep=3)
+    write_checkpoint(root, "x", topic, {0: 3}, frames, config={**built, "user_slot": "other"},
+                     keep=3)
+    restored = HistoryServer(cfg, follow=False, restore=True, owner="x")
+    assert restored.stats()["restored"]["positions"] == {0: 1}
+    assert restored.read([7], [T0 + 1]) == {"recent_items": [[11]], "recent_genres": [[1]]}
+    # another owner's checkpoints are not this server's: it starts empty
+    other = HistoryServer(cfg, follow=False, restore=True, owner="y")
+    assert other.stats()["restored"] is None
+    assert other.read([7], [T0 + 1]) == {"recent_items": [[]], "recent_genres": [[]]}
