@@ -557,16 +557,26 @@ class OnlineTraining:
                 del dataset, splits, refs
             self.supervisor.restarted(lost, died, limit=(
                 "train.max_failures", self.cfg.train.max_failures))
-            pause = self.supervisor.backoff_s(lost)
-            if pause:
-                logger.warning("monolith_ray: %s restarted again within supervision."
-                               "backoff_reset_s: waiting %.1f s first", lost, pause)
-                if self._closed.wait(pause):
-                    raise RuntimeError("the online job was closed while restarting") from died
+            self._pause(lost, died)
             self._replace_trainers()
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
                 "examples_per_s": sum(f["examples_per_s"] for f in fits),
                 "attempts": attempts}
+
+    def _pause(self, lost: str, died: BaseException) -> None:
+        """Wait out the backoff before restarting ``lost`` (``Supervisor.backoff_s``), the
+        servers still checked every ``supervision.check_every_s``; RuntimeError if the job
+        is closed meanwhile."""
+        pause = self.supervisor.backoff_s(lost)
+        if not pause:
+            return
+        logger.warning("monolith_ray: %s restarted again within supervision.backoff_reset_s: "
+                       "waiting %.1f s first", lost, pause)
+        until = time.monotonic() + pause
+        while (left := until - time.monotonic()) > 0:
+            if self._closed.wait(min(left, self.cfg.supervision.check_every_s)):
+                raise RuntimeError("the online job was closed while restarting") from died
+            self._check_servers()
 
     def _wait(self, refs: list[Any]) -> list[dict[str, Any]]:
         """Wait for the trainers' ``consume`` calls -> their summaries; snapshot and check
