@@ -18,7 +18,11 @@ loads a checkpoint of another run:
 On a local disk a file is written under a ``.part`` name and renamed when whole; an object
 store publishes an object only once it is closed. A reader still checks that a file's length
 is what its header says and skips one that is not, or that fails to parse, for the one
-before it. After each write the owner's newest ``keep`` files are kept.
+before it. After each write the owner's newest ``keep`` files are kept, and other owners'
+files not modified for ``ABANDONED_S`` (7 days) are deleted: every new deployment's actor
+has a new id, and its predecessors' files would otherwise stay for good. (An actor down for
+longer than that, sharing the root with a live one, loses its checkpoints and reads the
+topic from the start.)
 
 Costs at U users held and N entries a user per slot: the file is about 16·N·U bytes a slot
 (with 8 bytes a user); its frames are built in memory first (about 2.5 times one slot's
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "monolith_ray.history/2"
 _OWNER = re.compile(r"[A-Za-z0-9_]{1,64}")
+_ANY = re.compile(r"history-[A-Za-z0-9_]{1,64}-\d+\.bin(\.part)?")
+ABANDONED_S = 7 * 86_400.0  # another owner's files untouched this long are deleted
 _HEADER = struct.Struct("<Q")
 MAX_HEADER = 1 << 20  # bytes: a header past this is not one this module wrote
 
@@ -64,11 +70,13 @@ def _check_owner(owner: str) -> str:
 
 
 def write_checkpoint(root: str, owner: str, topic: str, positions: Mapping[int, int],
-                     frames: Mapping[str, bytes], config: Any = None, keep: int = 2) -> str:
+                     frames: Mapping[str, bytes], config: Any = None, keep: int = 2,
+                     abandoned_s: float = ABANDONED_S) -> str:
     """Write ``owner``'s new checkpoint of ``frames`` (slot name ->
     ``HistoryStore.to_bytes``) read to ``positions`` of ``topic`` under ``root``, with
     ``config`` (JSON-able: what the stores were built with), then keep ``owner``'s newest
-    ``keep`` -> its location. A failure to prune older files is logged, not raised."""
+    ``keep`` and delete other owners' files older than ``abandoned_s`` -> its location. A
+    failure to prune is logged, not raised."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     fs, path = filesystem_and_path(root)
@@ -93,9 +101,30 @@ def write_checkpoint(root: str, owner: str, topic: str, positions: Mapping[int, 
     try:
         for _, old in _numbered(fs, path, owner)[keep:]:
             fs.delete_file(old)
+        _prune_abandoned(fs, path, owner, abandoned_s)
     except OSError as err:
         logger.warning("history: older checkpoints under %s not pruned: %s", root, err)
     return f"{absolute_location(root).rstrip('/')}/{name}"
+
+
+def _prune_abandoned(fs: pafs.FileSystem, path: str, owner: str, abandoned_s: float) -> None:
+    """Delete ``owner``'s ``.part`` files (a write cut short: its writes are done) and other
+    owners' checkpoint and ``.part`` files not modified for ``abandoned_s``: those of actors
+    that are gone (each new deployment's actor has a new id), which would otherwise stay
+    under the root for good."""
+    cutoff = time.time() - abandoned_s
+    mine = re.compile(rf"history-{re.escape(owner)}-\d+\.bin(\.part)?")
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type != pafs.FileType.File or not _ANY.fullmatch(info.base_name):
+            continue
+        if mine.fullmatch(info.base_name):
+            stale = info.base_name.endswith(".part")
+        else:
+            stale = info.mtime is not None and info.mtime.timestamp() < cutoff
+        if stale:
+            fs.delete_file(info.path)
+            logger.warning("history: deleted %s (a write cut short, or not written for "
+                           "%.0f s)", info.path, abandoned_s)
 
 
 def read_checkpoint(data: bytes | memoryview) -> tuple[dict[str, Any], dict[str, memoryview]]:

@@ -135,3 +135,21 @@ def test_frames_of_another_max_len_are_added_again_keeping_each_users_newest():
     assert _reads(again) == _reads(store)
     shorter = HistoryStore.from_bytes(store.to_bytes(), max_len=2, max_users=100)
     assert _reads(shorter) == [values[:2] for values in _reads(store)]
+
+
+def test_files_of_owners_gone_for_long_and_cut_short_writes_are_deleted(tmp_path) -> None:
+    import os
+    import time
+
+    root = tmp_path / "history"
+    write_checkpoint(str(root), "gone", "examples", {0: 1}, {"a": _store(0).to_bytes()})
+    write_checkpoint(str(root), "live", "examples", {0: 1}, {"a": _store(0).to_bytes()})
+    (root / "history-gone-000002.bin.part").write_bytes(b"x")
+    (root / "history-me-000009.bin.part").write_bytes(b"x")  # mine, cut short
+    (root / "notes.txt").write_bytes(b"not a checkpoint")
+    long_ago = time.time() - 8 * 86_400
+    for name in ("history-gone-000001.bin", "history-gone-000002.bin.part", "notes.txt"):
+        os.utime(root / name, (long_ago, long_ago))
+    write_checkpoint(str(root), "me", "examples", {0: 2}, {"a": _store(1).to_bytes()})
+    assert sorted(p.name for p in root.iterdir()) == [
+        "history-live-000001.bin", "history-me-000001.bin", "notes.txt"]
