@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import mmap
 import os
 import queue
@@ -87,7 +86,6 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 
 
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
-logger = logging.getLogger(__name__)
 TABLE_SUFFIX = ".table"  # a slot's snapshot file: <folder>/<slot>.table
 POSITION_FILE = "position.json"  # the incarnation and table versions a snapshot starts from
 
@@ -166,31 +164,15 @@ class ShardServer:
         self._lock = threading.RLock()
         self._channel: Any = None
         self._incarnation = uuid.uuid4().hex  # new on every start and restore
-        self._floors: dict[str, int] = {}  # each table's eviction_floor at the last look
         self.restored_from = restore_if_restarted(self, restore_on_restart)
 
     def _new_table(self, slot: SlotConfig) -> EmbeddingTable:
         return EmbeddingTable(table_slot(slot), self._admission, self._capacity)
 
     def incarnation(self) -> str:
-        """This shard's incarnation: a new random id on every start and every restore, and
-        when a table dropped eviction records no reader had taken
-        (``EmbeddingTable.max_eviction_records``), so a reader can tell that the versions it
-        read before no longer lead to the tables now: it reads them whole."""
+        """This shard's incarnation: a new random id on every start and every restore, so a
+        reader can tell that versions it read before mean nothing to the tables now."""
         return self._incarnation
-
-    def _check_eviction_records(self, tables: Mapping[str, EmbeddingTable]) -> None:
-        """A new incarnation if one of ``tables`` dropped unread eviction records since the
-        last look (its ``eviction_floor`` moved): a reader behind them would miss those
-        evictions. Called with the lock held, after evicting."""
-        moved = [name for name, t in tables.items()
-                 if t.eviction_floor > self._floors.get(name, 0)]
-        if moved:
-            self._floors.update({name: tables[name].eviction_floor for name in moved})
-            self._incarnation = uuid.uuid4().hex
-            logger.warning("shard: slots %s dropped eviction records no reader took (more "
-                           "than %d unread): readers will read this shard whole", moved,
-                           tables[moved[0]].max_eviction_records)
 
     def open_channel(self) -> tuple[str, int, bytes]:
         """Start (once) this shard's channel server -> (host, port, token) to connect to; see
@@ -244,18 +226,13 @@ class ShardServer:
         Tables are scanned a chunk at a time under the shard's lock, beside training."""
         with self._lock:
             tables = dict(self.tables)
-        gone = {name: t.evict_expired(now, self._lock) for name, t in tables.items()}
-        with self._lock:
-            self._check_eviction_records(tables)
-        return gone
+        return {name: t.evict_expired(now, self._lock) for name, t in tables.items()}
 
     @_serialized
     def evict(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evict the given ids now, per slot (absent ones are ignored) -> per slot the ids
         evicted int64."""
-        gone = {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
-        self._check_eviction_records(self.tables)
-        return gone
+        return {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
 
     @_serialized
     def set_optimizers(self, optimizers: Mapping[str, OptimizerConfig]) -> None:
@@ -437,7 +414,6 @@ class ShardServer:
                                  f"{name!r} needs {table.dim}")
             restored[name] = new
         self.tables = restored
-        self._floors = {}
         self._incarnation = uuid.uuid4().hex
 
     def _table(self, name: str) -> EmbeddingTable:

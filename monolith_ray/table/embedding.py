@@ -16,11 +16,7 @@ Policies worth knowing:
 - Non-finite gradients (NaN or Inf) reject the whole call with ``ValueError`` before anything
   changes: one poisoned batch never corrupts a table.
 - ``version`` counts the calls that changed the table; ``export_since(v)`` returns the rows
-  changed and the ids evicted after version ``v``. Eviction records wait for their reader's
-  ``forget_evictions``; past ``max_eviction_records`` (16M, 16 bytes each: 256 MiB) unread,
-  the oldest half go and ``eviction_floor`` names the newest version dropped: a reader
-  behind it would miss evictions, so the shard makes its readers read it whole
-  (``ps.shard``). Without a reader (training with no sync) the records so stay bounded.
+  changed and the ids evicted after version ``v``.
 
 Memory: the per-row arrays sit over reserved address space (``monolith_ray.table.rows``):
 growing never copies, and the process holds only the rows handed out. Per row of width
@@ -126,13 +122,8 @@ def _gather(weights: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
                 out[i, j] = 0.0
 
 
-MAX_EVICTION_RECORDS = 1 << 24  # unread eviction records a table keeps (module docstring)
-
-
 class EmbeddingTable:
     """Embedding rows of one slot, keyed by int64 feature id."""
-
-    max_eviction_records = MAX_EVICTION_RECORDS
 
     def __init__(self, slot: SlotConfig, admission: AdmissionConfig = AdmissionConfig(),
                  capacity: int = 1024) -> None:
@@ -146,7 +137,6 @@ class EmbeddingTable:
         self.counters = {"admitted": 0, "filtered": 0, "evicted": 0, "dropped_grads": 0}
         self._evicted_ids: list[np.ndarray] = []
         self._evicted_versions: list[np.ndarray] = []
-        self.eviction_floor = 0  # the newest version whose eviction records were dropped unread
         self._reserved = False
         self._alloc_rows(max(16, capacity))
 
@@ -362,25 +352,7 @@ class EmbeddingTable:
             self._evicted_ids.append(gone)
             self._evicted_versions.append(np.full(gone.size, self.version, dtype=np.int64))
             self.counters["evicted"] += int(gone.size)
-            self._bound_eviction_records()
         return gone
-
-    def _bound_eviction_records(self) -> None:
-        """Past ``max_eviction_records`` unread, drop the oldest half (``eviction_floor``
-        moves to the newest version dropped); the records' arrays are joined into one past
-        256 of them. Cost: a join of at most ``max_eviction_records`` records per 256 calls
-        of :meth:`evict` or per half of them evicted (at 16M, ~30 ms; ``evict_expired``
-        calls it once a chunk)."""
-        held = self._evicted_ids
-        if len(held) <= 256 and (len(held) < 2 or sum(a.size for a in held)
-                                 <= self.max_eviction_records):
-            return
-        ids, versions = _concat(held), _concat(self._evicted_versions)
-        if ids.size > self.max_eviction_records:
-            cut = ids.size - self.max_eviction_records // 2
-            self.eviction_floor = max(self.eviction_floor, int(versions[cut - 1]))
-            ids, versions = ids[cut:], versions[cut:]
-        self._evicted_ids, self._evicted_versions = [ids], [versions]
 
     # ------------------------------------------------------------------ sync
 
