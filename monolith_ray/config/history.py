@@ -76,7 +76,8 @@ class HistoryConfig:
       served without history at once.
     - ``checkpoint_every_s``: how often the history actor writes its stores and read
       positions (``history.checkpoint``), so that a restart resumes from there rather than
-      from the examples topic's earliest offsets; 0 = never.
+      from the examples topic's earliest offsets; 0 = never, at most a day (other actors
+      delete checkpoints not written for 7 days: ``history.checkpoint``).
     - ``checkpoint_root``: where (a folder or a ``pyarrow.fs`` URI; on a cluster, storage
       every node reaches); empty: ``<data.output_dir>/history``.
     """
@@ -95,7 +96,7 @@ class HistoryConfig:
         _require(self, "read_timeout_s", gt=0)
         _require(self, "retry_s", ge=0)
         _require(self, "max_in_flight", ge=1)
-        _require(self, "checkpoint_every_s", ge=0)
+        _require(self, "checkpoint_every_s", ge=0, le=86_400)
         if self.checkpoint_root:
             try:
                 filesystem_and_path(self.checkpoint_root)

@@ -170,14 +170,19 @@ def _check_header(header: Any) -> None:
         raise ValueError("header: a slot named twice")
 
 
-def checkpoints(root: str, owner: str, topic: str
+def checkpoints(root: str, owner: str, topic: str, max_bytes: int | None = None
                 ) -> Iterator[tuple[str, dict[str, Any], dict[str, memoryview]]]:
     """``owner``'s whole checkpoints of ``topic`` under ``root``, newest first -> (file,
-    header, frames). Files cut short, unreadable or of another topic are skipped (logged);
-    the caller may reject one (say, frames that do not load) and take the next."""
+    header, frames). Files cut short, unreadable, of another topic or larger than
+    ``max_bytes`` (checked before they are read) are skipped (logged); the caller may reject
+    one (say, frames that do not load) and take the next."""
     fs, path = filesystem_and_path(root)
     for _, file in _numbered(fs, path, _check_owner(owner)):
         try:
+            size = fs.get_file_info(file).size
+            if max_bytes is not None and (size is None or size > max_bytes):
+                raise ValueError(f"{size} bytes, more than the {max_bytes} the config's "
+                                 f"history can hold")
             with fs.open_input_stream(file) as f:
                 header, frames = read_checkpoint(f.read())
         except (OSError, ValueError) as err:

@@ -41,13 +41,19 @@ import ray
 
 from monolith_ray.config import Config
 from monolith_ray.files import absolute_location
-from monolith_ray.history.checkpoint import checkpoints, write_checkpoint
+from monolith_ray.history.checkpoint import (
+    ABANDONED_S,
+    MAX_HEADER,
+    checkpoints,
+    write_checkpoint,
+)
 from monolith_ray.history.live import UserHistory
 from monolith_ray.history.store import HistoryStore
 
 logger = logging.getLogger(__name__)
 
 EVICT_EVERY_S = 60.0  # how often expired users are dropped while following the stream
+REWRITE_S = ABANDONED_S / 7  # an unchanged checkpoint is written again this often (a day)
 RETRY_AFTER_S = 1.0  # pause before reading again after the reader failed
 MAX_READ = 1024  # most (user, time) pairs one read takes
 
@@ -84,7 +90,8 @@ class HistoryServer:
                             "slots": [dataclasses.asdict(h) for h in cfg.history.slots]}
         self.restored: dict[str, Any] | None = None  # the checkpoint loaded: file, positions
         self._resume: dict[int, int] = {}
-        self._checkpointed: tuple[dict[int, int], int] | None = None  # positions, evicted
+        # what the last checkpoint held (positions, observed, evicted) and when (monotonic s)
+        self._checkpointed: tuple[tuple[dict[int, int], int, int], float] | None = None
         if restore is None:
             from monolith_ray.ps.shard import restarted_actor
 
@@ -145,13 +152,15 @@ class HistoryServer:
         failure is counted and logged, and reading goes on."""
         try:
             positions = dict(self._reader.positions)
-            if self._checkpointed == (positions, self.counts["evicted"]):
-                return
+            state = (positions, self.counts["observed"], self.counts["evicted"])
+            if (self._checkpointed is not None and self._checkpointed[0] == state
+                    and time.monotonic() - self._checkpointed[1] < REWRITE_S):
+                return  # unchanged; rewritten anyway each REWRITE_S, so none looks abandoned
             with self._feed:  # writers wait; reads go on (a copy does not change the stores)
                 frames = {name: store.to_bytes() for name, store in self.history.stores.items()}
             write_checkpoint(self.root, self.owner, self.cfg.kafka.topics.examples, positions,
                              frames, config=self._built_with)
-            self._checkpointed = (positions, self.counts["evicted"])
+            self._checkpointed = (state, time.monotonic())
             self.counts["checkpoints"] += 1
         except Exception as err:  # noqa: BLE001 - a checkpoint must never stop the history
             self.counts["checkpoint_failures"] += 1
@@ -162,9 +171,12 @@ class HistoryServer:
         this config's history slots and whose stores load; a file that fails is skipped for
         the one before it, and with none (or any other failure) the topic is read from its
         earliest offsets. Logged either way."""
-        topic = self.cfg.kafka.topics.examples
+        topic, history = self.cfg.kafka.topics.examples, self.cfg.history
+        # the most a checkpoint of this config holds, with room for headers
+        most = sum(history.max_users * (8 + 16 * h.max_len) + 4096 for h in history.slots)
         try:
-            for file, header, frames in checkpoints(self.root, self.owner, topic):
+            for file, header, frames in checkpoints(self.root, self.owner, topic,
+                                                    max_bytes=most + MAX_HEADER + 8):
                 slots = {h.name: h for h in self.cfg.history.slots}
                 if header.get("config") != self._built_with or set(frames) != set(slots):
                     logger.warning("history: skipping checkpoint %s: built with other "
@@ -174,7 +186,7 @@ class HistoryServer:
                     stores = {name: HistoryStore.from_bytes(
                         frames[name], h.max_len, self.cfg.history.max_users, h.expire_s)
                         for name, h in slots.items()}
-                except ValueError as err:
+                except (ValueError, TypeError) as err:
                     logger.warning("history: skipping checkpoint %s: %s", file, err)
                     continue
                 with self._feed, self._lock:

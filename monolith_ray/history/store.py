@@ -58,6 +58,8 @@ def _frame(view: memoryview, at: int, ndim: int) -> tuple[np.ndarray, int]:
             raise ValueError(f"npy version {version}")
     except (ValueError, EOFError, SyntaxError) as err:
         raise ValueError(f"frame at byte {at}: not an npy array header ({err})") from None
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"frame at byte {at}: shape {shape!r}")
     if dtype != _INT64 or fortran or len(shape) != ndim:
         raise ValueError(f"frame at byte {at}: {dtype} {shape}{' (Fortran)' if fortran else ''}"
                          f", not a C-order {ndim}-d int64 array")
@@ -193,9 +195,10 @@ class HistoryStore:
             keep = np.sort(np.argpartition(newest, users.size - max_users)[-max_users:])
             users, times, values = users[keep], times[keep], values[keep]
         if (times.shape[1] == max_len and np.unique(users).size == users.size
-                and bool(np.all(times[:, 1:] >= times[:, :-1]))):
+                and bool(np.all(times[:, 1:] >= times[:, :-1]))
+                and not np.any(times[:, -1] == EMPTY)):
             # rows as this store keeps them (distinct users, each row in time order, empty
-            # entries first): copied into place, O(U·N)
+            # entries first, at least one entry): copied into place, O(U·N)
             rows = store._rows_for(users)
             store.times[rows], store.values[rows] = times, values
             store._newest[rows] = times[:, -1] if max_len else EMPTY

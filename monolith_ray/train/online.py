@@ -557,8 +557,9 @@ class OnlineTraining:
                 del dataset, splits, refs
             self.supervisor.restarted(lost, died, limit=(
                 "train.max_failures", self.cfg.train.max_failures))
+            self._stop_trainers()
             self._pause(lost, died)
-            self._replace_trainers()
+            self.trainers = self._start_trainers()
         return {"trainers": fits, "examples": sum(f["examples"] for f in fits),
                 "examples_per_s": sum(f["examples_per_s"] for f in fits),
                 "attempts": attempts}
@@ -603,13 +604,12 @@ class OnlineTraining:
                 due = time.monotonic() + snapshot_every
         return ray.get(refs)
 
-    def _replace_trainers(self) -> None:
-        """Collect what the live trainers committed, kill every trainer, start new ones."""
+    def _stop_trainers(self) -> None:
+        """Collect what the live trainers committed, then kill every trainer."""
         with self._lock:
             self._collect()
         for t in self.trainers:
             ray.kill(t)
-        self.trainers = self._start_trainers()
 
 
 def warn_unexpiring(cfg: Config) -> list[str]:

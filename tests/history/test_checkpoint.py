@@ -153,3 +153,24 @@ def test_files_of_owners_gone_for_long_and_cut_short_writes_are_deleted(tmp_path
     write_checkpoint(str(root), "me", "examples", {0: 2}, {"a": _store(1).to_bytes()})
     assert sorted(p.name for p in root.iterdir()) == [
         "history-live-000001.bin", "history-me-000001.bin", "notes.txt"]
+
+
+def test_a_file_larger_than_the_config_can_hold_is_skipped_before_it_is_read(tmp_path):
+    root = str(tmp_path / "history")
+    write_checkpoint(root, "a", "examples", {0: 1}, {"a": _store(0).to_bytes()})
+    size = next(Path(root).iterdir()).stat().st_size
+    assert next(checkpoints(root, "a", "examples", max_bytes=size), None) is not None
+    assert next(checkpoints(root, "a", "examples", max_bytes=size - 1), None) is None
+
+
+def test_odd_shapes_and_users_without_entries_are_not_taken_as_they_are():
+    users = _npy(np.arange(3, dtype=np.int64))
+    bool_shape = _npy(np.zeros((3, 4), np.int64)).replace(b"(3, 4)", b"(3, True)")
+    with pytest.raises(ValueError):
+        HistoryStore.from_bytes(users + bool_shape + bool_shape, max_len=4, max_users=10)
+    # user 2's row is all empty: added again (no entry, so not held), not copied as it is
+    times = np.full((3, 2), np.iinfo(np.int64).min)
+    times[0, 1], times[1] = T0, [T0, T0 + 1]
+    store = HistoryStore.from_bytes(users + _npy(times) + _npy(np.ones((3, 2), np.int64)),
+                                    max_len=2, max_users=10)
+    assert len(store) == 2
