@@ -90,6 +90,11 @@ class SparseStore:
         self._rows[name][freed] = 0
         return int(freed.size)
 
+    def held(self, name: str) -> np.ndarray:
+        """The ids of slot ``name`` the store holds, int64 (n,), in row order."""
+        ids = self._ids[name][:self._table(name).row_bound]
+        return ids[ids != EMPTY_ID]
+
     def lookup(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows of ``ids`` int64 (n,) -> float32 (n, D+1); zeros for ids not held."""
         at = self._table(name).find(np.ascontiguousarray(ids, dtype=np.int64))

@@ -13,7 +13,8 @@ rarely, since the rows of new and active ids change the most while the MLP moves
   if training moved them it makes a new *dense version*.
 - ``sync_now("sparse" | "dense" | "both")`` runs one on demand.
 - A shard started or restored since the last sync (its *incarnation* changed) is read whole
-  again; rows it no longer has stay in serving until they change or are evicted.
+  again; with the ``replica`` store, the ids it no longer has (routed to it, held by the
+  store, absent from the whole read) are dropped as evicted (``ids_gone_on_whole_reads``).
 - A shard that is down holds up none of the others: a sync applies and versions what the
   others sent, then fails naming it (counted in ``failed_syncs``); a sync that fails part way
   through applying still logs, as a version, what it applied. What was not taken is asked
@@ -70,6 +71,7 @@ import numpy as np
 from monolith_ray import metrics
 from monolith_ray.config import SlotConfig, SupervisionConfig
 from monolith_ray.ps.client import calls_for
+from monolith_ray.ps.routing import shard_of
 from monolith_ray.serve.serving_shard import Position
 from monolith_ray.serve.store import SparseStore, SparseUpdate
 from monolith_ray.supervision import actor_options
@@ -176,7 +178,8 @@ class ParameterSync:
         self._trained_dense_version: tuple | None = None  # (incarnation, versions...)
         self.counters = {"sparse_syncs": 0, "dense_swaps": 0, "dense_syncs": 0,
                          "rows_synced": 0, "ids_evicted": 0, "failed_syncs": 0,
-                         "shard_resets": 0, "serving_refusals": 0, "full_loads": 0,
+                         "shard_resets": 0, "ids_gone_on_whole_reads": 0,
+                         "serving_refusals": 0, "full_loads": 0,
                          "full_loads_deferred": 0}
         self.last_sync = {"sparse": 0.0, "dense": 0.0}  # unix seconds
         self._lock = threading.Lock()  # store, log, versions: a sync's apply vs updates()
@@ -355,9 +358,12 @@ class ParameterSync:
             evicted = {n: [np.empty(0, np.int64)] for n in self.names}
             try:
                 for k, incarnation, deltas in results:
+                    whole = self._incarnations[k] != incarnation
                     if self._incarnations[k] not in (None, incarnation):
                         self.counters["shard_resets"] += 1  # restarted or restored: read whole
                     for name, delta in deltas.items():  # slot by slot: logged as applied
+                        if whole:
+                            delta = self._with_gone(k, name, delta)
                         self.store.apply_deltas({name: delta})
                         changed[name].append(delta.ids)
                         evicted[name].append(delta.evicted)
@@ -384,6 +390,20 @@ class ParameterSync:
                           for k in read])
         if failures:
             raise RuntimeError("sparse sync could not read " + "; ".join(failures))
+
+    def _with_gone(self, k: int, name: str, delta: TableDelta) -> TableDelta:
+        """``delta``, training shard ``k``'s whole table ``name``, with the ids the store
+        holds from that shard and the table no longer has added as evicted (a shard restored
+        from a snapshot lacks what it evicted since; without this those rows stayed served
+        until they changed). O(rows held) under the lock: once per whole read."""
+        held = self.store.held(name)
+        mine = held[shard_of(held, len(self.shards)) == k]
+        gone = mine[~np.isin(mine, delta.ids)]
+        if not gone.size:
+            return delta
+        self.counters["ids_gone_on_whole_reads"] += int(gone.size)
+        return TableDelta(delta.ids, delta.weights, np.union1d(delta.evicted, gone),
+                          delta.version)
 
     def _append(self, change: _Change) -> None:
         """Log ``change``, dropping the oldest versions while the log holds more than

@@ -288,3 +288,28 @@ def test_a_replica_builds_a_whole_table_aside_and_swaps_it_in(training) -> None:
     model.commit(staged)
     assert model.store is not old_store
     np.testing.assert_array_equal(model.store.lookup("item_id", fids), rows)
+
+
+def test_ids_a_restored_shard_no_longer_has_leave_the_serving_store(training, tmp_path) -> None:
+    from monolith_ray.ps.routing import shard_of
+
+    client, dense = training
+    sync = _sync(client, dense)
+    _train(client, "item_id", list(range(20)))
+    client.shards[0].snapshot(tmp_path)  # shard 0 before items 20..59
+    newer, _ = _train(client, "item_id", list(range(20, 60)))
+    sync.sync_now("sparse")
+    assert np.abs(sync.store.lookup("item_id", newer)).sum(axis=1).min() > 0
+    version = sync.store.version
+    client.shards[0].restore(tmp_path)  # as a restarted shard does: back to the snapshot
+    sync.sync_now("sparse")
+    on_0 = shard_of(newer, 2) == 0
+    assert on_0.any() and (~on_0).any()
+    # shard 0's share of the newer items is gone from serving (read whole, they are absent);
+    # shard 1's stays, and the rest is served as trained
+    assert not np.abs(sync.store.lookup("item_id", newer[on_0])).any()
+    assert sync.counters["ids_gone_on_whole_reads"] == int(on_0.sum())
+    _served_as_trained(sync, client, _item_fids(60))
+    # a replica at the version before is told they are evicted
+    delta = sync.updates(version, 0, sync.epoch).sparse
+    assert not delta.reset and set(newer[on_0].tolist()) <= set(delta.evicted["item_id"].tolist())
