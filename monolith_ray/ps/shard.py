@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import mmap
 import os
 import queue
@@ -86,6 +87,7 @@ def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -
 
 
 SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
+logger = logging.getLogger(__name__)
 TABLE_SUFFIX = ".table"  # a slot's snapshot file: <folder>/<slot>.table
 POSITION_FILE = "position.json"  # the incarnation and table versions a snapshot starts from
 
@@ -170,9 +172,25 @@ class ShardServer:
         return EmbeddingTable(table_slot(slot), self._admission, self._capacity)
 
     def incarnation(self) -> str:
-        """This shard's incarnation: a new random id on every start and every restore, so a
-        reader can tell that versions it read before mean nothing to the tables now."""
+        """This shard's incarnation: a new random id on every start and every restore, and
+        when a table dropped eviction records no reader had taken
+        (``EmbeddingTable.max_eviction_records``), so a reader can tell that the versions it
+        read before no longer lead to the tables now: it reads them whole."""
         return self._incarnation
+
+    def _check_eviction_records(self) -> None:
+        """A new incarnation if a table dropped unread eviction records since the last look
+        (its ``eviction_floor`` moved): a reader behind them would miss those evictions, so
+        it reads the shard whole (the sync then drops what the shard no longer has). Called
+        with the lock held: after evicting, and before and after a delta is read."""
+        moved = [name for name, t in self.tables.items() if t.eviction_floor > t.floor_seen]
+        if moved:
+            for name in moved:
+                self.tables[name].floor_seen = self.tables[name].eviction_floor
+            self._incarnation = uuid.uuid4().hex
+            logger.warning("shard: slots %s dropped eviction records no reader took (more "
+                           "than %d unread): readers will read this shard whole", moved,
+                           self.tables[moved[0]].max_eviction_records)
 
     def open_channel(self) -> tuple[str, int, bytes]:
         """Start (once) this shard's channel server -> (host, port, token) to connect to; see
@@ -226,13 +244,20 @@ class ShardServer:
         Tables are scanned a chunk at a time under the shard's lock, beside training."""
         with self._lock:
             tables = dict(self.tables)
-        return {name: t.evict_expired(now, self._lock) for name, t in tables.items()}
+        try:
+            return {name: t.evict_expired(now, self._lock) for name, t in tables.items()}
+        finally:
+            with self._lock:
+                self._check_eviction_records()
 
     @_serialized
     def evict(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evict the given ids now, per slot (absent ones are ignored) -> per slot the ids
         evicted int64."""
-        return {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
+        try:
+            return {name: self._table(name).evict(_writable(a)) for name, a in ids.items()}
+        finally:
+            self._check_eviction_records()
 
     @_serialized
     def set_optimizers(self, optimizers: Mapping[str, OptimizerConfig]) -> None:
@@ -269,10 +294,14 @@ class ShardServer:
         reads everything again. The shard holds the delta at most twice while it reads it
         (``EmbeddingTable.export_since``), 2 x (8 + 4 x width) bytes per changed row."""
         with self._lock:
+            self._check_eviction_records()
             current, tables = self._incarnation, dict(self.tables)
         if incarnation != current:
             versions = {}
-        return current, self._export(tables, versions)
+        deltas = self._export(tables, versions)
+        with self._lock:  # records dropped while it was read: labelled with the old
+            self._check_eviction_records()  # incarnation, so the next call reads whole
+        return current, deltas
 
     def _export(self, tables: Mapping[str, EmbeddingTable], versions: Mapping[str, int]
                 ) -> dict[str, TableDelta]:

@@ -16,7 +16,11 @@ Policies worth knowing:
 - Non-finite gradients (NaN or Inf) reject the whole call with ``ValueError`` before anything
   changes: one poisoned batch never corrupts a table.
 - ``version`` counts the calls that changed the table; ``export_since(v)`` returns the rows
-  changed and the ids evicted after version ``v``.
+  changed and the ids evicted after version ``v``. Eviction records wait for their reader's
+  ``forget_evictions``; past ``max_eviction_records`` (16M, 16 bytes each: 256 MiB) unread,
+  the oldest half go and ``eviction_floor`` names the newest version dropped: a reader
+  behind it would miss evictions, so the shard makes its readers read it whole
+  (``ps.shard``). Without a reader (training with no sync) the records so stay bounded.
 
 Memory: the per-row arrays sit over reserved address space (``monolith_ray.table.rows``):
 growing never copies, and the process holds only the rows handed out. Per row of width
@@ -122,8 +126,13 @@ def _gather(weights: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
                 out[i, j] = 0.0
 
 
+MAX_EVICTION_RECORDS = 1 << 24  # unread eviction records a table keeps (module docstring)
+
+
 class EmbeddingTable:
     """Embedding rows of one slot, keyed by int64 feature id."""
+
+    max_eviction_records = MAX_EVICTION_RECORDS
 
     def __init__(self, slot: SlotConfig, admission: AdmissionConfig = AdmissionConfig(),
                  capacity: int = 1024) -> None:
@@ -137,6 +146,8 @@ class EmbeddingTable:
         self.counters = {"admitted": 0, "filtered": 0, "evicted": 0, "dropped_grads": 0}
         self._evicted_ids: list[np.ndarray] = []
         self._evicted_versions: list[np.ndarray] = []
+        self.eviction_floor = 0  # the newest version whose eviction records were dropped unread
+        self.floor_seen = 0  # the eviction_floor its shard last acted on
         self._reserved = False
         self._alloc_rows(max(16, capacity))
 
@@ -352,7 +363,25 @@ class EmbeddingTable:
             self._evicted_ids.append(gone)
             self._evicted_versions.append(np.full(gone.size, self.version, dtype=np.int64))
             self.counters["evicted"] += int(gone.size)
+            self._bound_eviction_records()
         return gone
+
+    def _bound_eviction_records(self) -> None:
+        """Past ``max_eviction_records`` unread, drop the oldest half (``eviction_floor``
+        moves to the newest version dropped); the records' arrays are joined into one past
+        256 of them. Cost, while records go unread: a join of up to ``max_eviction_records``
+        records (two int64 arrays) every 256 calls of :meth:`evict` (``evict_expired`` calls
+        it once a chunk), under the caller's lock: 60-490 ms at 16M, measured (warm and
+        first-touch memory), and twice their memory while it runs."""
+        held = self._evicted_ids
+        if len(held) <= 256 and sum(a.size for a in held) <= self.max_eviction_records:
+            return
+        ids, versions = _concat(held), _concat(self._evicted_versions)
+        if ids.size > self.max_eviction_records:
+            cut = ids.size - self.max_eviction_records // 2
+            self.eviction_floor = max(self.eviction_floor, int(versions[cut - 1]))
+            ids, versions = ids[cut:].copy(), versions[cut:].copy()  # not a view of it all
+        self._evicted_ids, self._evicted_versions = [ids], [versions]
 
     # ------------------------------------------------------------------ sync
 

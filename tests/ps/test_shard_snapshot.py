@@ -265,3 +265,31 @@ def test_a_direct_file_writes_exactly_what_it_was_given(tmp_path):
             assert f.write(piece) == len(piece)
         assert f.tell() == sum(map(len, pieces))
     assert (tmp_path / "d").read_bytes() == b"".join(pieces)
+
+
+def test_a_shard_whose_tables_dropped_unread_eviction_records_is_read_whole_again():
+    shard = trained_shard()
+    incarnation, delta = shard.changes_since({}, None)
+    versions = {name: d.version for name, d in delta.items()}
+    assert shard.changes_since(versions, incarnation)[0] == incarnation
+    shard.tables["item"].max_eviction_records = 4
+    shard.evict({"item": make_fids(2, np.arange(5, 8))})  # 5 + 3 records: past 4
+    again, delta = shard.changes_since(versions, incarnation)
+    # a new incarnation: the reader's versions no longer lead to the table, so it gets the
+    # whole of it (every live row), not a delta missing the dropped evictions
+    assert again != incarnation
+    assert delta["item"].ids.size == shard.stats()["item"]["rows"]
+    assert shard.changes_since({n: d.version for n, d in delta.items()}, again)[0] == again
+    shard.evict({"user": make_fids(1, np.arange(3))})  # within its bound: no change
+    assert shard.incarnation() == again
+
+
+def test_records_dropped_outside_the_shards_own_evict_are_caught_before_a_delta_is_read():
+    shard = trained_shard()
+    incarnation, delta = shard.changes_since({}, None)
+    versions = {name: d.version for name, d in delta.items()}
+    table = shard.tables["item"]
+    table.max_eviction_records = 4
+    table.evict(make_fids(2, np.arange(5, 8)))  # as an expiry pass's chunk does, unchecked
+    again, delta = shard.changes_since(versions, incarnation)
+    assert again != incarnation and delta["item"].ids.size == shard.stats()["item"]["rows"]

@@ -313,3 +313,20 @@ def test_ids_a_restored_shard_no_longer_has_leave_the_serving_store(training, tm
     # a replica at the version before is told they are evicted
     delta = sync.updates(version, 0, sync.epoch).sparse
     assert not delta.reset and set(newer[on_0].tolist()) <= set(delta.evicted["item_id"].tolist())
+
+
+def test_evictions_whose_records_a_shard_dropped_unread_still_leave_serving(training) -> None:
+    from monolith_ray.ps.routing import shard_of
+
+    client, dense = training
+    sync = _sync(client, dense)
+    fids, _ = _train(client, "item_id", list(range(60)))
+    sync.sync_now("sparse")
+    mine = fids[shard_of(fids, 2) == 0]
+    client.shards[0].tables["item_id"].max_eviction_records = 4
+    client.shards[0].evict({"item_id": mine[:10]})  # 10 records past 4: the oldest dropped
+    assert client.shards[0].tables["item_id"].export_since(0).evicted.size < 10
+    sync.sync_now("sparse")
+    assert sync.counters["shard_resets"] == 1  # read whole: it changed its incarnation
+    assert not np.abs(sync.store.lookup("item_id", mine[:10])).any()
+    _served_as_trained(sync, client, fids)

@@ -846,3 +846,21 @@ def test_occurrence_counts_add_repeats_and_hold_at_the_top_instead_of_wrapping()
     table._rows["count"][rows] = [top - 1, top, 7]
     table.lookup_train(ids, now=1.0)
     assert table._rows["count"][rows].tolist() == [top, top, 8]  # not 0 and 1
+
+
+def test_unread_eviction_records_are_bounded_and_the_floor_names_what_was_dropped():
+    table = EmbeddingTable(make_slot())
+    table.max_eviction_records = 10
+    table.lookup_train(np.arange(100), now=0.0)
+    versions = []
+    for i in range(12):  # one eviction a call, no reader forgetting any
+        table.evict(np.array([i]))
+        versions.append(table.version)
+    # the 11th call held 11 > 10: the oldest 6 went, leaving 5; the 12th added one
+    held = table.export_since(0).evicted.tolist()
+    assert held == list(range(6, 12))
+    assert table.eviction_floor == versions[5]
+    # a reader at the floor or past it misses nothing
+    assert table.export_since(versions[5]).evicted.tolist() == list(range(6, 12))
+    table.forget_evictions(table.version)
+    assert table.export_since(0).evicted.size == 0 and table.eviction_floor == versions[5]
