@@ -289,7 +289,8 @@ class ShardServer:
         """``(this shard's incarnation, export_since(versions))`` if ``incarnation`` is this
         shard's current one, else ``(incarnation, export_since(0))``: everything, since the
         versions a reader holds mean nothing to a shard started or restored after it read
-        them (its tables' versions start over from the snapshot's). A restore while the
+        them (its tables' versions start over from the snapshot's), nor to one that dropped
+        eviction records no reader took (``_check_eviction_records``). A restore while the
         delta is read leaves it labelled with the old incarnation, so the reader's next call
         reads everything again. The shard holds the delta at most twice while it reads it
         (``EmbeddingTable.export_since``), 2 x (8 + 4 x width) bytes per changed row."""

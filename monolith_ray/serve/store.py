@@ -47,6 +47,7 @@ class SparseStore:
         self._maps: dict[str, CuckooMap] = {}
         self._rows: dict[str, np.ndarray] = {}
         self._ids: dict[str, np.ndarray] = {}
+        self._owner: dict[str, np.ndarray] = {}  # per row the training shard it came from
         self.clear()
 
     def clear(self) -> None:
@@ -55,6 +56,7 @@ class SparseStore:
             self._maps[name] = CuckooMap(capacity=64)
             self._rows[name] = np.zeros((64, width), dtype=self.dtype)
             self._ids[name] = np.full(64, EMPTY_ID, dtype=np.int64)
+            self._owner[name] = np.full(64, -1, dtype=np.int16)
 
     def __len__(self) -> int:
         return sum(len(m) for m in self._maps.values())
@@ -64,12 +66,13 @@ class SparseStore:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: maps, row matrices and the row -> id arrays."""
+        """Bytes held: maps, row matrices, the row -> id and row -> shard arrays."""
         return sum(self._maps[n].nbytes + self._rows[n].nbytes + self._ids[n].nbytes
-                   for n in self._maps)
+                   + self._owner[n].nbytes for n in self._maps)
 
-    def upsert(self, name: str, ids: np.ndarray, rows: np.ndarray) -> None:
-        """Set the rows of ``ids`` int64 (k,) to ``rows`` (k, D+1), inserting new ids."""
+    def upsert(self, name: str, ids: np.ndarray, rows: np.ndarray, owner: int = -1) -> None:
+        """Set the rows of ``ids`` int64 (k,) to ``rows`` (k, D+1), inserting new ids, from
+        training shard ``owner`` (-1: not known)."""
         table = self._table(name)
         if rows.shape != (ids.shape[0], self.widths[name]):
             raise ValueError(f"slot {name!r}: rows of shape {rows.shape} for {ids.shape[0]} ids "
@@ -79,8 +82,10 @@ class SparseStore:
             size = max(table.row_bound, 2 * self._rows[name].shape[0])
             self._rows[name] = _grown(self._rows[name], size, 0)
             self._ids[name] = _grown(self._ids[name], size, EMPTY_ID)
+            self._owner[name] = _grown(self._owner[name], size, -1)
         self._rows[name][at] = rows
         self._ids[name][at] = ids
+        self._owner[name][at] = owner
 
     def erase(self, name: str, ids: np.ndarray) -> int:
         """Drop ``ids`` (absent ones are ignored) -> ids dropped."""
@@ -88,12 +93,20 @@ class SparseStore:
         freed = freed[freed >= 0]
         self._ids[name][freed] = EMPTY_ID
         self._rows[name][freed] = 0
+        self._owner[name][freed] = -1
         return int(freed.size)
 
-    def held(self, name: str) -> np.ndarray:
-        """The ids of slot ``name`` the store holds, int64 (n,), in row order."""
-        ids = self._ids[name][:self._table(name).row_bound]
-        return ids[ids != EMPTY_ID]
+    def missing_from(self, name: str, owner: int, ids: np.ndarray) -> np.ndarray:
+        """The ids of slot ``name`` held from training shard ``owner`` that are not among
+        ``ids`` (that shard's whole table) -> int64 (g,). O(rows held + ids), no sort."""
+        table = self._table(name)
+        bound = table.row_bound
+        mine = self._owner[name][:bound] == owner
+        if not mine.any():
+            return np.empty(0, np.int64)
+        at = table.find(np.ascontiguousarray(ids, dtype=np.int64))
+        mine[at[at >= 0]] = False
+        return self._ids[name][:bound][mine]
 
     def lookup(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows of ``ids`` int64 (n,) -> float32 (n, D+1); zeros for ids not held."""
@@ -144,13 +157,13 @@ class SparseStore:
         self.version = update.version
         return written
 
-    def apply_deltas(self, deltas: Mapping[str, TableDelta]) -> int:
-        """Apply one training shard's ``export_since`` deltas (rows float32, converted to the
-        store's dtype) -> rows written. The version is left to the caller."""
+    def apply_deltas(self, deltas: Mapping[str, TableDelta], owner: int = -1) -> int:
+        """Apply training shard ``owner``'s ``export_since`` deltas (rows float32, converted
+        to the store's dtype) -> rows written. The version is left to the caller."""
         written = 0
         for name, delta in deltas.items():
             self.erase(name, delta.evicted)
-            self.upsert(name, delta.ids, delta.weights.astype(self.dtype))
+            self.upsert(name, delta.ids, delta.weights.astype(self.dtype), owner)
             written += int(delta.ids.size)
         return written
 

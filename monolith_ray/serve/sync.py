@@ -13,8 +13,8 @@ rarely, since the rows of new and active ids change the most while the MLP moves
   if training moved them it makes a new *dense version*.
 - ``sync_now("sparse" | "dense" | "both")`` runs one on demand.
 - A shard started or restored since the last sync (its *incarnation* changed) is read whole
-  again; with the ``replica`` store, the ids it no longer has (routed to it, held by the
-  store, absent from the whole read) are dropped as evicted (``ids_gone_on_whole_reads``).
+  again; with the ``replica`` store, the ids it no longer has (held by the store from it,
+  absent from the whole read) are dropped as evicted (``ids_gone_on_whole_reads``).
 - A shard that is down holds up none of the others: a sync applies and versions what the
   others sent, then fails naming it (counted in ``failed_syncs``); a sync that fails part way
   through applying still logs, as a version, what it applied. What was not taken is asked
@@ -71,7 +71,6 @@ import numpy as np
 from monolith_ray import metrics
 from monolith_ray.config import SlotConfig, SupervisionConfig
 from monolith_ray.ps.client import calls_for
-from monolith_ray.ps.routing import shard_of
 from monolith_ray.serve.serving_shard import Position
 from monolith_ray.serve.store import SparseStore, SparseUpdate
 from monolith_ray.supervision import actor_options
@@ -364,7 +363,7 @@ class ParameterSync:
                     for name, delta in deltas.items():  # slot by slot: logged as applied
                         if whole:
                             delta = self._with_gone(k, name, delta)
-                        self.store.apply_deltas({name: delta})
+                        self.store.apply_deltas({name: delta}, owner=k)
                         changed[name].append(delta.ids)
                         evicted[name].append(delta.evicted)
                         self._shard_versions[k][name] = delta.version
@@ -393,16 +392,17 @@ class ParameterSync:
 
     def _with_gone(self, k: int, name: str, delta: TableDelta) -> TableDelta:
         """``delta``, training shard ``k``'s whole table ``name``, with the ids the store
-        holds from that shard and the table no longer has added as evicted (a shard restored
-        from a snapshot lacks what it evicted since; without this those rows stayed served
-        until they changed). O(rows held) under the lock: once per whole read."""
-        held = self.store.held(name)
-        mine = held[shard_of(held, len(self.shards)) == k]
-        gone = mine[~np.isin(mine, delta.ids)]
+        holds from that shard (as it recorded at each upsert, whatever the routing) and the
+        table no longer has added as evicted: a shard restored from a snapshot lacks what it
+        evicted since, and without this those rows stayed served until they changed. O(rows
+        held + delta), no sort, under the lock: once per whole read. An id evicted and
+        inserted again while the whole read was scanned is dropped for one interval and
+        comes back with the next delta."""
+        gone = self.store.missing_from(name, k, delta.ids)
         if not gone.size:
             return delta
         self.counters["ids_gone_on_whole_reads"] += int(gone.size)
-        return TableDelta(delta.ids, delta.weights, np.union1d(delta.evicted, gone),
+        return TableDelta(delta.ids, delta.weights, np.concatenate([delta.evicted, gone]),
                           delta.version)
 
     def _append(self, change: _Change) -> None:

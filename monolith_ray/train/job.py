@@ -360,7 +360,10 @@ def read_examples(cfg: Config, path: str) -> Any:
 
 
 def incarnations(shards: Sequence[Any], dense: Any) -> list[str]:
-    """The incarnations of the shard and dense-server actors (each new on a restart)."""
+    """The incarnations of the shard and dense-server actors (each new on a restart; a
+    shard's also when it drops eviction records no reader took, which a batch job without a
+    sync reaches only past 16M evictions a table and would report as a restart at its last
+    snapshot)."""
     import ray
 
     return ray.get([s.incarnation.remote() for s in [*shards, dense]])

@@ -90,3 +90,22 @@ def test_bad_input_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="dtype"):
         SparseStore(SLOTS, "int8")
 
+
+
+def test_the_ids_held_from_a_shard_that_its_whole_table_lacks() -> None:
+    store = SparseStore(SLOTS, "float32")
+    width = store.widths[SLOTS[0].name]
+    name = SLOTS[0].name
+
+    def delta(ids: list[int]) -> TableDelta:
+        return TableDelta(np.array(ids, np.int64), np.ones((len(ids), width), np.float32),
+                          np.empty(0, np.int64), 1)
+
+    store.apply_deltas({name: delta([1, 2, 3])}, owner=0)
+    store.apply_deltas({name: delta([10, 11])}, owner=1)
+    store.upsert(name, np.array([20]), np.ones((1, width), np.float32))  # no owner known
+    assert sorted(store.missing_from(name, 0, np.array([2, 99])).tolist()) == [1, 3]
+    assert store.missing_from(name, 1, np.array([10, 11])).size == 0
+    store.erase(name, np.array([1]))
+    assert sorted(store.missing_from(name, 0, np.array([2])).tolist()) == [3]
+    assert store.missing_from(name, 5, np.array([], np.int64)).size == 0

@@ -202,11 +202,11 @@ def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkey
     _train(client, "item_id", list(range(40)))
     apply, calls = sync.store.apply_deltas, []
 
-    def fail_on_the_second_shard(deltas):  # applied slot by slot, shard 0's slots first
+    def fail_on_the_second_shard(deltas, owner=-1):  # slot by slot, shard 0's slots first
         calls.append(1)
         if len(calls) == len(NAMES) + 1:
             raise RuntimeError("bad delta")
-        return apply(deltas)
+        return apply(deltas, owner)
 
     monkeypatch.setattr(sync.store, "apply_deltas", fail_on_the_second_shard)
     with pytest.raises(RuntimeError, match="bad delta"):
