@@ -25,8 +25,8 @@ class SupervisionConfig:
       (1), each further one after twice the last, at most ``max_backoff_s`` (60, at most a
       day); a streak ends once that process goes ``backoff_reset_s`` (600) after a restart's
       pause without another. A crash that
-      repeats at the same offset then takes ``max_failures`` restarts over about
-      ``max_failures × max_backoff_s`` seconds, not one burst.
+      repeats at the same offset then spends ``train.max_failures`` (20) restarts over at
+      least 14 minutes at the defaults, not in one burst.
     """
 
     max_restarts: int = 20
