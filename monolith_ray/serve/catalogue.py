@@ -81,7 +81,7 @@ class Readers:
         self.n = idx.shape[0]
         if self.n >= 2**31:
             raise ValueError(f"{self.n} catalogue items: positions are int32, at most 2^31 - 1")
-        idx = idx.reshape(self.n, idx.shape[1] if idx.ndim == 2 else 1).astype(np.int64)
+        idx = idx.reshape(self.n, idx.shape[1] if idx.ndim == 2 else 1)  # int32: no copy
         self.starts = np.zeros(self.fids.size + 1, np.int64)
         np.cumsum(np.bincount(idx[idx >= 0], minlength=self.fids.size), out=self.starts[1:])
         self.items = np.empty(int(self.starts[-1]), np.int32)
