@@ -172,19 +172,19 @@ class HistoryServer:
         the one before it, and with none (or any other failure) the topic is read from its
         earliest offsets. Logged either way."""
         topic, history = self.cfg.kafka.topics.examples, self.cfg.history
+        slots = {h.name: h for h in history.slots}
         # the most a checkpoint of this config holds, with room for headers
         most = sum(history.max_users * (8 + 16 * h.max_len) + 4096 for h in history.slots)
         try:
             for file, header, frames in checkpoints(self.root, self.owner, topic,
                                                     max_bytes=most + MAX_HEADER + 8):
-                slots = {h.name: h for h in self.cfg.history.slots}
                 if header.get("config") != self._built_with or set(frames) != set(slots):
                     logger.warning("history: skipping checkpoint %s: built with other "
                                    "history slots", file)
                     continue
                 try:
                     stores = {name: HistoryStore.from_bytes(
-                        frames[name], h.max_len, self.cfg.history.max_users, h.expire_s)
+                        frames[name], h.max_len, history.max_users, h.expire_s)
                         for name, h in slots.items()}
                 except (ValueError, TypeError) as err:
                     logger.warning("history: skipping checkpoint %s: %s", file, err)

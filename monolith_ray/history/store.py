@@ -201,7 +201,7 @@ class HistoryStore:
             # entries first, at least one entry): copied into place, O(U·N)
             rows = store._rows_for(users)
             store.times[rows], store.values[rows] = times, values
-            store._newest[rows] = times[:, -1] if max_len else EMPTY
+            store._newest[rows] = times[:, -1]
             return store
         for start in range(0, users.size, REBUILD_USERS):
             part = slice(start, start + REBUILD_USERS)
