@@ -217,7 +217,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from monolith_ray.history.server import start_history_server
+    from monolith_ray.history.server import start_history_shards
     from monolith_ray.serve.app import build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.retrieval.configured import synced_parts
@@ -255,15 +255,14 @@ def run_serve(args: argparse.Namespace) -> int:
                                 supervision=cfg.supervision, serving=serving,
                                 parts=synced_parts(cfg))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    history = start_history_server(cfg)  # None without history slots
+    history = start_history_shards(cfg)  # none without history slots
     serve.run(build_app(cfg, sync, serving=serving, history=history), name="monolith_ray",
               route_prefix="/")
     print(json.dumps({"url": f"http://{cfg.serve.host}:{cfg.serve.port}",
                       "versions": ray.get(sync.versions.remote())}), flush=True)
     supervisor = Supervisor(cfg.supervision)
     supervisor.watch("sync", sync)
-    if history is not None:
-        supervisor.watch("history", history)
+    supervisor.watch_all({f"history-{k}": h for k, h in enumerate(history)})
     if not args.training:  # another job's servers are that job's to watch
         supervisor.watch_all({**{f"shard-{k}": s for k, s in enumerate(shards)},
                               "dense": dense})

@@ -203,7 +203,7 @@ class Loop:
     users: SimulatedUsers
     trainer_thread: threading.Thread
     training_error: list[BaseException] = dataclasses.field(default_factory=list)
-    history: Any = None  # the history actor, with history slots
+    history: list[Any] = dataclasses.field(default_factory=list)  # the history shards
 
     def arms(self) -> dict[str, dict[str, Any]]:
         """The experiment arms side by side: per arm its counts and click-through interval."""
@@ -340,7 +340,7 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     most ``warm_timeout_s``)."""
     from ray import serve
 
-    from monolith_ray.history.server import start_history_server
+    from monolith_ray.history.server import start_history_shards
     from monolith_ray.serve.app import CandidatePool, build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
     from monolith_ray.retrieval.configured import synced_parts
@@ -358,12 +358,12 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     with_category = _has_category(cfg)
     pool = CandidatePool([(i, {"category": int(sim.categories[i])} if with_category else {})
                           for i in range(sim.n_items)])
-    history = start_history_server(cfg)  # None without history slots (the demo's default)
+    history = start_history_shards(cfg)  # none without history slots (the demo's default)
     serve.run(build_app(cfg, sync, pool, serving, history), name=APP_NAME, route_prefix="/")
     joiners = start_joiners(cfg)
     training.supervisor.watch_all({"sync": sync, **{f"joiner-{k}": j
                                                     for k, j in enumerate(joiners)},
-                                   **({"history": history} if history is not None else {})})
+                                   **{f"history-{k}": h for k, h in enumerate(history)}})
     runs = [j.run.remote() for j in joiners]
     errors: list[BaseException] = []
     trainer_thread = threading.Thread(target=_train, args=(training, errors),
@@ -441,8 +441,8 @@ def stop(loop: Loop) -> None:
     loop.trainer_thread.join(timeout=30)
     serve.delete(APP_NAME)
     ray.kill(loop.sync)
-    if loop.history is not None:
-        ray.kill(loop.history)
+    for h in loop.history:
+        ray.kill(h)
 
 
 def _train(training: Any, errors: list[BaseException]) -> None:

@@ -22,6 +22,14 @@ store only once its action has been joined, so at request time t it holds only a
 received before t, dated by their impressions, which are earlier still. What serving read is
 logged with the impression (``serve/app.py``), so the joined example trains on exactly the
 values the model was served.
+
+**Shards** (``history.shards``): at 10^8 users one actor cannot hold them all (about 0.33 GB
+per 1M users of one 20-entry slot), so ``n`` actors share them, actor ``i`` keeping the
+users whose id :func:`history_shard_of` maps to ``i`` and serving reads of those only.
+Each shard reads the whole examples topic (the joiner keys it by request, not by user) and
+drops the other shards' rows before they reach its stores: n shards decode the stream n
+times (measured in ``benchmarks.history_shards``), in exchange for each holding 1/n of the
+users. A serving replica sends one read per shard its request's users fall on, at once.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from monolith_ray.history.checkpoint import (
 )
 from monolith_ray.history.live import UserHistory
 from monolith_ray.history.store import HistoryStore
+from monolith_ray.ps.routing import shard_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +75,25 @@ class HistoryServer:
     of at most ``poll_records`` examples, observes each and writes checkpoints on schedule.
     ``restore`` None: whether Ray restarted this actor. ``owner``: the name its checkpoints
     go under (default: the Ray actor's id, which a restart keeps; outside an actor a new
-    random one); ``root``: where (default :func:`checkpoint_root`)."""
+    random one); ``root``: where (default :func:`checkpoint_root`). ``shard``: which of
+    ``history.shards`` this is; it keeps and serves only the users :func:`history_shard_of`
+    gives it."""
 
     def __init__(self, cfg: Config, follow: bool = True, poll_records: int = 2000,
                  restore: bool | None = None, owner: str | None = None,
-                 root: str | None = None) -> None:
+                 root: str | None = None, shard: int = 0) -> None:
         if not cfg.history.slots:
             raise ValueError("the config has no history slots (history.slots)")
+        if not 0 <= shard < cfg.history.shards:
+            raise ValueError(f"shard {shard} is not one of history.shards "
+                             f"{cfg.history.shards}")
         self.cfg = cfg
+        self.shard, self.shards = shard, cfg.history.shards
         self.history = UserHistory(cfg.history)
         self._lock = threading.Lock()  # the stores: readers and writers
         self._feed = threading.Lock()  # writers and checkpoints, taken before ``_lock``
         self._stop = threading.Event()
-        self.counts = {"observed": 0, "reads": 0, "reader_errors": 0, "evicted": 0,
+        self.counts = {"observed": 0, "other_shards": 0, "reads": 0, "reader_errors": 0, "evicted": 0,
                        "checkpoints": 0, "checkpoint_failures": 0}
         self._reader: Any = None
         self.root = None
@@ -87,7 +102,8 @@ class HistoryServer:
         self.owner = owner or _actor_id() or uuid.uuid4().hex
         # what the stores are built with: a checkpoint of anything else is not loaded
         self._built_with = {"user_slot": cfg.history.user_slot,
-                            "slots": [dataclasses.asdict(h) for h in cfg.history.slots]}
+                            "slots": [dataclasses.asdict(h) for h in cfg.history.slots],
+                            "shard": [shard, self.shards]}
         self.restored: dict[str, Any] | None = None  # the checkpoint loaded: file, positions
         self._resume: dict[int, int] = {}
         # what the last checkpoint held (positions, observed, evicted) and when (monotonic s)
@@ -105,12 +121,26 @@ class HistoryServer:
             self._thread.start()
 
     def observe(self, examples: pa.Table) -> int:
-        """Record the examples that count for each slot (columns: time, label, the user slot,
-        each slot's source) -> rows observed."""
+        """Record the examples of this shard's users that count for each slot (columns:
+        time, label, the user slot, each slot's source) -> rows observed (the other shards'
+        are dropped first and counted as ``other_shards``)."""
+        own = self._own(examples)
         with self._feed, self._lock:
-            self.history.observe(examples)
-            self.counts["observed"] += examples.num_rows
-        return examples.num_rows
+            self.history.observe(own)
+            self.counts["observed"] += own.num_rows
+            self.counts["other_shards"] += examples.num_rows - own.num_rows
+        return own.num_rows
+
+    def _own(self, examples: pa.Table) -> pa.Table:
+        """The rows of ``examples`` whose user is this shard's (a row with no user counts for
+        no slot and is dropped too): one vectorized hash of the user column, O(rows)."""
+        if self.shards == 1:
+            return examples
+        users = examples.column(self.cfg.history.user_slot).combine_chunks()
+        ids = users.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        mine = (history_shard_of(ids, self.shards) == self.shard) & users.is_valid().to_numpy(
+            zero_copy_only=False)
+        return examples.filter(pa.array(mine))
 
     def read(self, users: Sequence[int], times: Sequence[int]) -> dict[str, list[list[int]]]:
         """Each history slot's values for (raw user id, event time) pairs: the user's entries
@@ -120,6 +150,11 @@ class HistoryServer:
             raise ValueError(f"{len(users)} users in one read, more than {MAX_READ}")
         users_a = np.asarray(users, dtype=np.int64)
         times_a = np.asarray(times, dtype=np.int64)
+        if self.shards > 1 and users_a.size:
+            wrong = history_shard_of(users_a, self.shards) != self.shard
+            if wrong.any():
+                raise ValueError(f"user {int(users_a[wrong][0])} is not held by history shard "
+                                 f"{self.shard} of {self.shards} (history_shard_of)")
         with self._lock:
             values = self.history.read(users_a, times_a)
             self.counts["reads"] += 1
@@ -130,7 +165,7 @@ class HistoryServer:
         checkpoint restored from (None: none) and the owner its checkpoints go under."""
         with self._lock:
             stores = self.history.stores
-            out = {**self.counts, "users": {n: len(s) for n, s in stores.items()},
+            out = {**self.counts, "shard": [self.shard, self.shards], "users": {n: len(s) for n, s in stores.items()},
                    "bytes": sum(s.nbytes for s in stores.values()),
                    "restored": self.restored, "owner": self.owner}
         if self._reader is not None:
@@ -266,18 +301,27 @@ def _actor_id() -> str | None:
     return ray.get_runtime_context().get_actor_id()
 
 
+def history_shard_of(users: np.ndarray, shards: int) -> np.ndarray:
+    """The history shard in ``[0, shards)`` holding each user: int64 user ids (n,) -> int64
+    (n,). The parameter servers' fixed hash (``ps.routing``), so every process agrees; a
+    user id is not a feature id, so the two placements are unrelated."""
+    return shard_of(users, shards)
+
+
 HistoryActor = ray.remote(max_concurrency=4)(HistoryServer)
 """``HistoryServer`` as a Ray actor; reads from serving replicas run beside each other and
 beside the thread following the stream (a lock guards the store)."""
 
 
-def start_history_server(cfg: Config) -> Any:
-    """Start the history actor of ``cfg``, following its examples topic if
-    ``kafka.bootstrap_servers`` is set, restarted by Ray like the other actors
-    (``supervision``) -> its handle, or None if the config has no history slots."""
+def start_history_shards(cfg: Config) -> list[Any]:
+    """Start the ``history.shards`` history actors of ``cfg`` (shard i at index i), each
+    following its examples topic if ``kafka.bootstrap_servers`` is set, restarted by Ray
+    like the other actors (``supervision``) -> their handles; none if the config has no
+    history slots."""
     from monolith_ray.supervision import actor_options
 
     if not cfg.history.slots:
-        return None
-    return HistoryActor.options(num_cpus=0, **actor_options(cfg.supervision)).remote(
-        cfg, follow=bool(cfg.kafka.bootstrap_servers), root=checkpoint_root(cfg))
+        return []
+    return [HistoryActor.options(num_cpus=0, **actor_options(cfg.supervision)).remote(
+        cfg, follow=bool(cfg.kafka.bootstrap_servers), root=checkpoint_root(cfg), shard=i)
+        for i in range(cfg.history.shards)]

@@ -32,14 +32,15 @@ arm pinned to a snapshot (``model: snapshot:...``) is scored with that snapshot'
 loaded once per replica (``serve/pinned.py``);
 replicas send their per-arm counts to one ``ExperimentStats`` actor every second.
 
-**History slots** (config ``history``): with a history actor (``history.server``), the user's
-history slots are read from it at the request's time, strictly before it (one call per
-request, ``history.read_timeout_s`` at most), put among the user's slots before scoring, and
-logged with each impression, so the joined example holds the values the model saw. A read that
-fails or times out serves the request without them (``served.history_failed`` in
-``/healthz``), is cancelled at the actor, and for ``history.retry_s`` after it requests are
-served without asking; so are those past ``history.max_in_flight`` reads waiting
-(``served.history_skipped``, counted in ``history_failed`` too: ``serve.guarded``). A
+**History slots** (config ``history``): with history actors (``history.server``), the user's
+history slots are read at the request's time, strictly before it (one call per history shard
+the request's users fall on, made at once, ``history.read_timeout_s`` at most), put among the
+user's slots before scoring, and logged with each impression, so the joined example holds the
+values the model saw. A read that fails or times out serves its users without them
+(``served.history_failed`` in ``/healthz``, once per request), is cancelled at the actor, and
+for ``history.retry_s`` after it requests are served without asking that shard; so are those
+past ``history.max_in_flight`` reads waiting on it (``served.history_skipped``, counted in
+``history_failed`` too: ``serve.guarded``). A
 request that sets a history slot itself gets 422: its values come from the server.
 
 Bad input never reaches the model: a malformed body, a field of the wrong type or out of its
@@ -87,6 +88,7 @@ from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config
 from monolith_ray.config.tasks import parse_score
+from monolith_ray.history.server import history_shard_of
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decision, Decisions, first_values
@@ -146,13 +148,17 @@ class ExperimentStats:
 @serve.ingress(api)
 class Recommender:
     """One replica: the model at the synced versions, the candidate pool, the Kafka log and,
-    with history slots, the history actor (``HistoryActor``) they are read from."""
+    with history slots, the history actors (``HistoryActor``, shard i at index i) they are
+    read from."""
 
     def __init__(self, cfg: Config, sync: Any, pool: CandidatePool | None = None,
-                 serving: Sequence[Any] = (), history: Any = None,
+                 serving: Sequence[Any] = (), history: Sequence[Any] = (),
                  stats: Any = None) -> None:
         self.cfg, self.sync, self.stats = cfg, sync, stats
-        self.history = history if cfg.history.slots else None
+        self.history = list(history) if cfg.history.slots else []
+        if self.history and len(self.history) != cfg.history.shards:
+            raise ValueError(f"{len(self.history)} history actors for history.shards "
+                             f"{cfg.history.shards}")
         self.history_slots = {s.name for s in cfg.history.slots}
         self.serve_cfg = cfg.serve
         BodyLimit.limit = cfg.serve.max_body_bytes
@@ -196,8 +202,8 @@ class Recommender:
         self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0,
                        "history_failed": 0, "history_skipped": 0}
         history_cfg = cfg.history
-        self._history_reads = GuardedCalls(history_cfg.read_timeout_s, history_cfg.retry_s,
-                                           history_cfg.max_in_flight)
+        self._history_reads = [GuardedCalls(history_cfg.read_timeout_s, history_cfg.retry_s,
+                                            history_cfg.max_in_flight) for _ in self.history]
         self.updated_at = 0.0
         while not self._pull_updates():  # the latest versions before any request
             time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
@@ -475,30 +481,48 @@ class Recommender:
 
     async def _add_history(self, users: Sequence[dict[str, Any]], now: int) -> None:
         """Put into each user's slots their history slots' values held strictly before
-        ``now`` (one call to the history actor for the distinct users; a slot with no value
-        is left out). A failed or late read leaves them out and is counted."""
+        ``now`` (one call per history shard holding some of the distinct users, all at once;
+        a slot with no value is left out). A failed or late read leaves its users out and is
+        counted, once per request."""
         key = self.cfg.history.user_slot
         known = [u for u in users if isinstance(u.get(key), (int, str))]
-        if self.history is None or not known:
+        if not self.history or not known:
             return
-        ids = value_ids([u[key] for u in known]).tolist()
-        distinct = sorted(set(ids))
-        try:
-            values = await self._history_reads.call(
-                lambda: self.history.read.remote(distinct, [now] * len(distinct)))
-        except Skipped:  # the actor failed or was late a moment ago, or is busy with ours
+        ids = value_ids([u[key] for u in known])
+        distinct = np.unique(ids)
+        owners = history_shard_of(distinct, len(self.history))
+        reads = [(int(k), distinct[owners == k].tolist()) for k in np.unique(owners)]
+        answers = await asyncio.gather(*(self._read_history(k, held, now) for k, held in reads))
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        if failed:
             self.served["history_failed"] += 1
-            self.served["history_skipped"] += 1
-            return
-        except Exception as err:  # noqa: BLE001 - a request never fails for its history
-            self.served["history_failed"] += 1
-            logger.warning("served without history: reading it failed: %r", err)
-            return
-        at = {user_id: i for i, user_id in enumerate(distinct)}
-        for user, user_id in zip(known, ids):
+            self.served["history_skipped"] += any(isinstance(a, Skipped) for a in failed)
+        at: dict[int, tuple[dict[str, list[list[int]]], int]] = {}
+        for (_, held), values in zip(reads, answers):
+            if not isinstance(values, BaseException):
+                at.update({user_id: (values, i) for i, user_id in enumerate(held)})
+        for user, user_id in zip(known, ids.tolist()):
+            found = at.get(user_id)
+            if found is None:
+                continue
+            values, i = found
             for name, lists in values.items():
-                if lists[at[user_id]]:
-                    user[name] = lists[at[user_id]]
+                if lists[i]:
+                    user[name] = lists[i]
+
+    async def _read_history(self, shard: int, users: list[int], now: int
+                            ) -> dict[str, list[list[int]]] | BaseException:
+        """History shard ``shard``'s values for ``users`` at ``now`` -> them, or the error
+        (:class:`Skipped` if the call was not made; a request never fails for its
+        history)."""
+        try:
+            return await self._history_reads[shard].call(
+                lambda: self.history[shard].read.remote(users, [now] * len(users)))
+        except Skipped as err:  # the shard failed or was late a moment ago, or is busy
+            return err
+        except Exception as err:  # noqa: BLE001 - logged and counted by the caller
+            logger.warning("served without history: reading shard %d failed: %r", shard, err)
+            return err
 
     def _pull_updates(self) -> bool:
         """Take newer versions from the sync, a whole table built aside (``stage``) and
@@ -563,12 +587,12 @@ def recommender_deployment(cfg: Config) -> Any:
 
 
 def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
-              serving: Sequence[Any] = (), history: Any = None) -> Any:
+              serving: Sequence[Any] = (), history: Sequence[Any] = ()) -> Any:
     """The Serve application of the recommender, reading parameters from the ``sync`` actor
     (a ``ParameterSync`` handle) and, with ``serve.store: sharded``, rows from the
     ``serving`` shards (``start_serving_shards``); candidates from ``pool``, else
-    ``serve.candidate_pool``; history slots from the ``history`` actor
-    (``start_history_server``), none without it. Without ``serve.feedback_key`` every
+    ``serve.candidate_pool``; history slots from the ``history`` actors
+    (``start_history_shards``), none without them. Without ``serve.feedback_key`` every
     replica of this application shares a random one. With ``experiments`` configured, an
     ``ExperimentStats`` actor (owned by the caller) sums the replicas' per-arm counts."""
     if cfg.serve.store == "sharded" and not serving:
@@ -578,4 +602,5 @@ def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
             cfg.serve, feedback_key=FeedbackTokens.new_key()))
     cfg = resolve_pinned(cfg)  # every replica loads the same snapshot for a pinned arm
     stats = ExperimentStats.remote() if cfg.experiments else None
-    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), history, stats)
+    return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), list(history),
+                                               stats)

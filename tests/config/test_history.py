@@ -37,6 +37,8 @@ def test_no_history_by_default() -> None:
 @pytest.mark.parametrize("override, message", [
     ("history.user_slot=genres", "^history.user_slot: 'genres' is not a single-valued slot"),
     ("history.max_users=0", "^history.max_users: must be >= 1, got 0$"),
+    ("history.shards=0", "^history.shards: must be >= 1 and <= 256, got 0$"),
+    ("history.shards=257", "^history.shards: must be >= 1 and <= 256, got 257$"),
 ])
 def test_bad_section_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
@@ -12,7 +13,7 @@ import yaml
 from monolith_ray.config import DEFAULT_CONFIG, Config, load_config
 from monolith_ray.config.loader import load_yaml
 from monolith_ray.history.checkpoint import checkpoints, write_checkpoint
-from monolith_ray.history.server import MAX_READ, HistoryServer
+from monolith_ray.history.server import MAX_READ, HistoryServer, history_shard_of
 from monolith_ray.messages import encode
 from monolith_ray.stream import ensure_topics
 
@@ -48,6 +49,46 @@ def test_a_read_at_t_holds_only_actions_strictly_before_t() -> None:
     assert server.read([7], [t2 + 1])["recent_items"] == [[22, 11]]
     assert server.read([7], [t1])["recent_items"] == [[]]  # the action at t1 is not yet known
     assert server.stats()["observed"] == 4 and server.stats()["users"]["recent_items"] == 1
+
+
+def test_shards_hold_their_own_users_and_together_read_as_one_server() -> None:
+    """Three shards fed the same examples (each reads the whole topic) keep only their own
+    users, refuse reads of others', and together answer every read as one server does."""
+    rng = np.random.default_rng(5)
+    rows = [(1_700_000_000 + int(t), float(rng.random() < 0.6), int(u), int(rng.integers(1, 50)),
+             [int(g) for g in rng.integers(1, 19, size=rng.integers(0, 3))])
+            for t, u in zip(rng.integers(0, 5000, 600), rng.integers(0, 40, 600))]
+    rows.sort(key=lambda r: r[0])
+    table = examples(rows)
+    with_nulls = table.set_column(2, "user_id", pa.array(
+        [None if i % 7 == 0 else u for i, u in enumerate(table.column("user_id").to_pylist())],
+        pa.int64()))
+    one = HistoryServer(history_config(), follow=False)
+    cfg = history_config("history.shards=3")
+    shards = [HistoryServer(cfg, follow=False, shard=i) for i in range(3)]
+    for batch in (with_nulls.slice(0, 300), with_nulls.slice(300)):
+        one.observe(batch)
+        for s in shards:
+            s.observe(batch)
+    users = np.arange(40)
+    owner = history_shard_of(users, 3)
+    assert len(set(owner.tolist())) == 3  # every shard holds someone
+    held = [s.stats() for s in shards]
+    assert sum(h["observed"] for h in held) == one.stats()["observed"] - 600 // 7 - 1
+    assert all(h["observed"] + h["other_shards"] == 600 for h in held)
+    at = [1_700_003_000] * 40
+    expected = one.read(users.tolist(), at)
+    for k, s in enumerate(shards):
+        mine = users[owner == k].tolist()
+        got = s.read(mine, at[:len(mine)])
+        assert got == {name: [v for v, o in zip(values, owner) if o == k]
+                       for name, values in expected.items()}
+        assert s.stats()["users"]["recent_items"] <= len(mine)
+        with pytest.raises(ValueError, match="not held by history shard"):
+            s.read(users[owner != k][:1].tolist(), at[:1])
+    assert any(v for v in expected["recent_items"])
+    with pytest.raises(ValueError, match="history.shards"):
+        HistoryServer(cfg, follow=False, shard=3)
 
 
 def test_a_read_is_bounded_and_a_config_without_history_slots_is_refused() -> None:
@@ -132,7 +173,7 @@ def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
 
     import ray
 
-    from monolith_ray.history.server import start_history_server
+    from monolith_ray.history.server import start_history_shards
 
     topic = "examples-history-restart"
     cfg = history_config(
@@ -140,7 +181,7 @@ def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
         "history.checkpoint_every_s=0.2", f"data.output_dir={tmp_path}")
     ensure_topics(cfg.kafka, [topic])
     produce(cfg.kafka, topic, [_example(i) for i in range(200)], [i % 2 for i in range(200)])
-    actor = start_history_server(cfg)
+    [actor] = start_history_shards(cfg)
     try:
         def stats() -> dict:
             return ray.get(actor.stats.remote(), timeout=30)

@@ -21,7 +21,7 @@ class Recommender:
     dense: Any
     sync: Any
     serving: list[Any] = dataclasses.field(default_factory=list)  # serving shards, if sharded
-    history: Any = None  # the history actor, if the config has history slots
+    history: list[Any] = dataclasses.field(default_factory=list)  # the history shards
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +31,13 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
     the default config with ``overrides`` (plus settings that keep it small: one replica, no
     CPUs reserved, float32 rows, hourly sparse syncs), topics ``<name>.<topic>``, a
     candidate pool of ``pool_items`` (MovieLens-shaped genres and years), deployed as
-    application ``name`` at ``prefix``, with a history actor following the examples topic
-    if the config has history slots; deleted with its actors on leaving."""
+    application ``name`` at ``prefix``, with history shards following the examples
+    topic if the config has history slots; deleted with its actors on leaving."""
     import ray
     from ray import serve
 
     from monolith_ray.config import KafkaConfig, KafkaTopics, load_config
-    from monolith_ray.history.server import start_history_server
+    from monolith_ray.history.server import start_history_shards
     from monolith_ray.retrieval.configured import synced_parts
     from monolith_ray.serve.app import CandidatePool, build_app
     from monolith_ray.serve.serving_shard import start_serving_shards
@@ -62,7 +62,7 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
         serving = start_serving_shards(cfg) if cfg.serve.store == "sharded" else []
         sync = start_parameter_sync(cfg.table_slots, shards, dense, cfg.serve, serving=serving,
                                     parts=synced_parts(cfg))
-        history = start_history_server(cfg)
+        history = start_history_shards(cfg)
         pool = CandidatePool([(i, {"genres": ["Comedy"], "release_year": 1990 + i % 10})
                               for i in pool_items])
         serve.run(build_app(cfg, sync, pool, serving, history), name=name,
@@ -72,8 +72,7 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
                               dense, sync, serving, history)
         finally:
             serve.delete(name)
-            extra = [] if history is None else [history]
-            for actor in [*shards, dense, sync, *serving, *extra]:
+            for actor in [*shards, dense, sync, *serving, *history]:
                 ray.kill(actor)
 
     return deploy

@@ -1,7 +1,8 @@
-"""History slots in the live loop on real Ray Serve and Kafka: serving reads the history actor
-strictly before the request's time, logs what it read with the impression, the joiner writes
-it into the example unchanged, and the history actor, following the examples topic, learns
-the clicked item for the user's next request. A client cannot set a history slot."""
+"""History slots in the live loop on real Ray Serve and Kafka: serving reads the user's history
+shard strictly before the request's time, logs what it read with the impression, the joiner
+writes it into the example unchanged, and the shard, following the examples topic, learns
+the clicked item for the user's next request. Two history shards, each holding only its own
+users. A client cannot set a history slot."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import ray
@@ -20,11 +22,17 @@ import yaml
 
 from monolith_ray.config import DEFAULT_CONFIG, JoinerConfig
 from monolith_ray.config.loader import load_yaml
+from monolith_ray.history.server import history_shard_of
 from monolith_ray.stream import read_range
 from monolith_ray.stream.joiner import run_joiners
 
 APP, PREFIX = "history-test", "/history-test"
 USER = 901
+SHARDS = 2
+# a user the other history shard holds
+OTHER = next(u for u in range(USER + 1, USER + 100)
+             if history_shard_of(np.array([u]), SHARDS)[0] != history_shard_of(
+                 np.array([USER]), SHARDS)[0])
 
 
 def history_overrides() -> list[str]:
@@ -32,7 +40,7 @@ def history_overrides() -> list[str]:
     slots = load_yaml(DEFAULT_CONFIG)["slots"] + [
         {"name": "recent_items", "slot_id": 101, "dim": 16, "max_values": 5}]
     history = {"slots": [{"name": "recent_items", "source": "item_id", "max_len": 5}],
-               "read_timeout_s": 2.0, "retry_s": 10.0}
+               "read_timeout_s": 2.0, "retry_s": 10.0, "shards": SHARDS}
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1 << 20)}"
             for key, value in (("slots", slots), ("history", history))]
 
@@ -41,6 +49,11 @@ def history_overrides() -> list[str]:
 def app(deploy_recommender) -> Iterator[Any]:
     with deploy_recommender(APP, PREFIX, history_overrides(), range(100, 200)) as deployed:
         yield deployed
+
+
+def shard(app: Any, user: int) -> Any:
+    """The history shard holding ``user``."""
+    return app.history[int(history_shard_of(np.array([user]), SHARDS)[0])]
 
 
 def post(app: Any, path: str, body: Any) -> requests.Response:
@@ -76,20 +89,27 @@ def join(app: Any) -> None:
 def test_served_history_is_logged_joined_and_learned_from_the_stream(app) -> None:
     now = int(time.time())
     # Held before the request: two past actions, and one dated after it, which no read at
-    # the request's time may return.
-    ray.get(app.history.observe.remote(pa.table({
-        "time": pa.array([now - 100, now - 50, now + 3600], pa.int64()),
-        "label": pa.array([1.0, 1.0, 1.0], pa.float32()),
-        "user_id": pa.array([USER] * 3, pa.int64()),
-        "item_id": pa.array([11, 12, 13], pa.int64())})))
+    # the request's time may return; and one action of a user the other shard holds. Both
+    # shards are fed it all, as both read the whole examples topic: each keeps its users.
+    past = pa.table({
+        "time": pa.array([now - 100, now - 50, now + 3600, now - 70], pa.int64()),
+        "label": pa.array([1.0, 1.0, 1.0, 1.0], pa.float32()),
+        "user_id": pa.array([USER] * 3 + [OTHER], pa.int64()),
+        "item_id": pa.array([11, 12, 13, 21], pa.int64())})
+    assert ray.get([h.observe.remote(past) for h in app.history]) in ([3, 1], [1, 3])
+    with pytest.raises(ray.exceptions.RayTaskError, match="not held by history shard"):
+        ray.get(shard(app, OTHER).read.remote([USER], [now]))
     rid, items = recommend(app, USER)
+    other, _ = recommend(app, OTHER)
     kafka, topics = app.cfg.kafka, app.cfg.kafka.topics
     logged = read(kafka, topics.features, {rid}, 2)
     assert len(logged) == 2
     t0 = logged[0]["time"]
-    held = ray.get(app.history.read.remote([USER], [t0]))["recent_items"][0]
+    held = ray.get(shard(app, USER).read.remote([USER], [t0]))["recent_items"][0]
     assert held == [12, 11]
     assert all(f["slots"]["recent_items"] == held for f in logged)
+    assert all(f["slots"]["recent_items"] == [21]
+               for f in read(kafka, topics.features, {other}, 2))
 
     # A click joins into an example holding the served value, which the history actor then
     # reads from the examples topic: the user's next request (a later second) sees the item.
@@ -102,8 +122,8 @@ def test_served_history_is_logged_joined_and_learned_from_the_stream(app) -> Non
     assert sorted(e["label"] for e in examples) == [0.0, 1.0]
     assert all(e["slots"]["recent_items"] == held for e in examples)
     deadline = time.monotonic() + 30
-    while ray.get(app.history.stats.remote())["observed"] < 3 + 2:  # fed, then joined
-        assert time.monotonic() < deadline, ray.get(app.history.stats.remote())
+    while ray.get(shard(app, USER).stats.remote())["observed"] < 3 + 2:  # fed, then joined
+        assert time.monotonic() < deadline, ray.get(shard(app, USER).stats.remote())
         time.sleep(0.2)
     while int(time.time()) <= t0:
         time.sleep(0.1)
@@ -127,10 +147,29 @@ def test_a_client_cannot_set_a_history_slot(app, path, body, field) -> None:
         r.text
 
 
+def test_with_one_shard_down_the_other_shards_users_keep_their_history(app) -> None:
+    """A read that fails leaves out only the users of its shard: counted once a request."""
+    ray.kill(shard(app, USER), no_restart=True)
+
+    def failed() -> int:
+        return requests.get(app.url + "/healthz", timeout=30).json()["served"]["history_failed"]
+
+    before = failed()
+    rid, _ = recommend(app, USER)
+    other, _ = recommend(app, OTHER)
+    assert failed() == before + 1
+    kafka = app.cfg.kafka
+    assert all(not f["slots"].get("recent_items")
+               for f in read(kafka, kafka.topics.features, {rid}, 2))
+    assert all(f["slots"]["recent_items"] == [21]
+               for f in read(kafka, kafka.topics.features, {other}, 2))
+
+
 def test_without_the_history_actor_requests_are_served_and_the_failure_counted(app) -> None:
     """The first read fails; for history.retry_s after it requests are served without
     asking (skipped), counted as served without history too."""
-    ray.kill(app.history, no_restart=True)
+    for h in app.history:
+        ray.kill(h, no_restart=True)
     rid, items = recommend(app, USER)
     assert len(items) == 2
     served = requests.get(app.url + "/healthz", timeout=30).json()["served"]
@@ -147,8 +186,9 @@ def test_a_request_with_bad_candidates_is_refused_before_its_history_is_read(app
     """Every check of a request comes before the history read (an actor call): with the
     history actor gone, a bad candidate list is refused without a failed read counted, and
     a good request still counts one."""
-    with contextlib.suppress(Exception):
-        ray.kill(app.history, no_restart=True)
+    for h in app.history:
+        with contextlib.suppress(Exception):
+            ray.kill(h, no_restart=True)
 
     def failed_reads() -> int:
         return requests.get(app.url + "/healthz", timeout=30).json()["served"]["history_failed"]
