@@ -8,6 +8,7 @@ from typing import Literal
 from monolith_ray.config.loader import ConfigError, _require
 
 JoinerStart = Literal["earliest", "latest"]
+ExamplesKey = Literal["user", "request"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,10 @@ class JoinerConfig:
     - ``max_poll_records``: most records handled per poll.
     - ``spill_dir``: folder of the on-disk store; empty = a fresh temp folder.
     - ``cpus``: Ray CPUs reserved per joiner actor.
+    - ``examples_key``: which partition of ``examples`` an example goes to: ``user``, its
+      user's (``stream.user_partitions``: history shards then read only their own
+      partitions), or ``request``, its features partition's number (every history shard
+      reads the whole topic).
     - ``recoveries_per_hour``: times within an hour a joiner may start again from its
       committed offsets after a fatal consumer error or a message the brokers did not take
       (``monolith_ray.stream.joiner``); one more fails its run.
@@ -63,6 +68,7 @@ class JoinerConfig:
     spill_dir: str = ""
     cpus: float = 0.25
     recoveries_per_hour: int = 10
+    examples_key: ExamplesKey = "user"
 
     def __post_init__(self) -> None:
         _require(self, "window_s", ge=0)

@@ -96,6 +96,10 @@ class Config:
             self.history.check_slots(self.slots)
         except ConfigError as err:
             raise err.under("history") from None
+        if self.history.slots and self.history.shards > self.kafka.partitions:
+            raise ConfigError("history.shards", f"{self.history.shards} history shards for "
+                              f"kafka.partitions {self.kafka.partitions}: each shard holds the "
+                              f"users of whole examples partitions, so at most that many")
         try:
             parse_score(self.serve.score, self.task_names)
         except ConfigError as err:

@@ -25,11 +25,15 @@ values the model was served.
 
 **Shards** (``history.shards``): at 10^8 users one actor cannot hold them all (about 0.33 GB
 per 1M users of one 20-entry slot), so ``n`` actors share them, actor ``i`` keeping the
-users whose id :func:`history_shard_of` maps to ``i`` and serving reads of those only.
-Each shard reads the whole examples topic (the joiner keys it by request, not by user) and
-drops the other shards' rows before they reach its stores: n shards decode the stream n
-times (measured in ``benchmarks.history_shards``), in exchange for each holding 1/n of the
-users. A serving replica sends one read per shard its request's users fall on, at once.
+users whose id :func:`history_shard_of` maps to ``i`` and serving reads of those only: the
+users of examples partitions ``p % n == i`` (``stream.user_partitions``). The joiners key
+examples by user, so a shard reads only those partitions and the shards decode the stream
+once between them. When the topic is not keyed that way (``joiner.examples_key: request``,
+a history ``user_slot`` other than ``serve.user_slot``, or a topic with other than
+``kafka.partitions`` partitions), each shard reads every partition and drops the other
+shards' rows before they reach its stores: n shards decode the stream n times (the
+observing measured in ``benchmarks.history_shards``). A serving replica sends one read per
+shard its request's users fall on, at once.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from monolith_ray.history.checkpoint import (
 )
 from monolith_ray.history.live import UserHistory
 from monolith_ray.history.store import HistoryStore
-from monolith_ray.ps.routing import shard_of
+from monolith_ray.stream.user_partitions import user_partition
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,8 @@ class HistoryServer:
                              f"{cfg.history.shards}")
         self.cfg = cfg
         self.shard, self.shards = shard, cfg.history.shards
+        self.partitions = cfg.kafka.partitions
+        self.reading: str | None = None  # "own partitions" or "all partitions", once reading
         self.history = UserHistory(cfg.history)
         self._lock = threading.Lock()  # the stores: readers and writers
         self._feed = threading.Lock()  # writers and checkpoints, taken before ``_lock``
@@ -138,8 +144,8 @@ class HistoryServer:
             return examples
         users = examples.column(self.cfg.history.user_slot).combine_chunks()
         ids = users.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        mine = (history_shard_of(ids, self.shards) == self.shard) & users.is_valid().to_numpy(
-            zero_copy_only=False)
+        mine = ((history_shard_of(ids, self.shards, self.partitions) == self.shard)
+                & users.is_valid().to_numpy(zero_copy_only=False))
         return examples.filter(pa.array(mine))
 
     def read(self, users: Sequence[int], times: Sequence[int]) -> dict[str, list[list[int]]]:
@@ -151,7 +157,7 @@ class HistoryServer:
         users_a = np.asarray(users, dtype=np.int64)
         times_a = np.asarray(times, dtype=np.int64)
         if self.shards > 1 and users_a.size:
-            wrong = history_shard_of(users_a, self.shards) != self.shard
+            wrong = history_shard_of(users_a, self.shards, self.partitions) != self.shard
             if wrong.any():
                 raise ValueError(f"user {int(users_a[wrong][0])} is not held by history shard "
                                  f"{self.shard} of {self.shards} (history_shard_of)")
@@ -165,7 +171,8 @@ class HistoryServer:
         checkpoint restored from (None: none) and the owner its checkpoints go under."""
         with self._lock:
             stores = self.history.stores
-            out = {**self.counts, "shard": [self.shard, self.shards], "users": {n: len(s) for n, s in stores.items()},
+            out = {**self.counts, "shard": [self.shard, self.shards],
+                   "reading": self.reading, "users": {n: len(s) for n, s in stores.items()},
                    "bytes": sum(s.nbytes for s in stores.values()),
                    "restored": self.restored, "owner": self.owner}
         if self._reader is not None:
@@ -249,11 +256,32 @@ class HistoryServer:
         starts = earliest_offsets(cfg.kafka, topic)
         # a checkpoint's position, unless retention has dropped it since (then the earliest)
         starts = {p: max(o, self._resume.get(p, o)) for p, o in starts.items()}
+        if self.shards > 1:
+            starts = self._own_partitions(starts)
         return KafkaExampleReader(StreamSpec(
             kafka=cfg.kafka, topic=topic, slots=tuple(cfg.slots),
             starts=starts, poll_records=poll_records,
             limits=cfg.limits, stage="history", heartbeats=True, dense=tuple(cfg.dense),
             tasks=tuple(cfg.task_names)))
+
+    def _own_partitions(self, starts: dict[int, int]) -> dict[int, int]:
+        """Of the examples topic's partitions, those this shard reads: its own when the
+        topic is keyed by the history's user (``stream.user_partitions``), else every one
+        (logged: n shards then decode the stream n times)."""
+        cfg = self.cfg
+        why = ("joiner.examples_key is 'request'" if cfg.joiner.examples_key != "user"
+               else f"history.user_slot {cfg.history.user_slot!r} is not serve.user_slot "
+                    f"{cfg.serve.user_slot!r}" if cfg.history.user_slot != cfg.serve.user_slot
+               else f"the topic has {len(starts)} partitions, not kafka.partitions "
+                    f"{self.partitions}" if len(starts) != self.partitions or set(starts)
+               != set(range(self.partitions)) else None)
+        if why is None:
+            self.reading = "own partitions"
+            return {p: o for p, o in starts.items() if p % self.shards == self.shard}
+        self.reading = "all partitions"
+        logger.warning("history shard %d of %d reads every partition of %s: %s", self.shard,
+                       self.shards, cfg.kafka.topics.examples, why)
+        return starts
 
     def _follow(self, poll_records: int) -> None:
         """Observe the examples topic until :meth:`stop`; the reader is made here, not in the
@@ -301,11 +329,11 @@ def _actor_id() -> str | None:
     return ray.get_runtime_context().get_actor_id()
 
 
-def history_shard_of(users: np.ndarray, shards: int) -> np.ndarray:
-    """The history shard in ``[0, shards)`` holding each user: int64 user ids (n,) -> int64
-    (n,). The parameter servers' fixed hash (``ps.routing``), so every process agrees; a
-    user id is not a feature id, so the two placements are unrelated."""
-    return shard_of(users, shards)
+def history_shard_of(users: np.ndarray, shards: int, partitions: int) -> np.ndarray:
+    """The history shard in ``[0, shards)`` holding each user: int64 raw user ids (n,) ->
+    int64 (n,), the shard of the user's examples partition of ``partitions``
+    (``kafka.partitions``; ``stream.user_partitions``)."""
+    return user_partition(users, partitions) % shards
 
 
 HistoryActor = ray.remote(max_concurrency=4)(HistoryServer)

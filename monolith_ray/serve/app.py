@@ -490,7 +490,7 @@ class Recommender:
             return
         ids = value_ids([u[key] for u in known])
         distinct = np.unique(ids)
-        owners = history_shard_of(distinct, len(self.history))
+        owners = history_shard_of(distinct, len(self.history), self.cfg.kafka.partitions)
         reads = [(int(k), distinct[owners == k].tolist()) for k in np.unique(owners)]
         answers = await asyncio.gather(*(self._read_history(k, held, now) for k, held in reads))
         failed = [a for a in answers if isinstance(a, BaseException)]

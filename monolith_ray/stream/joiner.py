@@ -8,7 +8,10 @@
 
 **Partitions.** Producers key both topics by request id, so with equal partition counts a
 request's feature and actions sit in the same partition number of both topics; joiner k of n
-takes partitions p with ``p % n == k`` of both, and every join is local to one joiner.
+takes partitions p with ``p % n == k`` of both, and every join is local to one joiner. It
+writes each example to its user's partition of ``examples`` (``stream.user_partitions``, one
+small decode of ``user_id`` an example), so that a history shard reads only its users'
+partitions; ``joiner.examples_key: request`` keeps the features partition's number instead.
 
 **Commits.** The offsets :meth:`Joiner.commit_offsets` gives go to Kafka (consumer group
 ``group_id``, manual assignment), after the producer has flushed every example so far; see
@@ -58,6 +61,7 @@ from monolith_ray.config.tasks import DEFAULT_TASKS, TaskConfig
 from monolith_ray.gc_pause import gc_paused
 from monolith_ray.stream.join import ACTIONS, COUNTERS, FEATURES, Joiner, spill_store
 from monolith_ray.stream.kafka import DeliveryReports, librdkafka_config
+from monolith_ray.stream.user_partitions import example_partitions
 
 __all__ = ["DeliveryFailed", "JoinerActor", "StreamJoiner", "run_joiners", "start_joiners"]
 
@@ -92,8 +96,9 @@ def consumer_config(kafka: KafkaConfig, group_id: str, start: str) -> dict[str, 
 class StreamJoiner:
     """Joiner ``index`` of ``count`` (default ``cfg.n_joiners``) on Kafka: reads partitions
     p with ``p % count == index`` of the features and actions topics from the offsets
-    committed to ``cfg.group_id`` (else from ``cfg.start``), writes examples (to partition
-    ``p % examples partitions``) and dead letters, and commits every ``commit_interval_s``.
+    committed to ``cfg.group_id`` (else from ``cfg.start``), writes examples (to their
+    user's partition, ``stream.user_partitions``; with ``examples_key: request``, to
+    partition ``p % examples partitions``) and dead letters, and commits every ``commit_interval_s``.
 
     The clients are confluent-kafka's (librdkafka): they read and write records in C, where
     kafka-python spends more per record than the whole join. Step with :meth:`poll` or loop
@@ -242,11 +247,16 @@ class StreamJoiner:
     def _send(self) -> None:
         examples, dead = self._core.take_output()
         produce, topic, n = self._producer.produce, self._topics.examples, self._n_examples
-        for p, value in examples:
+        if self.cfg.examples_key == "user":
+            partitions = example_partitions([v for _, v in examples], [p for p, _ in examples],
+                                            n).tolist()
+        else:
+            partitions = [p % n for p, _ in examples]
+        for (_, value), p in zip(examples, partitions):
             try:
-                produce(topic, value, partition=p % n)
+                produce(topic, value, partition=p)
             except BufferError:
-                self._produce(topic, value, p % n)
+                self._produce(topic, value, p)
         for value in dead:
             self._produce(self._topics.dead_letter, value, None)
         self._producer.poll(0)

@@ -39,6 +39,7 @@ def test_no_history_by_default() -> None:
     ("history.max_users=0", "^history.max_users: must be >= 1, got 0$"),
     ("history.shards=0", "^history.shards: must be >= 1 and <= 256, got 0$"),
     ("history.shards=257", "^history.shards: must be >= 1 and <= 256, got 257$"),
+    ("history.shards=3", "^history.shards: 3 history shards for kafka.partitions 2: each"),
 ])
 def test_bad_section_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -15,6 +15,7 @@ from monolith_ray.config.loader import load_yaml
 from monolith_ray.history.checkpoint import checkpoints, write_checkpoint
 from monolith_ray.history.server import MAX_READ, HistoryServer, history_shard_of
 from monolith_ray.messages import encode
+from monolith_ray.stream.user_partitions import user_partition
 from monolith_ray.stream import ensure_topics
 
 
@@ -64,14 +65,14 @@ def test_shards_hold_their_own_users_and_together_read_as_one_server() -> None:
         [None if i % 7 == 0 else u for i, u in enumerate(table.column("user_id").to_pylist())],
         pa.int64()))
     one = HistoryServer(history_config(), follow=False)
-    cfg = history_config("history.shards=3")
+    cfg = history_config("history.shards=3", "kafka.partitions=6")
     shards = [HistoryServer(cfg, follow=False, shard=i) for i in range(3)]
     for batch in (with_nulls.slice(0, 300), with_nulls.slice(300)):
         one.observe(batch)
         for s in shards:
             s.observe(batch)
     users = np.arange(40)
-    owner = history_shard_of(users, 3)
+    owner = history_shard_of(users, 3, 6)
     assert len(set(owner.tolist())) == 3  # every shard holds someone
     held = [s.stats() for s in shards]
     assert sum(h["observed"] for h in held) == one.stats()["observed"] - 600 // 7 - 1
@@ -164,6 +165,45 @@ def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
         restored.stop()
         fresh.stop()
 
+
+
+@pytest.mark.parametrize("key", ["user", "request"])
+def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed_by_user(
+        kafka_bootstrap, produce, key) -> None:
+    """Examples in their user's partition (the joiner's default keying): each of two shards
+    reads only its own partition. Keyed by request, each reads both and keeps its users."""
+    topic = f"examples-history-shards-{key}"
+    cfg = history_config(
+        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
+        "kafka.partitions=2", "history.shards=2", "history.checkpoint_every_s=0",
+        f"joiner.examples_key={key}")
+    ensure_topics(cfg.kafka, [topic])
+    users = np.arange(100) % 7
+    partition = user_partition(users, 2)
+    assert set(partition.tolist()) == {0, 1}
+    produce(cfg.kafka, topic, [_example(i) for i in range(100)], partition.tolist())
+    shards = [HistoryServer(cfg, poll_records=50, shard=k, owner=f"s{k}") for k in range(2)]
+    try:
+        for k, shard in enumerate(shards):
+            own = int((partition == k).sum())
+            stats = _wait(shard, lambda s: s["observed"] + s["other_shards"] >= (
+                own if key == "user" else 100), f"shard {k} read")
+            time.sleep(0.3)
+            stats = shard.stats()
+            assert stats["observed"] == own
+            if key == "user":
+                assert stats["reading"] == "own partitions" and set(stats["positions"]) == {k}
+                assert stats["other_shards"] == 0
+            else:
+                assert stats["reading"] == "all partitions"
+                assert set(stats["positions"]) == {0, 1} and stats["other_shards"] == 100 - own
+            mine = sorted(set(users[partition == k].tolist()))
+            got = shard.read(mine, [T0 + 1000] * len(mine))["recent_items"]
+            assert got == [[i for i in range(99, -1, -1) if i % 7 == u and i % 2][:5]
+                           for u in mine]
+    finally:
+        for shard in shards:
+            shard.stop()
 
 
 def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(

@@ -31,8 +31,8 @@ USER = 901
 SHARDS = 2
 # a user the other history shard holds
 OTHER = next(u for u in range(USER + 1, USER + 100)
-             if history_shard_of(np.array([u]), SHARDS)[0] != history_shard_of(
-                 np.array([USER]), SHARDS)[0])
+             if history_shard_of(np.array([u]), SHARDS, 2)[0] != history_shard_of(
+                 np.array([USER]), SHARDS, 2)[0])
 
 
 def history_overrides() -> list[str]:
@@ -53,7 +53,8 @@ def app(deploy_recommender) -> Iterator[Any]:
 
 def shard(app: Any, user: int) -> Any:
     """The history shard holding ``user``."""
-    return app.history[int(history_shard_of(np.array([user]), SHARDS)[0])]
+    return app.history[int(history_shard_of(np.array([user]), SHARDS,
+                                            app.cfg.kafka.partitions)[0])]
 
 
 def post(app: Any, path: str, body: Any) -> requests.Response:

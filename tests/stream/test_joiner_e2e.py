@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -22,6 +23,7 @@ from monolith_ray.messages import encode
 from monolith_ray.stream import EmbeddedBroker, KafkaConfig, end_offsets, ensure_topics, read_range
 from monolith_ray.stream.joiner import JoinerActor, StreamJoiner, run_joiners
 from monolith_ray.stream.producers import FEATURES, Event, movielens_events, publish
+from monolith_ray.stream.user_partitions import user_partition
 
 ML100K = Path(__file__).resolve().parents[2] / "data" / "ml-100k"
 PARTITIONS = 2
@@ -72,9 +74,14 @@ def test_replay_yields_exactly_the_expected_examples(ray_session, broker, events
     assert set(feature_partition.values()) == set(range(PARTITIONS))
     assert all(feature_partition[rid] == p for rid, p in action_partition.items())
     counters = run_joiners(cfg, 2, stop_when_idle_s=1.0, drain=True)
-    examples = [json.loads(v) for _, _, v in _read(cfg.kafka, cfg.kafka.topics.examples)]
+    written = _read(cfg.kafka, cfg.kafka.topics.examples)
+    examples = [json.loads(v) for _, _, v in written]
     expected = _expected(events)
     assert len(examples) == len(expected) == 2000
+    # Keyed by user: each example in its user's partition, as history shards read them.
+    users = np.array([e["user_id"] for e in examples])
+    assert [p for p, _, _ in written] == user_partition(users, PARTITIONS).tolist()
+    assert len(set(users.tolist())) > 10 and {p for p, _, _ in written} == {0, 1}
     assert {e["request_id"]: e["label"] for e in examples} == expected
     assert all(e["weight"] == 1.0 for e in examples)
     features = {e.key: e.message for e in events if e.topic == FEATURES}
@@ -97,8 +104,9 @@ def test_replay_yields_exactly_the_expected_examples(ray_session, broker, events
 def test_paced_replay_while_joining_yields_the_same_examples(ray_session, broker,
                                                              events) -> None:
     """Published at ~2 wall seconds for the whole span while the joiners read (live), the
-    examples are those of the backlog above: windows run on event time."""
-    cfg = _config(broker, "paced")
+    examples are those of the backlog above: windows run on event time. Keyed by request
+    (``joiner.examples_key``), each example is in its impression's partition number."""
+    cfg = _config(broker, "paced", examples_key="request")
     span = events[-1].time - events[0].time
     publisher = threading.Thread(target=publish, args=(cfg.kafka, events),
                                  kwargs={"speedup": span / 2.0})
@@ -111,9 +119,15 @@ def test_paced_replay_while_joining_yields_the_same_examples(ray_session, broker
     for j in joiners:
         ray.kill(j)
     assert sum(c["features"] for c in counters) == 2000
-    examples = [json.loads(v) for _, _, v in _read(cfg.kafka, cfg.kafka.topics.examples)]
+    written = _read(cfg.kafka, cfg.kafka.topics.examples)
+    examples = [json.loads(v) for _, _, v in written]
     assert len(examples) == 2000
     assert {e["request_id"]: e["label"] for e in examples} == _expected(events)
+    feature_partition = {json.loads(v)["request_id"]: p
+                         for p, _, v in _read(cfg.kafka, cfg.kafka.topics.features)}
+    assert all(p == feature_partition[e["request_id"]] for (p, _, _), e in zip(written, examples))
+    assert any(p != u for (p, _, _), u in zip(written, user_partition(
+        np.array([e["user_id"] for e in examples]), PARTITIONS)))
 
 
 def _committed(cfg: Config) -> dict[tuple[str, int], int | None]:
