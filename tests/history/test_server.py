@@ -206,6 +206,48 @@ def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed
             shard.stop()
 
 
+def test_reading_goes_on_while_a_checkpoint_is_written(kafka_bootstrap, produce, tmp_path,
+                                                        monkeypatch) -> None:
+    """A slow write (remote storage) holds off neither the reading nor reads; checkpoints due
+    meanwhile are skipped, not queued, and the write lands once storage answers."""
+    import threading
+
+    import monolith_ray.history.server as server_module
+
+    entered, release = threading.Event(), threading.Event()
+    real = server_module.write_checkpoint
+
+    def slow_write(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "write_checkpoint", slow_write)
+    topic = "examples-history-slow-checkpoint"
+    cfg = history_config(
+        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
+        "history.checkpoint_every_s=0.1", f"data.output_dir={tmp_path}")
+    ensure_topics(cfg.kafka, [topic])
+    produce(cfg.kafka, topic, [_example(i) for i in range(100)], [i % 2 for i in range(100)])
+    server = HistoryServer(cfg, poll_records=50, owner="slow")
+    try:
+        _wait(server, lambda s: s["observed"] == 100, "100 observed")
+        assert entered.wait(30)  # a checkpoint is being written, and stays so
+        produce(cfg.kafka, topic, [_example(i) for i in range(100, 200)],
+                [i % 2 for i in range(100)])
+        stats = _wait(server, lambda s: s["observed"] == 200 and s["checkpoints_busy"] > 0,
+                      "read on during the write")
+        assert stats["checkpoints"] == 0 and _newest_positions(tmp_path, topic, "slow") is None
+        assert server.read([5], [T0 + 1000])["recent_items"] == [
+            [i for i in range(199, -1, -1) if i % 7 == 5 and i % 2][:5]]  # the newest 100 too
+        release.set()
+        _wait(server, lambda s: s["checkpoints"] >= 1, "the write landed")
+        assert _newest_positions(tmp_path, topic, "slow") is not None
+    finally:
+        release.set()
+        server.stop()
+
+
 def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
         ray_session, kafka_bootstrap, produce, tmp_path) -> None:
     import os
