@@ -53,6 +53,12 @@ class ServeConfig:
     - ``feedback_key``: HMAC key of the request ids and feedback tokens the service issues;
       empty = a random key made when the application is built, so tokens do not survive a
       restart of the app. A secret: left out of the config's repr.
+    - ``user_affinity``: route each request that carries an ``x-session-id`` header (set it to
+      the user id) to the replica a consistent hash of it gives (Ray Serve's
+      ``ConsistentHashRouter``; the next two on its ring when that one is full), so the
+      per-replica state of a user — satiation, the bandit's show counts — sees all their
+      requests; a request without the header goes to a random replica. Off: Ray Serve's
+      power-of-two-choices routing.
     - ``replica_cpus``, ``max_ongoing_requests``, ``autoscaling``: Ray Serve settings of a
       replica; ``replica_resources``: custom Ray resources a replica needs, e.g.
       ``{serving: 1}`` to place replicas only on nodes that offer ``serving``
@@ -94,6 +100,7 @@ class ServeConfig:
     feedback_key: str = dataclasses.field(default="", repr=False)
     replica_cpus: float = 0.25
     max_ongoing_requests: int = 64
+    user_affinity: bool = False
     replica_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     sync_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)

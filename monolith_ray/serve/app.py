@@ -86,7 +86,7 @@ from ray import serve
 
 from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
-from monolith_ray.config import Config
+from monolith_ray.config import Config, ConfigError
 from monolith_ray.config.tasks import parse_score
 from monolith_ray.history.server import history_shard_of
 from monolith_ray.messages import MessageError, encode
@@ -571,12 +571,22 @@ class Recommender:
             log.flush()
 
 
+AFFINITY_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+AFFINITY_FALLBACKS = 2  # replicas after a user's own on the ring, tried when it is full
+
+
 def recommender_deployment(cfg: Config) -> Any:
     """The recommender deployment with ``cfg.serve``'s replica settings (CPUs, custom
-    resources, concurrency, autoscaling); ConfigError if the serving slots are not slots."""
+    resources, concurrency, autoscaling, ``user_affinity``); ConfigError if the serving
+    slots are not slots, or if ``user_affinity`` is set and this Ray has no consistent-hash
+    router."""
     cfg.check_serving()
     scaling = cfg.serve.autoscaling
+    routing: dict[str, Any] = {}
+    if cfg.serve.user_affinity:
+        routing["request_router_config"] = affinity_router_config()
     return Recommender.options(
+        **routing,
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.serve.replica_cpus,
                            "resources": dict(cfg.serve.replica_resources)},
@@ -584,6 +594,23 @@ def recommender_deployment(cfg: Config) -> Any:
                             "max_replicas": scaling.max_replicas,
                             "target_ongoing_requests": scaling.target_ongoing_requests},
     )
+
+
+def affinity_router_config() -> Any:
+    """The request router of ``serve.user_affinity``: Ray Serve's consistent hash of the
+    ``x-session-id`` header over the replicas (100 points a replica on the ring)."""
+    import importlib
+
+    from ray.serve.config import RequestRouterConfig
+
+    module, _, name = AFFINITY_ROUTER.rpartition(".")
+    try:
+        getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError("serve.user_affinity", f"this Ray ({ray.__version__}) has no "
+                          f"{AFFINITY_ROUTER}: {err}") from None
+    return RequestRouterConfig(request_router_class=AFFINITY_ROUTER, request_router_kwargs={
+        "num_virtual_nodes": 100, "num_fallback_replicas": AFFINITY_FALLBACKS})
 
 
 def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
