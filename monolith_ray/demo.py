@@ -115,7 +115,9 @@ class SimulatedUsers(threading.Thread):
         start = time.perf_counter()
         for attempt in range(2):  # one retry after a 5xx or a lost connection, as a load
             try:                  # balancer in front of the replicas would do
-                r = session.post(self.url + "/recommend", json=body, timeout=10)
+                # the user as the session key: with serve.user_affinity, one replica a user
+                r = session.post(self.url + "/recommend", json=body, timeout=10,
+                                 headers={"x-session-id": str(user)})
                 ok = r.status_code == 200
                 error = "" if ok else f"HTTP {r.status_code}: {r.text[:200]}"
                 if r.status_code < 500:
