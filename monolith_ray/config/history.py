@@ -27,7 +27,7 @@ from monolith_ray.config.slots import SlotConfig
 from monolith_ray.files import filesystem_and_path
 
 MAX_LEN = 1024  # the most values any slot may hold (``validation``'s list bound)
-MAX_SHARDS = 256  # the most history actors (each reads the whole examples topic)
+MAX_SHARDS = 256  # the most history actors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +69,18 @@ class HistoryConfig:
     - ``user_slot``: the single-valued slot holding the user id.
     - ``max_users``: the most users a store holds, per history shard; past it the least
       recently active are dropped (``history.store``).
-    - ``shards``: how many history actors share the users, each holding those a fixed hash
-      of the user id gives it (``history.server``): ``shards × max_users`` users in all, at
-      about 16 bytes an entry plus 8 a user (1M users of one 20-entry slot: 0.33 GB an
-      actor). Every shard reads and decodes the whole examples topic and keeps its share.
+    - ``shards``: how many history actors share the users, each holding the users of whole
+      examples partitions (``history.server``, ``stream.user_partitions``): at most
+      ``kafka.partitions``, best a divisor of it (else some shards hold more users than
+      others); ``shards × max_users`` users in all, at about 16 bytes an entry plus 8 a
+      user (1M users of one 20-entry slot: 0.33 GB an actor). With examples keyed by user
+      (``joiner.examples_key``) a shard reads only its own partitions; else every one.
     - ``read_timeout_s``: how long serving waits for the history actor per request; past it
       the request is served without history (``history.server``).
     - ``retry_s``: after a read that failed or was late, a replica serves without history
       for this long without asking (``serve.guarded``).
-    - ``max_in_flight``: the most reads a replica waits for at once; a request past it is
-      served without history at once.
+    - ``max_in_flight``: the most reads a replica waits for at once, per history shard (as
+      ``retry_s``); a request past it is served without history at once.
     - ``checkpoint_every_s``: how often the history actor writes its stores and read
       positions (``history.checkpoint``), so that a restart resumes from there rather than
       from the examples topic's earliest offsets; 0 = never, at most a day (other actors

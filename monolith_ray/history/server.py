@@ -96,6 +96,7 @@ class HistoryServer:
         self.shard, self.shards = shard, cfg.history.shards
         self.partitions = cfg.kafka.partitions
         self.reading: str | None = None  # "own partitions" or "all partitions", once reading
+        self._all_partitions = False  # set once rows of other shards came in its own
         self.history = UserHistory(cfg.history)
         self._lock = threading.Lock()  # the stores: readers and writers
         self._feed = threading.Lock()  # writers and checkpoints, taken before ``_lock``
@@ -111,7 +112,8 @@ class HistoryServer:
         # what the stores are built with: a checkpoint of anything else is not loaded
         self._built_with = {"user_slot": cfg.history.user_slot,
                             "slots": [dataclasses.asdict(h) for h in cfg.history.slots],
-                            "shard": [shard, self.shards]}
+                            "shard": [shard, self.shards],
+                            "partitions": cfg.kafka.partitions}
         self.restored: dict[str, Any] | None = None  # the checkpoint loaded: file, positions
         self._resume: dict[int, int] = {}
         # what the last checkpoint held (positions, observed, evicted) and when (monotonic s)
@@ -286,6 +288,8 @@ class HistoryServer:
         starts = {p: max(o, self._resume.get(p, o)) for p, o in starts.items()}
         if self.shards > 1:
             starts = self._own_partitions(starts)
+        else:
+            self.reading = "all partitions"
         return KafkaExampleReader(StreamSpec(
             kafka=cfg.kafka, topic=topic, slots=tuple(cfg.slots),
             starts=starts, poll_records=poll_records,
@@ -297,7 +301,9 @@ class HistoryServer:
         topic is keyed by the history's user (``stream.user_partitions``), else every one
         (logged: n shards then decode the stream n times)."""
         cfg = self.cfg
-        why = ("joiner.examples_key is 'request'" if cfg.joiner.examples_key != "user"
+        why = ("rows of other shards' users were found in its own partitions"
+               if self._all_partitions else
+               "joiner.examples_key is 'request'" if cfg.joiner.examples_key != "user"
                else f"history.user_slot {cfg.history.user_slot!r} is not serve.user_slot "
                     f"{cfg.serve.user_slot!r}" if cfg.history.user_slot != cfg.serve.user_slot
                else f"the topic has {len(starts)} partitions, not kafka.partitions "
@@ -305,6 +311,12 @@ class HistoryServer:
                != set(range(self.partitions)) else None)
         if why is None:
             self.reading = "own partitions"
+            if self.partitions % self.shards:  # the config keeps partitions >= shards
+                most, least = -(-self.partitions // self.shards), self.partitions // self.shards
+                logger.warning("history: kafka.partitions %d is not a multiple of "
+                               "history.shards %d: shards of %d partitions hold %.2f times "
+                               "the users of those of %d (size max_users for the larger)",
+                               self.partitions, self.shards, most, most / least, least)
             return {p: o for p, o in starts.items() if p % self.shards == self.shard}
         self.reading = "all partitions"
         logger.warning("history shard %d of %d reads every partition of %s: %s", self.shard,
@@ -323,6 +335,9 @@ class HistoryServer:
                 for table in self._reader:  # resumes from the reader's positions
                     if table.num_rows:
                         self.observe(table)
+                    if self.reading == "own partitions" and self.counts["other_shards"]:
+                        self._widen()
+                        break
                     if time.monotonic() - evicted_at >= EVICT_EVERY_S:
                         evicted_at = time.monotonic()
                         self._evict_expired()
@@ -335,6 +350,21 @@ class HistoryServer:
                 self.counts["reader_errors"] += 1
                 logger.warning("history: reading the examples failed, retrying: %s", err)
                 self._stop.wait(RETRY_AFTER_S)
+
+    def _widen(self) -> None:
+        """Rows of other shards' users came in this shard's own partitions: the topic is not
+        keyed by the history's user after all (examples from a joiner keyed by request, an
+        older one, a producer of its own, partitions added since). Read every partition from
+        here on: the others from their earliest offsets (or a checkpoint's positions), the
+        own ones on from where the reading is. Logged as an error, as its users' history
+        was missing until now."""
+        logger.error("history shard %d of %d: %d rows of other shards' users in its own "
+                     "partitions of %s; the topic is not keyed by user: reading every "
+                     "partition from now on", self.shard, self.shards,
+                     self.counts["other_shards"], self.cfg.kafka.topics.examples)
+        self._all_partitions = True
+        self._resume = {**self._resume, **self._reader.positions}
+        self._reader = None
 
     def _evict_expired(self) -> None:
         now = time.time()

@@ -401,6 +401,7 @@ class Recommender:
                 "store_dtype": self.serve_cfg.store_dtype,
                 "updated_s_ago": round(time.time() - self.updated_at, 3),
                 "served": dict(self.served), "policy": self.decisions.stats(),
+                "history_shards": [dict(g.counts) for g in self._history_reads],
                 "retrieval": None if self.retrieval is None else self.retrieval.stats(),
                 "kafka_failed": 0 if self.log is None else self.log.failed}
 

@@ -167,37 +167,43 @@ def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
 
 
 
-@pytest.mark.parametrize("key", ["user", "request"])
+@pytest.mark.parametrize(("key", "written_by"), [
+    ("user", "user"), ("request", "request"), ("user", "request")])
 def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed_by_user(
-        kafka_bootstrap, produce, key) -> None:
+        kafka_bootstrap, produce, key, written_by) -> None:
     """Examples in their user's partition (the joiner's default keying): each of two shards
-    reads only its own partition. Keyed by request, each reads both and keeps its users."""
-    topic = f"examples-history-shards-{key}"
+    reads only its own partition. Configured as keyed by request, each reads both and keeps
+    its users. Configured as keyed by user but written by request (an older joiner), a shard
+    finds other shards' users in its partition and reads every partition from then on: no
+    user's history is lost."""
+    topic = f"examples-history-shards-{key}-{written_by}"
     cfg = history_config(
         f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
         "kafka.partitions=2", "history.shards=2", "history.checkpoint_every_s=0",
         f"joiner.examples_key={key}")
     ensure_topics(cfg.kafka, [topic])
     users = np.arange(100) % 7
-    partition = user_partition(users, 2)
-    assert set(partition.tolist()) == {0, 1}
+    owner = history_shard_of(users, 2, 2)
+    assert (owner == user_partition(users, 2)).all() and set(owner.tolist()) == {0, 1}
+    partition = owner if written_by == "user" else np.arange(100) % 2
     produce(cfg.kafka, topic, [_example(i) for i in range(100)], partition.tolist())
     shards = [HistoryServer(cfg, poll_records=50, shard=k, owner=f"s{k}") for k in range(2)]
     try:
         for k, shard in enumerate(shards):
-            own = int((partition == k).sum())
-            stats = _wait(shard, lambda s: s["observed"] + s["other_shards"] >= (
-                own if key == "user" else 100), f"shard {k} read")
+            own = int((owner == k).sum())
+            everything = key == "request" or written_by == "request"
+            _wait(shard, lambda s: s["observed"] == own and (
+                not everything or s["observed"] + s["other_shards"] == 100), f"shard {k} read")
             time.sleep(0.3)
             stats = shard.stats()
             assert stats["observed"] == own
-            if key == "user":
-                assert stats["reading"] == "own partitions" and set(stats["positions"]) == {k}
-                assert stats["other_shards"] == 0
-            else:
+            if everything:
                 assert stats["reading"] == "all partitions"
                 assert set(stats["positions"]) == {0, 1} and stats["other_shards"] == 100 - own
-            mine = sorted(set(users[partition == k].tolist()))
+            else:
+                assert stats["reading"] == "own partitions" and set(stats["positions"]) == {k}
+                assert stats["other_shards"] == 0
+            mine = sorted(set(users[owner == k].tolist()))
             got = shard.read(mine, [T0 + 1000] * len(mine))["recent_items"]
             assert got == [[i for i in range(99, -1, -1) if i % 7 == u and i % 2][:5]
                            for u in mine]

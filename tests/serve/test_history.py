@@ -159,6 +159,10 @@ def test_with_one_shard_down_the_other_shards_users_keep_their_history(app) -> N
     rid, _ = recommend(app, USER)
     other, _ = recommend(app, OTHER)
     assert failed() == before + 1
+    by_shard = requests.get(app.url + "/healthz", timeout=30).json()["history_shards"]
+    down = int(history_shard_of(np.array([USER]), SHARDS, app.cfg.kafka.partitions)[0])
+    assert by_shard[down]["failed"] == 1 and by_shard[1 - down]["failed"] == 0
+    assert by_shard[1 - down]["calls"] >= 2
     kafka = app.cfg.kafka
     assert all(not f["slots"].get("recent_items")
                for f in read(kafka, kafka.topics.features, {rid}, 2))

@@ -29,7 +29,7 @@ def test_an_example_goes_to_its_users_partition(users, partitions) -> None:
     ids = value_ids(users)
     assert got.tolist() == user_partition(ids, partitions).tolist()
     assert ((got >= 0) & (got < partitions)).all()
-    for shards in {1, partitions}:  # a history shard holds whole partitions
+    for shards in (1, 2, 3):  # a history shard holds whole partitions
         assert (history_shard_of(ids, shards, partitions) == got % shards).all()
 
 
@@ -45,3 +45,23 @@ def test_an_example_without_a_usable_user_id_keeps_its_features_partition() -> N
     got = example_partitions(values, [5, 6, 7, 8, 9, 3], 4)
     assert got[:5].tolist() == [1, 2, 3, 0, 1]
     assert got[5] == user_partition(np.array([7]), 4)[0]
+
+
+def test_the_partition_is_that_of_the_user_column_the_history_keeps() -> None:
+    """The joiner reads the top-level ``user_id``; the history store keeps the user slot's
+    column as the examples reader decodes it: the two give the same partition."""
+    import pyarrow as pa
+
+    from monolith_ray.config import load_config
+    from monolith_ray.data.slot_columns import ExampleDecoder
+
+    cfg = load_config()
+    users = [7, "alice", "25", "007", "+5", -3, 2 ** 62, "Ünïcode"]
+    raws = [example(u) for u in users]
+    decoder = ExampleDecoder(cfg.slots, limits=cfg.limits)
+    examples, refused = decoder.decode(raws, now=2.0)
+    assert not refused
+    column = pa.array(decoder.columns(examples)["user_id"]).to_numpy(zero_copy_only=False)
+    for partitions in (2, 7, 64):
+        assert example_partitions(raws, [0] * len(raws), partitions).tolist() == \
+            user_partition(column.astype(np.int64), partitions).tolist()
