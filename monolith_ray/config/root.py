@@ -96,6 +96,13 @@ class Config:
             self.history.check_slots(self.slots)
         except ConfigError as err:
             raise err.under("history") from None
+        if self.serve.exclude_seen:
+            fitting = [h.name for h in self.history.slots if h.source == self.serve.item_slot]
+            if self.serve.exclude_seen not in fitting:
+                raise ConfigError("serve.exclude_seen", f"{self.serve.exclude_seen!r} is not a "
+                                  f"history slot of serve.item_slot "
+                                  f"({self.serve.item_slot!r}); those: "
+                                  f"{', '.join(fitting) or 'none'}")
         if self.history.slots and self.history.shards > self.kafka.partitions:
             raise ConfigError("history.shards", f"{self.history.shards} history shards for "
                               f"kafka.partitions {self.kafka.partitions}: each shard holds the "

@@ -53,6 +53,10 @@ class ServeConfig:
     - ``feedback_key``: HMAC key of the request ids and feedback tokens the service issues;
       empty = a random key made when the application is built, so tokens do not survive a
       restart of the app. A secret: left out of the config's repr.
+    - ``exclude_seen``: a history slot of the item slot (``history.slots``, e.g. a user's
+      ``recent_items``): the items it holds for the user are left out of the candidates
+      ``/recommend`` retrieves or draws from the pool (not of a list the client gives), so
+      an item the user acted on is not recommended again; empty = none left out.
     - ``user_affinity``: route each request that carries an ``x-session-id`` header (set it to
       the user id) to the replica a consistent hash of it gives (Ray Serve's
       ``ConsistentHashRouter``; the next two on its ring when that one is full), so the
@@ -101,6 +105,7 @@ class ServeConfig:
     replica_cpus: float = 0.25
     max_ongoing_requests: int = 64
     user_affinity: bool = False
+    exclude_seen: str = ""
     replica_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     sync_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)

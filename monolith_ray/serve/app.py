@@ -195,12 +195,16 @@ class Recommender:
         values = first_values([self.pool.slots[item_id].get(category)
                                for item_id in self.pool.ids])
         self.pool_categories = np.array(values + [None], dtype=object)[:-1]
+        # each pool item's raw id, as history slots hold items (``serve.exclude_seen``)
+        self.pool_value_ids = (value_ids(self.pool.ids) if cfg.serve.exclude_seen
+                               and len(self.pool) else None)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.model.warm_up(max(self.serve_cfg.max_candidates, self.serve_cfg.pool_draw))
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
         self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0,
-                       "history_failed": 0, "history_skipped": 0}
+                       "history_failed": 0, "history_skipped": 0, "seen_excluded": 0,
+                       "seen_kept": 0}
         history_cfg = cfg.history
         self._history_reads = [GuardedCalls(history_cfg.read_timeout_s, history_cfg.retry_s,
                                             history_cfg.max_in_flight) for _ in self.history]
@@ -261,6 +265,8 @@ class Recommender:
                 with self._lock:
                     take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
                                             replace=False)
+            if self.pool_value_ids is not None:
+                take = self._unseen(take, user, body.k)
             ids = [self.pool.ids[i] for i in take.tolist()]
             item_slots = None  # the pool's own, built below for the logged items only
             item_dense = [{}] * len(ids)
@@ -510,6 +516,22 @@ class Recommender:
             for name, lists in values.items():
                 if lists[i]:
                     user[name] = lists[i]
+
+    def _unseen(self, take: np.ndarray, user: Mapping[str, Any], k: int) -> np.ndarray:
+        """Of pool positions ``take``, those whose item is not in the user's
+        ``serve.exclude_seen`` history slot; all of them if fewer than ``k`` would be left
+        (then the user has seen nearly every candidate: counted as ``seen_kept``). O(len(take)
+        + N log N) for N items seen."""
+        seen = user.get(self.serve_cfg.exclude_seen)
+        if not seen:
+            return take
+        unseen = ~np.isin(self.pool_value_ids[take], np.asarray(seen, dtype=np.int64))
+        left = int(unseen.sum())
+        if left < min(k, len(take)):
+            self.served["seen_kept"] += 1
+            return take
+        self.served["seen_excluded"] += len(take) - left
+        return take[unseen]
 
     async def _read_history(self, shard: int, users: list[int], now: int
                             ) -> dict[str, list[list[int]]] | BaseException:

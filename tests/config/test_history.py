@@ -40,6 +40,8 @@ def test_no_history_by_default() -> None:
     ("history.shards=0", "^history.shards: must be >= 1 and <= 256, got 0$"),
     ("history.shards=257", "^history.shards: must be >= 1 and <= 256, got 257$"),
     ("history.shards=3", "^history.shards: 3 history shards for kafka.partitions 2: each"),
+    ("serve.exclude_seen=recent_genres", "^serve.exclude_seen: 'recent_genres' is not a "
+     "history slot of serve.item_slot \\('item_id'\\); those: recent_items$"),
 ])
 def test_bad_section_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -81,3 +83,10 @@ def test_duplicate_history_slots_are_refused() -> None:
 def test_a_history_of_a_history_slot_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^history.slots\[1\].source: 'recent_items'"):
         load_config(SLOTS.replace("source: genres", "source: recent_items"))
+
+
+def test_exclude_seen_names_a_history_slot_of_items() -> None:
+    assert load_config(SLOTS, ["serve.exclude_seen=recent_items"]).serve.exclude_seen == \
+        "recent_items"
+    with pytest.raises(ConfigError, match="^serve.exclude_seen: 'recent_items' .* those: none"):
+        load_config(overrides=["serve.exclude_seen=recent_items"])

@@ -42,7 +42,8 @@ def history_overrides() -> list[str]:
     history = {"slots": [{"name": "recent_items", "source": "item_id", "max_len": 5}],
                "read_timeout_s": 2.0, "retry_s": 10.0, "shards": SHARDS}
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1 << 20)}"
-            for key, value in (("slots", slots), ("history", history))]
+            for key, value in (("slots", slots), ("history", history))] + [
+        "serve.exclude_seen=recent_items"]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,36 @@ def test_served_history_is_logged_joined_and_learned_from_the_stream(app) -> Non
     logged = read(kafka, topics.features, {second}, 2)
     assert logged and all(f["slots"]["recent_items"] == [clicked["item_id"], 12, 11]
                           for f in logged)
+
+
+def test_items_the_user_acted_on_are_not_recommended_again(app) -> None:
+    """``serve.exclude_seen``: the pool draw (here the whole pool of 100) leaves out the items
+    of the user's ``recent_items``, unless fewer than k would be left."""
+    user, now = 907, int(time.time())
+    acted = [150, 151, 152, 153, 154]
+    past = pa.table({"time": pa.array([now - 100 + i for i in range(5)], pa.int64()),
+                     "label": pa.array([1.0] * 5, pa.float32()),
+                     "user_id": pa.array([user] * 5, pa.int64()),
+                     "item_id": pa.array(acted, pa.int64())})
+    assert sum(ray.get([h.observe.remote(past) for h in app.history])) == 5
+
+    def served(k: int) -> set[int]:
+        r = post(app, "/recommend", {"user": {"id": user}, "k": k})
+        assert r.status_code == 200, r.text
+        return {item["item_id"] for item in r.json()["items"]}
+
+    def counts() -> dict[str, int]:
+        return requests.get(app.url + "/healthz", timeout=30).json()["served"]
+
+    before = counts()
+    got = served(90)
+    assert len(got) == 90 and not got & set(acted)
+    after = counts()
+    assert after["seen_excluded"] == before["seen_excluded"] + 5
+    assert len(served(100)) == 100  # 95 unseen are fewer than k: none left out
+    assert counts()["seen_kept"] == after["seen_kept"] + 1
+    other = post(app, "/recommend", {"user": {"id": user}, "k": 3, "candidates": acted})
+    assert {item["item_id"] for item in other.json()["items"]} <= set(acted)  # given: kept
 
 
 @pytest.mark.parametrize(("path", "body", "field"), [
