@@ -150,7 +150,8 @@ class SimulatedUsers(threading.Thread):
             try:
                 session.post(self.url + "/feedback", timeout=10, json={
                     "request_id": answer["request_id"], "item_id": item, "action": "click",
-                    "token": tokens[item], "time": int(now) + self.click_delay_s})
+                    "token": tokens[item], "time": int(now) + self.click_delay_s},
+                    headers={"x-session-id": str(user)})  # to the replica that showed it
             except requests.RequestException:
                 pass  # a lost click is a negative to the joiner, as in production
         with self._lock:

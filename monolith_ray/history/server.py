@@ -82,11 +82,12 @@ class HistoryServer:
     go under (default: the Ray actor's id, which a restart keeps; outside an actor a new
     random one); ``root``: where (default :func:`checkpoint_root`). ``shard``: which of
     ``history.shards`` this is; it keeps and serves only the users :func:`history_shard_of`
-    gives it."""
+    gives it. ``group``: the name its sibling shards' actors go under
+    (:func:`history_actor_name`), told when it finds the topic is not keyed by user."""
 
     def __init__(self, cfg: Config, follow: bool = True, poll_records: int = 2000,
                  restore: bool | None = None, owner: str | None = None,
-                 root: str | None = None, shard: int = 0) -> None:
+                 root: str | None = None, shard: int = 0, group: str = "") -> None:
         if not cfg.history.slots:
             raise ValueError("the config has no history slots (history.slots)")
         if not 0 <= shard < cfg.history.shards:
@@ -97,14 +98,18 @@ class HistoryServer:
         self.partitions = cfg.kafka.partitions
         self.reading: str | None = None  # "own partitions" or "all partitions", once reading
         self._all_partitions = False  # set once rows of other shards came in its own
+        self._widen_asked = threading.Event()  # a sibling shard found the topic not keyed
+        self.group = group
         self.history = UserHistory(cfg.history)
         self._lock = threading.Lock()  # the stores: readers and writers
         self._feed = threading.Lock()  # writers and checkpoints, taken before ``_lock``
         self._stop = threading.Event()
         self.counts = {"observed": 0, "other_shards": 0, "reads": 0, "reader_errors": 0, "evicted": 0,
-                       "checkpoints": 0, "checkpoint_failures": 0, "checkpoints_busy": 0}
+                       "checkpoints": 0, "checkpoint_failures": 0, "checkpoints_busy": 0,
+                       "no_user": 0}
         self._reader: Any = None
         self._writer: threading.Thread | None = None  # the thread writing a checkpoint
+        self._writer_started, self._busy_logged = 0.0, False
         self.root = None
         if cfg.history.checkpoint_every_s > 0:
             self.root = root or checkpoint_root(cfg)
@@ -133,24 +138,26 @@ class HistoryServer:
     def observe(self, examples: pa.Table) -> int:
         """Record the examples of this shard's users that count for each slot (columns:
         time, label, the user slot, each slot's source) -> rows observed (the other shards'
-        are dropped first and counted as ``other_shards``)."""
-        own = self._own(examples)
+        are dropped first and counted as ``other_shards``; rows with no user count for no
+        slot and are dropped too, as ``no_user``)."""
+        own, others = self._own(examples)
         with self._feed, self._lock:
             self.history.observe(own)
             self.counts["observed"] += own.num_rows
-            self.counts["other_shards"] += examples.num_rows - own.num_rows
+            self.counts["other_shards"] += others
+            self.counts["no_user"] += examples.num_rows - own.num_rows - others
         return own.num_rows
 
-    def _own(self, examples: pa.Table) -> pa.Table:
-        """The rows of ``examples`` whose user is this shard's (a row with no user counts for
-        no slot and is dropped too): one vectorized hash of the user column, O(rows)."""
+    def _own(self, examples: pa.Table) -> tuple[pa.Table, int]:
+        """The rows of ``examples`` whose user is this shard's, and how many rows belong to
+        other shards' users: one vectorized hash of the user column, O(rows)."""
         if self.shards == 1:
-            return examples
+            return examples, 0
         users = examples.column(self.cfg.history.user_slot).combine_chunks()
         ids = users.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        mine = ((history_shard_of(ids, self.shards, self.partitions) == self.shard)
-                & users.is_valid().to_numpy(zero_copy_only=False))
-        return examples.filter(pa.array(mine))
+        valid = users.is_valid().to_numpy(zero_copy_only=False)
+        ours = history_shard_of(ids, self.shards, self.partitions) == self.shard
+        return examples.filter(pa.array(ours & valid)), int((~ours & valid).sum())
 
     def read(self, users: Sequence[int], times: Sequence[int]) -> dict[str, list[list[int]]]:
         """Each history slot's values for (raw user id, event time) pairs: the user's entries
@@ -179,8 +186,9 @@ class HistoryServer:
                    "reading": self.reading, "users": {n: len(s) for n, s in stores.items()},
                    "bytes": sum(s.nbytes for s in stores.values()),
                    "restored": self.restored, "owner": self.owner}
-        if self._reader is not None:
-            out["positions"] = dict(self._reader.positions)
+        reader = self._reader  # the reading thread may replace it meanwhile
+        if reader is not None:
+            out["positions"] = dict(reader.positions)
         return out
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -189,9 +197,13 @@ class HistoryServer:
         has passed."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
-        for thread in (self._thread, self._writer):
-            if thread is not None:
-                thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        writer = self._writer  # read after the reading thread ended: it may have started one
+        if writer is not None:
+            writer.join(max(deadline - time.monotonic(), 0.0))
+            if writer.is_alive():
+                logger.warning("history: stopped with a checkpoint still being written")
 
     def _checkpoint(self) -> None:
         """Copy the stores and the reader's positions (none if neither moved since the last
@@ -204,9 +216,16 @@ class HistoryServer:
         stores is held. A failure is counted and logged, and reading goes on."""
         if self._writer is not None and self._writer.is_alive():
             self.counts["checkpoints_busy"] += 1
+            busy = time.monotonic() - self._writer_started
+            if busy > 3 * self.cfg.history.checkpoint_every_s and not self._busy_logged:
+                self._busy_logged = True  # once a stretch: storage is down or very slow
+                logger.warning("history: a checkpoint has been written for %.0f s; later "
+                               "ones are skipped until it ends", busy)
             return
+        self._busy_logged = False
         try:
-            positions = dict(self._reader.positions)
+            # positions restored but not read since (none unless widened) are kept too
+            positions = {**self._resume, **self._reader.positions}
             state = (positions, self.counts["observed"], self.counts["evicted"])
             if (self._checkpointed is not None and self._checkpointed[0] == state
                     and time.monotonic() - self._checkpointed[1] < REWRITE_S):
@@ -218,6 +237,7 @@ class HistoryServer:
             return
         self._writer = threading.Thread(target=self._write, args=(positions, frames, state),
                                         name="history-checkpoint", daemon=True)
+        self._writer_started = time.monotonic()
         self._writer.start()
 
     def _write(self, positions: dict[int, int], frames: dict[str, bytes],
@@ -286,6 +306,8 @@ class HistoryServer:
         starts = earliest_offsets(cfg.kafka, topic)
         # a checkpoint's position, unless retention has dropped it since (then the earliest)
         starts = {p: max(o, self._resume.get(p, o)) for p, o in starts.items()}
+        if any(p % self.shards != self.shard for p in self._resume):
+            self._all_partitions = True  # it had widened before this restart
         if self.shards > 1:
             starts = self._own_partitions(starts)
         else:
@@ -301,8 +323,9 @@ class HistoryServer:
         topic is keyed by the history's user (``stream.user_partitions``), else every one
         (logged: n shards then decode the stream n times)."""
         cfg = self.cfg
-        why = ("rows of other shards' users were found in its own partitions"
-               if self._all_partitions else
+        why = ("it found the topic not keyed by user (other shards' users in its own "
+               "partitions, another shard said so, or its checkpoint read every partition)"
+               if self._all_partitions or self._widen_asked.is_set() else
                "joiner.examples_key is 'request'" if cfg.joiner.examples_key != "user"
                else f"history.user_slot {cfg.history.user_slot!r} is not serve.user_slot "
                     f"{cfg.serve.user_slot!r}" if cfg.history.user_slot != cfg.serve.user_slot
@@ -335,7 +358,8 @@ class HistoryServer:
                 for table in self._reader:  # resumes from the reader's positions
                     if table.num_rows:
                         self.observe(table)
-                    if self.reading == "own partitions" and self.counts["other_shards"]:
+                    if self.reading == "own partitions" and (
+                            self.counts["other_shards"] or self._widen_asked.is_set()):
                         self._widen()
                         break
                     if time.monotonic() - evicted_at >= EVICT_EVERY_S:
@@ -358,13 +382,33 @@ class HistoryServer:
         here on: the others from their earliest offsets (or a checkpoint's positions), the
         own ones on from where the reading is. Logged as an error, as its users' history
         was missing until now."""
-        logger.error("history shard %d of %d: %d rows of other shards' users in its own "
-                     "partitions of %s; the topic is not keyed by user: reading every "
-                     "partition from now on", self.shard, self.shards,
-                     self.counts["other_shards"], self.cfg.kafka.topics.examples)
+        found = self.counts["other_shards"]
+        logger.error("history shard %d of %d: %s; the topic %s is not keyed by user: reading "
+                     "every partition from now on", self.shard, self.shards,
+                     f"{found} rows of other shards' users in its own partitions" if found
+                     else "told so by another shard", self.cfg.kafka.topics.examples)
         self._all_partitions = True
         self._resume = {**self._resume, **self._reader.positions}
         self._reader = None
+        if found:  # its own users may be in the others' partitions alone: they read too
+            self.tell_siblings()
+
+    def widen(self) -> None:
+        """Read every partition from the next micro-batch on: another shard found other
+        shards' users in its own partitions (called by that shard)."""
+        self._widen_asked.set()
+
+    def tell_siblings(self) -> None:
+        """Ask every other shard of this group to :meth:`widen` (a call each, not waited for;
+        a shard down is logged and reads every partition anyway once it finds strays)."""
+        for k in range(self.shards):
+            if k == self.shard or not self.group:
+                continue
+            try:
+                ray.get_actor(history_actor_name(self.group, k)).widen.remote()
+            except Exception as err:  # noqa: BLE001 - best effort: logged
+                logger.warning("history: could not tell shard %d to read every partition: "
+                               "%r", k, err)
 
     def _evict_expired(self) -> None:
         now = time.time()
@@ -399,15 +443,22 @@ HistoryActor = ray.remote(max_concurrency=4)(HistoryServer)
 beside the thread following the stream (a lock guards the store)."""
 
 
+def history_actor_name(group: str, shard: int) -> str:
+    """The Ray actor name of history shard ``shard`` of the shards started as ``group``."""
+    return f"monolith_ray-history-{group}-{shard}"
+
+
 def start_history_shards(cfg: Config) -> list[Any]:
-    """Start the ``history.shards`` history actors of ``cfg`` (shard i at index i), each
-    following its examples topic if ``kafka.bootstrap_servers`` is set, restarted by Ray
-    like the other actors (``supervision``) -> their handles; none if the config has no
-    history slots."""
+    """Start the ``history.shards`` history actors of ``cfg`` (shard i at index i, named
+    :func:`history_actor_name` under a new group), each following its examples topic if
+    ``kafka.bootstrap_servers`` is set, restarted by Ray like the other actors
+    (``supervision``) -> their handles; none if the config has no history slots."""
     from monolith_ray.supervision import actor_options
 
     if not cfg.history.slots:
         return []
-    return [HistoryActor.options(num_cpus=0, **actor_options(cfg.supervision)).remote(
-        cfg, follow=bool(cfg.kafka.bootstrap_servers), root=checkpoint_root(cfg), shard=i)
-        for i in range(cfg.history.shards)]
+    group = uuid.uuid4().hex[:12]
+    return [HistoryActor.options(name=history_actor_name(group, i), num_cpus=0,
+                                 **actor_options(cfg.supervision)).remote(
+        cfg, follow=bool(cfg.kafka.bootstrap_servers), root=checkpoint_root(cfg), shard=i,
+        group=group) for i in range(cfg.history.shards)]

@@ -76,7 +76,8 @@ def test_shards_hold_their_own_users_and_together_read_as_one_server() -> None:
     assert len(set(owner.tolist())) == 3  # every shard holds someone
     held = [s.stats() for s in shards]
     assert sum(h["observed"] for h in held) == one.stats()["observed"] - 600 // 7 - 1
-    assert all(h["observed"] + h["other_shards"] == 600 for h in held)
+    assert all(h["observed"] + h["other_shards"] + h["no_user"] == 600 for h in held)
+    assert all(h["no_user"] == 600 // 7 + 1 for h in held)  # not taken for other shards''
     at = [1_700_003_000] * 40
     expected = one.read(users.tolist(), at)
     for k, s in enumerate(shards):
@@ -114,6 +115,14 @@ def _example(i: int) -> bytes:
                    "slots": {"user_id": i % 7, "item_id": i, "genres": [i % 5]}})
 
 
+def _on_broker(kafka_bootstrap: str, topic: str, *overrides: str) -> Config:
+    """``history_config`` reading ``topic`` (created here) on the session's broker."""
+    cfg = history_config(f"kafka.bootstrap_servers={kafka_bootstrap}",
+                         f"kafka.topics.examples={topic}", *overrides)
+    ensure_topics(cfg.kafka, [topic])
+    return cfg
+
+
 def _wait(server: HistoryServer, done, what: str, timeout_s: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -127,10 +136,8 @@ def _wait(server: HistoryServer, done, what: str, timeout_s: float = 60.0) -> di
 def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
         kafka_bootstrap, produce, tmp_path) -> None:
     topic = "examples-history-checkpoint"
-    cfg = history_config(
-        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
-        "history.checkpoint_every_s=0.2", f"data.output_dir={tmp_path}")
-    ensure_topics(cfg.kafka, [topic])
+    cfg = _on_broker(kafka_bootstrap, topic, "history.checkpoint_every_s=0.2",
+                     f"data.output_dir={tmp_path}")
     first = produce(cfg.kafka, topic, [_example(i) for i in range(300)],
                     [i % 2 for i in range(300)])
     end = {p: max(o for q, o in first if q == p) + 1 for p in (0, 1)}
@@ -168,48 +175,64 @@ def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
 
 
 @pytest.mark.parametrize(("key", "written_by"), [
-    ("user", "user"), ("request", "request"), ("user", "request")])
+    ("user", "user"), ("request", "request"), ("user", "request"), ("user", "partition 0")])
 def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed_by_user(
-        kafka_bootstrap, produce, key, written_by) -> None:
+        kafka_bootstrap, produce, tmp_path, key, written_by) -> None:
     """Examples in their user's partition (the joiner's default keying): each of two shards
     reads only its own partition. Configured as keyed by request, each reads both and keeps
-    its users. Configured as keyed by user but written by request (an older joiner), a shard
-    finds other shards' users in its partition and reads every partition from then on: no
-    user's history is lost."""
-    topic = f"examples-history-shards-{key}-{written_by}"
-    cfg = history_config(
-        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
-        "kafka.partitions=2", "history.shards=2", "history.checkpoint_every_s=0",
-        f"joiner.examples_key={key}")
-    ensure_topics(cfg.kafka, [topic])
+    its users. Configured as keyed by user but written otherwise (by request, as an older
+    joiner; all to partition 0, as a producer of its own), a shard finds other shards' users
+    in its partition, reads every partition from then on and tells the other shard to: no
+    user's history is lost, and a restart stays so."""
+    topic = f"examples-history-shards-{key}-{written_by.replace(' ', '')}"
+    cfg = _on_broker(kafka_bootstrap, topic, "kafka.partitions=2", "history.shards=2",
+                     "history.checkpoint_every_s=0.1", f"data.output_dir={tmp_path}",
+                     f"joiner.examples_key={key}")
     users = np.arange(100) % 7
     owner = history_shard_of(users, 2, 2)
     assert (owner == user_partition(users, 2)).all() and set(owner.tolist()) == {0, 1}
-    partition = owner if written_by == "user" else np.arange(100) % 2
+    partition = {"user": owner, "request": np.arange(100) % 2,
+                 "partition 0": np.zeros(100, dtype=np.int64)}[written_by]
     produce(cfg.kafka, topic, [_example(i) for i in range(100)], partition.tolist())
     shards = [HistoryServer(cfg, poll_records=50, shard=k, owner=f"s{k}") for k in range(2)]
+    for k in range(2):  # as start_history_shards' named actors tell each other
+        shards[k].tell_siblings = shards[1 - k].widen
+    everything = key == "request" or written_by != "user"
+
+    def check(shard: HistoryServer, k: int, restored: bool = False) -> None:
+        own = 0 if restored else int((owner == k).sum())  # a restored one: all held before
+        _wait(shard, lambda s: s["observed"] == own and (
+            not everything or set(s.get("positions", ())) == {0, 1}), f"shard {k} read")
+        time.sleep(0.3)
+        stats = shard.stats()
+        assert stats["observed"] == own
+        if everything:
+            assert stats["reading"] == "all partitions"
+            assert set(stats["positions"]) == {0, 1}
+        else:
+            assert stats["reading"] == "own partitions" and set(stats["positions"]) == {k}
+            assert stats["other_shards"] == 0
+        mine = sorted(set(users[owner == k].tolist()))
+        got = shard.read(mine, [T0 + 1000] * len(mine))["recent_items"]
+        assert got == [[i for i in range(99, -1, -1) if i % 7 == u and i % 2][:5]
+                       for u in mine]
+
     try:
         for k, shard in enumerate(shards):
-            own = int((owner == k).sum())
-            everything = key == "request" or written_by == "request"
-            _wait(shard, lambda s: s["observed"] == own and (
-                not everything or s["observed"] + s["other_shards"] == 100), f"shard {k} read")
-            time.sleep(0.3)
-            stats = shard.stats()
-            assert stats["observed"] == own
-            if everything:
-                assert stats["reading"] == "all partitions"
-                assert set(stats["positions"]) == {0, 1} and stats["other_shards"] == 100 - own
-            else:
-                assert stats["reading"] == "own partitions" and set(stats["positions"]) == {k}
-                assert stats["other_shards"] == 0
-            mine = sorted(set(users[owner == k].tolist()))
-            got = shard.read(mine, [T0 + 1000] * len(mine))["recent_items"]
-            assert got == [[i for i in range(99, -1, -1) if i % 7 == u and i % 2][:5]
-                           for u in mine]
+            check(shard, k)
+        if written_by == "partition 0":  # shard 1 saw no stray: shard 0 told it
+            assert shards[1].stats()["other_shards"] == shards[0].stats()["observed"]
+            _wait(shards[1], lambda s: s["checkpoints"] >= 1, "a checkpoint")
     finally:
         for shard in shards:
             shard.stop()
+    if written_by == "partition 0":  # restarted, it reads every partition at once
+        restored = HistoryServer(cfg, poll_records=50, shard=1, owner="s1", restore=True)
+        try:
+            check(restored, 1, restored=True)
+            assert restored.stats()["restored"]["positions"] == {0: 100, 1: 0}
+        finally:
+            restored.stop()
 
 
 def test_reading_goes_on_while_a_checkpoint_is_written(kafka_bootstrap, produce, tmp_path,
@@ -230,10 +253,8 @@ def test_reading_goes_on_while_a_checkpoint_is_written(kafka_bootstrap, produce,
 
     monkeypatch.setattr(server_module, "write_checkpoint", slow_write)
     topic = "examples-history-slow-checkpoint"
-    cfg = history_config(
-        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
-        "history.checkpoint_every_s=0.1", f"data.output_dir={tmp_path}")
-    ensure_topics(cfg.kafka, [topic])
+    cfg = _on_broker(kafka_bootstrap, topic, "history.checkpoint_every_s=0.1",
+                     f"data.output_dir={tmp_path}")
     produce(cfg.kafka, topic, [_example(i) for i in range(100)], [i % 2 for i in range(100)])
     server = HistoryServer(cfg, poll_records=50, owner="slow")
     try:
@@ -264,10 +285,8 @@ def test_an_actor_ray_restarts_reads_on_from_its_checkpoint(
     from monolith_ray.history.server import start_history_shards
 
     topic = "examples-history-restart"
-    cfg = history_config(
-        f"kafka.bootstrap_servers={kafka_bootstrap}", f"kafka.topics.examples={topic}",
-        "history.checkpoint_every_s=0.2", f"data.output_dir={tmp_path}")
-    ensure_topics(cfg.kafka, [topic])
+    cfg = _on_broker(kafka_bootstrap, topic, "history.checkpoint_every_s=0.2",
+                     f"data.output_dir={tmp_path}")
     produce(cfg.kafka, topic, [_example(i) for i in range(200)], [i % 2 for i in range(200)])
     [actor] = start_history_shards(cfg)
     try:
