@@ -56,7 +56,8 @@ class ServeConfig:
     - ``exclude_seen``: a history slot of the item slot (``history.slots``, e.g. a user's
       ``recent_items``): the items it holds for the user are left out of the candidates
       ``/recommend`` retrieves or draws from the pool (not of a list the client gives), so
-      an item the user acted on is not recommended again; empty = none left out.
+      an item the user acted on is not recommended again (the slot's label range decides
+      what counts: the positives by default); empty = none left out.
     - ``user_affinity``: route each request that carries an ``x-session-id`` header (set it to
       the user id) to the replica a consistent hash of it gives (Ray Serve's
       ``ConsistentHashRouter``; the next two on its ring when that one is full), so the

@@ -151,12 +151,13 @@ class HistoryServer:
     def _own(self, examples: pa.Table) -> tuple[pa.Table, int]:
         """The rows of ``examples`` whose user is this shard's, and how many rows belong to
         other shards' users: one vectorized hash of the user column, O(rows)."""
-        if self.shards == 1:
-            return examples, 0
         users = examples.column(self.cfg.history.user_slot).combine_chunks()
+        if self.shards == 1 and not users.null_count:
+            return examples, 0
         ids = users.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         valid = users.is_valid().to_numpy(zero_copy_only=False)
-        ours = history_shard_of(ids, self.shards, self.partitions) == self.shard
+        ours = (history_shard_of(ids, self.shards, self.partitions) == self.shard
+                if self.shards > 1 else np.ones(len(ids), dtype=bool))
         return examples.filter(pa.array(ours & valid)), int((~ours & valid).sum())
 
     def read(self, users: Sequence[int], times: Sequence[int]) -> dict[str, list[list[int]]]:
@@ -323,15 +324,18 @@ class HistoryServer:
         topic is keyed by the history's user (``stream.user_partitions``), else every one
         (logged: n shards then decode the stream n times)."""
         cfg = self.cfg
-        why = ("it found the topic not keyed by user (other shards' users in its own "
-               "partitions, another shard said so, or its checkpoint read every partition)"
-               if self._all_partitions or self._widen_asked.is_set() else
-               "joiner.examples_key is 'request'" if cfg.joiner.examples_key != "user"
+        why = ("joiner.examples_key is 'request'" if cfg.joiner.examples_key != "user"
                else f"history.user_slot {cfg.history.user_slot!r} is not serve.user_slot "
                     f"{cfg.serve.user_slot!r}" if cfg.history.user_slot != cfg.serve.user_slot
                else f"the topic has {len(starts)} partitions, not kafka.partitions "
                     f"{self.partitions}" if len(starts) != self.partitions or set(starts)
                != set(range(self.partitions)) else None)
+        if why is None and (self._all_partitions or self._widen_asked.is_set()):
+            why = ("it found the topic not keyed by user (other shards' users in its own "
+                   "partitions, another shard said so, or its checkpoint read every "
+                   "partition)")
+            self._all_partitions = True
+            self._tell_siblings_soon()  # a sibling restarted since may read its own alone
         if why is None:
             self.reading = "own partitions"
             if self.partitions % self.shards:  # the config keeps partitions >= shards
@@ -365,6 +369,8 @@ class HistoryServer:
                     if time.monotonic() - evicted_at >= EVICT_EVERY_S:
                         evicted_at = time.monotonic()
                         self._evict_expired()
+                        if self._all_partitions:  # again: a sibling may have restarted
+                            self._tell_siblings_soon()
                     if self.root is not None and time.monotonic() - checkpointed_at >= every:
                         checkpointed_at = time.monotonic()
                         self._checkpoint()
@@ -391,12 +397,19 @@ class HistoryServer:
         self._resume = {**self._resume, **self._reader.positions}
         self._reader = None
         if found:  # its own users may be in the others' partitions alone: they read too
-            self.tell_siblings()
+            self._tell_siblings_soon()
 
     def widen(self) -> None:
         """Read every partition from the next micro-batch on: another shard found other
         shards' users in its own partitions (called by that shard)."""
         self._widen_asked.set()
+
+    def _tell_siblings_soon(self) -> None:
+        """:meth:`tell_siblings` on a thread of its own: the actor lookups must not hold up
+        the reading."""
+        if self.group:
+            threading.Thread(target=self.tell_siblings, name="history-tell",
+                             daemon=True).start()
 
     def tell_siblings(self) -> None:
         """Ask every other shard of this group to :meth:`widen` (a call each, not waited for;

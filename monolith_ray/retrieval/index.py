@@ -102,13 +102,15 @@ class ItemIndex:
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` ids of highest inner product with each of ``queries`` float32 (B, dim) ->
         (ids int64 (B, k), scores float32 (B, k)), best first, k = min(n, len(self)); a row
-        the graph search fills short (rare, after many removals) ends in id -1, score -inf."""
+        the graph search fills short (rare, after many removals) ends in id -1, score -inf.
+        Asking for a quarter of the items or more searches exhaustively (about the graph
+        search's cost there, and never short), so asking for all of them gives all."""
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         k = min(n, len(self._index))
         if k == 0:
             return (np.zeros((queries.shape[0], 0), np.int64),
                     np.zeros((queries.shape[0], 0), np.float32))
-        matches = self._index.search(queries, k)
+        matches = self._index.search(queries, k, exact=4 * k >= len(self._index))
         keys, distances = np.asarray(matches.keys), np.asarray(matches.distances, np.float32)
         if keys.ndim == 1:  # usearch answers one query with its own (unpadded) form
             counts = np.array([keys.size])

@@ -261,12 +261,16 @@ class Recommender:
             # Retrieval over the whole catalogue when configured and ready, else a random
             # draw from the pool; a given candidate list skips both.
             take = None if self.retrieval is None else self.retrieval.search(user_rows, now)
-            if take is None or not take.size:
+            drawn = take is None or not take.size
+            if drawn:  # with items to leave out, that many more, so the draw stays full
+                extra = len(self._seen(user)) if self.pool_value_ids is not None else 0
                 with self._lock:
-                    take = self._rng.choice(len(self.pool), min(cfg.pool_draw, len(self.pool)),
+                    take = self._rng.choice(len(self.pool),
+                                            min(cfg.pool_draw + extra, len(self.pool)),
                                             replace=False)
             if self.pool_value_ids is not None:
                 take = self._unseen(take, user, body.k)
+                take = take[:cfg.pool_draw] if drawn else take
             ids = [self.pool.ids[i] for i in take.tolist()]
             item_slots = None  # the pool's own, built below for the logged items only
             item_dense = [{}] * len(ids)
@@ -517,20 +521,25 @@ class Recommender:
                 if lists[i]:
                     user[name] = lists[i]
 
+    def _seen(self, user: Mapping[str, Any]) -> list[int]:
+        """The items of the user's ``serve.exclude_seen`` history slot (raw ids)."""
+        return user.get(self.serve_cfg.exclude_seen) or []
+
     def _unseen(self, take: np.ndarray, user: Mapping[str, Any], k: int) -> np.ndarray:
-        """Of pool positions ``take``, those whose item is not in the user's
-        ``serve.exclude_seen`` history slot; all of them if fewer than ``k`` would be left
-        (then the user has seen nearly every candidate: counted as ``seen_kept``). O(len(take)
-        + N log N) for N items seen."""
-        seen = user.get(self.serve_cfg.exclude_seen)
+        """Of pool positions ``take`` (in their order), those whose item is not in the
+        user's ``serve.exclude_seen`` history slot; if fewer than ``k`` are, the first seen
+        ones too, up to k (counted as ``seen_kept``; ``seen_excluded``: those left out).
+        O(len(take) + N log N) for N items seen."""
+        seen = self._seen(user)
         if not seen:
             return take
         unseen = ~np.isin(self.pool_value_ids[take], np.asarray(seen, dtype=np.int64))
-        left = int(unseen.sum())
-        if left < min(k, len(take)):
-            self.served["seen_kept"] += 1
-            return take
-        self.served["seen_excluded"] += len(take) - left
+        short = min(k, len(take)) - int(unseen.sum())
+        if short > 0:  # the first seen ones fill up to k
+            back = np.flatnonzero(~unseen)[:short]
+            unseen[back] = True
+            self.served["seen_kept"] += len(back)
+        self.served["seen_excluded"] += int((~unseen).sum())
         return take[unseen]
 
     async def _read_history(self, shard: int, users: list[int], now: int

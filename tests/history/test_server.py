@@ -75,7 +75,8 @@ def test_shards_hold_their_own_users_and_together_read_as_one_server() -> None:
     owner = history_shard_of(users, 3, 6)
     assert len(set(owner.tolist())) == 3  # every shard holds someone
     held = [s.stats() for s in shards]
-    assert sum(h["observed"] for h in held) == one.stats()["observed"] - 600 // 7 - 1
+    assert sum(h["observed"] for h in held) == one.stats()["observed"] == 600 - 600 // 7 - 1
+    assert one.stats()["no_user"] == 600 // 7 + 1  # one server counts them apart too
     assert all(h["observed"] + h["other_shards"] + h["no_user"] == 600 for h in held)
     assert all(h["no_user"] == 600 // 7 + 1 for h in held)  # not taken for other shards''
     at = [1_700_003_000] * 40
@@ -194,8 +195,9 @@ def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed
     partition = {"user": owner, "request": np.arange(100) % 2,
                  "partition 0": np.zeros(100, dtype=np.int64)}[written_by]
     produce(cfg.kafka, topic, [_example(i) for i in range(100)], partition.tolist())
-    shards = [HistoryServer(cfg, poll_records=50, shard=k, owner=f"s{k}") for k in range(2)]
-    for k in range(2):  # as start_history_shards' named actors tell each other
+    shards = [HistoryServer(cfg, poll_records=50, shard=k, owner=f"s{k}", group="g")
+              for k in range(2)]
+    for k in range(2):  # in process, as start_history_shards' named actors tell each other
         shards[k].tell_siblings = shards[1 - k].widen
     everything = key == "request" or written_by != "user"
 
@@ -233,6 +235,39 @@ def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed
             assert restored.stats()["restored"]["positions"] == {0: 100, 1: 0}
         finally:
             restored.stop()
+
+
+def test_shard_actors_tell_each_other_to_read_every_partition(
+        ray_session, kafka_bootstrap, produce) -> None:
+    """``start_history_shards``' named actors: every example in partition 0, so only shard
+    0 sees strays; it tells shard 1 through Ray, which then finds its users there."""
+    import ray
+
+    from monolith_ray.history.server import start_history_shards
+
+    topic = "examples-history-shard-actors"
+    cfg = _on_broker(kafka_bootstrap, topic, "kafka.partitions=2", "history.shards=2",
+                     "history.checkpoint_every_s=0")
+    users = np.arange(100) % 7
+    owner = history_shard_of(users, 2, 2)
+    produce(cfg.kafka, topic, [_example(i) for i in range(100)], [0] * 100)
+    actors = start_history_shards(cfg)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            stats = ray.get([a.stats.remote() for a in actors], timeout=30)
+            if all(s["observed"] == int((owner == k).sum()) for k, s in enumerate(stats)):
+                break
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.2)
+        assert [s["reading"] for s in stats] == ["all partitions"] * 2
+        assert stats[0]["other_shards"] > 0
+        mine = sorted(set(users[owner == 1].tolist()))
+        got = ray.get(actors[1].read.remote(mine, [T0 + 1000] * len(mine)))["recent_items"]
+        assert all(got)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def test_reading_goes_on_while_a_checkpoint_is_written(kafka_bootstrap, produce, tmp_path,
