@@ -40,8 +40,8 @@ import yaml
 from monolith_ray.config import DEFAULT_CONFIG, Config, load_config
 from monolith_ray.config.loader import load_yaml
 from monolith_ray.data.slot_columns import ExampleDecoder
-from monolith_ray.history.server import HistoryServer, history_shard_of
-from monolith_ray.stream.user_partitions import user_partition
+from monolith_ray.history.server import HistoryServer
+from monolith_ray.stream.user_partitions import history_shard_of, user_partition
 
 N_EXAMPLES = int(os.environ.get("N_EXAMPLES", "2000000"))
 N_USERS = int(os.environ.get("N_USERS", "400000"))

@@ -35,6 +35,13 @@ a history ``user_slot`` other than ``serve.user_slot``, or a topic with other th
 shards' rows before they reach its stores: n shards decode the stream n times (the
 observing measured in ``benchmarks.history_shards``). A serving replica sends one read per
 shard its request's users fall on, at once.
+
+A shard that finds other shards' users in its own partitions after all (an older joiner, a
+producer of its own) reads every partition from then on and tells its siblings (named actors
+of one group) once: n - 1 calls, retried only for a sibling that did not answer. A sibling
+Ray restarts reads every partition if its checkpoint did, and otherwise asks its siblings
+once whether any does (n - 1 calls a restart). Nothing is repeated on a timer, so the cost is
+O(n) a discovery or a restart, not O(n^2) a minute.
 """
 
 from __future__ import annotations
@@ -62,13 +69,15 @@ from monolith_ray.history.checkpoint import (
 )
 from monolith_ray.history.live import UserHistory
 from monolith_ray.history.store import HistoryStore
-from monolith_ray.stream.user_partitions import user_partition
+from monolith_ray.stream.user_partitions import history_shard_of
 
 logger = logging.getLogger(__name__)
 
 EVICT_EVERY_S = 60.0  # how often expired users are dropped while following the stream
 REWRITE_S = ABANDONED_S / 7  # an unchanged checkpoint is written again this often (a day)
 RETRY_AFTER_S = 1.0  # pause before reading again after the reader failed
+SIBLINGS_WAIT_S = 30.0  # how long the calls to sibling shards are waited for
+SIBLINGS_AGAIN_S = 60.0  # pause before calling again siblings that did not answer
 MAX_READ = 1024  # most (user, time) pairs one read takes
 
 
@@ -96,9 +105,10 @@ class HistoryServer:
         self.cfg = cfg
         self.shard, self.shards = shard, cfg.history.shards
         self.partitions = cfg.kafka.partitions
-        self.reading: str | None = None  # "own partitions" or "all partitions", once reading
-        self._all_partitions = False  # set once rows of other shards came in its own
-        self._widen_asked = threading.Event()  # a sibling shard found the topic not keyed
+        self.reading: str | None = None  # what the current reader reads: "own partitions"
+        # or "all partitions"; _wide: read every partition from the next micro-batch on (it
+        # found other shards' rows in its own, a sibling said so, or its checkpoint did)
+        self._wide = threading.Event()
         self.group = group
         self.history = UserHistory(cfg.history)
         self._lock = threading.Lock()  # the stores: readers and writers
@@ -129,6 +139,9 @@ class HistoryServer:
             restore = restarted_actor()
         if restore and self.root is not None:
             self._restore()
+        if any(p % self.shards != self.shard for p in self._resume):
+            self._wide.set()  # it had widened before this restart
+        self._restarted = bool(restore)
         self._thread: threading.Thread | None = None
         if follow:
             self._thread = threading.Thread(target=self._follow, args=(poll_records,),
@@ -307,8 +320,6 @@ class HistoryServer:
         starts = earliest_offsets(cfg.kafka, topic)
         # a checkpoint's position, unless retention has dropped it since (then the earliest)
         starts = {p: max(o, self._resume.get(p, o)) for p, o in starts.items()}
-        if any(p % self.shards != self.shard for p in self._resume):
-            self._all_partitions = True  # it had widened before this restart
         if self.shards > 1:
             starts = self._own_partitions(starts)
         else:
@@ -330,12 +341,10 @@ class HistoryServer:
                else f"the topic has {len(starts)} partitions, not kafka.partitions "
                     f"{self.partitions}" if len(starts) != self.partitions or set(starts)
                != set(range(self.partitions)) else None)
-        if why is None and (self._all_partitions or self._widen_asked.is_set()):
+        if why is None and self._wide.is_set():
             why = ("it found the topic not keyed by user (other shards' users in its own "
                    "partitions, another shard said so, or its checkpoint read every "
                    "partition)")
-            self._all_partitions = True
-            self._tell_siblings_soon()  # a sibling restarted since may read its own alone
         if why is None:
             self.reading = "own partitions"
             if self.partitions % self.shards:  # the config keeps partitions >= shards
@@ -355,6 +364,8 @@ class HistoryServer:
         constructor, so that brokers down at start-up delay the history, not the actor."""
         evicted_at = checkpointed_at = time.monotonic()
         every = self.cfg.history.checkpoint_every_s
+        if self._restarted and not self._wide.is_set():
+            self._siblings_soon(self._ask_siblings)  # one may have widened while it was down
         while not self._stop.is_set():
             try:
                 if self._reader is None:
@@ -363,14 +374,12 @@ class HistoryServer:
                     if table.num_rows:
                         self.observe(table)
                     if self.reading == "own partitions" and (
-                            self.counts["other_shards"] or self._widen_asked.is_set()):
+                            self.counts["other_shards"] or self._wide.is_set()):
                         self._widen()
                         break
                     if time.monotonic() - evicted_at >= EVICT_EVERY_S:
                         evicted_at = time.monotonic()
                         self._evict_expired()
-                        if self._all_partitions:  # again: a sibling may have restarted
-                            self._tell_siblings_soon()
                     if self.root is not None and time.monotonic() - checkpointed_at >= every:
                         checkpointed_at = time.monotonic()
                         self._checkpoint()
@@ -382,46 +391,97 @@ class HistoryServer:
                 self._stop.wait(RETRY_AFTER_S)
 
     def _widen(self) -> None:
-        """Rows of other shards' users came in this shard's own partitions: the topic is not
-        keyed by the history's user after all (examples from a joiner keyed by request, an
-        older one, a producer of its own, partitions added since). Read every partition from
-        here on: the others from their earliest offsets (or a checkpoint's positions), the
-        own ones on from where the reading is. Logged as an error, as its users' history
-        was missing until now."""
+        """Rows of other shards' users came in this shard's own partitions (or a sibling said
+        so): the topic is not keyed by the history's user after all (examples from a joiner
+        keyed by request, an older one, a producer of its own, partitions added since). Read
+        every partition from here on: the others from their earliest offsets (or a
+        checkpoint's positions), the own ones on from where the reading is. Logged as an
+        error, as its users' history was missing until now. A shard that found the rows
+        itself tells its siblings, once."""
         found = self.counts["other_shards"]
         logger.error("history shard %d of %d: %s; the topic %s is not keyed by user: reading "
                      "every partition from now on", self.shard, self.shards,
                      f"{found} rows of other shards' users in its own partitions" if found
                      else "told so by another shard", self.cfg.kafka.topics.examples)
-        self._all_partitions = True
+        self._wide.set()
         self._resume = {**self._resume, **self._reader.positions}
         self._reader = None
         if found:  # its own users may be in the others' partitions alone: they read too
-            self._tell_siblings_soon()
+            self._siblings_soon(self.tell_siblings)
 
     def widen(self) -> None:
         """Read every partition from the next micro-batch on: another shard found other
         shards' users in its own partitions (called by that shard)."""
-        self._widen_asked.set()
+        self._wide.set()
 
-    def _tell_siblings_soon(self) -> None:
-        """:meth:`tell_siblings` on a thread of its own: the actor lookups must not hold up
-        the reading."""
-        if self.group:
-            threading.Thread(target=self.tell_siblings, name="history-tell",
-                             daemon=True).start()
+    def reads_every_partition(self) -> bool:
+        """Whether this shard reads every partition, or will from its next micro-batch (asked
+        by a restarted sibling)."""
+        return self._wide.is_set()
+
+    def _siblings_soon(self, call: Any) -> None:
+        """``call`` (:meth:`tell_siblings` or :meth:`_ask_siblings`) on a thread of its own:
+        actor lookups and calls must not hold up the reading. Only for a shard of a group."""
+        if self.group and self.shards > 1:
+            threading.Thread(target=call, name="history-siblings", daemon=True).start()
 
     def tell_siblings(self) -> None:
-        """Ask every other shard of this group to :meth:`widen` (a call each, not waited for;
-        a shard down is logged and reads every partition anyway once it finds strays)."""
-        for k in range(self.shards):
-            if k == self.shard or not self.group:
-                continue
+        """Ask every other shard of this group to :meth:`widen`: a call each, all at once;
+        those that did not answer (down, restarting) are called again every
+        ``SIBLINGS_AGAIN_S`` until they have or the reading stops."""
+        left = set(range(self.shards)) - {self.shard}
+        while left and not self._stop.is_set():
+            left -= set(self._call_siblings("widen", left))
+            if left:
+                self._stop.wait(SIBLINGS_AGAIN_S)
+
+    def _ask_siblings(self) -> None:
+        """After a restart that did not restore a checkpoint reading every partition: ask each
+        sibling whether it reads every partition (a sibling may have found the topic not
+        keyed by user, and told this shard, while it was down). One that does widens this
+        one too; those that did not answer are asked again every ``SIBLINGS_AGAIN_S`` until
+        all have, one says so, or the reading stops."""
+        left = set(range(self.shards)) - {self.shard}
+        while left and not self._stop.is_set() and not self._wide.is_set():
+            answers = self._call_siblings("reads_every_partition", left)
+            wide = sorted(k for k, yes in answers.items() if yes)
+            if wide:
+                logger.warning("history shard %d of %d: shard %d reads every partition, so "
+                               "does this one", self.shard, self.shards, wide[0])
+                self._wide.set()
+                return
+            left -= set(answers)
+            if left:
+                self._stop.wait(SIBLINGS_AGAIN_S)
+
+    def _call_siblings(self, method: str, shards: set[int]) -> dict[int, Any]:
+        """Call ``method`` (no arguments) on the named actors of the sibling ``shards`` at
+        once and wait up to ``SIBLINGS_WAIT_S`` for them -> the answers of those that
+        answered; the others are logged (one line)."""
+        refs, failed = {}, {}
+        for k in sorted(shards):
             try:
-                ray.get_actor(history_actor_name(self.group, k)).widen.remote()
-            except Exception as err:  # noqa: BLE001 - best effort: logged
-                logger.warning("history: could not tell shard %d to read every partition: "
-                               "%r", k, err)
+                actor = ray.get_actor(history_actor_name(self.group, k))
+                refs[k] = getattr(actor, method).remote()
+            except Exception as err:  # noqa: BLE001 - best effort: logged, called again
+                failed[k] = err
+        answers = {}
+        if refs:
+            ready = set(ray.wait(list(refs.values()), num_returns=len(refs),
+                                 timeout=SIBLINGS_WAIT_S)[0])
+            for k, ref in refs.items():
+                try:
+                    if ref not in ready:
+                        raise TimeoutError(f"no answer in {SIBLINGS_WAIT_S:.0f} s")
+                    answers[k] = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - best effort: logged, called again
+                    failed[k] = err
+        if failed:
+            k = min(failed)
+            logger.warning("history shard %d: %d sibling shards did not answer %s (shard %d: "
+                           "%r); calling them again in %.0f s", self.shard, len(failed),
+                           method, k, failed[k], SIBLINGS_AGAIN_S)
+        return answers
 
     def _evict_expired(self) -> None:
         now = time.time()
@@ -442,13 +502,6 @@ def _actor_id() -> str | None:
     if not ray.is_initialized():
         return None
     return ray.get_runtime_context().get_actor_id()
-
-
-def history_shard_of(users: np.ndarray, shards: int, partitions: int) -> np.ndarray:
-    """The history shard in ``[0, shards)`` holding each user: int64 raw user ids (n,) ->
-    int64 (n,), the shard of the user's examples partition of ``partitions``
-    (``kafka.partitions``; ``stream.user_partitions``)."""
-    return user_partition(users, partitions) % shards
 
 
 HistoryActor = ray.remote(max_concurrency=4)(HistoryServer)

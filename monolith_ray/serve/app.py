@@ -88,7 +88,6 @@ from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config, ConfigError
 from monolith_ray.config.tasks import parse_score
-from monolith_ray.history.server import history_shard_of
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decision, Decisions, first_values
@@ -115,6 +114,7 @@ from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pinned import pinned_model, resolve_pinned
 from monolith_ray.serve.pool import CandidatePool
 from monolith_ray.serve.tokens import FeedbackTokens
+from monolith_ray.stream.user_partitions import history_shard_of
 
 __all__ = ["CandidatePool", "ExperimentStats", "Recommender", "build_app",
            "recommender_deployment"]

@@ -36,6 +36,13 @@ def user_partition(users: np.ndarray, partitions: int) -> np.ndarray:
     return shard_of(np.asarray(users, dtype=np.int64), partitions)
 
 
+def history_shard_of(users: np.ndarray, shards: int, partitions: int) -> np.ndarray:
+    """The history shard in ``[0, shards)`` holding each user (``history.server``): int64 raw
+    user ids (n,) -> int64 (n,), the shard of the user's examples partition of
+    ``partitions`` (``kafka.partitions``): partitions ``p % shards == i`` are shard i's."""
+    return user_partition(users, partitions) % shards
+
+
 def example_partitions(values: Sequence[bytes], fallback: Sequence[int],
                        partitions: int) -> np.ndarray:
     """The partition of each example (JSON object bytes, as the joiner writes them): its

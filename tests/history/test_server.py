@@ -13,10 +13,10 @@ import yaml
 from monolith_ray.config import DEFAULT_CONFIG, Config, load_config
 from monolith_ray.config.loader import load_yaml
 from monolith_ray.history.checkpoint import checkpoints, write_checkpoint
-from monolith_ray.history.server import MAX_READ, HistoryServer, history_shard_of
+from monolith_ray.history.server import MAX_READ, HistoryServer
 from monolith_ray.messages import encode
-from monolith_ray.stream.user_partitions import user_partition
 from monolith_ray.stream import ensure_topics
+from monolith_ray.stream.user_partitions import history_shard_of, user_partition
 
 
 def history_config(*overrides: str) -> Config:
@@ -178,13 +178,16 @@ def test_a_restored_server_reads_on_from_its_checkpoint_not_from_the_start(
 @pytest.mark.parametrize(("key", "written_by"), [
     ("user", "user"), ("request", "request"), ("user", "request"), ("user", "partition 0")])
 def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed_by_user(
-        kafka_bootstrap, produce, tmp_path, key, written_by) -> None:
+        kafka_bootstrap, produce, tmp_path, monkeypatch, key, written_by) -> None:
     """Examples in their user's partition (the joiner's default keying): each of two shards
     reads only its own partition. Configured as keyed by request, each reads both and keeps
     its users. Configured as keyed by user but written otherwise (by request, as an older
     joiner; all to partition 0, as a producer of its own), a shard finds other shards' users
-    in its partition, reads every partition from then on and tells the other shard to: no
-    user's history is lost, and a restart stays so."""
+    in its partition, reads every partition from then on and tells the other shard to, once
+    (not again on a timer): no user's history is lost, and a restart stays so."""
+    import monolith_ray.history.server as server_module
+
+    monkeypatch.setattr(server_module, "EVICT_EVERY_S", 0.05)  # a timer would tell again
     topic = f"examples-history-shards-{key}-{written_by.replace(' ', '')}"
     cfg = _on_broker(kafka_bootstrap, topic, "kafka.partitions=2", "history.shards=2",
                      "history.checkpoint_every_s=0.1", f"data.output_dir={tmp_path}",
@@ -197,8 +200,16 @@ def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed
     produce(cfg.kafka, topic, [_example(i) for i in range(100)], partition.tolist())
     shards = [HistoryServer(cfg, poll_records=50, shard=k, owner=f"s{k}", group="g")
               for k in range(2)]
+    tells = [0, 0]
+
+    def teller(k: int):
+        def tell() -> None:
+            tells[k] += 1
+            shards[1 - k].widen()
+        return tell
+
     for k in range(2):  # in process, as start_history_shards' named actors tell each other
-        shards[k].tell_siblings = shards[1 - k].widen
+        shards[k].tell_siblings = teller(k)
     everything = key == "request" or written_by != "user"
 
     def check(shard: HistoryServer, k: int, restored: bool = False) -> None:
@@ -225,6 +236,13 @@ def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed
         if written_by == "partition 0":  # shard 1 saw no stray: shard 0 told it
             assert shards[1].stats()["other_shards"] == shards[0].stats()["observed"]
             _wait(shards[1], lambda s: s["checkpoints"] >= 1, "a checkpoint")
+        time.sleep(0.5)  # ten eviction ticks
+        if written_by == "partition 0":
+            assert tells == [1, 0]
+        elif key == "user" and written_by == "request":  # one told may widen before it finds
+            assert max(tells) == 1
+        else:
+            assert tells == [0, 0]
     finally:
         for shard in shards:
             shard.stop()
@@ -240,7 +258,12 @@ def test_shards_on_the_broker_read_only_their_partitions_when_examples_are_keyed
 def test_shard_actors_tell_each_other_to_read_every_partition(
         ray_session, kafka_bootstrap, produce) -> None:
     """``start_history_shards``' named actors: every example in partition 0, so only shard
-    0 sees strays; it tells shard 1 through Ray, which then finds its users there."""
+    0 sees strays; it tells shard 1 through Ray, which then finds its users there. Shard 1,
+    killed and restarted by Ray with no checkpoint, asks shard 0 and reads every partition
+    again at once (shard 0 does not tell it again)."""
+    import os
+    import signal
+
     import ray
 
     from monolith_ray.history.server import start_history_shards
@@ -263,6 +286,17 @@ def test_shard_actors_tell_each_other_to_read_every_partition(
         assert [s["reading"] for s in stats] == ["all partitions"] * 2
         assert stats[0]["other_shards"] > 0
         mine = sorted(set(users[owner == 1].tolist()))
+        got = ray.get(actors[1].read.remote(mine, [T0 + 1000] * len(mine)))["recent_items"]
+        assert all(got)
+        os.kill(ray.get(actors[1].__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
+        deadline = time.monotonic() + 30  # less than a minute: no timer tells it again
+        while True:
+            stats = ray.get(actors[1].stats.remote(), timeout=30)  # retried once restarted
+            if stats["observed"] == int((owner == 1).sum()):
+                break
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.2)
+        assert stats["reading"] == "all partitions" and stats["other_shards"] > 0
         got = ray.get(actors[1].read.remote(mine, [T0 + 1000] * len(mine)))["recent_items"]
         assert all(got)
     finally:

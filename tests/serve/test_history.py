@@ -22,7 +22,7 @@ import yaml
 
 from monolith_ray.config import DEFAULT_CONFIG, JoinerConfig
 from monolith_ray.config.loader import load_yaml
-from monolith_ray.history.server import history_shard_of
+from monolith_ray.stream.user_partitions import history_shard_of
 from monolith_ray.stream import read_range
 from monolith_ray.stream.joiner import run_joiners
 

@@ -7,10 +7,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monolith_ray.history.server import history_shard_of
 from monolith_ray.messages import encode
 from monolith_ray.schemas import value_ids
-from monolith_ray.stream.user_partitions import example_partitions, user_partition
+from monolith_ray.stream.user_partitions import (
+    example_partitions,
+    history_shard_of,
+    user_partition,
+)
 
 
 def example(user: object) -> bytes:
