@@ -259,18 +259,21 @@ class Recommender:
         user_rows = self._slot_rows([user], [user_dense])
         if body.candidates is None:
             # Retrieval over the whole catalogue when configured and ready, else a random
-            # draw from the pool; a given candidate list skips both.
-            take = None if self.retrieval is None else self.retrieval.search(user_rows, now)
+            # draw from the pool; a given candidate list skips both. With items to leave out
+            # (at most the history slot's max_len), either takes that many more, so that the
+            # candidates stay as many.
+            extra = len(self._seen(user)) if self.pool_value_ids is not None else 0
+            take = (None if self.retrieval is None
+                    else self.retrieval.search(user_rows, now, extra))
             drawn = take is None or not take.size
-            if drawn:  # with items to leave out, that many more, so the draw stays full
-                extra = len(self._seen(user)) if self.pool_value_ids is not None else 0
+            if drawn:
                 with self._lock:
                     take = self._rng.choice(len(self.pool),
                                             min(cfg.pool_draw + extra, len(self.pool)),
                                             replace=False)
-            if self.pool_value_ids is not None:
+            if extra:
                 take = self._unseen(take, user, body.k)
-                take = take[:cfg.pool_draw] if drawn else take
+                take = take[:cfg.pool_draw if drawn else self.retrieval.n]
             ids = [self.pool.ids[i] for i in take.tolist()]
             item_slots = None  # the pool's own, built below for the logged items only
             item_dense = [{}] * len(ids)

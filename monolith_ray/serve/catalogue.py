@@ -249,9 +249,10 @@ class CatalogueRetrieval:
 
     # -- search (requests)
 
-    def search(self, user: SlotRows, now: int) -> np.ndarray | None:
-        """Up to ``retrieval.candidates`` pool positions int64 for the one-row ``user``, best
-        first; None (counted as a fallback) before the index is ready or if the search
+    def search(self, user: SlotRows, now: int, extra: int = 0) -> np.ndarray | None:
+        """Up to ``retrieval.candidates`` + ``extra`` pool positions int64 for the one-row
+        ``user``, best first (``extra``: items the caller will leave out, e.g. those the user
+        acted on); None (counted as a fallback) before the index is ready or if the search
         fails (counted, logged)."""
         if not self.ready:
             self.counts["fallbacks"] += 1
@@ -260,7 +261,7 @@ class CatalogueRetrieval:
         try:
             batch = self.model.batch_of(user, now=now)
             rows = pooled_rows(self.model.tower_lookup, batch, self.spec.user)
-            ids, _ = self.retriever.search_batch(rows, self.n)
+            ids, _ = self.retriever.search_batch(rows, self.n + max(extra, 0))
         except Exception as err:  # noqa: BLE001 - a request is served without it, not failed
             self.counts["search_failures"] += 1
             self.counts["fallbacks"] += 1

@@ -132,6 +132,20 @@ def test_the_sync_carries_the_tower_part_and_the_replica_indexes_its_catalogue(t
     assert stats["searches"] == N_USERS and stats["fallbacks"] == 1 and "p99_ms" in stats
 
 
+def test_a_search_takes_extra_items_for_those_the_caller_leaves_out(trained) -> None:
+    """``extra`` (serving's ``exclude_seen``: items the user acted on) widens the search, so
+    that the candidates left stay ``retrieval.candidates``: the best 10 are still among the
+    15 found."""
+    shards, dense, _, _ = trained
+    sync, model, retrieval = _replica(shards, dense)
+    _pull(sync, model, retrieval)
+    for user in range(0, N_USERS, 7):
+        rows = SlotRows.of([{"user_id": user}], CFG.slots)
+        plain, wider = retrieval.search(rows, 0), retrieval.search(rows, 0, extra=5)
+        assert plain.size == 10 and wider.size == 15 and np.unique(wider).size == 15
+        assert np.intersect1d(plain, wider).size >= 9  # the graph search may swap one
+
+
 def test_a_sparse_update_reembeds_the_items_whose_rows_changed(trained) -> None:
     shards, dense, trainer, _ = trained
     sync, model, retrieval = _replica(shards, dense)
