@@ -169,9 +169,6 @@ class Config:
                                   f"({self.serve.item_slot!r}): the towers tell items apart "
                                   f"by their first item slot, got "
                                   f"{self.retrieval.item_slots[0]!r}")
-            if self.serve.store != "replica":
-                raise ConfigError("retrieval", "retrieval needs serve.store: replica (each "
-                                  "replica embeds the catalogue from the rows it holds)")
             if self.retrieval.candidates > self.serve.max_candidates:
                 raise ConfigError("retrieval.candidates",
                                   f"at most serve.max_candidates "

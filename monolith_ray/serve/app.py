@@ -264,7 +264,7 @@ class Recommender:
             # candidates stay as many.
             extra = len(self._seen(user)) if self.pool_value_ids is not None else 0
             take = (None if self.retrieval is None
-                    else self.retrieval.search(user_rows, now, extra))
+                    else await self.retrieval.search(user_rows, now, extra))
             drawn = take is None or not take.size
             if drawn:
                 with self._lock:
@@ -407,7 +407,8 @@ class Recommender:
             versions = self.model.versions
             store = self.model.store
             rows = store.rows_per_slot() if store is not None else {}
-            nbytes = store.nbytes if store is not None else cache["bytes"]
+            nbytes = (store.nbytes if store is not None
+                      else cache["bytes"] + cache.get("towers", {}).get("bytes", 0))
         return {"status": "ok", "pid": os.getpid(), "replica": self.replica_id,
                 "model_version": versions, "store": self.serve_cfg.store, "rows": rows,
                 "store_bytes": nbytes, "cache": cache, "rss_bytes": rss_bytes(),

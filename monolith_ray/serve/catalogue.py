@@ -16,6 +16,12 @@ config's ``retrieval`` section, between the sync's updates and ``/recommend``.
   them all, reading the rows the store holds by then.
 - **Search** (``/recommend`` without candidates): the user's tower rows from the store,
   pooled, the user tower, the index -> ``retrieval.candidates`` pool positions.
+- **With ``serve.store: sharded``** the serving shards hold the tower tables too: a search
+  reads the user's rows through the replica's cache, as ranking does; a refresh reads the
+  catalogue's rows from the shards straight, past the cache (``ShardedRows.fetch_blocking``:
+  a rebuild of n items reads n rows per item slot and must not evict the rows requests
+  use). A refresh that fails (a shard down) keeps the index as it was and is tried again
+  ``REFRESH_RETRY_S`` later with whatever updates came meanwhile.
 
 Costs (n items in the catalogue, N retrieved, d the tower dim): a rebuild embeds the
 catalogue ``CHUNK`` items at a time (the store read under its lock a chunk at a time, so
@@ -52,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 10_000  # the most recent searches /healthz's percentiles are over
 CHUNK = 1 << 16  # catalogue items embedded (and their rows read) at a time
+REFRESH_RETRY_S = 5.0  # pause before a failed refresh is tried again
 
 
 @nb.njit(cache=True, nogil=True)
@@ -190,11 +197,23 @@ class CatalogueRetrieval:
         while True:
             with self._lock:
                 self._wake.wait_for(lambda: self._rebuild or self._touched is not None)
-            self._refresh_pending()
+            failed = self._refresh_pending()
+            if failed is not None:  # again later: a serving shard down may be back by then
+                time.sleep(REFRESH_RETRY_S)
+                self._note_again(*failed)
 
-    def _refresh_pending(self) -> None:
-        """Take what is noted and bring the index up to it. A failure is logged and counted,
-        the index stays as it was: serving goes on."""
+    def _note_again(self, rebuild: bool, touched: np.ndarray | None) -> None:
+        """Note a failed refresh's work again, merged with what came since."""
+        with self._lock:
+            self._rebuild = self._rebuild or rebuild
+            if touched is not None:
+                self._touched = touched if self._touched is None else self._touched | touched
+            self._wake.notify()
+
+    def _refresh_pending(self) -> tuple[bool, np.ndarray | None] | None:
+        """Take what is noted and bring the index up to it -> None, or after a failure (logged
+        and counted; the index stays as it was, serving goes on) the work it took, to be
+        noted again."""
         with self._lock:
             params, rebuild, touched = self._params, self._rebuild, self._touched
             self._rebuild, self._touched, self._busy = False, None, True
@@ -209,9 +228,12 @@ class CatalogueRetrieval:
             elif changed.size:
                 self._install(changed, None)
                 self.counts["upserted"] += int(changed.size)
+            return None
         except Exception as err:  # noqa: BLE001 - retrieval must never stop serving
             self.counts["refresh_failures"] += 1
-            logger.warning("retrieval index not refreshed: %r", err)
+            logger.warning("retrieval index not refreshed, trying again in %.0f s: %r",
+                           REFRESH_RETRY_S, err)
+            return rebuild, touched
         finally:
             with self._lock:
                 self._busy = False
@@ -249,7 +271,7 @@ class CatalogueRetrieval:
 
     # -- search (requests)
 
-    def search(self, user: SlotRows, now: int, extra: int = 0) -> np.ndarray | None:
+    async def search(self, user: SlotRows, now: int, extra: int = 0) -> np.ndarray | None:
         """Up to ``retrieval.candidates`` + ``extra`` pool positions int64 for the one-row
         ``user``, best first (``extra``: items the caller will leave out, e.g. those the user
         acted on); None (counted as a fallback) before the index is ready or if the search
@@ -260,7 +282,9 @@ class CatalogueRetrieval:
         start = time.perf_counter()
         try:
             batch = self.model.batch_of(user, now=now)
-            rows = pooled_rows(self.model.tower_lookup, batch, self.spec.user)
+            found = await self.model.tower_rows(
+                {table_name(s.name): batch.fids[s.name] for s in self.spec.user})
+            rows = pooled_rows(lambda _wanted: found, batch, self.spec.user)  # read above
             ids, _ = self.retriever.search_batch(rows, self.n + max(extra, 0))
         except Exception as err:  # noqa: BLE001 - a request is served without it, not failed
             self.counts["search_failures"] += 1

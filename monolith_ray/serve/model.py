@@ -35,6 +35,7 @@ from monolith_ray.serve.store import SparseStore
 from monolith_ray.serve.sync import Updates
 
 MIN_ROWS = 16
+BULK_TIMEOUT_S = 60.0  # the longest a bulk read of tower rows waits for the serving shards
 
 
 class SlotRows:
@@ -114,8 +115,15 @@ class ServingModel:
             self.rows: ShardedRows | None = ShardedRows(
                 cfg.slots, serving, serve.cache_rows, serve.cache_policy, serve.store_dtype,
                 serve.shard_timeout_s)
+            # The towers' tables (retrieval) share their slots' fids, so a cache of their
+            # own: the users' tower rows, a quarter of serve.cache_rows more.
+            towers = self.tables[len(self.slots):]
+            self._towers = ShardedRows(
+                towers, serving, max(serve.cache_rows // 4, 1), serve.cache_policy,
+                serve.store_dtype, serve.shard_timeout_s) if towers else None
         else:
             self.store, self.rows = SparseStore(self.tables, serve.store_dtype), None
+            self._towers = None
         self.dense_version = 0
         self.sync_epoch = ""  # the ParameterSync incarnation the versions come from
         # Taken around reading the store (or the dense parameters) and around swapping or
@@ -152,6 +160,8 @@ class ServingModel:
                     self.store.apply(staged.sparse)
                 else:
                     self.rows.apply(staged.sparse)
+                    if self._towers is not None:
+                        self._towers.apply(staged.sparse)
                 changed = True
             if staged.dense is not None:
                 params, version = staged.dense
@@ -170,18 +180,33 @@ class ServingModel:
         return self.commit(self.stage(updates))
 
     def tower_lookup(self, wanted: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Rows float32 (n, dim + 1) of fids int64 (n,) per table (e.g. the retrieval
-        towers'), read from the whole-table store under :attr:`lock`; zeros for fids not
-        held (``retrieval.tables.Lookup``)."""
-        if self.store is None:
-            raise ValueError("tower rows are read from a whole-table store (serve.store: "
-                             "replica)")
+        """A bulk read (the retrieval catalogue's, on its refresh thread): rows float32
+        (n, dim + 1) of fids int64 (n,) per table, zeros for fids not held
+        (``retrieval.tables.Lookup``): from the whole-table store under :attr:`lock`, or
+        with ``serve.store: sharded`` straight from the serving shards, past the cache
+        (RuntimeError if one does not answer within ``BULK_TIMEOUT_S``)."""
+        if self._towers is not None:
+            return self._towers.fetch_blocking(wanted, BULK_TIMEOUT_S)
         with self.lock:
             return {name: self.store.lookup(name, fids) for name, fids in wanted.items()}
 
+    async def tower_rows(self, wanted: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A request's read of tower rows (the user's, for a retrieval search), as
+        :meth:`tower_lookup` gives them but, with ``serve.store: sharded``, through the
+        replica's cache of tower rows (a shard down gives default rows)."""
+        if self._towers is None:
+            return self.tower_lookup(wanted)
+        return (await self._towers.lookup(wanted))[0]
+
     def cache_stats(self) -> dict[str, Any] | None:
-        """The replica cache's stats (``ShardedRows.stats``); None with a whole-table store."""
-        return None if self.rows is None else self.rows.stats()
+        """The replica cache's stats (``ShardedRows.stats``), with the tower rows' cache's
+        under ``towers`` if retrieval is on; None with a whole-table store."""
+        if self.rows is None:
+            return None
+        stats = self.rows.stats()
+        if self._towers is not None:
+            stats["towers"] = self._towers.stats()
+        return stats
 
     def score(self, items: SlotRows, user: SlotRows | None = None,
               take: np.ndarray | None = None, now: int | None = None) -> np.ndarray:

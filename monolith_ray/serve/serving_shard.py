@@ -223,6 +223,6 @@ def start_serving_shards(cfg: Any, started_from: str | None = None) -> list[Any]
     actor = ray.remote(ServingShard).options(
         num_cpus=0, resources=dict(cfg.serve.shard_resources), max_concurrency=8,
         scheduling_strategy="SPREAD", **options)
-    return [actor.remote(cfg.slots, cfg.serve.store_dtype,
+    return [actor.remote(cfg.table_slots, cfg.serve.store_dtype,
                          RunSnapshot(root, since, started_from, f"shard-{k}"))
             for k in range(cfg.train.n_shards)]

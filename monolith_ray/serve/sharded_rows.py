@@ -10,8 +10,13 @@ never fails and never waits long for a shard. Fetched rows fill the cache tagged
 version the shard served them at, so rows read before an update the cache has applied since
 are used once but not kept (``RowCache.fill``).
 
+A bulk read (:meth:`ShardedRows.fetch_blocking`: the retrieval catalogue's tower rows, a
+refresh thread's) goes to the shards straight, neither reading nor filling the cache, so it
+never evicts the rows requests use, and fails as a whole if a shard does not answer rather
+than give defaults.
+
 Memory: the cache's arrays are allocated once at their bound (``RowCache.nbytes``); a
-request adds its own rows, nothing that grows with the table.
+request adds its own rows, nothing that grows with the table; a bulk read its ids' rows.
 """
 
 from __future__ import annotations
@@ -63,7 +68,14 @@ class ShardedRows:
         return self.cache.version
 
     def apply(self, update: SparseUpdate) -> None:
-        """Follow a sync update (``RowCache.apply``)."""
+        """Follow a sync update (``RowCache.apply``), its slots of this cache's only (the
+        ranking's and the towers' tables have caches of their own)."""
+        mine = self.cache.widths
+        if any(name not in mine for part in (update.ids, update.evicted) for name in part):
+            update = update._replace(
+                ids={k: v for k, v in update.ids.items() if k in mine},
+                rows={k: v for k, v in update.rows.items() if k in mine},
+                evicted={k: v for k, v in update.evicted.items() if k in mine})
         with self._lock:
             self.cache.apply(update)
 
@@ -108,6 +120,49 @@ class ShardedRows:
                 except Exception as err:  # noqa: BLE001 - counted as a shard failure
                     answers[k] = err
         return self._finish(found, answers), found.version
+
+    def fetch_blocking(self, fids: Mapping[str, np.ndarray], timeout_s: float
+                       ) -> dict[str, np.ndarray]:
+        """Rows of per slot fids int64 (n,) straight from the shards, the cache neither read
+        nor filled (a bulk read: the catalogue's tower rows) -> per slot float32 (n, D+1),
+        zeros for ids no shard holds. One call per shard holding any, all at once, waited
+        for up to ``timeout_s``. RuntimeError if a shard fails, is late or holds no state
+        yet: a caller that needs every row tries again rather than use default rows."""
+        asks: dict[int, dict[str, np.ndarray]] = {}
+        parts = {}
+        for name, ids in fids.items():
+            distinct, inverse = np.unique(np.asarray(ids, np.int64), return_inverse=True)
+            parts[name] = (distinct, inverse)
+            owner = shard_of(distinct, len(self.shards))
+            for k in np.unique(owner).tolist():
+                asks.setdefault(k, {})[name] = distinct[owner == k]
+        answers: dict[int, Any] = {}
+        if self._remote:
+            import ray
+
+            refs = {k: self.shards[k].get.remote(ask) for k, ask in asks.items()}
+            ready = set(ray.wait(list(refs.values()), num_returns=len(refs),
+                                 timeout=timeout_s)[0]) if refs else set()
+            for k, ref in refs.items():
+                if ref not in ready:
+                    raise RuntimeError(f"serving shard {k} did not answer a bulk read of "
+                                       f"{sum(a.size for a in asks[k].values())} rows in "
+                                       f"{timeout_s:.0f} s")
+                answers[k] = ray.get(ref)
+        else:
+            answers = {k: self.shards[k].get(ask) for k, ask in asks.items()}
+        out = {}
+        for name, (distinct, inverse) in parts.items():
+            held = np.zeros((distinct.size, self.cache.widths[name]), np.float32)
+            for k, answer in answers.items():
+                if name not in asks[k]:
+                    continue
+                if not answer.ready:
+                    raise RuntimeError(f"serving shard {k} holds no rows yet (starting or "
+                                       f"loading a snapshot)")
+                held[np.searchsorted(distinct, asks[k][name])] = answer.rows[name]
+            out[name] = held[inverse]
+        return out
 
     def stats(self) -> dict[str, Any]:
         """The cache's stats (rows, bytes, hit rate...) and the fetch counters."""

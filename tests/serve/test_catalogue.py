@@ -4,6 +4,9 @@ ParameterSync to a ServingModel, indexed and searched by CatalogueRetrieval."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 import jax
 import numpy as np
 import pyarrow as pa
@@ -23,6 +26,7 @@ from monolith_ray.retrieval.train import TowerTrainer
 from monolith_ray.schemas import LABEL
 from monolith_ray.serve.catalogue import CatalogueRetrieval, Readers
 from monolith_ray.serve.model import ServingModel, SlotRows
+from monolith_ray.serve.serving_shard import ServingShard
 from monolith_ray.serve.sync import ParameterSync
 from monolith_ray.train.job import dense_server_args
 
@@ -82,6 +86,10 @@ def _replica(shards, dense):
     return sync, model, retrieval
 
 
+def _search(retrieval: CatalogueRetrieval, rows: SlotRows, now: int, extra: int = 0):
+    return asyncio.run(retrieval.search(rows, now, extra))
+
+
 def _pull(sync, model, retrieval):
     versions = model.versions
     staged = model.stage(sync.updates(versions["sparse"], versions["dense"], model.sync_epoch))
@@ -115,13 +123,13 @@ def test_the_sync_carries_the_tower_part_and_the_replica_indexes_its_catalogue(t
     shards, dense, _, _ = trained
     sync, model, retrieval = _replica(shards, dense)
     assert not retrieval.ready
-    assert retrieval.search(SlotRows.of([{"user_id": 1}], CFG.slots), 0) is None
+    assert _search(retrieval, SlotRows.of([{"user_id": 1}], CFG.slots), 0) is None
     staged = _pull(sync, model, retrieval)
     assert TOWER_PART in staged.parts
     assert retrieval.ready and len(retrieval.retriever) == len(POOL)
     hits, own = 0, 0
     for user in range(N_USERS):
-        found = retrieval.search(SlotRows.of([{"user_id": user}], CFG.slots), 0)
+        found = _search(retrieval, SlotRows.of([{"user_id": user}], CFG.slots), 0)
         assert found.size == 10 and np.unique(found).size == 10
         assert ((found >= 0) & (found < len(POOL))).all()
         hits += np.intersect1d(found, _exhaustive(retrieval, user, 10)).size
@@ -141,7 +149,7 @@ def test_a_search_takes_extra_items_for_those_the_caller_leaves_out(trained) -> 
     _pull(sync, model, retrieval)
     for user in range(0, N_USERS, 7):
         rows = SlotRows.of([{"user_id": user}], CFG.slots)
-        plain, wider = retrieval.search(rows, 0), retrieval.search(rows, 0, extra=5)
+        plain, wider = _search(retrieval, rows, 0), _search(retrieval, rows, 0, extra=5)
         assert plain.size == 10 and wider.size == 15 and np.unique(wider).size == 15
         assert np.intersect1d(plain, wider).size >= 9  # the graph search may swap one
 
@@ -178,8 +186,65 @@ def test_a_sparse_update_reembeds_the_items_whose_rows_changed(trained) -> None:
     _pull(sync, model, retrieval)
     assert retrieval.counts["rebuilds"] == rebuilds + 1
     for user in range(0, N_USERS, 7):  # the index matches the rows it now holds
-        found = retrieval.search(SlotRows.of([{"user_id": user}], CFG.slots), 0)
+        found = _search(retrieval, SlotRows.of([{"user_id": user}], CFG.slots), 0)
         assert np.intersect1d(found, _exhaustive(retrieval, user, 10)).size >= 8
+
+
+def test_with_a_sharded_store_the_catalogue_reads_the_serving_shards_past_the_cache(
+        trained, monkeypatch) -> None:
+    """``serve.store: sharded``: the serving shards hold the tower tables. The index holds
+    the vectors a replica holding every row computes, the rebuild reads past the cache
+    (it stays empty), a search reads the user's rows through it, and a refresh that finds a
+    serving shard failing keeps the index as it was and is tried again once it answers."""
+    import monolith_ray.serve.catalogue as catalogue_module
+
+    monkeypatch.setattr(catalogue_module, "REFRESH_RETRY_S", 0.1)
+    shards, dense, _, _ = trained
+    whole_sync, whole_model, whole = _replica(shards, dense)  # a replica holding every row
+    _pull(whole_sync, whole_model, whole)
+    cfg = dataclasses.replace(CFG, serve=dataclasses.replace(CFG.serve, store="sharded"))
+    serving = [ServingShard(cfg.table_slots, "float32") for _ in shards]
+    sync = ParameterSync(cfg.table_slots, shards, dense, start=False, dtype="float32",
+                         parts=synced_parts(cfg), serving=serving)
+    model = ServingModel(cfg, serving)
+    retrieval = CatalogueRetrieval(cfg, model, SlotRows.of(POOL, cfg.slots))
+    _pull(sync, model, retrieval)
+    assert retrieval.wait_idle(60) and retrieval.ready
+    assert model.cache_stats()["towers"]["rows"] == 0  # the catalogue's rows went past it
+    every = np.arange(len(POOL))
+    np.testing.assert_allclose(retrieval.retriever.vectors(every),
+                               whole.retriever.vectors(every), atol=1e-5)
+    for user in range(0, N_USERS, 7):
+        rows = SlotRows.of([{"user_id": user}], cfg.slots)
+        assert np.intersect1d(_search(retrieval, rows, 0), _search(whole, rows, 0)).size >= 9
+    assert model.cache_stats()["towers"]["rows"] > 0  # the users' tower rows
+    # item 5's tower row changes while serving shard 0 fails every read
+    fid = model.batch_of(SlotRows.of([POOL[5]], cfg.slots), now=0).fids["item_id"]
+    client = ShardClient(shards, [table_name("item_id")])
+    row = client.lookup({table_name("item_id"): fid})[table_name("item_id")]
+    client.push({table_name("item_id"): fid}, {table_name("item_id"): row + 3.0}, 600)
+    before = retrieval.retriever.vectors(every)
+    broken = [serving[k].get for k in range(len(serving))]
+    for shard in serving:
+        monkeypatch.setattr(shard, "get", lambda ids: (_ for _ in ()).throw(
+            RuntimeError("serving shard down")))
+    sync.sync_now("sparse")
+    _pull(sync, model, retrieval)
+    deadline = time.monotonic() + 30
+    while retrieval.counts["refresh_failures"] < 2:  # failed, and failed again on retry
+        assert time.monotonic() < deadline, retrieval.counts
+        time.sleep(0.05)
+    np.testing.assert_array_equal(retrieval.retriever.vectors(every), before)
+    for shard, get in zip(serving, broken):
+        monkeypatch.setattr(shard, "get", get)
+    deadline = time.monotonic() + 30
+    while retrieval.counts["upserted"] < 1:
+        assert time.monotonic() < deadline, retrieval.counts
+        time.sleep(0.05)
+    assert retrieval.wait_idle(60)
+    moved = np.flatnonzero(np.abs(retrieval.retriever.vectors(every) - before).max(axis=1)
+                           > 1e-6)
+    assert moved.tolist() == [5]
 
 
 def test_touched_items_are_those_reading_a_changed_row(trained) -> None:

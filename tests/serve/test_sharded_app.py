@@ -1,7 +1,8 @@
 """``serve.store: sharded`` on real Ray Serve, serving-shard actors, shard actors and a sync:
 a row trained after a sync reaches an answer through a replica cache that held its old
-value, ``/healthz`` reports the cache, and a serving shard killed under load comes back from
-a snapshot plus the deltas since while every request is answered."""
+value, ``/healthz`` reports the cache, retrieval embeds the catalogue from the serving shards'
+tower tables, and a serving shard killed under load comes back from a snapshot plus the
+deltas since while every request is answered."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from monolith_ray.train.snapshots import take_snapshot
 APP = "sharded-test"
 USER = {"id": 1, "features": {"gender": "F", "age": 25}}
 CACHE_ROWS = 64
+RETRIEVAL = "retrieval={user_slots: [user_id], item_slots: [item_id, genres], candidates: 8}"
 SMALL = ["serve.poll_interval_s=0.1", "serve.max_candidates=16", "serve.pool_draw=16",
          "serve.max_k=16"]  # one scorer size to compile
 
@@ -31,7 +33,7 @@ SMALL = ["serve.poll_interval_s=0.1", "serve.max_candidates=16", "serve.pool_dra
 def app(deploy_recommender, tmp_path_factory) -> Iterator[Any]:
     out = tmp_path_factory.mktemp("sharded-run")
     with deploy_recommender(APP, "/sharded", [
-            *SMALL, "serve.store=sharded", f"serve.cache_rows={CACHE_ROWS}",
+            *SMALL, "serve.store=sharded", f"serve.cache_rows={CACHE_ROWS}", RETRIEVAL,
             f"data.output_dir={out}", f"data.snapshot_root={out}/snapshots"],
             range(100, 400)) as deployed:
         yield deployed
@@ -102,12 +104,33 @@ def test_healthz_reports_the_cache_and_replica_mode_has_none(app, deploy_recomme
     assert health["store"] == "sharded"
     assert cache["capacity"] == CACHE_ROWS
     assert 0 < cache["rows"] <= CACHE_ROWS
-    assert cache["bytes"] > 0 and health["store_bytes"] == cache["bytes"]
+    towers = cache["towers"]  # the users' tower rows (retrieval), a cache of their own
+    assert towers["capacity"] == CACHE_ROWS // 4
+    assert cache["bytes"] > 0 and health["store_bytes"] == cache["bytes"] + towers["bytes"]
     assert 0 < cache["hit_rate"] < 1
     assert cache["hit_rate"] == pytest.approx(cache["hits"] / (cache["hits"] + cache["misses"]))
     with deploy_recommender(APP + "-replica", "/replica", SMALL, range(100, 120)) as replica:
         health = _health(replica.url)
     assert health["store"] == "replica" and health["cache"] is None
+
+
+def test_requests_without_candidates_are_retrieved_from_the_serving_shards_rows(app) -> None:
+    """The catalogue's index was built from the serving shards' tower rows, past the cache;
+    a search reads the user's tower rows through the replica's tower cache."""
+    before = _health(app.url)
+    assert before["retrieval"]["items"] == 300 and before["retrieval"]["rebuilds"] >= 1
+    for user in range(4):
+        r = requests.post(app.url + "/recommend", json={"user": {"id": 7000 + user}, "k": 5},
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["items"]) == 5
+        assert {i["item_id"] for i in r.json()["items"]} <= set(range(100, 400))
+    after = _health(app.url)
+    assert after["retrieval"]["searches"] == before["retrieval"]["searches"] + 4
+    assert after["retrieval"]["fallbacks"] == before["retrieval"]["fallbacks"]
+    towers = after["cache"]["towers"]
+    assert towers["misses"] >= before["cache"]["towers"]["misses"] + 4  # four new users
+    assert after["retrieval"]["refresh_failures"] == 0
 
 
 def test_a_serving_shard_killed_under_load_comes_back_from_snapshot_and_deltas(app) -> None:
