@@ -409,3 +409,34 @@ def test_a_checkpoint_that_does_not_load_or_fits_other_slots_is_skipped(tmp_path
     other = HistoryServer(cfg, follow=False, restore=True, owner="y")
     assert other.stats()["restored"] is None
     assert other.read([7], [T0 + 1]) == {"recent_items": [[]], "recent_genres": [[]]}
+
+
+def test_string_item_ids_in_the_history_are_the_pools_value_ids() -> None:
+    """``serve.exclude_seen`` compares a pool's item ids (``schemas.value_ids``) with the raw
+    ids a history slot holds, as the examples reader decodes them: string ids, decimal
+    strings and ints agree, so a seen string item is left out like an int one."""
+    from monolith_ray.data.slot_columns import ExampleDecoder
+    from monolith_ray.schemas import value_ids
+
+    cfg = history_config()
+    items = ["video-a", "25", 25, "Ünïcode", "007", 2 ** 62]
+    raws = [encode({"request_id": f"r{i}", "time": T0 + i, "label": 1.0,
+                    "slots": {"user_id": 3, "item_id": item, "genres": [1]}})
+            for i, item in enumerate(items)]
+    decoder = ExampleDecoder(cfg.slots, limits=cfg.limits)
+    decoded, refused = decoder.decode(raws, now=float(T0 + 10))
+    assert not refused
+    columns = decoder.columns(decoded)
+    table = pa.table({"time": pa.array([T0 + i for i in range(len(items))], pa.int64()),
+                      "label": pa.array([1.0] * len(items), pa.float32()),
+                      "user_id": pa.array(columns["user_id"]),
+                      "item_id": pa.array(columns["item_id"]),
+                      "genres": pa.array(columns["genres"])})
+    server = HistoryServer(cfg, follow=False)
+    server.observe(table)
+    seen = server.read([3], [T0 + 100])["recent_items"][0]  # newest first, at most 5
+    assert seen == value_ids(items[:0:-1]).tolist()  # "video-a", the oldest, fell out
+    pool = ["video-a", "video-b", 25, "Ünïcode", "007", "7", 2 ** 62]
+    left_out = np.isin(value_ids(pool), np.asarray(seen, np.int64))
+    # "7" is "007" (a decimal string is its number, as the tables read ids)
+    assert left_out.tolist() == [False, False, True, True, True, True, True]
