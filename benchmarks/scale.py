@@ -124,7 +124,7 @@ from monolith_ray.config import Config
 from monolith_ray.config.loader import load_yaml
 from monolith_ray.config.root import DEFAULT_CONFIG
 from monolith_ray.data.workload import Workload, default_workload
-from monolith_ray.ps.client import ShardUnavailableError
+from monolith_ray.ps.calls import ShardUnavailableError
 from monolith_ray.train.job import Trainer, start_servers, trainer_options
 from monolith_ray.train.snapshots import restore_snapshot, take_snapshot
 

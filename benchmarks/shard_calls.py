@@ -21,7 +21,7 @@ import ray
 
 from monolith_ray.config import load_config
 from monolith_ray.ps.channel import ChannelCalls
-from monolith_ray.ps.client import Calls, RayCalls
+from monolith_ray.ps.calls import Calls, RayCalls
 from monolith_ray.ps.shard import Packed, ShardServer
 
 SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/movielens.yaml"

@@ -82,7 +82,7 @@ import ray
 
 from monolith_ray.config import Config, load_config
 from monolith_ray.data.batches import Batch, iter_batches
-from monolith_ray.ps.client import Calls
+from monolith_ray.ps.calls import Calls
 from monolith_ray.ps.shard import ShardServer
 from monolith_ray.train.job import (
     Trainer,

@@ -1,11 +1,9 @@
 """Parameter servers: sharded embedding tables (``ShardServer``), id routing (``shard_of``)
 and the trainer-side client that batches one call per shard per step (``ShardClient``)."""
 
+from monolith_ray.ps.calls import Calls as Calls, DirectCalls as DirectCalls, RayCalls as RayCalls
 from monolith_ray.ps.client import (
-    Calls as Calls,
-    DirectCalls as DirectCalls,
     Pending as Pending,
-    RayCalls as RayCalls,
     ShardClient as ShardClient,
     calls_for as calls_for,
 )

@@ -98,11 +98,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from monolith_ray.ps import wire
-from monolith_ray.ps.client import (
-    ShardUnavailableError,
-    dead_or_unreachable,
-    not_answered,
-)
+from monolith_ray.ps.calls import ShardUnavailableError, dead_or_unreachable, not_answered
 
 # What a channel may call on a shard: its per-step and table methods (maintenance that names
 # files, snapshot and restore, stays on Ray calls).

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
-from monolith_ray.ps.client import ShardUnavailableError
+from monolith_ray.ps.calls import ShardUnavailableError
 from monolith_ray.ps.shard import Packed
 from monolith_ray.table import TableDelta
 

@@ -25,11 +25,8 @@ from monolith_ray.ps.channel import (
     ChannelServer,
     read_frame,
 )
-from monolith_ray.ps.client import (
-    DirectCalls,
-    ShardClient,
-    ShardUnavailableError,
-)
+from monolith_ray.ps.calls import DirectCalls, ShardUnavailableError
+from monolith_ray.ps.client import ShardClient
 from monolith_ray.ps.shard import Packed, ShardServer
 
 CFG = load_config()  # the MovieLens slots: 8 slots, rows 17 wide

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from monolith_ray.ps import wire
-from monolith_ray.ps.client import ShardUnavailableError
+from monolith_ray.ps.calls import ShardUnavailableError
 from monolith_ray.ps.shard import Packed
 from monolith_ray.table import TableDelta
 

@@ -16,7 +16,8 @@ from monolith_ray.cli import main
 from monolith_ray.config import ConfigError, load_config
 from monolith_ray.features import make_fids
 from monolith_ray.ps.channel import ChannelCalls
-from monolith_ray.ps.client import RayCalls, ShardClient, ShardUnavailableError
+from monolith_ray.ps.calls import RayCalls, ShardUnavailableError
+from monolith_ray.ps.client import ShardClient
 from monolith_ray.schemas import example_schema
 from monolith_ray.train import job
 from monolith_ray.train.job import run_batch_training, start_servers
