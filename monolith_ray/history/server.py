@@ -37,11 +37,13 @@ observing measured in ``benchmarks.history_shards``). A serving replica sends on
 shard its request's users fall on, at once.
 
 A shard that finds other shards' users in its own partitions after all (an older joiner, a
-producer of its own) reads every partition from then on and tells its siblings (named actors
-of one group) once: n - 1 calls, retried only for a sibling that did not answer. A sibling
-Ray restarts reads every partition if its checkpoint did, and otherwise asks its siblings
-once whether any does (n - 1 calls a restart). Nothing is repeated on a timer, so the cost is
-O(n) a discovery or a restart, not O(n^2) a minute.
+producer of its own) reads every partition from then on and, unless a sibling told it first,
+tells its siblings (named actors of one group): n - 1 calls, retried for a sibling that did
+not answer at most ``SIBLINGS_ROUNDS`` times a minute apart. A sibling Ray restarts reads
+every partition if its checkpoint did, and otherwise asks its siblings the same way whether
+any does. Nothing is repeated on a timer: n - 1 calls for each shard that found the strays
+before it was told (one or a few; n at worst, if all find them at once) and for each
+restart, not O(n^2) a minute.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ logger = logging.getLogger(__name__)
 EVICT_EVERY_S = 60.0  # how often expired users are dropped while following the stream
 REWRITE_S = ABANDONED_S / 7  # an unchanged checkpoint is written again this often (a day)
 RETRY_AFTER_S = 1.0  # pause before reading again after the reader failed
-SIBLINGS_WAIT_S = 30.0  # how long the calls to sibling shards are waited for
+SIBLINGS_WAIT_S = 10.0  # how long the calls to sibling shards are waited for
 SIBLINGS_AGAIN_S = 60.0  # pause before calling again siblings that did not answer
+SIBLINGS_ROUNDS = 5  # the most rounds of calls to siblings that do not answer
 MAX_READ = 1024  # most (user, time) pairs one read takes
 
 
@@ -143,6 +146,7 @@ class HistoryServer:
             self._wide.set()  # it had widened before this restart
         self._restarted = bool(restore)
         self._thread: threading.Thread | None = None
+        self._sibling_threads: list[threading.Thread] = []  # telling or asking siblings
         if follow:
             self._thread = threading.Thread(target=self._follow, args=(poll_records,),
                                             name="history-follow", daemon=True)
@@ -218,6 +222,8 @@ class HistoryServer:
             writer.join(max(deadline - time.monotonic(), 0.0))
             if writer.is_alive():
                 logger.warning("history: stopped with a checkpoint still being written")
+        for thread in list(self._sibling_threads):  # they end at their next wait
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     def _checkpoint(self) -> None:
         """Copy the stores and the reader's positions (none if neither moved since the last
@@ -365,7 +371,7 @@ class HistoryServer:
         evicted_at = checkpointed_at = time.monotonic()
         every = self.cfg.history.checkpoint_every_s
         if self._restarted and not self._wide.is_set():
-            self._siblings_soon(self._ask_siblings)  # one may have widened while it was down
+            self._siblings_soon(self.ask_siblings)  # one may have widened while it was down
         while not self._stop.is_set():
             try:
                 if self._reader is None:
@@ -398,7 +404,7 @@ class HistoryServer:
         checkpoint's positions), the own ones on from where the reading is. Logged as an
         error, as its users' history was missing until now. A shard that found the rows
         itself tells its siblings, once."""
-        found = self.counts["other_shards"]
+        found, told = self.counts["other_shards"], self._wide.is_set()
         logger.error("history shard %d of %d: %s; the topic %s is not keyed by user: reading "
                      "every partition from now on", self.shard, self.shards,
                      f"{found} rows of other shards' users in its own partitions" if found
@@ -406,7 +412,7 @@ class HistoryServer:
         self._wide.set()
         self._resume = {**self._resume, **self._reader.positions}
         self._reader = None
-        if found:  # its own users may be in the others' partitions alone: they read too
+        if found and not told:  # its users may be in the others' partitions: they read too
             self._siblings_soon(self.tell_siblings)
 
     def widen(self) -> None:
@@ -420,51 +426,73 @@ class HistoryServer:
         return self._wide.is_set()
 
     def _siblings_soon(self, call: Any) -> None:
-        """``call`` (:meth:`tell_siblings` or :meth:`_ask_siblings`) on a thread of its own:
-        actor lookups and calls must not hold up the reading. Only for a shard of a group."""
+        """``call`` (:meth:`tell_siblings` or :meth:`ask_siblings`) on a thread of its own:
+        actor lookups and calls must not hold up the reading. Only for a shard of a group;
+        :meth:`stop` waits for it."""
         if self.group and self.shards > 1:
-            threading.Thread(target=call, name="history-siblings", daemon=True).start()
+            thread = threading.Thread(target=call, name="history-siblings", daemon=True)
+            self._sibling_threads = [t for t in self._sibling_threads if t.is_alive()]
+            self._sibling_threads.append(thread)
+            thread.start()
 
     def tell_siblings(self) -> None:
-        """Ask every other shard of this group to :meth:`widen`: a call each, all at once;
-        those that did not answer (down, restarting) are called again every
-        ``SIBLINGS_AGAIN_S`` until they have or the reading stops."""
-        left = set(range(self.shards)) - {self.shard}
-        while left and not self._stop.is_set():
-            left -= set(self._call_siblings("widen", left))
-            if left:
-                self._stop.wait(SIBLINGS_AGAIN_S)
+        """Ask every other shard of this group to :meth:`widen`: a call each, all at once.
+        Those that did not answer (restarting, the Ray cluster busy) are called again after
+        ``SIBLINGS_AGAIN_S``, at most ``SIBLINGS_ROUNDS`` times in all; one with no actor
+        (gone for good) is not."""
+        self._siblings_rounds("widen", lambda answers: False)
 
-    def _ask_siblings(self) -> None:
+    def ask_siblings(self) -> None:
         """After a restart that did not restore a checkpoint reading every partition: ask each
-        sibling whether it reads every partition (a sibling may have found the topic not
-        keyed by user, and told this shard, while it was down). One that does widens this
-        one too; those that did not answer are asked again every ``SIBLINGS_AGAIN_S`` until
-        all have, one says so, or the reading stops."""
-        left = set(range(self.shards)) - {self.shard}
-        while left and not self._stop.is_set() and not self._wide.is_set():
-            answers = self._call_siblings("reads_every_partition", left)
+        sibling whether it reads every partition (one may have found the topic not keyed by
+        user, and told this shard, while it was down). One that does widens this one too.
+        Rounds as :meth:`tell_siblings`, ended early by a yes."""
+
+        def any_wide(answers: dict[int, Any]) -> bool:
             wide = sorted(k for k, yes in answers.items() if yes)
             if wide:
                 logger.warning("history shard %d of %d: shard %d reads every partition, so "
                                "does this one", self.shard, self.shards, wide[0])
                 self._wide.set()
-                return
-            left -= set(answers)
-            if left:
-                self._stop.wait(SIBLINGS_AGAIN_S)
+            return bool(wide)
 
-    def _call_siblings(self, method: str, shards: set[int]) -> dict[int, Any]:
+        self._siblings_rounds("reads_every_partition", any_wide)
+
+    def _siblings_rounds(self, method: str, done: Any) -> None:
+        """Call ``method`` on every sibling that has not answered yet, in at most
+        ``SIBLINGS_ROUNDS`` rounds ``SIBLINGS_AGAIN_S`` apart, until all have, ``done``
+        (given each round's answers) says so, or the reading stops. O(shards) calls a round."""
+        left = set(range(self.shards)) - {self.shard}
+        for attempt in range(SIBLINGS_ROUNDS):
+            if attempt and self._stop.wait(SIBLINGS_AGAIN_S):
+                return
+            if self._stop.is_set():
+                return
+            answers, gone = self._call_siblings(method, left)
+            if done(answers):
+                return
+            left -= set(answers) | gone
+            if not left:
+                return
+        logger.error("history shard %d: sibling shards %s did not answer %s in %d rounds; "
+                     "given up", self.shard, sorted(left), method, SIBLINGS_ROUNDS)
+
+    def _call_siblings(self, method: str, shards: set[int]) -> tuple[dict[int, Any], set[int]]:
         """Call ``method`` (no arguments) on the named actors of the sibling ``shards`` at
-        once and wait up to ``SIBLINGS_WAIT_S`` for them -> the answers of those that
-        answered; the others are logged (one line)."""
-        refs, failed = {}, {}
+        once and wait up to ``SIBLINGS_WAIT_S`` for them (the late ones cancelled) -> (the
+        answers of those that answered, those with no actor by that name: gone for good);
+        the others are logged (one line)."""
+        refs, failed, gone = {}, {}, set()
         for k in sorted(shards):
             try:
                 actor = ray.get_actor(history_actor_name(self.group, k))
-                refs[k] = getattr(actor, method).remote()
+            except ValueError:  # no such actor: killed for good, or never started
+                gone.add(k)
+                continue
             except Exception as err:  # noqa: BLE001 - best effort: logged, called again
                 failed[k] = err
+                continue
+            refs[k] = getattr(actor, method).remote()
         answers = {}
         if refs:
             ready = set(ray.wait(list(refs.values()), num_returns=len(refs),
@@ -472,16 +500,17 @@ class HistoryServer:
             for k, ref in refs.items():
                 try:
                     if ref not in ready:
+                        ray.cancel(ref)
                         raise TimeoutError(f"no answer in {SIBLINGS_WAIT_S:.0f} s")
                     answers[k] = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - best effort: logged, called again
                     failed[k] = err
-        if failed:
-            k = min(failed)
-            logger.warning("history shard %d: %d sibling shards did not answer %s (shard %d: "
-                           "%r); calling them again in %.0f s", self.shard, len(failed),
-                           method, k, failed[k], SIBLINGS_AGAIN_S)
-        return answers
+        if failed or gone:
+            k = min(failed) if failed else None
+            logger.warning("history shard %d: %d sibling shards did not answer %s%s, %d have "
+                           "no actor", self.shard, len(failed), method,
+                           f" (shard {k}: {failed[k]!r})" if failed else "", len(gone))
+        return answers, gone
 
     def _evict_expired(self) -> None:
         now = time.time()

@@ -440,3 +440,36 @@ def test_string_item_ids_in_the_history_are_the_pools_value_ids() -> None:
     left_out = np.isin(value_ids(pool), np.asarray(seen, np.int64))
     # "7" is "007" (a decimal string is its number, as the tables read ids)
     assert left_out.tolist() == [False, False, True, True, True, True, True]
+
+
+def test_siblings_are_told_and_asked_through_ray_and_one_without_an_actor_is_skipped(
+        ray_session) -> None:
+    """Three shards of a group, shard 2 not started: asking finds no sibling reading every
+    partition; telling widens shard 1 and skips shard 2 at once (no actor: not called again
+    a minute later); shard 2, started since, asks and widens."""
+    import uuid
+
+    import ray
+
+    from monolith_ray.history.server import HistoryActor, history_actor_name
+
+    cfg = history_config("history.shards=3", "kafka.partitions=3")
+    group = uuid.uuid4().hex[:12]
+
+    def start(k: int):
+        return HistoryActor.options(name=history_actor_name(group, k), num_cpus=0).remote(
+            cfg, follow=False, shard=k, group=group)
+
+    actors = [start(0), start(1)]
+    try:
+        ray.get(actors[1].ask_siblings.remote(), timeout=30)  # within one round
+        assert ray.get([a.reads_every_partition.remote() for a in actors]) == [False, False]
+        ray.get(actors[0].tell_siblings.remote(), timeout=30)
+        assert ray.get(actors[1].reads_every_partition.remote())
+        assert not ray.get(actors[0].reads_every_partition.remote())  # a teller is not told
+        actors.append(start(2))
+        ray.get(actors[2].ask_siblings.remote(), timeout=30)
+        assert ray.get(actors[2].reads_every_partition.remote())
+    finally:
+        for actor in actors:
+            ray.kill(actor)
