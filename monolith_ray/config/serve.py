@@ -38,8 +38,8 @@ class ServeConfig:
       training update is served at most ``sparse_sync_interval_s + poll_interval_s`` later.
     - ``store_dtype``: serving rows as ``float16`` (half the memory) or ``float32``.
     - ``sync_log_mb``: the sync's change log, in MB (changed ids, 8 bytes each, and with
-      ``store: sharded`` their rows, and some 160 bytes an array and 1 kB a version) kept
-      for replicas to catch up from; a replica further behind receives the whole state
+      ``store: sharded`` their rows, and some 160 bytes an array and 1 kB a version; with
+      ``retrieval`` the tower tables' changes too) kept for replicas to catch up from; a replica further behind receives the whole state
       (sharded: starts its cache over).
     - ``user_slot``, ``item_slot``: the slots that hold a request's user id and item id.
     - ``candidate_pool``: JSON-lines file of items (``{"item_id": .., "slots": {..}}`` per

@@ -113,6 +113,7 @@ from monolith_ray.serve.guarded import GuardedCalls, Skipped
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pinned import pinned_model, resolve_pinned
 from monolith_ray.serve.pool import CandidatePool
+from monolith_ray.serve.seen import unseen
 from monolith_ray.serve.tokens import FeedbackTokens
 from monolith_ray.stream.user_partitions import history_shard_of
 
@@ -122,6 +123,7 @@ __all__ = ["CandidatePool", "ExperimentStats", "Recommender", "build_app",
 logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 1.0
+RETRIEVAL_START_WAIT_S = 120.0  # the longest a starting replica waits for its first index
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -211,8 +213,11 @@ class Recommender:
         self.updated_at = 0.0
         while not self._pull_updates():  # the latest versions before any request
             time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
-        if self.retrieval is not None:  # and the catalogue's index built from them
-            self.retrieval.wait_idle()
+        if (self.retrieval is not None  # and the catalogue's index built from them
+                and not self.retrieval.wait_idle(RETRIEVAL_START_WAIT_S)):
+            logger.warning("the catalogue's index is not built after %.0f s (a serving shard "
+                           "down?): random draws serve requests until it is",
+                           RETRIEVAL_START_WAIT_S)
         self.log = FeatureLog(cfg) if self.serve_cfg.log_features else None
         self._stop = threading.Event()
         threading.Thread(target=self._poll_updates, name="sync-poll", daemon=True).start()
@@ -272,8 +277,11 @@ class Recommender:
                                             min(cfg.pool_draw + extra, len(self.pool)),
                                             replace=False)
             if extra:
-                take = self._unseen(take, user, body.k)
-                take = take[:cfg.pool_draw if drawn else self.retrieval.n]
+                take, excluded, kept = unseen(
+                    take, self.pool_value_ids, np.asarray(self._seen(user), np.int64), body.k,
+                    cfg.pool_draw if drawn else self.retrieval.n)
+                self.served["seen_excluded"] += excluded
+                self.served["seen_kept"] += kept
             ids = [self.pool.ids[i] for i in take.tolist()]
             item_slots = None  # the pool's own, built below for the logged items only
             item_dense = [{}] * len(ids)
@@ -528,23 +536,6 @@ class Recommender:
     def _seen(self, user: Mapping[str, Any]) -> list[int]:
         """The items of the user's ``serve.exclude_seen`` history slot (raw ids)."""
         return user.get(self.serve_cfg.exclude_seen) or []
-
-    def _unseen(self, take: np.ndarray, user: Mapping[str, Any], k: int) -> np.ndarray:
-        """Of pool positions ``take`` (in their order), those whose item is not in the
-        user's ``serve.exclude_seen`` history slot; if fewer than ``k`` are, the first seen
-        ones too, up to k (counted as ``seen_kept``; ``seen_excluded``: those left out).
-        O(len(take) + N log N) for N items seen."""
-        seen = self._seen(user)
-        if not seen:
-            return take
-        unseen = ~np.isin(self.pool_value_ids[take], np.asarray(seen, dtype=np.int64))
-        short = min(k, len(take)) - int(unseen.sum())
-        if short > 0:  # the first seen ones fill up to k
-            back = np.flatnonzero(~unseen)[:short]
-            unseen[back] = True
-            self.served["seen_kept"] += len(back)
-        self.served["seen_excluded"] += int((~unseen).sum())
-        return take[unseen]
 
     async def _read_history(self, shard: int, users: list[int], now: int
                             ) -> dict[str, list[list[int]]] | BaseException:

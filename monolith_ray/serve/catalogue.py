@@ -20,8 +20,13 @@ config's ``retrieval`` section, between the sync's updates and ``/recommend``.
   reads the user's rows through the replica's cache, as ranking does; a refresh reads the
   catalogue's rows from the shards straight, past the cache (``ShardedRows.fetch_blocking``:
   a rebuild of n items reads n rows per item slot and must not evict the rows requests
-  use). A refresh that fails (a shard down) keeps the index as it was and is tried again
-  ``REFRESH_RETRY_S`` later with whatever updates came meanwhile.
+  use).
+- **A refresh that fails** (a serving shard down or still catching up) keeps the index as it
+  was; its work is noted again at once (so :meth:`CatalogueRetrieval.wait_idle` does not call
+  it done) and tried again, with whatever updates came meanwhile, after a pause that doubles
+  from ``REFRESH_RETRY_S`` to ``REFRESH_RETRY_MAX_S`` while it keeps failing.
+- **A search runs off the event loop** (a thread): the index's lock is held by an upsert for
+  up to a chunk's worth (about 90 ms), which must not stall the replica's other requests.
 
 Costs (n items in the catalogue, N retrieved, d the tower dim): a rebuild embeds the
 catalogue ``CHUNK`` items at a time (the store read under its lock a chunk at a time, so
@@ -37,6 +42,7 @@ fids, :class:`Readers`' 4 bytes a value and 8 a fid, and one chunk's rows during
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -58,7 +64,8 @@ logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 10_000  # the most recent searches /healthz's percentiles are over
 CHUNK = 1 << 16  # catalogue items embedded (and their rows read) at a time
-REFRESH_RETRY_S = 5.0  # pause before a failed refresh is tried again
+REFRESH_RETRY_S = 5.0  # pause before a failed refresh is tried again, doubled while failing
+REFRESH_RETRY_MAX_S = 300.0  # the longest such pause
 
 
 @nb.njit(cache=True, nogil=True)
@@ -194,26 +201,20 @@ class CatalogueRetrieval:
                 lambda: not (self._busy or self._rebuild or self._touched is not None), timeout_s)
 
     def _run(self) -> None:
+        pause = REFRESH_RETRY_S
         while True:
             with self._lock:
                 self._wake.wait_for(lambda: self._rebuild or self._touched is not None)
-            failed = self._refresh_pending()
-            if failed is not None:  # again later: a serving shard down may be back by then
-                time.sleep(REFRESH_RETRY_S)
-                self._note_again(*failed)
+            if self._refresh_pending():
+                pause = REFRESH_RETRY_S
+            else:  # noted again: tried after a pause (a serving shard may be back by then)
+                time.sleep(pause)
+                pause = min(2 * pause, REFRESH_RETRY_MAX_S)
 
-    def _note_again(self, rebuild: bool, touched: np.ndarray | None) -> None:
-        """Note a failed refresh's work again, merged with what came since."""
-        with self._lock:
-            self._rebuild = self._rebuild or rebuild
-            if touched is not None:
-                self._touched = touched if self._touched is None else self._touched | touched
-            self._wake.notify()
-
-    def _refresh_pending(self) -> tuple[bool, np.ndarray | None] | None:
-        """Take what is noted and bring the index up to it -> None, or after a failure (logged
-        and counted; the index stays as it was, serving goes on) the work it took, to be
-        noted again."""
+    def _refresh_pending(self) -> bool:
+        """Take what is noted and bring the index up to it -> whether it did. After a failure
+        (logged and counted; the index stays as it was, serving goes on) the work it took is
+        noted again, merged with what came meanwhile."""
         with self._lock:
             params, rebuild, touched = self._params, self._rebuild, self._touched
             self._rebuild, self._touched, self._busy = False, None, True
@@ -228,12 +229,16 @@ class CatalogueRetrieval:
             elif changed.size:
                 self._install(changed, None)
                 self.counts["upserted"] += int(changed.size)
-            return None
+            return True
         except Exception as err:  # noqa: BLE001 - retrieval must never stop serving
             self.counts["refresh_failures"] += 1
-            logger.warning("retrieval index not refreshed, trying again in %.0f s: %r",
-                           REFRESH_RETRY_S, err)
-            return rebuild, touched
+            logger.warning("retrieval index not refreshed, to be tried again: %r", err)
+            with self._lock:  # before _busy clears: wait_idle must not see it done
+                self._rebuild = self._rebuild or rebuild
+                if touched is not None:
+                    self._touched = (touched if self._touched is None
+                                     else self._touched | touched)
+            return False
         finally:
             with self._lock:
                 self._busy = False
@@ -284,8 +289,7 @@ class CatalogueRetrieval:
             batch = self.model.batch_of(user, now=now)
             found = await self.model.tower_rows(
                 {table_name(s.name): batch.fids[s.name] for s in self.spec.user})
-            rows = pooled_rows(lambda _wanted: found, batch, self.spec.user)  # read above
-            ids, _ = self.retriever.search_batch(rows, self.n + max(extra, 0))
+            ids = await asyncio.to_thread(self._nearest, batch, found, self.n + max(extra, 0))
         except Exception as err:  # noqa: BLE001 - a request is served without it, not failed
             self.counts["search_failures"] += 1
             self.counts["fallbacks"] += 1
@@ -296,6 +300,12 @@ class CatalogueRetrieval:
             self._latency_ms.append((time.perf_counter() - start) * 1e3)
             self.counts["searches"] += 1
         return found
+
+    def _nearest(self, batch: Any, found: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """The ``n`` nearest pool positions int64 (1, n), -1 padded, of the one-example
+        ``batch`` whose user tower rows are ``found``: pooled, the user tower, the index."""
+        rows = pooled_rows(lambda _wanted: found, batch, self.spec.user)  # read by the caller
+        return self.retriever.search_batch(rows, n)[0]
 
     def stats(self) -> dict[str, Any]:
         """Counts, items indexed, its version, and search latency percentiles (ms) over the

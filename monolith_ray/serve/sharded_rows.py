@@ -36,6 +36,9 @@ from monolith_ray.serve.serving_shard import Fetched
 from monolith_ray.serve.store import SparseUpdate
 
 
+BULK_IDS = 8192  # the most ids one call of a bulk read asks a shard for
+
+
 class _Lookup(NamedTuple):
     rows: dict[str, np.ndarray]  # per slot float32 (n, D+1), misses zero so far
     version: int  # the cache's sync version at the lookup
@@ -125,44 +128,48 @@ class ShardedRows:
                        ) -> dict[str, np.ndarray]:
         """Rows of per slot fids int64 (n,) straight from the shards, the cache neither read
         nor filled (a bulk read: the catalogue's tower rows) -> per slot float32 (n, D+1),
-        zeros for ids no shard holds. One call per shard holding any, all at once, waited
-        for up to ``timeout_s``. RuntimeError if a shard fails, is late or holds no state
-        yet: a caller that needs every row tries again rather than use default rows."""
-        asks: dict[int, dict[str, np.ndarray]] = {}
-        parts = {}
+        zeros for ids no shard holds. Calls of at most ``BULK_IDS`` ids, all issued at once
+        (so a shard answers requests' reads between them), waited for up to ``timeout_s``;
+        the late ones cancelled. RuntimeError if a shard fails, is late, holds no state yet,
+        or restarted and has not caught up with the version this cache follows (its rows
+        would be a snapshot's): a caller that needs every row tries again later rather
+        than use default or old rows."""
+        parts, calls = {}, []  # calls: (shard, slot, its ids)
         for name, ids in fids.items():
             distinct, inverse = np.unique(np.asarray(ids, np.int64), return_inverse=True)
             parts[name] = (distinct, inverse)
             owner = shard_of(distinct, len(self.shards))
             for k in np.unique(owner).tolist():
-                asks.setdefault(k, {})[name] = distinct[owner == k]
-        answers: dict[int, Any] = {}
+                mine = distinct[owner == k]
+                calls += [(k, name, mine[at:at + BULK_IDS])
+                          for at in range(0, mine.size, BULK_IDS)]
         if self._remote:
             import ray
 
-            refs = {k: self.shards[k].get.remote(ask) for k, ask in asks.items()}
-            ready = set(ray.wait(list(refs.values()), num_returns=len(refs),
-                                 timeout=timeout_s)[0]) if refs else set()
-            for k, ref in refs.items():
-                if ref not in ready:
-                    raise RuntimeError(f"serving shard {k} did not answer a bulk read of "
-                                       f"{sum(a.size for a in asks[k].values())} rows in "
-                                       f"{timeout_s:.0f} s")
-                answers[k] = ray.get(ref)
+            refs = [self.shards[k].get.remote({name: ask}) for k, name, ask in calls]
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0]
+                        if refs else ())
+            late = [ref for ref in refs if ref not in ready]
+            for ref in late:
+                ray.cancel(ref)
+            if late:
+                raise RuntimeError(f"{len(late)} of {len(refs)} bulk reads of the serving "
+                                   f"shards not answered in {timeout_s:.0f} s")
+            answers = ray.get(refs)
         else:
-            answers = {k: self.shards[k].get(ask) for k, ask in asks.items()}
-        out = {}
-        for name, (distinct, inverse) in parts.items():
-            held = np.zeros((distinct.size, self.cache.widths[name]), np.float32)
-            for k, answer in answers.items():
-                if name not in asks[k]:
-                    continue
-                if not answer.ready:
-                    raise RuntimeError(f"serving shard {k} holds no rows yet (starting or "
-                                       f"loading a snapshot)")
-                held[np.searchsorted(distinct, asks[k][name])] = answer.rows[name]
-            out[name] = held[inverse]
-        return out
+            answers = [self.shards[k].get({name: ask}) for k, name, ask in calls]
+        out = {name: np.zeros((distinct.size, self.cache.widths[name]), np.float32)
+               for name, (distinct, _) in parts.items()}
+        following = self.version
+        for (k, name, ask), answer in zip(calls, answers):
+            if not answer.ready:
+                raise RuntimeError(f"serving shard {k} holds no rows yet (starting or "
+                                   f"loading a snapshot)")
+            if answer.version == 0 and following > 0:
+                raise RuntimeError(f"serving shard {k} restarted and has not caught up with "
+                                   f"version {following} yet")
+            out[name][np.searchsorted(parts[name][0], ask)] = answer.rows[name]
+        return {name: out[name][inverse] for name, (_, inverse) in parts.items()}
 
     def stats(self) -> dict[str, Any]:
         """The cache's stats (rows, bytes, hit rate...) and the fetch counters."""

@@ -53,7 +53,8 @@ Two stores (``serve.store``):
 The change log is bounded in bytes (``log_bytes``, ``serve.sync_log_mb``): ids, rows, 160
 bytes an array and 1 kB a version; the newest version always stays. At 1M changed rows a
 version (dim 16, float16: 42 MB with ids) 256 MB keep six versions, about six minutes at the default
-interval; a replica more than that behind starts over.
+interval; a replica more than that behind starts over. With ``retrieval`` the tower tables'
+changed rows share the log (ids a version then count every table's), so size it for both.
 """
 
 from __future__ import annotations

@@ -235,6 +235,7 @@ def test_with_a_sharded_store_the_catalogue_reads_the_serving_shards_past_the_ca
         assert time.monotonic() < deadline, retrieval.counts
         time.sleep(0.05)
     np.testing.assert_array_equal(retrieval.retriever.vectors(every), before)
+    assert not retrieval.wait_idle(0.2)  # the failed work waits to be tried again
     for shard, get in zip(serving, broken):
         monkeypatch.setattr(shard, "get", get)
     deadline = time.monotonic() + 30
@@ -245,6 +246,13 @@ def test_with_a_sharded_store_the_catalogue_reads_the_serving_shards_past_the_ca
     moved = np.flatnonzero(np.abs(retrieval.retriever.vectors(every) - before).max(axis=1)
                            > 1e-6)
     assert moved.tolist() == [5]
+    # a serving shard restarted from a snapshot, not caught up: its rows are not taken
+    wanted = {table_name("item_id"): np.concatenate([fid, fid])}
+    assert model._towers.fetch_blocking(wanted, 10)[table_name("item_id")].shape[0] == 2
+    for shard in serving:
+        shard.version = 0
+    with pytest.raises(RuntimeError, match="restarted and has not caught up"):
+        model._towers.fetch_blocking(wanted, 10)
 
 
 def test_touched_items_are_those_reading_a_changed_row(trained) -> None:
