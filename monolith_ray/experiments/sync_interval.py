@@ -79,7 +79,7 @@ class SyncedReplica:
         self.sync_actor.sync_now("both" if dense else "sparse")
         versions = self.model.versions
         self.model.apply(self.sync_actor.updates(versions["sparse"], versions["dense"],
-                                                 self.model.sync_epoch))
+                                                 self.model.sync_incarnation))
         return self.sync_actor.counters["rows_synced"] - before
 
     def predict(self, batch: Batch) -> np.ndarray:

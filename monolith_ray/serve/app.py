@@ -557,7 +557,7 @@ class Recommender:
         replicas are loading one)."""
         versions = self.model.versions
         updates = ray.get(self.sync.updates.remote(versions["sparse"], versions["dense"],
-                                                   self.model.sync_epoch, self.replica_id))
+                                                   self.model.sync_incarnation, self.replica_id))
         if updates.deferred:
             return False
         if updates.sparse is not None or updates.dense is not None:

@@ -125,7 +125,7 @@ class ServingModel:
             self.store, self.rows = SparseStore(self.tables, serve.store_dtype), None
             self._towers = None
         self.dense_version = 0
-        self.sync_epoch = ""  # the ParameterSync incarnation the versions come from
+        self.sync_incarnation = ""  # the ParameterSync incarnation the versions come from
         # Taken around reading the store (or the dense parameters) and around swapping or
         # changing them; scoring itself runs outside it, on what it read.
         self.lock = threading.Lock()
@@ -151,7 +151,7 @@ class ServingModel:
         """Take staged updates, under :attr:`lock` for a moment -> whether anything changed."""
         changed = False
         with self.lock:
-            self.sync_epoch = staged.epoch
+            self.sync_incarnation = staged.incarnation
             if isinstance(staged.sparse, SparseStore):
                 self.store = staged.sparse
                 changed = True

@@ -134,7 +134,7 @@ class SparseStore:
         """bool (n,): whether each id is held."""
         return self._table(name).find(np.ascontiguousarray(ids, dtype=np.int64)) >= 0
 
-    def everything(self) -> SparseUpdate:
+    def whole_update(self) -> SparseUpdate:
         """The whole store as a ``reset`` update at this version."""
         ids, rows = {}, {}
         for name, table in self._maps.items():

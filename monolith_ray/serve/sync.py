@@ -106,12 +106,12 @@ def _change_bytes(change: _Change) -> int:
 
 class Updates(NamedTuple):
     """An answer to :meth:`ParameterSync.updates`: each part ``None`` if the caller is
-    current. ``dense`` is ``(params, dense_version)``; ``epoch`` names the sync actor's
+    current. ``dense`` is ``(params, dense_version)``; ``incarnation`` names the sync actor's
     incarnation, whose versions these are."""
 
     sparse: SparseUpdate | None
     dense: tuple[Any, int] | None
-    epoch: str = ""
+    incarnation: str = ""
     deferred: bool = False  # a whole state is due but others are loading one: ask again
     # With ``dense``: the dense server's other parts, name -> (params, (the server's
     # incarnation, its version of the part)): a reader tells whether the part itself changed.
@@ -142,7 +142,7 @@ class ParameterSync:
         self.names = tuple(s.name for s in slots)
         self.dtype = np.dtype(dtype)
         self._widths = {s.name: s.dim + 1 for s in slots}
-        self.epoch = uuid.uuid4().hex
+        self.incarnation = uuid.uuid4().hex
         self._forget = forget_evictions  # False when other readers share the shards' records
         self.shards, self.dense = list(shards), dense
         self.sparse_interval_s, self.dense_interval_s = sparse_interval_s, dense_interval_s
@@ -436,11 +436,11 @@ class ParameterSync:
 
     # ------------------------------------------------------------------ replicas
 
-    def updates(self, sparse_version: int, dense_version: int, epoch: str = "",
+    def updates(self, sparse_version: int, dense_version: int, incarnation: str = "",
                 caller: str = "") -> Updates:
-        """What a replica holding these versions, got from incarnation ``epoch`` of this
-        actor, needs to be current: everything if they came from another incarnation (a
-        restarted actor counts its versions from 1 again). A replica that names itself
+        """What a replica holding these versions, got from ``incarnation`` (one life of
+        this actor), needs to be current: everything if they came from another incarnation
+        (a restarted actor counts its versions from 1 again). A replica that names itself
         (``caller``) gets a whole table only while fewer than ``max_full_loads`` others are
         loading one (a load ends when its replica asks again, or after
         ``full_load_timeout_s``); else ``deferred`` and nothing else."""
@@ -450,7 +450,7 @@ class ParameterSync:
             for other, since in list(self._loading.items()):
                 if now - since > self.full_load_timeout_s:
                     del self._loading[other]
-            if epoch != self.epoch:
+            if incarnation != self.incarnation:
                 sparse_version, dense_version = 0, -1
             if self.store is not None and caller and self._whole_due(sparse_version):
                 if len(self._loading) >= self.max_full_loads:
@@ -462,7 +462,7 @@ class ParameterSync:
             if self.dense_params is not None and dense_version != self.dense_version:
                 dense = (self.dense_params, self.dense_version)
                 parts = dict(self.part_params) or None
-            return Updates(self._sparse_since(sparse_version), dense, self.epoch, parts=parts)
+            return Updates(self._sparse_since(sparse_version), dense, self.incarnation, parts=parts)
 
     def _whole_due(self, version: int) -> bool:
         """Whether a replica at sparse ``version`` needs the whole state (or, sharded, a
@@ -482,7 +482,7 @@ class ParameterSync:
             return self._sharded_since(version)
         current = self.store.version
         if self._whole_due(version):
-            return self.store.everything()
+            return self.store.whole_update()
         newer = [c for c in self._log if c.version > version]
         ids, rows, evicted = {}, {}, {}
         for name in self.names:

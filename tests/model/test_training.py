@@ -63,7 +63,7 @@ def test_mixed_dims_train_and_serve(kind):
     sync = ParameterSync(cfg.slots, shards, dense, start=False, dtype="float32")
     sync.sync_now("both")
     served = ServingModel(cfg)
-    assert served.apply(sync.updates(0, 0, sync.epoch))
+    assert served.apply(sync.updates(0, 0, sync.incarnation))
     examples = synthetic(n=256, seed=1)
     rows = SlotRows.of(examples.select(names).to_pylist(), cfg.slots)
     probs = served.score(rows, now=0)

@@ -92,7 +92,7 @@ def _search(retrieval: CatalogueRetrieval, rows: SlotRows, now: int, extra: int 
 
 def _pull(sync, model, retrieval):
     versions = model.versions
-    staged = model.stage(sync.updates(versions["sparse"], versions["dense"], model.sync_epoch))
+    staged = model.stage(sync.updates(versions["sparse"], versions["dense"], model.sync_incarnation))
     model.commit(staged)
     retrieval.on_updates(staged)
     return staged

@@ -79,14 +79,14 @@ def test_a_replica_gets_each_ids_last_event_across_versions(sharded) -> None:
     sync.sync_now("sparse")
     again = _train(client, [1, 2])  # ...two come back
     sync.sync_now("sparse")
-    update = sync.updates(start, 1, sync.epoch).sparse
+    update = sync.updates(start, 1, sync.incarnation).sparse
     assert not update.reset and update.version == start + 2
     assert set(update.ids["item_id"].tolist()) == set(again.tolist())
     assert set(update.evicted["item_id"].tolist()) == set(fids.tolist()) - set(again.tolist())
     np.testing.assert_array_equal(update.rows["item_id"][np.argsort(update.ids["item_id"])],
                                   client.lookup({"item_id": np.sort(again)})["item_id"])
-    assert sync.updates(0, 1, sync.epoch).sparse.reset  # new: a reset, no rows
-    assert sync.updates(start + 2, 1, sync.epoch).sparse is None
+    assert sync.updates(0, 1, sync.incarnation).sparse.reset  # new: a reset, no rows
+    assert sync.updates(start + 2, 1, sync.incarnation).sparse is None
 
 
 def test_a_serving_shard_out_of_step_refuses_and_is_read_from_its_position(sharded) -> None:
@@ -148,7 +148,7 @@ def test_a_row_trained_after_a_sync_reaches_an_answer_through_the_cache(sharded)
     model = ServingModel(CFG, serving)
     _train(client, [2])
     sync.sync_now("sparse")
-    model.apply(sync.updates(0, 0, sync.epoch))
+    model.apply(sync.updates(0, 0, sync.incarnation))
     pair = SlotRows.of([{"user_id": 1, "item_id": 2}], CFG.slots)
     before = model.score(pair, now=0)
     assert model.score(pair, now=0) == before
@@ -157,7 +157,7 @@ def test_a_row_trained_after_a_sync_reaches_an_answer_through_the_cache(sharded)
     _train(client, [2], scale=50.0)
     sync.sync_now("sparse")
     assert model.score(pair, now=0) == before  # the cache follows versions, not shards
-    model.apply(sync.updates(model.versions["sparse"], model.versions["dense"], sync.epoch))
+    model.apply(sync.updates(model.versions["sparse"], model.versions["dense"], sync.incarnation))
     after = model.score(pair, now=0)
     assert after != pytest.approx(before)
     fetched = model.cache_stats()["ids_fetched"]
@@ -170,7 +170,7 @@ def test_an_evicted_id_reverts_to_the_default_at_serving(sharded) -> None:
     model = ServingModel(CFG, serving)
     fids = _train(client, [9], scale=30.0)
     sync.sync_now("sparse")
-    model.apply(sync.updates(0, 0, sync.epoch))
+    model.apply(sync.updates(0, 0, sync.incarnation))
     item = SlotRows.of([{"item_id": 9}], CFG.slots)
     unknown = SlotRows.of([{"item_id": 123456}], CFG.slots)
     assert model.score(item, now=0) != pytest.approx(model.score(unknown, now=0))
@@ -178,7 +178,7 @@ def test_an_evicted_id_reverts_to_the_default_at_serving(sharded) -> None:
         shard.evict({"item_id": fids})
     sync.sync_now("sparse")
     versions = model.versions
-    model.apply(sync.updates(versions["sparse"], versions["dense"], sync.epoch))
+    model.apply(sync.updates(versions["sparse"], versions["dense"], sync.incarnation))
     assert model.cache_stats()["dropped"] == 1
     assert model.score(item, now=0) == pytest.approx(model.score(unknown, now=0))
 
@@ -188,7 +188,7 @@ def test_a_down_shard_gives_default_rows_and_is_not_cached(sharded) -> None:
     model = ServingModel(CFG, serving)
     fids = _train(client, list(range(8)), scale=20.0)
     sync.sync_now("sparse")
-    model.apply(sync.updates(0, 0, sync.epoch))
+    model.apply(sync.updates(0, 0, sync.incarnation))
 
     class Down:
         def get(self, ids):

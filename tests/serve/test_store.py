@@ -62,7 +62,7 @@ def test_everything_then_apply_rebuilds_an_equal_store() -> None:
     store.version = 9
     copy = SparseStore(SLOTS)
     copy.upsert("user_id", np.array([999], dtype=np.int64), _rows(1))  # dropped by the reset
-    copy.apply(store.everything())
+    copy.apply(store.whole_update())
     assert copy.version == 9 and copy.rows_per_slot() == store.rows_per_slot()
     probe = np.arange(-5, 1000, dtype=np.int64)
     for name in ("user_id", "item_id"):

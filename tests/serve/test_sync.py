@@ -69,22 +69,22 @@ def test_replica_gets_whole_state_then_only_what_changed(training) -> None:
     sync = _sync(client, dense)
     _train(client, "user_id", list(range(100)))
     sync.sync_now("sparse")
-    first = sync.updates(0, 0, sync.epoch)
+    first = sync.updates(0, 0, sync.incarnation)
     assert first.sparse.reset and first.sparse.ids["user_id"].size == 100
     assert first.dense is not None and first.dense[1] == 1
     replica = SparseStore(CFG.slots, "float32")
     replica.apply(first.sparse)
-    current = sync.updates(1, 1, sync.epoch)
+    current = sync.updates(1, 1, sync.incarnation)
     assert current.sparse is None and current.dense is None  # nothing to send
     other = sync.updates(1, 1, "an earlier incarnation")  # a restarted sync's replica
-    assert other.sparse.reset and other.dense is not None and other.epoch == sync.epoch
+    assert other.sparse.reset and other.dense is not None and other.incarnation == sync.incarnation
 
     fids, rows = _train(client, "user_id", [5, 500], scale=-3.0)
     gone = make_fids(CFG.slot("user_id").slot_id, np.array([7], dtype=np.int64))
     client.shards[0].evict({"user_id": gone})
     client.shards[1].evict({"user_id": gone})
     sync.sync_now("sparse")
-    delta = sync.updates(1, 1, sync.epoch).sparse
+    delta = sync.updates(1, 1, sync.incarnation).sparse
     assert not delta.reset and delta.version == 2
     assert set(delta.ids["user_id"].tolist()) == set(fids.tolist())
     assert delta.evicted["user_id"].tolist() == gone.tolist()
@@ -107,9 +107,9 @@ def test_a_replica_too_far_behind_gets_the_whole_state(training) -> None:
         _train(client, "item_id", [k])
         sync.sync_now("sparse")
     assert [c.version for c in sync._log] == [3, 4]
-    assert sync.updates(3, 1, sync.epoch).sparse.reset is False
-    assert sync.updates(1, 1, sync.epoch).sparse.reset is True
-    assert sync.updates(99, 1, sync.epoch).sparse.reset is True  # ahead: a restarted sync
+    assert sync.updates(3, 1, sync.incarnation).sparse.reset is False
+    assert sync.updates(1, 1, sync.incarnation).sparse.reset is True
+    assert sync.updates(99, 1, sync.incarnation).sparse.reset is True  # ahead: a restarted sync
 
 
 def test_dense_swap_only_when_training_moved_the_weights(training) -> None:
@@ -121,7 +121,7 @@ def test_dense_swap_only_when_training_moved_the_weights(training) -> None:
     dense.push(jax.tree.map(lambda p: np.ones_like(p), params))
     sync.sync_now("dense")
     assert sync.versions()["dense"] == 2 and sync.counters["dense_swaps"] == 2
-    new, version = sync.updates(0, 1, sync.epoch).dense
+    new, version = sync.updates(0, 1, sync.incarnation).dense
     assert version == 2
     assert any(not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(new), jax.tree.leaves(params)))
@@ -132,11 +132,11 @@ def test_serving_model_scores_with_the_synced_rows(training) -> None:
     sync = _sync(client, dense)
     model = ServingModel(CFG)
     pair = SlotRows.of([{"user_id": 1, "item_id": 2, "genres": ["Drama"]}], CFG.slots)
-    model.apply(sync.updates(0, 0, sync.epoch))
+    model.apply(sync.updates(0, 0, sync.incarnation))
     before = model.score(pair, now=0)
     _train(client, "item_id", [2], scale=50.0)
     sync.sync_now("sparse")
-    assert model.apply(sync.updates(0, 1, sync.epoch))
+    assert model.apply(sync.updates(0, 1, sync.incarnation))
     assert model.versions == {"dense": 1, "sparse": 1}
     assert model.score(pair, now=0) != pytest.approx(before)
     with pytest.raises(ValueError, match="kind"):
@@ -213,7 +213,7 @@ def test_a_sync_failing_part_way_still_versions_what_it_applied(training, monkey
         sync.sync_now("sparse")
     first = sync.versions()["sparse"]
     assert first == before + 1  # shard 0's rows were applied: they are a version
-    update = sync.updates(before, sync.dense_version, sync.epoch).sparse
+    update = sync.updates(before, sync.dense_version, sync.incarnation).sparse
     got = update.ids["item_id"]
     mine = client.route({"item_id": _item_fids(40)}).ids[0].unpack()["item_id"]
     assert set(mine.tolist()) <= set(got.tolist())
@@ -267,9 +267,9 @@ def test_whole_tables_go_to_max_full_loads_replicas_at_a_time(training) -> None:
     first = sync.updates(0, 0, "", caller="replica-a")
     assert first.sparse.reset and not first.deferred
     second = sync.updates(0, 0, "", caller="replica-b")
-    assert second.deferred and second.sparse is None and second.epoch == ""
+    assert second.deferred and second.sparse is None and second.incarnation == ""
     # replica-a asks again once loaded: its load is over, replica-b's may start
-    assert sync.updates(first.sparse.version, first.dense[1], first.epoch,
+    assert sync.updates(first.sparse.version, first.dense[1], first.incarnation,
                         caller="replica-a").sparse is None
     assert sync.updates(0, 0, "", caller="replica-b").sparse.reset
     assert sync.counters["full_loads"] == 2 and sync.counters["full_loads_deferred"] == 1
@@ -283,7 +283,7 @@ def test_a_replica_builds_a_whole_table_aside_and_swaps_it_in(training) -> None:
     sync.sync_now("sparse")
     model = ServingModel(CFG)
     old_store = model.store
-    staged = model.stage(sync.updates(0, 0, sync.epoch))
+    staged = model.stage(sync.updates(0, 0, sync.incarnation))
     assert model.store is old_store and len(old_store) == 0  # built aside, not yet served
     model.commit(staged)
     assert model.store is not old_store
@@ -311,7 +311,7 @@ def test_ids_a_restored_shard_no_longer_has_leave_the_serving_store(training, tm
     assert sync.counters["ids_gone_on_whole_reads"] == int(on_0.sum())
     _served_as_trained(sync, client, _item_fids(60))
     # a replica at the version before is told they are evicted
-    delta = sync.updates(version, 0, sync.epoch).sparse
+    delta = sync.updates(version, 0, sync.incarnation).sparse
     assert not delta.reset and set(newer[on_0].tolist()) <= set(delta.evicted["item_id"].tolist())
 
 

@@ -96,11 +96,11 @@ class Replica:
 
     def __init__(self, serving: list[ServingShard], cache_rows: int, policy: str) -> None:
         self.rows = ShardedRows(CFG.slots, serving, cache_rows, policy, "float32")
-        self.epoch, self.dense = "", 0
+        self.incarnation, self.dense = "", 0
 
     def pull(self, sync: ParameterSync) -> None:
-        updates = sync.updates(self.rows.version, self.dense, self.epoch)
-        self.epoch = updates.epoch
+        updates = sync.updates(self.rows.version, self.dense, self.incarnation)
+        self.incarnation = updates.incarnation
         if updates.sparse is not None:
             self.rows.apply(updates.sparse)
         if updates.dense is not None:
