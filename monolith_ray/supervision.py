@@ -23,6 +23,9 @@ or killed outside the job. :meth:`Supervisor.counts` is what the demo's table, t
 job's ``metrics.json`` and ``/healthz`` show as ``restarts``; each restart it sees is also
 counted in the metric ``monolith_ray_restarts`` (``monolith_ray.metrics``).
 
+An actor whose state is restored on a restart asks :func:`restarted_actor` (Ray's own word
+on it, never a guess) and :func:`restore_if_restarted` loads its snapshot then.
+
 Costs: :meth:`Supervisor.check` makes one control-store read per watched actor (a few per
 shard, joiner and server: tens per check at most, every ``supervision.check_every_s``).
 """
@@ -39,6 +42,44 @@ from monolith_ray import metrics
 from monolith_ray.config.supervision import SupervisionConfig
 
 logger = logging.getLogger(__name__)
+
+
+def restore_if_restarted(server: Any, restore_on_restart: Callable[[], str | None] | None
+                         ) -> str | None:
+    """If this process is a Ray actor restarted after its process died and
+    ``restore_on_restart`` names a snapshot, ``server.restore`` it -> the folder restored
+    (None: a first start, or nothing to restore)."""
+    if restore_on_restart is None or not restarted_actor():
+        return None
+    folder = restore_on_restart()
+    if folder is not None:
+        server.restore(folder)
+    return folder
+
+
+class RestartUnknownError(RuntimeError):
+    """A server could not tell whether Ray restarted it, so it cannot tell whether it must
+    restore its snapshot: it refuses to start rather than serve a table that may be empty."""
+
+
+def restarted_actor() -> bool:
+    """Whether this process is a Ray actor restarted after a failure: False outside Ray and
+    in a driver or a task. An error while asking Ray raises :class:`RestartUnknownError`,
+    never passes for a first start: a restarted shard that skipped its restore would serve
+    empty rows as if nothing had happened."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    try:
+        context = ray.get_runtime_context()
+        if context.get_actor_id() is None:
+            return False
+        return bool(context.was_current_actor_reconstructed)
+    except Exception as err:  # noqa: BLE001 - any failure here is reported, not guessed at
+        raise RestartUnknownError(
+            f"cannot tell whether this actor was restarted ({type(err).__name__}: {err}); "
+            f"refusing to start rather than skip restoring its snapshot") from err
 
 
 class RestartLimitError(RuntimeError):

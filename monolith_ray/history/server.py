@@ -137,7 +137,7 @@ class HistoryServer:
         # what the last checkpoint held (positions, observed, evicted) and when (monotonic s)
         self._checkpointed: tuple[tuple[dict[int, int], int, int], float] | None = None
         if restore is None:
-            from monolith_ray.ps.shard import restarted_actor
+            from monolith_ray.supervision import restarted_actor
 
             restore = restarted_actor()
         if restore and self.root is not None:

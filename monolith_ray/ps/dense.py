@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from monolith_ray.files import filesystem_and_path
-from monolith_ray.ps.shard import restore_if_restarted
+from monolith_ray.supervision import restore_if_restarted
 
 Params = Any
 DENSE_FILE = "dense.npz"

@@ -43,6 +43,7 @@ import pyarrow.fs as pafs
 
 from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig
 from monolith_ray.files import filesystem_and_path
+from monolith_ray.supervision import restore_if_restarted
 from monolith_ray.table import EmbeddingTable, TableDelta
 from monolith_ray.table.embedding import SnapshotPart, write_parts
 
@@ -90,44 +91,6 @@ SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
 logger = logging.getLogger(__name__)
 TABLE_SUFFIX = ".table"  # a slot's snapshot file: <folder>/<slot>.table
 POSITION_FILE = "position.json"  # the incarnation and table versions a snapshot starts from
-
-
-def restore_if_restarted(server: Any, restore_on_restart: Callable[[], str | None] | None
-                         ) -> str | None:
-    """If this process is a Ray actor restarted after its process died and
-    ``restore_on_restart`` names a snapshot, ``server.restore`` it -> the folder restored
-    (None: a first start, or nothing to restore)."""
-    if restore_on_restart is None or not restarted_actor():
-        return None
-    folder = restore_on_restart()
-    if folder is not None:
-        server.restore(folder)
-    return folder
-
-
-class RestartUnknownError(RuntimeError):
-    """A server could not tell whether Ray restarted it, so it cannot tell whether it must
-    restore its snapshot: it refuses to start rather than serve a table that may be empty."""
-
-
-def restarted_actor() -> bool:
-    """Whether this process is a Ray actor restarted after a failure: False outside Ray and
-    in a driver or a task. An error while asking Ray raises :class:`RestartUnknownError`,
-    never passes for a first start: a restarted shard that skipped its restore would serve
-    empty rows as if nothing had happened."""
-    import ray
-
-    if not ray.is_initialized():
-        return False
-    try:
-        context = ray.get_runtime_context()
-        if context.get_actor_id() is None:
-            return False
-        return bool(context.was_current_actor_reconstructed)
-    except Exception as err:  # noqa: BLE001 - any failure here is reported, not guessed at
-        raise RestartUnknownError(
-            f"cannot tell whether this actor was restarted ({type(err).__name__}: {err}); "
-            f"refusing to start rather than skip restoring its snapshot") from err
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])

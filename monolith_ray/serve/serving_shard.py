@@ -40,8 +40,9 @@ import numpy as np
 
 from monolith_ray.config import SlotConfig
 from monolith_ray.files import filesystem_and_path
-from monolith_ray.ps.shard import POSITION_FILE, TABLE_SUFFIX, restarted_actor
+from monolith_ray.ps.shard import POSITION_FILE, TABLE_SUFFIX
 from monolith_ray.serve.store import SparseStore
+from monolith_ray.supervision import restarted_actor
 from monolith_ray.table import EmbeddingTable, TableDelta
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import pytest
 from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig
 from monolith_ray.features import make_fids
 from monolith_ray.files import absolute_location, filesystem_and_path
-from monolith_ray.ps.shard import RestartUnknownError, ShardServer
+from monolith_ray.ps.shard import ShardServer
+from monolith_ray.supervision import RestartUnknownError
 
 ADMISSION = AdmissionConfig(sketch_width=1024, sketch_depth=2)
 SLOTS = (SlotConfig(name="user", slot_id=1, dim=3, optimizer=OptimizerConfig(kind="adam")),
