@@ -201,6 +201,7 @@ class HistoryServer:
         with self._lock:
             stores = self.history.stores
             out = {**self.counts, "shard": [self.shard, self.shards],
+                   "partitions": self.partitions, "user_slot": self.cfg.history.user_slot,
                    "reading": self.reading, "users": {n: len(s) for n, s in stores.items()},
                    "bytes": sum(s.nbytes for s in stores.values()),
                    "restored": self.restored, "owner": self.owner}
@@ -541,6 +542,43 @@ beside the thread following the stream (a lock guards the store)."""
 def history_actor_name(group: str, shard: int) -> str:
     """The Ray actor name of history shard ``shard`` of the shards started as ``group``."""
     return f"monolith_ray-history-{group}-{shard}"
+
+
+def check_history(cfg: Config, history: Sequence[Any], timeout_s: float = 60.0) -> None:
+    """ConfigError naming the key unless the ``history`` actors (shard i at index i) are
+    the ``history.shards`` shards of this config: the same count, each at its place, the same
+    ``kafka.partitions``, ``history.user_slot`` and slot names. A serving config that
+    disagrees with its history actors would route reads to shards that refuse them.
+    Actors that do not answer within ``timeout_s`` are not checked (logged)."""
+    from monolith_ray.config import ConfigError
+
+    if len(history) != cfg.history.shards:
+        raise ConfigError("history.shards", f"{cfg.history.shards} in this config, "
+                                            f"{len(history)} history actors given")
+    try:
+        stats = ray.get([actor.stats.remote() for actor in history], timeout=timeout_s)
+    except Exception as err:  # noqa: BLE001 - a restarting actor answers later
+        logger.warning("could not check the history actors: %r", err)
+        return
+    names = sorted(h.name for h in cfg.history.slots)
+    for i, held in enumerate(stats):
+        if held["shard"] != [i, cfg.history.shards]:
+            raise ConfigError("history.shards", f"history actor {i} holds shard "
+                                                f"{held['shard'][0]} of {held['shard'][1]}, "
+                                                f"this config wants shard {i} of "
+                                                f"{cfg.history.shards} there")
+        if held["partitions"] != cfg.kafka.partitions:
+            raise ConfigError("kafka.partitions", f"history actor {i} routes users over "
+                                                  f"{held['partitions']} partitions, this "
+                                                  f"config over {cfg.kafka.partitions}")
+        if held["user_slot"] != cfg.history.user_slot:
+            raise ConfigError("history.user_slot", f"history actor {i} keys users by "
+                                                   f"{held['user_slot']!r}, this config by "
+                                                   f"{cfg.history.user_slot!r}")
+        if sorted(held["users"]) != names:
+            raise ConfigError("history.slots", f"history actor {i} holds slots "
+                                               f"{sorted(held['users'])}, this config reads "
+                                               f"{names}")
 
 
 def start_history_shards(cfg: Config) -> list[Any]:

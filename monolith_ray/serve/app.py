@@ -88,6 +88,7 @@ from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config, ConfigError
 from monolith_ray.config.tasks import parse_score
+from monolith_ray.history.server import check_history
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decision, Decisions, first_values
@@ -655,6 +656,8 @@ def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
         cfg = dataclasses.replace(cfg, serve=dataclasses.replace(
             cfg.serve, feedback_key=FeedbackTokens.new_key()))
     cfg = resolve_pinned(cfg)  # every replica loads the same snapshot for a pinned arm
+    if history:
+        check_history(cfg, history)
     stats = ExperimentStats.remote() if cfg.experiments else None
     return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), list(history),
                                                stats)

@@ -473,3 +473,32 @@ def test_siblings_are_told_and_asked_through_ray_and_one_without_an_actor_is_ski
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def test_serving_checks_its_history_actors_against_its_config(ray_session) -> None:
+    """``check_history`` (``build_app`` runs it): actors of another shard count, order,
+    partition count, user slot or slots fail at start naming the key."""
+    import dataclasses
+
+    import ray
+
+    from monolith_ray.config import ConfigError
+    from monolith_ray.history.server import check_history, start_history_shards
+
+    cfg = history_config("history.shards=2", "kafka.partitions=4")
+    actors = start_history_shards(cfg)
+    try:
+        check_history(cfg, actors)
+        with pytest.raises(ConfigError, match=r"^history.shards: history actor 0 holds shard 1"):
+            check_history(cfg, actors[::-1])
+        with pytest.raises(ConfigError, match=r"^history.shards: 3 in this config, 2"):
+            check_history(history_config("history.shards=3", "kafka.partitions=4"), actors)
+        with pytest.raises(ConfigError, match=r"^kafka.partitions: history actor 0 routes"):
+            check_history(history_config("history.shards=2", "kafka.partitions=6"), actors)
+        other = dataclasses.replace(cfg, history=dataclasses.replace(
+            cfg.history, slots=cfg.history.slots[:1]))
+        with pytest.raises(ConfigError, match=r"^history.slots: history actor 0 holds slots"):
+            check_history(other, actors)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
