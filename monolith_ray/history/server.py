@@ -38,8 +38,8 @@ shard its request's users fall on, at once.
 
 A shard that finds other shards' users in its own partitions after all (an older joiner, a
 producer of its own) reads every partition from then on and, unless a sibling told it first,
-tells its siblings (named actors of one group): n - 1 calls, retried for a sibling that did
-not answer at most ``SIBLINGS_ROUNDS`` times a minute apart. A sibling Ray restarts reads
+tells its siblings (named actors of one group): n - 1 calls, in at most ``SIBLINGS_ROUNDS``
+rounds a minute apart for a sibling that does not answer (or has no actor yet). A sibling Ray restarts reads
 every partition if its checkpoint did, and otherwise asks its siblings the same way whether
 any does. Nothing is repeated on a timer: n - 1 calls for each shard that found the strays
 before it was told (one or a few; n at worst, if all find them at once) and for each
@@ -212,8 +212,8 @@ class HistoryServer:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop following the stream: return once the reading thread has ended (after its
-        current micro-batch) and a checkpoint being written is written, or ``timeout_s``
-        has passed."""
+        current micro-batch), a checkpoint being written is written and the threads calling
+        sibling shards have ended (at their next wait), or ``timeout_s`` has passed."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
         if self._thread is not None:
@@ -438,9 +438,9 @@ class HistoryServer:
 
     def tell_siblings(self) -> None:
         """Ask every other shard of this group to :meth:`widen`: a call each, all at once.
-        Those that did not answer (restarting, the Ray cluster busy) are called again after
-        ``SIBLINGS_AGAIN_S``, at most ``SIBLINGS_ROUNDS`` times in all; one with no actor
-        (gone for good) is not."""
+        Those that did not answer (restarting, not started yet, the Ray cluster busy) are
+        called again after ``SIBLINGS_AGAIN_S``, in at most ``SIBLINGS_ROUNDS`` rounds in
+        all, then logged and given up."""
         self._siblings_rounds("widen", lambda answers: False)
 
     def ask_siblings(self) -> None:
@@ -469,27 +469,24 @@ class HistoryServer:
                 return
             if self._stop.is_set():
                 return
-            answers, gone = self._call_siblings(method, left)
+            answers = self._call_siblings(method, left)
             if done(answers):
                 return
-            left -= set(answers) | gone
+            left -= set(answers)
             if not left:
                 return
         logger.error("history shard %d: sibling shards %s did not answer %s in %d rounds; "
                      "given up", self.shard, sorted(left), method, SIBLINGS_ROUNDS)
 
-    def _call_siblings(self, method: str, shards: set[int]) -> tuple[dict[int, Any], set[int]]:
+    def _call_siblings(self, method: str, shards: set[int]) -> dict[int, Any]:
         """Call ``method`` (no arguments) on the named actors of the sibling ``shards`` at
-        once and wait up to ``SIBLINGS_WAIT_S`` for them (the late ones cancelled) -> (the
-        answers of those that answered, those with no actor by that name: gone for good);
-        the others are logged (one line)."""
-        refs, failed, gone = {}, {}, set()
+        once and wait up to ``SIBLINGS_WAIT_S`` for them (the late ones cancelled) -> the
+        answers of those that answered; the others (no actor by that name yet or any more,
+        failed, late) are logged (one line)."""
+        refs, failed = {}, {}
         for k in sorted(shards):
             try:
                 actor = ray.get_actor(history_actor_name(self.group, k))
-            except ValueError:  # no such actor: killed for good, or never started
-                gone.add(k)
-                continue
             except Exception as err:  # noqa: BLE001 - best effort: logged, called again
                 failed[k] = err
                 continue
@@ -506,12 +503,11 @@ class HistoryServer:
                     answers[k] = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - best effort: logged, called again
                     failed[k] = err
-        if failed or gone:
-            k = min(failed) if failed else None
-            logger.warning("history shard %d: %d sibling shards did not answer %s%s, %d have "
-                           "no actor", self.shard, len(failed), method,
-                           f" (shard {k}: {failed[k]!r})" if failed else "", len(gone))
-        return answers, gone
+        if failed:
+            k = min(failed)
+            logger.warning("history shard %d: %d sibling shards did not answer %s (shard %d: "
+                           "%r)", self.shard, len(failed), method, k, failed[k])
+        return answers
 
     def _evict_expired(self) -> None:
         now = time.time()
@@ -567,7 +563,7 @@ def check_history(cfg: Config, history: Sequence[Any], timeout_s: float = 60.0) 
                                                 f"{held['shard'][0]} of {held['shard'][1]}, "
                                                 f"this config wants shard {i} of "
                                                 f"{cfg.history.shards} there")
-        if held["partitions"] != cfg.kafka.partitions:
+        if cfg.history.shards > 1 and held["partitions"] != cfg.kafka.partitions:
             raise ConfigError("kafka.partitions", f"history actor {i} routes users over "
                                                   f"{held['partitions']} partitions, this "
                                                   f"config over {cfg.kafka.partitions}")

@@ -220,7 +220,7 @@ class CatalogueRetrieval:
             self._rebuild, self._touched, self._busy = False, None, True
         try:
             if params is None or not self.size:
-                return
+                return True  # nothing to do yet: the tower part's arrival rebuilds
             changed = (np.flatnonzero(touched).astype(np.int64) if touched is not None
                        else np.empty(0, np.int64))
             if rebuild or changed.size > self.share * self.size:
@@ -302,8 +302,9 @@ class CatalogueRetrieval:
         return found
 
     def _nearest(self, batch: Any, found: dict[str, np.ndarray], n: int) -> np.ndarray:
-        """The ``n`` nearest pool positions int64 (1, n), -1 padded, of the one-example
-        ``batch`` whose user tower rows are ``found``: pooled, the user tower, the index."""
+        """The nearest pool positions int64 (1, m), m = min(n, items indexed), of the
+        one-example ``batch`` whose user tower rows are ``found``: pooled, the user tower,
+        the index."""
         rows = pooled_rows(lambda _wanted: found, batch, self.spec.user)  # read by the caller
         return self.retriever.search_batch(rows, n)[0]
 

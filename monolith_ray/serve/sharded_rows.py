@@ -37,6 +37,7 @@ from monolith_ray.serve.store import SparseUpdate
 
 
 BULK_IDS = 8192  # the most ids one call of a bulk read asks a shard for
+BULK_IN_FLIGHT = 2  # the most calls of a bulk read in flight to one shard
 
 
 class _Lookup(NamedTuple):
@@ -128,12 +129,14 @@ class ShardedRows:
                        ) -> dict[str, np.ndarray]:
         """Rows of per slot fids int64 (n,) straight from the shards, the cache neither read
         nor filled (a bulk read: the catalogue's tower rows) -> per slot float32 (n, D+1),
-        zeros for ids no shard holds. Calls of at most ``BULK_IDS`` ids, all issued at once
-        (so a shard answers requests' reads between them), waited for up to ``timeout_s``;
-        the late ones cancelled. RuntimeError if a shard fails, is late, holds no state yet,
-        or restarted and has not caught up with the version this cache follows (its rows
-        would be a snapshot's): a caller that needs every row tries again later rather
-        than use default or old rows."""
+        zeros for ids no shard holds. Calls of at most ``BULK_IDS`` ids, at most
+        ``BULK_IN_FLIGHT`` a shard at a time (the next sent as one returns), so requests'
+        reads queue behind a few calls, not the whole read; all within ``timeout_s``, the
+        late ones cancelled. Raises (RuntimeError, or the shard's own error) if a shard
+        fails, is late, holds no state yet, or restarted and has not caught up with any
+        version yet (version 0 while this cache follows a later one: a snapshot's rows);
+        a caller that needs every row tries again later rather than use default or old
+        rows."""
         parts, calls = {}, []  # calls: (shard, slot, its ids)
         for name, ids in fids.items():
             distinct, inverse = np.unique(np.asarray(ids, np.int64), return_inverse=True)
@@ -143,21 +146,8 @@ class ShardedRows:
                 mine = distinct[owner == k]
                 calls += [(k, name, mine[at:at + BULK_IDS])
                           for at in range(0, mine.size, BULK_IDS)]
-        if self._remote:
-            import ray
-
-            refs = [self.shards[k].get.remote({name: ask}) for k, name, ask in calls]
-            ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0]
-                        if refs else ())
-            late = [ref for ref in refs if ref not in ready]
-            for ref in late:
-                ray.cancel(ref)
-            if late:
-                raise RuntimeError(f"{len(late)} of {len(refs)} bulk reads of the serving "
-                                   f"shards not answered in {timeout_s:.0f} s")
-            answers = ray.get(refs)
-        else:
-            answers = [self.shards[k].get({name: ask}) for k, name, ask in calls]
+        answers = (self._bulk_remote(calls, timeout_s) if self._remote
+                   else [self.shards[k].get({name: ask}) for k, name, ask in calls])
         out = {name: np.zeros((distinct.size, self.cache.widths[name]), np.float32)
                for name, (distinct, _) in parts.items()}
         following = self.version
@@ -170,6 +160,43 @@ class ShardedRows:
                                    f"version {following} yet")
             out[name][np.searchsorted(parts[name][0], ask)] = answer.rows[name]
         return {name: out[name][inverse] for name, (_, inverse) in parts.items()}
+
+    def _bulk_remote(self, calls: list[tuple[int, str, np.ndarray]], timeout_s: float
+                     ) -> list[Any]:
+        """The answers of ``calls`` (shard, slot, ids) to actor shards, in order, at most
+        ``BULK_IN_FLIGHT`` in flight a shard; RuntimeError once ``timeout_s`` has passed
+        (those in flight cancelled)."""
+        import ray
+
+        queued: dict[int, list[int]] = {}
+        for i, (k, _, _) in enumerate(calls):
+            queued.setdefault(k, []).append(i)
+        answers: list[Any] = [None] * len(calls)
+        flying: dict[Any, tuple[int, int]] = {}  # ref -> (call index, shard)
+
+        def send(k: int) -> None:
+            i = queued[k].pop(0)
+            _, name, ask = calls[i]
+            flying[self.shards[k].get.remote({name: ask})] = (i, k)
+
+        for k, waiting in queued.items():
+            for _ in range(min(BULK_IN_FLIGHT, len(waiting))):
+                send(k)
+        deadline = time.monotonic() + timeout_s
+        while flying:
+            ready, _ = ray.wait(list(flying), num_returns=1,
+                                timeout=max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                for ref in flying:
+                    ray.cancel(ref)
+                raise RuntimeError(f"bulk reads of the serving shards not answered in "
+                                   f"{timeout_s:.0f} s ({len(flying)} in flight, "
+                                   f"{sum(map(len, queued.values()))} not sent)")
+            i, k = flying.pop(ready[0])
+            answers[i] = ray.get(ready[0])
+            if queued[k]:
+                send(k)
+        return answers
 
     def stats(self) -> dict[str, Any]:
         """The cache's stats (rows, bytes, hit rate...) and the fetch counters."""

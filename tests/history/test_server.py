@@ -442,17 +442,21 @@ def test_string_item_ids_in_the_history_are_the_pools_value_ids() -> None:
     assert left_out.tolist() == [False, False, True, True, True, True, True]
 
 
-def test_siblings_are_told_and_asked_through_ray_and_one_without_an_actor_is_skipped(
-        ray_session) -> None:
-    """Three shards of a group, shard 2 not started: asking finds no sibling reading every
-    partition; telling widens shard 1 and skips shard 2 at once (no actor: not called again
-    a minute later); shard 2, started since, asks and widens."""
+def test_siblings_are_told_and_asked_through_ray_in_bounded_rounds(
+        ray_session, monkeypatch, caplog) -> None:
+    """Shard 0 (in this process) and shard 1 (a named actor) of three; shard 2 has no actor
+    yet. Asking finds no sibling reading every partition and gives shard 2 up after
+    ``SIBLINGS_ROUNDS`` rounds; telling widens shard 1; shard 2, started since and asking,
+    widens from shard 1's answer."""
+    import logging
     import uuid
 
     import ray
 
+    import monolith_ray.history.server as server_module
     from monolith_ray.history.server import HistoryActor, history_actor_name
 
+    monkeypatch.setattr(server_module, "SIBLINGS_AGAIN_S", 0.05)
     cfg = history_config("history.shards=3", "kafka.partitions=3")
     group = uuid.uuid4().hex[:12]
 
@@ -460,16 +464,19 @@ def test_siblings_are_told_and_asked_through_ray_and_one_without_an_actor_is_ski
         return HistoryActor.options(name=history_actor_name(group, k), num_cpus=0).remote(
             cfg, follow=False, shard=k, group=group)
 
-    actors = [start(0), start(1)]
+    actors = [start(1)]
+    here = HistoryServer(cfg, follow=False, shard=0, group=group)
     try:
-        ray.get(actors[1].ask_siblings.remote(), timeout=30)  # within one round
-        assert ray.get([a.reads_every_partition.remote() for a in actors]) == [False, False]
-        ray.get(actors[0].tell_siblings.remote(), timeout=30)
-        assert ray.get(actors[1].reads_every_partition.remote())
-        assert not ray.get(actors[0].reads_every_partition.remote())  # a teller is not told
+        with caplog.at_level(logging.ERROR, logger=server_module.__name__):
+            here.ask_siblings()
+        assert not here.reads_every_partition()
+        assert "sibling shards [2] did not answer reads_every_partition in 5 rounds" in \
+            caplog.text
+        here.tell_siblings()
+        assert ray.get(actors[0].reads_every_partition.remote(), timeout=30)
         actors.append(start(2))
-        ray.get(actors[2].ask_siblings.remote(), timeout=30)
-        assert ray.get(actors[2].reads_every_partition.remote())
+        ray.get(actors[1].ask_siblings.remote(), timeout=30)  # shard 1 says yes at once
+        assert ray.get(actors[1].reads_every_partition.remote(), timeout=30)
     finally:
         for actor in actors:
             ray.kill(actor)

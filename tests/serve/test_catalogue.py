@@ -255,6 +255,16 @@ def test_with_a_sharded_store_the_catalogue_reads_the_serving_shards_past_the_ca
         model._towers.fetch_blocking(wanted, 10)
 
 
+def test_a_refresh_with_nothing_to_do_yet_is_no_failure(trained) -> None:
+    """Sparse deltas noted before any tower part: nothing to embed yet, not a failure (a
+    failure would pause the refresh thread, and the first index with it)."""
+    retrieval = CatalogueRetrieval(CFG, ServingModel(CFG), SlotRows.of(POOL, CFG.slots),
+                                   background=False)
+    retrieval._touched = np.ones(len(POOL), bool)
+    assert retrieval._refresh_pending() and retrieval.counts["refresh_failures"] == 0
+    assert retrieval.wait_idle(1) and not retrieval.ready
+
+
 def test_touched_items_are_those_reading_a_changed_row(trained) -> None:
     shards, dense, _, _ = trained
     _, model, retrieval = _replica(shards, dense)

@@ -243,3 +243,44 @@ def test_snapshot_files_are_checked_and_a_bad_one_leaves_the_shard_empty(sharded
     stats = shard.stats()
     assert stats["load_error"] and not stats["ready"] and stats["restored_from"] is None
     assert shard.state() == (0, START)  # the sync then reads its training shard whole
+
+
+def test_a_bulk_read_of_actor_shards_comes_back_in_order_a_few_calls_at_a_time(
+        ray_session, monkeypatch) -> None:
+    """``ShardedRows.fetch_blocking`` over serving-shard actors, cut into calls of 3 ids, at
+    most 2 in flight a shard: every row where it was asked, duplicates and ids no shard
+    holds (zeros) included; a shard restarted and not caught up fails the read."""
+    import ray
+
+    import monolith_ray.serve.sharded_rows as sharded_rows
+    from monolith_ray.ps.routing import shard_of
+    from monolith_ray.serve.sharded_rows import ShardedRows
+
+    monkeypatch.setattr(sharded_rows, "BULK_IDS", 3)
+    slot = CFG.slot("item_id")
+    fids = make_fids(ITEM, np.arange(40, dtype=np.int64))
+    rows = np.arange(40 * (slot.dim + 1), dtype=np.float32).reshape(40, slot.dim + 1)
+    actors = [ray.remote(ServingShard).options(num_cpus=0, max_concurrency=2).remote(
+        [slot], "float32") for _ in range(2)]
+
+    def fill(shard: ServingShard, ids: np.ndarray, held: np.ndarray, version: int) -> None:
+        shard.store.upsert("item_id", ids, held)
+        shard.ready, shard.version = True, version
+
+    try:
+        owner = shard_of(fids, 2)
+        ray.get([a.__ray_call__.remote(fill, fids[owner == k], rows[owner == k], 5)
+                 for k, a in enumerate(actors)])
+        cache = ShardedRows([slot], actors, 16, "lru", "float32")
+        cache.cache.version = 5
+        asked = np.concatenate([fids[::-1], fids[:7], make_fids(ITEM, np.array([999]))])
+        got = cache.fetch_blocking({"item_id": asked}, 30)["item_id"]
+        np.testing.assert_array_equal(got[:40], rows[::-1])
+        np.testing.assert_array_equal(got[40:47], rows[:7])
+        assert not got[47].any() and len(cache.cache) == 0  # past the cache
+        ray.get(actors[1].__ray_call__.remote(fill, fids[:0], rows[:0], 0))
+        with pytest.raises(RuntimeError, match="serving shard 1 restarted"):
+            cache.fetch_blocking({"item_id": asked}, 30)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
