@@ -25,8 +25,9 @@ config's ``retrieval`` section, between the sync's updates and ``/recommend``.
   was; its work is noted again at once (so :meth:`CatalogueRetrieval.wait_idle` does not call
   it done) and tried again, with whatever updates came meanwhile, after a pause that doubles
   from ``REFRESH_RETRY_S`` to ``REFRESH_RETRY_MAX_S`` while it keeps failing.
-- **A search runs off the event loop** (a thread): the index's lock is held by an upsert for
-  up to a chunk's worth (about 90 ms), which must not stall the replica's other requests.
+- **A search runs off the event loop** (a thread): an upsert holds the index's lock for a
+  chunk of ``UPSERT_CHUNK`` items (about 90 ms at 0.7 ms an item, an estimate), which must
+  not stall the replica's other requests.
 
 Costs (n items in the catalogue, N retrieved, d the tower dim): a rebuild embeds the
 catalogue ``CHUNK`` items at a time (the store read under its lock a chunk at a time, so
