@@ -40,14 +40,29 @@ def tower_slots(slots: Sequence[SlotConfig], names: Sequence[str],
                  for n in names)
 
 
+def tower_fids(batch: Batch, slots: Sequence[SlotSpec]) -> dict[str, np.ndarray]:
+    """What to read for ``batch``'s ``slots``: tower table name -> the batch's distinct fids
+    int64 (n_s,) of that slot (the ``batch.idx`` positions index them)."""
+    return {table_name(s.name): batch.fids[s.name] for s in slots}
+
+
 def pooled_rows(lookup: Lookup, batch: Batch, slots: Sequence[SlotSpec]
                 ) -> dict[str, np.ndarray]:
-    """``batch``'s rows in the tower tables of ``slots`` (one ``lookup`` call), pooled per
-    example with each slot's combiner -> slot name -> float32 (B, dim_s + 1), what the towers
-    and the ``Retriever`` take. Use a serving lookup (unknown fids read zeros). Examples and
-    unique rows are padded to powers of two, so a process compiles the pooling for a few
-    shapes, not one per batch (a replica pools subsets of its catalogue of every size)."""
-    rows = lookup({table_name(s.name): batch.fids[s.name] for s in slots})
+    """``batch``'s rows in the tower tables of ``slots`` (one ``lookup`` call of
+    :func:`tower_fids`), pooled per example with each slot's combiner -> slot name ->
+    float32 (B, dim_s + 1), what the towers and the ``Retriever`` take. Use a serving lookup
+    (unknown fids read zeros). A caller that has read the rows already (an async read)
+    pools them with :func:`pool_rows`."""
+    return pool_rows(lookup(tower_fids(batch, slots)), batch, slots)
+
+
+def pool_rows(rows: Mapping[str, np.ndarray], batch: Batch, slots: Sequence[SlotSpec]
+              ) -> dict[str, np.ndarray]:
+    """Pool ``rows`` (tower table name -> float (n_s, dim_s + 1), the rows of
+    :func:`tower_fids` in its order) per example of ``batch`` with each slot's combiner ->
+    slot name -> float32 (B, dim_s + 1). Examples and unique rows are padded to powers of
+    two, so a process compiles the pooling for a few shapes, not one per batch (a replica
+    pools subsets of its catalogue of every size)."""
     b = len(batch)
     size = bucket_size(b)
     out = {}

@@ -268,7 +268,9 @@ class Recommender:
             # draw from the pool; a given candidate list skips both. With items to leave out
             # (at most the history slot's max_len), either takes that many more, so that the
             # candidates stay as many.
-            extra = len(self._seen(user)) if self.pool_value_ids is not None else 0
+            seen = (np.asarray(self._seen(user), np.int64) if self.pool_value_ids is not None
+                    else np.empty(0, np.int64))
+            extra = seen.size
             take = (None if self.retrieval is None
                     else await self.retrieval.search(user_rows, now, extra))
             drawn = take is None or not take.size
@@ -279,7 +281,7 @@ class Recommender:
                                             replace=False)
             if extra:
                 take, excluded, kept = unseen(
-                    take, self.pool_value_ids, np.asarray(self._seen(user), np.int64), body.k,
+                    take, self.pool_value_ids, seen, body.k,
                     cfg.pool_draw if drawn else self.retrieval.n)
                 self.served["seen_excluded"] += excluded
                 self.served["seen_kept"] += kept

@@ -56,7 +56,7 @@ import numpy as np
 from monolith_ray.config import Config
 from monolith_ray.retrieval.configured import TOWER_PART, index_config, tower_spec
 from monolith_ray.retrieval.retriever import Retriever
-from monolith_ray.retrieval.tables import pooled_rows, table_name
+from monolith_ray.retrieval.tables import pool_rows, pooled_rows, table_name, tower_fids
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.store import SparseStore
 from monolith_ray.serve.sync import Updates
@@ -288,8 +288,7 @@ class CatalogueRetrieval:
         start = time.perf_counter()
         try:
             batch = self.model.batch_of(user, now=now)
-            found = await self.model.tower_rows(
-                {table_name(s.name): batch.fids[s.name] for s in self.spec.user})
+            found = await self.model.tower_rows(tower_fids(batch, self.spec.user))
             ids = await asyncio.to_thread(self._nearest, batch, found, self.n + max(extra, 0))
         except Exception as err:  # noqa: BLE001 - a request is served without it, not failed
             self.counts["search_failures"] += 1
@@ -306,8 +305,7 @@ class CatalogueRetrieval:
         """The nearest pool positions int64 (1, m), m = min(n, items indexed), of the
         one-example ``batch`` whose user tower rows are ``found``: pooled, the user tower,
         the index."""
-        rows = pooled_rows(lambda _wanted: found, batch, self.spec.user)  # read by the caller
-        return self.retriever.search_batch(rows, n)[0]
+        return self.retriever.search_batch(pool_rows(found, batch, self.spec.user), n)[0]
 
     def stats(self) -> dict[str, Any]:
         """Counts, items indexed, its version, and search latency percentiles (ms) over the

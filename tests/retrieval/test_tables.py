@@ -9,6 +9,7 @@ from monolith_ray.config import OptimizerConfig, SlotConfig
 from monolith_ray.data.batches import Batch
 from monolith_ray.model.api import SlotSpec
 from monolith_ray.retrieval import pooled_rows, table_name, tower_slots
+from monolith_ray.retrieval.tables import pool_rows, tower_fids
 
 SLOTS = (SlotConfig("user_id", 1, 4), SlotConfig("genres", 7, 2, combiner="mean", max_values=3))
 
@@ -37,3 +38,26 @@ def test_pooled_rows_pool_each_example_with_the_slot_combiner():
     pooled = pooled_rows(lookup, batch, [SlotSpec("genres", 2, "mean")])
     np.testing.assert_allclose(pooled["genres"], [[2.0, 3.0, 4.0], [0, 0, 0], [0, 0, 0]])
     assert calls == [["tower_genres"]]  # one lookup, of the tower table
+
+
+def test_rows_read_apart_pool_as_a_lookup_would():
+    """A caller that reads :func:`tower_fids` itself (serving's async read) and pools with
+    :func:`pool_rows` gets what :func:`pooled_rows` gives from the same rows."""
+    rng = np.random.default_rng(0)
+    slots = [SlotSpec("user_id", 2, "sum"), SlotSpec("genres", 3, "mean")]
+    batch = Batch(fids={"user_id": np.array([5, 6]), "genres": np.array([1, 2, 3, 4])},
+                  idx={"user_id": np.array([[0], [1], [0]], np.int32),
+                       "genres": np.array([[0, 1], [2, -1], [3, 0]], np.int32)},
+                  labels=np.zeros(3, np.float32), weights=np.ones(3, np.float32),
+                  time=np.zeros(3, np.int64))
+    wanted = tower_fids(batch, slots)
+    assert {k: v.tolist() for k, v in wanted.items()} == {
+        "tower_user_id": [5, 6], "tower_genres": [1, 2, 3, 4]}
+    rows = {name: rng.normal(size=(ids.size, 4 if name == "tower_genres" else 3))
+            for name, ids in wanted.items()}
+    apart = pool_rows(rows, batch, slots)
+    whole = pooled_rows(lambda asked: {k: rows[k] for k in asked}, batch, slots)
+    for s in slots:
+        np.testing.assert_allclose(apart[s.name], whole[s.name], rtol=1e-6)
+    np.testing.assert_allclose(apart["genres"][2], (rows["tower_genres"][3]
+                                                    + rows["tower_genres"][0]) / 2, rtol=1e-5)
