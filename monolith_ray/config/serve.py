@@ -78,7 +78,10 @@ class ServeConfig:
       ``shard_resources``) hold the rows; each replica keeps a cache of ``cache_rows`` rows
       under ``cache_policy`` (``tinylfu`` or ``lru``, ``serve.cache``) and fetches misses, one
       call a shard a request, waiting at most ``shard_timeout_s`` (then a miss reads the
-      default row); the sync keeps no copy, only its change log with the rows.
+      default row); the sync keeps no copy, only its change log with the rows. With
+      retrieval, the users' tower rows have a cache of their own of ``tower_cache_rows``
+      rows (0, the default: a quarter of ``cache_rows``), as the tower tables share their
+      slots' fids.
     - ``max_full_loads``: replicas given a whole table at the same time (``store:
       replica``); the others wait and keep serving what they hold.
     - ``score``: what ``/recommend`` ranks by and ``/predict`` returns as ``scores``: an
@@ -112,6 +115,7 @@ class ServeConfig:
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
     store: Literal["replica", "sharded"] = "replica"
     cache_rows: int = 1_000_000
+    tower_cache_rows: int = 0
     cache_policy: Literal["tinylfu", "lru"] = "tinylfu"
     shard_timeout_s: float = 0.25
     shard_resources: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -134,5 +138,6 @@ class ServeConfig:
         _require_resources(self, "sync_resources")
         _require_resources(self, "shard_resources")
         _require(self, "cache_rows", ge=1)
+        _require(self, "tower_cache_rows", ge=0)
         _require(self, "shard_timeout_s", gt=0)
         _require(self, "max_full_loads", ge=1)

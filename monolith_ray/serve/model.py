@@ -116,10 +116,12 @@ class ServingModel:
                 cfg.slots, serving, serve.cache_rows, serve.cache_policy, serve.store_dtype,
                 serve.shard_timeout_s)
             # The towers' tables (retrieval) share their slots' fids, so a cache of their
-            # own: the users' tower rows, a quarter of serve.cache_rows more.
+            # own: the users' tower rows, serve.tower_cache_rows more (0: a quarter of
+            # serve.cache_rows).
             towers = self.tables[len(self.slots):]
             self._towers = ShardedRows(
-                towers, serving, max(serve.cache_rows // 4, 1), serve.cache_policy,
+                towers, serving, serve.tower_cache_rows or max(serve.cache_rows // 4, 1),
+                serve.cache_policy,
                 serve.store_dtype, serve.shard_timeout_s) if towers else None
         else:
             self.store, self.rows = SparseStore(self.tables, serve.store_dtype), None

@@ -211,6 +211,7 @@ def test_with_a_sharded_store_the_catalogue_reads_the_serving_shards_past_the_ca
     _pull(sync, model, retrieval)
     assert retrieval.wait_idle(60) and retrieval.ready
     assert model.cache_stats()["towers"]["rows"] == 0  # the catalogue's rows went past it
+    assert model.cache_stats()["towers"]["capacity"] == cfg.serve.cache_rows // 4  # default
     every = np.arange(len(POOL))
     np.testing.assert_allclose(retrieval.retriever.vectors(every),
                                whole.retriever.vectors(every), atol=1e-5)

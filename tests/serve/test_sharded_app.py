@@ -24,6 +24,7 @@ from monolith_ray.train.snapshots import take_snapshot
 APP = "sharded-test"
 USER = {"id": 1, "features": {"gender": "F", "age": 25}}
 CACHE_ROWS = 64
+TOWER_CACHE_ROWS = 24
 RETRIEVAL = "retrieval={user_slots: [user_id], item_slots: [item_id, genres], candidates: 8}"
 SMALL = ["serve.poll_interval_s=0.1", "serve.max_candidates=16", "serve.pool_draw=16",
          "serve.max_k=16"]  # one scorer size to compile
@@ -33,7 +34,8 @@ SMALL = ["serve.poll_interval_s=0.1", "serve.max_candidates=16", "serve.pool_dra
 def app(deploy_recommender, tmp_path_factory) -> Iterator[Any]:
     out = tmp_path_factory.mktemp("sharded-run")
     with deploy_recommender(APP, "/sharded", [
-            *SMALL, "serve.store=sharded", f"serve.cache_rows={CACHE_ROWS}", RETRIEVAL,
+            *SMALL, "serve.store=sharded", f"serve.cache_rows={CACHE_ROWS}",
+            f"serve.tower_cache_rows={TOWER_CACHE_ROWS}", RETRIEVAL,
             f"data.output_dir={out}", f"data.snapshot_root={out}/snapshots"],
             range(100, 400)) as deployed:
         yield deployed
@@ -105,7 +107,7 @@ def test_healthz_reports_the_cache_and_replica_mode_has_none(app, deploy_recomme
     assert cache["capacity"] == CACHE_ROWS
     assert 0 < cache["rows"] <= CACHE_ROWS
     towers = cache["towers"]  # the users' tower rows (retrieval), a cache of their own
-    assert towers["capacity"] == CACHE_ROWS // 4
+    assert towers["capacity"] == TOWER_CACHE_ROWS
     assert cache["bytes"] > 0 and health["store_bytes"] == cache["bytes"] + towers["bytes"]
     assert 0 < cache["hit_rate"] < 1
     assert cache["hit_rate"] == pytest.approx(cache["hits"] / (cache["hits"] + cache["misses"]))
