@@ -22,7 +22,8 @@ import ray
 from monolith_ray.config import load_config
 from monolith_ray.ps.channel import ChannelCalls
 from monolith_ray.ps.calls import Calls, RayCalls
-from monolith_ray.ps.shard import Packed, ShardServer
+from monolith_ray.ps.packed_slots import PackedSlots
+from monolith_ray.ps.shard import ShardServer
 
 SLOTS_YAML = Path(__file__).resolve().parents[1] / "monolith_ray/defaults/movielens.yaml"
 CALLS = 2000
@@ -36,7 +37,7 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def per_call(calls: Calls, shard: Any, shard_pid: int, ids: Packed) -> dict[str, float]:
+def per_call(calls: Calls, shard: Any, shard_pid: int, ids: PackedSlots) -> dict[str, float]:
     """Round trip and CPU ms per call of ``CALLS`` sequential lookups."""
     for _ in range(WARMUP):
         calls.gather([calls.submit(shard, "lookup", ids)])
@@ -55,7 +56,7 @@ def main() -> None:
     try:
         shard = ray.remote(ShardServer).options(num_cpus=0).remote(cfg.slots, cfg.admission)
         pid = ray.get(shard.pid.remote())
-        ids = Packed.of({s.name: np.arange(IDS, dtype=np.int64) for s in cfg.slots})
+        ids = PackedSlots.of({s.name: np.arange(IDS, dtype=np.int64) for s in cfg.slots})
         figures: dict[str, Any] = {}
         for name, calls in (("ray", RayCalls(30.0)), ("channel", ChannelCalls(30.0))):
             figures.update({f"{name}_{k}": round(v, 3)

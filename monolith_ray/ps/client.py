@@ -4,7 +4,7 @@ Per step and per direction it makes one call per shard carrying every slot: the 
 are deduplicated per slot (``np.unique``, skipped for fids already distinct and sorted, as a
 ``Batch``'s are), the unique ids of all slots routed with one ``shard_of``, and the rows that
 come back put back in order. Pushes sum the gradients of duplicate ids first, so a shard's
-optimizer steps once per row. A call carries its ids, gradients and rows as ``Packed`` arrays,
+optimizer steps once per row. A call carries its ids, gradients and rows as ``PackedSlots`` arrays,
 one array each however many slots. ``route`` gives a batch's :class:`Routes`, which pulls and
 pushes take in place of its fids: a trainer that pulls a batch and later pushes its gradients
 routes it once.
@@ -33,7 +33,7 @@ import numpy as np
 
 from monolith_ray.ps.calls import Calls, DirectCalls, RayCalls
 from monolith_ray.ps.routing import shard_of
-from monolith_ray.ps.shard import Packed
+from monolith_ray.ps.packed_slots import PackedSlots
 
 
 def calls_for(shards: Sequence[Any], method: str = "pull", timeout_s: float | None = 60.0,
@@ -86,9 +86,9 @@ class Routes:
     - ``positions``: per shard and slot the positions of those ids among the slot's unique ids.
     """
 
-    unique: Packed
+    unique: PackedSlots
     inverse: tuple[np.ndarray | None, ...]
-    ids: list[Packed]
+    ids: list[PackedSlots]
     positions: list[list[np.ndarray]]
 
     @property
@@ -106,7 +106,7 @@ FidsOrRoutes = Mapping[str, np.ndarray] | Routes
 
 class ShardClient:
     """Pull rows from and push gradients to ``shards`` (``ShardServer`` objects or actor
-    handles, all holding the slots named in ``slots``). Shard calls carry ``Packed`` arrays."""
+    handles, all holding the slots named in ``slots``). Shard calls carry ``PackedSlots`` arrays."""
 
     def __init__(self, shards: Sequence[Any], slots: Sequence[str],
                  calls: Calls | None = None) -> None:
@@ -138,7 +138,7 @@ class ShardClient:
                 uniques[name], inverse = np.unique(f, return_inverse=True)
                 inverse = inverse.ravel()
             inverses.append(inverse)
-        unique = Packed.of(uniques, np.int64)
+        unique = PackedSlots.of(uniques, np.int64)
         starts = np.cumsum((0, *unique.counts))
         owner = shard_of(unique.data, self.n_shards)
         order = np.argsort(owner, kind="stable")
@@ -147,7 +147,7 @@ class ShardClient:
         for k in range(self.n_shards):
             mine = order[bounds[k]:bounds[k + 1]]  # ascending, so slot by slot
             cuts = np.searchsorted(mine, starts)
-            ids.append(Packed(unique.names, tuple(np.diff(cuts).tolist()), unique.shapes,
+            ids.append(PackedSlots(unique.names, tuple(np.diff(cuts).tolist()), unique.shapes,
                               unique.data[mine]))
             positions.append([mine[a:b] - start
                               for a, b, start in zip(cuts[:-1], cuts[1:], starts)])
@@ -253,7 +253,7 @@ class ShardClient:
         return self.calls.gather([self.calls.submit(s, method, *args) for s in self.shards])
 
 
-def _shard_grads(routes: Routes, grads: Mapping[str, np.ndarray]) -> list[Packed]:
+def _shard_grads(routes: Routes, grads: Mapping[str, np.ndarray]) -> list[PackedSlots]:
     """Per shard the gradients float32 of the unique ids it owns (``routes.ids``), packed, the
     gradients of duplicate fids summed."""
     if set(grads) != set(routes.names):
@@ -268,12 +268,12 @@ def _shard_grads(routes: Routes, grads: Mapping[str, np.ndarray]) -> list[Packed
                              f"got {g.dtype} {g.shape}")
         inverse = routes.inverse[s]
         summed.append(g if inverse is None else _sum_by(inverse, routes.unique.counts[s], g))
-    return [Packed.of({name: g[pos] for name, g, pos in zip(routes.names, summed, positions)},
+    return [PackedSlots.of({name: g[pos] for name, g, pos in zip(routes.names, summed, positions)},
                       np.float32)
             for positions in routes.positions]
 
 
-def _assemble(routes: Routes, results: list[Packed]) -> dict[str, np.ndarray]:
+def _assemble(routes: Routes, results: list[PackedSlots]) -> dict[str, np.ndarray]:
     """Per slot the shards' rows put back in unique-id order, then expanded by the inverse."""
     parts = [r.unpack() for r in results]
     out = {}

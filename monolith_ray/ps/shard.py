@@ -3,8 +3,8 @@
 A plain class so it runs in-process as is and becomes a Ray actor with
 ``ray.remote(ShardServer)``. Each method handles every slot in one call, so a training step
 costs one call per shard however many slots the model has. Its per slot arrays come as a
-mapping of slot name to array or as one :class:`Packed` array, and the result takes the form
-they came in: the trainers' client sends ``Packed`` arrays, because every array that crosses
+mapping of slot name to array or as one :class:`PackedSlots` array, and the result takes the form
+they came in: the trainers' client sends ``PackedSlots`` arrays, because every array that crosses
 a process costs a fixed serialization overhead, and a mapping would cost it once per slot.
 
 Row layout: a slot configured with ``dim = D`` has table rows ``D + 1`` wide. Column 0 is the
@@ -35,59 +35,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from math import prod
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs
 
 from monolith_ray.config import AdmissionConfig, OptimizerConfig, SlotConfig
+from monolith_ray.ps.packed_slots import PackedSlots
 from monolith_ray.files import filesystem_and_path
 from monolith_ray.supervision import restore_if_restarted
 from monolith_ray.table import EmbeddingTable, TableDelta
 from monolith_ray.table.embedding import SnapshotPart, write_parts
 
 
-class Packed(NamedTuple):
-    """Per slot arrays of one dtype as one 1-D array: slot ``names[i]`` holds ``counts[i]``
-    items of shape ``shapes[i]`` (``()`` for ids, ``(D+1,)`` for rows and gradients), the
-    slots one after another in ``data``, each slot's items in order."""
-
-    names: tuple[str, ...]
-    counts: tuple[int, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    data: np.ndarray
-
-    @classmethod
-    def of(cls, arrays: Mapping[str, np.ndarray], dtype: np.dtype | type | None = None
-           ) -> Packed:
-        """Pack per slot arrays (n_s, ...), cast to ``dtype`` if given (same-kind casts)."""
-        arrays = {name: np.asarray(a) for name, a in arrays.items()}
-        return cls(tuple(arrays), tuple(a.shape[0] for a in arrays.values()),
-                   tuple(a.shape[1:] for a in arrays.values()),
-                   _concat([a.ravel() for a in arrays.values()], dtype))
-
-    def unpack(self) -> dict[str, np.ndarray]:
-        """Per slot its array (counts[i], *shapes[i]): views into ``data``."""
-        sizes = [count * prod(shape) for count, shape in zip(self.counts, self.shapes)]
-        if sum(sizes) != self.data.size:
-            raise ValueError(f"packed arrays of {self.names} need {sum(sizes)} values, "
-                             f"data has {self.data.size}")
-        out, start = {}, 0
-        for name, count, shape, size in zip(self.names, self.counts, self.shapes, sizes):
-            out[name] = self.data[start:start + size].reshape(count, *shape)
-            start += size
-        return out
-
-
-def _concat(parts: Sequence[np.ndarray], dtype: np.dtype | type | None = None) -> np.ndarray:
-    """``np.concatenate(parts)`` (same-kind casts to ``dtype`` if given), also of no parts."""
-    if not parts:
-        return np.empty(0, dtype=dtype or np.float64)
-    return np.concatenate(parts, dtype=dtype)
-
-
-SlotArrays = TypeVar("SlotArrays", Packed, Mapping[str, np.ndarray])
+SlotArrays = TypeVar("SlotArrays", PackedSlots, Mapping[str, np.ndarray])
 logger = logging.getLogger(__name__)
 TABLE_SUFFIX = ".table"  # a slot's snapshot file: <folder>/<slot>.table
 POSITION_FILE = "position.json"  # the incarnation and table versions a snapshot starts from
@@ -616,15 +577,15 @@ def _node_address() -> str:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
-def _arrays(arrays: Packed | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+def _arrays(arrays: PackedSlots | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     """Per slot arrays as a mapping, whichever form they came in."""
-    return arrays.unpack() if isinstance(arrays, Packed) else arrays
+    return arrays.unpack() if isinstance(arrays, PackedSlots) else arrays
 
 
-def _like(form: Packed | Mapping[str, np.ndarray], result: dict[str, np.ndarray]
-          ) -> Packed | dict[str, np.ndarray]:
+def _like(form: PackedSlots | Mapping[str, np.ndarray], result: dict[str, np.ndarray]
+          ) -> PackedSlots | dict[str, np.ndarray]:
     """``result`` in the form of ``form``: packed if it came packed."""
-    return Packed.of(result) if isinstance(form, Packed) else result
+    return PackedSlots.of(result) if isinstance(form, PackedSlots) else result
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ run code, as unpickling can. A message is three or more parts:
 - ``body``: msgpack (``msgspec``) of the value: None, bool, int (64-bit), float, str, bytes,
   tuples (msgpack arrays; a list is sent as a tuple), dicts with str or int keys, and three
   extension-tagged kinds: an array (its buffer's index, a dtype code from :data:`DTYPES`, at
-  most ``MAX_NDIM`` dimensions), a ``Packed`` and a ``TableDelta`` (a msgpack array whose
+  most ``MAX_NDIM`` dimensions), a ``PackedSlots`` and a ``TableDelta`` (a msgpack array whose
   first item is the record's tag, then its fields). Numpy scalars go as Python scalars.
   Nesting deeper than ``MAX_DEPTH`` is refused.
 - the buffers: each array's C-order bytes, sent without a copy, received as writable arrays
@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from monolith_ray.ps.calls import ShardUnavailableError
-from monolith_ray.ps.shard import Packed
+from monolith_ray.ps.packed_slots import PackedSlots
 from monolith_ray.table import TableDelta
 
 # The methods a channel can call, by their id on the wire (append only: ids are the protocol).
@@ -53,7 +53,7 @@ MAX_DEPTH = 32
 DTYPES = tuple(np.dtype(t) for t in ("bool", "uint8", "int32", "int64", "float32", "float64"))
 _DTYPE_CODES = {dtype: code for code, dtype in enumerate(DTYPES)}
 _ARRAY, _PACKED, _DELTA = 1, 2, 3  # msgpack extension codes
-_RECORDS: dict[int, type] = {_PACKED: Packed, _DELTA: TableDelta}
+_RECORDS: dict[int, type] = {_PACKED: PackedSlots, _DELTA: TableDelta}
 _RECORD_CODES = {cls: code for code, cls in _RECORDS.items()}
 _ARRAY_META = struct.Struct("<IBB")  # buffer index, dtype code, ndim; then ndim u64 dims
 ERRORS: dict[str, type[Exception]] = {cls.__name__: cls for cls in (

@@ -27,7 +27,8 @@ from monolith_ray.ps.channel import (
 )
 from monolith_ray.ps.calls import DirectCalls, ShardUnavailableError
 from monolith_ray.ps.client import ShardClient
-from monolith_ray.ps.shard import Packed, ShardServer
+from monolith_ray.ps.packed_slots import PackedSlots
+from monolith_ray.ps.shard import ShardServer
 
 CFG = load_config()  # the MovieLens slots: 8 slots, rows 17 wide
 SLOTS = CFG.slots
@@ -117,8 +118,8 @@ def assert_closed_by_peer(sock: socket.socket) -> None:
 
 def test_frames_follow_each_other_whole_on_one_connection():
     rng = np.random.default_rng(0)
-    ids = Packed.of({"user": make_fids(1, np.arange(50)), "item": np.empty(0, np.int64)})
-    rows = Packed.of({"user": rng.standard_normal((50, WIDTH)).astype(np.float32),
+    ids = PackedSlots.of({"user": make_fids(1, np.arange(50)), "item": np.empty(0, np.int64)})
+    rows = PackedSlots.of({"user": rng.standard_normal((50, WIDTH)).astype(np.float32),
                       "item": np.empty((0, WIDTH), np.float32)})
     big = np.arange(2_000_000, dtype=np.float32)  # 8 MB: larger than the socket buffers
     args = (ids, rows, 1.5, {"big": big, "strided": big[::1000]}, 2.25)
@@ -139,7 +140,7 @@ def test_frames_follow_each_other_whole_on_one_connection():
     g_ids, g_rows, now, arrays, pull_now = wire.decode(first.body, first.buffers)
     assert (now, pull_now) == (1.5, 2.25)
     for sent, received in ((ids, g_ids), (rows, g_rows)):
-        assert isinstance(received, Packed)
+        assert isinstance(received, PackedSlots)
         assert (received.names, received.counts, received.shapes) == (
             sent.names, sent.counts, sent.shapes)
         assert received.data.dtype == sent.data.dtype and received.data.flags.writeable

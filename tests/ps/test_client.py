@@ -17,7 +17,7 @@ from monolith_ray.ps import (
     shard_of,
 )
 from monolith_ray.ps.channel import ChannelCalls
-from monolith_ray.ps.shard import Packed
+from monolith_ray.ps.packed_slots import PackedSlots
 
 ADMISSION = AdmissionConfig(sketch_width=1024, sketch_depth=2)
 LR = 0.5
@@ -80,7 +80,7 @@ def test_one_call_per_shard_carrying_every_slot():
     assert [m for _, m, _ in log] == ["pull"] * 3 + ["push"] * 3
     assert len({shard for shard, _, _ in log}) == 3
     for _, method, args in log:
-        assert isinstance(args[0], Packed) and set(args[0].names) == set(NAMES)
+        assert isinstance(args[0], PackedSlots) and set(args[0].names) == set(NAMES)
         for ids in args[0].unpack().values():
             assert np.unique(ids).size == ids.size  # deduplicated before the call
 
@@ -221,21 +221,21 @@ def test_stats_evict_snapshot_and_restore_cover_every_shard(tmp_path):
 
 def test_packed_arrays_round_trip_and_a_shard_answers_in_the_form_asked():
     ids = {"user": make_fids(1, np.array([3, 1, 2])), "item": np.empty(0, np.int64)}
-    packed = Packed.of(ids)
+    packed = PackedSlots.of(ids)
     assert packed.names == ("user", "item") and packed.counts == (3, 0)
     assert packed.data.shape == (3,)
     for name in ids:
         np.testing.assert_array_equal(packed.unpack()[name], ids[name])
     rows = {"user": np.arange(12, dtype=np.float32).reshape(3, 4),
             "item": np.empty((0, 4), np.float32)}
-    assert {n: a.shape for n, a in Packed.of(rows).unpack().items()} == {
+    assert {n: a.shape for n, a in PackedSlots.of(rows).unpack().items()} == {
         "user": (3, 4), "item": (0, 4)}
-    assert Packed.of({}).unpack() == {}
+    assert PackedSlots.of({}).unpack() == {}
     with pytest.raises(ValueError, match="need 3 values"):
         packed._replace(data=packed.data[:2]).unpack()
     a, b = ShardServer(SLOTS, ADMISSION), ShardServer(SLOTS, ADMISSION)
     as_mapping, as_packed = a.pull(ids, now=0.0), b.pull(packed, now=0.0)
-    assert isinstance(as_mapping, dict) and isinstance(as_packed, Packed)
+    assert isinstance(as_mapping, dict) and isinstance(as_packed, PackedSlots)
     for name in ids:
         np.testing.assert_array_equal(as_packed.unpack()[name], as_mapping[name])
 

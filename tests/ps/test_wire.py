@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from monolith_ray.ps import wire
 from monolith_ray.ps.calls import ShardUnavailableError
-from monolith_ray.ps.shard import Packed
+from monolith_ray.ps.packed_slots import PackedSlots
 from monolith_ray.table import TableDelta
 
 
@@ -53,8 +53,8 @@ def assert_same(a: Any, b: Any) -> None:
 
 def test_the_values_of_every_channel_method_round_trip():
     rng = np.random.default_rng(0)
-    ids = Packed.of({"user": np.arange(50, dtype=np.int64), "item": np.empty(0, np.int64)})
-    rows = Packed.of({"user": rng.standard_normal((50, 17)).astype(np.float32),
+    ids = PackedSlots.of({"user": np.arange(50, dtype=np.int64), "item": np.empty(0, np.int64)})
+    rows = PackedSlots.of({"user": rng.standard_normal((50, 17)).astype(np.float32),
                       "item": np.empty((0, 17), np.float32)})
     frozen = np.arange(7, dtype=np.float32)
     frozen.flags.writeable = False  # as arrays from Ray's object store come
@@ -146,7 +146,7 @@ def _array_ext(index: int, code: int, shape: tuple[int, ...]) -> msgspec.msgpack
     ([_array_ext(0, 1, (1,) * 9)], [b"\0"], "dimensions"),
     ([_array_ext(0, 1, (1 << 62, 1 << 62))], [b"\0"], "over a buffer"),
     ([1], [b"unused"], "not used"),
-    ([msgspec.msgpack.Ext(2, b""), 1], [], "Packed of 1 fields"),
+    ([msgspec.msgpack.Ext(2, b""), 1], [], "PackedSlots of 1 fields"),
     ([msgspec.msgpack.Ext(9, b"x")], [], "Ext is not a value"),
 ])
 def test_malformed_bodies_are_refused(node, buffers, match):
@@ -221,7 +221,7 @@ def test_garbage_heads_are_refused_or_within_bounds(data):
 
 def _assert_plain(value: Any) -> None:
     """Only the types the format carries."""
-    if isinstance(value, (tuple, Packed, TableDelta)):
+    if isinstance(value, (tuple, PackedSlots, TableDelta)):
         for v in value:
             _assert_plain(v)
     elif isinstance(value, dict):
