@@ -11,11 +11,14 @@ import dataclasses
 import re
 from typing import Literal
 
+import numpy as np
+
 from monolith_ray.config.loader import ConfigError, _require
 from monolith_ray.validation import DEFAULT_MAX_ABS, MAX_DENSE
 
 DenseTransform = Literal["none", "log1p", "standardize", "log1p_standardize"]
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 __all__ = ["MAX_DENSE", "DenseFeature", "DenseTransform"]
 
@@ -34,6 +37,7 @@ class DenseFeature:
       feature (null or absent). The documented default is 0.0.
     - ``max_abs``: raw values must be finite and at most this in absolute value; NaN, Inf,
       a larger value or a non-number is refused like a bad slot value (dead letter, HTTP 4xx).
+      At most float32's largest value (about 3.4e38), so every value let in is a float32.
     """
 
     name: str
@@ -45,7 +49,7 @@ class DenseFeature:
         if not _NAME.fullmatch(self.name):
             raise ConfigError("name", f"must match {_NAME.pattern} (letters, digits, _), "
                                       f"got {self.name!r}")
-        _require(self, "max_abs", gt=0)
+        _require(self, "max_abs", gt=0, le=FLOAT32_MAX)
         if not abs(self.default) <= self.max_abs:
             raise ConfigError("default", f"must be finite and within max_abs {self.max_abs:g}, "
                                          f"got {self.default!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import operator
 import os
 import reprlib
@@ -236,9 +237,13 @@ def _require(obj: Any, name: str, *, gt: float | None = None, ge: float | None =
              lt: float | None = None, le: float | None = None) -> None:
     """ConfigError at field ``name`` of ``obj`` unless its value is within the given bounds.
 
-    Every bound is a comparison that NaN fails, so NaN is rejected wherever a bound is set.
+    A float must also be finite (NaN or inf is refused first): an interval or timeout of
+    ``.inf`` overflows the waits that read it, a ``max_abs`` of ``.inf`` lets values past
+    float32 through.
     """
     value = getattr(obj, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
     given = [(op, b) for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
     if not all(_COMPARE[op](value, b) for op, b in given):
         rule = " and ".join(f"{op} {b}" for op, b in given)

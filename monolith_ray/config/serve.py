@@ -8,6 +8,8 @@ from typing import Literal
 from monolith_ray.config.loader import ConfigError, _require, _require_resources
 
 
+MAX_INTERVAL_S = 30 * 86400.0  # the longest sync or poll interval, s
+
 @dataclasses.dataclass(frozen=True)
 class AutoscalingConfig:
     """Ray Serve ``autoscaling_config`` of the recommender deployment: replicas between
@@ -124,9 +126,11 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         _require(self, "port", ge=0, le=65535)
-        _require(self, "sparse_sync_interval_s", gt=0)
-        _require(self, "dense_sync_interval_s", gt=0)
-        _require(self, "poll_interval_s", gt=0)
+        # At most 30 days: a wait of 1.0e+300 s raises OverflowError, which would end the
+        # replica's thread that pulls updates.
+        _require(self, "sparse_sync_interval_s", gt=0, le=MAX_INTERVAL_S)
+        _require(self, "dense_sync_interval_s", gt=0, le=MAX_INTERVAL_S)
+        _require(self, "poll_interval_s", gt=0, le=MAX_INTERVAL_S)
         _require(self, "sync_log_mb", gt=0)
         _require(self, "pool_draw", ge=1)
         _require(self, "max_candidates", ge=1)

@@ -90,9 +90,9 @@ ERRORS = {
         _slots("{name: a, slot_id: 0, dim: 4, optimizer: {beta1: 1.0}}"),
         "slots[0].optimizer.beta1: must be >= 0 and < 1, got 1.0",
     ),
-    "nan is out of every range": (
+    "nan is no finite number": (
         _slots("{name: a, slot_id: 0, dim: 4, initializer: {scale: .nan}}"),
-        "slots[0].initializer.scale: must be >= 0, got nan",
+        "slots[0].initializer.scale: must be a finite number, got nan",
     ),
     "dim too large": (
         _slots("{name: a, slot_id: 0, dim: 5000}"),

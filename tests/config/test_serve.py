@@ -1,11 +1,11 @@
 """The serve section: the feedback key (a secret, kept out of the repr), the tower cache's
-bound."""
+bound; finite, bounded intervals (and dense bounds) wherever a config sets a float."""
 
 from __future__ import annotations
 
 import pytest
 
-from monolith_ray.config import ConfigError, from_dict
+from monolith_ray.config import ConfigError, from_dict, load_config
 from monolith_ray.config.serve import ServeConfig
 
 
@@ -22,3 +22,19 @@ def test_the_tower_cache_bound_is_a_count_of_rows() -> None:
     with pytest.raises(ConfigError) as info:
         from_dict(ServeConfig, {"tower_cache_rows": -1}, "serve")
     assert str(info.value) == "serve.tower_cache_rows: must be >= 0, got -1"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("serve.poll_interval_s=.inf", "serve.poll_interval_s: must be a finite number, got inf"),
+    ("serve.sparse_sync_interval_s=1.0e+300",
+     "serve.sparse_sync_interval_s: must be > 0 and <= 2592000.0, got 1e+300"),
+    ("dense=[{name: price, max_abs: .inf}]", "dense[0].max_abs: must be a finite number, got inf"),
+    ("dense=[{name: price, max_abs: 1.0e+39}]",
+     "dense[0].max_abs: must be > 0 and <= 3.4028234663852886e+38, got 1e+39"),
+])
+def test_intervals_and_bounds_are_finite_and_bounded(override: str, message: str) -> None:
+    """An infinite or overflowing interval would end the thread that waits on it; a dense
+    bound past float32 would let values in that the model reads as inf."""
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert str(info.value) == message
