@@ -194,12 +194,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "A body that cannot be parsed."},
     413: {"model": ErrorOut, "description": "Body over serve.max_body_bytes."},
     422: {"model": ErrorOut, "description": "A field that is malformed or out of bounds."},
+    503: {"model": ErrorOut, "description": "The model's scores of the request are not finite "
+                                            "(NaN or inf); nothing is logged."},
 }
 """The error answers every POST endpoint documents."""
 
 
 class BadRequest(ValueError):
     """Input the model cannot take; the text names the field."""
+
+
+class Unavailable(RuntimeError):
+    """The service cannot answer this request now, through no fault of the input (e.g. the
+    model's scores of it are not finite); 503, the text says why."""
 
 
 class _API(FastAPI):
@@ -262,6 +269,11 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
 @api.exception_handler(BadRequest)
 async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
     return _error(str(err), 422)
+
+
+@api.exception_handler(Unavailable)
+async def _unavailable(request: Request, err: Unavailable) -> JSONResponse:
+    return _error(str(err), 503)
 
 
 class BodyLimit:

@@ -92,7 +92,7 @@ from monolith_ray.history.server import check_history
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decision, Decisions, first_values
-from monolith_ray.schemas import value_ids
+from monolith_ray.schemas import value_ids, value_text
 from monolith_ray.serve.api import (
     ERRORS,
     BadRequest,
@@ -105,6 +105,7 @@ from monolith_ray.serve.api import (
     PredictOut,
     RecommendIn,
     RecommendOut,
+    Unavailable,
     UserIn,
     api,
 )
@@ -113,7 +114,7 @@ from monolith_ray.serve.feature_log import FeatureLog
 from monolith_ray.serve.guarded import GuardedCalls, Skipped
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pinned import pinned_model, resolve_pinned
-from monolith_ray.serve.pool import CandidatePool
+from monolith_ray.serve.pool import CandidatePool, check_pool
 from monolith_ray.serve.seen import unseen
 from monolith_ray.serve.tokens import FeedbackTokens
 from monolith_ray.stream.user_partitions import history_shard_of
@@ -169,6 +170,9 @@ class Recommender:
         self.slot_names = {s.name for s in cfg.slots}
         self.dense_known = {f.name: f for f in cfg.dense}
         self.pool = pool if pool is not None else CandidatePool.configured(cfg)
+        check_pool(cfg, self.pool)
+        # A request's item ids meet the pool's by the text they are known by (7, "7", "007").
+        self._pool_slots = {value_text(i): self.pool.slots[i] for i in self.pool.ids}
         self.pool_rows = SlotRows.of(
             [{**self.pool.slots[item_id], cfg.serve.item_slot: item_id}
              for item_id in self.pool.ids],
@@ -207,7 +211,7 @@ class Recommender:
         self._rng = np.random.default_rng()
         self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0,
                        "history_failed": 0, "history_skipped": 0, "seen_excluded": 0,
-                       "seen_kept": 0}
+                       "seen_kept": 0, "not_finite": 0}
         history_cfg = cfg.history
         self._history_reads = [GuardedCalls(history_cfg.read_timeout_s, history_cfg.retry_s,
                                             history_cfg.max_in_flight) for _ in self.history]
@@ -254,7 +258,9 @@ class Recommender:
             given = [self._item(c, f"candidates[{i}]") for i, c in enumerate(body.candidates)]
             # An item listed twice (e.g. by two retrieval sources) is ranked, returned and
             # logged once, as its first listing.
-            first = {item_id: i for i, (item_id, _) in reversed(list(enumerate(given)))}
+            # One id however it is spelt (7, "7", "007": one row to the model).
+            first = {value_text(item_id): i
+                     for i, (item_id, _) in reversed(list(enumerate(given)))}
             kept = sorted(first.values())
             given = [given[i] for i in kept]
             ids = [item_id for item_id, _ in given]
@@ -478,11 +484,19 @@ class Recommender:
                      now: int, model: ServingModel | None = None
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """({task: probabilities (n,)}, versions) of the examples, by ``model`` (default
-        the live one)."""
+        the live one). Unavailable (503, counted as ``not_finite``) if a probability is NaN
+        or inf: a JSON answer cannot carry it, and a policy should not rank by it."""
         try:
-            return await (model or self.model).score_tasks_async(items, user, which, now)
+            probs, version = await (model or self.model).score_tasks_async(items, user, which,
+                                                                            now)
         except MessageError as err:
             raise BadRequest(str(err)) from None
+        bad = [task for task, p in probs.items() if not np.isfinite(p).all()]
+        if bad:
+            self.served["not_finite"] += 1
+            raise Unavailable(f"the model at versions {version} scored {bad[0]} as NaN or inf "
+                              f"for this request; nothing was logged")
+        return probs, version
 
     def _user_slots(self, user: UserIn, where: str) -> dict[str, Any]:
         self._check_features(user.features, f"{where}.features")
@@ -490,16 +504,26 @@ class Recommender:
 
     def _item(self, item: ItemIn | Any, where: str) -> tuple[Any, dict[str, Any]]:
         if not isinstance(item, ItemIn):
-            return item, {**self.pool.slots.get(item, {}), self.serve_cfg.item_slot: item}
+            return item, {**self._pool_slots.get(value_text(item), {}),
+                          self.serve_cfg.item_slot: item}
         self._check_features(item.features, f"{where}.features")
-        return item.id, {**self.pool.slots.get(item.id, {}), **item.features,
+        return item.id, {**self._pool_slots.get(value_text(item.id), {}), **item.features,
                          self.serve_cfg.item_slot: item.id}
 
     def _check_features(self, features: Mapping[str, Any], where: str) -> None:
+        """BadRequest naming the first slot a request's ``features`` may not set: one the
+        model does not have, the user or item slot (``user.id`` and an item's ``id`` set
+        those: an item's user id would be scored, logged and filed in another user's
+        history), a history slot."""
         unknown = sorted(set(features) - self.slot_names)
         if unknown:
             raise BadRequest(f"{where}.{unknown[0]}: not a slot of the model; slots: "
                              f"{', '.join(sorted(self.slot_names))}")
+        for slot, side in ((self.serve_cfg.user_slot, "user"),
+                           (self.serve_cfg.item_slot, "item")):
+            if slot in features:
+                raise BadRequest(f"{where}.{slot}: the {side} slot, set by the {side}'s id; "
+                                 f"features cannot set it")
         history = sorted(self.history_slots.intersection(features))
         if history:
             raise BadRequest(f"{where}.{history[0]}: a history slot, filled by the server from "
@@ -660,6 +684,8 @@ def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
     cfg = resolve_pinned(cfg)  # every replica loads the same snapshot for a pinned arm
     if history:
         check_history(cfg, history)
+    if pool is not None:
+        check_pool(cfg, pool)
     stats = ExperimentStats.remote() if cfg.experiments else None
     return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), list(history),
                                                stats)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from monolith_ray.config import Config
+from monolith_ray.config import Config, ConfigError
 
 
 class CandidatePool:
@@ -54,3 +54,13 @@ class CandidatePool:
         if n >= len(self.ids):
             return list(self.ids)
         return [self.ids[i] for i in rng.choice(len(self.ids), n, replace=False)]
+
+
+def check_pool(cfg: Config, pool: CandidatePool) -> None:
+    """ConfigError (``serve.candidate_pool``) if a pool item sets the user slot: a request's
+    user id fills it, and an item's would be scored, logged and filed as another user's.
+    O(pool items)."""
+    for item_id in pool.ids:
+        if cfg.serve.user_slot in pool.slots[item_id]:
+            raise ConfigError("serve.candidate_pool", f"item {item_id!r} sets the user slot "
+                                                      f"{cfg.serve.user_slot!r}")

@@ -167,6 +167,10 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
     ("/recommend", {"user": USER, "candidates": [{"id": 1, "features": {"genres": ["a"] * 7}}]},
      422, "genres"),
     ("/recommend", {"user": USER, "surprise": 1}, 422, "surprise: Extra inputs"),
+    ("/recommend", {"user": USER, "candidates": [{"id": 1, "features": {"user_id": 987654}}]},
+     422, "candidates[0].features.user_id: the user slot, set by the user's id"),
+    ("/predict", {"pairs": [{"user": {"id": 1, "features": {"item_id": 3}}, "item": 2}]}, 422,
+     "pairs[0].user.features.item_id: the item slot, set by the item's id"),
     ("/predict", {"pairs": []}, 422, "pairs"),
     ("/predict", {"pairs": [{"user": {"id": 1, "dense": {"prize": 1}}, "item": 2}]}, 422,
      "pairs[0].user.dense.prize: not a dense feature of the model; dense features: price, "
@@ -292,20 +296,25 @@ def test_dense_features_reach_the_score_and_the_logged_impression(deployment) ->
 
 
 def test_an_item_listed_twice_is_ranked_returned_and_logged_once(deployment) -> None:
+    """However it is spelt: 5, "5" and "005" are one id to the model (and to the joiner,
+    which would take a second impression of it as a duplicate). A pool item named by another
+    spelling gets the pool's features."""
     dep = deployment
     body = dep.post("/recommend", {"user": {"id": 32}, "k": 10, "candidates": [
         {"id": 5, "features": {"genres": ["War"]}}, 6, 5, {"id": 6, "features": {"genres": []}},
-        7]})
+        7, "5", "005", "150", 150]})
     assert body.status_code == 200, body.text
     items = body.json()["items"]
-    assert sorted(i["item_id"] for i in items) == [5, 6, 7]
+    assert sorted(str(i["item_id"]) for i in items) == ["150", "5", "6", "7"]
     rid = body.json()["request_id"]
-    logged = _logged(dep, rid, 3)
-    time.sleep(0.5)  # a fourth impression, if one were logged, would have arrived by now
+    logged = _logged(dep, rid, 4)
+    time.sleep(0.5)  # a fifth impression, if one were logged, would have arrived by now
     logged = [f for f in _read(dep.cfg.kafka, dep.cfg.kafka.topics.features)
               if f["request_id"] == rid]
-    assert sorted(f["item_id"] for f in logged) == [5, 6, 7]
+    assert sorted(str(f["item_id"]) for f in logged) == ["150", "5", "6", "7"]
     assert next(f for f in logged if f["item_id"] == 5)["slots"]["genres"] == ["War"]  # first
+    pooled = next(f for f in logged if f["item_id"] == "150")["slots"]  # pool item 150
+    assert pooled["genres"] == ["Comedy"] and pooled["release_year"] == 1990
 
 
 def _logged(dep: Deployment, rid: str, at_least: int, timeout_s: float = 30.0
@@ -343,6 +352,8 @@ def test_candidate_pool_from_config(tmp_path) -> None:
     missing = load_config(overrides=[f"serve.candidate_pool={tmp_path}/none.jsonl"])
     with pytest.raises(FileNotFoundError, match="serve.candidate_pool"):
         CandidatePool.configured(missing)
+    with pytest.raises(ConfigError, match="serve.candidate_pool: item 'x' sets the user slot"):
+        build_app(cfg, sync=None, pool=CandidatePool([(5, {}), ("x", {"user_id": 3})]))
 
 
 def test_a_replica_started_late_serves_the_latest_versions_from_its_first_answer(
@@ -401,3 +412,34 @@ def test_replica_settings_come_from_config() -> None:
     assert deployment.ray_actor_options["resources"] == {"serving": 1.0}
     with pytest.raises(ConfigError, match="serve.replica_resources.serving: must be > 0"):
         load_config(overrides=["serve.replica_resources.serving=0"])
+
+
+def test_scores_that_are_not_finite_answer_503_and_are_counted() -> None:
+    """A diverged model's NaN or inf cannot go out as JSON (it was a 500) nor be ranked: the
+    request gets 503 naming the task and the versions. A unit test of the replica's scoring
+    step with a stand-in model; the 503 through the API's own handler."""
+    import asyncio
+    import types
+
+    from monolith_ray.serve import api as api_module
+    from monolith_ray.serve.api import Unavailable
+
+    class Diverged:
+        async def score_tasks_async(self, *_: Any) -> tuple[dict[str, np.ndarray], dict]:
+            return ({"click": np.array([0.5, np.nan]), "like": np.array([0.1, 0.2])},
+                    {"dense": 3, "sparse": 9})
+
+    score = recommender_deployment(load_config()).func_or_class._score
+    replica = types.SimpleNamespace(model=Diverged(), served={"not_finite": 0})
+    with pytest.raises(Unavailable, match="versions .*'dense': 3.* scored click as NaN"):
+        asyncio.run(score(replica, None, None, None, 0))
+    assert replica.served["not_finite"] == 1
+    replica.model.score_tasks_async = lambda *_: _finite()
+
+    async def _finite() -> tuple[dict[str, np.ndarray], dict]:
+        return {"click": np.array([0.5])}, {"dense": 3}
+
+    assert asyncio.run(score(replica, None, None, None, 0))[0]["click"].tolist() == [0.5]
+    answer = asyncio.run(api_module._unavailable(None, Unavailable("scored click as NaN")))
+    assert answer.status_code == 503 and json.loads(answer.body) == {
+        "error": "scored click as NaN"}
