@@ -50,6 +50,7 @@ MAX_VALUES = 1024
 MAX_SLOTS = 256
 MAX_WEIGHT = 1.0e6
 MAX_DENSE = 256
+MAX_CANDIDATES = 10_000  # most candidates (or /predict pairs) a request may list
 MAX_NAME_CHARS = 129
 DEFAULT_MAX_ABS = 1.0e12
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from monolith_ray.config.loader import ConfigError, _require, _require_resources
+from monolith_ray.validation import MAX_CANDIDATES
 
 
 MAX_INTERVAL_S = 30 * 86400.0  # the longest sync or poll interval, s
@@ -49,7 +50,9 @@ class ServeConfig:
       empty = requests must bring their candidates. A non-empty one must exist when
       ``monolith-ray serve`` starts.
     - ``max_candidates``: most candidates (or pairs) one request may score; ``max_k`` most
-      items returned; ``max_body_bytes`` largest request body (413 beyond).
+      items returned (``max_candidates`` at most 10,000); ``max_body_bytes`` largest request
+      body (413 beyond); ``body_timeout_s`` the longest a body may take to arrive whole (408
+      beyond), so a client sending a byte now and then cannot hold a replica's request slot.
     - ``log_features``: write every served impression to the ``features`` topic (the closed
       loop); needs ``kafka.bootstrap_servers``.
     - ``feedback_key``: HMAC key of the request ids and feedback tokens the service issues;
@@ -106,6 +109,7 @@ class ServeConfig:
     max_candidates: int = 1000
     max_k: int = 100
     max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 10.0
     log_features: bool = True
     feedback_key: str = dataclasses.field(default="", repr=False)
     replica_cpus: float = 0.25
@@ -133,9 +137,10 @@ class ServeConfig:
         _require(self, "poll_interval_s", gt=0, le=MAX_INTERVAL_S)
         _require(self, "sync_log_mb", gt=0)
         _require(self, "pool_draw", ge=1)
-        _require(self, "max_candidates", ge=1)
+        _require(self, "max_candidates", ge=1, le=MAX_CANDIDATES)
         _require(self, "max_k", ge=1)
         _require(self, "max_body_bytes", ge=1024)
+        _require(self, "body_timeout_s", gt=0, le=3600)
         _require(self, "replica_cpus", ge=0)
         _require(self, "max_ongoing_requests", ge=1)
         _require_resources(self, "replica_resources")

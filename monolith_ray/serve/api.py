@@ -6,11 +6,14 @@ the Kafka messages and the Arrow columns use): ids and string values are 1 to 25
 that UTF-8 can encode, ints fit int64, a feature map holds at most 256 names of at most 64
 characters, a request id 1 to 128 printable characters; the config-dependent bounds (slot
 names and ``max_values``, ``serve.max_k``, ``serve.max_candidates``, ``limits.*``) are checked
-by the endpoints. Any failure is a 4xx with ``{"error": "<field>: <problem>"}``, never a 5xx.
+by the endpoints; lists are cut at ``validation.MAX_CANDIDATES`` here, before a longer one is
+validated item by item. Any failure is a 4xx with ``{"error": "<field>: <problem>"}``, never a
+5xx, save a 503 when the model's scores of a request are not finite.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads these models' annotations as
 # objects through Serve's ingress wrappers.
+import asyncio
 import json
 from typing import Annotated, Any, Literal
 
@@ -84,8 +87,9 @@ class RecommendIn(_Strict):
         description="Free-form, logged with the impressions; at most limits.max_context_depth "
                     "deep and limits.max_context_bytes encoded.")
     candidates: list[ItemIn | Scalar] | None = Field(
-        default=None, description="Items to rank (ids or items with features), at most "
-                                  "serve.max_candidates; default: drawn from the pool.")
+        default=None, max_length=validation.MAX_CANDIDATES,
+        description="Items to rank (ids or items with features), at most "
+                    "serve.max_candidates; default: drawn from the pool.")
     k: int = Field(default=10, ge=1, description="Items to return, at most serve.max_k.")
 
 
@@ -95,7 +99,8 @@ class PairIn(_Strict):
 
 
 class PredictIn(_Strict):
-    pairs: list[PairIn] = Field(min_length=1, description="At most serve.max_candidates.")
+    pairs: list[PairIn] = Field(min_length=1, max_length=validation.MAX_CANDIDATES,
+                                description="At most serve.max_candidates.")
 
 
 class FeedbackIn(_Strict):
@@ -277,10 +282,14 @@ async def _unavailable(request: Request, err: Unavailable) -> JSONResponse:
 
 
 class BodyLimit:
-    """ASGI middleware: a body over ``limit`` bytes (declared or streamed) gets 413. The
-    limit is the replica's ``serve.max_body_bytes``, set when the replica starts."""
+    """ASGI middleware: a body over ``limit`` bytes (declared or streamed) gets 413, one not
+    received whole within ``timeout_s`` 408 (a client sending a byte now and then would
+    otherwise hold one of the replica's ``max_ongoing_requests`` for as long as it liked).
+    Both are the replica's (``serve.max_body_bytes``, ``serve.body_timeout_s``), set when it
+    starts."""
 
     limit = 1 << 20
+    timeout_s = 10.0
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -291,20 +300,31 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _too_large(send, int(declared), self.limit)
-        # Read the whole body here (at most limit + one chunk), so an oversized one gets 413
-        # whether or not it declared its length, then hand the app what was read.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                got = await self._read(receive)
+        except TimeoutError:
+            return await _refuse(send, 408, f"body: not received whole within "
+                                            f"{self.timeout_s:g} s (serve.body_timeout_s)")
+        if isinstance(got, int):
+            return await _too_large(send, got, self.limit)
+        return await self.app(scope, _replay([got], receive), send)
+
+    async def _read(self, receive: Any) -> dict | int:
+        """The whole body as one ``http.request`` message (read here, at most limit + one
+        chunk, so an oversized one gets 413 whether or not it declared its length), or the
+        first other message (a disconnect), or the bytes seen once past the limit."""
         chunks, seen, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return await self.app(scope, _replay([message], receive), send)
+                return message
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
             if seen > self.limit:
-                return await _too_large(send, seen, self.limit)
+                return seen
             more = message.get("more_body", False)
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        return await self.app(scope, _replay([body], receive), send)
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
 def _replay(messages: list[dict], receive: Any) -> Any:
@@ -318,9 +338,14 @@ def _replay(messages: list[dict], receive: Any) -> Any:
 
 
 async def _too_large(send: Any, size: int, limit: int) -> None:
-    body = json.dumps({"error": f"body: {size} bytes or more, over the limit of {limit} "
-                                f"(serve.max_body_bytes)"}).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await _refuse(send, 413, f"body: {size} bytes or more, over the limit of {limit} "
+                             f"(serve.max_body_bytes)")
+
+
+async def _refuse(send: Any, status: int, text: str) -> None:
+    """Answer ``status`` with ``{"error": text}`` before the app sees the request."""
+    body = json.dumps({"error": text}).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

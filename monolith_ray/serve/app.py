@@ -88,7 +88,7 @@ from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config, ConfigError
 from monolith_ray.config.tasks import parse_score
-from monolith_ray.history.server import check_history
+from monolith_ray.history.server import MAX_READ, check_history
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decision, Decisions, first_values
@@ -166,6 +166,7 @@ class Recommender:
         self.history_slots = {s.name for s in cfg.history.slots}
         self.serve_cfg = cfg.serve
         BodyLimit.limit = cfg.serve.max_body_bytes
+        BodyLimit.timeout_s = cfg.serve.body_timeout_s
         self.tokens = FeedbackTokens(cfg.serve.feedback_key)
         self.slot_names = {s.name for s in cfg.slots}
         self.dense_known = {f.name: f for f in cfg.dense}
@@ -531,7 +532,8 @@ class Recommender:
 
     async def _add_history(self, users: Sequence[dict[str, Any]], now: int) -> None:
         """Put into each user's slots their history slots' values held strictly before
-        ``now`` (one call per history shard holding some of the distinct users, all at once;
+        ``now`` (one call per history shard holding some of the distinct users, or per
+        ``MAX_READ`` of them, all at once;
         a slot with no value is left out). A failed or late read leaves its users out and is
         counted, once per request."""
         key = self.cfg.history.user_slot
@@ -541,7 +543,10 @@ class Recommender:
         ids = value_ids([u[key] for u in known])
         distinct = np.unique(ids)
         owners = history_shard_of(distinct, len(self.history), self.cfg.kafka.partitions)
-        reads = [(int(k), distinct[owners == k].tolist()) for k in np.unique(owners)]
+        # At most MAX_READ users a call (a /predict of many users on one shard is several).
+        reads = [(int(k), held[at:at + MAX_READ])
+                 for k in np.unique(owners) for held in [distinct[owners == k].tolist()]
+                 for at in range(0, len(held), MAX_READ)]
         answers = await asyncio.gather(*(self._read_history(k, held, now) for k, held in reads))
         failed = [a for a in answers if isinstance(a, BaseException)]
         if failed:

@@ -66,6 +66,7 @@ class Deployment:
 def deployment(deploy_recommender) -> Iterator[Deployment]:
     with deploy_recommender(APP, "/", ["serve.poll_interval_s=0.2", "serve.max_candidates=256",
                                        "serve.max_k=20", "serve.max_body_bytes=65536",
+                                       "serve.body_timeout_s=1.0",
                                        "dense=[{name: price, transform: log1p, max_abs: 1000},"
                                        " {name: views, default: 3}]"],
                             range(100, 400)) as app:
@@ -164,6 +165,9 @@ def test_recommend_ranks_candidates_and_reports_versions(deployment) -> None:
     ("/recommend", {"user": USER, "candidates": list(range(257))}, 422,
      "candidates: at most 256 (serve.max_candidates), got 257"),
     ("/recommend", {"user": USER, "candidates": []}, 422, "candidates: empty"),
+    ("/recommend", {"user": USER, "candidates": [1] * 10_001}, 422,
+     "candidates: List should have at most 10000 items"),
+
     ("/recommend", {"user": USER, "candidates": [{"id": 1, "features": {"genres": ["a"] * 7}}]},
      422, "genres"),
     ("/recommend", {"user": USER, "surprise": 1}, 422, "surprise: Extra inputs"),
@@ -293,6 +297,39 @@ def test_dense_features_reach_the_score_and_the_logged_impression(deployment) ->
     logged = _logged(dep, rid, 2)
     dense = {f["item_id"]: f["dense"] for f in logged}
     assert dense == {8: {"price": 7, "views": 1}, 9: {"price": 5, "views": 1}}
+
+
+def test_pairs_are_cut_at_the_schema_before_each_is_validated() -> None:
+    """A /predict body of more pairs than any config allows fails in the schema (422),
+    before it costs the replica's event loop a validation of each pair."""
+    import pydantic
+
+    from monolith_ray.serve.api import PredictIn
+
+    with pytest.raises(pydantic.ValidationError, match="at most 10000 items"):
+        PredictIn.model_validate({"pairs": [{"user": {"id": 1}, "item": 2}] * 10_001})
+    assert len(PredictIn.model_validate({"pairs": [{"user": {"id": 1}, "item": 2}] * 3}).pairs) == 3
+
+
+def test_a_body_that_does_not_arrive_whole_in_time_gets_408(deployment) -> None:
+    """A client that sends part of its body and stalls is answered 408 once
+    ``serve.body_timeout_s`` has passed, rather than hold a replica's request slot."""
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlparse(deployment.url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"POST %s/recommend HTTP/1.1\r\nHost: %s\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"user": ' % (url.path.rstrip("/").encode(), url.hostname.encode()))
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"not received whole within 1 s (serve.body_timeout_s)" in answer
+    assert deployment.post("/recommend", {"user": USER, "k": 3}).status_code == 200
 
 
 def test_an_item_listed_twice_is_ranked_returned_and_logged_once(deployment) -> None:

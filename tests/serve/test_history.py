@@ -27,6 +27,7 @@ from monolith_ray.stream import read_range
 from monolith_ray.stream.joiner import run_joiners
 
 APP, PREFIX = "history-test", "/history-test"
+MANY = 2400  # /predict pairs of distinct users: more than MAX_READ on some history shard
 USER = 901
 SHARDS = 2
 # a user the other history shard holds
@@ -43,7 +44,7 @@ def history_overrides() -> list[str]:
                "read_timeout_s": 2.0, "retry_s": 10.0, "shards": SHARDS}
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1 << 20)}"
             for key, value in (("slots", slots), ("history", history))] + [
-        "serve.exclude_seen=recent_items"]
+        "serve.exclude_seen=recent_items", f"serve.max_candidates={MANY}"]
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,24 @@ def test_a_client_cannot_set_a_history_slot(app, path, body, field) -> None:
     r = post(app, path, body)
     assert r.status_code == 422 and r.json()["error"].startswith(f"{field}: a history slot"), \
         r.text
+
+
+def test_a_predict_of_more_users_than_one_read_takes_reads_them_in_pieces(app) -> None:
+    """More distinct users on one history shard than ``MAX_READ`` are read in several calls,
+    not refused (which also marked the shard down for every other request a while)."""
+    from monolith_ray.history.server import MAX_READ
+
+    users = np.arange(100_000, 100_000 + MANY)
+    held = np.bincount(history_shard_of(users, SHARDS, app.cfg.kafka.partitions))
+    assert held.max() > MAX_READ
+    served = requests.get(app.url + "/healthz", timeout=30).json()["served"]
+    r = post(app, "/predict", {"pairs": [{"user": {"id": int(u)}, "item": 5} for u in users]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["scores"]) == MANY
+    after = requests.get(app.url + "/healthz", timeout=30).json()["served"]
+    assert after["history_failed"] == served["history_failed"]
+    by_shard = requests.get(app.url + "/healthz", timeout=30).json()["history_shards"]
+    assert all(s["failed"] == 0 for s in by_shard)
 
 
 def test_with_one_shard_down_the_other_shards_users_keep_their_history(app) -> None:
