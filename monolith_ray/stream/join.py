@@ -7,8 +7,9 @@ for a positive action (``messages.POSITIVE_ACTIONS``) on the same key no later t
 ``window_s`` after it (event time). The first such action makes it a positive example at once;
 an impression still waiting when the watermark passes ``time + window_s`` becomes a negative
 example. Actions that arrive before their impression wait too (as *orphans*) until the
-watermark passes their own time. Other actions (``skip``) and clicks after the window are
-only counted. An example is its impression's ``features`` message with ``"label"`` and
+watermark passes their own time. Other actions (``skip``), clicks after the window and
+actions dated more than ``limits.max_event_skew_s`` before their impression (backdated:
+whichever is read first) are only counted. An example is its impression's ``features`` message with ``"label"`` and
 ``"weight"`` added (``messages.parse_example`` reads it; the extra fields ``user_id``,
 ``item_id`` and ``context`` ride along), spliced into the message's bytes so that the slots
 are never encoded again.
@@ -194,6 +195,11 @@ class Joiner:
         self._store = store if store is not None else spill_store(cfg)
         self._room = (cfg.memory_budget_mb << 20) - self._store.memory_bytes
         self._window = cfg.window_s
+        # How far an action may be dated before its impression and still join: the clock
+        # skew event times are allowed ahead (limits.max_event_skew_s), the service's and its
+        # clients' clocks differing by that much at most. An action dated earlier (a client
+        # backdating its feedback) joins nothing whichever of the two is read first.
+        self._early = (limits if limits is not None else LimitsConfig()).max_event_skew_s
         self._weight = 1.0 / cfg.negative_rate
         self._labels = TaskLabels(tasks, self._weight)
         # Task bits of the impressions in memory that some but not every task's action has
@@ -290,7 +296,7 @@ class Joiner:
             if maybe:
                 orphan = store.take_labelled_orphan(key)
                 if orphan is not None:
-                    if orphan[2] - t <= window:
+                    if -self._early <= orphan[2] - t <= window:
                         joins.append((partition, offset, orphan[0], orphan[1]))
                         labels = orphan[3]
                         if labels == full:
@@ -321,7 +327,7 @@ class Joiner:
     def _add_actions(self, partition: int,
                      records: Sequence[tuple[int, bytes | None]]) -> None:
         memory, store, window, counters = self._memory, self._store, self._window, self.counters
-        examples = self._examples
+        examples, early = self._examples, self._early
         newest = self._newest.get((ACTIONS, partition), -1)
         read, now = self._reader.action, time.time()
         action_bits, full, tail, partial = (self._labels.bits, self._labels.full,
@@ -346,7 +352,7 @@ class Joiner:
                 ft, fp, fo, _, raw = waiting
                 had = partial.get(key, 0)
                 labels = had | bits
-                if t - ft > window or labels == had:
+                if t - ft > window or ft - t > early or labels == had:
                     counters["unmatched_actions"] += 1
                     continue
                 joins.append((fp, fo, partition, offset))
@@ -366,7 +372,7 @@ class Joiner:
                 fp, fo, ft, raw = spilled
                 had = store.labels(key) if full > 1 else 0
                 labels = had | bits
-                if t - ft > window or labels == had:
+                if t - ft > window or ft - t > early or labels == had:
                     counters["unmatched_actions"] += 1
                     continue
                 joins.append((fp, fo, partition, offset))

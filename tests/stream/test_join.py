@@ -111,6 +111,28 @@ def test_action_before_its_impression_waits_for_it_until_the_watermark() -> None
     assert feed.joiner.counters["unmatched_actions"] == 1
 
 
+@pytest.mark.parametrize("action_first", [False, True])
+def test_an_action_dated_before_its_impression_joins_only_within_the_clock_skew(
+        action_first: bool) -> None:
+    """A click dated up to ``limits.max_event_skew_s`` (300 s) before its impression joins
+    (the client's clock may lag the service's); one dated earlier (backdated feedback) is
+    counted unmatched, whichever of the two is read first."""
+    feed = Feed(window_s=60, allowed_lateness_s=1000)
+    actions = [action("skewed", 10_000 - 299), action("backdated", 10_000 - 301),
+               action("backdated", 10_000 - 9_000, item=8)]
+    features = [feature("skewed", 10_000), feature("backdated", 10_000),
+                feature("backdated", 10_000, item=8)]
+    for kind, values in ([(ACTIONS, actions), (FEATURES, features)] if action_first
+                         else [(FEATURES, features), (ACTIONS, actions)]):
+        feed.send(kind, values)
+        feed.advance()
+    feed.drain()
+    assert sorted((e["request_id"], e["slots"]["item_id"], e["label"])
+                  for e in feed.examples) == [("backdated", 7, 0.0), ("backdated", 8, 0.0),
+                                              ("skewed", 7, 1.0)]
+    assert feed.joiner.counters["unmatched_actions"] == 2
+
+
 def test_waiting_impressions_spill_to_disk_and_still_join(tmp_path) -> None:
     store = SpillStore(tmp_path / "spill.sqlite")
     joiner = Joiner(JoinerConfig(window_s=100, allowed_lateness_s=0, spill_after_s=10),
