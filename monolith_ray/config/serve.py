@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 from monolith_ray.config.loader import ConfigError, _require, _require_resources
@@ -10,6 +11,8 @@ from monolith_ray.validation import MAX_CANDIDATES
 
 
 MAX_INTERVAL_S = 30 * 86400.0  # the longest sync or poll interval, s
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts only this machine reaches
+_API_KEY = re.compile(r"[\x21-\x7e]{16,256}")
 
 @dataclasses.dataclass(frozen=True)
 class AutoscalingConfig:
@@ -53,6 +56,12 @@ class ServeConfig:
       items returned (``max_candidates`` at most 10,000); ``max_body_bytes`` largest request
       body (413 beyond); ``body_timeout_s`` the longest a body may take to arrive whole (408
       beyond), so a client sending a byte now and then cannot hold a replica's request slot.
+    - ``api_keys``: the keys a client names in ``Authorization: Bearer <key>``; with any
+      set, every request without one of them gets 401 before its body is read. Required
+      when ``host`` is not a loopback address (a listener others can reach authenticates);
+      empty on loopback = open to this machine only. Each 16 to 256 printable ASCII
+      characters; several, so a key can be rotated without a moment of refusals. Secrets:
+      left out of the config's repr.
     - ``log_features``: write every served impression to the ``features`` topic (the closed
       loop); needs ``kafka.bootstrap_servers``.
     - ``feedback_key``: HMAC key of the request ids and feedback tokens the service issues;
@@ -112,6 +121,7 @@ class ServeConfig:
     body_timeout_s: float = 10.0
     log_features: bool = True
     feedback_key: str = dataclasses.field(default="", repr=False)
+    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     replica_cpus: float = 0.25
     max_ongoing_requests: int = 64
     user_affinity: bool = False
@@ -141,6 +151,13 @@ class ServeConfig:
         _require(self, "max_k", ge=1)
         _require(self, "max_body_bytes", ge=1024)
         _require(self, "body_timeout_s", gt=0, le=3600)
+        for i, key in enumerate(self.api_keys):
+            if not _API_KEY.fullmatch(key):
+                raise ConfigError(f"api_keys[{i}]", f"must be 16 to 256 printable ASCII "
+                                                    f"characters, no spaces (got {len(key)})")
+        if not self.api_keys and self.host not in LOOPBACK:
+            raise ConfigError("api_keys", f"required when host ({self.host}) is not a loopback "
+                                          f"address: others could call the API unauthenticated")
         _require(self, "replica_cpus", ge=0)
         _require(self, "max_ongoing_requests", ge=1)
         _require_resources(self, "replica_resources")

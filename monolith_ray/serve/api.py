@@ -14,7 +14,10 @@ validated item by item. Any failure is a 4xx with ``{"error": "<field>: <problem
 # No ``from __future__ import annotations``: FastAPI reads these models' annotations as
 # objects through Serve's ingress wrappers.
 import asyncio
+import hashlib
+import hmac
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
@@ -197,6 +200,9 @@ class ErrorOut(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "A body that cannot be parsed."},
+    401: {"model": ErrorOut, "description": "No key of serve.api_keys (when set)."},
+    408: {"model": ErrorOut, "description": "Body not received whole within "
+                                            "serve.body_timeout_s."},
     413: {"model": ErrorOut, "description": "Body over serve.max_body_bytes."},
     422: {"model": ErrorOut, "description": "A field that is malformed or out of bounds."},
     503: {"model": ErrorOut, "description": "The model's scores of the request are not finite "
@@ -327,6 +333,35 @@ class BodyLimit:
         return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
+class ApiKeys:
+    """ASGI middleware: with ``serve.api_keys`` set, a request whose ``Authorization`` header
+    is not ``Bearer <one of them>`` gets 401 before its body is read (it runs before
+    :class:`BodyLimit`). Keys are held as SHA-256 digests, a given key compared with every
+    one in constant time each. Set when the replica starts; empty = every request passes."""
+
+    digests: tuple[bytes, ...] = ()
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @classmethod
+    def hold(cls, keys: Sequence[str]) -> None:
+        """Take ``keys`` (the replica's ``serve.api_keys``) as the ones requests must name."""
+        cls.digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.digests:
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, key = given.partition(b" ")
+        digest = hashlib.sha256(key).digest()
+        if scheme.lower() != b"bearer" or not any(
+                [hmac.compare_digest(digest, d) for d in self.digests]):
+            return await _refuse(send, 401, "authorization: a Bearer key of serve.api_keys "
+                                            "is required", [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
 def _replay(messages: list[dict], receive: Any) -> Any:
     """An ASGI ``receive`` giving ``messages`` first, then what ``receive`` gives."""
     pending = list(messages)
@@ -342,13 +377,15 @@ async def _too_large(send: Any, size: int, limit: int) -> None:
                              f"(serve.max_body_bytes)")
 
 
-async def _refuse(send: Any, status: int, text: str) -> None:
+async def _refuse(send: Any, status: int, text: str,
+                  headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Answer ``status`` with ``{"error": text}`` before the app sees the request."""
     body = json.dumps({"error": text}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
 api.add_middleware(BodyLimit)
+api.add_middleware(ApiKeys)  # added last: runs first

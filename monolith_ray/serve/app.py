@@ -95,6 +95,7 @@ from monolith_ray.policy.decisions import Decision, Decisions, first_values
 from monolith_ray.schemas import value_ids, value_text
 from monolith_ray.serve.api import (
     ERRORS,
+    ApiKeys,
     BadRequest,
     BodyLimit,
     ExperimentsOut,
@@ -167,6 +168,7 @@ class Recommender:
         self.serve_cfg = cfg.serve
         BodyLimit.limit = cfg.serve.max_body_bytes
         BodyLimit.timeout_s = cfg.serve.body_timeout_s
+        ApiKeys.hold(cfg.serve.api_keys)
         self.tokens = FeedbackTokens(cfg.serve.feedback_key)
         self.slot_names = {s.name for s in cfg.slots}
         self.dense_known = {f.name: f for f in cfg.dense}

@@ -38,3 +38,16 @@ def test_intervals_and_bounds_are_finite_and_bounded(override: str, message: str
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert str(info.value) == message
+
+
+def test_api_keys_are_required_off_loopback_bounded_and_secret() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["serve.host=0.0.0.0"])
+    assert str(info.value).startswith("serve.api_keys: required when host (0.0.0.0) is not a "
+                                      "loopback address")
+    with pytest.raises(ConfigError, match=r"^serve.api_keys\[1\]: must be 16 to 256 printable"):
+        load_config(overrides=["serve.api_keys=[key-0123456789abcdef, short]"])
+    cfg = load_config(overrides=["serve.host=0.0.0.0", "serve.api_keys=[key-0123456789abcdef]"])
+    assert cfg.serve.api_keys == ("key-0123456789abcdef",)
+    assert "key-0123456789abcdef" not in repr(cfg)
+    assert load_config().serve.api_keys == ()  # loopback: open to this machine only
