@@ -117,7 +117,7 @@ from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pinned import pinned_model, resolve_pinned
 from monolith_ray.serve.pool import CandidatePool, check_pool
 from monolith_ray.serve.seen import unseen
-from monolith_ray.serve.tokens import FeedbackTokens
+from monolith_ray.serve.tokens import FeedbackTokens, issued_at
 from monolith_ray.stream.user_partitions import history_shard_of
 
 __all__ = ["CandidatePool", "ExperimentStats", "Recommender", "build_app",
@@ -392,6 +392,7 @@ class Recommender:
                           else validation.event_time(body.time, self.cfg.limits, now))
         except MessageError as err:
             raise BadRequest(str(err)) from None
+        self._check_feedback_time(body.request_id, event_time, now)
         action = {"request_id": body.request_id, "item_id": body.item_id,
                   "time": event_time, "action": body.action}
         self.log.send(self.cfg.kafka.topics.actions, body.request_id, action)
@@ -441,6 +442,24 @@ class Recommender:
 
     # -- internals
 
+    def _check_feedback_time(self, request_id: str, event_time: int, now: float) -> None:
+        """BadRequest unless feedback at ``event_time`` on ``request_id`` (checked token)
+        can still join its impression: the request issued at most ``joiner.window_s +
+        joiner.allowed_lateness_s`` ago, and the action dated no more than
+        ``limits.max_event_skew_s`` before it (the joiner counts it unmatched). So a token
+        replayed later counts in no arm."""
+        issued = issued_at(request_id)
+        longest = self.cfg.joiner.window_s + self.cfg.joiner.allowed_lateness_s
+        skew = self.cfg.limits.max_event_skew_s
+        if issued is None or now - issued > longest or issued - now > skew:
+            raise BadRequest(f"request_id: issued at {issued} (unix s), now {int(now)}: "
+                             f"feedback is taken within {longest} s of its request "
+                             f"(joiner.window_s + joiner.allowed_lateness_s)")
+        if issued - event_time > skew:
+            raise BadRequest(f"time: {event_time} is {issued - event_time} s before the "
+                             f"request it reports on (at most limits.max_event_skew_s "
+                             f"{skew:g} s before)")
+
     def _slot_rows(self, rows: Sequence[Mapping[str, Any]],
                    dense: Sequence[Mapping[str, Any]] | None = None) -> SlotRows:
         try:
@@ -474,7 +493,7 @@ class Recommender:
         for the satiation fit, then logged by ``log``: one unit, so a decision counted is
         a decision logged even when its client has gone (:meth:`_on_policy_thread`)."""
         decision, states = self.decisions.decide(user_id, ids, categories, scores, k, now)
-        request_id = self.tokens.new_request_id() + decision.suffix
+        request_id = self.tokens.new_request_id(now) + decision.suffix
         if states is not None:
             top = decision.indices
             self.decisions.held(request_id, now, [ids[i] for i in top.tolist()], states,

@@ -28,6 +28,7 @@ from monolith_ray.stream.joiner import run_joiners
 
 APP = "serve-test"
 USER = {"id": 1, "features": {"gender": "F", "age": 25}}
+FEEDBACK_KEY = "feedback-key-of-the-test-app"  # so a test can make a token of its own
 ITEM = {"id": 2, "features": {"genres": ["Drama"], "release_year": 1995}}
 
 
@@ -67,6 +68,7 @@ def deployment(deploy_recommender) -> Iterator[Deployment]:
     with deploy_recommender(APP, "/", ["serve.poll_interval_s=0.2", "serve.max_candidates=256",
                                        "serve.max_k=20", "serve.max_body_bytes=65536",
                                        "serve.body_timeout_s=1.0",
+                                       f"serve.feedback_key={FEEDBACK_KEY}",
                                        "dense=[{name: price, transform: log1p, max_abs: 1000},"
                                        " {name: views, default: 3}]"],
                             range(100, 400)) as app:
@@ -225,6 +227,42 @@ def test_malformed_and_oversized_bodies(deployment) -> None:
                       headers={"content-type": "application/json"})
     assert r.status_code == 200 and len(r.json()["items"]) == 3
     assert deployment.predict()["scores"]  # still answering
+
+
+def test_request_ids_carry_their_issue_time_under_the_token() -> None:
+    from monolith_ray.serve.tokens import FeedbackTokens, issued_at
+
+    rid = FeedbackTokens.new_request_id(1_765_000_000.7)
+    assert len(rid) == 32 and issued_at(rid) == 1_765_000_000
+    assert issued_at(rid + ".exp.1") == 1_765_000_000  # an arm's suffix
+    assert rid != FeedbackTokens.new_request_id(1_765_000_000.7)  # 96 random bits
+    assert issued_at("r") is None and issued_at("Z" * 32) is None
+    tokens = FeedbackTokens(FEEDBACK_KEY)
+    later = f"{1_765_999_999:08x}" + rid[8:]  # the same random part, another time
+    assert tokens.token(later, 5) != tokens.token(rid, 5)
+
+
+def test_feedback_too_late_to_join_or_dated_before_its_request_is_refused(deployment) -> None:
+    """A token replayed after its impression can no longer join (``joiner.window_s +
+    allowed_lateness_s``: 630 s by default), or an action dated more than
+    ``limits.max_event_skew_s`` before its request, gets 422 and reaches no topic."""
+    from monolith_ray.serve.tokens import FeedbackTokens
+
+    tokens = FeedbackTokens(FEEDBACK_KEY)
+    now = time.time()
+    old = tokens.new_request_id(now - 700)
+    r = deployment.post("/feedback", {"request_id": old, "item_id": 5, "action": "click",
+                                      "token": tokens.token(old, 5)})
+    assert r.status_code == 422 and "feedback is taken within 630 s" in r.json()["error"], r.text
+    fresh = tokens.new_request_id(now)
+    r = deployment.post("/feedback", {"request_id": fresh, "item_id": 5, "action": "click",
+                                      "token": tokens.token(fresh, 5), "time": int(now) - 400})
+    assert r.status_code == 422 and r.json()["error"].startswith("time:"), r.text
+    r = deployment.post("/feedback", {"request_id": fresh, "item_id": 5, "action": "click",
+                                      "token": tokens.token(fresh, 5), "time": int(now) - 200})
+    assert r.status_code == 200, r.text  # within the clock skew
+    assert not [a for a in _read(deployment.cfg.kafka, deployment.cfg.kafka.topics.actions)
+                if a["request_id"] == old]
 
 
 def test_closed_loop_served_impressions_and_feedback_become_examples(deployment) -> None:
