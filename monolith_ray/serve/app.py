@@ -33,15 +33,12 @@ loaded once per replica (``serve/pinned.py``);
 replicas send their per-arm counts to one ``ExperimentStats`` actor every second.
 
 **History slots** (config ``history``): with history actors (``history.server``), the user's
-history slots are read at the request's time, strictly before it (one call per history shard
-the request's users fall on, made at once, ``history.read_timeout_s`` at most), put among the
-user's slots before scoring, and logged with each impression, so the joined example holds the
-values the model saw. A read that fails or times out serves its users without them
-(``served.history_failed`` in ``/healthz``, once per request), is cancelled at the actor, and
-for ``history.retry_s`` after it requests are served without asking that shard; so are those
-past ``history.max_in_flight`` reads waiting on it (``served.history_skipped``, counted in
-``history_failed`` too: ``serve.guarded``). A
-request that sets a history slot itself gets 422: its values come from the server.
+history slots are read at the request's time, strictly before it (``serve/history_reads.py``),
+put among the user's slots before scoring, and logged with each impression, so the joined
+example holds the values the model saw. A read that fails, times out or is skipped serves its
+users without them (``served.history_failed`` in ``/healthz``, once per request;
+``served.history_skipped`` too when a shard was skipped). A request that sets a history slot
+itself gets 422: its values come from the server.
 
 Bad input never reaches the model: a malformed body, a field of the wrong type or out of its
 bounds, an unknown feature name, too many candidates, a too large ``k``, a context too deep or
@@ -88,7 +85,7 @@ from monolith_ray import validation
 from monolith_ray.metrics import rss_bytes
 from monolith_ray.config import Config, ConfigError
 from monolith_ray.config.tasks import parse_score
-from monolith_ray.history.server import MAX_READ, check_history
+from monolith_ray.history.server import check_history
 from monolith_ray.messages import MessageError, encode
 from monolith_ray.policy import ArmCounts
 from monolith_ray.policy.decisions import Decision, Decisions, first_values
@@ -112,13 +109,12 @@ from monolith_ray.serve.api import (
 )
 from monolith_ray.serve.catalogue import CatalogueRetrieval
 from monolith_ray.serve.feature_log import FeatureLog
-from monolith_ray.serve.guarded import GuardedCalls, Skipped
+from monolith_ray.serve.history_reads import HistoryReads
 from monolith_ray.serve.model import ServingModel, SlotRows
 from monolith_ray.serve.pinned import pinned_model, resolve_pinned
 from monolith_ray.serve.pool import CandidatePool, check_pool
 from monolith_ray.serve.seen import unseen
 from monolith_ray.serve.tokens import FeedbackTokens, issued_at
-from monolith_ray.stream.user_partitions import history_shard_of
 
 __all__ = ["CandidatePool", "ExperimentStats", "Recommender", "build_app",
            "recommender_deployment"]
@@ -160,11 +156,7 @@ class Recommender:
                  serving: Sequence[Any] = (), history: Sequence[Any] = (),
                  stats: Any = None) -> None:
         self.cfg, self.sync, self.stats = cfg, sync, stats
-        self.history = list(history) if cfg.history.slots else []
-        if self.history and len(self.history) != cfg.history.shards:
-            raise ValueError(f"{len(self.history)} history actors for history.shards "
-                             f"{cfg.history.shards}")
-        self.history_slots = {s.name for s in cfg.history.slots}
+        self.history = HistoryReads(cfg, history)
         self.serve_cfg = cfg.serve
         BodyLimit.limit = cfg.serve.max_body_bytes
         BodyLimit.timeout_s = cfg.serve.body_timeout_s
@@ -215,9 +207,6 @@ class Recommender:
         self.served = {"recommend": 0, "predict": 0, "feedback": 0, "impressions": 0,
                        "history_failed": 0, "history_skipped": 0, "seen_excluded": 0,
                        "seen_kept": 0, "not_finite": 0}
-        history_cfg = cfg.history
-        self._history_reads = [GuardedCalls(history_cfg.read_timeout_s, history_cfg.retry_s,
-                                            history_cfg.max_in_flight) for _ in self.history]
         self.updated_at = 0.0
         while not self._pull_updates():  # the latest versions before any request
             time.sleep(self.serve_cfg.poll_interval_s)  # others are loading a whole table
@@ -436,7 +425,7 @@ class Recommender:
                 "store_dtype": self.serve_cfg.store_dtype,
                 "updated_s_ago": round(time.time() - self.updated_at, 3),
                 "served": dict(self.served), "policy": self.decisions.stats(),
-                "history_shards": [dict(g.counts) for g in self._history_reads],
+                "history_shards": self.history.shard_counts(),
                 "retrieval": None if self.retrieval is None else self.retrieval.stats(),
                 "kafka_failed": 0 if self.log is None else self.log.failed}
 
@@ -546,63 +535,21 @@ class Recommender:
             if slot in features:
                 raise BadRequest(f"{where}.{slot}: the {side} slot, set by the {side}'s id; "
                                  f"features cannot set it")
-        history = sorted(self.history_slots.intersection(features))
+        history = sorted(self.history.slots.intersection(features))
         if history:
             raise BadRequest(f"{where}.{history[0]}: a history slot, filled by the server from "
                              f"the user's actions; a request cannot set it")
 
     async def _add_history(self, users: Sequence[dict[str, Any]], now: int) -> None:
-        """Put into each user's slots their history slots' values held strictly before
-        ``now`` (one call per history shard holding some of the distinct users, or per
-        ``MAX_READ`` of them, all at once;
-        a slot with no value is left out). A failed or late read leaves its users out and is
-        counted, once per request."""
-        key = self.cfg.history.user_slot
-        known = [u for u in users if isinstance(u.get(key), (int, str))]
-        if not self.history or not known:
-            return
-        ids = value_ids([u[key] for u in known])
-        distinct = np.unique(ids)
-        owners = history_shard_of(distinct, len(self.history), self.cfg.kafka.partitions)
-        # At most MAX_READ users a call (a /predict of many users on one shard is several).
-        reads = [(int(k), held[at:at + MAX_READ])
-                 for k in np.unique(owners) for held in [distinct[owners == k].tolist()]
-                 for at in range(0, len(held), MAX_READ)]
-        answers = await asyncio.gather(*(self._read_history(k, held, now) for k, held in reads))
-        failed = [a for a in answers if isinstance(a, BaseException)]
-        if failed:
-            self.served["history_failed"] += 1
-            self.served["history_skipped"] += any(isinstance(a, Skipped) for a in failed)
-        at: dict[int, tuple[dict[str, list[list[int]]], int]] = {}
-        for (_, held), values in zip(reads, answers):
-            if not isinstance(values, BaseException):
-                at.update({user_id: (values, i) for i, user_id in enumerate(held)})
-        for user, user_id in zip(known, ids.tolist()):
-            found = at.get(user_id)
-            if found is None:
-                continue
-            values, i = found
-            for name, lists in values.items():
-                if lists[i]:
-                    user[name] = lists[i]
+        """The users' history slots at ``now`` put among their slots (``HistoryReads.add``);
+        a failed or skipped read counted, once per request."""
+        failed, skipped = await self.history.add(users, now)
+        self.served["history_failed"] += failed
+        self.served["history_skipped"] += skipped
 
     def _seen(self, user: Mapping[str, Any]) -> list[int]:
         """The items of the user's ``serve.exclude_seen`` history slot (raw ids)."""
         return user.get(self.serve_cfg.exclude_seen) or []
-
-    async def _read_history(self, shard: int, users: list[int], now: int
-                            ) -> dict[str, list[list[int]]] | BaseException:
-        """History shard ``shard``'s values for ``users`` at ``now`` -> them, or the error
-        (:class:`Skipped` if the call was not made; a request never fails for its
-        history)."""
-        try:
-            return await self._history_reads[shard].call(
-                lambda: self.history[shard].read.remote(users, [now] * len(users)))
-        except Skipped as err:  # the shard failed or was late a moment ago, or is busy
-            return err
-        except Exception as err:  # noqa: BLE001 - logged and counted by the caller
-            logger.warning("served without history: reading shard %d failed: %r", shard, err)
-            return err
 
     def _pull_updates(self) -> bool:
         """Take newer versions from the sync, a whole table built aside (``stage``) and
