@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate = _command(sub, "simulate", run_simulate,
                         "simulated users calling a running HTTP API", config=None, address=False)
     simulate.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL")
+    simulate.add_argument("--api-key", default=os.environ.get("MONOLITH_RAY_API_KEY", ""),
+                          help="a key of the deployment's serve.api_keys (default: "
+                               "$MONOLITH_RAY_API_KEY; none: no Authorization header)")
     simulate.add_argument("--rate", type=_positive, default=20.0, help="requests per second")
     simulate.add_argument("--users", type=int, default=200, help="simulated users")
     simulate.add_argument("--items", type=int, default=100, help="simulated items")
@@ -360,7 +364,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from monolith_ray.stream.producers import UserSimulator
 
     users = SimulatedUsers(args.url, UserSimulator(n_users=args.users, n_items=args.items),
-                           args.rate)
+                           args.rate, api_key=args.api_key)
     users.start()
     time.sleep(args.duration)
     users.stop_event.set()

@@ -60,9 +60,11 @@ class SimulatedUsers(threading.Thread):
     def __init__(self, url: str, sim: UserSimulator, rate_per_s: float = 20.0, k: int = 5,
                  click_delay_s: int = 1, window: int = 2000, explore: float = 0.2,
                  seed: int = 0, requests_limit: int | None = None,
-                 keep_log: bool = False, sim_origin: float | None = None) -> None:
+                 keep_log: bool = False, sim_origin: float | None = None,
+                 api_key: str = "") -> None:
         super().__init__(name="simulated-users", daemon=True)
         self.url, self.sim, self.k = url, sim, k
+        self.headers = auth_headers(api_key)  # sent with every call (serve.api_keys)
         self.rate_per_s, self.click_delay_s, self.explore = rate_per_s, click_delay_s, explore
         # Users tire of categories shown to them when the simulator has satiation.
         self.satiated = SatiatedUsers(sim) if np.any(sim.satiation_lambda) else None
@@ -92,6 +94,7 @@ class SimulatedUsers(threading.Thread):
 
     def run(self) -> None:
         session = requests.Session()
+        session.headers.update(self.headers)
         period = 1.0 / self.rate_per_s
         due = time.monotonic()
         self._sim_started = time.time()
@@ -210,7 +213,7 @@ class Loop:
 
     def arms(self) -> dict[str, dict[str, Any]]:
         """The experiment arms side by side: per arm its counts and click-through interval."""
-        return _arms(self.users.url) if self.cfg.experiments else {}
+        return _arms(self.users.url, self.users.headers) if self.cfg.experiments else {}
 
     def progress(self) -> dict[str, Any]:
         """One snapshot of every part's counters; raises what ended training or a joiner's
@@ -230,7 +233,7 @@ class Loop:
         sync = ray.get(self.sync.status.remote(), timeout=30)
         rows = {name: sum(s[name]["rows"] for s in shard_stats) for name in shard_stats[0]}
         return {"wall_s": time.time(), **users, "arms": self.arms(),
-                "retrieval": _retrieval(self.users.url),
+                "retrieval": _retrieval(self.users.url, self.users.headers),
                 "examples_joined": sum(j["positives"] + j["negatives"] for j in joined),
                 "examples_read": read["records"], "table_rows": rows,
                 "sync_versions": sync["versions"], "sparse_syncs": sync["sparse_syncs"],
@@ -238,11 +241,17 @@ class Loop:
                 "restarts": restarts}
 
 
-def _retrieval(url: str) -> dict[str, Any] | None:
+def auth_headers(api_key: str) -> dict[str, str]:
+    """The headers a call to the HTTP API carries with ``api_key`` (one of
+    ``serve.api_keys``; none without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _retrieval(url: str, headers: dict[str, str]) -> dict[str, Any] | None:
     """The replica's retrieval counters and search latency (``/healthz``; None without
     retrieval or if it does not answer)."""
     try:
-        r = requests.get(url + "/healthz", timeout=5)
+        r = requests.get(url + "/healthz", timeout=5, headers=headers)
         r.raise_for_status()
     except requests.RequestException as err:
         logger.warning("no retrieval figures: %s", err)
@@ -250,11 +259,11 @@ def _retrieval(url: str) -> dict[str, Any] | None:
     return r.json().get("retrieval")
 
 
-def _arms(url: str) -> dict[str, dict[str, Any]]:
+def _arms(url: str, headers: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Each experiment arm's counts and intervals from ``GET /experiments`` (none if it does
     not answer)."""
     try:
-        r = requests.get(url + "/experiments", timeout=5)
+        r = requests.get(url + "/experiments", timeout=5, headers=headers)
         r.raise_for_status()
     except requests.RequestException as err:
         logger.warning("no experiment counts: %s", err)
@@ -375,7 +384,7 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
     users = SimulatedUsers(f"http://{cfg.serve.host}:{cfg.serve.port}", sim, rate_per_s,
                            seed=cfg.train.seed, explore=explore,
                            requests_limit=requests_limit, keep_log=keep_log,
-                           sim_origin=sim_origin)
+                           sim_origin=sim_origin, api_key=_first_key(cfg))
     loop = Loop(cfg, training, sync, joiners, runs, users, trainer_thread, errors, history)
     if cfg.online.start.startswith("dump:"):
         try:
@@ -385,6 +394,12 @@ def start(cfg: Config, rate_per_s: float = 20.0, sim: UserSimulator | None = Non
             raise
     users.start()
     return loop
+
+
+def _first_key(cfg: Config) -> str:
+    """The key the loop's own clients send: the first of ``serve.api_keys`` (none set:
+    "")."""
+    return cfg.serve.api_keys[0] if cfg.serve.api_keys else ""
 
 
 def _serve_warm(cfg: Config, training: Any, sync: Any, errors: list[BaseException],
@@ -398,9 +413,11 @@ def _serve_warm(cfg: Config, training: Any, sync: Any, errors: list[BaseExceptio
     deadline = time.monotonic() + timeout_s
     url = f"http://{cfg.serve.host}:{cfg.serve.port}/healthz"
 
+    headers = auth_headers(_first_key(cfg))
+
     def health() -> dict[str, Any] | None:
         try:
-            return requests.get(url, timeout=5).json()
+            return requests.get(url, timeout=5, headers=headers).json()
         except (requests.RequestException, ValueError):
             return None  # the replica is not answering yet
 

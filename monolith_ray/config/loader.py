@@ -256,10 +256,11 @@ _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 def _require_resources(obj: Any, name: str) -> None:
     """ConfigError at ``name.<resource>`` unless field ``name`` of ``obj`` maps custom Ray
-    resource names (not Ray's built-in ones) to amounts > 0."""
+    resource names (not Ray's built-in ones) to finite amounts > 0."""
     for resource, amount in getattr(obj, name).items():
         if resource in _BUILTIN_RESOURCES:
             raise ConfigError(f"{name}.{resource}", "a built-in Ray resource: set it with the "
                               "section's cpus keys, not as a custom resource")
-        if not amount > 0:
-            raise ConfigError(f"{name}.{resource}", f"must be > 0, got {amount!r}")
+        if not (amount > 0 and math.isfinite(amount)):
+            raise ConfigError(f"{name}.{resource}", f"must be > 0 and finite, "
+                                                    f"got {amount!r}")

@@ -209,6 +209,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                                             "(NaN or inf); nothing is logged."},
 }
 """The error answers every POST endpoint documents."""
+GET_ERRORS = {status: ERRORS[status] for status in (401, 408, 413)}
+"""The error answers a GET endpoint documents: the middleware's, before any route."""
 
 
 class BadRequest(ValueError):

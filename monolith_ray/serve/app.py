@@ -14,7 +14,10 @@
   probabilities (``probs``: task -> one per pair).
 - ``POST /feedback``: request id, item id, the item's token, action -> the ``actions`` topic.
   A token that is not the one this service issued for that request and item gets 422
-  (``serve/tokens.py``), so feedback lands only on impressions that were served.
+  (``serve/tokens.py``), so feedback lands only on impressions that were served; so does
+  feedback that can no longer join (``joiner.window_s + joiner.allowed_lateness_s`` after its
+  request, whose id carries its issue time) or dated more than ``limits.max_event_skew_s``
+  before its request.
 - ``GET /experiments``: per experiment arm, impressions, clicks, CTR and mean reward with
   their intervals, summed over every replica (``ExperimentStats``).
 - ``GET /healthz``: the replica's versions, rows or cache held, memory, process id, and its
@@ -40,11 +43,14 @@ users without them (``served.history_failed`` in ``/healthz``, once per request;
 ``served.history_skipped`` too when a shard was skipped). A request that sets a history slot
 itself gets 422: its values come from the server.
 
-Bad input never reaches the model: a malformed body, a field of the wrong type or out of its
-bounds, an unknown feature name, too many candidates, a too large ``k``, a context too deep or
-too large, an event time too far ahead get 422, a body over ``serve.max_body_bytes`` 413,
-each with ``{"error": "<field>: <problem>"}``. Unknown users and items are scored with the
-default (zero) embedding, never refused.
+Bad input never reaches the model: without a key of ``serve.api_keys`` (when set) a request
+gets 401 before its body is read; a body not received whole within ``serve.body_timeout_s``
+408; a body over ``serve.max_body_bytes`` 413; a malformed body, a field of the wrong type or
+out of its bounds, an unknown feature name, features setting the user or item slot, too many
+candidates, a too large ``k``, a context too deep or too large, an event time too far ahead
+422; a model whose scores of the request are not finite 503; each with ``{"error":
+"<field>: <problem>"}``. Unknown users and items are scored with the default (zero)
+embedding, never refused.
 
 Endpoints are ``async``: scoring is a few milliseconds of CPU, run on the replica's event loop
 without a thread hop; replicas, not threads, give parallelism. The serving decision and
@@ -92,6 +98,7 @@ from monolith_ray.policy.decisions import Decision, Decisions, first_values
 from monolith_ray.schemas import value_ids, value_text
 from monolith_ray.serve.api import (
     ERRORS,
+    GET_ERRORS,
     ApiKeys,
     BadRequest,
     BodyLimit,
@@ -393,7 +400,7 @@ class Recommender:
         self.served["feedback"] += 1
         return FeedbackOut(accepted=True, request_id=body.request_id, repeat=not counted)
 
-    @api.get("/experiments", response_model=ExperimentsOut)
+    @api.get("/experiments", response_model=ExperimentsOut, responses=GET_ERRORS)
     async def experiments(self) -> JSONResponse:
         """Per experiment and arm: impressions, clicks, CTR (Wilson interval) and mean
         reward per impression (normal interval), over every replica."""
@@ -409,7 +416,7 @@ class Recommender:
                                               f"answer: {type(err).__name__}"}, 503)
         return JSONResponse({"experiments": self.decisions.report(counts)})
 
-    @api.get("/healthz")
+    @api.get("/healthz", responses=GET_ERRORS)
     async def healthz(self) -> dict[str, Any]:
         """Liveness and what this replica serves with."""
         cache = self.model.cache_stats()
@@ -440,9 +447,16 @@ class Recommender:
         issued = issued_at(request_id)
         longest = self.cfg.joiner.window_s + self.cfg.joiner.allowed_lateness_s
         skew = self.cfg.limits.max_event_skew_s
-        if issued is None or now - issued > longest or issued - now > skew:
-            raise BadRequest(f"request_id: issued at {issued} (unix s), now {int(now)}: "
-                             f"feedback is taken within {longest} s of its request "
+        if issued is None:
+            raise BadRequest("request_id: not a request id this service issued (32 hex "
+                             "digits, the first 8 its issue time)")
+        if issued - now > skew:
+            raise BadRequest(f"request_id: issued at {issued} (unix s), after now "
+                             f"({int(now)}): from a deployment with another clock, or "
+                             f"issued before request ids carried their time")
+        if now - issued > longest:
+            raise BadRequest(f"request_id: issued at {issued} (unix s), {int(now - issued)} s "
+                             f"ago: feedback is taken within {longest} s of its request "
                              f"(joiner.window_s + joiner.allowed_lateness_s)")
         if issued - event_time > skew:
             raise BadRequest(f"time: {event_time} is {issued - event_time} s before the "
@@ -657,8 +671,7 @@ def build_app(cfg: Config, sync: Any, pool: CandidatePool | None = None,
     cfg = resolve_pinned(cfg)  # every replica loads the same snapshot for a pinned arm
     if history:
         check_history(cfg, history)
-    if pool is not None:
-        check_pool(cfg, pool)
+    check_pool(cfg, pool if pool is not None else CandidatePool.configured(cfg))
     stats = ExperimentStats.remote() if cfg.experiments else None
     return recommender_deployment(cfg).bind(cfg, sync, pool, list(serving), list(history),
                                                stats)

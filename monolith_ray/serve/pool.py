@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from monolith_ray.config import Config, ConfigError
+from monolith_ray.schemas import value_text
 
 
 class CandidatePool:
@@ -57,10 +58,16 @@ class CandidatePool:
 
 
 def check_pool(cfg: Config, pool: CandidatePool) -> None:
-    """ConfigError (``serve.candidate_pool``) if a pool item sets the user slot: a request's
-    user id fills it, and an item's would be scored, logged and filed as another user's.
-    O(pool items)."""
+    """ConfigError (``serve.candidate_pool``) if a pool item sets the user slot (a request's
+    user id fills it, and an item's would be scored, logged and filed as another user's), or
+    two items are one id spelt twice (``7`` and ``"007"``: one row to the model, and a
+    request naming either must get one item's features). O(pool items)."""
+    seen: dict[str, Any] = {}
     for item_id in pool.ids:
         if cfg.serve.user_slot in pool.slots[item_id]:
             raise ConfigError("serve.candidate_pool", f"item {item_id!r} sets the user slot "
                                                       f"{cfg.serve.user_slot!r}")
+        first = seen.setdefault(value_text(item_id), item_id)
+        if first != item_id:
+            raise ConfigError("serve.candidate_pool", f"items {first!r} and {item_id!r} are one "
+                                                      f"id to the model")

@@ -71,7 +71,7 @@ ERRORS = {
     ),
     "actor resource not positive": (
         _slots("{name: a, slot_id: 0, dim: 4}") + "train: {actor_resources: {training: 0}}\n",
-        "train.actor_resources.training: must be > 0, got 0.0",
+        "train.actor_resources.training: must be > 0 and finite, got 0.0",
     ),
     "negative XLA threads": (
         _slots("{name: a, slot_id: 0, dim: 4}") + "train: {xla_threads: -1}\n",

@@ -29,6 +29,8 @@ def test_the_tower_cache_bound_is_a_count_of_rows() -> None:
     ("serve.sparse_sync_interval_s=1.0e+300",
      "serve.sparse_sync_interval_s: must be > 0 and <= 2592000.0, got 1e+300"),
     ("dense=[{name: price, max_abs: .inf}]", "dense[0].max_abs: must be a finite number, got inf"),
+    ("serve.replica_resources.serving=.inf",
+     "serve.replica_resources.serving: must be > 0 and finite, got inf"),
     ("dense=[{name: price, max_abs: 1.0e+39}]",
      "dense[0].max_abs: must be > 0 and <= 3.4028234663852886e+38, got 1e+39"),
 ])

@@ -68,3 +68,21 @@ def test_the_key_is_checked_before_the_body_is_read(app) -> None:
             assert chunk, answer
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer
+
+
+@pytest.mark.parametrize("key", ["", KEYS[1]])
+def test_simulated_users_send_their_key(app, key: str) -> None:
+    """The project's own client (``SimulatedUsers``, behind ``monolith-ray simulate`` and
+    the demo) names its key: with it every request is answered, without it none is."""
+    from monolith_ray.demo import SimulatedUsers
+    from monolith_ray.stream.producers import UserSimulator
+
+    users = SimulatedUsers(app.url, UserSimulator(n_users=20, n_items=200), rate_per_s=20,
+                           requests_limit=6, api_key=key)
+    users.start()
+    assert users.done.wait(60)
+    users.stop_event.set()
+    users.join(30)
+    totals = users.totals
+    assert totals["requests"] == 6
+    assert totals["failed"] == (6 if not key else 0), (totals, list(users.errors))
