@@ -76,3 +76,29 @@ def deploy_recommender(serve_url: str, kafka_bootstrap: str
                 ray.kill(actor)
 
     return deploy
+
+
+@pytest.fixture(scope="session")
+def stalled_post() -> Callable[[str, str, int, bytes, float], bytes]:
+    """``stalled_post(url, path, declared, sent, timeout_s)``: a raw HTTP POST to ``url`` +
+    ``path`` declaring a body of ``declared`` bytes and sending only ``sent``, then reading
+    the answer (until its JSON body closes) -> the answer's bytes. The socket times out after
+    ``timeout_s`` (an error), so a server that waits for the rest fails the test."""
+    import socket
+    import urllib.parse
+
+    def post(url: str, path: str, declared: int, sent: bytes, timeout_s: float) -> bytes:
+        parts = urllib.parse.urlparse(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as sock:
+            sock.sendall(b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (
+                             parts.path.rstrip("/").encode(), path.encode(),
+                             parts.hostname.encode(), declared, sent))
+            answer = b""
+            while b"}" not in answer:
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+        return answer
+
+    return post

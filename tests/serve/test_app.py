@@ -359,22 +359,10 @@ def test_pairs_are_cut_at_the_schema_before_each_is_validated() -> None:
     assert len(PredictIn.model_validate({"pairs": [{"user": {"id": 1}, "item": 2}] * 3}).pairs) == 3
 
 
-def test_a_body_that_does_not_arrive_whole_in_time_gets_408(deployment) -> None:
+def test_a_body_that_does_not_arrive_whole_in_time_gets_408(deployment, stalled_post) -> None:
     """A client that sends part of its body and stalls is answered 408 once
     ``serve.body_timeout_s`` has passed, rather than hold a replica's request slot."""
-    import socket
-    import urllib.parse
-
-    url = urllib.parse.urlparse(deployment.url)
-    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        sock.sendall(b"POST %s/recommend HTTP/1.1\r\nHost: %s\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-                     b'{"user": ' % (url.path.rstrip("/").encode(), url.hostname.encode()))
-        answer = b""
-        while b"}" not in answer:
-            chunk = sock.recv(4096)
-            assert chunk, answer
-            answer += chunk
+    answer = stalled_post(deployment.url, "/recommend", 100, b'{"user": ', 30)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"not received whole within 1 s (serve.body_timeout_s)" in answer
     assert deployment.post("/recommend", {"user": USER, "k": 3}).status_code == 200

@@ -3,8 +3,6 @@ before its body is read; either key of a rotation is taken, on every path."""
 
 from __future__ import annotations
 
-import socket
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,20 +51,11 @@ def test_either_key_is_taken_on_every_path(app, key: str) -> None:
     assert feedback.status_code == 200, feedback.text
 
 
-def test_the_key_is_checked_before_the_body_is_read(app) -> None:
+def test_the_key_is_checked_before_the_body_is_read(app, stalled_post) -> None:
     """A request that declares a body and sends none is answered 401 at once: with the
     body awaited first it would wait ``serve.body_timeout_s`` (60 s), past this socket's
     10 s timeout."""
-    url = urllib.parse.urlparse(app.url)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(b"POST %s/recommend HTTP/1.1\r\nHost: %s\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-                     % (url.path.encode(), url.hostname.encode()))
-        answer = b""
-        while b"}" not in answer:
-            chunk = sock.recv(4096)
-            assert chunk, answer
-            answer += chunk
+    answer = stalled_post(app.url, "/recommend", 100_000, b"", 10)
     assert answer.startswith(b"HTTP/1.1 401"), answer
 
 
